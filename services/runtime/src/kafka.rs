@@ -1,0 +1,243 @@
+//! Kafka client settings and the admin operations the CLI and services share.
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use rdkafka::ClientConfig;
+use rdkafka::admin::{
+    AdminClient, AdminOptions, NewTopic, ResourceSpecifier, TopicReplication,
+};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::config::RDKafkaLogLevel;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::types::RDKafkaErrorCode;
+use serde::{Deserialize, Serialize};
+
+use crate::settings::{SettingsError, Validate};
+
+/// Environment variable that points every verdict tool at another cluster.
+pub const BOOTSTRAP_ENV: &str = "KAFKA_BOOTSTRAP_SERVERS";
+pub const DEFAULT_BOOTSTRAP: &str = "127.0.0.1:9092";
+
+/// `bootstrap.servers` from `KAFKA_BOOTSTRAP_SERVERS`, else the local default.
+pub fn default_bootstrap() -> String {
+    std::env::var(BOOTSTRAP_ENV)
+        .ok()
+        .filter(|s| !s.trim().is_empty())
+        .unwrap_or_else(|| DEFAULT_BOOTSTRAP.to_string())
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum KafkaError {
+    #[error("cannot reach Kafka at {bootstrap} within {waited:?}: {last}")]
+    Unreachable { bootstrap: String, waited: Duration, last: String },
+    #[error("Kafka client error: {0}")]
+    Client(#[from] rdkafka::error::KafkaError),
+    #[error("creating topic {topic}: {code}")]
+    CreateTopic { topic: String, code: String },
+    #[error("background task failed: {0}")]
+    Join(String),
+}
+
+/// Connection settings shared by every Kafka client of a service.
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct KafkaSettings {
+    /// `bootstrap.servers`, comma separated host:port.
+    pub bootstrap_servers: String,
+    /// Extra librdkafka properties (security.protocol, sasl.*, …), passed through.
+    pub properties: BTreeMap<String, String>,
+}
+
+impl Default for KafkaSettings {
+    fn default() -> Self {
+        Self { bootstrap_servers: default_bootstrap(), properties: BTreeMap::new() }
+    }
+}
+
+impl Validate for KafkaSettings {
+    fn validate(&self) -> Result<(), SettingsError> {
+        if self.bootstrap_servers.trim().is_empty() {
+            return Err(SettingsError::Key {
+                key: "kafka.bootstrap_servers".into(),
+                message: "must name at least one host:port".into(),
+            });
+        }
+        for server in self.bootstrap_servers.split(',') {
+            let server = server.trim();
+            let ok = server
+                .rsplit_once(':')
+                .is_some_and(|(host, port)| !host.is_empty() && port.parse::<u16>().is_ok());
+            if !ok {
+                return Err(SettingsError::Key {
+                    key: "kafka.bootstrap_servers".into(),
+                    message: format!("`{server}` is not host:port"),
+                });
+            }
+        }
+        Ok(())
+    }
+}
+
+impl KafkaSettings {
+    pub fn with_bootstrap(bootstrap: impl Into<String>) -> Self {
+        Self { bootstrap_servers: bootstrap.into(), properties: BTreeMap::new() }
+    }
+
+    /// A client config with the bootstrap servers and pass-through properties set.
+    pub fn client_config(&self) -> ClientConfig {
+        let mut cfg = ClientConfig::new();
+        cfg.set("bootstrap.servers", &self.bootstrap_servers);
+        cfg.set_log_level(RDKafkaLogLevel::Warning);
+        for (k, v) in &self.properties {
+            cfg.set(k, v);
+        }
+        cfg
+    }
+
+    pub fn admin(&self) -> Result<AdminClient<DefaultClientContext>, KafkaError> {
+        Ok(self.client_config().create()?)
+    }
+
+    /// A consumer without a group, for metadata and watermark queries.
+    pub fn metadata_consumer(&self) -> Result<BaseConsumer, KafkaError> {
+        let mut cfg = self.client_config();
+        cfg.set("group.id", "verdict-metadata").set("enable.auto.commit", "false");
+        Ok(cfg.create()?)
+    }
+
+    /// Waits until the cluster answers a metadata request, or fails after `timeout`
+    /// naming the address and the last error.
+    pub async fn wait_until_reachable(&self, timeout: Duration) -> Result<(), KafkaError> {
+        let consumer = self.metadata_consumer()?;
+        let bootstrap = self.bootstrap_servers.clone();
+        tokio::task::spawn_blocking(move || {
+            let start = Instant::now();
+            loop {
+                let last = match consumer.fetch_metadata(None, Duration::from_millis(1000)) {
+                    Ok(md) if !md.brokers().is_empty() => return Ok(()),
+                    Ok(_) => "no brokers in metadata".to_string(),
+                    Err(e) => e.to_string(),
+                };
+                if start.elapsed() >= timeout {
+                    return Err(KafkaError::Unreachable { bootstrap, waited: timeout, last });
+                }
+                std::thread::sleep(Duration::from_millis(200));
+            }
+        })
+        .await
+        .map_err(|e| KafkaError::Join(e.to_string()))?
+    }
+
+    /// Partition counts of the named topics that exist (missing ones are absent).
+    pub async fn topic_partitions(&self) -> Result<BTreeMap<String, usize>, KafkaError> {
+        let consumer = self.metadata_consumer()?;
+        tokio::task::spawn_blocking(move || {
+            let md = consumer.fetch_metadata(None, Duration::from_secs(10))?;
+            Ok(md
+                .topics()
+                .iter()
+                .filter(|t| t.error().is_none())
+                .map(|t| (t.name().to_string(), t.partitions().len()))
+                .collect())
+        })
+        .await
+        .map_err(|e| KafkaError::Join(e.to_string()))?
+    }
+
+    /// Configuration entries of a topic as the broker reports them; `None` when the
+    /// broker does not answer DescribeConfigs for topics.
+    pub async fn topic_configs(&self, topic: &str) -> Result<Option<BTreeMap<String, String>>, KafkaError> {
+        let admin = self.admin()?;
+        let opts = AdminOptions::new().request_timeout(Some(Duration::from_secs(10)));
+        let results = admin.describe_configs([&ResourceSpecifier::Topic(topic)], &opts).await?;
+        match results.into_iter().next() {
+            Some(Ok(resource)) => Ok(Some(
+                resource
+                    .entries
+                    .into_iter()
+                    .filter_map(|e| e.value.map(|v| (e.name, v)))
+                    .collect(),
+            )),
+            _ => Ok(None),
+        }
+    }
+
+    /// Creates topics; a topic that already exists is not an error.
+    pub async fn create_topics(&self, topics: &[TopicSpec]) -> Result<(), KafkaError> {
+        if topics.is_empty() {
+            return Ok(());
+        }
+        let admin = self.admin()?;
+        let configs: Vec<Vec<(String, String)>> = topics.iter().map(TopicSpec::configs).collect();
+        let new: Vec<NewTopic<'_>> = topics
+            .iter()
+            .zip(&configs)
+            .map(|(t, cfg)| {
+                cfg.iter().fold(
+                    NewTopic::new(&t.name, t.partitions, TopicReplication::Fixed(t.replication_factor)),
+                    |nt, (k, v)| nt.set(k, v),
+                )
+            })
+            .collect();
+        let opts = AdminOptions::new().operation_timeout(Some(Duration::from_secs(15)));
+        for result in admin.create_topics(&new, &opts).await? {
+            match result {
+                Ok(_) | Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
+                Err((topic, code)) => {
+                    return Err(KafkaError::CreateTopic { topic, code: code.to_string() });
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// What a topic should look like.
+#[derive(Clone, Debug, PartialEq)]
+pub struct TopicSpec {
+    pub name: String,
+    pub partitions: i32,
+    pub replication_factor: i32,
+    pub retention_ms: Option<i64>,
+    pub cleanup_policy: String,
+}
+
+impl TopicSpec {
+    /// The topic-level configs we set and compare (`cleanup.policy`, `retention.ms`).
+    pub fn configs(&self) -> Vec<(String, String)> {
+        let mut out = vec![("cleanup.policy".to_string(), self.cleanup_policy.clone())];
+        if let Some(ms) = self.retention_ms {
+            out.push(("retention.ms".to_string(), ms.to_string()));
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bootstrap_validation_names_the_key() {
+        let ok = KafkaSettings::with_bootstrap("127.0.0.1:9092,localhost:9093");
+        assert!(ok.validate().is_ok());
+        let bad = KafkaSettings::with_bootstrap("localhost");
+        let err = bad.validate().expect_err("no port");
+        assert!(err.to_string().contains("kafka.bootstrap_servers"), "{err}");
+    }
+
+    #[test]
+    fn topic_configs_include_retention_only_when_set() {
+        let mut t = TopicSpec {
+            name: "t".into(),
+            partitions: 1,
+            replication_factor: 1,
+            retention_ms: None,
+            cleanup_policy: "compact".into(),
+        };
+        assert_eq!(t.configs(), vec![("cleanup.policy".to_string(), "compact".to_string())]);
+        t.retention_ms = Some(5);
+        assert_eq!(t.configs().len(), 2);
+    }
+}

@@ -1,0 +1,454 @@
+//! The declarative topology: topics, and per service its input, outputs, consumer
+//! group, retry topics, dead-letter topic and stages. One TOML file that the CLI
+//! applies and the services read.
+//!
+//! [`Topology::parse`] validates the whole file; every error names the key path
+//! and the line, and nothing is applied from a file that has any error.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+use toml::Spanned;
+
+use crate::kafka::TopicSpec;
+
+pub const CLEANUP_POLICIES: &[&str] = &["delete", "compact", "compact,delete"];
+
+/// One problem in a topology file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TopologyIssue {
+    pub key: String,
+    pub line: usize,
+    pub message: String,
+}
+
+impl fmt::Display for TopologyIssue {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "line {}: `{}`: {}", self.line, self.key, self.message)
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum TopologyError {
+    #[error("cannot read topology file {path}: {message}")]
+    Read { path: String, message: String },
+    #[error("{path}: {} problem(s):\n{}", issues.len(), issues.iter().map(|i| format!("  {i}")).collect::<Vec<_>>().join("\n"))]
+    Invalid { path: String, issues: Vec<TopologyIssue> },
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawFile {
+    #[serde(default)]
+    defaults: RawDefaults,
+    topics: BTreeMap<String, Spanned<RawTopic>>,
+    #[serde(default)]
+    services: BTreeMap<String, Spanned<RawService>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawDefaults {
+    #[serde(default = "one")]
+    partitions: Spanned<i64>,
+    #[serde(default = "one")]
+    replication_factor: Spanned<i64>,
+}
+
+impl Default for RawDefaults {
+    fn default() -> Self {
+        Self { partitions: one(), replication_factor: one() }
+    }
+}
+
+fn one() -> Spanned<i64> {
+    Spanned::new(0..0, 1)
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawTopic {
+    partitions: Option<Spanned<i64>>,
+    replication_factor: Option<Spanned<i64>>,
+    retention_ms: Option<Spanned<i64>>,
+    cleanup_policy: Option<Spanned<String>>,
+    /// Avro schema file (relative to the schemas dir) for `<topic>-value`.
+    value_schema: Option<Spanned<String>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawService {
+    input: Spanned<String>,
+    consumer_group: Spanned<String>,
+    #[serde(default)]
+    outputs: Vec<Spanned<String>>,
+    #[serde(default)]
+    retry: Vec<Spanned<RawRetry>>,
+    dead_letter_topic: Spanned<String>,
+    stages: Spanned<Vec<String>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRetry {
+    topic: Spanned<String>,
+    delay_ms: Spanned<i64>,
+}
+
+/// A validated topic.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Topic {
+    pub spec: TopicSpec,
+    /// Absolute path of the value schema, if the topic has one.
+    pub value_schema: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RetryStep {
+    pub topic: String,
+    pub delay_ms: u64,
+}
+
+/// A validated service entry.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Service {
+    pub name: String,
+    pub input: String,
+    pub consumer_group: String,
+    pub outputs: Vec<String>,
+    pub retry: Vec<RetryStep>,
+    pub dead_letter_topic: String,
+    pub stages: Vec<String>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Topology {
+    pub topics: BTreeMap<String, Topic>,
+    pub services: BTreeMap<String, Service>,
+}
+
+impl Topology {
+    /// Reads and validates a topology file. Schema paths resolve against
+    /// `schemas_dir`, or `<file's dir>/../schemas` when `None`.
+    pub fn load(path: &Path, schemas_dir: Option<&Path>) -> Result<Self, TopologyError> {
+        let text = std::fs::read_to_string(path).map_err(|e| TopologyError::Read {
+            path: path.display().to_string(),
+            message: e.to_string(),
+        })?;
+        let default_dir;
+        let schemas_dir = match schemas_dir {
+            Some(d) => d,
+            None => {
+                default_dir = path.parent().unwrap_or(Path::new(".")).join("../schemas");
+                &default_dir
+            }
+        };
+        Self::parse(&text, schemas_dir).map_err(|issues| TopologyError::Invalid {
+            path: path.display().to_string(),
+            issues,
+        })
+    }
+
+    /// Parses and validates topology text; returns every problem found.
+    pub fn parse(text: &str, schemas_dir: &Path) -> Result<Self, Vec<TopologyIssue>> {
+        let lines = LineIndex::new(text);
+        let raw: RawFile = match toml::from_str(text) {
+            Ok(raw) => raw,
+            Err(e) => {
+                let line = e.span().map(|s| lines.line(s.start)).unwrap_or(1);
+                return Err(vec![TopologyIssue {
+                    key: "(syntax)".into(),
+                    line,
+                    message: e.message().to_string(),
+                }]);
+            }
+        };
+        let mut v = Validator { lines: &lines, issues: Vec::new() };
+
+        let default_partitions = v.positive_i32("defaults.partitions", &raw.defaults.partitions);
+        let default_rf = v.positive_i32("defaults.replication_factor", &raw.defaults.replication_factor);
+
+        let mut topics = BTreeMap::new();
+        for (name, t) in &raw.topics {
+            let key = format!("topics.{name}");
+            v.topic_name(&key, name, t.span());
+            let partitions = match &t.get_ref().partitions {
+                Some(p) => v.positive_i32(&format!("{key}.partitions"), p),
+                None => default_partitions,
+            };
+            let replication_factor = match &t.get_ref().replication_factor {
+                Some(p) => v.positive_i32(&format!("{key}.replication_factor"), p),
+                None => default_rf,
+            };
+            let retention_ms = t.get_ref().retention_ms.as_ref().and_then(|r| {
+                if *r.get_ref() == -1 || *r.get_ref() > 0 {
+                    Some(*r.get_ref())
+                } else {
+                    v.push(&format!("{key}.retention_ms"), r.span(), "must be -1 (forever) or a positive number of ms");
+                    None
+                }
+            });
+            let cleanup_policy = match &t.get_ref().cleanup_policy {
+                Some(c) if CLEANUP_POLICIES.contains(&c.get_ref().as_str()) => c.get_ref().clone(),
+                Some(c) => {
+                    v.push(
+                        &format!("{key}.cleanup_policy"),
+                        c.span(),
+                        &format!("`{}` is not one of {}", c.get_ref(), CLEANUP_POLICIES.join(", ")),
+                    );
+                    String::new()
+                }
+                None => "delete".to_string(),
+            };
+            let value_schema = t.get_ref().value_schema.as_ref().and_then(|s| {
+                let path = schemas_dir.join(s.get_ref());
+                match std::fs::read_to_string(&path) {
+                    Ok(text) => match apache_avro::Schema::parse_str(&text) {
+                        Ok(_) => Some(path),
+                        Err(e) => {
+                            v.push(&format!("{key}.value_schema"), s.span(), &format!("{} is not a valid Avro schema: {e}", path.display()));
+                            None
+                        }
+                    },
+                    Err(e) => {
+                        v.push(&format!("{key}.value_schema"), s.span(), &format!("cannot read {}: {e}", path.display()));
+                        None
+                    }
+                }
+            });
+            topics.insert(
+                name.clone(),
+                Topic {
+                    spec: TopicSpec {
+                        name: name.clone(),
+                        partitions,
+                        replication_factor,
+                        retention_ms,
+                        cleanup_policy,
+                    },
+                    value_schema,
+                },
+            );
+        }
+
+        let mut services = BTreeMap::new();
+        let mut groups: BTreeSet<String> = BTreeSet::new();
+        for (name, s) in &raw.services {
+            let key = format!("services.{name}");
+            let s_ref = s.get_ref();
+            v.known_topic(&raw, &format!("{key}.input"), &s_ref.input);
+            for (i, o) in s_ref.outputs.iter().enumerate() {
+                v.known_topic(&raw, &format!("{key}.outputs[{i}]"), o);
+                if o.get_ref() == s_ref.input.get_ref() {
+                    v.push(&format!("{key}.outputs[{i}]"), o.span(), "a service must not write to its own input topic");
+                }
+            }
+            v.known_topic(&raw, &format!("{key}.dead_letter_topic"), &s_ref.dead_letter_topic);
+            let group = s_ref.consumer_group.get_ref();
+            if group.trim().is_empty() {
+                v.push(&format!("{key}.consumer_group"), s_ref.consumer_group.span(), "must not be empty");
+            } else if !groups.insert(group.clone()) {
+                v.push(&format!("{key}.consumer_group"), s_ref.consumer_group.span(), &format!("group `{group}` is used by another service"));
+            }
+            let mut retry = Vec::new();
+            let mut last_delay = 0;
+            for (i, r) in s_ref.retry.iter().enumerate() {
+                let rk = format!("{key}.retry[{i}]");
+                let r = r.get_ref();
+                v.known_topic(&raw, &format!("{rk}.topic"), &r.topic);
+                let delay = *r.delay_ms.get_ref();
+                if delay <= 0 {
+                    v.push(&format!("{rk}.delay_ms"), r.delay_ms.span(), "must be a positive number of ms");
+                } else if delay < last_delay {
+                    v.push(&format!("{rk}.delay_ms"), r.delay_ms.span(), "retry delays must not decrease");
+                }
+                last_delay = delay;
+                retry.push(RetryStep { topic: r.topic.get_ref().clone(), delay_ms: delay.max(0) as u64 });
+            }
+            if s_ref.stages.get_ref().is_empty() {
+                v.push(&format!("{key}.stages"), s_ref.stages.span(), "a service needs at least one stage");
+            }
+            services.insert(
+                name.clone(),
+                Service {
+                    name: name.clone(),
+                    input: s_ref.input.get_ref().clone(),
+                    consumer_group: group.clone(),
+                    outputs: s_ref.outputs.iter().map(|o| o.get_ref().clone()).collect(),
+                    retry,
+                    dead_letter_topic: s_ref.dead_letter_topic.get_ref().clone(),
+                    stages: s_ref.stages.get_ref().clone(),
+                },
+            );
+        }
+
+        if v.issues.is_empty() { Ok(Self { topics, services }) } else { Err(v.issues) }
+    }
+
+    /// The service entry called `name`.
+    pub fn service(&self, name: &str) -> Option<&Service> {
+        self.services.get(name)
+    }
+}
+
+struct Validator<'a> {
+    lines: &'a LineIndex,
+    issues: Vec<TopologyIssue>,
+}
+
+impl Validator<'_> {
+    fn push(&mut self, key: &str, span: std::ops::Range<usize>, message: &str) {
+        self.issues.push(TopologyIssue {
+            key: key.to_string(),
+            line: self.lines.line(span.start),
+            message: message.to_string(),
+        });
+    }
+
+    fn positive_i32(&mut self, key: &str, value: &Spanned<i64>) -> i32 {
+        match i32::try_from(*value.get_ref()) {
+            Ok(n) if n >= 1 => n,
+            _ => {
+                self.push(key, value.span(), &format!("must be between 1 and {}", i32::MAX));
+                1
+            }
+        }
+    }
+
+    fn topic_name(&mut self, key: &str, name: &str, span: std::ops::Range<usize>) {
+        let legal = !name.is_empty()
+            && name.len() <= 249
+            && name != "."
+            && name != ".."
+            && name.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'));
+        if !legal {
+            self.push(key, span, "topic names are 1-249 characters of [a-zA-Z0-9._-], not `.` or `..`");
+        }
+    }
+
+    fn known_topic(&mut self, raw: &RawFile, key: &str, topic: &Spanned<String>) {
+        if !raw.topics.contains_key(topic.get_ref()) {
+            self.push(key, topic.span(), &format!("topic `{}` is not declared under [topics]", topic.get_ref()));
+        }
+    }
+}
+
+/// Byte offset → 1-based line number.
+struct LineIndex {
+    starts: Vec<usize>,
+}
+
+impl LineIndex {
+    fn new(text: &str) -> Self {
+        let mut starts = vec![0];
+        starts.extend(text.match_indices('\n').map(|(i, _)| i + 1));
+        Self { starts }
+    }
+
+    fn line(&self, offset: usize) -> usize {
+        match self.starts.binary_search(&offset) {
+            Ok(i) => i + 1,
+            Err(i) => i,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn schemas() -> tempfile::TempDir {
+        let dir = tempfile::tempdir().expect("tempdir");
+        std::fs::write(
+            dir.path().join("ok.avsc"),
+            r#"{"type":"record","name":"R","fields":[{"name":"a","type":"string"}]}"#,
+        )
+        .expect("write");
+        std::fs::write(dir.path().join("bad.avsc"), r#"{"type":"record","name":"R"}"#).expect("write");
+        dir
+    }
+
+    const GOOD: &str = r#"
+[defaults]
+partitions = 3
+
+[topics.in]
+value_schema = "ok.avsc"
+[topics.out]
+retention_ms = 1000
+[topics."in.retry.1"]
+[topics."in.dlq"]
+partitions = 1
+cleanup_policy = "compact"
+
+[services.svc]
+input = "in"
+consumer_group = "g"
+outputs = ["out"]
+retry = [{ topic = "in.retry.1", delay_ms = 500 }]
+dead_letter_topic = "in.dlq"
+stages = ["a", "b"]
+"#;
+
+    #[test]
+    fn parses_a_good_file() {
+        let dir = schemas();
+        let t = Topology::parse(GOOD, dir.path()).expect("valid");
+        assert_eq!(t.topics["in"].spec.partitions, 3);
+        assert_eq!(t.topics["in.dlq"].spec.partitions, 1);
+        assert_eq!(t.topics["in.dlq"].spec.cleanup_policy, "compact");
+        assert_eq!(t.topics["out"].spec.retention_ms, Some(1000));
+        assert!(t.topics["in"].value_schema.is_some());
+        let s = t.service("svc").expect("svc");
+        assert_eq!(s.retry, vec![RetryStep { topic: "in.retry.1".into(), delay_ms: 500 }]);
+        assert_eq!(s.stages, vec!["a", "b"]);
+    }
+
+    #[test]
+    fn every_problem_names_key_and_line() {
+        let dir = schemas();
+        let bad = GOOD
+            .replace("partitions = 1\n", "partitions = 0\n")
+            .replace("outputs = [\"out\"]", "outputs = [\"nowhere\"]")
+            .replace("\"compact\"", "\"shred\"")
+            .replace("ok.avsc", "bad.avsc");
+        let issues = Topology::parse(&bad, dir.path()).expect_err("invalid");
+        let text: Vec<String> = issues.iter().map(ToString::to_string).collect();
+        let find = |key: &str| {
+            issues.iter().find(|i| i.key == key).unwrap_or_else(|| panic!("no issue for {key}: {text:?}"))
+        };
+        assert_eq!(find("topics.in.dlq.partitions").line, 11);
+        assert_eq!(find("topics.in.dlq.cleanup_policy").line, 12);
+        assert_eq!(find("services.svc.outputs[0]").line, 17);
+        assert_eq!(find("topics.in.value_schema").line, 6);
+        assert_eq!(issues.len(), 4, "{text:?}");
+    }
+
+    #[test]
+    fn unknown_keys_and_syntax_errors_are_located() {
+        let dir = schemas();
+        let issues = Topology::parse(&GOOD.replace("retention_ms", "retension_ms"), dir.path()).expect_err("typo");
+        assert_eq!(issues.len(), 1);
+        assert!(issues[0].message.contains("retension_ms"), "{:?}", issues[0]);
+        assert_eq!(issues[0].line, 8);
+        let issues = Topology::parse("[topics.a]\npartitions = = 2\n", dir.path()).expect_err("syntax");
+        assert_eq!(issues[0].line, 2);
+    }
+
+    #[test]
+    fn shared_groups_and_decreasing_delays_are_rejected() {
+        let dir = schemas();
+        let text = format!(
+            "{GOOD}\n[services.other]\ninput = \"out\"\nconsumer_group = \"g\"\ndead_letter_topic = \"in.dlq\"\nstages = [\"x\"]\nretry = [{{ topic = \"in.retry.1\", delay_ms = 9 }}, {{ topic = \"in.retry.1\", delay_ms = 3 }}]\n"
+        );
+        let issues = Topology::parse(&text, dir.path()).expect_err("invalid");
+        let keys: Vec<&str> = issues.iter().map(|i| i.key.as_str()).collect();
+        // Services are checked in name order, so the second user of `g` is `svc`.
+        assert!(keys.contains(&"services.svc.consumer_group"), "{keys:?}");
+        assert!(issues.iter().any(|i| i.message.contains("group `g`")), "{issues:?}");
+        assert!(keys.contains(&"services.other.retry[1].delay_ms"), "{keys:?}");
+    }
+}

@@ -1,0 +1,61 @@
+//! Registry settings: defaults < `--config` file < `VERDICT__…` environment.
+
+use std::net::SocketAddr;
+
+use serde::{Deserialize, Serialize};
+use verdict_runtime::kafka::KafkaSettings;
+use verdict_runtime::settings::{SettingsError, Validate};
+
+#[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct RegistrySettings {
+    pub http: HttpSettings,
+    pub kafka: KafkaSettings,
+    pub store: StoreSettings,
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct HttpSettings {
+    /// Address the REST API listens on.
+    pub listen: SocketAddr,
+}
+
+impl Default for HttpSettings {
+    fn default() -> Self {
+        Self { listen: SocketAddr::from(([127, 0, 0, 1], 8081)) }
+    }
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct StoreSettings {
+    /// The compacted topic holding schemas and configs.
+    pub topic: String,
+    /// Replication factor used when the registry creates its topic.
+    pub replication_factor: i32,
+    /// How long a request waits for the log (watermarks, produce, apply).
+    pub timeout_ms: u64,
+}
+
+impl Default for StoreSettings {
+    fn default() -> Self {
+        Self { topic: "_schemas".into(), replication_factor: 1, timeout_ms: 10_000 }
+    }
+}
+
+impl Validate for RegistrySettings {
+    fn validate(&self) -> Result<(), SettingsError> {
+        self.kafka.validate()?;
+        if self.store.topic.trim().is_empty() {
+            return Err(SettingsError::Key { key: "store.topic".into(), message: "must not be empty".into() });
+        }
+        if self.store.replication_factor < 1 {
+            return Err(SettingsError::Key { key: "store.replication_factor".into(), message: "must be at least 1".into() });
+        }
+        if self.store.timeout_ms < 100 {
+            return Err(SettingsError::Key { key: "store.timeout_ms".into(), message: "must be at least 100".into() });
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,85 @@
+//! A schema registry that speaks the Confluent Schema Registry REST API for Avro
+//! and keeps its state in a compacted Kafka topic (`_schemas`).
+
+pub mod api;
+pub mod compat;
+pub mod config;
+pub mod error;
+pub mod log;
+pub mod store;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use tokio::net::TcpListener;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+
+pub use config::RegistrySettings;
+pub use log::SchemaLog;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error(transparent)]
+    Kafka(#[from] verdict_runtime::kafka::KafkaError),
+    #[error("cannot listen on {addr}: {source}")]
+    Bind { addr: SocketAddr, source: std::io::Error },
+}
+
+/// Binds the HTTP listener (before replay, so a busy port fails fast).
+pub async fn bind(addr: SocketAddr) -> Result<TcpListener, StartError> {
+    TcpListener::bind(addr).await.map_err(|source| StartError::Bind { addr, source })
+}
+
+/// Serves the API on `listener` until `shutdown` resolves.
+pub async fn serve(
+    listener: TcpListener,
+    log: Arc<SchemaLog>,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    axum::serve(listener, api::router(log)).with_graceful_shutdown(shutdown).await
+}
+
+/// A registry running in this process (used by tests and embedders).
+pub struct RunningRegistry {
+    addr: SocketAddr,
+    stop: Option<oneshot::Sender<()>>,
+    task: JoinHandle<std::io::Result<()>>,
+}
+
+impl RunningRegistry {
+    /// Opens the log, replays it and serves on `settings.http.listen`
+    /// (port 0 picks a free port).
+    pub async fn start(settings: &RegistrySettings) -> Result<Self, StartError> {
+        let listener = bind(settings.http.listen).await?;
+        let addr = listener.local_addr().map_err(|source| StartError::Bind { addr: settings.http.listen, source })?;
+        let log = Arc::new(SchemaLog::open(&settings.kafka, &settings.store).await?);
+        let (tx, rx) = oneshot::channel::<()>();
+        let task = tokio::spawn(serve(listener, log, async {
+            let _ = rx.await;
+        }));
+        Ok(Self { addr, stop: Some(tx), task })
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// Stops serving and waits for the server task to end.
+    pub async fn stop(mut self) {
+        if let Some(tx) = self.stop.take() {
+            let _ = tx.send(());
+        }
+        let _ = (&mut self.task).await;
+    }
+}
+
+impl Drop for RunningRegistry {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}

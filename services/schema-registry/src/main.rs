@@ -1,0 +1,62 @@
+//! verdict-schema-registry: settings → `_schemas` log replay → REST API.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use clap::Parser;
+use verdict_runtime::{settings, telemetry};
+use verdict_schema_registry::{RegistrySettings, SchemaLog, bind, serve};
+
+/// Confluent-compatible schema registry (Avro) backed by a compacted Kafka topic.
+#[derive(Parser)]
+#[command(version)]
+struct Args {
+    /// TOML settings file; `VERDICT__SECTION__KEY` environment variables override it.
+    #[arg(long, env = "VERDICT_CONFIG")]
+    config: Option<PathBuf>,
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    telemetry::init_logging();
+    let args = Args::parse();
+    let settings: RegistrySettings = match settings::load(args.config.as_deref()) {
+        Ok(s) => s,
+        Err(e) => return fail(&e),
+    };
+    let listener = match bind(settings.http.listen).await {
+        Ok(l) => l,
+        Err(e) => return fail(&e),
+    };
+    let log = match SchemaLog::open(&settings.kafka, &settings.store).await {
+        Ok(log) => Arc::new(log),
+        Err(e) => return fail(&e),
+    };
+    tracing::info!(listen = %settings.http.listen, topic = %settings.store.topic, "schema registry ready");
+    match serve(listener, log, shutdown_signal()).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => fail(&e),
+    }
+}
+
+fn fail(e: &dyn std::fmt::Display) -> ExitCode {
+    eprintln!("verdict-schema-registry: {e}");
+    ExitCode::from(2)
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    match signal(SignalKind::terminate()) {
+        Ok(mut term) => {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = tokio::signal::ctrl_c() => {}
+            }
+        }
+        Err(_) => {
+            let _ = tokio::signal::ctrl_c().await;
+        }
+    }
+    tracing::info!("shutting down");
+}

@@ -1,0 +1,122 @@
+//! `verdict topology check|apply`.
+//!
+//! `apply` validates the whole file and checks every schema against the registry
+//! before it changes anything; then it creates missing topics and registers schemas.
+//! Existing topics that differ from the file are reported as drift, never altered.
+
+use std::path::Path;
+use std::time::Duration;
+
+use verdict_runtime::kafka::KafkaSettings;
+use verdict_runtime::registry::RegistryClient;
+use verdict_runtime::topology::Topology;
+
+use crate::CliError;
+
+/// What `apply` did.
+#[derive(Debug, Default, PartialEq)]
+pub struct ApplyReport {
+    pub created: Vec<String>,
+    pub unchanged: Vec<String>,
+    pub drift: Vec<String>,
+    /// `(subject, schema id)` for every registered value schema.
+    pub schemas: Vec<(String, u32)>,
+}
+
+pub fn check(file: &Path, schemas: Option<&Path>) -> Result<Topology, CliError> {
+    Topology::load(file, schemas).map_err(|e| CliError::Usage(e.to_string()))
+}
+
+pub async fn apply(
+    file: &Path,
+    schemas: Option<&Path>,
+    kafka: &KafkaSettings,
+    registry: &RegistryClient,
+) -> Result<ApplyReport, CliError> {
+    let topology = check(file, schemas)?;
+
+    // Everything that can refuse is asked before anything changes.
+    kafka.wait_until_reachable(Duration::from_secs(10)).await?;
+    let existing = kafka.topic_partitions().await?;
+    let mut subjects = Vec::new();
+    for (name, topic) in &topology.topics {
+        let Some(path) = &topic.value_schema else { continue };
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| CliError::Usage(format!("cannot read {}: {e}", path.display())))?;
+        let subject = format!("{name}-value");
+        let reasons = registry.incompatibilities(&subject, &text).await?;
+        if !reasons.is_empty() {
+            return Err(CliError::Failed(format!(
+                "{} is not compatible with the registered {subject}; nothing was applied:\n  {}",
+                path.display(),
+                reasons.join("\n  ")
+            )));
+        }
+        subjects.push((subject, text));
+    }
+
+    let mut report = ApplyReport::default();
+    let mut to_create = Vec::new();
+    for (name, topic) in &topology.topics {
+        let Some(&partitions) = existing.get(name) else {
+            to_create.push(topic.spec.clone());
+            continue;
+        };
+        let before = report.drift.len();
+        if i32::try_from(partitions).ok() != Some(topic.spec.partitions) {
+            report.drift.push(format!(
+                "{name}: partitions declared {}, actual {partitions}",
+                topic.spec.partitions
+            ));
+        }
+        match kafka.topic_configs(name).await {
+            Ok(Some(actual)) => {
+                for (key, want) in topic.spec.configs() {
+                    match actual.get(&key) {
+                        Some(have) if *have == want => {}
+                        Some(have) => report.drift.push(format!("{name}: {key} declared {want}, actual {have}")),
+                        None => report.drift.push(format!("{name}: {key} declared {want}, broker reports none")),
+                    }
+                }
+            }
+            Ok(None) | Err(_) => {
+                tracing::warn!(topic = %name, "broker did not describe topic configs; only partitions compared")
+            }
+        }
+        if report.drift.len() == before {
+            report.unchanged.push(name.clone());
+        }
+    }
+
+    kafka.create_topics(&to_create).await?;
+    report.created = to_create.into_iter().map(|t| t.name).collect();
+    for (subject, text) in subjects {
+        let id = registry.register(&subject, &text).await?;
+        report.schemas.push((subject, id));
+    }
+    Ok(report)
+}
+
+impl ApplyReport {
+    pub fn print(&self) {
+        for t in &self.created {
+            println!("created   {t}");
+        }
+        for t in &self.unchanged {
+            println!("unchanged {t}");
+        }
+        for d in &self.drift {
+            println!("DRIFT     {d} (left as is)");
+        }
+        for (subject, id) in &self.schemas {
+            println!("schema    {subject} -> id {id}");
+        }
+        println!(
+            "topology: {} created, {} unchanged, {} drift, {} schemas registered",
+            self.created.len(),
+            self.unchanged.len(),
+            self.drift.len(),
+            self.schemas.len()
+        );
+    }
+}

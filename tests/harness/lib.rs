@@ -1,0 +1,215 @@
+//! Test harness: a real nisshi broker (fresh temp data dir, free port) and an
+//! in-process schema registry per test, torn down on drop; unique topic names;
+//! consumer settings for quick group joins; a timeout around every test.
+
+use std::future::Future;
+use std::net::TcpListener;
+use std::path::PathBuf;
+use std::process::{Child, Command, Output};
+use std::time::Duration;
+
+use rdkafka::ClientConfig;
+use verdict_cli::stack::{broker_command, spawn_logged};
+use verdict_runtime::kafka::KafkaSettings;
+use verdict_schema_registry::{RegistrySettings, RunningRegistry};
+
+/// Runs a test body on a multi-threaded runtime and fails it after `secs`.
+pub fn run<F: Future<Output = ()>>(secs: u64, body: F) {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("tokio runtime");
+    rt.block_on(async {
+        if tokio::time::timeout(Duration::from_secs(secs), body).await.is_err() {
+            panic!("test timed out after {secs} s");
+        }
+    });
+}
+
+/// A free loopback port (bound and released; the OS will not hand it out again at once).
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("free port")
+}
+
+/// A topic or group name no other test uses.
+pub fn unique(prefix: &str) -> String {
+    format!("{prefix}-{}", &uuid::Uuid::new_v4().simple().to_string()[..12])
+}
+
+/// Repository root (the workspace).
+pub fn repo_root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).parent().map(PathBuf::from).expect("repo root")
+}
+
+/// A workspace binary built by `cargo build --bins` (same profile as the tests).
+pub fn bin(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().expect("current exe");
+    let profile_dir = exe.parent().and_then(|d| d.parent()).expect("target/<profile>");
+    let path = profile_dir.join(name);
+    assert!(path.is_file(), "{} is missing: run `cargo build --bins` before the tests (scripts/test.sh does)", path.display());
+    path
+}
+
+/// Runs a command with a timeout; returns its output.
+pub fn run_command(cmd: &mut Command, timeout: Duration) -> Output {
+    let mut child = cmd
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot start {cmd:?}: {e}"));
+    let start = std::time::Instant::now();
+    loop {
+        if child.try_wait().expect("try_wait").is_some() {
+            return child.wait_with_output().expect("output");
+        }
+        if start.elapsed() > timeout {
+            let _ = child.kill();
+            let out = child.wait_with_output().expect("output");
+            panic!(
+                "{cmd:?} did not finish within {timeout:?}\nstdout: {}\nstderr: {}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// A nisshi broker with the SQLite store in a fresh temp dir, on a free port.
+pub struct TestBroker {
+    child: Child,
+    port: u16,
+    dir: tempfile::TempDir,
+}
+
+impl TestBroker {
+    pub async fn start() -> Self {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let port = free_port();
+        let child = spawn_logged(broker_command(dir.path(), port), &dir.path().join("broker.log"), false)
+            .unwrap_or_else(|e| panic!("{e} (is nisshi installed? run scripts/install.sh)"));
+        let broker = Self { child, port, dir };
+        if let Err(e) = broker.kafka().wait_until_reachable(Duration::from_secs(30)).await {
+            panic!("{e}\nbroker log:\n{}", broker.log());
+        }
+        broker
+    }
+
+    pub fn bootstrap(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
+    pub fn kafka(&self) -> KafkaSettings {
+        KafkaSettings::with_bootstrap(self.bootstrap())
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("broker.log")).unwrap_or_default()
+    }
+
+    /// Consumer settings for tests: unique group, quick joins.
+    pub fn consumer_config(&self, group: &str) -> ClientConfig {
+        let mut cfg = self.kafka().client_config();
+        cfg.set("group.id", group)
+            .set("session.timeout.ms", "6000")
+            .set("heartbeat.interval.ms", "500")
+            .set("enable.auto.commit", "false")
+            .set("auto.offset.reset", "earliest");
+        cfg
+    }
+}
+
+impl Drop for TestBroker {
+    fn drop(&mut self) {
+        // Child::kill signals this child's own pid.
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Registry settings for a broker, on a free port.
+pub fn registry_settings(broker: &TestBroker) -> RegistrySettings {
+    let mut s = RegistrySettings::default();
+    s.http.listen = "127.0.0.1:0".parse().expect("addr");
+    s.kafka = broker.kafka();
+    s
+}
+
+/// A broker plus a registry on it.
+pub struct Stack {
+    pub registry: RunningRegistry,
+    pub broker: TestBroker,
+}
+
+impl Stack {
+    pub async fn start() -> Self {
+        let broker = TestBroker::start().await;
+        let registry = RunningRegistry::start(&registry_settings(&broker)).await.expect("registry starts");
+        Self { registry, broker }
+    }
+
+    pub fn registry_url(&self) -> String {
+        self.registry.url()
+    }
+}
+
+/// A minimal JSON client for the registry API that keeps status codes.
+pub struct Http {
+    base: String,
+    client: reqwest::Client,
+}
+
+pub struct Reply {
+    pub status: u16,
+    pub content_type: String,
+    pub body: serde_json::Value,
+}
+
+impl Http {
+    pub fn new(base: impl Into<String>) -> Self {
+        Self { base: base.into(), client: reqwest::Client::new() }
+    }
+
+    pub async fn send(&self, method: &str, path: &str, body: Option<String>) -> Reply {
+        let method = reqwest::Method::from_bytes(method.as_bytes()).expect("method");
+        let mut req = self.client.request(method, format!("{}{}", self.base, path));
+        if let Some(b) = body {
+            req = req.header("Content-Type", "application/vnd.schemaregistry.v1+json").body(b);
+        }
+        let resp = req.send().await.expect("request");
+        let status = resp.status().as_u16();
+        let content_type = resp
+            .headers()
+            .get("content-type")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+            .to_string();
+        let text = resp.text().await.expect("body");
+        let body = serde_json::from_str(&text).unwrap_or(serde_json::Value::String(text));
+        Reply { status, content_type, body }
+    }
+
+    pub async fn get(&self, path: &str) -> Reply {
+        self.send("GET", path, None).await
+    }
+
+    pub async fn post(&self, path: &str, body: serde_json::Value) -> Reply {
+        self.send("POST", path, Some(body.to_string())).await
+    }
+
+    pub async fn put(&self, path: &str, body: serde_json::Value) -> Reply {
+        self.send("PUT", path, Some(body.to_string())).await
+    }
+
+    pub async fn delete(&self, path: &str) -> Reply {
+        self.send("DELETE", path, None).await
+    }
+}
+
+impl Reply {
+    /// The Confluent `error_code`, if this is an error body.
+    pub fn error_code(&self) -> Option<i64> {
+        self.body.get("error_code").and_then(serde_json::Value::as_i64)
+    }
+}
