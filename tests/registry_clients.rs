@@ -1,1 +1,164 @@
-//! placeholder
+//! The registry with clients nobody here wrote: `schema_registry_converter` (Rust)
+//! and Confluent's Python client, plus Avro records through the real broker.
+
+use std::process::Command;
+use std::time::Duration;
+
+use harness::{Http, Stack, repo_root, run, run_command, unique};
+use schema_registry_converter::async_impl::avro::{AvroDecoder, AvroEncoder};
+use schema_registry_converter::async_impl::schema_registry::SrSettings;
+use schema_registry_converter::schema_registry_common::{
+    SchemaType, SubjectNameStrategy, SuppliedSchema,
+};
+use verdict_cli::records::{AvroProducer, read_back, sample_transaction};
+
+fn transaction_schema() -> String {
+    std::fs::read_to_string(repo_root().join("schemas/transaction_event.avsc"))
+        .expect("schema file")
+}
+
+#[test]
+fn schema_registry_converter_round_trip() {
+    run(90, async {
+        let stack = Stack::start().await;
+        let topic = unique("tx");
+        let text = transaction_schema();
+        let schema = apache_avro::Schema::parse_str(&text).expect("parse");
+        let supplied = SuppliedSchema::new(
+            Some("dev.verdict.v1.TransactionEvent".into()),
+            SchemaType::Avro,
+            text.clone(),
+        );
+        // The converter registers the schema itself (TopicNameStrategyWithSchema).
+        let encoder = AvroEncoder::new(SrSettings::new(stack.registry_url()));
+        let strategy =
+            SubjectNameStrategy::TopicNameStrategyWithSchema(topic.clone(), false, supplied);
+        let (_, json) = sample_transaction(&mut rand::rng(), "tenant-a");
+        let value = verdict_runtime::avro::from_json(&json, &schema).expect("fits schema");
+        let bytes = encoder
+            .encode_value(value.clone(), &strategy)
+            .await
+            .expect("encode");
+
+        let latest = Http::new(stack.registry_url())
+            .get(&format!("/subjects/{topic}-value/versions/latest"))
+            .await;
+        let id = latest.body["id"].as_u64().expect("registered");
+        assert_eq!(bytes[0], 0, "magic byte");
+        assert_eq!(
+            u64::from(u32::from_be_bytes([bytes[1], bytes[2], bytes[3], bytes[4]])),
+            id
+        );
+
+        // A fresh decoder has no cache: it fetches the schema by id over HTTP.
+        let decoded = AvroDecoder::new(SrSettings::new(stack.registry_url()))
+            .decode(Some(&bytes))
+            .await
+            .expect("decode");
+        assert_eq!(decoded.value, value);
+        assert_eq!(
+            decoded.name.map(|n| n.fullname(None)),
+            Some("dev.verdict.v1.TransactionEvent".to_string())
+        );
+    });
+}
+
+#[test]
+fn avro_records_through_the_broker() {
+    run(90, async {
+        let stack = Stack::start().await;
+        let topic = unique("transactions");
+        let kafka = stack.broker.kafka();
+        kafka
+            .create_topics(&[verdict_runtime::kafka::TopicSpec {
+                name: topic.clone(),
+                partitions: 3,
+                replication_factor: 1,
+                retention_ms: None,
+                cleanup_policy: "delete".into(),
+            }])
+            .await
+            .expect("topic");
+        let http = Http::new(stack.registry_url());
+        let reg = http
+            .post(
+                &format!("/subjects/{topic}-value/versions"),
+                serde_json::json!({"schema": transaction_schema()}),
+            )
+            .await;
+        assert_eq!(reg.status, 200);
+
+        let producer = AvroProducer::new(&kafka, &stack.registry_url()).expect("producer");
+        let mut rng = rand::rng();
+        let mut sent = Vec::new();
+        for _ in 0..20 {
+            let (key, value) = sample_transaction(&mut rng, "tenant-b");
+            sent.push(producer.send(&topic, &key, &value).await.expect("send"));
+        }
+        let positions: Vec<(i32, i64)> = sent.iter().map(|d| (d.partition, d.offset)).collect();
+        let got = read_back(
+            &kafka,
+            &stack.registry_url(),
+            &topic,
+            &positions,
+            Duration::from_secs(30),
+        )
+        .await
+        .expect("read");
+        sent.sort_by_key(|d| (d.partition, d.offset));
+        assert_eq!(got.len(), sent.len(), "every record comes back");
+        for (g, s) in got.iter().zip(&sent) {
+            assert_eq!(
+                g, s,
+                "record at {}@{} comes back with its key and value",
+                s.partition, s.offset
+            );
+        }
+        let partitions: std::collections::BTreeSet<i32> = got.iter().map(|d| d.partition).collect();
+        assert!(
+            partitions.len() > 1,
+            "keys spread over partitions: {partitions:?}"
+        );
+
+        // A value that does not fit the schema is refused before anything is sent.
+        let err = producer
+            .send(&topic, "k", &serde_json::json!({"amount": "lots"}))
+            .await
+            .expect_err("bad value");
+        assert!(err.to_string().contains("does not fit"), "{err}");
+    });
+}
+
+#[test]
+fn confluent_python_client_round_trip() {
+    let python = std::env::var("VERDICT_PYTHON")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|_| repo_root().join(".venv/bin/python"));
+    assert!(
+        python.is_file(),
+        "{} missing: run scripts/install.sh (creates .venv with confluent-kafka)",
+        python.display()
+    );
+    run(120, async move {
+        let stack = Stack::start().await;
+        let url = stack.registry_url();
+        let out = tokio::task::spawn_blocking(move || {
+            run_command(
+                Command::new(python)
+                    .arg(repo_root().join("tests/python/sr_client_roundtrip.py"))
+                    .env("SCHEMA_REGISTRY_URL", url)
+                    .env("SUBJECT_PREFIX", unique("py")),
+                Duration::from_secs(90),
+            )
+        })
+        .await
+        .expect("join");
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            out.status.success(),
+            "python client failed\nstdout:\n{stdout}\nstderr:\n{stderr}"
+        );
+        assert!(stdout.contains("python client round trip: OK"), "{stdout}");
+    });
+}

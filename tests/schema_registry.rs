@@ -21,37 +21,66 @@ fn register_lookup_and_read_back() {
         let stack = Stack::start().await;
         let http = Http::new(stack.registry_url());
         let v1 = record(A);
-        let r = http.post("/subjects/orders-value/versions", body(&v1)).await;
+        let r = http
+            .post("/subjects/orders-value/versions", body(&v1))
+            .await;
         assert_eq!(r.status, 200, "{:?}", r.body);
         assert_eq!(r.content_type, "application/vnd.schemaregistry.v1+json");
         let id = r.body["id"].as_u64().expect("id");
 
         // Same schema (other whitespace/key order) → same id, no new version.
         let spaced = r#"{ "namespace":"t", "type":"record", "name":"R", "fields":[ {"type":"string","name":"a"} ] }"#;
-        let again = http.post("/subjects/orders-value/versions", body(spaced)).await;
+        let again = http
+            .post("/subjects/orders-value/versions", body(spaced))
+            .await;
         assert_eq!(again.body["id"].as_u64(), Some(id));
         // Same schema under another subject → same global id.
         let other = http.post("/subjects/other-value/versions", body(&v1)).await;
         assert_eq!(other.body["id"].as_u64(), Some(id));
 
-        let v2 = record(&format!(r#"{A},{{"name":"b","type":["null","int"],"default":null}}"#));
-        let id2 = http.post("/subjects/orders-value/versions", body(&v2)).await.body["id"].as_u64().expect("id2");
+        let v2 = record(&format!(
+            r#"{A},{{"name":"b","type":["null","int"],"default":null}}"#
+        ));
+        let id2 = http
+            .post("/subjects/orders-value/versions", body(&v2))
+            .await
+            .body["id"]
+            .as_u64()
+            .expect("id2");
         assert_ne!(id, id2);
 
-        assert_eq!(http.get("/subjects").await.body, json!(["orders-value", "other-value"]));
-        assert_eq!(http.get("/subjects/orders-value/versions").await.body, json!([1, 2]));
+        assert_eq!(
+            http.get("/subjects").await.body,
+            json!(["orders-value", "other-value"])
+        );
+        assert_eq!(
+            http.get("/subjects/orders-value/versions").await.body,
+            json!([1, 2])
+        );
         let latest = http.get("/subjects/orders-value/versions/latest").await;
         assert_eq!(latest.body["version"], 2);
         assert_eq!(latest.body["id"].as_u64(), Some(id2));
         assert_eq!(latest.body["subject"], "orders-value");
         assert_eq!(latest.body["schema"], v2.as_str());
-        assert_eq!(http.get("/subjects/orders-value/versions/-1").await.body["version"], 2);
-        assert_eq!(http.get("/subjects/orders-value/versions/1").await.body["id"].as_u64(), Some(id));
+        assert_eq!(
+            http.get("/subjects/orders-value/versions/-1").await.body["version"],
+            2
+        );
+        assert_eq!(
+            http.get("/subjects/orders-value/versions/1").await.body["id"].as_u64(),
+            Some(id)
+        );
         let raw = http.get("/subjects/orders-value/versions/1/schema").await;
         assert_eq!(raw.body["name"], "R");
 
-        assert_eq!(http.get(&format!("/schemas/ids/{id}")).await.body, json!({ "schema": v1 }));
-        assert_eq!(http.get(&format!("/schemas/ids/{id}/schema")).await.body["fields"][0]["name"], "a");
+        assert_eq!(
+            http.get(&format!("/schemas/ids/{id}")).await.body,
+            json!({ "schema": v1 })
+        );
+        assert_eq!(
+            http.get(&format!("/schemas/ids/{id}/schema")).await.body["fields"][0]["name"],
+            "a"
+        );
         assert_eq!(
             http.get(&format!("/schemas/ids/{id}/versions")).await.body,
             json!([{"subject":"orders-value","version":1},{"subject":"other-value","version":1}])
@@ -77,28 +106,95 @@ fn bad_requests_get_confluent_error_codes() {
             (http.get("/subjects/nope/versions").await, 404, 40401),
             (http.get("/subjects/s/versions/7").await, 404, 40402),
             (http.get("/schemas/ids/999").await, 404, 40403),
-            (http.post("/subjects/s", body(&record(r#"{"name":"zzz","type":"int"}"#))).await, 404, 40403),
+            (
+                http.post(
+                    "/subjects/s",
+                    body(&record(r#"{"name":"zzz","type":"int"}"#)),
+                )
+                .await,
+                404,
+                40403,
+            ),
             (http.post("/subjects/nope", body(&v1)).await, 404, 40401),
             (http.get("/subjects/s/versions/0").await, 422, 42202),
             (http.get("/subjects/s/versions/abc").await, 422, 42202),
-            (http.post("/subjects/s/versions", json!({"schema": "{\"type\":\"record\"}"})).await, 422, 42201),
-            (http.post("/subjects/s/versions", json!({"schema": "not json"})).await, 422, 42201),
-            (http.post("/subjects/s/versions", json!({"schema": "{}", "schemaType": "PROTOBUF"})).await, 422, 42201),
-            (http.post("/subjects/s/versions", json!({"schema": "{}", "schemaType": "JSON"})).await, 422, 42201),
-            (http.send("POST", "/subjects/s/versions", Some("{\"schema\": ".into())).await, 400, 400),
-            (http.post("/subjects/s/versions", json!({"schemas": "x"})).await, 422, 422),
-            (http.put("/config", json!({"compatibility": "SIDEWAYS"})).await, 422, 42203),
+            (
+                http.post(
+                    "/subjects/s/versions",
+                    json!({"schema": "{\"type\":\"record\"}"}),
+                )
+                .await,
+                422,
+                42201,
+            ),
+            (
+                http.post("/subjects/s/versions", json!({"schema": "not json"}))
+                    .await,
+                422,
+                42201,
+            ),
+            (
+                http.post(
+                    "/subjects/s/versions",
+                    json!({"schema": "{}", "schemaType": "PROTOBUF"}),
+                )
+                .await,
+                422,
+                42201,
+            ),
+            (
+                http.post(
+                    "/subjects/s/versions",
+                    json!({"schema": "{}", "schemaType": "JSON"}),
+                )
+                .await,
+                422,
+                42201,
+            ),
+            (
+                http.send("POST", "/subjects/s/versions", Some("{\"schema\": ".into()))
+                    .await,
+                400,
+                400,
+            ),
+            (
+                http.post("/subjects/s/versions", json!({"schemas": "x"}))
+                    .await,
+                422,
+                422,
+            ),
+            (
+                http.put("/config", json!({"compatibility": "SIDEWAYS"}))
+                    .await,
+                422,
+                42203,
+            ),
             (http.get("/config/s").await, 404, 40408),
             (http.get("/no/such/route").await, 404, 404),
         ];
         for (i, (reply, status, code)) in cases.iter().enumerate() {
-            assert_eq!((reply.status, reply.error_code()), (*status, Some(*code)), "case {i}: {:?}", reply.body);
+            assert_eq!(
+                (reply.status, reply.error_code()),
+                (*status, Some(*code)),
+                "case {i}: {:?}",
+                reply.body
+            );
             let message = reply.body["message"].as_str().unwrap_or("");
             assert!(!message.is_empty(), "case {i} has a message");
-            assert_eq!(reply.content_type, "application/vnd.schemaregistry.v1+json", "case {i}");
+            assert_eq!(
+                reply.content_type, "application/vnd.schemaregistry.v1+json",
+                "case {i}"
+            );
         }
         let protobuf = &cases[9].0;
-        assert!(protobuf.body["message"].as_str().unwrap_or("").contains("PROTOBUF"), "{:?}", protobuf.body);
+        assert!(
+            protobuf.body["message"]
+                .as_str()
+                .unwrap_or("")
+                .contains("PROTOBUF"),
+            "{:?}",
+            protobuf.body
+        );
     });
 }
 
@@ -119,7 +215,12 @@ fn compatibility_matrix_every_level() {
     let c = r#"{"name":"c","type":"int"}"#;
     let c_default = r#"{"name":"c","type":"int","default":0}"#;
     let rows = vec![
-        Row { level: "NONE", history: vec![record(A)], compatible: record(r#"{"name":"a","type":"int"}"#), incompatible: None },
+        Row {
+            level: "NONE",
+            history: vec![record(A)],
+            compatible: record(r#"{"name":"a","type":"int"}"#),
+            incompatible: None,
+        },
         Row {
             level: "BACKWARD",
             history: vec![record(A)],
@@ -143,19 +244,28 @@ fn compatibility_matrix_every_level() {
         Row {
             level: "BACKWARD_TRANSITIVE",
             history: vec![record(A), record(&format!("{A},{b_default}"))],
-            compatible: record(&format!("{A},{b_default},{opt_b}").replace(r#""name":"b","type":["null","int"]"#, r#""name":"d","type":["null","int"]"#)),
+            compatible: record(&format!("{A},{b_default},{opt_b}").replace(
+                r#""name":"b","type":["null","int"]"#,
+                r#""name":"d","type":["null","int"]"#,
+            )),
             incompatible: Some(record(&format!("{A},{req_b}"))),
         },
         Row {
             level: "FORWARD_TRANSITIVE",
-            history: vec![record(&format!("{A},{c}")), record(&format!("{A},{c_default}"))],
+            history: vec![
+                record(&format!("{A},{c}")),
+                record(&format!("{A},{c_default}")),
+            ],
             compatible: record(&format!("{A},{c},{req_b}")),
             incompatible: Some(record(A)),
         },
         Row {
             level: "FULL_TRANSITIVE",
             history: vec![record(A), record(&format!("{A},{b_default}"))],
-            compatible: record(&format!("{A},{b_default},{opt_b}").replace(r#""name":"b","type":["null","int"]"#, r#""name":"d","type":["null","int"]"#)),
+            compatible: record(&format!("{A},{b_default},{opt_b}").replace(
+                r#""name":"b","type":["null","int"]"#,
+                r#""name":"d","type":["null","int"]"#,
+            )),
             incompatible: Some(record(&format!("{A},{req_b}"))),
         },
     ];
@@ -164,44 +274,132 @@ fn compatibility_matrix_every_level() {
         let http = Http::new(stack.registry_url());
         for row in &rows {
             let subject = format!("matrix-{}", row.level.to_lowercase());
-            assert_eq!(http.put(&format!("/config/{subject}"), json!({"compatibility": "NONE"})).await.status, 200);
+            assert_eq!(
+                http.put(
+                    &format!("/config/{subject}"),
+                    json!({"compatibility": "NONE"})
+                )
+                .await
+                .status,
+                200
+            );
             for v in &row.history {
-                let r = http.post(&format!("/subjects/{subject}/versions"), body(v)).await;
+                let r = http
+                    .post(&format!("/subjects/{subject}/versions"), body(v))
+                    .await;
                 assert_eq!(r.status, 200, "{}: seeding {:?}", row.level, r.body);
             }
-            let set = http.put(&format!("/config/{subject}"), json!({"compatibility": row.level})).await;
+            let set = http
+                .put(
+                    &format!("/config/{subject}"),
+                    json!({"compatibility": row.level}),
+                )
+                .await;
             assert_eq!(set.body, json!({"compatibility": row.level}));
-            assert_eq!(http.get(&format!("/config/{subject}")).await.body["compatibilityLevel"], row.level);
+            assert_eq!(
+                http.get(&format!("/config/{subject}")).await.body["compatibilityLevel"],
+                row.level
+            );
 
             if let Some(bad) = &row.incompatible {
                 let check = http
-                    .post(&format!("/compatibility/subjects/{subject}/versions?verbose=true"), body(bad))
+                    .post(
+                        &format!("/compatibility/subjects/{subject}/versions?verbose=true"),
+                        body(bad),
+                    )
                     .await;
-                assert_eq!(check.body["is_compatible"], false, "{}: {:?}", row.level, check.body);
-                let messages = check.body["messages"].as_array().cloned().unwrap_or_default();
+                assert_eq!(
+                    check.body["is_compatible"], false,
+                    "{}: {:?}",
+                    row.level, check.body
+                );
+                let messages = check.body["messages"]
+                    .as_array()
+                    .cloned()
+                    .unwrap_or_default();
                 assert!(!messages.is_empty(), "{}: verbose gives reasons", row.level);
-                let refused = http.post(&format!("/subjects/{subject}/versions"), body(bad)).await;
-                assert_eq!((refused.status, refused.error_code()), (409, Some(409)), "{}: {:?}", row.level, refused.body);
+                let refused = http
+                    .post(&format!("/subjects/{subject}/versions"), body(bad))
+                    .await;
+                assert_eq!(
+                    (refused.status, refused.error_code()),
+                    (409, Some(409)),
+                    "{}: {:?}",
+                    row.level,
+                    refused.body
+                );
                 if row.level.ends_with("_TRANSITIVE") {
                     // Against the latest version alone the change passes.
-                    let latest = http.post(&format!("/compatibility/subjects/{subject}/versions/latest"), body(bad)).await;
-                    assert_eq!(latest.body["is_compatible"], true, "{}: {:?}", row.level, latest.body);
+                    let latest = http
+                        .post(
+                            &format!("/compatibility/subjects/{subject}/versions/latest"),
+                            body(bad),
+                        )
+                        .await;
+                    assert_eq!(
+                        latest.body["is_compatible"], true,
+                        "{}: {:?}",
+                        row.level, latest.body
+                    );
                 }
             }
-            let check = http.post(&format!("/compatibility/subjects/{subject}/versions/latest?verbose=true"), body(&row.compatible)).await;
-            assert_eq!(check.body, json!({"is_compatible": true, "messages": []}), "{}", row.level);
-            let accepted = http.post(&format!("/subjects/{subject}/versions"), body(&row.compatible)).await;
+            let check = http
+                .post(
+                    &format!("/compatibility/subjects/{subject}/versions/latest?verbose=true"),
+                    body(&row.compatible),
+                )
+                .await;
+            assert_eq!(
+                check.body,
+                json!({"is_compatible": true, "messages": []}),
+                "{}",
+                row.level
+            );
+            let accepted = http
+                .post(
+                    &format!("/subjects/{subject}/versions"),
+                    body(&row.compatible),
+                )
+                .await;
             assert_eq!(accepted.status, 200, "{}: {:?}", row.level, accepted.body);
-            let versions = http.get(&format!("/subjects/{subject}/versions")).await.body;
-            assert_eq!(versions.as_array().map(Vec::len), Some(row.history.len() + 1), "{}", row.level);
+            let versions = http
+                .get(&format!("/subjects/{subject}/versions"))
+                .await
+                .body;
+            assert_eq!(
+                versions.as_array().map(Vec::len),
+                Some(row.history.len() + 1),
+                "{}",
+                row.level
+            );
         }
         // The global default is BACKWARD and can be changed and reset.
-        assert_eq!(http.get("/config").await.body, json!({"compatibilityLevel": "BACKWARD"}));
-        assert_eq!(http.put("/config", json!({"compatibility": "FULL"})).await.body, json!({"compatibility": "FULL"}));
-        assert_eq!(http.get("/config").await.body, json!({"compatibilityLevel": "FULL"}));
-        assert_eq!(http.delete("/config").await.body, json!({"compatibilityLevel": "FULL"}));
-        assert_eq!(http.get("/config").await.body, json!({"compatibilityLevel": "BACKWARD"}));
-        assert_eq!(http.get("/config/unset?defaultToGlobal=true").await.body, json!({"compatibilityLevel": "BACKWARD"}));
+        assert_eq!(
+            http.get("/config").await.body,
+            json!({"compatibilityLevel": "BACKWARD"})
+        );
+        assert_eq!(
+            http.put("/config", json!({"compatibility": "FULL"}))
+                .await
+                .body,
+            json!({"compatibility": "FULL"})
+        );
+        assert_eq!(
+            http.get("/config").await.body,
+            json!({"compatibilityLevel": "FULL"})
+        );
+        assert_eq!(
+            http.delete("/config").await.body,
+            json!({"compatibilityLevel": "FULL"})
+        );
+        assert_eq!(
+            http.get("/config").await.body,
+            json!({"compatibilityLevel": "BACKWARD"})
+        );
+        assert_eq!(
+            http.get("/config/unset?defaultToGlobal=true").await.body,
+            json!({"compatibilityLevel": "BACKWARD"})
+        );
     });
 }
 
@@ -211,34 +409,72 @@ fn soft_and_permanent_deletes() {
         let stack = Stack::start().await;
         let http = Http::new(stack.registry_url());
         let v1 = record(A);
-        let v2 = record(&format!(r#"{A},{{"name":"b","type":["null","int"],"default":null}}"#));
-        let v3 = record(&format!(r#"{A},{{"name":"c","type":["null","int"],"default":null}}"#));
+        let v2 = record(&format!(
+            r#"{A},{{"name":"b","type":["null","int"],"default":null}}"#
+        ));
+        let v3 = record(&format!(
+            r#"{A},{{"name":"c","type":["null","int"],"default":null}}"#
+        ));
         for v in [&v1, &v2, &v3] {
             assert_eq!(http.post("/subjects/d/versions", body(v)).await.status, 200);
         }
         // Permanent delete needs a soft delete first.
-        assert_eq!(http.delete("/subjects/d/versions/2?permanent=true").await.error_code(), Some(40407));
+        assert_eq!(
+            http.delete("/subjects/d/versions/2?permanent=true")
+                .await
+                .error_code(),
+            Some(40407)
+        );
         assert_eq!(http.delete("/subjects/d/versions/2").await.body, json!(2));
-        assert_eq!(http.delete("/subjects/d/versions/2").await.error_code(), Some(40406));
+        assert_eq!(
+            http.delete("/subjects/d/versions/2").await.error_code(),
+            Some(40406)
+        );
         assert_eq!(http.get("/subjects/d/versions").await.body, json!([1, 3]));
-        assert_eq!(http.get("/subjects/d/versions?deleted=true").await.body, json!([1, 2, 3]));
-        assert_eq!(http.get("/subjects/d/versions/2").await.error_code(), Some(40402));
-        assert_eq!(http.get("/subjects/d/versions/2?deleted=true").await.status, 200);
-        assert_eq!(http.delete("/subjects/d/versions/2?permanent=true").await.body, json!(2));
-        assert_eq!(http.get("/subjects/d/versions?deleted=true").await.body, json!([1, 3]));
+        assert_eq!(
+            http.get("/subjects/d/versions?deleted=true").await.body,
+            json!([1, 2, 3])
+        );
+        assert_eq!(
+            http.get("/subjects/d/versions/2").await.error_code(),
+            Some(40402)
+        );
+        assert_eq!(
+            http.get("/subjects/d/versions/2?deleted=true").await.status,
+            200
+        );
+        assert_eq!(
+            http.delete("/subjects/d/versions/2?permanent=true")
+                .await
+                .body,
+            json!(2)
+        );
+        assert_eq!(
+            http.get("/subjects/d/versions?deleted=true").await.body,
+            json!([1, 3])
+        );
 
-        assert_eq!(http.delete("/subjects/d?permanent=true").await.error_code(), Some(40405));
+        assert_eq!(
+            http.delete("/subjects/d?permanent=true").await.error_code(),
+            Some(40405)
+        );
         assert_eq!(http.delete("/subjects/d").await.body, json!([1, 3]));
         assert_eq!(http.delete("/subjects/d").await.error_code(), Some(40404));
         assert_eq!(http.get("/subjects").await.body, json!([]));
         assert_eq!(http.get("/subjects?deleted=true").await.body, json!(["d"]));
-        assert_eq!(http.get("/subjects/d/versions").await.error_code(), Some(40401));
+        assert_eq!(
+            http.get("/subjects/d/versions").await.error_code(),
+            Some(40401)
+        );
         // Registering again after a soft delete continues the version numbers.
         let again = http.post("/subjects/d/versions", body(&v1)).await;
         assert_eq!(again.status, 200);
         assert_eq!(http.get("/subjects/d/versions").await.body, json!([4]));
         assert_eq!(http.delete("/subjects/d").await.body, json!([4]));
-        assert_eq!(http.delete("/subjects/d?permanent=true").await.body, json!([1, 3, 4]));
+        assert_eq!(
+            http.delete("/subjects/d?permanent=true").await.body,
+            json!([1, 3, 4])
+        );
         assert_eq!(http.get("/subjects?deleted=true").await.body, json!([]));
         assert_eq!(http.delete("/subjects/d").await.error_code(), Some(40401));
     });
@@ -251,26 +487,64 @@ fn survives_restart_with_ids_unchanged() {
         let http = Http::new(stack.registry_url());
         let mut ids = Vec::new();
         for (i, field) in ["b", "c", "d"].iter().enumerate() {
-            let schema = record(&format!(r#"{A},{{"name":"{field}","type":["null","int"],"default":null}}"#));
-            let r = http.post(&format!("/subjects/s{i}/versions"), body(&schema)).await;
+            let schema = record(&format!(
+                r#"{A},{{"name":"{field}","type":["null","int"],"default":null}}"#
+            ));
+            let r = http
+                .post(&format!("/subjects/s{i}/versions"), body(&schema))
+                .await;
             ids.push((format!("s{i}"), r.body["id"].as_u64().expect("id")));
         }
-        http.put("/config/s1", json!({"compatibility": "FULL"})).await;
+        http.put("/config/s1", json!({"compatibility": "FULL"}))
+            .await;
         http.delete("/subjects/s2").await;
-        let before: Vec<Value> = futures_all(&http, &["/subjects?deleted=true", "/subjects/s0/versions/1", "/subjects/s1/versions/1", "/config/s1"]).await;
+        let before: Vec<Value> = futures_all(
+            &http,
+            &[
+                "/subjects?deleted=true",
+                "/subjects/s0/versions/1",
+                "/subjects/s1/versions/1",
+                "/config/s1",
+            ],
+        )
+        .await;
 
         let Stack { registry, broker } = stack;
         registry.stop().await;
-        let restarted = RunningRegistry::start(&registry_settings(&broker)).await.expect("restart");
+        let restarted = RunningRegistry::start(&registry_settings(&broker))
+            .await
+            .expect("restart");
         let http = Http::new(restarted.url());
-        let after = futures_all(&http, &["/subjects?deleted=true", "/subjects/s0/versions/1", "/subjects/s1/versions/1", "/config/s1"]).await;
+        let after = futures_all(
+            &http,
+            &[
+                "/subjects?deleted=true",
+                "/subjects/s0/versions/1",
+                "/subjects/s1/versions/1",
+                "/config/s1",
+            ],
+        )
+        .await;
         assert_eq!(before, after);
-        assert_eq!(http.get("/subjects").await.body, json!(["s0", "s1"]), "soft delete survives");
+        assert_eq!(
+            http.get("/subjects").await.body,
+            json!(["s0", "s1"]),
+            "soft delete survives"
+        );
         for (subject, id) in &ids {
-            assert_eq!(http.get(&format!("/schemas/ids/{id}")).await.status, 200, "{subject}");
+            assert_eq!(
+                http.get(&format!("/schemas/ids/{id}")).await.status,
+                200,
+                "{subject}"
+            );
         }
         // New schemas get new ids, never reused ones.
-        let fresh = http.post("/subjects/s9/versions", body(&record(r#"{"name":"z","type":"long"}"#))).await;
+        let fresh = http
+            .post(
+                "/subjects/s9/versions",
+                body(&record(r#"{"name":"z","type":"long"}"#)),
+            )
+            .await;
         let max_before = ids.iter().map(|(_, id)| *id).max().unwrap_or(0);
         assert!(fresh.body["id"].as_u64().expect("id") > max_before);
         restarted.stop().await;
@@ -289,7 +563,9 @@ async fn futures_all(http: &Http, paths: &[&str]) -> Vec<Value> {
 fn two_instances_agree() {
     run(120, async {
         let stack = Stack::start().await;
-        let second = RunningRegistry::start(&registry_settings(&stack.broker)).await.expect("second");
+        let second = RunningRegistry::start(&registry_settings(&stack.broker))
+            .await
+            .expect("second");
         let a = Http::new(stack.registry_url());
         let b = Http::new(second.url());
 
@@ -306,16 +582,26 @@ fn two_instances_agree() {
             tokio::time::sleep(std::time::Duration::from_millis(100)).await;
         }
         assert_eq!(seen, id);
-        assert_eq!(b.post("/subjects/shared/versions", body(&v1)).await.body["id"], id, "same schema, same id on B");
+        assert_eq!(
+            b.post("/subjects/shared/versions", body(&v1)).await.body["id"],
+            id,
+            "same schema, same id on B"
+        );
 
         // Concurrent writes of different schemas on both instances: distinct ids, same view.
         let mut tasks = Vec::new();
         for i in 0..6 {
-            let url = if i % 2 == 0 { stack.registry_url() } else { second.url() };
+            let url = if i % 2 == 0 {
+                stack.registry_url()
+            } else {
+                second.url()
+            };
             let schema = record(&format!(r#"{{"name":"f{i}","type":"long"}}"#));
             tasks.push(tokio::spawn(async move {
                 let http = Http::new(url);
-                let r = http.post(&format!("/subjects/race{i}/versions"), body(&schema)).await;
+                let r = http
+                    .post(&format!("/subjects/race{i}/versions"), body(&schema))
+                    .await;
                 assert_eq!(r.status, 200, "{:?}", r.body);
                 r.body["id"].as_u64().expect("id")
             }));
@@ -329,12 +615,14 @@ fn two_instances_agree() {
         unique.dedup();
         assert_eq!(unique.len(), ids.len(), "ids {ids:?} are distinct");
         // A write on each instance brings both up to the end of the log.
-        a.put("/config/sync", json!({"compatibility": "NONE"})).await;
-        b.put("/config/sync", json!({"compatibility": "NONE"})).await;
-        for i in 0..6 {
+        a.put("/config/sync", json!({"compatibility": "NONE"}))
+            .await;
+        b.put("/config/sync", json!({"compatibility": "NONE"}))
+            .await;
+        for (i, id) in ids.iter().enumerate() {
             let path = format!("/subjects/race{i}/versions/1");
             assert_eq!(a.get(&path).await.body, b.get(&path).await.body, "{path}");
-            assert_eq!(a.get(&path).await.body["id"].as_u64(), Some(ids[i]));
+            assert_eq!(a.get(&path).await.body["id"].as_u64(), Some(*id));
         }
         second.stop().await;
     });

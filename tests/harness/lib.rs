@@ -21,7 +21,10 @@ pub fn run<F: Future<Output = ()>>(secs: u64, body: F) {
         .build()
         .expect("tokio runtime");
     rt.block_on(async {
-        if tokio::time::timeout(Duration::from_secs(secs), body).await.is_err() {
+        if tokio::time::timeout(Duration::from_secs(secs), body)
+            .await
+            .is_err()
+        {
             panic!("test timed out after {secs} s");
         }
     });
@@ -29,25 +32,41 @@ pub fn run<F: Future<Output = ()>>(secs: u64, body: F) {
 
 /// A free loopback port (bound and released; the OS will not hand it out again at once).
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("free port")
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("free port")
 }
 
 /// A topic or group name no other test uses.
 pub fn unique(prefix: &str) -> String {
-    format!("{prefix}-{}", &uuid::Uuid::new_v4().simple().to_string()[..12])
+    format!(
+        "{prefix}-{}",
+        &uuid::Uuid::new_v4().simple().to_string()[..12]
+    )
 }
 
 /// Repository root (the workspace).
 pub fn repo_root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).parent().map(PathBuf::from).expect("repo root")
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .map(PathBuf::from)
+        .expect("repo root")
 }
 
 /// A workspace binary built by `cargo build --bins` (same profile as the tests).
 pub fn bin(name: &str) -> PathBuf {
     let exe = std::env::current_exe().expect("current exe");
-    let profile_dir = exe.parent().and_then(|d| d.parent()).expect("target/<profile>");
+    let profile_dir = exe
+        .parent()
+        .and_then(|d| d.parent())
+        .expect("target/<profile>");
     let path = profile_dir.join(name);
-    assert!(path.is_file(), "{} is missing: run `cargo build --bins` before the tests (scripts/test.sh does)", path.display());
+    assert!(
+        path.is_file(),
+        "{} is missing: run `cargo build --bins` before the tests (scripts/test.sh does)",
+        path.display()
+    );
     path
 }
 
@@ -87,10 +106,18 @@ impl TestBroker {
     pub async fn start() -> Self {
         let dir = tempfile::tempdir().expect("tempdir");
         let port = free_port();
-        let child = spawn_logged(broker_command(dir.path(), port), &dir.path().join("broker.log"), false)
-            .unwrap_or_else(|e| panic!("{e} (is nisshi installed? run scripts/install.sh)"));
+        let child = spawn_logged(
+            broker_command(dir.path(), port),
+            &dir.path().join("broker.log"),
+            false,
+        )
+        .unwrap_or_else(|e| panic!("{e} (is nisshi installed? run scripts/install.sh)"));
         let broker = Self { child, port, dir };
-        if let Err(e) = broker.kafka().wait_until_reachable(Duration::from_secs(30)).await {
+        if let Err(e) = broker
+            .kafka()
+            .wait_until_reachable(Duration::from_secs(30))
+            .await
+        {
             panic!("{e}\nbroker log:\n{}", broker.log());
         }
         broker
@@ -145,7 +172,9 @@ pub struct Stack {
 impl Stack {
     pub async fn start() -> Self {
         let broker = TestBroker::start().await;
-        let registry = RunningRegistry::start(&registry_settings(&broker)).await.expect("registry starts");
+        let registry = RunningRegistry::start(&registry_settings(&broker))
+            .await
+            .expect("registry starts");
         Self { registry, broker }
     }
 
@@ -168,14 +197,21 @@ pub struct Reply {
 
 impl Http {
     pub fn new(base: impl Into<String>) -> Self {
-        Self { base: base.into(), client: reqwest::Client::new() }
+        Self {
+            base: base.into(),
+            client: reqwest::Client::new(),
+        }
     }
 
     pub async fn send(&self, method: &str, path: &str, body: Option<String>) -> Reply {
         let method = reqwest::Method::from_bytes(method.as_bytes()).expect("method");
-        let mut req = self.client.request(method, format!("{}{}", self.base, path));
+        let mut req = self
+            .client
+            .request(method, format!("{}{}", self.base, path));
         if let Some(b) = body {
-            req = req.header("Content-Type", "application/vnd.schemaregistry.v1+json").body(b);
+            req = req
+                .header("Content-Type", "application/vnd.schemaregistry.v1+json")
+                .body(b);
         }
         let resp = req.send().await.expect("request");
         let status = resp.status().as_u16();
@@ -187,7 +223,11 @@ impl Http {
             .to_string();
         let text = resp.text().await.expect("body");
         let body = serde_json::from_str(&text).unwrap_or(serde_json::Value::String(text));
-        Reply { status, content_type, body }
+        Reply {
+            status,
+            content_type,
+            body,
+        }
     }
 
     pub async fn get(&self, path: &str) -> Reply {
@@ -210,6 +250,8 @@ impl Http {
 impl Reply {
     /// The Confluent `error_code`, if this is an error body.
     pub fn error_code(&self) -> Option<i64> {
-        self.body.get("error_code").and_then(serde_json::Value::as_i64)
+        self.body
+            .get("error_code")
+            .and_then(serde_json::Value::as_i64)
     }
 }

@@ -4,9 +4,7 @@ use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use rdkafka::ClientConfig;
-use rdkafka::admin::{
-    AdminClient, AdminOptions, NewTopic, ResourceSpecifier, TopicReplication,
-};
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, ResourceSpecifier, TopicReplication};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::config::RDKafkaLogLevel;
 use rdkafka::consumer::{BaseConsumer, Consumer};
@@ -30,7 +28,11 @@ pub fn default_bootstrap() -> String {
 #[derive(Debug, thiserror::Error)]
 pub enum KafkaError {
     #[error("cannot reach Kafka at {bootstrap} within {waited:?}: {last}")]
-    Unreachable { bootstrap: String, waited: Duration, last: String },
+    Unreachable {
+        bootstrap: String,
+        waited: Duration,
+        last: String,
+    },
     #[error("Kafka client error: {0}")]
     Client(#[from] rdkafka::error::KafkaError),
     #[error("creating topic {topic}: {code}")]
@@ -51,7 +53,10 @@ pub struct KafkaSettings {
 
 impl Default for KafkaSettings {
     fn default() -> Self {
-        Self { bootstrap_servers: default_bootstrap(), properties: BTreeMap::new() }
+        Self {
+            bootstrap_servers: default_bootstrap(),
+            properties: BTreeMap::new(),
+        }
     }
 }
 
@@ -81,7 +86,10 @@ impl Validate for KafkaSettings {
 
 impl KafkaSettings {
     pub fn with_bootstrap(bootstrap: impl Into<String>) -> Self {
-        Self { bootstrap_servers: bootstrap.into(), properties: BTreeMap::new() }
+        Self {
+            bootstrap_servers: bootstrap.into(),
+            properties: BTreeMap::new(),
+        }
     }
 
     /// A client config with the bootstrap servers and pass-through properties set.
@@ -102,17 +110,42 @@ impl KafkaSettings {
     /// A consumer without a group, for metadata and watermark queries.
     pub fn metadata_consumer(&self) -> Result<BaseConsumer, KafkaError> {
         let mut cfg = self.client_config();
-        cfg.set("group.id", "verdict-metadata").set("enable.auto.commit", "false");
+        cfg.set("group.id", "verdict-metadata")
+            .set("enable.auto.commit", "false");
         Ok(cfg.create()?)
     }
 
     /// Waits until the cluster answers a metadata request, or fails after `timeout`
     /// naming the address and the last error.
     pub async fn wait_until_reachable(&self, timeout: Duration) -> Result<(), KafkaError> {
-        let consumer = self.metadata_consumer()?;
+        let start = Instant::now();
         let bootstrap = self.bootstrap_servers.clone();
+        // Wait for a listening socket first: librdkafka logs every refused connection.
+        loop {
+            let mut last = String::new();
+            for server in bootstrap.split(',').map(str::trim) {
+                match tokio::net::TcpStream::connect(server).await {
+                    Ok(_) => last.clear(),
+                    Err(e) => last = format!("{server}: {e}"),
+                }
+                if last.is_empty() {
+                    break;
+                }
+            }
+            if last.is_empty() {
+                break;
+            }
+            if start.elapsed() >= timeout {
+                return Err(KafkaError::Unreachable {
+                    bootstrap,
+                    waited: timeout,
+                    last,
+                });
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        let consumer = self.metadata_consumer()?;
         tokio::task::spawn_blocking(move || {
-            let start = Instant::now();
             loop {
                 let last = match consumer.fetch_metadata(None, Duration::from_millis(1000)) {
                     Ok(md) if !md.brokers().is_empty() => return Ok(()),
@@ -120,7 +153,11 @@ impl KafkaSettings {
                     Err(e) => e.to_string(),
                 };
                 if start.elapsed() >= timeout {
-                    return Err(KafkaError::Unreachable { bootstrap, waited: timeout, last });
+                    return Err(KafkaError::Unreachable {
+                        bootstrap,
+                        waited: timeout,
+                        last,
+                    });
                 }
                 std::thread::sleep(Duration::from_millis(200));
             }
@@ -147,10 +184,15 @@ impl KafkaSettings {
 
     /// Configuration entries of a topic as the broker reports them; `None` when the
     /// broker does not answer DescribeConfigs for topics.
-    pub async fn topic_configs(&self, topic: &str) -> Result<Option<BTreeMap<String, String>>, KafkaError> {
+    pub async fn topic_configs(
+        &self,
+        topic: &str,
+    ) -> Result<Option<BTreeMap<String, String>>, KafkaError> {
         let admin = self.admin()?;
         let opts = AdminOptions::new().request_timeout(Some(Duration::from_secs(10)));
-        let results = admin.describe_configs([&ResourceSpecifier::Topic(topic)], &opts).await?;
+        let results = admin
+            .describe_configs([&ResourceSpecifier::Topic(topic)], &opts)
+            .await?;
         match results.into_iter().next() {
             Some(Ok(resource)) => Ok(Some(
                 resource
@@ -175,7 +217,11 @@ impl KafkaSettings {
             .zip(&configs)
             .map(|(t, cfg)| {
                 cfg.iter().fold(
-                    NewTopic::new(&t.name, t.partitions, TopicReplication::Fixed(t.replication_factor)),
+                    NewTopic::new(
+                        &t.name,
+                        t.partitions,
+                        TopicReplication::Fixed(t.replication_factor),
+                    ),
                     |nt, (k, v)| nt.set(k, v),
                 )
             })
@@ -185,7 +231,10 @@ impl KafkaSettings {
             match result {
                 Ok(_) | Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
                 Err((topic, code)) => {
-                    return Err(KafkaError::CreateTopic { topic, code: code.to_string() });
+                    return Err(KafkaError::CreateTopic {
+                        topic,
+                        code: code.to_string(),
+                    });
                 }
             }
         }
@@ -236,7 +285,10 @@ mod tests {
             retention_ms: None,
             cleanup_policy: "compact".into(),
         };
-        assert_eq!(t.configs(), vec![("cleanup.policy".to_string(), "compact".to_string())]);
+        assert_eq!(
+            t.configs(),
+            vec![("cleanup.policy".to_string(), "compact".to_string())]
+        );
         t.retention_ms = Some(5);
         assert_eq!(t.configs().len(), 2);
     }

@@ -4,6 +4,7 @@
 //! helpers ([`kafka`]), the declarative topology ([`topology`]), a small
 //! Confluent Schema Registry REST client ([`registry`]) and logging ([`telemetry`]).
 
+pub mod avro;
 pub mod kafka;
 pub mod registry;
 pub mod settings;

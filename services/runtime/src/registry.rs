@@ -24,7 +24,11 @@ pub enum RegistryError {
     #[error("schema registry at {url} is unreachable: {message}")]
     Unreachable { url: String, message: String },
     #[error("schema registry answered {status} (error_code {code}): {message}")]
-    Api { status: u16, code: i64, message: String },
+    Api {
+        status: u16,
+        code: i64,
+        message: String,
+    },
     #[error("schema registry sent an unexpected answer: {0}")]
     Protocol(String),
 }
@@ -62,22 +66,39 @@ impl RegistryClient {
         body: Option<serde_json::Value>,
     ) -> Result<serde_json::Value, RegistryError> {
         let url = format!("{}{}", self.base, path);
-        let mut req = self.http.request(method, &url).header("Accept", CONTENT_TYPE);
+        let mut req = self
+            .http
+            .request(method, &url)
+            .header("Accept", CONTENT_TYPE);
         if let Some(body) = body {
-            req = req.header("Content-Type", CONTENT_TYPE).body(body.to_string());
+            req = req
+                .header("Content-Type", CONTENT_TYPE)
+                .body(body.to_string());
         }
         let resp = req.send().await.map_err(|e| RegistryError::Unreachable {
             url: self.base.clone(),
             message: e.to_string(),
         })?;
         let status = resp.status();
-        let text = resp.text().await.map_err(|e| RegistryError::Protocol(e.to_string()))?;
+        let text = resp
+            .text()
+            .await
+            .map_err(|e| RegistryError::Protocol(e.to_string()))?;
         if status.is_success() {
-            return serde_json::from_str(&text).map_err(|e| RegistryError::Protocol(format!("{e}: {text}")));
+            return serde_json::from_str(&text)
+                .map_err(|e| RegistryError::Protocol(format!("{e}: {text}")));
         }
         match serde_json::from_str::<ApiErrorBody>(&text) {
-            Ok(b) => Err(RegistryError::Api { status: status.as_u16(), code: b.error_code, message: b.message }),
-            Err(_) => Err(RegistryError::Api { status: status.as_u16(), code: -1, message: text }),
+            Ok(b) => Err(RegistryError::Api {
+                status: status.as_u16(),
+                code: b.error_code,
+                message: b.message,
+            }),
+            Err(_) => Err(RegistryError::Api {
+                status: status.as_u16(),
+                code: -1,
+                message: text,
+            }),
         }
     }
 
@@ -90,7 +111,13 @@ impl RegistryClient {
     /// Registers an Avro schema under `subject`; returns its global id.
     pub async fn register(&self, subject: &str, schema: &str) -> Result<u32, RegistryError> {
         let path = format!("/subjects/{}/versions", encode(subject));
-        let v = self.call(reqwest::Method::POST, &path, Some(json!({ "schema": schema }))).await?;
+        let v = self
+            .call(
+                reqwest::Method::POST,
+                &path,
+                Some(json!({ "schema": schema })),
+            )
+            .await?;
         v.get("id")
             .and_then(serde_json::Value::as_u64)
             .and_then(|id| u32::try_from(id).ok())
@@ -100,9 +127,23 @@ impl RegistryClient {
     /// Checks `schema` against the subject's latest version under the subject's
     /// compatibility level. Returns the reasons it is incompatible (empty when it
     /// is compatible or the subject does not exist yet).
-    pub async fn incompatibilities(&self, subject: &str, schema: &str) -> Result<Vec<String>, RegistryError> {
-        let path = format!("/compatibility/subjects/{}/versions/latest?verbose=true", encode(subject));
-        match self.call(reqwest::Method::POST, &path, Some(json!({ "schema": schema }))).await {
+    pub async fn incompatibilities(
+        &self,
+        subject: &str,
+        schema: &str,
+    ) -> Result<Vec<String>, RegistryError> {
+        let path = format!(
+            "/compatibility/subjects/{}/versions/latest?verbose=true",
+            encode(subject)
+        );
+        match self
+            .call(
+                reqwest::Method::POST,
+                &path,
+                Some(json!({ "schema": schema })),
+            )
+            .await
+        {
             Ok(v) => {
                 if v.get("is_compatible").and_then(serde_json::Value::as_bool) == Some(true) {
                     return Ok(Vec::new());
@@ -114,7 +155,10 @@ impl RegistryClient {
                     .unwrap_or_else(|| vec!["incompatible".to_string()]);
                 Ok(reasons)
             }
-            Err(RegistryError::Api { code: 40401 | 40402, .. }) => Ok(Vec::new()),
+            Err(RegistryError::Api {
+                code: 40401 | 40402,
+                ..
+            }) => Ok(Vec::new()),
             Err(e) => Err(e),
         }
     }

@@ -70,12 +70,18 @@ where
             .source(Some(env_map)),
     );
     let cfg = builder.build().map_err(|e| match file {
-        Some(p) => SettingsError::File { path: p.display().to_string(), message: e.to_string() },
+        Some(p) => SettingsError::File {
+            path: p.display().to_string(),
+            message: e.to_string(),
+        },
         None => SettingsError::Other(e.to_string()),
     })?;
     let value: T = serde_path_to_error::deserialize(cfg).map_err(|e| {
         let key = e.path().to_string();
-        SettingsError::Key { key, message: e.into_inner().to_string() }
+        SettingsError::Key {
+            key,
+            message: e.into_inner().to_string(),
+        }
     })?;
     value.validate()?;
     Ok(value)
@@ -108,7 +114,7 @@ impl fmt::Debug for Secret {
 mod tests {
     use super::*;
 
-    #[derive(Debug, Deserialize, Serialize, PartialEq)]
+    #[derive(Debug, Default, Deserialize, Serialize, PartialEq)]
     #[serde(deny_unknown_fields, default)]
     struct Demo {
         http: Http,
@@ -120,27 +126,31 @@ mod tests {
         listen: String,
         workers: u16,
     }
-    impl Default for Demo {
-        fn default() -> Self {
-            Self { http: Http::default(), password: Secret::default() }
-        }
-    }
     impl Default for Http {
         fn default() -> Self {
-            Self { listen: "127.0.0.1:1".into(), workers: 2 }
+            Self {
+                listen: "127.0.0.1:1".into(),
+                workers: 2,
+            }
         }
     }
     impl Validate for Demo {
         fn validate(&self) -> Result<(), SettingsError> {
             if self.http.workers == 0 {
-                return Err(SettingsError::Key { key: "http.workers".into(), message: "must be at least 1".into() });
+                return Err(SettingsError::Key {
+                    key: "http.workers".into(),
+                    message: "must be at least 1".into(),
+                });
             }
             Ok(())
         }
     }
 
     fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
-        pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
     }
 
     #[test]
@@ -153,30 +163,39 @@ mod tests {
         let f: Demo = load_from_env(Some(&path), env(&[])).expect("file");
         assert_eq!(f.http.listen, "127.0.0.1:2");
         assert_eq!(f.http.workers, 3);
-        let e: Demo =
-            load_from_env(Some(&path), env(&[("VERDICT__HTTP__WORKERS", "7"), ("OTHER", "x")])).expect("env");
+        let e: Demo = load_from_env(
+            Some(&path),
+            env(&[("VERDICT__HTTP__WORKERS", "7"), ("OTHER", "x")]),
+        )
+        .expect("env");
         assert_eq!(e.http.workers, 7);
         assert_eq!(e.http.listen, "127.0.0.1:2");
     }
 
     #[test]
     fn unknown_key_is_named() {
-        let err = load_from_env::<Demo, _>(None, env(&[("VERDICT__HTTP__LISTN", "x")])).expect_err("unknown");
+        let err = load_from_env::<Demo, _>(None, env(&[("VERDICT__HTTP__LISTN", "x")]))
+            .expect_err("unknown");
         let text = err.to_string();
         assert!(text.contains("listn"), "{text}");
     }
 
     #[test]
     fn bad_value_and_validation_name_the_key() {
-        let err = load_from_env::<Demo, _>(None, env(&[("VERDICT__HTTP__WORKERS", "many")])).expect_err("bad");
+        let err = load_from_env::<Demo, _>(None, env(&[("VERDICT__HTTP__WORKERS", "many")]))
+            .expect_err("bad");
         assert!(err.to_string().contains("http.workers"), "{err}");
-        let err = load_from_env::<Demo, _>(None, env(&[("VERDICT__HTTP__WORKERS", "0")])).expect_err("zero");
+        let err = load_from_env::<Demo, _>(None, env(&[("VERDICT__HTTP__WORKERS", "0")]))
+            .expect_err("zero");
         assert!(err.to_string().contains("http.workers"), "{err}");
     }
 
     #[test]
     fn secrets_are_not_printed() {
-        let d = Demo { password: Secret::new("hunter2"), ..Demo::default() };
+        let d = Demo {
+            password: Secret::new("hunter2"),
+            ..Demo::default()
+        };
         assert!(!format!("{d:?}").contains("hunter2"));
     }
 }

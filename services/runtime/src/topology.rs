@@ -35,7 +35,10 @@ pub enum TopologyError {
     #[error("cannot read topology file {path}: {message}")]
     Read { path: String, message: String },
     #[error("{path}: {} problem(s):\n{}", issues.len(), issues.iter().map(|i| format!("  {i}")).collect::<Vec<_>>().join("\n"))]
-    Invalid { path: String, issues: Vec<TopologyIssue> },
+    Invalid {
+        path: String,
+        issues: Vec<TopologyIssue>,
+    },
 }
 
 #[derive(Debug, Deserialize)]
@@ -59,7 +62,10 @@ struct RawDefaults {
 
 impl Default for RawDefaults {
     fn default() -> Self {
-        Self { partitions: one(), replication_factor: one() }
+        Self {
+            partitions: one(),
+            replication_factor: one(),
+        }
     }
 }
 
@@ -166,10 +172,16 @@ impl Topology {
                 }]);
             }
         };
-        let mut v = Validator { lines: &lines, issues: Vec::new() };
+        let mut v = Validator {
+            lines: &lines,
+            issues: Vec::new(),
+        };
 
         let default_partitions = v.positive_i32("defaults.partitions", &raw.defaults.partitions);
-        let default_rf = v.positive_i32("defaults.replication_factor", &raw.defaults.replication_factor);
+        let default_rf = v.positive_i32(
+            "defaults.replication_factor",
+            &raw.defaults.replication_factor,
+        );
 
         let mut topics = BTreeMap::new();
         for (name, t) in &raw.topics {
@@ -187,7 +199,11 @@ impl Topology {
                 if *r.get_ref() == -1 || *r.get_ref() > 0 {
                     Some(*r.get_ref())
                 } else {
-                    v.push(&format!("{key}.retention_ms"), r.span(), "must be -1 (forever) or a positive number of ms");
+                    v.push(
+                        &format!("{key}.retention_ms"),
+                        r.span(),
+                        "must be -1 (forever) or a positive number of ms",
+                    );
                     None
                 }
             });
@@ -197,7 +213,11 @@ impl Topology {
                     v.push(
                         &format!("{key}.cleanup_policy"),
                         c.span(),
-                        &format!("`{}` is not one of {}", c.get_ref(), CLEANUP_POLICIES.join(", ")),
+                        &format!(
+                            "`{}` is not one of {}",
+                            c.get_ref(),
+                            CLEANUP_POLICIES.join(", ")
+                        ),
                     );
                     String::new()
                 }
@@ -209,12 +229,20 @@ impl Topology {
                     Ok(text) => match apache_avro::Schema::parse_str(&text) {
                         Ok(_) => Some(path),
                         Err(e) => {
-                            v.push(&format!("{key}.value_schema"), s.span(), &format!("{} is not a valid Avro schema: {e}", path.display()));
+                            v.push(
+                                &format!("{key}.value_schema"),
+                                s.span(),
+                                &format!("{} is not a valid Avro schema: {e}", path.display()),
+                            );
                             None
                         }
                     },
                     Err(e) => {
-                        v.push(&format!("{key}.value_schema"), s.span(), &format!("cannot read {}: {e}", path.display()));
+                        v.push(
+                            &format!("{key}.value_schema"),
+                            s.span(),
+                            &format!("cannot read {}: {e}", path.display()),
+                        );
                         None
                     }
                 }
@@ -243,15 +271,31 @@ impl Topology {
             for (i, o) in s_ref.outputs.iter().enumerate() {
                 v.known_topic(&raw, &format!("{key}.outputs[{i}]"), o);
                 if o.get_ref() == s_ref.input.get_ref() {
-                    v.push(&format!("{key}.outputs[{i}]"), o.span(), "a service must not write to its own input topic");
+                    v.push(
+                        &format!("{key}.outputs[{i}]"),
+                        o.span(),
+                        "a service must not write to its own input topic",
+                    );
                 }
             }
-            v.known_topic(&raw, &format!("{key}.dead_letter_topic"), &s_ref.dead_letter_topic);
+            v.known_topic(
+                &raw,
+                &format!("{key}.dead_letter_topic"),
+                &s_ref.dead_letter_topic,
+            );
             let group = s_ref.consumer_group.get_ref();
             if group.trim().is_empty() {
-                v.push(&format!("{key}.consumer_group"), s_ref.consumer_group.span(), "must not be empty");
+                v.push(
+                    &format!("{key}.consumer_group"),
+                    s_ref.consumer_group.span(),
+                    "must not be empty",
+                );
             } else if !groups.insert(group.clone()) {
-                v.push(&format!("{key}.consumer_group"), s_ref.consumer_group.span(), &format!("group `{group}` is used by another service"));
+                v.push(
+                    &format!("{key}.consumer_group"),
+                    s_ref.consumer_group.span(),
+                    &format!("group `{group}` is used by another service"),
+                );
             }
             let mut retry = Vec::new();
             let mut last_delay = 0;
@@ -261,15 +305,30 @@ impl Topology {
                 v.known_topic(&raw, &format!("{rk}.topic"), &r.topic);
                 let delay = *r.delay_ms.get_ref();
                 if delay <= 0 {
-                    v.push(&format!("{rk}.delay_ms"), r.delay_ms.span(), "must be a positive number of ms");
+                    v.push(
+                        &format!("{rk}.delay_ms"),
+                        r.delay_ms.span(),
+                        "must be a positive number of ms",
+                    );
                 } else if delay < last_delay {
-                    v.push(&format!("{rk}.delay_ms"), r.delay_ms.span(), "retry delays must not decrease");
+                    v.push(
+                        &format!("{rk}.delay_ms"),
+                        r.delay_ms.span(),
+                        "retry delays must not decrease",
+                    );
                 }
                 last_delay = delay;
-                retry.push(RetryStep { topic: r.topic.get_ref().clone(), delay_ms: delay.max(0) as u64 });
+                retry.push(RetryStep {
+                    topic: r.topic.get_ref().clone(),
+                    delay_ms: delay.max(0) as u64,
+                });
             }
             if s_ref.stages.get_ref().is_empty() {
-                v.push(&format!("{key}.stages"), s_ref.stages.span(), "a service needs at least one stage");
+                v.push(
+                    &format!("{key}.stages"),
+                    s_ref.stages.span(),
+                    "a service needs at least one stage",
+                );
             }
             services.insert(
                 name.clone(),
@@ -285,7 +344,11 @@ impl Topology {
             );
         }
 
-        if v.issues.is_empty() { Ok(Self { topics, services }) } else { Err(v.issues) }
+        if v.issues.is_empty() {
+            Ok(Self { topics, services })
+        } else {
+            Err(v.issues)
+        }
     }
 
     /// The service entry called `name`.
@@ -312,7 +375,11 @@ impl Validator<'_> {
         match i32::try_from(*value.get_ref()) {
             Ok(n) if n >= 1 => n,
             _ => {
-                self.push(key, value.span(), &format!("must be between 1 and {}", i32::MAX));
+                self.push(
+                    key,
+                    value.span(),
+                    &format!("must be between 1 and {}", i32::MAX),
+                );
                 1
             }
         }
@@ -323,15 +390,25 @@ impl Validator<'_> {
             && name.len() <= 249
             && name != "."
             && name != ".."
-            && name.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'));
+            && name
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'));
         if !legal {
-            self.push(key, span, "topic names are 1-249 characters of [a-zA-Z0-9._-], not `.` or `..`");
+            self.push(
+                key,
+                span,
+                "topic names are 1-249 characters of [a-zA-Z0-9._-], not `.` or `..`",
+            );
         }
     }
 
     fn known_topic(&mut self, raw: &RawFile, key: &str, topic: &Spanned<String>) {
         if !raw.topics.contains_key(topic.get_ref()) {
-            self.push(key, topic.span(), &format!("topic `{}` is not declared under [topics]", topic.get_ref()));
+            self.push(
+                key,
+                topic.span(),
+                &format!("topic `{}` is not declared under [topics]", topic.get_ref()),
+            );
         }
     }
 }
@@ -367,7 +444,11 @@ mod tests {
             r#"{"type":"record","name":"R","fields":[{"name":"a","type":"string"}]}"#,
         )
         .expect("write");
-        std::fs::write(dir.path().join("bad.avsc"), r#"{"type":"record","name":"R"}"#).expect("write");
+        std::fs::write(
+            dir.path().join("bad.avsc"),
+            r#"{"type":"record","name":"R"}"#,
+        )
+        .expect("write");
         dir
     }
 
@@ -403,7 +484,13 @@ stages = ["a", "b"]
         assert_eq!(t.topics["out"].spec.retention_ms, Some(1000));
         assert!(t.topics["in"].value_schema.is_some());
         let s = t.service("svc").expect("svc");
-        assert_eq!(s.retry, vec![RetryStep { topic: "in.retry.1".into(), delay_ms: 500 }]);
+        assert_eq!(
+            s.retry,
+            vec![RetryStep {
+                topic: "in.retry.1".into(),
+                delay_ms: 500
+            }]
+        );
         assert_eq!(s.stages, vec!["a", "b"]);
     }
 
@@ -418,7 +505,10 @@ stages = ["a", "b"]
         let issues = Topology::parse(&bad, dir.path()).expect_err("invalid");
         let text: Vec<String> = issues.iter().map(ToString::to_string).collect();
         let find = |key: &str| {
-            issues.iter().find(|i| i.key == key).unwrap_or_else(|| panic!("no issue for {key}: {text:?}"))
+            issues
+                .iter()
+                .find(|i| i.key == key)
+                .unwrap_or_else(|| panic!("no issue for {key}: {text:?}"))
         };
         assert_eq!(find("topics.in.dlq.partitions").line, 11);
         assert_eq!(find("topics.in.dlq.cleanup_policy").line, 12);
@@ -430,11 +520,17 @@ stages = ["a", "b"]
     #[test]
     fn unknown_keys_and_syntax_errors_are_located() {
         let dir = schemas();
-        let issues = Topology::parse(&GOOD.replace("retention_ms", "retension_ms"), dir.path()).expect_err("typo");
+        let issues = Topology::parse(&GOOD.replace("retention_ms", "retension_ms"), dir.path())
+            .expect_err("typo");
         assert_eq!(issues.len(), 1);
-        assert!(issues[0].message.contains("retension_ms"), "{:?}", issues[0]);
+        assert!(
+            issues[0].message.contains("retension_ms"),
+            "{:?}",
+            issues[0]
+        );
         assert_eq!(issues[0].line, 8);
-        let issues = Topology::parse("[topics.a]\npartitions = = 2\n", dir.path()).expect_err("syntax");
+        let issues =
+            Topology::parse("[topics.a]\npartitions = = 2\n", dir.path()).expect_err("syntax");
         assert_eq!(issues[0].line, 2);
     }
 
@@ -448,7 +544,13 @@ stages = ["a", "b"]
         let keys: Vec<&str> = issues.iter().map(|i| i.key.as_str()).collect();
         // Services are checked in name order, so the second user of `g` is `svc`.
         assert!(keys.contains(&"services.svc.consumer_group"), "{keys:?}");
-        assert!(issues.iter().any(|i| i.message.contains("group `g`")), "{issues:?}");
-        assert!(keys.contains(&"services.other.retry[1].delay_ms"), "{keys:?}");
+        assert!(
+            issues.iter().any(|i| i.message.contains("group `g`")),
+            "{issues:?}"
+        );
+        assert!(
+            keys.contains(&"services.other.retry[1].delay_ms"),
+            "{keys:?}"
+        );
     }
 }

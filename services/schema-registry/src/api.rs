@@ -25,30 +25,72 @@ type ApiResult = Result<Response, ApiError>;
 
 pub fn router(log: Arc<SchemaLog>) -> Router {
     Router::new()
-        .route("/", get(|| async { json_response(StatusCode::OK, json!({})) }))
-        .route("/mode", get(|| async { json_response(StatusCode::OK, json!({ "mode": "READWRITE" })) }))
-        .route("/schemas/types", get(|| async { json_response(StatusCode::OK, json!(["AVRO"])) }))
+        .route(
+            "/",
+            get(|| async { json_response(StatusCode::OK, json!({})) }),
+        )
+        .route(
+            "/mode",
+            get(|| async { json_response(StatusCode::OK, json!({ "mode": "READWRITE" })) }),
+        )
+        .route(
+            "/schemas/types",
+            get(|| async { json_response(StatusCode::OK, json!(["AVRO"])) }),
+        )
         .route("/schemas/ids/{id}", get(schema_by_id))
         .route("/schemas/ids/{id}/schema", get(raw_schema_by_id))
         .route("/schemas/ids/{id}/versions", get(versions_of_id))
         .route("/schemas/ids/{id}/subjects", get(subjects_of_id))
         .route("/subjects", get(list_subjects))
         .route("/subjects/{subject}", post(lookup).delete(delete_subject))
-        .route("/subjects/{subject}/versions", get(list_versions).post(register))
-        .route("/subjects/{subject}/versions/{version}", get(get_version).delete(delete_version))
-        .route("/subjects/{subject}/versions/{version}/schema", get(get_version_schema))
-        .route("/subjects/{subject}/versions/{version}/referencedby", get(referenced_by))
-        .route("/config", get(get_global_config).put(put_global_config).delete(delete_global_config))
-        .route("/config/{subject}", get(get_subject_config).put(put_subject_config).delete(delete_subject_config))
-        .route("/compatibility/subjects/{subject}/versions", post(check_all))
-        .route("/compatibility/subjects/{subject}/versions/{version}", post(check_version))
+        .route(
+            "/subjects/{subject}/versions",
+            get(list_versions).post(register),
+        )
+        .route(
+            "/subjects/{subject}/versions/{version}",
+            get(get_version).delete(delete_version),
+        )
+        .route(
+            "/subjects/{subject}/versions/{version}/schema",
+            get(get_version_schema),
+        )
+        .route(
+            "/subjects/{subject}/versions/{version}/referencedby",
+            get(referenced_by),
+        )
+        .route(
+            "/config",
+            get(get_global_config)
+                .put(put_global_config)
+                .delete(delete_global_config),
+        )
+        .route(
+            "/config/{subject}",
+            get(get_subject_config)
+                .put(put_subject_config)
+                .delete(delete_subject_config),
+        )
+        .route(
+            "/compatibility/subjects/{subject}/versions",
+            post(check_all),
+        )
+        .route(
+            "/compatibility/subjects/{subject}/versions/{version}",
+            post(check_version),
+        )
         .fallback(|| async { ApiError::NoRoute })
         .with_state(log)
 }
 
 /// A JSON body with the registry's content type.
 pub fn json_response(status: StatusCode, body: Value) -> Response {
-    (status, [(header::CONTENT_TYPE, CONTENT_TYPE)], body.to_string()).into_response()
+    (
+        status,
+        [(header::CONTENT_TYPE, CONTENT_TYPE)],
+        body.to_string(),
+    )
+        .into_response()
 }
 
 fn ok(body: Value) -> ApiResult {
@@ -56,7 +98,9 @@ fn ok(body: Value) -> ApiResult {
 }
 
 fn flag(params: &HashMap<String, String>, name: &str) -> bool {
-    params.get(name).is_some_and(|v| v.eq_ignore_ascii_case("true"))
+    params
+        .get(name)
+        .is_some_and(|v| v.eq_ignore_ascii_case("true"))
 }
 
 fn parse_body<T: for<'de> Deserialize<'de>>(body: &Bytes) -> Result<T, ApiError> {
@@ -81,13 +125,19 @@ struct SchemaRequest {
 impl SchemaRequest {
     fn parse(body: &Bytes) -> Result<ParsedSchema, ApiError> {
         let req: SchemaRequest = parse_body(body)?;
-        if let Some(t) = req.schema_type.as_deref().filter(|t| !t.eq_ignore_ascii_case("AVRO")) {
+        if let Some(t) = req
+            .schema_type
+            .as_deref()
+            .filter(|t| !t.eq_ignore_ascii_case("AVRO"))
+        {
             return Err(ApiError::InvalidSchema(format!(
                 "schema type {t} is not supported by this registry; only AVRO is"
             )));
         }
         if req.references.as_ref().is_some_and(|r| !r.is_empty()) {
-            return Err(ApiError::InvalidSchema("schema references are not supported by this registry".into()));
+            return Err(ApiError::InvalidSchema(
+                "schema references are not supported by this registry".into(),
+            ));
         }
         ParsedSchema::parse(&req.schema)
     }
@@ -110,10 +160,15 @@ fn parse_version(raw: &str) -> Result<VersionSel, ApiError> {
 }
 
 fn parse_id(raw: &str) -> Result<u32, ApiError> {
-    raw.parse().map_err(|_| ApiError::SchemaNotFound(raw.to_string()))
+    raw.parse()
+        .map_err(|_| ApiError::SchemaNotFound(raw.to_string()))
 }
 
-fn subject<'a>(store: &'a Store, name: &str, include_deleted: bool) -> Result<&'a SubjectEntry, ApiError> {
+fn subject<'a>(
+    store: &'a Store,
+    name: &str,
+    include_deleted: bool,
+) -> Result<&'a SubjectEntry, ApiError> {
     store
         .subject(name)
         .filter(|s| include_deleted || s.is_live())
@@ -121,25 +176,49 @@ fn subject<'a>(store: &'a Store, name: &str, include_deleted: bool) -> Result<&'
 }
 
 /// Resolves a version selector to `(version, schema id)`.
-fn resolve(store: &Store, name: &str, sel: VersionSel, include_deleted: bool) -> Result<(u32, u32), ApiError> {
+fn resolve(
+    store: &Store,
+    name: &str,
+    sel: VersionSel,
+    include_deleted: bool,
+) -> Result<(u32, u32), ApiError> {
     let s = subject(store, name, include_deleted)?;
     let found = match sel {
-        VersionSel::Latest => s.live().last().or_else(|| if include_deleted { s.versions().last() } else { None }),
-        VersionSel::Number(n) => s.get(n).filter(|e| include_deleted || !e.deleted).map(|e| (n, e)),
+        VersionSel::Latest => s.live().last().or_else(|| {
+            if include_deleted {
+                s.versions().last()
+            } else {
+                None
+            }
+        }),
+        VersionSel::Number(n) => s
+            .get(n)
+            .filter(|e| include_deleted || !e.deleted)
+            .map(|e| (n, e)),
     };
     let label = match sel {
         VersionSel::Latest => "latest".to_string(),
         VersionSel::Number(n) => n.to_string(),
     };
-    found.map(|(v, e)| (v, e.id)).ok_or(ApiError::VersionNotFound(label))
+    found
+        .map(|(v, e)| (v, e.id))
+        .ok_or(ApiError::VersionNotFound(label))
 }
 
 fn schema_text(store: &Store, id: u32) -> Result<&str, ApiError> {
-    store.schema(id).map(|s| s.text.as_str()).ok_or_else(|| ApiError::SchemaNotFound(id.to_string()))
+    store
+        .schema(id)
+        .map(|s| s.text.as_str())
+        .ok_or_else(|| ApiError::SchemaNotFound(id.to_string()))
 }
 
 fn raw_json(text: &str) -> Response {
-    (StatusCode::OK, [(header::CONTENT_TYPE, CONTENT_TYPE)], text.to_string()).into_response()
+    (
+        StatusCode::OK,
+        [(header::CONTENT_TYPE, CONTENT_TYPE)],
+        text.to_string(),
+    )
+        .into_response()
 }
 
 async fn schema_by_id(State(log): App, Path(id): Path<String>) -> ApiResult {
@@ -168,7 +247,11 @@ async fn subjects_of_id(State(log): App, Path(id): Path<String>, Query(q): Param
     let id = parse_id(&id)?;
     let store = log.read().await;
     schema_text(&store, id)?;
-    let mut subjects: Vec<String> = store.usages(id, flag(&q, "deleted")).into_iter().map(|(s, _)| s).collect();
+    let mut subjects: Vec<String> = store
+        .usages(id, flag(&q, "deleted"))
+        .into_iter()
+        .map(|(s, _)| s)
+        .collect();
     subjects.dedup();
     ok(json!(subjects))
 }
@@ -189,25 +272,40 @@ async fn list_versions(State(log): App, Path(name): Path<String>, Query(q): Para
     let store = log.read().await;
     let deleted = flag(&q, "deleted");
     let s = subject(&store, &name, deleted)?;
-    let versions: Vec<u32> = s.versions().filter(|(_, e)| deleted || !e.deleted).map(|(v, _)| v).collect();
+    let versions: Vec<u32> = s
+        .versions()
+        .filter(|(_, e)| deleted || !e.deleted)
+        .map(|(v, _)| v)
+        .collect();
     ok(json!(versions))
 }
 
-async fn get_version(State(log): App, Path((name, version)): Path<(String, String)>, Query(q): Params) -> ApiResult {
+async fn get_version(
+    State(log): App,
+    Path((name, version)): Path<(String, String)>,
+    Query(q): Params,
+) -> ApiResult {
     let sel = parse_version(&version)?;
     let store = log.read().await;
     let (version, id) = resolve(&store, &name, sel, flag(&q, "deleted"))?;
     ok(json!({ "subject": name, "version": version, "id": id, "schema": schema_text(&store, id)? }))
 }
 
-async fn get_version_schema(State(log): App, Path((name, version)): Path<(String, String)>, Query(q): Params) -> ApiResult {
+async fn get_version_schema(
+    State(log): App,
+    Path((name, version)): Path<(String, String)>,
+    Query(q): Params,
+) -> ApiResult {
     let sel = parse_version(&version)?;
     let store = log.read().await;
     let (_, id) = resolve(&store, &name, sel, flag(&q, "deleted"))?;
     Ok(raw_json(schema_text(&store, id)?))
 }
 
-async fn referenced_by(State(log): App, Path((name, version)): Path<(String, String)>) -> ApiResult {
+async fn referenced_by(
+    State(log): App,
+    Path((name, version)): Path<(String, String)>,
+) -> ApiResult {
     let sel = parse_version(&version)?;
     resolve(&*log.read().await, &name, sel, false)?;
     ok(json!([]))
@@ -218,8 +316,9 @@ async fn register(State(log): App, Path(name): Path<String>, body: Bytes) -> Api
     let id = log
         .write(|store| {
             let entry = store.subject(&name);
-            let live: Vec<(u32, u32)> =
-                entry.map(|s| s.live().map(|(v, e)| (v, e.id)).collect()).unwrap_or_default();
+            let live: Vec<(u32, u32)> = entry
+                .map(|s| s.live().map(|(v, e)| (v, e.id)).collect())
+                .unwrap_or_default();
             let known_id = store.id_of(&parsed);
             if let Some(id) = known_id.filter(|id| live.iter().any(|(_, e)| e == id)) {
                 return Ok(Plan::done(id));
@@ -230,7 +329,10 @@ async fn register(State(log): App, Path(name): Path<String>, body: Bytes) -> Api
                 .collect();
             let reasons = store.effective_level(&name).check(&parsed.schema, &history);
             if !reasons.is_empty() {
-                return Err(ApiError::Incompatible { subject: name.clone(), reasons });
+                return Err(ApiError::Incompatible {
+                    subject: name.clone(),
+                    reasons,
+                });
             }
             let id = known_id.unwrap_or_else(|| store.next_id());
             let version = entry.map_or(1, SubjectEntry::next_version);
@@ -249,12 +351,19 @@ async fn register(State(log): App, Path(name): Path<String>, body: Bytes) -> Api
     ok(json!({ "id": id }))
 }
 
-async fn lookup(State(log): App, Path(name): Path<String>, Query(q): Params, body: Bytes) -> ApiResult {
+async fn lookup(
+    State(log): App,
+    Path(name): Path<String>,
+    Query(q): Params,
+    body: Bytes,
+) -> ApiResult {
     let parsed = SchemaRequest::parse(&body)?;
     let deleted = flag(&q, "deleted");
     let store = log.read().await;
     let s = subject(&store, &name, deleted)?;
-    let id = store.id_of(&parsed).ok_or_else(|| ApiError::SchemaNotFound("".into()))?;
+    let id = store
+        .id_of(&parsed)
+        .ok_or_else(|| ApiError::SchemaNotFound("".into()))?;
     let (version, _) = s
         .versions()
         .filter(|(_, e)| e.id == id && (deleted || !e.deleted))
@@ -275,23 +384,44 @@ async fn delete_subject(State(log): App, Path(name): Path<String>, Query(q): Par
                 }
                 let mut records: Vec<Record> = all
                     .iter()
-                    .map(|&version| Record::SchemaTombstone { subject: name.clone(), version })
+                    .map(|&version| Record::SchemaTombstone {
+                        subject: name.clone(),
+                        version,
+                    })
                     .collect();
-                records.push(Record::DeleteSubjectTombstone { subject: name.clone() });
-                records.push(Record::Config { subject: Some(name.clone()), level: None });
-                return Ok(Plan { records, answer: all });
+                records.push(Record::DeleteSubjectTombstone {
+                    subject: name.clone(),
+                });
+                records.push(Record::Config {
+                    subject: Some(name.clone()),
+                    level: None,
+                });
+                return Ok(Plan {
+                    records,
+                    answer: all,
+                });
             }
             let live: Vec<u32> = s.live().map(|(v, _)| v).collect();
             let Some(&latest) = all.last().filter(|_| !live.is_empty()) else {
                 return Err(ApiError::SubjectSoftDeleted(name.clone()));
             };
-            Ok(Plan { records: vec![Record::DeleteSubject { subject: name.clone(), version: latest }], answer: live })
+            Ok(Plan {
+                records: vec![Record::DeleteSubject {
+                    subject: name.clone(),
+                    version: latest,
+                }],
+                answer: live,
+            })
         })
         .await?;
     ok(json!(versions))
 }
 
-async fn delete_version(State(log): App, Path((name, version)): Path<(String, String)>, Query(q): Params) -> ApiResult {
+async fn delete_version(
+    State(log): App,
+    Path((name, version)): Path<(String, String)>,
+    Query(q): Params,
+) -> ApiResult {
     let sel = parse_version(&version)?;
     let permanent = flag(&q, "permanent");
     let deleted_version = log
@@ -304,8 +434,13 @@ async fn delete_version(State(log): App, Path((name, version)): Path<(String, St
             .ok_or_else(|| ApiError::VersionNotFound(version.clone()))?;
             let record = match (permanent, entry.deleted) {
                 (false, true) => return Err(ApiError::VersionSoftDeleted(name.clone(), version)),
-                (true, false) => return Err(ApiError::VersionNotSoftDeleted(name.clone(), version)),
-                (true, true) => Record::SchemaTombstone { subject: name.clone(), version },
+                (true, false) => {
+                    return Err(ApiError::VersionNotSoftDeleted(name.clone(), version));
+                }
+                (true, true) => Record::SchemaTombstone {
+                    subject: name.clone(),
+                    version,
+                },
                 (false, false) => Record::Schema {
                     subject: name.clone(),
                     version,
@@ -314,7 +449,10 @@ async fn delete_version(State(log): App, Path((name, version)): Path<(String, St
                     deleted: true,
                 },
             };
-            Ok(Plan { records: vec![record], answer: version })
+            Ok(Plan {
+                records: vec![record],
+                answer: version,
+            })
         })
         .await?;
     ok(json!(deleted_version))
@@ -333,7 +471,8 @@ fn parse_level(body: &Bytes) -> Result<Level, ApiError> {
         .compatibility
         .or(req.compatibility_level)
         .ok_or_else(|| ApiError::Unprocessable("missing field `compatibility`".into()))?;
-    raw.parse().map_err(|()| ApiError::InvalidCompatibilityLevel(raw))
+    raw.parse()
+        .map_err(|()| ApiError::InvalidCompatibilityLevel(raw))
 }
 
 async fn get_global_config(State(log): App) -> ApiResult {
@@ -342,21 +481,39 @@ async fn get_global_config(State(log): App) -> ApiResult {
 
 async fn put_global_config(State(log): App, body: Bytes) -> ApiResult {
     let level = parse_level(&body)?;
-    log.write(|_| Ok(Plan { records: vec![Record::Config { subject: None, level: Some(level) }], answer: () }))
-        .await?;
+    log.write(|_| {
+        Ok(Plan {
+            records: vec![Record::Config {
+                subject: None,
+                level: Some(level),
+            }],
+            answer: (),
+        })
+    })
+    .await?;
     ok(json!({ "compatibility": level }))
 }
 
 async fn delete_global_config(State(log): App) -> ApiResult {
     let previous = log
         .write(|store| {
-            Ok(Plan { records: vec![Record::Config { subject: None, level: None }], answer: store.global_level() })
+            Ok(Plan {
+                records: vec![Record::Config {
+                    subject: None,
+                    level: None,
+                }],
+                answer: store.global_level(),
+            })
         })
         .await?;
     ok(json!({ "compatibilityLevel": previous }))
 }
 
-async fn get_subject_config(State(log): App, Path(name): Path<String>, Query(q): Params) -> ApiResult {
+async fn get_subject_config(
+    State(log): App,
+    Path(name): Path<String>,
+    Query(q): Params,
+) -> ApiResult {
     let store = log.read().await;
     let level = match store.subject_level(&name) {
         Some(level) => level,
@@ -369,7 +526,13 @@ async fn get_subject_config(State(log): App, Path(name): Path<String>, Query(q):
 async fn put_subject_config(State(log): App, Path(name): Path<String>, body: Bytes) -> ApiResult {
     let level = parse_level(&body)?;
     log.write(|_| {
-        Ok(Plan { records: vec![Record::Config { subject: Some(name.clone()), level: Some(level) }], answer: () })
+        Ok(Plan {
+            records: vec![Record::Config {
+                subject: Some(name.clone()),
+                level: Some(level),
+            }],
+            answer: (),
+        })
     })
     .await?;
     ok(json!({ "compatibility": level }))
@@ -378,8 +541,16 @@ async fn put_subject_config(State(log): App, Path(name): Path<String>, body: Byt
 async fn delete_subject_config(State(log): App, Path(name): Path<String>) -> ApiResult {
     let previous = log
         .write(|store| {
-            let previous = store.subject_level(&name).ok_or_else(|| ApiError::SubjectNotFound(name.clone()))?;
-            Ok(Plan { records: vec![Record::Config { subject: Some(name.clone()), level: None }], answer: previous })
+            let previous = store
+                .subject_level(&name)
+                .ok_or_else(|| ApiError::SubjectNotFound(name.clone()))?;
+            Ok(Plan {
+                records: vec![Record::Config {
+                    subject: Some(name.clone()),
+                    level: None,
+                }],
+                answer: previous,
+            })
         })
         .await?;
     ok(json!({ "compatibilityLevel": previous }))
@@ -394,24 +565,42 @@ fn compatibility_answer(reasons: Vec<String>, verbose: bool) -> ApiResult {
 }
 
 /// `POST /compatibility/subjects/{s}/versions/{v}`: the new schema against one version.
-async fn check_version(State(log): App, Path((name, version)): Path<(String, String)>, Query(q): Params, body: Bytes) -> ApiResult {
+async fn check_version(
+    State(log): App,
+    Path((name, version)): Path<(String, String)>,
+    Query(q): Params,
+    body: Bytes,
+) -> ApiResult {
     let sel = parse_version(&version)?;
     let parsed = SchemaRequest::parse(&body)?;
     let store = log.read().await;
     let (version, id) = resolve(&store, &name, sel, false)?;
-    let old = store.schema(id).ok_or_else(|| ApiError::SchemaNotFound(id.to_string()))?;
-    let reasons = store.effective_level(&name).check(&parsed.schema, &[(version, old.schema.as_ref())]);
+    let old = store
+        .schema(id)
+        .ok_or_else(|| ApiError::SchemaNotFound(id.to_string()))?;
+    let reasons = store
+        .effective_level(&name)
+        .check(&parsed.schema, &[(version, old.schema.as_ref())]);
     compatibility_answer(reasons, flag(&q, "verbose"))
 }
 
 /// `POST /compatibility/subjects/{s}/versions`: the new schema against the versions
 /// the subject's level names (latest, or all for transitive levels).
-async fn check_all(State(log): App, Path(name): Path<String>, Query(q): Params, body: Bytes) -> ApiResult {
+async fn check_all(
+    State(log): App,
+    Path(name): Path<String>,
+    Query(q): Params,
+    body: Bytes,
+) -> ApiResult {
     let parsed = SchemaRequest::parse(&body)?;
     let store = log.read().await;
     let history: Vec<(u32, &apache_avro::Schema)> = store
         .subject(&name)
-        .map(|s| s.live().filter_map(|(v, e)| store.schema(e.id).map(|p| (v, p.schema.as_ref()))).collect())
+        .map(|s| {
+            s.live()
+                .filter_map(|(v, e)| store.schema(e.id).map(|p| (v, p.schema.as_ref())))
+                .collect()
+        })
         .unwrap_or_default();
     let reasons = store.effective_level(&name).check(&parsed.schema, &history);
     compatibility_answer(reasons, flag(&q, "verbose"))

@@ -44,15 +44,24 @@ impl Level {
     }
 
     fn transitive(self) -> bool {
-        matches!(self, Level::BackwardTransitive | Level::ForwardTransitive | Level::FullTransitive)
+        matches!(
+            self,
+            Level::BackwardTransitive | Level::ForwardTransitive | Level::FullTransitive
+        )
     }
 
     fn backward(self) -> bool {
-        matches!(self, Level::Backward | Level::BackwardTransitive | Level::Full | Level::FullTransitive)
+        matches!(
+            self,
+            Level::Backward | Level::BackwardTransitive | Level::Full | Level::FullTransitive
+        )
     }
 
     fn forward(self) -> bool {
-        matches!(self, Level::Forward | Level::ForwardTransitive | Level::Full | Level::FullTransitive)
+        matches!(
+            self,
+            Level::Forward | Level::ForwardTransitive | Level::Full | Level::FullTransitive
+        )
     }
 
     /// Checks `new` against the subject's live versions (oldest first) and returns
@@ -109,7 +118,10 @@ impl fmt::Display for Level {
 impl FromStr for Level {
     type Err = ();
     fn from_str(s: &str) -> Result<Self, ()> {
-        Level::ALL.into_iter().find(|l| l.as_str().eq_ignore_ascii_case(s.trim())).ok_or(())
+        Level::ALL
+            .into_iter()
+            .find(|l| l.as_str().eq_ignore_ascii_case(s.trim()))
+            .ok_or(())
     }
 }
 
@@ -118,19 +130,27 @@ mod tests {
     use super::*;
 
     fn schema(fields: &str) -> Schema {
-        Schema::parse_str(&format!(r#"{{"type":"record","name":"R","fields":[{fields}]}}"#)).expect("schema")
+        Schema::parse_str(&format!(
+            r#"{{"type":"record","name":"R","fields":[{fields}]}}"#
+        ))
+        .expect("schema")
     }
 
     #[test]
     fn levels_parse_case_insensitively() {
-        assert_eq!("full_transitive".parse::<Level>(), Ok(Level::FullTransitive));
+        assert_eq!(
+            "full_transitive".parse::<Level>(),
+            Ok(Level::FullTransitive)
+        );
         assert!("SIDEWAYS".parse::<Level>().is_err());
     }
 
     #[test]
     fn backward_allows_added_optional_field_but_not_required_one() {
         let v1 = schema(r#"{"name":"a","type":"string"}"#);
-        let opt = schema(r#"{"name":"a","type":"string"},{"name":"b","type":["null","int"],"default":null}"#);
+        let opt = schema(
+            r#"{"name":"a","type":"string"},{"name":"b","type":["null","int"],"default":null}"#,
+        );
         let req = schema(r#"{"name":"a","type":"string"},{"name":"b","type":"int"}"#);
         assert!(Level::Backward.check(&opt, &[(1, &v1)]).is_empty());
         assert!(!Level::Backward.check(&req, &[(1, &v1)]).is_empty());

@@ -23,7 +23,9 @@ pub struct HttpSettings {
 
 impl Default for HttpSettings {
     fn default() -> Self {
-        Self { listen: SocketAddr::from(([127, 0, 0, 1], 8081)) }
+        Self {
+            listen: SocketAddr::from(([127, 0, 0, 1], 8081)),
+        }
     }
 }
 
@@ -40,7 +42,11 @@ pub struct StoreSettings {
 
 impl Default for StoreSettings {
     fn default() -> Self {
-        Self { topic: "_schemas".into(), replication_factor: 1, timeout_ms: 10_000 }
+        Self {
+            topic: "_schemas".into(),
+            replication_factor: 1,
+            timeout_ms: 10_000,
+        }
     }
 }
 
@@ -48,13 +54,22 @@ impl Validate for RegistrySettings {
     fn validate(&self) -> Result<(), SettingsError> {
         self.kafka.validate()?;
         if self.store.topic.trim().is_empty() {
-            return Err(SettingsError::Key { key: "store.topic".into(), message: "must not be empty".into() });
+            return Err(SettingsError::Key {
+                key: "store.topic".into(),
+                message: "must not be empty".into(),
+            });
         }
         if self.store.replication_factor < 1 {
-            return Err(SettingsError::Key { key: "store.replication_factor".into(), message: "must be at least 1".into() });
+            return Err(SettingsError::Key {
+                key: "store.replication_factor".into(),
+                message: "must be at least 1".into(),
+            });
         }
         if self.store.timeout_ms < 100 {
-            return Err(SettingsError::Key { key: "store.timeout_ms".into(), message: "must be at least 100".into() });
+            return Err(SettingsError::Key {
+                key: "store.timeout_ms".into(),
+                message: "must be at least 100".into(),
+            });
         }
         Ok(())
     }

@@ -25,12 +25,19 @@ pub enum ApiError {
     #[error("Subject '{0}' does not have subject-level compatibility configured")]
     SubjectLevelNotConfigured(String),
     #[error("Schema being registered is incompatible with an earlier schema for subject \"{subject}\", details: [{}]", reasons.join(", "))]
-    Incompatible { subject: String, reasons: Vec<String> },
+    Incompatible {
+        subject: String,
+        reasons: Vec<String>,
+    },
     #[error("Invalid schema: {0}")]
     InvalidSchema(String),
-    #[error("The specified version '{0}' is not a valid version id. Allowed values are between [1, 2^31-1] and the string \"latest\"")]
+    #[error(
+        "The specified version '{0}' is not a valid version id. Allowed values are between [1, 2^31-1] and the string \"latest\""
+    )]
     InvalidVersion(String),
-    #[error("Invalid compatibility level '{0}'. Valid values are NONE, BACKWARD, BACKWARD_TRANSITIVE, FORWARD, FORWARD_TRANSITIVE, FULL, FULL_TRANSITIVE")]
+    #[error(
+        "Invalid compatibility level '{0}'. Valid values are NONE, BACKWARD, BACKWARD_TRANSITIVE, FORWARD, FORWARD_TRANSITIVE, FULL, FULL_TRANSITIVE"
+    )]
     InvalidCompatibilityLevel(String),
     #[error("Malformed JSON in request body: {0}")]
     MalformedJson(String),
@@ -76,6 +83,9 @@ impl IntoResponse for ApiError {
         if let ApiError::Store(detail) = &self {
             tracing::error!(%detail, "schema store error");
         }
-        json_response(status, json!({ "error_code": code, "message": self.to_string() }))
+        json_response(
+            status,
+            json!({ "error_code": code, "message": self.to_string() }),
+        )
     }
 }

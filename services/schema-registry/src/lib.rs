@@ -23,12 +23,17 @@ pub enum StartError {
     #[error(transparent)]
     Kafka(#[from] verdict_runtime::kafka::KafkaError),
     #[error("cannot listen on {addr}: {source}")]
-    Bind { addr: SocketAddr, source: std::io::Error },
+    Bind {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
 }
 
 /// Binds the HTTP listener (before replay, so a busy port fails fast).
 pub async fn bind(addr: SocketAddr) -> Result<TcpListener, StartError> {
-    TcpListener::bind(addr).await.map_err(|source| StartError::Bind { addr, source })
+    TcpListener::bind(addr)
+        .await
+        .map_err(|source| StartError::Bind { addr, source })
 }
 
 /// Serves the API on `listener` until `shutdown` resolves.
@@ -37,7 +42,9 @@ pub async fn serve(
     log: Arc<SchemaLog>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    axum::serve(listener, api::router(log)).with_graceful_shutdown(shutdown).await
+    axum::serve(listener, api::router(log))
+        .with_graceful_shutdown(shutdown)
+        .await
 }
 
 /// A registry running in this process (used by tests and embedders).
@@ -52,13 +59,20 @@ impl RunningRegistry {
     /// (port 0 picks a free port).
     pub async fn start(settings: &RegistrySettings) -> Result<Self, StartError> {
         let listener = bind(settings.http.listen).await?;
-        let addr = listener.local_addr().map_err(|source| StartError::Bind { addr: settings.http.listen, source })?;
+        let addr = listener.local_addr().map_err(|source| StartError::Bind {
+            addr: settings.http.listen,
+            source,
+        })?;
         let log = Arc::new(SchemaLog::open(&settings.kafka, &settings.store).await?);
         let (tx, rx) = oneshot::channel::<()>();
         let task = tokio::spawn(serve(listener, log, async {
             let _ = rx.await;
         }));
-        Ok(Self { addr, stop: Some(tx), task })
+        Ok(Self {
+            addr,
+            stop: Some(tx),
+            task,
+        })
     }
 
     pub fn addr(&self) -> SocketAddr {

@@ -26,7 +26,10 @@ pub struct Plan<T> {
 
 impl<T> Plan<T> {
     pub fn done(answer: T) -> Self {
-        Self { records: Vec::new(), answer }
+        Self {
+            records: Vec::new(),
+            answer,
+        }
     }
 }
 
@@ -52,7 +55,9 @@ impl SchemaLog {
     /// Creates the topic if needed, starts tailing it and returns once the store
     /// has replayed everything that was in the log at start-up.
     pub async fn open(kafka: &KafkaSettings, settings: &StoreSettings) -> Result<Self, KafkaError> {
-        kafka.wait_until_reachable(Duration::from_millis(settings.timeout_ms)).await?;
+        kafka
+            .wait_until_reachable(Duration::from_millis(settings.timeout_ms))
+            .await?;
         kafka
             .create_topics(&[TopicSpec {
                 name: settings.topic.clone(),
@@ -71,7 +76,10 @@ impl SchemaLog {
             .create()?;
         let consumer: StreamConsumer = kafka
             .client_config()
-            .set("group.id", format!("verdict-schema-registry-{}", uuid::Uuid::new_v4()))
+            .set(
+                "group.id",
+                format!("verdict-schema-registry-{}", uuid::Uuid::new_v4()),
+            )
             .set("enable.auto.commit", "false")
             .set("fetch.wait.max.ms", "50")
             .create()?;
@@ -101,7 +109,12 @@ impl SchemaLog {
                     tracing::warn!(error = %e, "still replaying {}", log.topic);
                     waited += log.timeout;
                 }
-                Err(e) => return Err(KafkaError::Join(format!("cannot replay {}: {e}", log.topic))),
+                Err(e) => {
+                    return Err(KafkaError::Join(format!(
+                        "cannot replay {}: {e}",
+                        log.topic
+                    )));
+                }
             }
         }
         Ok(log)
@@ -117,10 +130,11 @@ impl SchemaLog {
         let consumer = self.watermarks.clone();
         let topic = self.topic.clone();
         let timeout = self.timeout;
-        let (_, high) = tokio::task::spawn_blocking(move || consumer.fetch_watermarks(&topic, 0, timeout))
-            .await
-            .map_err(|e| ApiError::Store(e.to_string()))?
-            .map_err(|e| ApiError::Store(format!("fetching watermarks: {e}")))?;
+        let (_, high) =
+            tokio::task::spawn_blocking(move || consumer.fetch_watermarks(&topic, 0, timeout))
+                .await
+                .map_err(|e| ApiError::Store(e.to_string()))?
+                .map_err(|e| ApiError::Store(format!("fetching watermarks: {e}")))?;
         self.wait_for(high).await
     }
 
@@ -137,7 +151,10 @@ impl SchemaLog {
     /// `plan` decide on the current state, append its records and wait until they
     /// are applied. If another instance's record won a race (same id or subject
     /// version), plan again on the new state.
-    pub async fn write<T>(&self, plan: impl Fn(&Store) -> Result<Plan<T>, ApiError>) -> Result<T, ApiError> {
+    pub async fn write<T>(
+        &self,
+        plan: impl Fn(&Store) -> Result<Plan<T>, ApiError>,
+    ) -> Result<T, ApiError> {
         let _guard = self.write_lock.lock().await;
         for _ in 0..5 {
             self.catch_up().await?;
@@ -154,12 +171,16 @@ impl SchemaLog {
             }
             tracing::info!("lost a write race on {}; planning again", self.topic);
         }
-        Err(ApiError::Store("too many concurrent writers; try again".into()))
+        Err(ApiError::Store(
+            "too many concurrent writers; try again".into(),
+        ))
     }
 
     async fn append(&self, record: &Record) -> Result<i64, ApiError> {
         let (key, value) = record.encode();
-        let mut rec = FutureRecord::<Vec<u8>, Vec<u8>>::to(&self.topic).key(&key).partition(0);
+        let mut rec = FutureRecord::<Vec<u8>, Vec<u8>>::to(&self.topic)
+            .key(&key)
+            .partition(0);
         if let Some(v) = value.as_ref() {
             rec = rec.payload(v);
         }

@@ -30,16 +30,29 @@ pub struct ParsedSchema {
 impl ParsedSchema {
     pub fn parse(text: &str) -> Result<Self, ApiError> {
         let schema = Schema::parse_str(text).map_err(|e| ApiError::InvalidSchema(e.to_string()))?;
-        let raw: Value = serde_json::from_str(text).map_err(|e| ApiError::InvalidSchema(e.to_string()))?;
+        let raw: Value =
+            serde_json::from_str(text).map_err(|e| ApiError::InvalidSchema(e.to_string()))?;
         let mut extra = Vec::new();
         collect_resolution_attributes(&raw, &mut extra);
         let identity = format!("{}|{}", schema.canonical_form(), Value::Array(extra));
-        Ok(Self { text: text.to_string(), schema: Arc::new(schema), identity })
+        Ok(Self {
+            text: text.to_string(),
+            schema: Arc::new(schema),
+            identity,
+        })
     }
 }
 
 fn collect_resolution_attributes(v: &Value, out: &mut Vec<Value>) {
-    const KEPT: &[&str] = &["default", "logicalType", "aliases", "precision", "scale", "doc", "order"];
+    const KEPT: &[&str] = &[
+        "default",
+        "logicalType",
+        "aliases",
+        "precision",
+        "scale",
+        "doc",
+        "order",
+    ];
     match v {
         Value::Object(map) => {
             for (k, val) in map {
@@ -50,7 +63,9 @@ fn collect_resolution_attributes(v: &Value, out: &mut Vec<Value>) {
                 }
             }
         }
-        Value::Array(items) => items.iter().for_each(|i| collect_resolution_attributes(i, out)),
+        Value::Array(items) => items
+            .iter()
+            .for_each(|i| collect_resolution_attributes(i, out)),
         _ => {}
     }
 }
@@ -59,11 +74,20 @@ fn collect_resolution_attributes(v: &Value, out: &mut Vec<Value>) {
 #[derive(Debug, Clone, PartialEq)]
 pub enum Record {
     /// A subject version; `deleted` marks a soft delete of that version.
-    Schema { subject: String, version: u32, id: u32, schema: String, deleted: bool },
+    Schema {
+        subject: String,
+        version: u32,
+        id: u32,
+        schema: String,
+        deleted: bool,
+    },
     /// Permanent delete of one subject version.
     SchemaTombstone { subject: String, version: u32 },
     /// Compatibility level of a subject (`None` = global); `level: None` removes it.
-    Config { subject: Option<String>, level: Option<Level> },
+    Config {
+        subject: Option<String>,
+        level: Option<Level>,
+    },
     /// Soft delete of every version of a subject up to `version`.
     DeleteSubject { subject: String, version: u32 },
     /// Removes a DeleteSubject marker (after permanent deletion of the subject).
@@ -111,8 +135,19 @@ impl Record {
     /// `_schemas` topic.
     pub fn encode(&self) -> (Vec<u8>, Option<Vec<u8>>) {
         let (key, value) = match self {
-            Record::Schema { subject, version, id, schema, deleted } => (
-                Key { keytype: "SCHEMA".into(), subject: Some(subject.clone()), version: Some(*version), magic: 1 },
+            Record::Schema {
+                subject,
+                version,
+                id,
+                schema,
+                deleted,
+            } => (
+                Key {
+                    keytype: "SCHEMA".into(),
+                    subject: Some(subject.clone()),
+                    version: Some(*version),
+                    magic: 1,
+                },
                 serde_json::to_vec(&SchemaValue {
                     subject: subject.clone(),
                     version: *version,
@@ -123,19 +158,48 @@ impl Record {
                 .ok(),
             ),
             Record::SchemaTombstone { subject, version } => (
-                Key { keytype: "SCHEMA".into(), subject: Some(subject.clone()), version: Some(*version), magic: 1 },
+                Key {
+                    keytype: "SCHEMA".into(),
+                    subject: Some(subject.clone()),
+                    version: Some(*version),
+                    magic: 1,
+                },
                 None,
             ),
             Record::Config { subject, level } => (
-                Key { keytype: "CONFIG".into(), subject: subject.clone(), version: None, magic: 0 },
-                level.and_then(|l| serde_json::to_vec(&ConfigValue { compatibility_level: l }).ok()),
+                Key {
+                    keytype: "CONFIG".into(),
+                    subject: subject.clone(),
+                    version: None,
+                    magic: 0,
+                },
+                level.and_then(|l| {
+                    serde_json::to_vec(&ConfigValue {
+                        compatibility_level: l,
+                    })
+                    .ok()
+                }),
             ),
             Record::DeleteSubject { subject, version } => (
-                Key { keytype: "DELETE_SUBJECT".into(), subject: Some(subject.clone()), version: None, magic: 0 },
-                serde_json::to_vec(&DeleteSubjectValue { subject: subject.clone(), version: *version }).ok(),
+                Key {
+                    keytype: "DELETE_SUBJECT".into(),
+                    subject: Some(subject.clone()),
+                    version: None,
+                    magic: 0,
+                },
+                serde_json::to_vec(&DeleteSubjectValue {
+                    subject: subject.clone(),
+                    version: *version,
+                })
+                .ok(),
             ),
             Record::DeleteSubjectTombstone { subject } => (
-                Key { keytype: "DELETE_SUBJECT".into(), subject: Some(subject.clone()), version: None, magic: 0 },
+                Key {
+                    keytype: "DELETE_SUBJECT".into(),
+                    subject: Some(subject.clone()),
+                    version: None,
+                    magic: 0,
+                },
                 None,
             ),
         };
@@ -146,28 +210,49 @@ impl Record {
     pub fn decode(key: &[u8], value: Option<&[u8]>) -> Result<Option<Record>, DecodeError> {
         let key: Key = serde_json::from_slice(key).map_err(|e| DecodeError(e.to_string()))?;
         let bad = |e: serde_json::Error| DecodeError(e.to_string());
-        let subject = || key.subject.clone().ok_or_else(|| DecodeError("key without subject".into()));
+        let subject = || {
+            key.subject
+                .clone()
+                .ok_or_else(|| DecodeError("key without subject".into()))
+        };
         Ok(Some(match (key.keytype.as_str(), value) {
             ("SCHEMA", Some(v)) => {
                 let v: SchemaValue = serde_json::from_slice(v).map_err(bad)?;
-                Record::Schema { subject: v.subject, version: v.version, id: v.id, schema: v.schema, deleted: v.deleted }
+                Record::Schema {
+                    subject: v.subject,
+                    version: v.version,
+                    id: v.id,
+                    schema: v.schema,
+                    deleted: v.deleted,
+                }
             }
             ("SCHEMA", None) => Record::SchemaTombstone {
                 subject: subject()?,
-                version: key.version.ok_or_else(|| DecodeError("SCHEMA key without version".into()))?,
+                version: key
+                    .version
+                    .ok_or_else(|| DecodeError("SCHEMA key without version".into()))?,
             },
             ("CONFIG", v) => Record::Config {
                 subject: key.subject.clone(),
                 level: match v {
-                    Some(v) => Some(serde_json::from_slice::<ConfigValue>(v).map_err(bad)?.compatibility_level),
+                    Some(v) => Some(
+                        serde_json::from_slice::<ConfigValue>(v)
+                            .map_err(bad)?
+                            .compatibility_level,
+                    ),
                     None => None,
                 },
             },
             ("DELETE_SUBJECT", Some(v)) => {
                 let v: DeleteSubjectValue = serde_json::from_slice(v).map_err(bad)?;
-                Record::DeleteSubject { subject: v.subject, version: v.version }
+                Record::DeleteSubject {
+                    subject: v.subject,
+                    version: v.version,
+                }
             }
-            ("DELETE_SUBJECT", None) => Record::DeleteSubjectTombstone { subject: subject()? },
+            ("DELETE_SUBJECT", None) => Record::DeleteSubjectTombstone {
+                subject: subject()?,
+            },
             _ => return Ok(None),
         }))
     }
@@ -188,7 +273,15 @@ pub struct SubjectEntry {
 impl SubjectEntry {
     /// Versions with their deleted flag resolved, oldest first.
     pub fn versions(&self) -> impl Iterator<Item = (u32, VersionEntry)> + '_ {
-        self.versions.iter().map(|(&v, &e)| (v, VersionEntry { id: e.id, deleted: e.deleted || v <= self.deleted_up_to }))
+        self.versions.iter().map(|(&v, &e)| {
+            (
+                v,
+                VersionEntry {
+                    id: e.id,
+                    deleted: e.deleted || v <= self.deleted_up_to,
+                },
+            )
+        })
     }
 
     pub fn live(&self) -> impl Iterator<Item = (u32, VersionEntry)> + '_ {
@@ -204,7 +297,11 @@ impl SubjectEntry {
     }
 
     pub fn next_version(&self) -> u32 {
-        self.versions.keys().next_back().map_or(1, |v| v + 1).max(self.deleted_up_to + 1)
+        self.versions
+            .keys()
+            .next_back()
+            .map_or(1, |v| v + 1)
+            .max(self.deleted_up_to + 1)
     }
 }
 
@@ -223,10 +320,24 @@ impl Store {
     /// with an earlier one is ignored, on every instance alike).
     pub fn apply(&mut self, record: Record) -> bool {
         match record {
-            Record::Schema { subject, version, id, schema, deleted } => {
-                let Ok(parsed) = ParsedSchema::parse(&schema) else { return false };
-                if self.schemas.get(&id).is_some_and(|s| s.identity != parsed.identity)
-                    || self.ids.get(&parsed.identity).is_some_and(|&other| other != id)
+            Record::Schema {
+                subject,
+                version,
+                id,
+                schema,
+                deleted,
+            } => {
+                let Ok(parsed) = ParsedSchema::parse(&schema) else {
+                    return false;
+                };
+                if self
+                    .schemas
+                    .get(&id)
+                    .is_some_and(|s| s.identity != parsed.identity)
+                    || self
+                        .ids
+                        .get(&parsed.identity)
+                        .is_some_and(|&other| other != id)
                 {
                     return false;
                 }
@@ -242,7 +353,9 @@ impl Store {
                 true
             }
             Record::SchemaTombstone { subject, version } => {
-                let Some(entry) = self.subjects.get_mut(&subject) else { return true };
+                let Some(entry) = self.subjects.get_mut(&subject) else {
+                    return true;
+                };
                 if let Some(removed) = entry.versions.remove(&version) {
                     if entry.versions.is_empty() && entry.deleted_up_to == 0 {
                         self.subjects.remove(&subject);
@@ -251,11 +364,17 @@ impl Store {
                 }
                 true
             }
-            Record::Config { subject: None, level } => {
+            Record::Config {
+                subject: None,
+                level,
+            } => {
                 self.global = level;
                 true
             }
-            Record::Config { subject: Some(s), level } => {
+            Record::Config {
+                subject: Some(s),
+                level,
+            } => {
                 match level {
                     Some(l) => self.subject_levels.insert(s, l),
                     None => self.subject_levels.remove(&s),
@@ -280,7 +399,10 @@ impl Store {
     }
 
     fn forget_if_unused(&mut self, id: u32) {
-        let used = self.subjects.values().any(|s| s.versions.values().any(|e| e.id == id));
+        let used = self
+            .subjects
+            .values()
+            .any(|s| s.versions.values().any(|e| e.id == id));
         if !used && let Some(s) = self.schemas.remove(&id) {
             self.ids.remove(&s.identity);
         }
@@ -289,9 +411,16 @@ impl Store {
     /// Whether `record` is reflected in the store (it was applied, not overruled).
     pub fn reflects(&self, record: &Record) -> bool {
         match record {
-            Record::Schema { subject, version, id, .. } => {
-                self.subjects.get(subject).and_then(|s| s.versions.get(version)).is_some_and(|e| e.id == *id)
-            }
+            Record::Schema {
+                subject,
+                version,
+                id,
+                ..
+            } => self
+                .subjects
+                .get(subject)
+                .and_then(|s| s.versions.get(version))
+                .is_some_and(|e| e.id == *id),
             _ => true,
         }
     }
@@ -325,7 +454,8 @@ impl Store {
     }
 
     pub fn effective_level(&self, subject: &str) -> Level {
-        self.subject_level(subject).unwrap_or_else(|| self.global_level())
+        self.subject_level(subject)
+            .unwrap_or_else(|| self.global_level())
     }
 
     /// `(subject, version)` pairs that use schema `id`.
@@ -346,36 +476,67 @@ mod tests {
     use super::*;
 
     const A: &str = r#"{"type":"record","name":"A","fields":[{"name":"x","type":"int"}]}"#;
-    const A_SPACED: &str = r#"{ "type" : "record", "name":"A", "fields" : [ {"type":"int", "name":"x"} ] }"#;
-    const A_DEFAULT: &str = r#"{"type":"record","name":"A","fields":[{"name":"x","type":"int","default":1}]}"#;
+    const A_SPACED: &str =
+        r#"{ "type" : "record", "name":"A", "fields" : [ {"type":"int", "name":"x"} ] }"#;
+    const A_DEFAULT: &str =
+        r#"{"type":"record","name":"A","fields":[{"name":"x","type":"int","default":1}]}"#;
 
     fn schema(subject: &str, version: u32, id: u32, text: &str) -> Record {
-        Record::Schema { subject: subject.into(), version, id, schema: text.into(), deleted: false }
+        Record::Schema {
+            subject: subject.into(),
+            version,
+            id,
+            schema: text.into(),
+            deleted: false,
+        }
     }
 
     #[test]
     fn records_round_trip_through_bytes() {
         let records = [
             schema("s", 1, 1, A),
-            Record::SchemaTombstone { subject: "s".into(), version: 1 },
-            Record::Config { subject: None, level: Some(Level::Full) },
-            Record::Config { subject: Some("s".into()), level: None },
-            Record::DeleteSubject { subject: "s".into(), version: 3 },
-            Record::DeleteSubjectTombstone { subject: "s".into() },
+            Record::SchemaTombstone {
+                subject: "s".into(),
+                version: 1,
+            },
+            Record::Config {
+                subject: None,
+                level: Some(Level::Full),
+            },
+            Record::Config {
+                subject: Some("s".into()),
+                level: None,
+            },
+            Record::DeleteSubject {
+                subject: "s".into(),
+                version: 3,
+            },
+            Record::DeleteSubjectTombstone {
+                subject: "s".into(),
+            },
         ];
         for r in records {
             let (k, v) = r.encode();
             assert_eq!(Record::decode(&k, v.as_deref()).expect("decode"), Some(r));
         }
-        assert_eq!(Record::decode(br#"{"keytype":"NOOP","magic":0}"#, None).expect("noop"), None);
+        assert_eq!(
+            Record::decode(br#"{"keytype":"NOOP","magic":0}"#, None).expect("noop"),
+            None
+        );
         assert!(Record::decode(b"not json", None).is_err());
     }
 
     #[test]
     fn identity_ignores_layout_but_not_defaults() {
         let a = ParsedSchema::parse(A).expect("a");
-        assert_eq!(a.identity, ParsedSchema::parse(A_SPACED).expect("spaced").identity);
-        assert_ne!(a.identity, ParsedSchema::parse(A_DEFAULT).expect("default").identity);
+        assert_eq!(
+            a.identity,
+            ParsedSchema::parse(A_SPACED).expect("spaced").identity
+        );
+        assert_ne!(
+            a.identity,
+            ParsedSchema::parse(A_DEFAULT).expect("default").identity
+        );
     }
 
     #[test]
@@ -396,13 +557,24 @@ mod tests {
         let mut s = Store::default();
         s.apply(schema("s", 1, 1, A));
         s.apply(schema("s", 2, 2, A_DEFAULT));
-        s.apply(Record::DeleteSubject { subject: "s".into(), version: 2 });
+        s.apply(Record::DeleteSubject {
+            subject: "s".into(),
+            version: 2,
+        });
         let subject = s.subject("s").expect("kept while soft deleted");
         assert!(!subject.is_live());
         assert_eq!(subject.next_version(), 3);
-        s.apply(Record::SchemaTombstone { subject: "s".into(), version: 1 });
-        s.apply(Record::SchemaTombstone { subject: "s".into(), version: 2 });
-        s.apply(Record::DeleteSubjectTombstone { subject: "s".into() });
+        s.apply(Record::SchemaTombstone {
+            subject: "s".into(),
+            version: 1,
+        });
+        s.apply(Record::SchemaTombstone {
+            subject: "s".into(),
+            version: 2,
+        });
+        s.apply(Record::DeleteSubjectTombstone {
+            subject: "s".into(),
+        });
         assert!(s.subject("s").is_none());
         assert!(s.schema(1).is_none(), "unused schema is forgotten");
     }

@@ -13,7 +13,11 @@ use verdict_runtime::registry::RegistryClient;
 use verdict_runtime::telemetry;
 
 #[derive(Parser)]
-#[command(name = "verdict", version, about = "verdict: AI decision pipeline on Kafka")]
+#[command(
+    name = "verdict",
+    version,
+    about = "verdict: AI decision pipeline on Kafka"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -22,10 +26,18 @@ struct Cli {
 #[derive(clap::Args, Clone)]
 struct Endpoints {
     /// Kafka bootstrap servers.
-    #[arg(long, env = "KAFKA_BOOTSTRAP_SERVERS", default_value = "127.0.0.1:9092")]
+    #[arg(
+        long,
+        env = "KAFKA_BOOTSTRAP_SERVERS",
+        default_value = "127.0.0.1:9092"
+    )]
     bootstrap_servers: String,
     /// Schema registry URL.
-    #[arg(long, env = "VERDICT_SCHEMA_REGISTRY_URL", default_value = "http://127.0.0.1:8081")]
+    #[arg(
+        long,
+        env = "VERDICT_SCHEMA_REGISTRY_URL",
+        default_value = "http://127.0.0.1:8081"
+    )]
     registry_url: String,
 }
 
@@ -46,7 +58,12 @@ enum Command {
         #[command(subcommand)]
         action: StackAction,
         /// Where pid files, logs and the broker's data live.
-        #[arg(long, env = "VERDICT_DATA_DIR", default_value = ".verdict", global = true)]
+        #[arg(
+            long,
+            env = "VERDICT_DATA_DIR",
+            default_value = ".verdict",
+            global = true
+        )]
         data_dir: PathBuf,
         #[arg(long, default_value_t = 9092, global = true)]
         broker_port: u16,
@@ -114,30 +131,61 @@ async fn main() -> ExitCode {
 
 async fn run(command: Command) -> Result<(), CliError> {
     match command {
-        Command::Stack { action, data_dir, broker_port, registry_port } => {
-            let stack = StackOpts { data_dir, broker_port, registry_port };
+        Command::Stack {
+            action,
+            data_dir,
+            broker_port,
+            registry_port,
+        } => {
+            let stack = StackOpts {
+                data_dir,
+                broker_port,
+                registry_port,
+            };
             match action {
                 StackAction::Up => stack.up().await,
                 StackAction::Down => stack.down(),
                 StackAction::Status => stack.status().await,
             }
         }
-        Command::Topology { action: TopologyAction::Check { file } } => {
+        Command::Topology {
+            action: TopologyAction::Check { file },
+        } => {
             let t = topology_cmd::check(&file.file, file.schemas.as_deref())?;
-            println!("{}: ok ({} topics, {} services)", file.file.display(), t.topics.len(), t.services.len());
+            println!(
+                "{}: ok ({} topics, {} services)",
+                file.file.display(),
+                t.topics.len(),
+                t.services.len()
+            );
             Ok(())
         }
-        Command::Topology { action: TopologyAction::Apply { file, endpoints, fail_on_drift } } => {
+        Command::Topology {
+            action:
+                TopologyAction::Apply {
+                    file,
+                    endpoints,
+                    fail_on_drift,
+                },
+        } => {
             let kafka = KafkaSettings::with_bootstrap(endpoints.bootstrap_servers);
             let registry = RegistryClient::new(endpoints.registry_url)?;
-            let report = topology_cmd::apply(&file.file, file.schemas.as_deref(), &kafka, &registry).await?;
+            let report =
+                topology_cmd::apply(&file.file, file.schemas.as_deref(), &kafka, &registry).await?;
             report.print();
             if fail_on_drift && !report.drift.is_empty() {
-                return Err(CliError::Drift(format!("{} topic setting(s) differ from the file", report.drift.len())));
+                return Err(CliError::Drift(format!(
+                    "{} topic setting(s) differ from the file",
+                    report.drift.len()
+                )));
             }
             Ok(())
         }
-        Command::Demo { endpoints, count, topic } => demo(endpoints, count, &topic).await,
+        Command::Demo {
+            endpoints,
+            count,
+            topic,
+        } => demo(endpoints, count, &topic).await,
     }
 }
 
@@ -153,10 +201,19 @@ async fn demo(endpoints: Endpoints, count: usize, topic: &str) -> Result<(), Cli
     }
     println!("produced {} events to {topic}", sent.len());
     let positions: Vec<(i32, i64)> = sent.iter().map(|d| (d.partition, d.offset)).collect();
-    let got = read_back(&kafka, &endpoints.registry_url, topic, &positions, Duration::from_secs(30)).await?;
+    let got = read_back(
+        &kafka,
+        &endpoints.registry_url,
+        topic,
+        &positions,
+        Duration::from_secs(30),
+    )
+    .await?;
     let mut matched = 0;
     for d in &got {
-        let same = sent.iter().any(|s| s.partition == d.partition && s.offset == d.offset && s.value == d.value);
+        let same = sent
+            .iter()
+            .any(|s| s.partition == d.partition && s.offset == d.offset && s.value == d.value);
         matched += usize::from(same);
         println!(
             "{topic}/{}@{} key={} event_id={} amount={} {} {}",
@@ -173,6 +230,8 @@ async fn demo(endpoints: Endpoints, count: usize, topic: &str) -> Result<(), Cli
         println!("round trip: {matched}/{count} events read back and decoded identically");
         Ok(())
     } else {
-        Err(CliError::Failed(format!("round trip: only {matched}/{count} events came back identical")))
+        Err(CliError::Failed(format!(
+            "round trip: only {matched}/{count} events came back identical"
+        )))
     }
 }

@@ -40,7 +40,10 @@ impl AvroProducer {
             .set("compression.type", "zstd")
             .create()
             .map_err(|e| CliError::Failed(e.to_string()))?;
-        Ok(Self { producer, encoder: AvroEncoder::new(SrSettings::new(registry_url.to_string())) })
+        Ok(Self {
+            producer,
+            encoder: AvroEncoder::new(SrSettings::new(registry_url.to_string())),
+        })
     }
 
     /// Encodes a JSON object with the latest `<topic>-value` schema and produces it.
@@ -51,8 +54,7 @@ impl AvroProducer {
             .get_schema_and_id(&format!("{topic}-value"), strategy.clone())
             .await
             .map_err(|e| CliError::Failed(format!("schema for {topic}-value: {e}")))?;
-        let avro = apache_avro::to_value(value)
-            .and_then(|v| v.resolve(&schema.parsed))
+        let avro = verdict_runtime::avro::from_json(value, &schema.parsed)
             .map_err(|e| CliError::Usage(format!("value does not fit {topic}-value: {e}")))?;
         let bytes = self
             .encoder
@@ -61,10 +63,18 @@ impl AvroProducer {
             .map_err(|e| CliError::Failed(format!("encoding for {topic}: {e}")))?;
         let delivery = self
             .producer
-            .send(FutureRecord::to(topic).key(key).payload(&bytes), Duration::from_secs(10))
+            .send(
+                FutureRecord::to(topic).key(key).payload(&bytes),
+                Duration::from_secs(10),
+            )
             .await
             .map_err(|(e, _)| CliError::Failed(format!("producing to {topic}: {e}")))?;
-        Ok(Delivered { key: key.to_string(), partition: delivery.partition, offset: delivery.offset, value: value.clone() })
+        Ok(Delivered {
+            key: key.to_string(),
+            partition: delivery.partition,
+            offset: delivery.offset,
+            value: value.clone(),
+        })
     }
 }
 
@@ -83,7 +93,8 @@ pub async fn read_back(
         *e = (*e).min(o);
     }
     for (&p, &o) in &first {
-        tpl.add_partition_offset(topic, p, Offset::Offset(o)).map_err(|e| CliError::Failed(e.to_string()))?;
+        tpl.add_partition_offset(topic, p, Offset::Offset(o))
+            .map_err(|e| CliError::Failed(e.to_string()))?;
     }
     let consumer: BaseConsumer = kafka
         .client_config()
@@ -91,7 +102,9 @@ pub async fn read_back(
         .set("enable.auto.commit", "false")
         .create()
         .map_err(|e| CliError::Failed(e.to_string()))?;
-    consumer.assign(&tpl).map_err(|e| CliError::Failed(e.to_string()))?;
+    consumer
+        .assign(&tpl)
+        .map_err(|e| CliError::Failed(e.to_string()))?;
     let wanted_set: std::collections::HashSet<(i32, i64)> = wanted.iter().copied().collect();
     let raw = tokio::task::spawn_blocking(move || {
         let deadline = std::time::Instant::now() + timeout;
@@ -101,7 +114,12 @@ pub async fn read_back(
                 && wanted_set.contains(&(m.partition(), m.offset()))
             {
                 let key = String::from_utf8_lossy(m.key().unwrap_or_default()).to_string();
-                got.push((key, m.partition(), m.offset(), m.payload().map(<[u8]>::to_vec)));
+                got.push((
+                    key,
+                    m.partition(),
+                    m.offset(),
+                    m.payload().map(<[u8]>::to_vec),
+                ));
             }
         }
         got
@@ -117,7 +135,12 @@ pub async fn read_back(
             .map_err(|e| CliError::Failed(format!("decoding {topic}/{partition}@{offset}: {e}")))?;
         let value = Json::try_from(decoded.value)
             .map_err(|e| CliError::Failed(format!("{topic}/{partition}@{offset} as JSON: {e}")))?;
-        out.push(Delivered { key, partition, offset, value });
+        out.push(Delivered {
+            key,
+            partition,
+            offset,
+            value,
+        });
     }
     out.sort_by_key(|d| (d.partition, d.offset));
     Ok(out)
@@ -128,7 +151,13 @@ pub fn sample_transaction(rng: &mut impl Rng, tenant: &str) -> (String, Json) {
     const CHANNELS: [&str; 4] = ["CARD_PRESENT", "ONLINE", "TRANSFER", "ATM"];
     const COUNTRIES: [&str; 5] = ["DE", "NL", "FR", "US", "GB"];
     const MCC: [&str; 5] = ["5411", "5812", "5999", "4829", "6011"];
-    const HISTORY: [&str; 3] = ["existing credits paid back duly till now", "critical account", "delay in paying off in the past"];
+    const HISTORY: [&str; 5] = [
+        "no_credits",
+        "all_paid",
+        "existing_paid",
+        "delayed_previously",
+        "critical_account",
+    ];
     let account = format!("acct-{:04}", rng.random_range(0..200));
     let amount = (rng.random_range(1.0_f64..2_500.0) * 100.0).round() / 100.0;
     let value = json!({
@@ -145,6 +174,8 @@ pub fn sample_transaction(rng: &mut impl Rng, tenant: &str) -> (String, Json) {
         "customer_age_years": rng.random_range(19..75),
         "account_age_months": rng.random_range(1..120),
         "credit_history": HISTORY[rng.random_range(0..HISTORY.len())],
+        "employment_years": rng.random_range(0..30),
+        "existing_credits": rng.random_range(1..4),
     });
     (account, value)
 }

@@ -31,7 +31,9 @@ pub struct StackOpts {
 /// `nisshi --version`'s answer, if nisshi is installed.
 pub fn nisshi_version() -> Option<String> {
     let out = Command::new("nisshi").arg("--version").output().ok()?;
-    out.status.success().then(|| String::from_utf8_lossy(&out.stdout).trim().to_string())
+    out.status
+        .success()
+        .then(|| String::from_utf8_lossy(&out.stdout).trim().to_string())
 }
 
 /// The command that runs a nisshi broker on 127.0.0.1:`port` with its SQLite store
@@ -40,8 +42,19 @@ pub fn broker_command(dir: &Path, port: u16) -> Command {
     let url = format!("tcp://127.0.0.1:{port}");
     let mut cmd = Command::new("nisshi");
     cmd.current_dir(dir)
-        .args(["broker", "--listener-url", &url, "--advertised-listener-url", &url])
-        .args(["--storage-engine", "sqlite://nisshi.db", "--cluster-id", "verdict"]);
+        .args([
+            "broker",
+            "--listener-url",
+            &url,
+            "--advertised-listener-url",
+            &url,
+        ])
+        .args([
+            "--storage-engine",
+            "sqlite://nisshi.db",
+            "--cluster-id",
+            "verdict",
+        ]);
     cmd
 }
 
@@ -53,12 +66,15 @@ pub fn spawn_logged(mut cmd: Command, log: &Path, detached: bool) -> Result<Chil
         .append(true)
         .open(log)
         .map_err(|e| CliError::Failed(format!("cannot open log {}: {e}", log.display())))?;
-    let err = file.try_clone().map_err(|e| CliError::Failed(e.to_string()))?;
+    let err = file
+        .try_clone()
+        .map_err(|e| CliError::Failed(e.to_string()))?;
     cmd.stdin(Stdio::null()).stdout(file).stderr(err);
     if detached {
         cmd.process_group(0);
     }
-    cmd.spawn().map_err(|e| CliError::Failed(format!("cannot start {:?}: {e}", cmd.get_program())))
+    cmd.spawn()
+        .map_err(|e| CliError::Failed(format!("cannot start {:?}: {e}", cmd.get_program())))
 }
 
 /// The path of a sibling binary of the running executable (same cargo profile).
@@ -82,7 +98,10 @@ pub fn sibling_binary(name: &str) -> Result<PathBuf, CliError> {
 
 /// Waits until `GET {url}/` answers 200, the process behind `pid` dies, or `timeout`.
 pub async fn wait_for_http(url: &str, pid: Option<u32>, timeout: Duration) -> Result<(), String> {
-    let client = reqwest::Client::builder().timeout(Duration::from_secs(2)).build().map_err(|e| e.to_string())?;
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_secs(2))
+        .build()
+        .map_err(|e| e.to_string())?;
     let start = Instant::now();
     loop {
         if let Ok(resp) = client.get(format!("{url}/")).send().await
@@ -102,19 +121,29 @@ pub async fn wait_for_http(url: &str, pid: Option<u32>, timeout: Duration) -> Re
 
 /// Whether a process with this pid exists (and is not a zombie).
 pub fn alive(pid: u32) -> bool {
-    let Ok(raw) = i32::try_from(pid) else { return false };
+    let Ok(raw) = i32::try_from(pid) else {
+        return false;
+    };
     if kill(Pid::from_raw(raw), None).is_err() {
         return false;
     }
     // A zombie still answers kill(0); /proc tells the state.
     fs::read_to_string(format!("/proc/{pid}/stat"))
-        .map(|s| !s.rsplit(')').next().unwrap_or("").trim_start().starts_with('Z'))
+        .map(|s| {
+            !s.rsplit(')')
+                .next()
+                .unwrap_or("")
+                .trim_start()
+                .starts_with('Z')
+        })
         .unwrap_or(true)
 }
 
 /// Sends SIGTERM to `pid`, waits up to `grace`, then SIGKILL. Returns whether it had to kill.
 pub fn stop_pid(pid: u32, grace: Duration) -> bool {
-    let Ok(raw) = i32::try_from(pid) else { return false };
+    let Ok(raw) = i32::try_from(pid) else {
+        return false;
+    };
     let target = Pid::from_raw(raw);
     let _ = kill(target, Signal::SIGTERM);
     let start = Instant::now();
@@ -134,8 +163,14 @@ struct Component {
     program: &'static str,
 }
 
-const BROKER: Component = Component { name: "broker", program: "nisshi" };
-const REGISTRY: Component = Component { name: "schema-registry", program: REGISTRY_BIN };
+const BROKER: Component = Component {
+    name: "broker",
+    program: "nisshi",
+};
+const REGISTRY: Component = Component {
+    name: "schema-registry",
+    program: REGISTRY_BIN,
+};
 
 impl StackOpts {
     fn pid_file(&self, c: &Component) -> PathBuf {
@@ -148,17 +183,25 @@ impl StackOpts {
 
     /// The pid of a running component started by us, if any.
     fn running_pid(&self, c: &Component) -> Option<u32> {
-        let pid: u32 = fs::read_to_string(self.pid_file(c)).ok()?.trim().parse().ok()?;
+        let pid: u32 = fs::read_to_string(self.pid_file(c))
+            .ok()?
+            .trim()
+            .parse()
+            .ok()?;
         let cmdline = fs::read(format!("/proc/{pid}/cmdline")).ok()?;
         (alive(pid) && String::from_utf8_lossy(&cmdline).contains(c.program)).then_some(pid)
     }
 
     fn external_bootstrap() -> Option<String> {
-        std::env::var(BOOTSTRAP_ENV).ok().filter(|s| !s.trim().is_empty())
+        std::env::var(BOOTSTRAP_ENV)
+            .ok()
+            .filter(|s| !s.trim().is_empty())
     }
 
     fn external_registry() -> Option<String> {
-        std::env::var(REGISTRY_URL_ENV).ok().filter(|s| !s.trim().is_empty())
+        std::env::var(REGISTRY_URL_ENV)
+            .ok()
+            .filter(|s| !s.trim().is_empty())
     }
 
     pub fn bootstrap(&self) -> String {
@@ -166,7 +209,8 @@ impl StackOpts {
     }
 
     pub fn registry_url(&self) -> String {
-        Self::external_registry().unwrap_or_else(|| format!("http://127.0.0.1:{}", self.registry_port))
+        Self::external_registry()
+            .unwrap_or_else(|| format!("http://127.0.0.1:{}", self.registry_port))
     }
 
     fn tail_log(&self, c: &Component) -> String {
@@ -177,17 +221,23 @@ impl StackOpts {
 
     /// Starts what is not running yet and waits until each part answers.
     pub async fn up(&self) -> Result<(), CliError> {
-        fs::create_dir_all(&self.data_dir)
-            .map_err(|e| CliError::Failed(format!("cannot create {}: {e}", self.data_dir.display())))?;
+        fs::create_dir_all(&self.data_dir).map_err(|e| {
+            CliError::Failed(format!("cannot create {}: {e}", self.data_dir.display()))
+        })?;
         let kafka = KafkaSettings::with_bootstrap(self.bootstrap());
         if let Some(bootstrap) = Self::external_bootstrap() {
             println!("broker: using {bootstrap} ({BOOTSTRAP_ENV})");
         } else if let Some(pid) = self.running_pid(&BROKER) {
-            println!("broker: already running (pid {pid}) on {}", self.bootstrap());
+            println!(
+                "broker: already running (pid {pid}) on {}",
+                self.bootstrap()
+            );
         } else {
             match nisshi_version() {
                 Some(v) if v.contains(NISSHI_VERSION) => {}
-                Some(v) => println!("warning: found `{v}`, verdict is tested with nisshi {NISSHI_VERSION}"),
+                Some(v) => {
+                    println!("warning: found `{v}`, verdict is tested with nisshi {NISSHI_VERSION}")
+                }
                 None => {
                     return Err(CliError::Usage(format!(
                         "nisshi is not installed: run `bash scripts/install.sh` (the first install builds nisshi {NISSHI_VERSION} from crates.io, ~20 minutes)"
@@ -196,37 +246,64 @@ impl StackOpts {
             }
             let dir = self.data_dir.join("broker");
             fs::create_dir_all(&dir).map_err(|e| CliError::Failed(e.to_string()))?;
-            let child = spawn_logged(broker_command(&dir, self.broker_port), &self.log_file(&BROKER), true)?;
+            let child = spawn_logged(
+                broker_command(&dir, self.broker_port),
+                &self.log_file(&BROKER),
+                true,
+            )?;
             self.write_pid(&BROKER, child.id())?;
-            println!("broker: started nisshi (pid {}) on {}, data in {}", child.id(), self.bootstrap(), dir.display());
+            println!(
+                "broker: started nisshi (pid {}) on {}, data in {}",
+                child.id(),
+                self.bootstrap(),
+                dir.display()
+            );
         }
         if let Err(e) = kafka.wait_until_reachable(Duration::from_secs(30)).await {
-            return Err(CliError::Failed(format!("{e}\n--- {}:\n{}", self.log_file(&BROKER).display(), self.tail_log(&BROKER))));
+            return Err(CliError::Failed(format!(
+                "{e}\n--- {}:\n{}",
+                self.log_file(&BROKER).display(),
+                self.tail_log(&BROKER)
+            )));
         }
         println!("broker: answers metadata requests at {}", self.bootstrap());
 
         if let Some(url) = Self::external_registry() {
             println!("schema-registry: using {url} ({REGISTRY_URL_ENV})");
         } else if let Some(pid) = self.running_pid(&REGISTRY) {
-            println!("schema-registry: already running (pid {pid}) on {}", self.registry_url());
+            println!(
+                "schema-registry: already running (pid {pid}) on {}",
+                self.registry_url()
+            );
         } else {
             let mut cmd = Command::new(sibling_binary(REGISTRY_BIN)?);
-            cmd.env("VERDICT__HTTP__LISTEN", format!("127.0.0.1:{}", self.registry_port))
-                .env("VERDICT__KAFKA__BOOTSTRAP_SERVERS", self.bootstrap());
+            cmd.env(
+                "VERDICT__HTTP__LISTEN",
+                format!("127.0.0.1:{}", self.registry_port),
+            )
+            .env("VERDICT__KAFKA__BOOTSTRAP_SERVERS", self.bootstrap());
             let child = spawn_logged(cmd, &self.log_file(&REGISTRY), true)?;
             self.write_pid(&REGISTRY, child.id())?;
-            println!("schema-registry: started (pid {}) on {}", child.id(), self.registry_url());
+            println!(
+                "schema-registry: started (pid {}) on {}",
+                child.id(),
+                self.registry_url()
+            );
         }
-        wait_for_http(&self.registry_url(), self.running_pid(&REGISTRY), Duration::from_secs(60))
-            .await
-            .map_err(|e| {
-                CliError::Failed(format!(
-                    "schema registry at {} is not answering: {e}\n--- {}:\n{}",
-                    self.registry_url(),
-                    self.log_file(&REGISTRY).display(),
-                    self.tail_log(&REGISTRY)
-                ))
-            })?;
+        wait_for_http(
+            &self.registry_url(),
+            self.running_pid(&REGISTRY),
+            Duration::from_secs(60),
+        )
+        .await
+        .map_err(|e| {
+            CliError::Failed(format!(
+                "schema registry at {} is not answering: {e}\n--- {}:\n{}",
+                self.registry_url(),
+                self.log_file(&REGISTRY).display(),
+                self.tail_log(&REGISTRY)
+            ))
+        })?;
         println!("schema-registry: answers at {}", self.registry_url());
         Ok(())
     }
@@ -241,7 +318,11 @@ impl StackOpts {
             match self.running_pid(c) {
                 Some(pid) => {
                     let killed = stop_pid(pid, Duration::from_secs(15));
-                    println!("{}: stopped pid {pid}{}", c.name, if killed { " (SIGKILL after 15 s)" } else { "" });
+                    println!(
+                        "{}: stopped pid {pid}{}",
+                        c.name,
+                        if killed { " (SIGKILL after 15 s)" } else { "" }
+                    );
                 }
                 None => println!("{}: not running", c.name),
             }
@@ -254,22 +335,42 @@ impl StackOpts {
     pub async fn status(&self) -> Result<(), CliError> {
         let mut healthy = true;
         let kafka = KafkaSettings::with_bootstrap(self.bootstrap());
-        let broker_ok = kafka.wait_until_reachable(Duration::from_secs(2)).await.is_ok();
+        let broker_ok = kafka
+            .wait_until_reachable(Duration::from_secs(2))
+            .await
+            .is_ok();
         let broker_proc = match (Self::external_bootstrap(), self.running_pid(&BROKER)) {
             (Some(_), _) => format!("external ({BOOTSTRAP_ENV})"),
-            (None, Some(pid)) => format!("nisshi pid {pid}, data {}", self.data_dir.join("broker").display()),
+            (None, Some(pid)) => format!(
+                "nisshi pid {pid}, data {}",
+                self.data_dir.join("broker").display()
+            ),
             (None, None) => "not started by this data dir".into(),
         };
-        println!("broker          {:<24} {:<10} {broker_proc}", self.bootstrap(), if broker_ok { "answering" } else { "DOWN" });
+        println!(
+            "broker          {:<24} {:<10} {broker_proc}",
+            self.bootstrap(),
+            if broker_ok { "answering" } else { "DOWN" }
+        );
         healthy &= broker_ok;
-        let reg_ok = wait_for_http(&self.registry_url(), None, Duration::from_secs(2)).await.is_ok();
+        let reg_ok = wait_for_http(&self.registry_url(), None, Duration::from_secs(2))
+            .await
+            .is_ok();
         let reg_proc = match (Self::external_registry(), self.running_pid(&REGISTRY)) {
             (Some(_), _) => format!("external ({REGISTRY_URL_ENV})"),
             (None, Some(pid)) => format!("pid {pid}, log {}", self.log_file(&REGISTRY).display()),
             (None, None) => "not started by this data dir".into(),
         };
-        println!("schema-registry {:<24} {:<10} {reg_proc}", self.registry_url(), if reg_ok { "answering" } else { "DOWN" });
+        println!(
+            "schema-registry {:<24} {:<10} {reg_proc}",
+            self.registry_url(),
+            if reg_ok { "answering" } else { "DOWN" }
+        );
         healthy &= reg_ok;
-        if healthy { Ok(()) } else { Err(CliError::Failed("some parts of the stack are down".into())) }
+        if healthy {
+            Ok(())
+        } else {
+            Err(CliError::Failed("some parts of the stack are down".into()))
+        }
     }
 }

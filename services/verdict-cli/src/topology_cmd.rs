@@ -40,7 +40,9 @@ pub async fn apply(
     let existing = kafka.topic_partitions().await?;
     let mut subjects = Vec::new();
     for (name, topic) in &topology.topics {
-        let Some(path) = &topic.value_schema else { continue };
+        let Some(path) = &topic.value_schema else {
+            continue;
+        };
         let text = std::fs::read_to_string(path)
             .map_err(|e| CliError::Usage(format!("cannot read {}: {e}", path.display())))?;
         let subject = format!("{name}-value");
@@ -74,8 +76,12 @@ pub async fn apply(
                 for (key, want) in topic.spec.configs() {
                     match actual.get(&key) {
                         Some(have) if *have == want => {}
-                        Some(have) => report.drift.push(format!("{name}: {key} declared {want}, actual {have}")),
-                        None => report.drift.push(format!("{name}: {key} declared {want}, broker reports none")),
+                        Some(have) => report
+                            .drift
+                            .push(format!("{name}: {key} declared {want}, actual {have}")),
+                        None => report.drift.push(format!(
+                            "{name}: {key} declared {want}, broker reports none"
+                        )),
                     }
                 }
             }

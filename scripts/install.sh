@@ -1,0 +1,55 @@
+#!/usr/bin/env bash
+# Installs what verdict needs on a fresh Debian machine; skips what is already there.
+#   apt packages · Python venv (.venv) for the Confluent client tests · nisshi broker · cargo-nextest
+set -euo pipefail
+cd "$(dirname "$0")/.."
+export PATH="$HOME/.cargo/bin:$PATH"
+
+NISSHI_VERSION=0.7.0-pre.2
+step() { printf '\n==> %s\n' "$*"; }
+as_root() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
+
+# --- Debian packages ------------------------------------------------------------------------
+# build-essential/pkg-config/libssl-dev: rdkafka's bundled librdkafka and native-tls;
+# python3-venv: the Confluent Python client test; docker-compose: validates docker-compose.yml.
+missing=()
+for pkg in build-essential pkg-config libssl-dev python3-venv docker-compose curl; do
+  dpkg -s "$pkg" >/dev/null 2>&1 || missing+=("$pkg")
+done
+if ((${#missing[@]})); then
+  step "apt: installing ${missing[*]}"
+  as_root apt-get update -qq
+  as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}"
+else
+  echo "apt packages: present"
+fi
+
+# --- Python venv ----------------------------------------------------------------------------
+if .venv/bin/python -c 'import confluent_kafka.schema_registry.avro, fastavro' 2>/dev/null \
+   && cmp -s tests/python/requirements.txt .venv/.requirements 2>/dev/null; then
+  echo "python venv: present (.venv)"
+else
+  step "python venv: installing tests/python/requirements.txt into .venv"
+  python3 -m venv .venv
+  .venv/bin/pip install --quiet --disable-pip-version-check -r tests/python/requirements.txt
+  cp tests/python/requirements.txt .venv/.requirements
+fi
+
+# --- nisshi (Kafka-compatible broker, SQLite store) -----------------------------------------
+if nisshi --version 2>/dev/null | grep -qF "$NISSHI_VERSION"; then
+  echo "nisshi: $(nisshi --version) present"
+else
+  step "nisshi $NISSHI_VERSION: building from crates.io. The first install takes ~20 minutes on 2 cores; progress below."
+  start=$SECONDS
+  cargo install "nisshi@$NISSHI_VERSION" --locked --no-default-features --features libsql,dynostore 2>&1 \
+    | while IFS= read -r line; do printf '[nisshi %4ds] %s\n' "$((SECONDS - start))" "$line"; done
+  nisshi --version
+fi
+
+# --- cargo-nextest (the test runner) --------------------------------------------------------
+if cargo nextest --version >/dev/null 2>&1; then
+  echo "cargo-nextest: present"
+else
+  step "cargo-nextest: installing from crates.io"
+  cargo install cargo-nextest --locked
+fi

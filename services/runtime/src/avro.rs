@@ -1,0 +1,66 @@
+//! Avro helpers shared by producers and tools.
+
+use apache_avro::Schema;
+use apache_avro::types::Value;
+use serde_json::Value as Json;
+
+/// Converts a JSON document to an Avro value of `schema` (records from objects,
+/// unions and logical types by Avro's schema resolution rules).
+///
+/// `apache_avro::to_value` is not used for this: it serialises JSON's unsigned
+/// integers as 8-byte `Fixed`, which no `int`/`long` field accepts.
+pub fn from_json(json: &Json, schema: &Schema) -> Result<Value, apache_avro::Error> {
+    untyped(json).resolve(schema)
+}
+
+fn untyped(json: &Json) -> Value {
+    match json {
+        Json::Null => Value::Null,
+        Json::Bool(b) => Value::Boolean(*b),
+        Json::Number(n) => match n.as_i64() {
+            Some(i) => Value::Long(i),
+            None => Value::Double(n.as_f64().unwrap_or(f64::NAN)),
+        },
+        Json::String(s) => Value::String(s.clone()),
+        Json::Array(items) => Value::Array(items.iter().map(untyped).collect()),
+        Json::Object(map) => Value::Map(map.iter().map(|(k, v)| (k.clone(), untyped(v))).collect()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn objects_become_records_with_defaults_and_unions() {
+        let schema = Schema::parse_str(
+            r#"{"type":"record","name":"R","fields":[
+                {"name":"id","type":{"type":"string","logicalType":"uuid"}},
+                {"name":"at","type":{"type":"long","logicalType":"timestamp-millis"}},
+                {"name":"n","type":"int"},
+                {"name":"x","type":"double"},
+                {"name":"kind","type":{"type":"enum","name":"K","symbols":["A","B"]}},
+                {"name":"opt","type":["null","int"],"default":null}
+            ]}"#,
+        )
+        .expect("schema");
+        let v = from_json(
+            &json!({"id":"6f1c8f7e-6c53-4a51-9a8e-1f3b2a9c0d11","at":1700000000000_i64,"n":3,"x":2,"kind":"B"}),
+            &schema,
+        )
+        .expect("resolves");
+        let Value::Record(fields) = v else {
+            panic!("record expected")
+        };
+        assert_eq!(fields[1].1, Value::TimestampMillis(1_700_000_000_000));
+        assert_eq!(fields[2].1, Value::Int(3));
+        assert_eq!(fields[3].1, Value::Double(2.0));
+        assert_eq!(fields[4].1, Value::Enum(1, "B".into()));
+        assert_eq!(fields[5].1, Value::Union(0, Box::new(Value::Null)));
+        assert!(
+            from_json(&json!({"id":"x"}), &schema).is_err(),
+            "missing required fields"
+        );
+    }
+}
