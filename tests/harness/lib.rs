@@ -255,3 +255,220 @@ impl Reply {
             .and_then(serde_json::Value::as_i64)
     }
 }
+
+/// A service binary of the workspace running as a child process, with its own
+/// health/metrics port and a log file; killed on drop.
+pub struct ServiceProcess {
+    child: Child,
+    pub http_port: u16,
+    log: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl ServiceProcess {
+    pub fn start(binary: &str, env: &[(String, String)]) -> Self {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let log = dir.path().join(format!("{binary}.log"));
+        let http_port = free_port();
+        let mut cmd = Command::new(bin(binary));
+        cmd.current_dir(repo_root())
+            .env("RUST_LOG", "info,rdkafka=warn")
+            .env("VERDICT__HTTP__LISTEN", format!("127.0.0.1:{http_port}"))
+            .envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())));
+        let child = spawn_logged(cmd, &log, false).unwrap_or_else(|e| panic!("{e}"));
+        Self {
+            child,
+            http_port,
+            log,
+            _dir: dir,
+        }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Waits until `/readyz` answers 200 (partitions assigned).
+    pub async fn wait_ready(&mut self, timeout: Duration) {
+        let url = format!("http://127.0.0.1:{}/readyz", self.http_port);
+        let start = std::time::Instant::now();
+        loop {
+            if let Ok(r) = reqwest::get(&url).await
+                && r.status().is_success()
+            {
+                return;
+            }
+            if let Ok(Some(status)) = self.child.try_wait() {
+                panic!("service exited with {status}\n{}", self.log());
+            }
+            assert!(
+                start.elapsed() < timeout,
+                "service not ready within {timeout:?}\n{}",
+                self.log()
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// Sum of a metric's samples on `/metrics` (all label sets).
+    pub async fn metric(&self, name: &str) -> f64 {
+        let url = format!("http://127.0.0.1:{}/metrics", self.http_port);
+        let text = reqwest::get(&url)
+            .await
+            .expect("metrics")
+            .text()
+            .await
+            .expect("body");
+        text.lines()
+            .filter(|l| {
+                l.starts_with(name)
+                    && (l[name.len()..].starts_with('{') || l[name.len()..].starts_with(' '))
+            })
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum()
+    }
+
+    /// SIGKILL, no chance to clean up.
+    pub fn kill9(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// SIGTERM and wait (up to `timeout`) for a clean exit; returns the exit code.
+    pub fn terminate(&mut self, timeout: Duration) -> Option<i32> {
+        let pid = nix::unistd::Pid::from_raw(i32::try_from(self.child.id()).expect("pid"));
+        let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
+        let start = std::time::Instant::now();
+        while start.elapsed() < timeout {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return status.code();
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        panic!(
+            "service did not stop within {timeout:?} after SIGTERM\n{}",
+            self.log()
+        );
+    }
+}
+
+impl Drop for ServiceProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A record read back from a topic.
+#[derive(Debug, Clone)]
+pub struct Record {
+    pub partition: i32,
+    pub offset: i64,
+    pub key: Option<String>,
+    pub raw: Option<Vec<u8>>,
+    /// The value decoded through the registry, when it is Confluent-framed Avro.
+    pub value: Option<serde_json::Value>,
+    pub headers: verdict_runtime::headers::HeaderMap,
+}
+
+/// Reads `topic` from the beginning until `done(records)` or `timeout`.
+pub async fn read_topic(
+    kafka: &KafkaSettings,
+    registry_url: &str,
+    topic: &str,
+    timeout: Duration,
+    done: impl Fn(&[Record]) -> bool,
+) -> Vec<Record> {
+    use rdkafka::consumer::{Consumer, StreamConsumer};
+    use rdkafka::message::Message;
+    let partitions = kafka
+        .topic_partitions()
+        .await
+        .expect("metadata")
+        .get(topic)
+        .copied()
+        .unwrap_or(1);
+    let consumer: StreamConsumer = kafka
+        .client_config()
+        .set("group.id", unique("reader"))
+        .set("enable.auto.commit", "false")
+        .set("fetch.wait.max.ms", "50")
+        .create()
+        .expect("consumer");
+    let mut tpl = rdkafka::TopicPartitionList::new();
+    for p in 0..partitions {
+        tpl.add_partition_offset(
+            topic,
+            i32::try_from(p).expect("partition"),
+            rdkafka::Offset::Beginning,
+        )
+        .expect("tpl");
+    }
+    consumer.assign(&tpl).expect("assign");
+    let decoder = schema_registry_converter::async_impl::avro::AvroDecoder::new(
+        schema_registry_converter::async_impl::schema_registry::SrSettings::new(
+            registry_url.to_string(),
+        ),
+    );
+    let deadline = tokio::time::Instant::now() + timeout;
+    let mut out = Vec::new();
+    while !done(&out) {
+        let Ok(next) = tokio::time::timeout_at(deadline, consumer.recv()).await else {
+            break;
+        };
+        let Ok(m) = next else { continue };
+        let raw = m.payload().map(<[u8]>::to_vec);
+        let value = match raw.as_deref() {
+            Some(bytes) if bytes.len() > 5 && bytes[0] == 0 => {
+                match decoder.decode(Some(bytes)).await {
+                    Ok(d) => serde_json::Value::try_from(d.value).ok(),
+                    Err(_) => None,
+                }
+            }
+            _ => None,
+        };
+        out.push(Record {
+            partition: m.partition(),
+            offset: m.offset(),
+            key: m.key().map(|k| String::from_utf8_lossy(k).into_owned()),
+            raw,
+            value,
+            headers: verdict_runtime::headers::HeaderMap::from_kafka(m.headers()),
+        });
+    }
+    out
+}
+
+/// Creates the repository's topology on `stack` (topics and schemas); returns the
+/// topology file used. `delays` rewrites retry delays (ms) for quick tests.
+pub async fn apply_topology(
+    stack: &Stack,
+    dir: &std::path::Path,
+    delays: Option<(u64, u64)>,
+) -> PathBuf {
+    let mut text =
+        std::fs::read_to_string(repo_root().join("topology/topology.toml")).expect("topology");
+    if let Some((first, second)) = delays {
+        text = text
+            .replace("delay_ms = 1000 }", &format!("delay_ms = {first} }}"))
+            .replace("delay_ms = 10000 }", &format!("delay_ms = {second} }}"));
+    }
+    std::fs::create_dir_all(dir.join("topology")).expect("dir");
+    let file = dir.join("topology/topology.toml");
+    std::fs::write(&file, text).expect("write topology");
+    let schemas = repo_root().join("schemas");
+    let link = dir.join("schemas");
+    if !link.exists() {
+        std::os::unix::fs::symlink(&schemas, &link).expect("schemas symlink");
+    }
+    let registry =
+        verdict_runtime::registry::RegistryClient::new(stack.registry_url()).expect("client");
+    verdict_cli::topology_cmd::apply(&file, Some(&schemas), &stack.broker.kafka(), &registry)
+        .await
+        .expect("apply topology");
+    file
+}

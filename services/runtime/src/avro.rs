@@ -13,7 +13,9 @@ pub fn from_json(json: &Json, schema: &Schema) -> Result<Value, apache_avro::Err
     untyped(json).resolve(schema)
 }
 
-fn untyped(json: &Json) -> Value {
+/// A JSON document as an Avro value without a schema (objects as maps); resolve
+/// it against a schema to get records, enums, unions and logical types.
+pub fn untyped(json: &Json) -> Value {
     match json {
         Json::Null => Value::Null,
         Json::Bool(b) => Value::Boolean(*b),

@@ -34,7 +34,7 @@ async fn main() -> ExitCode {
         Err(e) => return fail(&e),
     };
     tracing::info!(listen = %settings.http.listen, topic = %settings.store.topic, "schema registry ready");
-    match serve(listener, log, shutdown_signal()).await {
+    match serve(listener, log, verdict_runtime::service::shutdown_signal()).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => fail(&e),
     }
@@ -43,20 +43,4 @@ async fn main() -> ExitCode {
 fn fail(e: &dyn std::fmt::Display) -> ExitCode {
     eprintln!("verdict-schema-registry: {e}");
     ExitCode::from(2)
-}
-
-async fn shutdown_signal() {
-    use tokio::signal::unix::{SignalKind, signal};
-    match signal(SignalKind::terminate()) {
-        Ok(mut term) => {
-            tokio::select! {
-                _ = term.recv() => {}
-                _ = tokio::signal::ctrl_c() => {}
-            }
-        }
-        Err(_) => {
-            let _ = tokio::signal::ctrl_c().await;
-        }
-    }
-    tracing::info!("shutting down");
 }

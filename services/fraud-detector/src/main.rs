@@ -1,0 +1,27 @@
+//! fraud-detector
+//!
+//! transactions (+ retry topics)
+//!   → validate → features → score (credit-risk model) → rules (amount, velocity) → decide
+//!   → fraud-decisions, audit, review (reviews and low-confidence decisions)
+//!   failures → transactions.retry.N / transactions.dlq
+
+use std::process::ExitCode;
+
+use fraud_detector::config::FraudSettings;
+use fraud_detector::pipeline::{FraudDetector, SERVICE};
+use verdict_runtime::models::LogisticModel;
+use verdict_runtime::service;
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let settings = match service::load_settings::<FraudSettings>(SERVICE) {
+        Ok(s) => s,
+        Err(code) => return code,
+    };
+    service::run(SERVICE, settings, |ctx| {
+        let model = LogisticModel::load(&ctx.settings.service.model_file).map_err(|e| e.to_string())?;
+        tracing::info!(model = %model.name, version = %model.version, sha256 = %model.sha256, "model loaded");
+        Ok(FraudDetector::new(model, ctx.settings.service.clone(), ctx.metrics))
+    })
+    .await
+}

@@ -1,0 +1,165 @@
+//! Prometheus metrics of a service, in the OpenMetrics text format at `/metrics`.
+
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct TopicLabel {
+    pub topic: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct OutcomeLabel {
+    pub outcome: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct StageLabel {
+    pub stage: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ErrorLabel {
+    pub error_class: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct PartitionLabel {
+    pub topic: String,
+    pub partition: i32,
+}
+
+fn stage_histogram() -> Histogram {
+    // 50 µs … ~3.3 s
+    Histogram::new(exponential_buckets(0.000_05, 2.0, 17))
+}
+
+/// Every metric the runtime records, plus readiness flags.
+pub struct Metrics {
+    registry: Mutex<Registry>,
+    pub records_in: Family<TopicLabel, Counter>,
+    pub records_out: Family<TopicLabel, Counter>,
+    pub processed: Family<OutcomeLabel, Counter>,
+    pub dead_letters: Family<ErrorLabel, Counter>,
+    pub stage_seconds: Family<StageLabel, Histogram, fn() -> Histogram>,
+    pub record_seconds: Histogram,
+    pub inflight: Gauge,
+    pub uncommitted: Family<PartitionLabel, Gauge>,
+    pub guard_tripped: Gauge,
+    pub assigned_partitions: Gauge,
+    ready: AtomicBool,
+    pub last_commit_ms: AtomicI64,
+}
+
+impl Metrics {
+    pub fn new(service: &str) -> Arc<Self> {
+        let m = Self {
+            registry: Mutex::new(Registry::with_prefix_and_labels(
+                "verdict",
+                [(
+                    std::borrow::Cow::Borrowed("service"),
+                    std::borrow::Cow::Owned(service.to_string()),
+                )]
+                .into_iter(),
+            )),
+            records_in: Family::default(),
+            records_out: Family::default(),
+            processed: Family::default(),
+            dead_letters: Family::default(),
+            stage_seconds: Family::new_with_constructor(stage_histogram),
+            record_seconds: stage_histogram(),
+            inflight: Gauge::default(),
+            uncommitted: Family::default(),
+            guard_tripped: Gauge::default(),
+            assigned_partitions: Gauge::default(),
+            ready: AtomicBool::new(false),
+            last_commit_ms: AtomicI64::new(0),
+        };
+        if let Ok(mut r) = m.registry.lock() {
+            r.register(
+                "records_in",
+                "Records consumed, by topic",
+                m.records_in.clone(),
+            );
+            r.register(
+                "records_out",
+                "Records produced, by topic",
+                m.records_out.clone(),
+            );
+            r.register(
+                "records_processed",
+                "Records finished, by outcome (processed, retried, dead_lettered)",
+                m.processed.clone(),
+            );
+            r.register(
+                "dead_letters",
+                "Records sent to the dead-letter topic, by error class",
+                m.dead_letters.clone(),
+            );
+            r.register(
+                "stage_duration_seconds",
+                "Time spent in each pipeline stage",
+                m.stage_seconds.clone(),
+            );
+            r.register(
+                "record_duration_seconds",
+                "Consume to outputs acknowledged, per record",
+                m.record_seconds.clone(),
+            );
+            r.register(
+                "inflight_records",
+                "Records being processed",
+                m.inflight.clone(),
+            );
+            r.register(
+                "uncommitted_records",
+                "Consumed records whose offsets are not committed yet, by partition",
+                m.uncommitted.clone(),
+            );
+            r.register(
+                "dlq_guard_tripped",
+                "1 while the dead-letter guard holds consumption",
+                m.guard_tripped.clone(),
+            );
+            r.register(
+                "assigned_partitions",
+                "Partitions assigned to this instance",
+                m.assigned_partitions.clone(),
+            );
+        }
+        Arc::new(m)
+    }
+
+    pub fn observe_stage(&self, stage: &str, elapsed: Duration) {
+        self.stage_seconds
+            .get_or_create(&StageLabel {
+                stage: stage.to_string(),
+            })
+            .observe(elapsed.as_secs_f64());
+    }
+
+    pub fn set_ready(&self, ready: bool) {
+        self.ready.store(ready, Ordering::Relaxed);
+    }
+
+    pub fn is_ready(&self) -> bool {
+        self.ready.load(Ordering::Relaxed) && self.guard_tripped.get() == 0
+    }
+
+    /// The OpenMetrics text exposition.
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        if let Ok(r) = self.registry.lock() {
+            let _ = prometheus_client::encoding::text::encode(&mut out, &r);
+        }
+        out
+    }
+}

@@ -1,0 +1,660 @@
+//! The fraud-detector end to end, as a real process against a real broker and
+//! registry: every event decided and audited in key order, poison to the
+//! dead-letter topic, retries through the retry topic, kill -9 without loss, and
+//! two instances sharing and handing over partitions.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::path::Path;
+use std::time::Duration;
+
+use harness::{Record, ServiceProcess, Stack, apply_topology, read_topic, repo_root, run};
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use serde_json::Value;
+use verdict_cli::records::{AvroProducer, sample_transaction};
+use verdict_runtime::headers;
+
+fn service_env(stack: &Stack, topology: &Path, extra: &[(&str, &str)]) -> Vec<(String, String)> {
+    let mut env = vec![
+        (
+            "VERDICT__KAFKA__BOOTSTRAP_SERVERS".to_string(),
+            stack.broker.bootstrap(),
+        ),
+        ("VERDICT__REGISTRY__URL".to_string(), stack.registry_url()),
+        (
+            "VERDICT__TOPOLOGY__FILE".to_string(),
+            topology.display().to_string(),
+        ),
+        (
+            "VERDICT__SERVICE__MODEL_FILE".to_string(),
+            repo_root()
+                .join("models/fraud/model.json")
+                .display()
+                .to_string(),
+        ),
+        (
+            "VERDICT__ENGINE__SESSION_TIMEOUT_MS".to_string(),
+            "6000".to_string(),
+        ),
+        (
+            "VERDICT__ENGINE__DRAIN_TIMEOUT_MS".to_string(),
+            "5000".to_string(),
+        ),
+    ];
+    env.extend(extra.iter().map(|(k, v)| (k.to_string(), v.to_string())));
+    env
+}
+
+/// Produces `n` transactions over `accounts` accounts; returns (account, event_id) in produce order.
+async fn produce(stack: &Stack, n: usize, accounts: usize) -> Vec<(String, String)> {
+    let producer =
+        AvroProducer::new(&stack.broker.kafka(), &stack.registry_url()).expect("producer");
+    let mut rng = rand::rng();
+    let mut sent = Vec::with_capacity(n);
+    for i in 0..n {
+        let (_, mut value) = sample_transaction(&mut rng, "tenant-it");
+        let account = format!("acct-{}", i % accounts);
+        value["account_id"] = Value::String(account.clone());
+        producer
+            .send("transactions", &account, &value)
+            .await
+            .expect("produce");
+        sent.push((account, value["event_id"].as_str().expect("id").to_string()));
+    }
+    sent
+}
+
+fn event_ids(records: &[Record]) -> HashSet<String> {
+    records
+        .iter()
+        .filter_map(|r| r.value.as_ref()?["event_id"].as_str().map(String::from))
+        .collect()
+}
+
+async fn decisions_for(stack: &Stack, want: &HashSet<String>, timeout: Duration) -> Vec<Record> {
+    read_topic(
+        &stack.broker.kafka(),
+        &stack.registry_url(),
+        "fraud-decisions",
+        timeout,
+        |rs| {
+            let got = event_ids(rs);
+            want.iter().all(|id| got.contains(id))
+        },
+    )
+    .await
+}
+
+#[test]
+fn every_event_gets_a_decision_and_an_audit_in_key_order() {
+    run(180, async {
+        let stack = Stack::start().await;
+        let dir = tempfile::tempdir().expect("dir");
+        let topology = apply_topology(&stack, dir.path(), None).await;
+        let mut svc = ServiceProcess::start("fraud-detector", &service_env(&stack, &topology, &[]));
+        svc.wait_ready(Duration::from_secs(30)).await;
+
+        let sent = produce(&stack, 300, 12).await;
+        let want: HashSet<String> = sent.iter().map(|(_, id)| id.clone()).collect();
+        let decisions = decisions_for(&stack, &want, Duration::from_secs(60)).await;
+        let decided = event_ids(&decisions);
+        assert_eq!(
+            decided.len(),
+            300,
+            "{} of 300 decided\n{}",
+            decided.len(),
+            svc.log()
+        );
+        assert_eq!(decisions.len(), 300, "no duplicates in a clean run");
+
+        // Every decision names its model, has all five stage timings and a valid outcome.
+        for d in &decisions {
+            let v = d.value.as_ref().expect("decoded");
+            assert_eq!(v["model"]["name"], "german-credit-logreg");
+            assert_eq!(v["model"]["version"], "1.0.0");
+            let stages: Vec<&str> = v["stage_timings"]
+                .as_array()
+                .expect("timings")
+                .iter()
+                .filter_map(|s| s["stage"].as_str())
+                .collect();
+            assert_eq!(stages, ["validate", "features", "score", "rules", "decide"]);
+            assert!(
+                ["APPROVE", "REVIEW", "DECLINE"].contains(&v["outcome"].as_str().unwrap_or(""))
+            );
+            let score = v["score"].as_f64().expect("score");
+            assert!((0.0..=1.0).contains(&score));
+            assert_eq!(
+                d.key.as_deref(),
+                v["account_id"].as_str(),
+                "keyed by account"
+            );
+        }
+
+        // Per account, decisions come out in the order the events went in.
+        let mut produced: BTreeMap<&str, Vec<&str>> = BTreeMap::new();
+        for (acct, id) in &sent {
+            produced.entry(acct.as_str()).or_default().push(id.as_str());
+        }
+        let mut decided_order: BTreeMap<String, Vec<String>> = BTreeMap::new();
+        let mut sorted = decisions.clone();
+        sorted.sort_by_key(|r| (r.partition, r.offset));
+        for d in &sorted {
+            let v = d.value.as_ref().expect("decoded");
+            decided_order
+                .entry(v["account_id"].as_str().unwrap_or("").to_string())
+                .or_default()
+                .push(v["event_id"].as_str().unwrap_or("").to_string());
+        }
+        for (acct, ids) in &produced {
+            assert_eq!(
+                decided_order
+                    .get(*acct)
+                    .map(|v| v.iter().map(String::as_str).collect::<Vec<_>>()),
+                Some(ids.clone()),
+                "order of {acct}"
+            );
+        }
+
+        let audits = read_topic(
+            &stack.broker.kafka(),
+            &stack.registry_url(),
+            "audit",
+            Duration::from_secs(30),
+            |rs| event_ids(rs).len() >= 300,
+        )
+        .await;
+        assert_eq!(event_ids(&audits), want, "one audit record per event");
+        for a in &audits {
+            let v = a.value.as_ref().expect("decoded");
+            assert_eq!(v["action"], "DECISION");
+            assert_eq!(
+                v["input_sha256"].as_str().map(str::len),
+                Some(64),
+                "hash, not raw data"
+            );
+        }
+        assert_eq!(svc.metric("verdict_records_in_total").await, 300.0);
+        assert_eq!(svc.metric("verdict_dead_letters_total").await, 0.0);
+        assert_eq!(
+            svc.terminate(Duration::from_secs(30)),
+            Some(0),
+            "clean exit on SIGTERM\n{}",
+            svc.log()
+        );
+    });
+}
+
+#[test]
+fn poison_records_are_dead_lettered_and_the_partition_keeps_flowing() {
+    run(180, async {
+        let stack = Stack::start().await;
+        let dir = tempfile::tempdir().expect("dir");
+        let topology = apply_topology(&stack, dir.path(), None).await;
+        let mut svc = ServiceProcess::start("fraud-detector", &service_env(&stack, &topology, &[]));
+        svc.wait_ready(Duration::from_secs(30)).await;
+
+        let kafka = stack.broker.kafka();
+        let raw: FutureProducer = kafka.client_config().create().expect("producer");
+        let avro = AvroProducer::new(&kafka, &stack.registry_url()).expect("avro");
+        let mut rng = rand::rng();
+        let good = |rng: &mut rand::rngs::ThreadRng| {
+            let (_, mut v) = sample_transaction(rng, "tenant-p");
+            v["account_id"] = Value::String("acct-p".into());
+            v
+        };
+        // Good and invalid records go through the Avro producer (key acct-p, so one
+        // partition); the raw poison is written to that same partition in between.
+        let mut good_ids = Vec::new();
+        let mut poison: Vec<(i64, &str, Vec<u8>)> = Vec::new();
+        let mut partition = None;
+        for kind in [
+            "good",
+            "not-avro",
+            "good",
+            "unknown-schema",
+            "good",
+            "invalid-field",
+            "good",
+        ] {
+            let raw_bytes: Vec<u8> = match kind {
+                "not-avro" => b"{\"amount\": 12}".to_vec(),
+                "unknown-schema" => vec![0, 0, 0, 0x27, 0x0f, 1, 2, 3],
+                _ => Vec::new(),
+            };
+            match kind {
+                "good" | "invalid-field" => {
+                    let mut v = good(&mut rng);
+                    if kind == "invalid-field" {
+                        v["amount"] = serde_json::json!(-5.0);
+                    }
+                    let d = avro.send("transactions", "acct-p", &v).await.expect("send");
+                    partition = Some(d.partition);
+                    if kind == "good" {
+                        good_ids.push(v["event_id"].as_str().expect("id").to_string());
+                    } else {
+                        poison.push((d.offset, "Invalid", Vec::new()));
+                    }
+                }
+                _ => {
+                    let p = partition.expect("a good record came first");
+                    let offset = raw
+                        .send(
+                            FutureRecord::to("transactions")
+                                .partition(p)
+                                .key("acct-p")
+                                .payload(&raw_bytes),
+                            Duration::from_secs(10),
+                        )
+                        .await
+                        .map(|d| d.offset)
+                        .expect("send");
+                    poison.push((
+                        offset,
+                        if kind == "not-avro" {
+                            "Decode"
+                        } else {
+                            "UnknownSchema"
+                        },
+                        raw_bytes,
+                    ));
+                }
+            }
+        }
+        let partition = partition.expect("partition").to_string();
+
+        let want: HashSet<String> = good_ids.iter().cloned().collect();
+        let decisions = decisions_for(&stack, &want, Duration::from_secs(60)).await;
+        assert_eq!(
+            event_ids(&decisions),
+            want,
+            "good records around the poison are decided\n{}",
+            svc.log()
+        );
+
+        let dlq = read_topic(
+            &kafka,
+            &stack.registry_url(),
+            "transactions.dlq",
+            Duration::from_secs(30),
+            |rs| rs.len() >= 3,
+        )
+        .await;
+        assert_eq!(dlq.len(), 3, "{dlq:?}");
+        for (offset, class, bytes) in &poison {
+            let r = dlq
+                .iter()
+                .find(|r| r.headers.get(headers::ORIGINAL_OFFSET) == Some(&offset.to_string()))
+                .unwrap_or_else(|| panic!("no dead letter for offset {offset}"));
+            if !bytes.is_empty() {
+                assert_eq!(
+                    r.raw.as_ref(),
+                    Some(bytes),
+                    "original value bytes untouched"
+                );
+            }
+            assert_eq!(r.key.as_deref(), Some("acct-p"), "original key");
+            assert_eq!(r.headers.get(headers::ERROR_CLASS), Some(*class));
+            assert_eq!(r.headers.get(headers::ERROR_RETRYABLE), Some("false"));
+            assert_eq!(r.headers.get(headers::ORIGINAL_TOPIC), Some("transactions"));
+            assert_eq!(
+                r.headers.get(headers::ORIGINAL_PARTITION),
+                Some(partition.as_str())
+            );
+            assert_eq!(r.headers.get(headers::SERVICE), Some("fraud-detector"));
+            assert_eq!(r.headers.get(headers::ATTEMPTS), Some("1"));
+            assert!(
+                r.headers.get(headers::ORIGINAL_TIMESTAMP).is_some()
+                    && r.headers.get(headers::FAILED_AT).is_some()
+            );
+            assert!(
+                !r.headers
+                    .get(headers::ERROR_MESSAGE)
+                    .unwrap_or("")
+                    .is_empty()
+            );
+        }
+        let invalid_msg = dlq
+            .iter()
+            .find(|r| r.headers.get(headers::ERROR_CLASS) == Some("Invalid"))
+            .and_then(|r| r.headers.get(headers::ERROR_MESSAGE).map(String::from));
+        assert!(
+            invalid_msg.as_deref().unwrap_or("").contains("amount"),
+            "{invalid_msg:?}"
+        );
+        assert_eq!(svc.metric("verdict_dead_letters_total").await, 3.0);
+    });
+}
+
+#[test]
+fn retryable_failures_go_through_the_retry_topic() {
+    run(180, async {
+        let stack = Stack::start().await;
+        let dir = tempfile::tempdir().expect("dir");
+        let topology = apply_topology(&stack, dir.path(), Some((300, 600))).await;
+        // Every record fails once, then succeeds from transactions.retry.1.
+        let mut svc = ServiceProcess::start(
+            "fraud-detector",
+            &service_env(
+                &stack,
+                &topology,
+                &[("VERDICT__SERVICE__FAIL_FIRST_ATTEMPTS", "1")],
+            ),
+        );
+        svc.wait_ready(Duration::from_secs(30)).await;
+        let sent = produce(&stack, 20, 5).await;
+        let want: HashSet<String> = sent.iter().map(|(_, id)| id.clone()).collect();
+        let decisions = decisions_for(&stack, &want, Duration::from_secs(60)).await;
+        assert_eq!(event_ids(&decisions), want, "{}", svc.log());
+        let retried = read_topic(
+            &stack.broker.kafka(),
+            &stack.registry_url(),
+            "transactions.retry.1",
+            Duration::from_secs(20),
+            |rs| rs.len() >= 20,
+        )
+        .await;
+        assert_eq!(retried.len(), 20);
+        for r in &retried {
+            assert_eq!(r.headers.get(headers::ATTEMPT), Some("2"));
+            assert_eq!(r.headers.get(headers::ERROR_CLASS), Some("Transient"));
+            assert!(r.headers.get(headers::NOT_BEFORE).is_some());
+        }
+        assert_eq!(
+            svc.metric("verdict_dead_letters_total").await,
+            0.0,
+            "retries end as decisions, not dead letters"
+        );
+        drop(svc);
+
+        // Failing more often than there are retry topics ends in the dead-letter topic.
+        let mut svc = ServiceProcess::start(
+            "fraud-detector",
+            &service_env(
+                &stack,
+                &topology,
+                &[
+                    ("VERDICT__SERVICE__FAIL_FIRST_ATTEMPTS", "9"),
+                    ("VERDICT__ENGINE__GUARD__MIN_SAMPLES", "1000"),
+                    ("VERDICT__ENGINE__GUARD__WINDOW", "1000"),
+                ],
+            ),
+        );
+        svc.wait_ready(Duration::from_secs(30)).await;
+        let more = produce(&stack, 3, 3).await;
+        let dlq = read_topic(
+            &stack.broker.kafka(),
+            &stack.registry_url(),
+            "transactions.dlq",
+            Duration::from_secs(60),
+            |rs| rs.len() >= 3,
+        )
+        .await;
+        assert_eq!(dlq.len(), 3, "{}", svc.log());
+        for r in &dlq {
+            assert_eq!(r.headers.get(headers::ERROR_RETRYABLE), Some("true"));
+            assert_eq!(
+                r.headers.get(headers::ATTEMPTS),
+                Some("3"),
+                "1 try + 2 retry topics"
+            );
+            assert_eq!(
+                r.headers.get(headers::ORIGINAL_TOPIC),
+                Some("transactions"),
+                "coordinates of the first failure"
+            );
+        }
+        assert_eq!(more.len(), 3);
+    });
+}
+
+#[test]
+fn kill_9_mid_stream_loses_nothing() {
+    run(240, async {
+        let stack = Stack::start().await;
+        let dir = tempfile::tempdir().expect("dir");
+        let topology = apply_topology(&stack, dir.path(), None).await;
+        let env = service_env(&stack, &topology, &[]);
+        let mut svc = ServiceProcess::start("fraud-detector", &env);
+        svc.wait_ready(Duration::from_secs(30)).await;
+
+        let first = produce(&stack, 400, 40).await;
+        // Kill it while it is still working through the stream.
+        let start = std::time::Instant::now();
+        while svc.metric("verdict_records_processed_total").await < 50.0
+            && start.elapsed() < Duration::from_secs(30)
+        {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        svc.kill9();
+        let second = produce(&stack, 200, 40).await;
+
+        let mut svc = ServiceProcess::start("fraud-detector", &env);
+        svc.wait_ready(Duration::from_secs(30)).await;
+        let want: HashSet<String> = first
+            .iter()
+            .chain(&second)
+            .map(|(_, id)| id.clone())
+            .collect();
+        let decisions = decisions_for(&stack, &want, Duration::from_secs(90)).await;
+        let got = event_ids(&decisions);
+        let lost: Vec<_> = want.difference(&got).collect();
+        assert!(
+            lost.is_empty(),
+            "{} events lost: {:?}\n{}",
+            lost.len(),
+            lost.iter().take(5).collect::<Vec<_>>(),
+            svc.log()
+        );
+        assert!(decisions.len() >= 600, "duplicates allowed, losses not");
+    });
+}
+
+#[test]
+fn two_instances_split_partitions_and_hand_over() {
+    run(240, async {
+        let stack = Stack::start().await;
+        let dir = tempfile::tempdir().expect("dir");
+        let topology = apply_topology(&stack, dir.path(), None).await;
+        let env = service_env(&stack, &topology, &[]);
+        // Both join a fresh group, so the first assignment spreads every topic's
+        // partitions over both. (A member that joins later takes partitions from the
+        // owner stickily: which topics it gets is the assignor's choice.)
+        let mut a = ServiceProcess::start("fraud-detector", &env);
+        let mut b = ServiceProcess::start("fraud-detector", &env);
+        a.wait_ready(Duration::from_secs(30)).await;
+        b.wait_ready(Duration::from_secs(30)).await;
+        // Wait for the group to settle on a split.
+        let start = std::time::Instant::now();
+        loop {
+            let (pa, pb) = (
+                a.metric("verdict_assigned_partitions").await,
+                b.metric("verdict_assigned_partitions").await,
+            );
+            if pa > 0.0 && pb > 0.0 && pa + pb == 18.0 {
+                break;
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(40),
+                "no split: a={pa} b={pb}\nA:\n{}\nB:\n{}",
+                a.log(),
+                b.log()
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        let first = produce(&stack, 200, 50).await;
+        let want: HashSet<String> = first.iter().map(|(_, id)| id.clone()).collect();
+        let decisions = decisions_for(&stack, &want, Duration::from_secs(60)).await;
+        assert_eq!(event_ids(&decisions).len(), 200);
+        let (ia, ib) = (
+            a.metric("verdict_records_in_total").await,
+            b.metric("verdict_records_in_total").await,
+        );
+        assert!(
+            ia > 0.0 && ib > 0.0 && ia + ib == 200.0,
+            "both instances worked: a={ia} b={ib}"
+        );
+
+        // A stops cleanly; B takes over its partitions and decides everything after.
+        assert_eq!(a.terminate(Duration::from_secs(30)), Some(0), "{}", a.log());
+        let second = produce(&stack, 200, 50).await;
+        let want: HashSet<String> = first
+            .iter()
+            .chain(&second)
+            .map(|(_, id)| id.clone())
+            .collect();
+        let decisions = decisions_for(&stack, &want, Duration::from_secs(90)).await;
+        let got = event_ids(&decisions);
+        assert!(
+            want.is_subset(&got),
+            "{} missing after hand-over\n{}",
+            want.difference(&got).count(),
+            b.log()
+        );
+        assert_eq!(
+            b.metric("verdict_assigned_partitions").await,
+            18.0,
+            "B owns every partition"
+        );
+        let counts: HashMap<&str, usize> = decisions
+            .iter()
+            .filter_map(|d| d.value.as_ref()?["event_id"].as_str())
+            .fold(HashMap::new(), |mut m, id| {
+                *m.entry(id).or_default() += 1;
+                m
+            });
+        assert!(
+            counts.values().all(|&c| c <= 2),
+            "a graceful hand-over duplicates little"
+        );
+    });
+}
+
+#[test]
+fn dead_letter_guard_holds_a_poison_flood_and_says_so() {
+    run(180, async {
+        let stack = Stack::start().await;
+        let dir = tempfile::tempdir().expect("dir");
+        let topology = apply_topology(&stack, dir.path(), None).await;
+        let mut svc = ServiceProcess::start(
+            "fraud-detector",
+            &service_env(
+                &stack,
+                &topology,
+                &[
+                    ("VERDICT__ENGINE__GUARD__WINDOW", "20"),
+                    ("VERDICT__ENGINE__GUARD__MIN_SAMPLES", "20"),
+                    ("VERDICT__ENGINE__GUARD__MAX_DEAD_LETTER_RATIO", "0.5"),
+                    ("VERDICT__ENGINE__GUARD__COOLDOWN_MS", "600000"),
+                    ("VERDICT__ENGINE__MAX_INFLIGHT_PER_PARTITION", "4"),
+                    ("VERDICT__ENGINE__MAX_INFLIGHT", "8"),
+                ],
+            ),
+        );
+        svc.wait_ready(Duration::from_secs(30)).await;
+        let raw: FutureProducer = stack
+            .broker
+            .kafka()
+            .client_config()
+            .create()
+            .expect("producer");
+        for i in 0..400 {
+            raw.send(
+                FutureRecord::to("transactions")
+                    .key(&format!("k{i}"))
+                    .payload("garbage"),
+                Duration::from_secs(10),
+            )
+            .await
+            .expect("send");
+        }
+        let start = std::time::Instant::now();
+        while svc.metric("verdict_dlq_guard_tripped").await < 1.0 {
+            assert!(
+                start.elapsed() < Duration::from_secs(30),
+                "guard never tripped\n{}",
+                svc.log()
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        let dead = svc.metric("verdict_dead_letters_total").await;
+        assert!(
+            dead < 100.0,
+            "the guard stopped the flood early: {dead} dead letters of 400"
+        );
+        let ready = reqwest::get(format!("http://127.0.0.1:{}/readyz", svc.http_port))
+            .await
+            .expect("readyz");
+        assert_eq!(ready.status().as_u16(), 503);
+        assert!(
+            ready
+                .text()
+                .await
+                .expect("body")
+                .contains("dead-letter guard")
+        );
+        assert!(
+            svc.log().contains("DEAD-LETTER GUARD TRIPPED"),
+            "said loudly"
+        );
+    });
+}
+
+#[test]
+fn trace_context_travels_from_input_to_outputs() {
+    run(120, async {
+        let stack = Stack::start().await;
+        let dir = tempfile::tempdir().expect("dir");
+        let topology = apply_topology(&stack, dir.path(), None).await;
+        let mut svc = ServiceProcess::start("fraud-detector", &service_env(&stack, &topology, &[]));
+        svc.wait_ready(Duration::from_secs(30)).await;
+        // Take the bytes of a real event and send them again with a traceparent.
+        let sent = produce(&stack, 1, 1).await;
+        let kafka = stack.broker.kafka();
+        let input = read_topic(
+            &kafka,
+            &stack.registry_url(),
+            "transactions",
+            Duration::from_secs(10),
+            |rs| !rs.is_empty(),
+        )
+        .await;
+        let bytes = input[0].raw.clone().expect("bytes");
+        let trace_id = "4bf92f3577b34da6a3ce929d0e0e4736";
+        let traceparent = format!("00-{trace_id}-00f067aa0ba902b7-01");
+        let raw: FutureProducer = kafka.client_config().create().expect("producer");
+        let headers = rdkafka::message::OwnedHeaders::new().insert(rdkafka::message::Header {
+            key: "traceparent",
+            value: Some(traceparent.as_str()),
+        });
+        raw.send(
+            FutureRecord::to("transactions")
+                .key(&sent[0].0)
+                .payload(&bytes)
+                .headers(headers),
+            Duration::from_secs(10),
+        )
+        .await
+        .expect("send");
+        let decisions = read_topic(
+            &kafka,
+            &stack.registry_url(),
+            "fraud-decisions",
+            Duration::from_secs(30),
+            |rs| rs.len() >= 2,
+        )
+        .await;
+        let traced: Vec<&str> = decisions
+            .iter()
+            .filter_map(|d| d.headers.get("traceparent"))
+            .collect();
+        assert_eq!(traced.len(), 2, "every output carries a traceparent");
+        assert!(
+            traced
+                .iter()
+                .any(|t| t.starts_with(&format!("00-{trace_id}-"))
+                    && !t.contains("00f067aa0ba902b7")),
+            "{traced:?}: same trace, new span"
+        );
+    });
+}
