@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# The main job on a fresh machine: install, build, start the local stack, apply the
-# topology and send sample events through Kafka and the schema registry.
+# The main job on a fresh machine: install, build, start the whole pipeline (broker,
+# schema registry, topology, fraud-detector) and send sample transactions through it.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export PATH="$HOME/.cargo/bin:$PATH"
@@ -10,11 +10,9 @@ echo; echo "==> build (release)"
 cargo build --release --bins --locked
 verdict=target/release/verdict
 
-echo; echo "==> stack up"
+echo; echo "==> stack up: broker, schema registry, topology, fraud-detector"
 $verdict stack up
-echo; echo "==> topology apply"
-$verdict topology apply
-echo; echo "==> sample events: produce and read back"
+echo; echo "==> sample transactions: produce, read back, show the decisions"
 $verdict demo --count "${DEMO_EVENTS:-10}"
 
 echo

@@ -40,8 +40,19 @@ fn text(o: &Output) -> String {
 #[test]
 fn stack_up_apply_demo_status_down() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let (bp, rp) = (free_port().to_string(), free_port().to_string());
-    let ports = ["--broker-port", bp.as_str(), "--registry-port", rp.as_str()];
+    let (bp, rp, sp) = (
+        free_port().to_string(),
+        free_port().to_string(),
+        free_port().to_string(),
+    );
+    let ports = [
+        "--broker-port",
+        bp.as_str(),
+        "--registry-port",
+        rp.as_str(),
+        "--services-port",
+        sp.as_str(),
+    ];
     let guard = StackGuard { dir: dir.path() };
     let bootstrap = format!("127.0.0.1:{bp}");
     let registry = format!("http://127.0.0.1:{rp}");
@@ -53,7 +64,8 @@ fn stack_up_apply_demo_status_down() {
         "{}",
         text(&up)
     );
-    let pids: Vec<u32> = ["broker.pid", "schema-registry.pid"]
+    assert!(text(&up).contains("fraud-detector: ready"), "{}", text(&up));
+    let pids: Vec<u32> = ["broker.pid", "schema-registry.pid", "fraud-detector.pid"]
         .iter()
         .map(|f| {
             std::fs::read_to_string(dir.path().join(f))

@@ -5,7 +5,9 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{Parser, Subcommand};
-use verdict_cli::records::{AvroProducer, read_back, sample_transaction};
+use std::collections::HashSet;
+
+use verdict_cli::records::{AvroProducer, Record, read_back, read_topic, sample_transaction};
 use verdict_cli::stack::StackOpts;
 use verdict_cli::{CliError, topology_cmd};
 use verdict_runtime::kafka::KafkaSettings;
@@ -69,6 +71,12 @@ enum Command {
         broker_port: u16,
         #[arg(long, default_value_t = 8081, global = true)]
         registry_port: u16,
+        /// Health/metrics port of the first service (fraud-detector); others follow.
+        #[arg(long, default_value_t = 9464, global = true)]
+        services_port: u16,
+        /// The topology `up` applies before starting the services.
+        #[arg(long, default_value = "topology/topology.toml", global = true)]
+        topology: PathBuf,
     },
     /// Validate or apply the topology file.
     Topology {
@@ -84,6 +92,9 @@ enum Command {
         count: usize,
         #[arg(long, default_value = "transactions")]
         topic: String,
+        /// Where to look for the decisions ("" = only the round trip).
+        #[arg(long, default_value = "fraud-decisions")]
+        decisions_topic: String,
     },
 }
 
@@ -136,11 +147,15 @@ async fn run(command: Command) -> Result<(), CliError> {
             data_dir,
             broker_port,
             registry_port,
+            services_port,
+            topology,
         } => {
             let stack = StackOpts {
                 data_dir,
                 broker_port,
                 registry_port,
+                services_port,
+                topology,
             };
             match action {
                 StackAction::Up => stack.up().await,
@@ -185,12 +200,19 @@ async fn run(command: Command) -> Result<(), CliError> {
             endpoints,
             count,
             topic,
-        } => demo(endpoints, count, &topic).await,
+            decisions_topic,
+        } => demo(endpoints, count, &topic, &decisions_topic).await,
     }
 }
 
-/// Produces `count` sample transactions, reads them back and checks they match.
-async fn demo(endpoints: Endpoints, count: usize, topic: &str) -> Result<(), CliError> {
+/// Produces `count` sample transactions, reads them back and checks they match,
+/// then shows the pipeline's decision for each.
+async fn demo(
+    endpoints: Endpoints,
+    count: usize,
+    topic: &str,
+    decisions_topic: &str,
+) -> Result<(), CliError> {
     let kafka = KafkaSettings::with_bootstrap(endpoints.bootstrap_servers);
     let producer = AvroProducer::new(&kafka, &endpoints.registry_url)?;
     let mut rng = rand::rng();
@@ -226,12 +248,73 @@ async fn demo(endpoints: Endpoints, count: usize, topic: &str) -> Result<(), Cli
             if same { "ok" } else { "MISMATCH" }
         );
     }
-    if matched == count {
-        println!("round trip: {matched}/{count} events read back and decoded identically");
+    if matched != count {
+        return Err(CliError::Failed(format!(
+            "round trip: only {matched}/{count} events came back identical"
+        )));
+    }
+    println!("round trip: {matched}/{count} events read back and decoded identically");
+    if decisions_topic.is_empty() {
+        return Ok(());
+    }
+    show_decisions(&kafka, &endpoints.registry_url, decisions_topic, &sent).await
+}
+
+/// Waits for the pipeline's decision on each sent event and prints it.
+async fn show_decisions(
+    kafka: &KafkaSettings,
+    registry_url: &str,
+    topic: &str,
+    sent: &[verdict_cli::records::Delivered],
+) -> Result<(), CliError> {
+    let ids: HashSet<String> = sent
+        .iter()
+        .filter_map(|d| d.value["event_id"].as_str().map(String::from))
+        .collect();
+    let event_id = |r: &Record| {
+        r.value
+            .as_ref()
+            .and_then(|v| v["event_id"].as_str().map(String::from))
+    };
+    let decisions = read_topic(kafka, registry_url, topic, Duration::from_secs(60), |rs| {
+        let seen: HashSet<String> = rs.iter().filter_map(event_id).collect();
+        ids.iter().all(|id| seen.contains(id))
+    })
+    .await;
+    let mut shown = HashSet::new();
+    for d in &decisions {
+        let Some(v) = d
+            .value
+            .as_ref()
+            .filter(|_| event_id(d).is_some_and(|id| ids.contains(&id)))
+        else {
+            continue;
+        };
+        if !shown.insert(v["event_id"].as_str().unwrap_or("").to_string()) {
+            continue;
+        }
+        println!(
+            "decision {} {:<7} score={:.3} {}@{} {}",
+            v["event_id"].as_str().unwrap_or("?"),
+            v["outcome"].as_str().unwrap_or("?"),
+            v["score"].as_f64().unwrap_or(f64::NAN),
+            v["model"]["name"].as_str().unwrap_or("?"),
+            v["model"]["version"].as_str().unwrap_or("?"),
+            v["reasons"].get(0).and_then(|r| r.as_str()).unwrap_or("")
+        );
+    }
+    if shown.len() == ids.len() {
+        println!(
+            "pipeline: {}/{} events decided on {topic}",
+            shown.len(),
+            ids.len()
+        );
         Ok(())
     } else {
         Err(CliError::Failed(format!(
-            "round trip: only {matched}/{count} events came back identical"
+            "pipeline: only {}/{} events decided within 60 s (is the fraud-detector running? `verdict stack status`)",
+            shown.len(),
+            ids.len()
         )))
     }
 }

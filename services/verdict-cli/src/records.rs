@@ -186,3 +186,84 @@ pub fn now_millis() -> i64 {
         .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
         .unwrap_or(0)
 }
+
+/// A record read back from a topic.
+#[derive(Debug, Clone)]
+pub struct Record {
+    pub partition: i32,
+    pub offset: i64,
+    pub key: Option<String>,
+    pub raw: Option<Vec<u8>>,
+    /// The value decoded through the registry, when it is Confluent-framed Avro.
+    pub value: Option<Json>,
+    pub headers: verdict_runtime::headers::HeaderMap,
+}
+
+/// Reads `topic` from the beginning (every partition) until `done(records)` or `timeout`.
+pub async fn read_topic(
+    kafka: &KafkaSettings,
+    registry_url: &str,
+    topic: &str,
+    timeout: Duration,
+    done: impl Fn(&[Record]) -> bool,
+) -> Vec<Record> {
+    use rdkafka::consumer::StreamConsumer;
+    let partitions = kafka
+        .topic_partitions()
+        .await
+        .ok()
+        .and_then(|t| t.get(topic).copied())
+        .unwrap_or(1);
+    let consumer: Result<StreamConsumer, _> = kafka
+        .client_config()
+        .set(
+            "group.id",
+            format!("verdict-reader-{}", uuid::Uuid::new_v4()),
+        )
+        .set("enable.auto.commit", "false")
+        .set("fetch.wait.max.ms", "50")
+        .create();
+    let Ok(consumer) = consumer else {
+        return Vec::new();
+    };
+    let mut tpl = TopicPartitionList::new();
+    for p in 0..i32::try_from(partitions).unwrap_or(1) {
+        if tpl
+            .add_partition_offset(topic, p, Offset::Beginning)
+            .is_err()
+        {
+            return Vec::new();
+        }
+    }
+    if consumer.assign(&tpl).is_err() {
+        return Vec::new();
+    }
+    let decoder = AvroDecoder::new(SrSettings::new(registry_url.to_string()));
+    let deadline = tokio::time::Instant::now() + timeout;
+    let mut out = Vec::new();
+    while !done(&out) {
+        let Ok(next) = tokio::time::timeout_at(deadline, consumer.recv()).await else {
+            break;
+        };
+        let Ok(m) = next else { continue };
+        let raw = m.payload().map(<[u8]>::to_vec);
+        let value = match raw.as_deref() {
+            Some(bytes) if bytes.len() > 5 && bytes[0] == 0 => {
+                match decoder.decode(Some(bytes)).await {
+                    Ok(d) => Json::try_from(d.value).ok(),
+                    Err(_) => None,
+                }
+            }
+            _ => None,
+        };
+        out.push(Record {
+            partition: m.partition(),
+            offset: m.offset(),
+            key: m.key().map(|k| String::from_utf8_lossy(k).into_owned()),
+            raw,
+            value,
+            headers: verdict_runtime::headers::HeaderMap::from_kafka(m.headers()),
+        });
+    }
+    out
+}

@@ -26,6 +26,10 @@ pub struct StackOpts {
     pub data_dir: PathBuf,
     pub broker_port: u16,
     pub registry_port: u16,
+    /// Health/metrics port of the first service; the next ones count up from it.
+    pub services_port: u16,
+    /// The topology `up` applies before it starts the services.
+    pub topology: PathBuf,
 }
 
 /// `nisshi --version`'s answer, if nisshi is installed.
@@ -119,6 +123,34 @@ pub async fn wait_for_http(url: &str, pid: Option<u32>, timeout: Duration) -> Re
     }
 }
 
+/// Waits until `GET {url}/readyz` answers 200.
+async fn wait_for_ready(
+    url: &str,
+    pid: impl Into<Option<u32>>,
+    timeout: Duration,
+) -> Result<(), String> {
+    let pid = pid.into();
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_secs(2))
+        .build()
+        .map_err(|e| e.to_string())?;
+    let start = Instant::now();
+    loop {
+        if let Ok(resp) = client.get(format!("{url}/readyz")).send().await
+            && resp.status().is_success()
+        {
+            return Ok(());
+        }
+        if pid.is_some_and(|p| !alive(p)) {
+            return Err("the process exited".into());
+        }
+        if start.elapsed() > timeout {
+            return Err(format!("not ready within {timeout:?}"));
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
 /// Whether a process with this pid exists (and is not a zombie).
 pub fn alive(pid: u32) -> bool {
     let Ok(raw) = i32::try_from(pid) else {
@@ -167,6 +199,12 @@ const BROKER: Component = Component {
     name: "broker",
     program: "nisshi",
 };
+/// The pipeline's services, in start order.
+const SERVICES: &[Component] = &[Component {
+    name: "fraud-detector",
+    program: "fraud-detector",
+}];
+
 const REGISTRY: Component = Component {
     name: "schema-registry",
     program: REGISTRY_BIN,
@@ -305,6 +343,62 @@ impl StackOpts {
             ))
         })?;
         println!("schema-registry: answers at {}", self.registry_url());
+
+        let registry = verdict_runtime::registry::RegistryClient::new(self.registry_url())?;
+        let report = crate::topology_cmd::apply(&self.topology, None, &kafka, &registry).await?;
+        println!(
+            "topology: {} created, {} unchanged, {} drift, {} schemas",
+            report.created.len(),
+            report.unchanged.len(),
+            report.drift.len(),
+            report.schemas.len()
+        );
+        self.start_services().await
+    }
+
+    fn service_url(&self, index: usize) -> String {
+        format!(
+            "http://127.0.0.1:{}",
+            usize::from(self.services_port) + index
+        )
+    }
+
+    async fn start_services(&self) -> Result<(), CliError> {
+        let root = self
+            .topology
+            .parent()
+            .and_then(Path::parent)
+            .unwrap_or(Path::new("."));
+        for (i, c) in SERVICES.iter().enumerate() {
+            let url = self.service_url(i);
+            if let Some(pid) = self.running_pid(c) {
+                println!("{}: already running (pid {pid}), health at {url}", c.name);
+                continue;
+            }
+            let mut cmd = Command::new(sibling_binary(c.program)?);
+            cmd.env("VERDICT__KAFKA__BOOTSTRAP_SERVERS", self.bootstrap())
+                .env("VERDICT__REGISTRY__URL", self.registry_url())
+                .env("VERDICT__HTTP__LISTEN", url.trim_start_matches("http://"))
+                .env("VERDICT__TOPOLOGY__FILE", &self.topology)
+                .env(
+                    "VERDICT__SERVICE__MODEL_FILE",
+                    root.join("models/fraud/model.json"),
+                );
+            let child = spawn_logged(cmd, &self.log_file(c), true)?;
+            self.write_pid(c, child.id())?;
+            println!("{}: started (pid {}), health at {url}", c.name, child.id());
+            wait_for_ready(&url, child.id(), Duration::from_secs(60))
+                .await
+                .map_err(|e| {
+                    CliError::Failed(format!(
+                        "{} is not ready: {e}\n--- {}:\n{}",
+                        c.name,
+                        self.log_file(c).display(),
+                        self.tail_log(c)
+                    ))
+                })?;
+            println!("{}: ready (partitions assigned)", c.name);
+        }
         Ok(())
     }
 
@@ -312,9 +406,9 @@ impl StackOpts {
         fs::write(self.pid_file(c), format!("{pid}\n")).map_err(|e| CliError::Failed(e.to_string()))
     }
 
-    /// Stops what this data directory started: registry first, then the broker.
+    /// Stops what this data directory started: services, registry, then the broker.
     pub fn down(&self) -> Result<(), CliError> {
-        for c in [&REGISTRY, &BROKER] {
+        for c in SERVICES.iter().rev().chain([&REGISTRY, &BROKER]) {
             match self.running_pid(c) {
                 Some(pid) => {
                     let killed = stop_pid(pid, Duration::from_secs(15));
@@ -367,6 +461,23 @@ impl StackOpts {
             if reg_ok { "answering" } else { "DOWN" }
         );
         healthy &= reg_ok;
+        for (i, c) in SERVICES.iter().enumerate() {
+            let url = self.service_url(i);
+            let ready = wait_for_ready(&url, None, Duration::from_secs(2))
+                .await
+                .is_ok();
+            let proc_ = match self.running_pid(c) {
+                Some(pid) => format!("pid {pid}, log {}", self.log_file(c).display()),
+                None => "not started by this data dir".into(),
+            };
+            println!(
+                "{:<15} {:<24} {:<10} {proc_}",
+                c.name,
+                url,
+                if ready { "ready" } else { "DOWN" }
+            );
+            healthy &= ready;
+        }
         if healthy {
             Ok(())
         } else {
