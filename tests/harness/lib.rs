@@ -54,20 +54,11 @@ pub fn repo_root() -> PathBuf {
         .expect("repo root")
 }
 
-/// A workspace binary built by `cargo build --bins` (same profile as the tests).
+/// A workspace binary built by `cargo build --bins`, next to the running executable
+/// (same cargo profile).
 pub fn bin(name: &str) -> PathBuf {
-    let exe = std::env::current_exe().expect("current exe");
-    let profile_dir = exe
-        .parent()
-        .and_then(|d| d.parent())
-        .expect("target/<profile>");
-    let path = profile_dir.join(name);
-    assert!(
-        path.is_file(),
-        "{} is missing: run `cargo build --bins` before the tests (scripts/test.sh does)",
-        path.display()
-    );
-    path
+    verdict_cli::stack::sibling_binary(name)
+        .unwrap_or_else(|e| panic!("{e} (scripts/test.sh builds them)"))
 }
 
 /// Runs a command with a timeout; returns its output.

@@ -97,8 +97,8 @@ pub struct EngineSettings {
 impl Default for EngineSettings {
     fn default() -> Self {
         Self {
-            max_inflight_per_partition: 256,
-            max_inflight: 4096,
+            max_inflight_per_partition: 1000,
+            max_inflight: 8000,
             drain_timeout_ms: 10_000,
             commit_interval_ms: 200,
             session_timeout_ms: 10_000,
@@ -429,8 +429,8 @@ pub async fn run<P: Processor>(
         drain,
         metrics: metrics.clone(),
     };
-    let consumer: StreamConsumer<EngineContext> = kafka
-        .client_config()
+    let mut config = kafka.client_config();
+    config
         .set("group.id", &route.group)
         .set("partition.assignment.strategy", "cooperative-sticky")
         .set("enable.auto.commit", "false")
@@ -445,8 +445,15 @@ pub async fn run<P: Processor>(
             (settings.session_timeout_ms / 4).max(100).to_string(),
         )
         .set("queued.max.messages.kbytes", "16384")
-        .set("fetch.wait.max.ms", "20")
-        .create_with_context(context)?;
+        // Pausing a partition drops what librdkafka prefetched for it; keep that small.
+        .set("max.partition.fetch.bytes", "262144")
+        // nisshi answers idle fetches at once, so a short wait spins the broker;
+        // 100 ms keeps idle load low and, under load, fetches return with data anyway.
+        .set("fetch.wait.max.ms", "100")
+        // librdkafka's default (1 s) stalls a partition after a full fetch queue.
+        .set("fetch.queue.backoff.ms", "10");
+    kafka.apply_properties(&mut config);
+    let consumer: StreamConsumer<EngineContext> = config.create_with_context(context)?;
     let mut topics = vec![route.input.as_str()];
     topics.extend(route.retry.iter().map(|r| r.topic.as_str()));
     consumer.subscribe(&topics)?;

@@ -103,6 +103,14 @@ impl KafkaSettings {
         cfg
     }
 
+    /// Re-applies the pass-through properties over `cfg`, so that what the user
+    /// configured wins over the defaults a component sets.
+    pub fn apply_properties(&self, cfg: &mut ClientConfig) {
+        for (k, v) in &self.properties {
+            cfg.set(k, v);
+        }
+    }
+
     pub fn admin(&self) -> Result<AdminClient<DefaultClientContext>, KafkaError> {
         Ok(self.client_config().create()?)
     }

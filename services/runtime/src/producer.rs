@@ -9,15 +9,16 @@ use rdkafka::producer::{FutureProducer, FutureRecord};
 use crate::kafka::{KafkaError, KafkaSettings};
 
 pub fn create(kafka: &KafkaSettings) -> Result<FutureProducer, KafkaError> {
-    Ok(kafka
-        .client_config()
+    let mut config = kafka.client_config();
+    config
         .set("enable.idempotence", "true")
         .set("acks", "all")
         .set("compression.type", "lz4")
-        .set("linger.ms", "5")
+        .set("linger.ms", "10")
         .set("batch.num.messages", "10000")
-        .set("delivery.timeout.ms", "30000")
-        .create()?)
+        .set("delivery.timeout.ms", "30000");
+    kafka.apply_properties(&mut config);
+    Ok(config.create()?)
 }
 
 /// Sends one record and waits for the broker's acknowledgement.

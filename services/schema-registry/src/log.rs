@@ -81,7 +81,7 @@ impl SchemaLog {
                 format!("verdict-schema-registry-{}", uuid::Uuid::new_v4()),
             )
             .set("enable.auto.commit", "false")
-            .set("fetch.wait.max.ms", "50")
+            .set("fetch.wait.max.ms", "100")
             .create()?;
         let mut tpl = TopicPartitionList::new();
         tpl.add_partition_offset(&settings.topic, 0, Offset::Beginning)?;

@@ -293,8 +293,16 @@ async fn show_decisions(
         if !shown.insert(v["event_id"].as_str().unwrap_or("").to_string()) {
             continue;
         }
+        let occurred = sent
+            .iter()
+            .find(|s| s.value["event_id"] == v["event_id"])
+            .and_then(|s| s.value["occurred_at"].as_i64());
+        let took = match (occurred, v["decided_at"].as_i64()) {
+            (Some(o), Some(d)) => format!("{:>5} ms", d - o),
+            _ => String::new(),
+        };
         println!(
-            "decision {} {:<7} score={:.3} {}@{} {}",
+            "decision {} {:<7} score={:.3} {took} {}@{} {}",
             v["event_id"].as_str().unwrap_or("?"),
             v["outcome"].as_str().unwrap_or("?"),
             v["score"].as_f64().unwrap_or(f64::NAN),
