@@ -658,3 +658,40 @@ fn trace_context_travels_from_input_to_outputs() {
         );
     });
 }
+
+#[test]
+fn bad_settings_fail_at_start_up_naming_the_key() {
+    let cases = [
+        (
+            ("VERDICT__ENGINE__MAX_INFLIGHT_PER_PARTITION", "0"),
+            "engine.max_inflight_per_partition",
+        ),
+        (
+            ("VERDICT__SERVICE__DECLINE_THRESHOLD", "lots"),
+            "service.decline_threshold",
+        ),
+        (("VERDICT__SERVICE__THRESHHOLD", "0.5"), "threshhold"),
+        (
+            ("VERDICT__KAFKA__BOOTSTRAP_SERVERS", "no-port"),
+            "kafka.bootstrap_servers",
+        ),
+        (
+            ("VERDICT__SERVICE__MODEL_FILE", "/nonexistent/model.json"),
+            "service.model_file",
+        ),
+    ];
+    for ((key, value), named) in cases {
+        let out = harness::run_command(
+            std::process::Command::new(harness::bin("fraud-detector"))
+                .current_dir(repo_root())
+                .env(key, value),
+            Duration::from_secs(30),
+        );
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{key}={value}: {stderr}");
+        assert!(
+            stderr.contains(named),
+            "{key}={value} names `{named}`: {stderr}"
+        );
+    }
+}

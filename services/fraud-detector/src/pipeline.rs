@@ -87,7 +87,7 @@ struct Timings<'a> {
 impl Timings<'_> {
     fn stage<T>(&mut self, name: &'static str, f: impl FnOnce() -> T) -> T {
         let start = Instant::now();
-        let out = f();
+        let out = tracing::info_span!("stage", stage = name).in_scope(f);
         let elapsed = start.elapsed();
         self.metrics.observe_stage(name, elapsed);
         self.stages
