@@ -35,6 +35,17 @@ else
   cp tests/python/requirements.txt .venv/.requirements
 fi
 
+# --- MLServer venv (.venv-mlserver): a model server nobody here wrote, for interop tests -----
+if .venv-mlserver/bin/python -c 'import mlserver, mlserver_sklearn, sklearn' 2>/dev/null \
+   && cmp -s models/mlserver-requirements.txt .venv-mlserver/.requirements 2>/dev/null; then
+  echo "mlserver venv: present (.venv-mlserver)"
+else
+  step "mlserver venv: installing models/mlserver-requirements.txt into .venv-mlserver (~40 s)"
+  python3 -m venv .venv-mlserver
+  .venv-mlserver/bin/pip install --quiet --disable-pip-version-check -r models/mlserver-requirements.txt
+  cp models/mlserver-requirements.txt .venv-mlserver/.requirements
+fi
+
 # --- nisshi (Kafka-compatible broker, SQLite store) -----------------------------------------
 if nisshi --version 2>/dev/null | grep -qF "$NISSHI_VERSION"; then
   echo "nisshi: $(nisshi --version) present"

@@ -11,6 +11,7 @@ pub mod error;
 pub mod guard;
 pub mod headers;
 pub mod http;
+pub mod inference;
 pub mod kafka;
 pub mod metrics;
 pub mod models;

@@ -124,6 +124,64 @@ impl LogisticModel {
     }
 }
 
+/// Credit-history codes in the column order of `models/fraud/features.py`.
+pub const CREDIT_HISTORY_COLUMNS: [&str; 5] = [
+    "no_credits",
+    "all_paid",
+    "existing_paid",
+    "delayed_previously",
+    "critical_account",
+];
+
+impl LogisticModel {
+    /// Inputs from a JSON object with the model's field names (null = missing).
+    pub fn input_from_json(&self, value: &serde_json::Value) -> ModelInput {
+        let mut input = ModelInput::default();
+        for f in &self.numeric {
+            input.numeric.insert(
+                f.field.clone(),
+                value.get(&f.field).and_then(serde_json::Value::as_f64),
+            );
+        }
+        for f in &self.categorical {
+            input.categorical.insert(
+                f.field.clone(),
+                value
+                    .get(&f.field)
+                    .and_then(|v| v.as_str().map(String::from)),
+            );
+        }
+        input
+    }
+
+    /// The raw feature row that `models/fraud/features.py` (and so the model served
+    /// by MLServer) takes: the numeric fields in model order, a missing value
+    /// replaced by its training median (JSON rows carry no NaN), then credit history
+    /// one-hot. The server does the transform and standardisation itself.
+    pub fn raw_row(&self, input: &ModelInput) -> Vec<f64> {
+        let mut row: Vec<f64> = self
+            .numeric
+            .iter()
+            .map(|f| {
+                input
+                    .numeric
+                    .get(&f.field)
+                    .copied()
+                    .flatten()
+                    .filter(|v| v.is_finite())
+                    .unwrap_or(f.median)
+            })
+            .collect();
+        let history = input.categorical.get("credit_history").cloned().flatten();
+        row.extend(
+            CREDIT_HISTORY_COLUMNS
+                .iter()
+                .map(|c| f64::from(u8::from(history.as_deref() == Some(*c)))),
+        );
+        row
+    }
+}
+
 /// Hex sha256 of `bytes`.
 pub fn sha256_hex(bytes: &[u8]) -> String {
     use sha2::Digest;
@@ -147,7 +205,7 @@ mod tests {
     }
     #[derive(Deserialize)]
     struct Row {
-        input: BTreeMap<String, serde_json::Value>,
+        input: serde_json::Value,
         expected_p_bad: f64,
     }
 
@@ -162,22 +220,7 @@ mod tests {
         assert!(holdout.rows.len() >= 250);
         let mut worst: f64 = 0.0;
         for row in &holdout.rows {
-            let mut input = ModelInput::default();
-            for f in &model.numeric {
-                input.numeric.insert(
-                    f.field.clone(),
-                    row.input.get(&f.field).and_then(serde_json::Value::as_f64),
-                );
-            }
-            for f in &model.categorical {
-                input.categorical.insert(
-                    f.field.clone(),
-                    row.input
-                        .get(&f.field)
-                        .and_then(|v| v.as_str().map(String::from)),
-                );
-            }
-            let p = model.score(&input).probability;
+            let p = model.score(&model.input_from_json(&row.input)).probability;
             worst = worst.max((p - row.expected_p_bad).abs());
         }
         assert!(worst < 1e-6, "max |rust - python| = {worst}");

@@ -1,0 +1,106 @@
+//! Micro-batching: single calls are gathered into batches of at most `max_batch`,
+//! waiting at most `max_wait` for a batch to fill.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::{mpsc, oneshot};
+
+use super::{BoxFuture, InferenceError};
+
+type Job<I, O> = (I, oneshot::Sender<Result<O, InferenceError>>);
+type BatchFn<I, O> =
+    Arc<dyn Fn(Vec<I>) -> BoxFuture<'static, Result<Vec<O>, InferenceError>> + Send + Sync>;
+
+pub struct MicroBatcher<I, O> {
+    tx: mpsc::Sender<Job<I, O>>,
+}
+
+impl<I: Send + 'static, O: Send + 'static> MicroBatcher<I, O> {
+    pub fn new(max_batch: usize, max_wait: Duration, run: BatchFn<I, O>) -> Self {
+        let (tx, mut rx) = mpsc::channel::<Job<I, O>>(max_batch.max(1) * 4);
+        tokio::spawn(async move {
+            while let Some(first) = rx.recv().await {
+                let mut jobs = vec![first];
+                let deadline = tokio::time::Instant::now() + max_wait;
+                while jobs.len() < max_batch {
+                    match tokio::time::timeout_at(deadline, rx.recv()).await {
+                        Ok(Some(job)) => jobs.push(job),
+                        _ => break,
+                    }
+                }
+                let (inputs, replies): (Vec<I>, Vec<_>) = jobs.into_iter().unzip();
+                let run = run.clone();
+                tokio::spawn(async move {
+                    match run(inputs).await {
+                        Ok(outputs) if outputs.len() == replies.len() => {
+                            for (reply, out) in replies.into_iter().zip(outputs) {
+                                let _ = reply.send(Ok(out));
+                            }
+                        }
+                        Ok(outputs) => {
+                            let e = InferenceError::Protocol(format!(
+                                "{} outputs for {} inputs",
+                                outputs.len(),
+                                replies.len()
+                            ));
+                            replies
+                                .into_iter()
+                                .for_each(|r| drop(r.send(Err(e.clone()))));
+                        }
+                        Err(e) => replies
+                            .into_iter()
+                            .for_each(|r| drop(r.send(Err(e.clone())))),
+                    }
+                });
+            }
+        });
+        Self { tx }
+    }
+
+    pub async fn call(&self, input: I) -> Result<O, InferenceError> {
+        let (reply, rx) = oneshot::channel();
+        self.tx
+            .send((input, reply))
+            .await
+            .map_err(|_| InferenceError::Unreachable("batcher stopped".into()))?;
+        rx.await
+            .map_err(|_| InferenceError::Unreachable("batcher dropped the call".into()))?
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Mutex;
+
+    use super::*;
+
+    #[tokio::test]
+    async fn gathers_concurrent_calls_into_batches() {
+        let sizes = Arc::new(Mutex::new(Vec::new()));
+        let seen = sizes.clone();
+        let batcher = Arc::new(MicroBatcher::new(
+            8,
+            Duration::from_millis(20),
+            Arc::new(move |batch: Vec<u32>| {
+                seen.lock().expect("lock").push(batch.len());
+                Box::pin(async move { Ok(batch.into_iter().map(|x| x + 1).collect()) })
+            }),
+        ));
+        let mut tasks = Vec::new();
+        for i in 0..20u32 {
+            let b = batcher.clone();
+            tasks.push(tokio::spawn(async move { (i, b.call(i).await) }));
+        }
+        for t in tasks {
+            let (i, r) = t.await.expect("task");
+            assert_eq!(r, Ok(i + 1), "each caller gets its own answer");
+        }
+        let sizes = sizes.lock().expect("lock").clone();
+        assert_eq!(sizes.iter().sum::<usize>(), 20);
+        assert!(
+            sizes.iter().all(|&s| s <= 8) && sizes.len() < 20,
+            "batched: {sizes:?}"
+        );
+    }
+}

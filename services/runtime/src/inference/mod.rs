@@ -1,0 +1,133 @@
+//! Inference: one trait for "run this model on this batch", HTTP adapters, and the
+//! machinery every call goes through: a provider chain (primary → secondary →
+//! rules), each provider behind its own timeout, retries (exponential backoff with
+//! jitter, honouring `Retry-After`), circuit breaker, concurrency limit and token
+//! bucket; micro-batching, a response cache and coalescing of identical calls.
+
+pub mod batcher;
+pub mod cache;
+pub mod chain;
+pub mod kserve;
+pub mod resilience;
+
+use std::future::Future;
+use std::pin::Pin;
+use std::time::Duration;
+
+pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// Which model answered: recorded on every decision.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct ModelId {
+    /// Adapter kind: `kserve`, `openai`, `in-process`, `rules`.
+    pub provider: String,
+    pub name: String,
+    pub version: String,
+}
+
+impl ModelId {
+    pub fn new(provider: &str, name: &str, version: &str) -> Self {
+        Self {
+            provider: provider.into(),
+            name: name.into(),
+            version: version.into(),
+        }
+    }
+}
+
+impl std::fmt::Display for ModelId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}:{}@{}", self.provider, self.name, self.version)
+    }
+}
+
+#[derive(Debug, Clone, thiserror::Error, PartialEq)]
+pub enum InferenceError {
+    #[error("timed out after {0:?}")]
+    Timeout(Duration),
+    #[error("HTTP {status}: {message}")]
+    Http {
+        status: u16,
+        message: String,
+        retry_after: Option<Duration>,
+    },
+    #[error("unreachable: {0}")]
+    Unreachable(String),
+    #[error("circuit open for {0}")]
+    CircuitOpen(String),
+    #[error("unexpected response: {0}")]
+    Protocol(String),
+    #[error("input rejected: {0}")]
+    Rejected(String),
+}
+
+impl InferenceError {
+    /// Worth trying the same provider again.
+    pub fn retryable(&self) -> bool {
+        match self {
+            InferenceError::Timeout(_) | InferenceError::Unreachable(_) => true,
+            InferenceError::Http { status, .. } => {
+                *status == 408 || *status == 429 || *status >= 500
+            }
+            InferenceError::CircuitOpen(_)
+            | InferenceError::Protocol(_)
+            | InferenceError::Rejected(_) => false,
+        }
+    }
+
+    /// Counts against the provider's circuit breaker (the provider misbehaves,
+    /// not the input).
+    pub fn is_provider_failure(&self) -> bool {
+        match self {
+            InferenceError::Timeout(_)
+            | InferenceError::Unreachable(_)
+            | InferenceError::Protocol(_) => true,
+            InferenceError::Http { status, .. } => *status == 429 || *status >= 500,
+            InferenceError::CircuitOpen(_) | InferenceError::Rejected(_) => false,
+        }
+    }
+
+    pub fn retry_after(&self) -> Option<Duration> {
+        match self {
+            InferenceError::Http { retry_after, .. } => *retry_after,
+            _ => None,
+        }
+    }
+}
+
+/// Runs a model on a batch of inputs; one output per input, in order.
+pub trait Provider<I, O>: Send + Sync {
+    fn model(&self) -> &ModelId;
+    fn infer<'a>(&'a self, batch: &'a [I]) -> BoxFuture<'a, Result<Vec<O>, InferenceError>>;
+}
+
+/// A provider from a plain function: in-process models and rules.
+pub struct FnProvider<F> {
+    model: ModelId,
+    f: F,
+}
+
+impl<F> FnProvider<F> {
+    pub fn new(model: ModelId, f: F) -> Self {
+        Self { model, f }
+    }
+}
+
+impl<I: Sync, O: Send + 'static, F> Provider<I, O> for FnProvider<F>
+where
+    F: Fn(&I) -> O + Send + Sync,
+{
+    fn model(&self) -> &ModelId {
+        &self.model
+    }
+
+    fn infer<'a>(&'a self, batch: &'a [I]) -> BoxFuture<'a, Result<Vec<O>, InferenceError>> {
+        let out = batch.iter().map(&self.f).collect();
+        Box::pin(async move { Ok(out) })
+    }
+}
+
+/// Parses an HTTP `Retry-After` value given in seconds.
+pub fn parse_retry_after(value: Option<&str>) -> Option<Duration> {
+    value?.trim().parse::<u64>().ok().map(Duration::from_secs)
+}
