@@ -64,17 +64,29 @@ fn stack_up_apply_demo_status_down() {
         "{}",
         text(&up)
     );
-    assert!(text(&up).contains("fraud-detector: ready"), "{}", text(&up));
-    let pids: Vec<u32> = ["broker.pid", "schema-registry.pid", "fraud-detector.pid"]
-        .iter()
-        .map(|f| {
-            std::fs::read_to_string(dir.path().join(f))
-                .expect("pid file")
-                .trim()
-                .parse()
-                .expect("pid")
-        })
-        .collect();
+    for service in ["fraud-detector", "model-server", "document-analyzer"] {
+        assert!(
+            text(&up).contains(&format!("{service}: ready")),
+            "{}",
+            text(&up)
+        );
+    }
+    let pids: Vec<u32> = [
+        "broker.pid",
+        "schema-registry.pid",
+        "fraud-detector.pid",
+        "model-server.pid",
+        "document-analyzer.pid",
+    ]
+    .iter()
+    .map(|f| {
+        std::fs::read_to_string(dir.path().join(f))
+            .expect("pid file")
+            .trim()
+            .parse()
+            .expect("pid")
+    })
+    .collect();
     assert!(
         dir.path().join("broker/nisshi.db").exists(),
         "SQLite store in the data dir"

@@ -258,9 +258,13 @@ pub struct ServiceProcess {
 
 impl ServiceProcess {
     pub fn start(binary: &str, env: &[(String, String)]) -> Self {
+        Self::start_on(binary, env, free_port())
+    }
+
+    /// Like [`ServiceProcess::start`] on a given health/HTTP port (to restart in place).
+    pub fn start_on(binary: &str, env: &[(String, String)], http_port: u16) -> Self {
         let dir = tempfile::tempdir().expect("tempdir");
         let log = dir.path().join(format!("{binary}.log"));
-        let http_port = free_port();
         let mut cmd = Command::new(bin(binary));
         cmd.current_dir(repo_root())
             .env("RUST_LOG", "info,rdkafka=warn")

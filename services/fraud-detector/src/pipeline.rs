@@ -11,7 +11,7 @@ use serde_json::{Value as Json, json};
 use verdict_runtime::avro::untyped;
 use verdict_runtime::engine::{Incoming, Outgoing, Processor};
 use verdict_runtime::error::ProcessError;
-use verdict_runtime::metrics::Metrics;
+use verdict_runtime::metrics::{Metrics, StageTimings};
 use verdict_runtime::models::{LogisticModel, ModelInput, Scored, sha256_hex};
 use verdict_runtime::serde::ValueSchema;
 
@@ -76,24 +76,6 @@ pub struct FraudDetector {
     metrics: Arc<Metrics>,
     review_schema: ValueSchema,
     seen: AtomicU64,
-}
-
-/// Per-stage wall-clock timings, recorded on the decision and in metrics.
-struct Timings<'a> {
-    metrics: &'a Metrics,
-    stages: Vec<(&'static str, u64)>,
-}
-
-impl Timings<'_> {
-    fn stage<T>(&mut self, name: &'static str, f: impl FnOnce() -> T) -> T {
-        let start = Instant::now();
-        let out = tracing::info_span!("stage", stage = name).in_scope(f);
-        let elapsed = start.elapsed();
-        self.metrics.observe_stage(name, elapsed);
-        self.stages
-            .push((name, u64::try_from(elapsed.as_micros()).unwrap_or(u64::MAX)));
-        out
-    }
 }
 
 /// Validate: the event must describe a transaction we can score.
@@ -273,10 +255,7 @@ fn now_ms() -> i64 {
 impl Processor for FraudDetector {
     async fn process(&self, input: &Incoming) -> Result<Vec<Outgoing>, ProcessError> {
         let started = Instant::now();
-        let mut t = Timings {
-            metrics: &self.metrics,
-            stages: Vec::with_capacity(5),
-        };
+        let mut t = StageTimings::new(&self.metrics);
         let tx = t.stage("validate", || validate(&input.value))?;
         let features = t.stage("features", || features(&tx));
         let scored = t.stage("score", || self.score(input, &features))?;
@@ -294,7 +273,7 @@ impl Processor for FraudDetector {
             "confidence": decision.confidence,
             "reasons": decision.reasons,
             "model": { "name": self.model.name, "version": self.model.version, "provider": "in-process", "prompt_version": null },
-            "stage_timings": t.stages.iter().map(|(s, us)| json!({"stage": s, "micros": us})).collect::<Vec<_>>(),
+            "stage_timings": t.to_json(),
             "degraded": false,
             "cached": false,
         });

@@ -1,130 +1,17 @@
-//! Zero-shot text classification over embeddings: each label has a description;
-//! a text's label probabilities are a softmax over its cosine similarity to the
-//! label descriptions (scaled by a temperature).
+//! Zero-shot classifiers of the model server: label anchors embedded with the
+//! server's own embedding model (the classification math lives in the runtime).
 
-use serde::{Deserialize, Serialize};
+pub use verdict_runtime::inference::zero_shot::{
+    Classified, ClassifierSettings, ZeroShot, default_classifiers,
+};
 
-use crate::embedder::{EmbedError, Embedder, cosine};
+use crate::embedder::{EmbedError, Embedder};
 
-#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
-#[serde(deny_unknown_fields)]
-pub struct ClassifierSettings {
-    pub name: String,
-    /// `(label, description)` pairs.
-    pub labels: Vec<(String, String)>,
-    /// Softmax scale for cosine similarities.
-    pub temperature: f32,
-}
-
-pub fn default_classifiers() -> Vec<ClassifierSettings> {
-    let c = |name: &str, labels: &[(&str, &str)]| ClassifierSettings {
-        name: name.into(),
-        labels: labels
-            .iter()
-            .map(|(l, d)| (l.to_string(), d.to_string()))
-            .collect(),
-        temperature: 20.0,
-    };
-    vec![
-        c(
-            "document-category",
-            &[
-                (
-                    "invoice",
-                    "An invoice or bill requesting payment for goods or services, with amounts due.",
-                ),
-                (
-                    "contract",
-                    "A legal contract or agreement with terms, parties and signatures.",
-                ),
-                (
-                    "complaint",
-                    "A customer complaint expressing dissatisfaction with a product or service.",
-                ),
-                (
-                    "support_request",
-                    "A customer asking for help or support with a technical problem.",
-                ),
-                (
-                    "resume",
-                    "A resume or CV describing a person's work experience, education and skills.",
-                ),
-                (
-                    "spam",
-                    "Unsolicited advertising, promotions or spam messages.",
-                ),
-            ],
-        ),
-        c(
-            "urgency",
-            &[
-                (
-                    "urgent",
-                    "An urgent, time-critical request that needs immediate attention today.",
-                ),
-                (
-                    "routine",
-                    "A routine, non-urgent message that can be handled in the normal course of business.",
-                ),
-            ],
-        ),
-        c(
-            "sentiment",
-            &[
-                ("negative", "An angry, unhappy or negative message."),
-                ("neutral", "A neutral, factual message."),
-                ("positive", "A happy, grateful or positive message."),
-            ],
-        ),
-    ]
-}
-
-pub struct ZeroShot {
-    pub name: String,
-    labels: Vec<String>,
-    anchors: Vec<Vec<f32>>,
-    temperature: f32,
-}
-
-#[derive(Debug, Clone, Serialize, PartialEq)]
-pub struct Classified {
-    pub label: String,
-    pub probabilities: Vec<f32>,
-}
-
-impl ZeroShot {
-    pub fn new(settings: &ClassifierSettings, embedder: &Embedder) -> Result<Self, EmbedError> {
-        let descriptions: Vec<String> = settings.labels.iter().map(|(_, d)| d.clone()).collect();
-        Ok(Self {
-            name: settings.name.clone(),
-            labels: settings.labels.iter().map(|(l, _)| l.clone()).collect(),
-            anchors: embedder.embed(&descriptions)?.vectors,
-            temperature: settings.temperature,
-        })
-    }
-
-    pub fn labels(&self) -> &[String] {
-        &self.labels
-    }
-
-    pub fn classify(&self, embedding: &[f32]) -> Classified {
-        let scores: Vec<f32> = self
-            .anchors
-            .iter()
-            .map(|a| cosine(a, embedding) * self.temperature)
-            .collect();
-        let max = scores.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-        let exp: Vec<f32> = scores.iter().map(|s| (s - max).exp()).collect();
-        let sum: f32 = exp.iter().sum();
-        let probabilities: Vec<f32> = exp.iter().map(|e| e / sum).collect();
-        let best = probabilities
-            .iter()
-            .enumerate()
-            .max_by(|a, b| a.1.total_cmp(b.1))
-            .map_or(0, |(i, _)| i);
-        Classified {
-            label: self.labels[best].clone(),
-            probabilities,
-        }
-    }
+/// Builds a classifier by embedding its label descriptions.
+pub fn build(settings: &ClassifierSettings, embedder: &Embedder) -> Result<ZeroShot, EmbedError> {
+    let descriptions: Vec<String> = settings.labels.iter().map(|(_, d)| d.clone()).collect();
+    Ok(ZeroShot::from_anchors(
+        settings,
+        embedder.embed(&descriptions)?.vectors,
+    ))
 }

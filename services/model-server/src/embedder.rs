@@ -144,8 +144,3 @@ impl Embedder {
             .len())
     }
 }
-
-/// Cosine similarity of two L2-normalised vectors.
-pub fn cosine(a: &[f32], b: &[f32]) -> f32 {
-    a.iter().zip(b).map(|(x, y)| x * y).sum()
-}

@@ -15,7 +15,6 @@ use verdict_runtime::inference::batcher::MicroBatcher;
 use verdict_runtime::models::LogisticModel;
 
 use crate::api::App;
-use crate::classifier::ZeroShot;
 use crate::config::ModelServerSettings;
 use crate::embedder::Embedder;
 
@@ -27,7 +26,7 @@ pub fn load(settings: &ModelServerSettings) -> Result<Arc<App>, String> {
     let classifiers = settings
         .classifiers
         .iter()
-        .map(|c| ZeroShot::new(c, &embedder))
+        .map(|c| classifier::build(c, &embedder))
         .collect::<Result<Vec<_>, _>>()
         .map_err(|e| e.to_string())?;
     let fraud = LogisticModel::load(&settings.fraud.model_file).map_err(|e| e.to_string())?;

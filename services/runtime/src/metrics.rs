@@ -163,3 +163,44 @@ impl Metrics {
         out
     }
 }
+
+/// Per-stage wall-clock timings of one record: a `stage` tracing span each, kept
+/// for the decision (`stage_timings`) and observed in `stage_duration_seconds`.
+pub struct StageTimings<'a> {
+    metrics: &'a Metrics,
+    pub stages: Vec<(&'static str, u64)>,
+}
+
+impl<'a> StageTimings<'a> {
+    pub fn new(metrics: &'a Metrics) -> Self {
+        Self {
+            metrics,
+            stages: Vec::with_capacity(6),
+        }
+    }
+
+    /// Runs a synchronous stage.
+    pub fn stage<T>(&mut self, name: &'static str, f: impl FnOnce() -> T) -> T {
+        let start = std::time::Instant::now();
+        let out = tracing::info_span!("stage", stage = name).in_scope(f);
+        self.record(name, start.elapsed());
+        out
+    }
+
+    /// Records a stage timed elsewhere (async stages).
+    pub fn record(&mut self, name: &'static str, elapsed: Duration) {
+        self.metrics.observe_stage(name, elapsed);
+        self.stages
+            .push((name, u64::try_from(elapsed.as_micros()).unwrap_or(u64::MAX)));
+    }
+
+    /// `[{stage, micros}]` as the decision schemas carry them.
+    pub fn to_json(&self) -> serde_json::Value {
+        serde_json::Value::Array(
+            self.stages
+                .iter()
+                .map(|(s, us)| serde_json::json!({"stage": s, "micros": us}))
+                .collect(),
+        )
+    }
+}

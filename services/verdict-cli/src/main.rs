@@ -95,6 +95,9 @@ enum Command {
         /// Where to look for the decisions ("" = only the round trip).
         #[arg(long, default_value = "fraud-decisions")]
         decisions_topic: String,
+        /// Sample documents to send through the document-analyzer afterwards (0 = none).
+        #[arg(long, default_value_t = 4)]
+        documents: usize,
     },
 }
 
@@ -201,7 +204,8 @@ async fn run(command: Command) -> Result<(), CliError> {
             count,
             topic,
             decisions_topic,
-        } => demo(endpoints, count, &topic, &decisions_topic).await,
+            documents,
+        } => demo(endpoints, count, &topic, &decisions_topic, documents).await,
     }
 }
 
@@ -212,6 +216,7 @@ async fn demo(
     count: usize,
     topic: &str,
     decisions_topic: &str,
+    documents: usize,
 ) -> Result<(), CliError> {
     let kafka = KafkaSettings::with_bootstrap(endpoints.bootstrap_servers);
     let producer = AvroProducer::new(&kafka, &endpoints.registry_url)?;
@@ -257,8 +262,75 @@ async fn demo(
     if decisions_topic.is_empty() {
         return Ok(());
     }
-    show_decisions(&kafka, &endpoints.registry_url, decisions_topic, &sent).await
+    show_decisions(
+        &kafka,
+        &endpoints.registry_url,
+        decisions_topic,
+        &sent,
+        |v| {
+            format!(
+                "{:<7} score={:.3} {}@{} {}",
+                v["outcome"].as_str().unwrap_or("?"),
+                v["score"].as_f64().unwrap_or(f64::NAN),
+                v["model"]["name"].as_str().unwrap_or("?"),
+                v["model"]["version"].as_str().unwrap_or("?"),
+                v["reasons"].get(0).and_then(|r| r.as_str()).unwrap_or("")
+            )
+        },
+    )
+    .await?;
+    if documents == 0 {
+        return Ok(());
+    }
+
+    // Documents through the document-analyzer.
+    let mut sent_docs = Vec::with_capacity(documents);
+    for (i, text) in SAMPLE_DOCUMENTS.iter().cycle().take(documents).enumerate() {
+        let doc = serde_json::json!({
+            "event_id": uuid::Uuid::new_v4().to_string(), "tenant_id": "tenant-demo",
+            "occurred_at": verdict_cli::records::now_millis(), "document_id": format!("demo-doc-{i}"),
+            "content_type": "text/plain", "filename": null, "text": text, "source": "verdict demo",
+            "size_bytes": text.len(), "language": "en",
+        });
+        sent_docs.push(
+            producer
+                .send("document-uploads", &format!("demo-doc-{i}"), &doc)
+                .await?,
+        );
+    }
+    println!("produced {documents} documents to document-uploads");
+    show_decisions(
+        &kafka,
+        &endpoints.registry_url,
+        "document-decisions",
+        &sent_docs,
+        |v| {
+            format!(
+                "{:<11} {} ({:.2}) {} pii={} {}: {}",
+                v["route"].as_str().unwrap_or("?"),
+                v["category"].as_str().unwrap_or("?"),
+                v["category_confidence"].as_f64().unwrap_or(f64::NAN),
+                v["urgency"].as_str().unwrap_or("?"),
+                v["pii_found"],
+                v["model"]["name"].as_str().unwrap_or("?"),
+                v["redacted_text"]
+                    .as_str()
+                    .unwrap_or("")
+                    .chars()
+                    .take(70)
+                    .collect::<String>()
+            )
+        },
+    )
+    .await
 }
+
+const SAMPLE_DOCUMENTS: [&str; 4] = [
+    "Invoice 2024-17: please pay the amount due of 1,250.00 EUR to IBAN DE89 3704 0044 0532 0130 00 within 30 days.",
+    "This is unacceptable! My order never arrived and I want a refund. Reach me at jane.doe@example.com or +49 30 1234567.",
+    "Hello, the login page shows an error since this morning and I cannot access my account. Can you help?",
+    "Curriculum vitae: ten years of experience as a data engineer, education in mathematics, skills in Rust and SQL.",
+];
 
 /// Waits for the pipeline's decision on each sent event and prints it.
 async fn show_decisions(
@@ -266,6 +338,7 @@ async fn show_decisions(
     registry_url: &str,
     topic: &str,
     sent: &[verdict_cli::records::Delivered],
+    describe: impl Fn(&serde_json::Value) -> String,
 ) -> Result<(), CliError> {
     let ids: HashSet<String> = sent
         .iter()
@@ -302,13 +375,9 @@ async fn show_decisions(
             _ => String::new(),
         };
         println!(
-            "decision {} {:<7} score={:.3} {took} {}@{} {}",
+            "decision {} {took} {}",
             v["event_id"].as_str().unwrap_or("?"),
-            v["outcome"].as_str().unwrap_or("?"),
-            v["score"].as_f64().unwrap_or(f64::NAN),
-            v["model"]["name"].as_str().unwrap_or("?"),
-            v["model"]["version"].as_str().unwrap_or("?"),
-            v["reasons"].get(0).and_then(|r| r.as_str()).unwrap_or("")
+            describe(v)
         );
     }
     if shown.len() == ids.len() {
@@ -320,7 +389,7 @@ async fn show_decisions(
         Ok(())
     } else {
         Err(CliError::Failed(format!(
-            "pipeline: only {}/{} events decided within 60 s (is the fraud-detector running? `verdict stack status`)",
+            "pipeline: only {}/{} events decided on {topic} within 60 s (are the services running? `verdict stack status`)",
             shown.len(),
             ids.len()
         )))

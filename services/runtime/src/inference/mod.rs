@@ -8,7 +8,9 @@ pub mod batcher;
 pub mod cache;
 pub mod chain;
 pub mod kserve;
+pub mod openai;
 pub mod resilience;
+pub mod zero_shot;
 
 use std::future::Future;
 use std::pin::Pin;

@@ -1,0 +1,72 @@
+//! The document-analyzer's own settings (`[service]`, `VERDICT__SERVICE__…`).
+
+use serde::{Deserialize, Serialize};
+use verdict_runtime::inference::resilience::ProviderSettings;
+use verdict_runtime::settings::{Secret, SettingsError, Validate};
+
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct DocumentSettings {
+    /// OpenAI-compatible embeddings endpoint (the model-server).
+    pub embeddings_url: String,
+    pub embeddings_model: String,
+    /// Bearer token for the embeddings API; never logged.
+    pub api_key: Secret,
+    pub provider: ProviderSettings,
+    /// Documents larger than this are rejected (bytes of text).
+    pub max_bytes: usize,
+    /// Documents whose token estimate (chars / 4) exceeds this are rejected.
+    pub max_tokens: usize,
+    /// Tokens the embedding model reads; longer documents are embedded truncated.
+    pub model_context_tokens: usize,
+    /// Category confidence below which a document goes to review.
+    pub review_below: f64,
+    pub cache_ttl_ms: u64,
+    pub cache_capacity: usize,
+}
+
+impl Default for DocumentSettings {
+    fn default() -> Self {
+        Self {
+            embeddings_url: "http://127.0.0.1:8090".into(),
+            embeddings_model: "all-minilm-l6-v2".into(),
+            api_key: Secret::default(),
+            provider: ProviderSettings {
+                timeout_ms: 5_000,
+                max_retries: 1,
+                failure_threshold: 3,
+                open_ms: 5_000,
+                ..ProviderSettings::default()
+            },
+            max_bytes: 200_000,
+            max_tokens: 50_000,
+            model_context_tokens: 256,
+            review_below: 0.5,
+            cache_ttl_ms: 600_000,
+            cache_capacity: 10_000,
+        }
+    }
+}
+
+impl Validate for DocumentSettings {
+    fn validate(&self) -> Result<(), SettingsError> {
+        let bad = |key: &str, message: &str| {
+            Err(SettingsError::Key {
+                key: format!("service.{key}"),
+                message: message.into(),
+            })
+        };
+        if !self.embeddings_url.starts_with("http://")
+            && !self.embeddings_url.starts_with("https://")
+        {
+            return bad("embeddings_url", "must be an http(s) URL");
+        }
+        if self.max_bytes == 0 || self.max_tokens == 0 {
+            return bad("max_bytes", "max_bytes and max_tokens must be positive");
+        }
+        if !(0.0..=1.0).contains(&self.review_below) {
+            return bad("review_below", "must lie in [0, 1]");
+        }
+        Ok(())
+    }
+}

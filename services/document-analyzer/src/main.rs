@@ -1,0 +1,26 @@
+//! document-analyzer
+//!
+//! document-uploads (+ retry topics)
+//!   → validate (size, token budget) → redact (e-mail, phone, card, IBAN)
+//!   → embed (model-server, OpenAI API; cached, coalesced, micro-batched, circuit-broken)
+//!   → classify (zero-shot category and urgency; keyword rules when degraded) → decide
+//!   → document-decisions, audit, review
+//!   failures → document-uploads.retry.N / document-uploads.dlq
+
+use std::process::ExitCode;
+
+use document_analyzer::config::DocumentSettings;
+use document_analyzer::pipeline::{DocumentAnalyzer, SERVICE};
+use verdict_runtime::service;
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let settings = match service::load_settings::<DocumentSettings>(SERVICE) {
+        Ok(s) => s,
+        Err(code) => return code,
+    };
+    service::run(SERVICE, settings, |ctx| {
+        DocumentAnalyzer::new(ctx.settings.service.clone(), ctx.metrics)
+    })
+    .await
+}

