@@ -38,6 +38,22 @@ pub fn free_port() -> u16 {
         .expect("free port")
 }
 
+/// The first of `n` consecutive free loopback ports (for tools that count up
+/// from a base port).
+pub fn free_port_block(n: u16) -> u16 {
+    for _ in 0..200 {
+        let base = free_port();
+        let all_free = (0..n).all(|i| {
+            base.checked_add(i)
+                .is_some_and(|p| TcpListener::bind(("127.0.0.1", p)).is_ok())
+        });
+        if all_free {
+            return base;
+        }
+    }
+    panic!("no block of {n} free ports");
+}
+
 /// A topic or group name no other test uses.
 pub fn unique(prefix: &str) -> String {
     format!(
