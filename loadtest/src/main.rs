@@ -19,6 +19,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use clap::Parser;
+
+mod documents;
 use dashmap::DashMap;
 use futures::StreamExt;
 use futures::stream::FuturesUnordered;
@@ -36,8 +38,22 @@ use verdict_runtime::avro::untyped;
 use verdict_runtime::kafka::{KafkaSettings, TopicSpec};
 use verdict_runtime::serde::{AvroSerde, ValueSchema};
 
-#[derive(Parser, Clone)]
-#[command(about = "verdict fraud pipeline benchmark (loopback only, bounded)")]
+#[derive(Parser)]
+#[command(about = "verdict benchmarks (loopback only, bounded)")]
+struct Cli {
+    #[command(subcommand)]
+    bench: Bench,
+}
+
+#[derive(clap::Subcommand)]
+enum Bench {
+    /// The fraud pipeline against the broker's pass-through ceiling, then latency at a fixed load.
+    Fraud(Args),
+    /// Embeddings: model-server batch-1 vs batched, standalone vs the document pipeline, cache hits.
+    Documents(documents::DocArgs),
+}
+
+#[derive(clap::Args, Clone)]
 struct Args {
     /// Events for the throughput phases (ceiling and pipeline).
     #[arg(long, default_value_t = 50_000)]
@@ -56,7 +72,7 @@ struct Args {
 const CEILING_IN: &str = "ceiling-in";
 const CEILING_OUT: [&str; 2] = ["ceiling-out-a", "ceiling-out-b"];
 
-fn bar(len: u64, what: &str) -> ProgressBar {
+pub(crate) fn bar(len: u64, what: &str) -> ProgressBar {
     let pb = ProgressBar::new(len);
     pb.set_style(
         ProgressStyle::with_template("{msg:>22} [{bar:40}] {pos}/{len} {per_sec} eta {eta}")
@@ -214,7 +230,7 @@ fn records_in(kafka: &KafkaSettings, meta: &rdkafka::consumer::BaseConsumer, top
 }
 
 /// Waits until `topic` holds `n` records; returns seconds from `start`.
-async fn wait_for_records(
+pub(crate) async fn wait_for_records(
     kafka: &KafkaSettings,
     topic: &str,
     n: i64,
@@ -357,7 +373,7 @@ async fn latency(
 
 /// Cumulative buckets (upper bound s, count) of the service's per-record histogram
 /// (consumed → outputs acknowledged).
-async fn record_buckets(svc: &ServiceProcess) -> Vec<(f64, f64)> {
+pub(crate) async fn record_buckets(svc: &ServiceProcess) -> Vec<(f64, f64)> {
     let url = format!("http://127.0.0.1:{}/metrics", svc.http_port);
     let Ok(resp) = reqwest_get(&url).await else {
         return Vec::new();
@@ -386,7 +402,7 @@ async fn reqwest_get(url: &str) -> Result<String, String> {
 }
 
 /// Quantile (upper bucket bound, ms) of the difference between two snapshots.
-fn bucket_quantile(before: &[(f64, f64)], after: &[(f64, f64)], q: f64) -> f64 {
+pub(crate) fn bucket_quantile(before: &[(f64, f64)], after: &[(f64, f64)], q: f64) -> f64 {
     let diff: Vec<(f64, f64)> = after
         .iter()
         .map(|(le, n)| {
@@ -405,7 +421,7 @@ fn bucket_quantile(before: &[(f64, f64)], after: &[(f64, f64)], q: f64) -> f64 {
         .map_or(f64::NAN, |(le, _)| le * 1000.0)
 }
 
-fn peak_rss_mib(pid: u32) -> f64 {
+pub(crate) fn peak_rss_mib(pid: u32) -> f64 {
     std::fs::read_to_string(format!("/proc/{pid}/status"))
         .ok()
         .and_then(|s| {
@@ -418,7 +434,13 @@ fn peak_rss_mib(pid: u32) -> f64 {
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() {
-    let args = Args::parse();
+    match Cli::parse().bench {
+        Bench::Fraud(args) => fraud(args).await,
+        Bench::Documents(args) => documents::run(args).await,
+    }
+}
+
+async fn fraud(args: Args) {
     println!(
         "verdict-loadtest: {} events per throughput phase, {} events/s for {} s, {} accounts",
         args.events, args.rate, args.seconds, args.accounts
