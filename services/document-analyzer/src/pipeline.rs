@@ -21,6 +21,7 @@ use verdict_runtime::inference::zero_shot::{ZeroShot, default_classifiers};
 use verdict_runtime::inference::{InferenceError, ModelId};
 use verdict_runtime::metrics::{Metrics, StageTimings};
 use verdict_runtime::models::sha256_hex;
+use verdict_runtime::now_ms;
 use verdict_runtime::serde::ValueSchema;
 
 use crate::config::DocumentSettings;
@@ -347,13 +348,6 @@ impl Processor for DocumentAnalyzer {
         }
         Ok(out)
     }
-}
-
-fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
-        .unwrap_or(0)
 }
 
 #[cfg(test)]

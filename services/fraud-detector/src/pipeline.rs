@@ -13,6 +13,7 @@ use verdict_runtime::engine::{Incoming, Outgoing, Processor};
 use verdict_runtime::error::ProcessError;
 use verdict_runtime::metrics::{Metrics, StageTimings};
 use verdict_runtime::models::{LogisticModel, ModelInput, Scored, sha256_hex};
+use verdict_runtime::now_ms;
 use verdict_runtime::serde::ValueSchema;
 
 use crate::config::FraudSettings;
@@ -243,13 +244,6 @@ impl FraudDetector {
             reasons,
         }
     }
-}
-
-fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
-        .unwrap_or(0)
 }
 
 impl Processor for FraudDetector {

@@ -43,8 +43,8 @@ use crate::headers::{self, HeaderMap};
 use crate::kafka::{KafkaError, KafkaSettings};
 use crate::metrics::{ErrorLabel, Metrics, OutcomeLabel, PartitionLabel, TopicLabel};
 use crate::serde::{AvroSerde, ValueSchema};
-use crate::telemetry;
 use crate::topology::{RetryStep, Service};
+use crate::{now_ms, telemetry};
 
 /// A decoded input record.
 #[derive(Debug, Clone)]
@@ -632,13 +632,6 @@ fn dispatch<P: Processor>(worker: &Arc<Worker<P>>, msg: OwnedMessage) {
             started,
         );
     });
-}
-
-fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
-        .unwrap_or(0)
 }
 
 impl<P: Processor> Worker<P> {

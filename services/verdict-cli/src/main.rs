@@ -288,7 +288,7 @@ async fn demo(
     for (i, text) in SAMPLE_DOCUMENTS.iter().cycle().take(documents).enumerate() {
         let doc = serde_json::json!({
             "event_id": uuid::Uuid::new_v4().to_string(), "tenant_id": "tenant-demo",
-            "occurred_at": verdict_cli::records::now_millis(), "document_id": format!("demo-doc-{i}"),
+            "occurred_at": verdict_runtime::now_ms(), "document_id": format!("demo-doc-{i}"),
             "content_type": "text/plain", "filename": null, "text": text, "source": "verdict demo",
             "size_bytes": text.len(), "language": "en",
         });

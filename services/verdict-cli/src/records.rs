@@ -163,7 +163,7 @@ pub fn sample_transaction(rng: &mut impl Rng, tenant: &str) -> (String, Json) {
     let value = json!({
         "event_id": uuid::Uuid::new_v4().to_string(),
         "tenant_id": tenant,
-        "occurred_at": now_millis(),
+        "occurred_at": verdict_runtime::now_ms(),
         "account_id": account,
         "amount": amount,
         "currency": "EUR",
@@ -178,13 +178,6 @@ pub fn sample_transaction(rng: &mut impl Rng, tenant: &str) -> (String, Json) {
         "existing_credits": rng.random_range(1..4),
     });
     (account, value)
-}
-
-pub fn now_millis() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
-        .unwrap_or(0)
 }
 
 /// A record read back from a topic.

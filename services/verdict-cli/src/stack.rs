@@ -102,13 +102,23 @@ pub fn sibling_binary(name: &str) -> Result<PathBuf, CliError> {
 
 /// Waits until `GET {url}/` answers 200, the process behind `pid` dies, or `timeout`.
 pub async fn wait_for_http(url: &str, pid: Option<u32>, timeout: Duration) -> Result<(), String> {
+    wait_for_path(url, "/", pid, timeout).await
+}
+
+/// Waits until `GET {url}{path}` answers 200, the process behind `pid` dies, or `timeout`.
+async fn wait_for_path(
+    url: &str,
+    path: &str,
+    pid: Option<u32>,
+    timeout: Duration,
+) -> Result<(), String> {
     let client = reqwest::Client::builder()
         .timeout(Duration::from_secs(2))
         .build()
         .map_err(|e| e.to_string())?;
     let start = Instant::now();
     loop {
-        if let Ok(resp) = client.get(format!("{url}/")).send().await
+        if let Ok(resp) = client.get(format!("{url}{path}")).send().await
             && resp.status().is_success()
         {
             return Ok(());
@@ -137,32 +147,13 @@ fn minilm_dir(root: &Path) -> Result<String, CliError> {
     Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
 }
 
-/// Waits until `GET {url}/readyz` answers 200.
+/// Waits until `GET {url}/readyz` answers 200 (see [`wait_for_path`]).
 async fn wait_for_ready(
     url: &str,
     pid: impl Into<Option<u32>>,
     timeout: Duration,
 ) -> Result<(), String> {
-    let pid = pid.into();
-    let client = reqwest::Client::builder()
-        .timeout(Duration::from_secs(2))
-        .build()
-        .map_err(|e| e.to_string())?;
-    let start = Instant::now();
-    loop {
-        if let Ok(resp) = client.get(format!("{url}/readyz")).send().await
-            && resp.status().is_success()
-        {
-            return Ok(());
-        }
-        if pid.is_some_and(|p| !alive(p)) {
-            return Err("the process exited".into());
-        }
-        if start.elapsed() > timeout {
-            return Err(format!("not ready within {timeout:?}"));
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    wait_for_path(url, "/readyz", pid.into(), timeout).await
 }
 
 /// Whether a process with this pid exists (and is not a zombie).

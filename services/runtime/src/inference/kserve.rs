@@ -6,7 +6,7 @@ use std::time::Duration;
 use serde::Deserialize;
 use serde_json::json;
 
-use super::{BoxFuture, InferenceError, ModelId, Provider, parse_retry_after};
+use super::{BoxFuture, InferenceError, ModelId, Provider, http_error};
 
 /// A tabular model behind KServe v2: rows of FP64 features in, one output row per input.
 pub struct KServeClient {
@@ -87,31 +87,8 @@ impl KServeClient {
                     InferenceError::Unreachable(e.to_string())
                 }
             })?;
-        let status = resp.status();
-        if !status.is_success() {
-            let retry_after = parse_retry_after(
-                resp.headers()
-                    .get("retry-after")
-                    .and_then(|v| v.to_str().ok()),
-            );
-            let message: String = resp
-                .text()
-                .await
-                .unwrap_or_default()
-                .chars()
-                .take(300)
-                .collect();
-            return Err(
-                if status.is_client_error() && status.as_u16() != 408 && status.as_u16() != 429 {
-                    InferenceError::Rejected(format!("HTTP {status}: {message}"))
-                } else {
-                    InferenceError::Http {
-                        status: status.as_u16(),
-                        message,
-                        retry_after,
-                    }
-                },
-            );
+        if !resp.status().is_success() {
+            return Err(http_error(resp).await);
         }
         let parsed: InferResponse = resp
             .json()

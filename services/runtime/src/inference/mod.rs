@@ -133,3 +133,30 @@ where
 pub fn parse_retry_after(value: Option<&str>) -> Option<Duration> {
     value?.trim().parse::<u64>().ok().map(Duration::from_secs)
 }
+
+/// The error for a non-2xx model-server answer: client errors other than 408/429
+/// reject the input (not retried); the rest are retryable, with `Retry-After`.
+pub async fn http_error(resp: reqwest::Response) -> InferenceError {
+    let status = resp.status();
+    let retry_after = parse_retry_after(
+        resp.headers()
+            .get("retry-after")
+            .and_then(|v| v.to_str().ok()),
+    );
+    let message: String = resp
+        .text()
+        .await
+        .unwrap_or_default()
+        .chars()
+        .take(300)
+        .collect();
+    if status.is_client_error() && ![408, 429].contains(&status.as_u16()) {
+        InferenceError::Rejected(format!("HTTP {status}: {message}"))
+    } else {
+        InferenceError::Http {
+            status: status.as_u16(),
+            message,
+            retry_after,
+        }
+    }
+}

@@ -4,7 +4,7 @@
 use serde::Deserialize;
 use serde_json::json;
 
-use super::{BoxFuture, InferenceError, ModelId, Provider, parse_retry_after};
+use super::{BoxFuture, InferenceError, ModelId, Provider, http_error};
 use crate::settings::Secret;
 
 pub struct OpenAiEmbeddings {
@@ -56,31 +56,8 @@ impl OpenAiEmbeddings {
             .send()
             .await
             .map_err(|e| InferenceError::Unreachable(e.to_string()))?;
-        let status = resp.status();
-        if !status.is_success() {
-            let retry_after = parse_retry_after(
-                resp.headers()
-                    .get("retry-after")
-                    .and_then(|v| v.to_str().ok()),
-            );
-            let message: String = resp
-                .text()
-                .await
-                .unwrap_or_default()
-                .chars()
-                .take(300)
-                .collect();
-            return Err(
-                if status.is_client_error() && ![408, 429].contains(&status.as_u16()) {
-                    InferenceError::Rejected(format!("HTTP {status}: {message}"))
-                } else {
-                    InferenceError::Http {
-                        status: status.as_u16(),
-                        message,
-                        retry_after,
-                    }
-                },
-            );
+        if !resp.status().is_success() {
+            return Err(http_error(resp).await);
         }
         let mut parsed: Response = resp
             .json()
