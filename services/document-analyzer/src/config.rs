@@ -1,5 +1,7 @@
 //! The document-analyzer's own settings (`[service]`, `VERDICT__SERVICE__…`).
 
+use std::path::PathBuf;
+
 use serde::{Deserialize, Serialize};
 use verdict_runtime::inference::resilience::ProviderSettings;
 use verdict_runtime::settings::{Secret, SettingsError, Validate};
@@ -23,6 +25,11 @@ pub struct DocumentSettings {
     pub review_below: f64,
     pub cache_ttl_ms: u64,
     pub cache_capacity: usize,
+    /// Sentiment head trained offline over the same embeddings (`models/sentiment/head.json`),
+    /// evaluated in-process on the embedding of each document.
+    pub sentiment_head: PathBuf,
+    /// Documents the head calls negative with at least this probability go to review.
+    pub review_negative_above: f64,
 }
 
 impl Default for DocumentSettings {
@@ -44,6 +51,8 @@ impl Default for DocumentSettings {
             review_below: 0.5,
             cache_ttl_ms: 600_000,
             cache_capacity: 10_000,
+            sentiment_head: PathBuf::from("models/sentiment/head.json"),
+            review_negative_above: 0.8,
         }
     }
 }
@@ -66,6 +75,15 @@ impl Validate for DocumentSettings {
         }
         if !(0.0..=1.0).contains(&self.review_below) {
             return bad("review_below", "must lie in [0, 1]");
+        }
+        if !(0.5..=1.0).contains(&self.review_negative_above) {
+            return bad("review_negative_above", "must lie in [0.5, 1]");
+        }
+        if !self.sentiment_head.is_file() {
+            return bad(
+                "sentiment_head",
+                &format!("{} does not exist", self.sentiment_head.display()),
+            );
         }
         Ok(())
     }

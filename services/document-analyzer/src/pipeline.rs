@@ -15,6 +15,7 @@ use verdict_runtime::error::ProcessError;
 use verdict_runtime::inference::batcher::MicroBatcher;
 use verdict_runtime::inference::cache::{Coalescer, ResponseCache, cache_key};
 use verdict_runtime::inference::chain::Chain;
+use verdict_runtime::inference::head::LinearHead;
 use verdict_runtime::inference::openai::OpenAiEmbeddings;
 use verdict_runtime::inference::resilience::Guarded;
 use verdict_runtime::inference::zero_shot::{ZeroShot, default_classifiers};
@@ -136,6 +137,8 @@ pub struct DocumentAnalyzer {
     coalescer: Coalescer<Vec<f32>>,
     /// Category and urgency classifiers; anchors embedded on first use.
     classifiers: OnceCell<(ZeroShot, ZeroShot)>,
+    /// Sentiment: a head trained offline, evaluated in-process on the embedding.
+    sentiment: LinearHead,
     review_schema: ValueSchema,
 }
 
@@ -149,6 +152,14 @@ impl DocumentAnalyzer {
         )
         .map_err(|e| e.to_string())?;
         let model = verdict_runtime::inference::Provider::model(&client).clone();
+        let sentiment = LinearHead::load(&settings.sentiment_head)
+            .map_err(|e| format!("service.sentiment_head: {e}"))?;
+        if sentiment.embedding_model != settings.embeddings_model {
+            return Err(format!(
+                "service.sentiment_head: the head was trained on {} embeddings, service.embeddings_model is {}",
+                sentiment.embedding_model, settings.embeddings_model
+            ));
+        }
         let chain = Arc::new(Chain::new(vec![Guarded::new(
             Box::new(client),
             settings.provider.clone(),
@@ -172,6 +183,7 @@ impl DocumentAnalyzer {
             batcher,
             coalescer: Coalescer::default(),
             classifiers: OnceCell::new(),
+            sentiment,
             review_schema: ValueSchema::TopicRecord {
                 fullname: "dev.verdict.v1.DocumentDecision".into(),
                 schema: DECISION_SCHEMA.into(),
@@ -250,7 +262,7 @@ impl Processor for DocumentAnalyzer {
                 self.settings.model_context_tokens
             ));
         }
-        let (category, confidence, urgency, degraded, cached, model) =
+        let (category, confidence, urgency, sentiment, degraded, cached, model) =
             t.stage("classify", || match &embedded {
                 Ok(((vector, cached), (category, urgency))) => {
                     let c = category.classify(vector);
@@ -259,6 +271,7 @@ impl Processor for DocumentAnalyzer {
                         c.label,
                         f64::from(c.confidence),
                         u.label,
+                        self.sentiment.classify(vector),
                         false,
                         *cached,
                         self.model.clone(),
@@ -273,17 +286,25 @@ impl Processor for DocumentAnalyzer {
                         c,
                         conf,
                         u,
+                        None,
                         true,
                         false,
                         ModelId::new("rules", "document-keywords", "1"),
                     )
                 }
             });
+        let negative = sentiment.as_ref().is_some_and(|s| {
+            s.label == "negative" && f64::from(s.confidence) >= self.settings.review_negative_above
+        });
         let route = t.stage("decide", || {
             if category == "spam" && confidence >= 0.6 {
                 reasons.push(format!("spam ({confidence:.2})"));
                 "REJECT"
-            } else if degraded || confidence < self.settings.review_below || urgency == "urgent" {
+            } else if degraded
+                || confidence < self.settings.review_below
+                || urgency == "urgent"
+                || negative
+            {
                 if confidence < self.settings.review_below {
                     reasons.push(format!(
                         "low confidence in category {category} ({confidence:.2})"
@@ -291,6 +312,12 @@ impl Processor for DocumentAnalyzer {
                 }
                 if urgency == "urgent" {
                     reasons.push("urgent".into());
+                }
+                if let Some(s) = sentiment.as_ref().filter(|_| negative) {
+                    reasons.push(format!(
+                        "negative sentiment ({:.2}, {}@{})",
+                        s.confidence, self.sentiment.name, self.sentiment.version
+                    ));
                 }
                 "REVIEW"
             } else {
@@ -313,6 +340,8 @@ impl Processor for DocumentAnalyzer {
             "model": {"name": model.name, "version": model.version, "provider": model.provider, "prompt_version": null},
             "stage_timings": t.to_json(), "degraded": degraded, "cached": cached,
             "token_usage": i64::try_from(tokens.min(self.settings.model_context_tokens)).ok(), "cost_usd": null,
+            "sentiment": sentiment.as_ref().map(|s| s.label.clone()),
+            "sentiment_confidence": sentiment.as_ref().map(|s| f64::from(s.confidence)),
         });
         let audit = json!({
             "audit_id": uuid::Uuid::new_v4().to_string(), "event_id": doc.event_id, "tenant_id": doc.tenant_id,

@@ -13,20 +13,74 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 use verdict_runtime::inference::InferenceError;
 use verdict_runtime::inference::batcher::MicroBatcher;
+use verdict_runtime::inference::head::LinearHead;
 use verdict_runtime::models::LogisticModel;
 
-use crate::classifier::ZeroShot;
+use crate::classifier::{Classified, ZeroShot};
 use crate::embedder::ModelInfo;
 
 pub struct App {
     pub embedding: ModelInfo,
     pub batcher: MicroBatcher<String, (Vec<f32>, usize)>,
     pub classifiers: Vec<ZeroShot>,
+    pub heads: Vec<LinearHead>,
     pub fraud_name: String,
     pub fraud: LogisticModel,
 }
 
 type AppState = State<Arc<App>>;
+
+/// A text classifier over the server's embeddings: zero-shot or a trained head.
+#[derive(Clone, Copy)]
+enum TextClassifier<'a> {
+    ZeroShot(&'a ZeroShot),
+    Head(&'a LinearHead),
+}
+
+impl TextClassifier<'_> {
+    fn labels(&self) -> &[String] {
+        match self {
+            Self::ZeroShot(z) => z.labels(),
+            Self::Head(h) => &h.labels,
+        }
+    }
+
+    fn version(&self) -> &str {
+        match self {
+            Self::ZeroShot(_) => "1.0.0",
+            Self::Head(h) => &h.version,
+        }
+    }
+
+    /// `None` only if a head meets vectors of another size (checked at load).
+    fn classify(&self, embedding: &[f32]) -> Option<Classified> {
+        match self {
+            Self::ZeroShot(z) => Some(z.classify(embedding)),
+            Self::Head(h) => h.classify(embedding),
+        }
+    }
+
+    fn metadata(&self, e: &ModelInfo) -> Value {
+        let (name, platform, extra) = match self {
+            Self::ZeroShot(z) => (&z.name, "zero-shot-embedding", json!({})),
+            Self::Head(h) => (
+                &h.name,
+                "verdict-logistic-head",
+                json!({"sha256": h.sha256, "trained_on": h.embedding_model}),
+            ),
+        };
+        let mut parameters = json!({"labels": self.labels(), "embedding_model": e.name, "embedding_sha256": e.sha256});
+        if let (Some(p), Value::Object(extra)) = (parameters.as_object_mut(), extra) {
+            p.extend(extra);
+        }
+        json!({
+            "name": name, "versions": [self.version()], "platform": platform,
+            "inputs": [{"name": "text", "datatype": "BYTES", "shape": [-1]}],
+            "outputs": [{"name": "label", "datatype": "BYTES", "shape": [-1]}, {"name": "probabilities", "datatype": "FP32", "shape": [-1, self.labels().len()]}],
+            "parameters": parameters,
+        })
+    }
+}
 
 pub fn router(app: Arc<App>) -> Router {
     Router::new()
@@ -64,7 +118,21 @@ impl App {
     fn model_names(&self) -> Vec<String> {
         let mut names = vec![self.embedding.name.clone(), self.fraud_name.clone()];
         names.extend(self.classifiers.iter().map(|c| c.name.clone()));
+        names.extend(self.heads.iter().map(|h| h.name.clone()));
         names
+    }
+
+    fn text_classifier(&self, name: &str) -> Option<TextClassifier<'_>> {
+        self.classifiers
+            .iter()
+            .find(|c| c.name == name)
+            .map(TextClassifier::ZeroShot)
+            .or_else(|| {
+                self.heads
+                    .iter()
+                    .find(|h| h.name == name)
+                    .map(TextClassifier::Head)
+            })
     }
 
     /// Embeds texts through the micro-batcher (concurrent requests share batches).
@@ -99,14 +167,8 @@ async fn metadata(State(app): AppState, Path(name): Path<String>) -> Response {
         }))
         .into_response();
     }
-    if let Some(c) = app.classifiers.iter().find(|c| c.name == name) {
-        return Json(json!({
-            "name": c.name, "versions": ["1.0.0"], "platform": "zero-shot-embedding",
-            "inputs": [{"name": "text", "datatype": "BYTES", "shape": [-1]}],
-            "outputs": [{"name": "label", "datatype": "BYTES", "shape": [-1]}, {"name": "probabilities", "datatype": "FP32", "shape": [-1, c.labels().len()]}],
-            "parameters": {"labels": c.labels(), "embedding_model": e.name, "embedding_sha256": e.sha256},
-        }))
-        .into_response();
+    if let Some(c) = app.text_classifier(&name) {
+        return Json(c.metadata(e)).into_response();
     }
     kserve_error(
         StatusCode::NOT_FOUND,
@@ -226,7 +288,7 @@ async fn infer(
             "outputs": [{"name": "predict_proba", "datatype": "FP64", "shape": [rows.len(), 2], "data": data}]}))
         .into_response();
     }
-    let classifier = app.classifiers.iter().find(|c| c.name == name);
+    let classifier = app.text_classifier(&name);
     if name != app.embedding.name && classifier.is_none() {
         return kserve_error(StatusCode::NOT_FOUND, format!("model {name} not found"));
     }
@@ -252,13 +314,22 @@ async fn infer(
             .into_response()
         }
         Some(c) => {
-            let results: Vec<_> = embedded.iter().map(|(v, _)| c.classify(v)).collect();
+            let Some(results) = embedded
+                .iter()
+                .map(|(v, _)| c.classify(v))
+                .collect::<Option<Vec<_>>>()
+            else {
+                return kserve_error(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "classifier does not fit the embedding model",
+                );
+            };
             let labels: Vec<&str> = results.iter().map(|r| r.label.as_str()).collect();
             let probs: Vec<f32> = results
                 .iter()
                 .flat_map(|r| r.probabilities.iter().copied())
                 .collect();
-            Json(json!({"model_name": name, "model_version": "1.0.0", "id": id, "parameters": {"labels": c.labels()},
+            Json(json!({"model_name": name, "model_version": c.version(), "id": id, "parameters": {"labels": c.labels()},
                 "outputs": [
                     {"name": "label", "datatype": "BYTES", "shape": [n], "data": labels},
                     {"name": "probabilities", "datatype": "FP32", "shape": [n, c.labels().len()], "data": probs},

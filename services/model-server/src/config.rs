@@ -1,5 +1,6 @@
 //! model-server settings: defaults < `--config` file < `VERDICT__…` environment.
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
@@ -15,6 +16,9 @@ pub struct ModelServerSettings {
     pub embeddings: Embeddings,
     pub fraud: Fraud,
     pub classifiers: Vec<ClassifierSettings>,
+    /// Classification heads trained offline, by served name → head file
+    /// (`[heads] sentiment = "models/sentiment/head.json"`, or `VERDICT__HEADS__SENTIMENT=…`).
+    pub heads: BTreeMap<String, PathBuf>,
 }
 
 #[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
@@ -52,6 +56,7 @@ impl Default for ModelServerSettings {
             embeddings: Embeddings::default(),
             fraud: Fraud::default(),
             classifiers: default_classifiers(),
+            heads: BTreeMap::new(),
         }
     }
 }
@@ -117,6 +122,12 @@ impl Validate for ModelServerSettings {
             return bad(
                 "fraud.model_file",
                 format!("{} does not exist", self.fraud.model_file.display()),
+            );
+        }
+        if let Some((name, path)) = self.heads.iter().find(|(_, p)| !p.is_file()) {
+            return bad(
+                &format!("heads.{name}"),
+                format!("{} does not exist", path.display()),
             );
         }
         if let Some(c) = self.classifiers.iter().find(|c| c.labels.len() < 2) {

@@ -1,5 +1,5 @@
 //! verdict's model server: all-MiniLM-L6-v2 embeddings (candle), zero-shot text
-//! classifiers over them, and the fraud model, over KServe v2 and the
+//! classifiers and trained heads over them, and the fraud model, over KServe v2 and the
 //! OpenAI-compatible embeddings API.
 
 pub mod api;
@@ -12,6 +12,7 @@ use std::time::Duration;
 
 use verdict_runtime::inference::InferenceError;
 use verdict_runtime::inference::batcher::MicroBatcher;
+use verdict_runtime::inference::head::LinearHead;
 use verdict_runtime::models::LogisticModel;
 
 use crate::api::App;
@@ -29,6 +30,33 @@ pub fn load(settings: &ModelServerSettings) -> Result<Arc<App>, String> {
         .map(|c| classifier::build(c, &embedder))
         .collect::<Result<Vec<_>, _>>()
         .map_err(|e| e.to_string())?;
+    let heads = settings
+        .heads
+        .iter()
+        .map(|(name, path)| {
+            let head = LinearHead::load(path).map_err(|e| format!("heads.{name}: {e}"))?;
+            if head.name != *name {
+                return Err(format!(
+                    "heads.{name}: {} holds the head `{}`",
+                    path.display(),
+                    head.name
+                ));
+            }
+            if head.embedding_sha256 != embedder.info.sha256
+                || head.dimensions() != embedder.info.dimensions
+            {
+                return Err(format!(
+                    "heads.{name}: {} was trained on embeddings {} ({} dims), this server embeds with {} ({} dims)",
+                    path.display(),
+                    head.embedding_sha256,
+                    head.dimensions(),
+                    embedder.info.sha256,
+                    embedder.info.dimensions
+                ));
+            }
+            Ok(head)
+        })
+        .collect::<Result<Vec<_>, _>>()?;
     let fraud = LogisticModel::load(&settings.fraud.model_file).map_err(|e| e.to_string())?;
     let info = embedder.info.clone();
     let batcher = MicroBatcher::new(
@@ -49,6 +77,7 @@ pub fn load(settings: &ModelServerSettings) -> Result<Arc<App>, String> {
         embedding: info,
         batcher,
         classifiers,
+        heads,
         fraud_name: settings.fraud.name.clone(),
         fraud,
     }))

@@ -398,6 +398,10 @@ impl StackOpts {
                     .env(
                         "VERDICT__FRAUD__MODEL_FILE",
                         root.join("models/fraud/model.json"),
+                    )
+                    .env(
+                        "VERDICT__HEADS__SENTIMENT",
+                        root.join("models/sentiment/head.json"),
                     );
             } else {
                 cmd.env("VERDICT__KAFKA__BOOTSTRAP_SERVERS", self.bootstrap())
@@ -418,6 +422,10 @@ impl StackOpts {
                 cmd.env(
                     "VERDICT__SERVICE__EMBEDDINGS_URL",
                     self.service_url(model_server),
+                )
+                .env(
+                    "VERDICT__SERVICE__SENTIMENT_HEAD",
+                    root.join("models/sentiment/head.json"),
                 );
             }
             let child = spawn_logged(cmd, &self.log_file(c), true)?;

@@ -7,6 +7,7 @@
 pub mod batcher;
 pub mod cache;
 pub mod chain;
+pub mod head;
 pub mod kserve;
 pub mod openai;
 pub mod resilience;

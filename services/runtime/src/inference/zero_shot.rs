@@ -14,7 +14,8 @@ pub struct ClassifierSettings {
     pub temperature: f32,
 }
 
-/// The document classifiers verdict ships: category, urgency, sentiment.
+/// The zero-shot document classifiers verdict ships: category and urgency (sentiment is a
+/// trained head, `inference::head`).
 pub fn default_classifiers() -> Vec<ClassifierSettings> {
     let c = |name: &str, labels: &[(&str, &str)]| ClassifierSettings {
         name: name.into(),
@@ -65,14 +66,6 @@ pub fn default_classifiers() -> Vec<ClassifierSettings> {
                     "routine",
                     "A routine, non-urgent message that can be handled in the normal course of business.",
                 ),
-            ],
-        ),
-        c(
-            "sentiment",
-            &[
-                ("negative", "An angry, unhappy or negative message."),
-                ("neutral", "A neutral, factual message."),
-                ("positive", "A happy, grateful or positive message."),
             ],
         ),
     ]
