@@ -255,16 +255,20 @@ impl<I: Sync, O: Send> Guarded<I, O> {
             } else {
                 self.breaker.on_neutral();
             }
+            // A server that asks for a longer pause than our longest backoff is not waited
+            // for: the error goes up now, so the chain can fall back instead of stalling.
+            let max_wait = Duration::from_millis(self.settings.backoff_max_ms);
             if !error.retryable()
                 || attempt >= self.settings.max_retries
                 || self.breaker.state() == CircuitState::Open
+                || error.retry_after().is_some_and(|d| d > max_wait)
             {
                 return Err(error);
             }
             let wait = backoff(
                 attempt,
                 Duration::from_millis(self.settings.backoff_base_ms),
-                Duration::from_millis(self.settings.backoff_max_ms),
+                max_wait,
                 error.retry_after(),
             );
             tracing::debug!(model = %self.model(), attempt, ?wait, error = %error, "retrying");
