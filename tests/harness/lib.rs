@@ -438,3 +438,73 @@ pub fn model_server_env() -> Vec<(String, String)> {
         ),
     ]
 }
+
+/// A server nobody here wrote, run by one of the project's scripts
+/// (`bash scripts/NAME.sh ARGS…`), logged in its own temp dir, waited for on a health URL
+/// and killed by pid on drop. `spawn` again restarts it with the same dir.
+pub struct ScriptServer {
+    child: Option<Child>,
+    pub dir: tempfile::TempDir,
+    name: String,
+}
+
+impl ScriptServer {
+    pub fn new(name: &str) -> Self {
+        Self {
+            child: None,
+            dir: tempfile::tempdir().expect("tempdir"),
+            name: name.into(),
+        }
+    }
+
+    /// Starts `scripts/{name}.sh args…` and waits until `health` answers 2xx.
+    pub async fn spawn(&mut self, args: &[String], health: &str, timeout: Duration) {
+        let mut cmd = Command::new("bash");
+        cmd.arg(repo_root().join(format!("scripts/{}.sh", self.name)))
+            .args(args);
+        let child = spawn_logged(cmd, &self.log_path(), false)
+            .unwrap_or_else(|e| panic!("start {}: {e}", self.name));
+        self.child = Some(child);
+        let client = reqwest::Client::new();
+        let start = std::time::Instant::now();
+        loop {
+            if let Ok(r) = client.get(health).send().await
+                && r.status().is_success()
+            {
+                return;
+            }
+            if let Some(Ok(Some(status))) = self.child.as_mut().map(Child::try_wait) {
+                panic!("{} exited with {status}: {}", self.name, self.log());
+            }
+            assert!(
+                start.elapsed() < timeout,
+                "{} not ready: {}",
+                self.name,
+                self.log()
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    fn log_path(&self) -> PathBuf {
+        self.dir.path().join(format!("{}.log", self.name))
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.log_path()).unwrap_or_default()
+    }
+
+    /// SIGKILL by pid: the server vanishes mid-stream.
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+impl Drop for ScriptServer {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}

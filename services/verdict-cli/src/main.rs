@@ -306,11 +306,12 @@ async fn demo(
         &sent_docs,
         |v| {
             format!(
-                "{:<11} {} ({:.2}) {} pii={} {}: {}",
+                "{:<11} {} ({:.2}) {} {} pii={} {}: {}",
                 v["route"].as_str().unwrap_or("?"),
                 v["category"].as_str().unwrap_or("?"),
                 v["category_confidence"].as_f64().unwrap_or(f64::NAN),
                 v["urgency"].as_str().unwrap_or("?"),
+                v["sentiment"].as_str().unwrap_or("-"),
                 v["pii_found"],
                 v["model"]["name"].as_str().unwrap_or("?"),
                 v["redacted_text"]
