@@ -381,7 +381,13 @@ mod tests {
                 retry_after: Some(Duration::from_secs(2)),
             },
         );
-        let g = Guarded::new(p, settings());
+        let g = Guarded::new(
+            p,
+            ProviderSettings {
+                backoff_max_ms: 5_000,
+                ..settings()
+            },
+        );
         let start = Instant::now();
         assert!(g.call(&[1]).await.is_ok());
         assert!(
@@ -389,6 +395,26 @@ mod tests {
             "waited {:?}",
             start.elapsed()
         );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_retry_after_beyond_the_longest_backoff_is_not_waited_for() {
+        let (p, calls) = flaky(
+            1,
+            InferenceError::Http {
+                status: 503,
+                message: "maintenance".into(),
+                retry_after: Some(Duration::from_secs(2)),
+            },
+        );
+        let g = Guarded::new(p, settings());
+        let start = Instant::now();
+        assert!(matches!(
+            g.call(&[1]).await,
+            Err(InferenceError::Http { status: 503, .. })
+        ));
+        assert_eq!(calls.load(Ordering::SeqCst), 1);
+        assert_eq!(start.elapsed(), Duration::ZERO);
     }
 
     #[tokio::test(start_paused = true)]
