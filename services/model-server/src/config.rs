@@ -124,6 +124,16 @@ impl Validate for ModelServerSettings {
                 format!("{} does not exist", self.fraud.model_file.display()),
             );
         }
+        if let Some(name) = self.heads.keys().find(|n| {
+            **n == self.embeddings.name
+                || **n == self.fraud.name
+                || self.classifiers.iter().any(|c| c.name == **n)
+        }) {
+            return bad(
+                &format!("heads.{name}"),
+                "another served model already has this name".into(),
+            );
+        }
         if let Some((name, path)) = self.heads.iter().find(|(_, p)| !p.is_file()) {
             return bad(
                 &format!("heads.{name}"),
@@ -137,5 +147,46 @@ impl Validate for ModelServerSettings {
             );
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Settings whose files exist, in a temp dir.
+    fn valid(dir: &std::path::Path) -> ModelServerSettings {
+        let touch = |name: &str| {
+            let p = dir.join(name);
+            std::fs::write(&p, b"{}").expect("write");
+            p
+        };
+        touch("model.safetensors");
+        let mut s = ModelServerSettings::default();
+        s.embeddings.model_dir = dir.to_path_buf();
+        s.fraud.model_file = touch("fraud.json");
+        s.heads.insert("sentiment".into(), touch("head.json"));
+        s
+    }
+
+    fn key_of(s: &ModelServerSettings) -> Option<String> {
+        match s.validate() {
+            Err(SettingsError::Key { key, .. }) => Some(key),
+            _ => None,
+        }
+    }
+
+    #[test]
+    fn heads_must_exist_and_not_shadow_another_model() {
+        let dir = tempfile::tempdir().expect("dir");
+        let mut s = valid(dir.path());
+        assert!(s.validate().is_ok());
+        s.heads
+            .insert("missing".into(), dir.path().join("nope.json"));
+        assert_eq!(key_of(&s).as_deref(), Some("heads.missing"));
+        let mut s = valid(dir.path());
+        s.heads
+            .insert("urgency".into(), dir.path().join("head.json"));
+        assert_eq!(key_of(&s).as_deref(), Some("heads.urgency"));
     }
 }
