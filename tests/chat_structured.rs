@@ -5,7 +5,7 @@
 
 use std::time::Duration;
 
-use harness::{ScriptServer, free_port, run};
+use harness::{Http, ScriptServer, free_port, run};
 use serde_json::{Value, json};
 use verdict_runtime::inference::chain::Chain;
 use verdict_runtime::inference::openai::{ChatAnswer, OpenAiChat, StructuredOutput};
@@ -126,15 +126,14 @@ fn llama_server_answers_every_document_with_schema_conforming_json() {
         assert_eq!(Provider::model(&chat).provider, "openai-chat");
 
         // The same request shape, sent raw: the server itself constrained the content.
-        let raw: Value = reqwest::Client::new()
-            .post(format!("{url}/v1/chat/completions"))
-            .json(&triage(&url).request(&documents()[0]))
-            .send()
-            .await
-            .expect("request")
-            .json()
-            .await
-            .expect("json");
+        let reply = Http::json(&url)
+            .post(
+                "/v1/chat/completions",
+                triage(&url).request(&documents()[0]),
+            )
+            .await;
+        assert_eq!(reply.status, 200, "{}", reply.body);
+        let raw = reply.body;
         let content = raw["choices"][0]["message"]["content"]
             .as_str()
             .expect("content");

@@ -97,8 +97,7 @@ const PII: [&str; 4] = [
 fn documents_are_redacted_classified_and_decided() {
     run(300, async {
         let stack = Stack::start().await;
-        let dir = tempfile::tempdir().expect("dir");
-        let topology = apply_topology(&stack, dir.path(), None).await;
+        let topology = apply_topology(&stack, None).await;
         let mut ms = ServiceProcess::start("model-server", &harness::model_server_env());
         ms.wait_ready(Duration::from_secs(120)).await;
         let mut analyzer = ServiceProcess::start(
@@ -213,8 +212,7 @@ fn documents_are_redacted_classified_and_decided() {
 fn model_server_outage_degrades_to_rules_and_recovers() {
     run(300, async {
         let stack = Stack::start().await;
-        let dir = tempfile::tempdir().expect("dir");
-        let topology = apply_topology(&stack, dir.path(), None).await;
+        let topology = apply_topology(&stack, None).await;
         let port = free_port();
         let mut ms = ServiceProcess::start_on("model-server", &harness::model_server_env(), port);
         ms.wait_ready(Duration::from_secs(120)).await;

@@ -88,8 +88,7 @@ async fn decisions_for(stack: &Stack, want: &HashSet<String>, timeout: Duration)
 fn every_event_gets_a_decision_and_an_audit_in_key_order() {
     run(180, async {
         let stack = Stack::start().await;
-        let dir = tempfile::tempdir().expect("dir");
-        let topology = apply_topology(&stack, dir.path(), None).await;
+        let topology = apply_topology(&stack, None).await;
         let mut svc = ServiceProcess::start("fraud-detector", &service_env(&stack, &topology, &[]));
         svc.wait_ready(Duration::from_secs(30)).await;
 
@@ -188,8 +187,7 @@ fn every_event_gets_a_decision_and_an_audit_in_key_order() {
 fn poison_records_are_dead_lettered_and_the_partition_keeps_flowing() {
     run(180, async {
         let stack = Stack::start().await;
-        let dir = tempfile::tempdir().expect("dir");
-        let topology = apply_topology(&stack, dir.path(), None).await;
+        let topology = apply_topology(&stack, None).await;
         let mut svc = ServiceProcess::start("fraud-detector", &service_env(&stack, &topology, &[]));
         svc.wait_ready(Duration::from_secs(30)).await;
 
@@ -329,8 +327,7 @@ fn poison_records_are_dead_lettered_and_the_partition_keeps_flowing() {
 fn retryable_failures_go_through_the_retry_topic() {
     run(180, async {
         let stack = Stack::start().await;
-        let dir = tempfile::tempdir().expect("dir");
-        let topology = apply_topology(&stack, dir.path(), Some((300, 600))).await;
+        let topology = apply_topology(&stack, Some((300, 600))).await;
         // Every record fails once, then succeeds from transactions.retry.1.
         let mut svc = ServiceProcess::start(
             "fraud-detector",
@@ -411,8 +408,7 @@ fn retryable_failures_go_through_the_retry_topic() {
 fn kill_9_mid_stream_loses_nothing() {
     run(240, async {
         let stack = Stack::start().await;
-        let dir = tempfile::tempdir().expect("dir");
-        let topology = apply_topology(&stack, dir.path(), None).await;
+        let topology = apply_topology(&stack, None).await;
         let env = service_env(&stack, &topology, &[]);
         let mut svc = ServiceProcess::start("fraud-detector", &env);
         svc.wait_ready(Duration::from_secs(30)).await;
@@ -453,8 +449,7 @@ fn kill_9_mid_stream_loses_nothing() {
 fn two_instances_split_partitions_and_hand_over() {
     run(240, async {
         let stack = Stack::start().await;
-        let dir = tempfile::tempdir().expect("dir");
-        let topology = apply_topology(&stack, dir.path(), None).await;
+        let topology = apply_topology(&stack, None).await;
         let env = service_env(&stack, &topology, &[]);
         // Both join a fresh group, so the first assignment spreads every topic's
         // partitions over both. (A member that joins later takes partitions from the
@@ -533,8 +528,7 @@ fn two_instances_split_partitions_and_hand_over() {
 fn dead_letter_guard_holds_a_poison_flood_and_says_so() {
     run(180, async {
         let stack = Stack::start().await;
-        let dir = tempfile::tempdir().expect("dir");
-        let topology = apply_topology(&stack, dir.path(), None).await;
+        let topology = apply_topology(&stack, None).await;
         let mut svc = ServiceProcess::start(
             "fraud-detector",
             &service_env(
@@ -604,8 +598,7 @@ fn dead_letter_guard_holds_a_poison_flood_and_says_so() {
 fn trace_context_travels_from_input_to_outputs() {
     run(120, async {
         let stack = Stack::start().await;
-        let dir = tempfile::tempdir().expect("dir");
-        let topology = apply_topology(&stack, dir.path(), None).await;
+        let topology = apply_topology(&stack, None).await;
         let mut svc = ServiceProcess::start("fraud-detector", &service_env(&stack, &topology, &[]));
         svc.wait_ready(Duration::from_secs(30)).await;
         // Take the bytes of a real event and send them again with a traceparent.

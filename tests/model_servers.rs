@@ -4,7 +4,7 @@
 use std::process::Command;
 use std::time::Duration;
 
-use harness::{ScriptServer, free_port, repo_root, run};
+use harness::{Http, ScriptServer, free_port, repo_root, run};
 use verdict_runtime::inference::chain::Chain;
 use verdict_runtime::inference::kserve::KServeClient;
 use verdict_runtime::inference::resilience::{CircuitState, Guarded, ProviderSettings};
@@ -190,16 +190,15 @@ fn embeddings_match_an_independent_numpy_reference() {
             long,
         ];
         let url = format!("http://127.0.0.1:{}", ms.http_port);
-        let client = reqwest::Client::new();
-        let resp: serde_json::Value = client
-            .post(format!("{url}/v1/embeddings"))
-            .json(&serde_json::json!({"model": "all-minilm-l6-v2", "input": sentences}))
-            .send()
-            .await
-            .expect("request")
-            .json()
-            .await
-            .expect("json");
+        let http = Http::json(&url);
+        let reply = http
+            .post(
+                "/v1/embeddings",
+                serde_json::json!({"model": "all-minilm-l6-v2", "input": sentences}),
+            )
+            .await;
+        assert_eq!(reply.status, 200, "{}", reply.body);
+        let resp = reply.body;
         let ours: Vec<Vec<f64>> = resp["data"]
             .as_array()
             .expect("data")
@@ -275,15 +274,13 @@ fn embeddings_match_an_independent_numpy_reference() {
         );
 
         // The same model over KServe v2 gives the same vectors.
-        let v2: serde_json::Value = client
-            .post(format!("{url}/v2/models/all-minilm-l6-v2/infer"))
-            .json(&serde_json::json!({"inputs": [{"name": "text", "shape": [1], "datatype": "BYTES", "data": [sentences[0]]}]}))
-            .send()
+        let v2 = http
+            .post(
+                "/v2/models/all-minilm-l6-v2/infer",
+                serde_json::json!({"inputs": [{"name": "text", "shape": [1], "datatype": "BYTES", "data": [sentences[0]]}]}),
+            )
             .await
-            .expect("request")
-            .json()
-            .await
-            .expect("json");
+            .body;
         let first: Vec<f64> = v2["outputs"][0]["data"]
             .as_array()
             .expect("data")
@@ -312,16 +309,15 @@ fn sentiment_head_reproduces_scikit_learn_on_held_out_snippets() {
         let rows = holdout["rows"].as_array().expect("rows");
         assert_eq!(rows.len(), 100);
         let texts: Vec<&str> = rows.iter().filter_map(|r| r["text"].as_str()).collect();
-        let http = reqwest::Client::new();
-        let resp: serde_json::Value = http
-            .post(format!("{url}/v2/models/sentiment/infer"))
-            .json(&serde_json::json!({"inputs": [{"name": "text", "shape": [texts.len()], "datatype": "BYTES", "data": texts}]}))
-            .send()
-            .await
-            .expect("request")
-            .json()
-            .await
-            .expect("json");
+        let http = Http::json(&url);
+        let reply = http
+            .post(
+                "/v2/models/sentiment/infer",
+                serde_json::json!({"inputs": [{"name": "text", "shape": [texts.len()], "datatype": "BYTES", "data": texts}]}),
+            )
+            .await;
+        assert_eq!(reply.status, 200, "{}", reply.body);
+        let resp = reply.body;
         assert_eq!(resp["model_version"], "1.0.0");
         let labels = resp["outputs"][0]["data"].as_array().expect("labels");
         let probs: Vec<f64> = resp["outputs"][1]["data"]
@@ -355,14 +351,7 @@ fn sentiment_head_reproduces_scikit_learn_on_held_out_snippets() {
             "{agree}/100 agree with the labels"
         );
 
-        let meta: serde_json::Value = http
-            .get(format!("{url}/v2/models/sentiment"))
-            .send()
-            .await
-            .expect("meta")
-            .json()
-            .await
-            .expect("json");
+        let meta = http.get("/v2/models/sentiment").await.body;
         let head = std::fs::read(repo_root().join("models/sentiment/head.json")).expect("head");
         assert_eq!(meta["platform"], "verdict-logistic-head");
         assert_eq!(
@@ -390,15 +379,8 @@ fn model_server_serves_the_fraud_model_and_names_bad_requests() {
         for (input, out) in inputs.iter().zip(&served) {
             assert!((model.score(input).probability - out[1]).abs() < 1e-12);
         }
-        let http = reqwest::Client::new();
-        let meta: serde_json::Value = http
-            .get(format!("{url}/v2/models/fraud"))
-            .send()
-            .await
-            .expect("meta")
-            .json()
-            .await
-            .expect("json");
+        let http = Http::json(&url);
+        let meta = http.get("/v2/models/fraud").await.body;
         assert_eq!(
             meta["parameters"]["sha256"].as_str(),
             Some(model.sha256.as_str()),
@@ -437,14 +419,9 @@ fn model_server_serves_the_fraud_model_and_names_bad_requests() {
             ),
         ];
         for (path, body, status, needle) in cases {
-            let r = http
-                .post(format!("{url}{path}"))
-                .json(&body)
-                .send()
-                .await
-                .expect("request");
-            assert_eq!(r.status().as_u16(), status, "{path} {body}");
-            let text = r.text().await.expect("body");
+            let r = http.post(path, body.clone()).await;
+            assert_eq!(r.status, status, "{path} {body}");
+            let text = r.body.to_string();
             assert!(text.contains(needle), "{path}: {text}");
         }
     });

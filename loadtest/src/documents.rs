@@ -99,8 +99,7 @@ pub async fn run(args: DocArgs) {
 
     // 2. the document pipeline on the same texts (new ids, distinct text per document).
     let stack = Stack::start().await;
-    let dir = tempfile::tempdir().expect("dir");
-    let topology = apply_topology(&stack, dir.path(), None).await;
+    let topology = apply_topology(&stack, None).await;
     let env = vec![
         (
             "VERDICT__KAFKA__BOOTSTRAP_SERVERS".to_string(),

@@ -449,8 +449,7 @@ async fn fraud(args: Args) {
     );
     let stack = Stack::start().await;
     let kafka = stack.broker.kafka();
-    let dir = tempfile::tempdir().expect("dir");
-    let topology = apply_topology(&stack, dir.path(), None).await;
+    let topology = apply_topology(&stack, None).await;
     let topics: Vec<TopicSpec> = std::iter::once(CEILING_IN)
         .chain(CEILING_OUT)
         .map(|name| TopicSpec {

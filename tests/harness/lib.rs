@@ -190,10 +190,12 @@ impl Stack {
     }
 }
 
-/// A minimal JSON client for the registry API that keeps status codes.
+/// A minimal JSON client that keeps status codes: the registry API (`Http::new`, Confluent's
+/// content type) and the model servers (`Http::json`, `application/json`).
 pub struct Http {
     base: String,
     client: reqwest::Client,
+    content_type: &'static str,
 }
 
 pub struct Reply {
@@ -207,6 +209,14 @@ impl Http {
         Self {
             base: base.into(),
             client: reqwest::Client::new(),
+            content_type: "application/vnd.schemaregistry.v1+json",
+        }
+    }
+
+    pub fn json(base: impl Into<String>) -> Self {
+        Self {
+            content_type: "application/json",
+            ..Self::new(base)
         }
     }
 
@@ -216,9 +226,7 @@ impl Http {
             .client
             .request(method, format!("{}{}", self.base, path));
         if let Some(b) = body {
-            req = req
-                .header("Content-Type", "application/vnd.schemaregistry.v1+json")
-                .body(b);
+            req = req.header("Content-Type", self.content_type).body(b);
         }
         let resp = req.send().await.expect("request");
         let status = resp.status().as_u16();
@@ -376,13 +384,25 @@ impl Drop for ServiceProcess {
 
 pub use verdict_cli::records::{Record, read_topic};
 
-/// Creates the repository's topology on `stack` (topics and schemas); returns the
-/// topology file used. `delays` rewrites retry delays (ms) for quick tests.
-pub async fn apply_topology(
-    stack: &Stack,
-    dir: &std::path::Path,
-    delays: Option<(u64, u64)>,
-) -> PathBuf {
+/// `topology/topology.toml` (with `schemas/` beside it) copied into its own temp dir and
+/// applied; derefs to the file's path, which lives as long as this value.
+pub struct Topology {
+    file: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl std::ops::Deref for Topology {
+    type Target = std::path::Path;
+    fn deref(&self) -> &std::path::Path {
+        &self.file
+    }
+}
+
+/// Creates the repository's topology on `stack` (topics and schemas). `delays` rewrites
+/// retry delays (ms) for quick tests.
+pub async fn apply_topology(stack: &Stack, delays: Option<(u64, u64)>) -> Topology {
+    let tmp = tempfile::tempdir().expect("dir");
+    let dir = tmp.path();
     let mut text =
         std::fs::read_to_string(repo_root().join("topology/topology.toml")).expect("topology");
     if let Some((first, second)) = delays {
@@ -403,7 +423,7 @@ pub async fn apply_topology(
     verdict_cli::topology_cmd::apply(&file, Some(&schemas), &stack.broker.kafka(), &registry)
         .await
         .expect("apply topology");
-    file
+    Topology { file, _dir: tmp }
 }
 
 /// Environment for a `model-server` process: the all-MiniLM-L6-v2 model directory

@@ -61,17 +61,14 @@ impl TextClassifier<'_> {
     }
 
     fn metadata(&self, e: &ModelInfo) -> Value {
-        let (name, platform, extra) = match self {
-            Self::ZeroShot(z) => (&z.name, "zero-shot-embedding", json!({})),
-            Self::Head(h) => (
-                &h.name,
-                "verdict-logistic-head",
-                json!({"sha256": h.sha256, "trained_on": h.embedding_model}),
-            ),
+        let (name, platform) = match self {
+            Self::ZeroShot(z) => (&z.name, "zero-shot-embedding"),
+            Self::Head(h) => (&h.name, "verdict-logistic-head"),
         };
         let mut parameters = json!({"labels": self.labels(), "embedding_model": e.name, "embedding_sha256": e.sha256});
-        if let (Some(p), Value::Object(extra)) = (parameters.as_object_mut(), extra) {
-            p.extend(extra);
+        if let Self::Head(h) = self {
+            parameters["sha256"] = json!(h.sha256);
+            parameters["trained_on"] = json!(h.embedding_model);
         }
         json!({
             "name": name, "versions": [self.version()], "platform": platform,

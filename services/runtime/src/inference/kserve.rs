@@ -38,10 +38,7 @@ impl KServeClient {
         version: &str,
         output_name: &str,
     ) -> Result<Self, InferenceError> {
-        let http = reqwest::Client::builder()
-            .pool_max_idle_per_host(16)
-            .build()
-            .map_err(|e| InferenceError::Unreachable(e.to_string()))?;
+        let http = super::http_client()?;
         Ok(Self {
             base: base.trim_end_matches('/').to_string(),
             model: ModelId::new("kserve", name, version),

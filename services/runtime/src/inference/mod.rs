@@ -130,6 +130,15 @@ where
     }
 }
 
+/// The HTTP client every model-server adapter uses (connection reuse, at most 16 idle
+/// connections per host).
+pub(crate) fn http_client() -> Result<reqwest::Client, InferenceError> {
+    reqwest::Client::builder()
+        .pool_max_idle_per_host(16)
+        .build()
+        .map_err(|e| InferenceError::Unreachable(e.to_string()))
+}
+
 /// Parses an HTTP `Retry-After` value: delay-seconds or an HTTP-date (RFC 9110 §10.2.3);
 /// a date in the past means "now".
 pub fn parse_retry_after(value: Option<&str>) -> Option<Duration> {

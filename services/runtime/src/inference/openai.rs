@@ -5,14 +5,8 @@
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use super::{BoxFuture, InferenceError, ModelId, Provider, http_error};
+use super::{BoxFuture, InferenceError, ModelId, Provider, http_client, http_error};
 use crate::settings::Secret;
-
-fn client() -> Result<reqwest::Client, InferenceError> {
-    reqwest::Client::builder()
-        .build()
-        .map_err(|e| InferenceError::Unreachable(e.to_string()))
-}
 
 /// POSTs `body` to `{base}{path}` with the bearer key and decodes a 2xx JSON answer.
 async fn post_json<T: serde::de::DeserializeOwned>(
@@ -67,7 +61,7 @@ impl OpenAiEmbeddings {
             base: base.trim_end_matches('/').to_string(),
             model: ModelId::new("openai", model, version),
             api_key,
-            http: client()?,
+            http: http_client()?,
         })
     }
 
@@ -174,7 +168,7 @@ impl OpenAiChat {
             base: base.trim_end_matches('/').to_string(),
             model: ModelId::new("openai-chat", model, version),
             api_key,
-            http: client()?,
+            http: http_client()?,
             output,
             validator,
         })
@@ -199,8 +193,8 @@ impl OpenAiChat {
     }
 
     /// Checks one chat answer: complete, not refused, JSON, and matching the schema.
-    pub fn answer(&self, body: &Value) -> Result<ChatAnswer, InferenceError> {
-        let parsed: ChatResponse = serde_json::from_value(body.clone())
+    pub fn answer(&self, body: Value) -> Result<ChatAnswer, InferenceError> {
+        let parsed: ChatResponse = serde_json::from_value(body)
             .map_err(|e| InferenceError::Protocol(format!("not a chat completion: {e}")))?;
         let choice = parsed
             .choices
@@ -248,7 +242,7 @@ impl OpenAiChat {
             &self.request(text),
         )
         .await?;
-        self.answer(&body)
+        self.answer(body)
     }
 }
 
@@ -316,7 +310,7 @@ mod tests {
     fn only_complete_schema_conforming_json_is_an_answer() {
         let c = chat();
         let ok = c
-            .answer(&completion(r#"{"label":"a"}"#, "stop"))
+            .answer(completion(r#"{"label":"a"}"#, "stop"))
             .expect("valid");
         assert_eq!(
             ok,
@@ -337,7 +331,7 @@ mod tests {
             (json!({"choices": []}), "no choices"),
         ];
         for (body, needle) in cases {
-            let err = c.answer(&body).expect_err("refused");
+            let err = c.answer(body).expect_err("refused");
             assert!(
                 matches!(&err, InferenceError::Protocol(m) if m.contains(needle)),
                 "{needle}: {err}"
@@ -345,7 +339,7 @@ mod tests {
         }
         let refused = json!({"choices": [{"message": {"content": null, "refusal": "no"}, "finish_reason": "stop"}]});
         assert!(matches!(
-            c.answer(&refused),
+            c.answer(refused),
             Err(InferenceError::Rejected(_))
         ));
     }
