@@ -11,6 +11,7 @@ use std::process::ExitCode;
 
 use document_analyzer::config::DocumentSettings;
 use document_analyzer::pipeline::{DocumentAnalyzer, SERVICE};
+use verdict_runtime::engine::DecisionTopics;
 use verdict_runtime::service;
 
 #[tokio::main]
@@ -20,7 +21,8 @@ async fn main() -> ExitCode {
         Err(code) => return code,
     };
     service::run(SERVICE, settings, |ctx| {
-        DocumentAnalyzer::new(ctx.settings.service.clone(), ctx.metrics)
+        let topics = DecisionTopics::from_route(ctx.route)?;
+        DocumentAnalyzer::new(ctx.settings.service.clone(), ctx.metrics, topics)
     })
     .await
 }

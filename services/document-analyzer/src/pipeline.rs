@@ -10,7 +10,7 @@ use serde::Deserialize;
 use serde_json::{Value as Json, json};
 use tokio::sync::OnceCell;
 use verdict_runtime::avro::untyped;
-use verdict_runtime::engine::{Incoming, Outgoing, Processor};
+use verdict_runtime::engine::{DecisionTopics, Incoming, Outgoing, Processor};
 use verdict_runtime::error::ProcessError;
 use verdict_runtime::inference::batcher::MicroBatcher;
 use verdict_runtime::inference::cache::{Coalescer, ResponseCache, cache_key};
@@ -140,10 +140,15 @@ pub struct DocumentAnalyzer {
     /// Sentiment: a head trained offline, evaluated in-process on the embedding.
     sentiment: LinearHead,
     review_schema: ValueSchema,
+    topics: DecisionTopics,
 }
 
 impl DocumentAnalyzer {
-    pub fn new(settings: DocumentSettings, metrics: Arc<Metrics>) -> Result<Self, String> {
+    pub fn new(
+        settings: DocumentSettings,
+        metrics: Arc<Metrics>,
+        topics: DecisionTopics,
+    ) -> Result<Self, String> {
         let client = OpenAiEmbeddings::new(
             &settings.embeddings_url,
             &settings.embeddings_model,
@@ -188,6 +193,7 @@ impl DocumentAnalyzer {
                 fullname: "dev.verdict.v1.DocumentDecision".into(),
                 schema: DECISION_SCHEMA.into(),
             },
+            topics,
         })
     }
 
@@ -355,13 +361,13 @@ impl Processor for DocumentAnalyzer {
         let key = Some(doc.document_id.clone());
         let mut out = vec![
             Outgoing {
-                topic: "document-decisions".into(),
+                topic: self.topics.decisions.clone(),
                 key: key.clone(),
                 value: untyped(&decision),
                 schema: ValueSchema::TopicLatest,
             },
             Outgoing {
-                topic: "audit".into(),
+                topic: self.topics.audit.clone(),
                 key: key.clone(),
                 value: untyped(&audit),
                 schema: ValueSchema::TopicLatest,
@@ -369,7 +375,7 @@ impl Processor for DocumentAnalyzer {
         ];
         if route == "REVIEW" {
             out.push(Outgoing {
-                topic: "review".into(),
+                topic: self.topics.review.clone(),
                 key,
                 value: untyped(&decision),
                 schema: self.review_schema.clone(),

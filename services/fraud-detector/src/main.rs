@@ -9,6 +9,7 @@ use std::process::ExitCode;
 
 use fraud_detector::config::FraudSettings;
 use fraud_detector::pipeline::{FraudDetector, SERVICE};
+use verdict_runtime::engine::DecisionTopics;
 use verdict_runtime::models::LogisticModel;
 use verdict_runtime::service;
 
@@ -21,7 +22,8 @@ async fn main() -> ExitCode {
     service::run(SERVICE, settings, |ctx| {
         let model = LogisticModel::load(&ctx.settings.service.model_file).map_err(|e| e.to_string())?;
         tracing::info!(model = %model.name, version = %model.version, sha256 = %model.sha256, "model loaded");
-        Ok(FraudDetector::new(model, ctx.settings.service.clone(), ctx.metrics))
+        let topics = DecisionTopics::from_route(ctx.route)?;
+        Ok(FraudDetector::new(model, ctx.settings.service.clone(), ctx.metrics, topics))
     })
     .await
 }

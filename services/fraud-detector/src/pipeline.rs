@@ -9,7 +9,7 @@ use std::time::Instant;
 use serde::Deserialize;
 use serde_json::{Value as Json, json};
 use verdict_runtime::avro::untyped;
-use verdict_runtime::engine::{Incoming, Outgoing, Processor};
+use verdict_runtime::engine::{DecisionTopics, Incoming, Outgoing, Processor};
 use verdict_runtime::error::ProcessError;
 use verdict_runtime::metrics::{Metrics, StageTimings};
 use verdict_runtime::models::{LogisticModel, ModelInput, Scored, sha256_hex};
@@ -20,9 +20,6 @@ use crate::config::FraudSettings;
 use crate::rules::Velocity;
 
 pub const SERVICE: &str = "fraud-detector";
-const DECISIONS: &str = "fraud-decisions";
-const AUDIT: &str = "audit";
-const REVIEW: &str = "review";
 const DECISION_SCHEMA: &str = include_str!("../../../schemas/fraud_decision.avsc");
 
 /// A transaction event as the service reads it (TransactionEvent, any
@@ -76,6 +73,7 @@ pub struct FraudDetector {
     settings: FraudSettings,
     metrics: Arc<Metrics>,
     review_schema: ValueSchema,
+    topics: DecisionTopics,
     seen: AtomicU64,
 }
 
@@ -149,8 +147,14 @@ pub fn features(tx: &Transaction) -> ModelInput {
 }
 
 impl FraudDetector {
-    pub fn new(model: LogisticModel, settings: FraudSettings, metrics: Arc<Metrics>) -> Self {
+    pub fn new(
+        model: LogisticModel,
+        settings: FraudSettings,
+        metrics: Arc<Metrics>,
+        topics: DecisionTopics,
+    ) -> Self {
         Self {
+            topics,
             velocity: Velocity::new(settings.velocity_window_ms, settings.velocity_max),
             model,
             settings,
@@ -296,13 +300,13 @@ impl Processor for FraudDetector {
         let key = Some(tx.account_id.clone());
         let mut outputs = vec![
             Outgoing {
-                topic: DECISIONS.into(),
+                topic: self.topics.decisions.clone(),
                 key: key.clone(),
                 value: untyped(&decision_json),
                 schema: ValueSchema::TopicLatest,
             },
             Outgoing {
-                topic: AUDIT.into(),
+                topic: self.topics.audit.clone(),
                 key: key.clone(),
                 value: untyped(&audit),
                 schema: ValueSchema::TopicLatest,
@@ -310,7 +314,7 @@ impl Processor for FraudDetector {
         ];
         if decision.outcome == Outcome::Review || decision.low_confidence {
             outputs.push(Outgoing {
-                topic: REVIEW.into(),
+                topic: self.topics.review.clone(),
                 key,
                 value: untyped(&decision_json),
                 schema: self.review_schema.clone(),
@@ -327,7 +331,17 @@ mod tests {
     fn detector() -> FraudDetector {
         let repo = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
         let model = LogisticModel::load(&repo.join("models/fraud/model.json")).expect("model");
-        FraudDetector::new(model, FraudSettings::default(), Metrics::new("test"))
+        let topics = DecisionTopics {
+            decisions: "d".into(),
+            audit: "a".into(),
+            review: "r".into(),
+        };
+        FraudDetector::new(
+            model,
+            FraudSettings::default(),
+            Metrics::new("test"),
+            topics,
+        )
     }
 
     fn tx(amount: f64, history: &str) -> Json {

@@ -379,6 +379,8 @@ pub struct Route {
     pub input: String,
     pub retry: Vec<RetryStep>,
     pub dead_letter_topic: String,
+    /// Role → topic, from the topology.
+    pub outputs: std::collections::BTreeMap<String, String>,
 }
 
 impl From<&Service> for Route {
@@ -389,7 +391,39 @@ impl From<&Service> for Route {
             input: s.input.clone(),
             retry: s.retry.clone(),
             dead_letter_topic: s.dead_letter_topic.clone(),
+            outputs: s.outputs.clone(),
         }
+    }
+}
+
+impl Route {
+    /// The topic the topology gives this service for `role`; an error naming the key otherwise.
+    pub fn output(&self, role: &str) -> Result<String, String> {
+        self.outputs.get(role).cloned().ok_or_else(|| {
+            format!(
+                "topology: [services.{}].outputs has no `{role}` (it lists: {})",
+                self.service,
+                self.outputs.keys().cloned().collect::<Vec<_>>().join(", ")
+            )
+        })
+    }
+}
+
+/// The topics a decision service writes, by role: `decisions`, `audit` and `review`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DecisionTopics {
+    pub decisions: String,
+    pub audit: String,
+    pub review: String,
+}
+
+impl DecisionTopics {
+    pub fn from_route(route: &Route) -> Result<Self, String> {
+        Ok(Self {
+            decisions: route.output("decisions")?,
+            audit: route.output("audit")?,
+            review: route.output("review")?,
+        })
     }
 }
 

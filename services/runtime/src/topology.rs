@@ -89,8 +89,9 @@ struct RawTopic {
 struct RawService {
     input: Spanned<String>,
     consumer_group: Spanned<String>,
+    /// Role → topic: what the service writes, under the names its code asks for.
     #[serde(default)]
-    outputs: Vec<Spanned<String>>,
+    outputs: BTreeMap<String, Spanned<String>>,
     #[serde(default)]
     retry: Vec<Spanned<RawRetry>>,
     dead_letter_topic: Spanned<String>,
@@ -124,7 +125,9 @@ pub struct Service {
     pub name: String,
     pub input: String,
     pub consumer_group: String,
-    pub outputs: Vec<String>,
+    /// Role (`decisions`, `audit`, …) → topic. A service asks for its outputs by role, so
+    /// topic names live only here.
+    pub outputs: BTreeMap<String, String>,
     pub retry: Vec<RetryStep>,
     pub dead_letter_topic: String,
     pub stages: Vec<String>,
@@ -268,11 +271,11 @@ impl Topology {
             let key = format!("services.{name}");
             let s_ref = s.get_ref();
             v.known_topic(&raw, &format!("{key}.input"), &s_ref.input);
-            for (i, o) in s_ref.outputs.iter().enumerate() {
-                v.known_topic(&raw, &format!("{key}.outputs[{i}]"), o);
+            for (role, o) in &s_ref.outputs {
+                v.known_topic(&raw, &format!("{key}.outputs.{role}"), o);
                 if o.get_ref() == s_ref.input.get_ref() {
                     v.push(
-                        &format!("{key}.outputs[{i}]"),
+                        &format!("{key}.outputs.{role}"),
                         o.span(),
                         "a service must not write to its own input topic",
                     );
@@ -336,7 +339,11 @@ impl Topology {
                     name: name.clone(),
                     input: s_ref.input.get_ref().clone(),
                     consumer_group: group.clone(),
-                    outputs: s_ref.outputs.iter().map(|o| o.get_ref().clone()).collect(),
+                    outputs: s_ref
+                        .outputs
+                        .iter()
+                        .map(|(role, o)| (role.clone(), o.get_ref().clone()))
+                        .collect(),
                     retry,
                     dead_letter_topic: s_ref.dead_letter_topic.get_ref().clone(),
                     stages: s_ref.stages.get_ref().clone(),
@@ -468,7 +475,7 @@ cleanup_policy = "compact"
 [services.svc]
 input = "in"
 consumer_group = "g"
-outputs = ["out"]
+outputs = { decisions = "out" }
 retry = [{ topic = "in.retry.1", delay_ms = 500 }]
 dead_letter_topic = "in.dlq"
 stages = ["a", "b"]
@@ -499,7 +506,7 @@ stages = ["a", "b"]
         let dir = schemas();
         let bad = GOOD
             .replace("partitions = 1\n", "partitions = 0\n")
-            .replace("outputs = [\"out\"]", "outputs = [\"nowhere\"]")
+            .replace("decisions = \"out\"", "decisions = \"nowhere\"")
             .replace("\"compact\"", "\"shred\"")
             .replace("ok.avsc", "bad.avsc");
         let issues = Topology::parse(&bad, dir.path()).expect_err("invalid");
@@ -512,7 +519,7 @@ stages = ["a", "b"]
         };
         assert_eq!(find("topics.in.dlq.partitions").line, 11);
         assert_eq!(find("topics.in.dlq.cleanup_policy").line, 12);
-        assert_eq!(find("services.svc.outputs[0]").line, 17);
+        assert_eq!(find("services.svc.outputs.decisions").line, 17);
         assert_eq!(find("topics.in.value_schema").line, 6);
         assert_eq!(issues.len(), 4, "{text:?}");
     }
