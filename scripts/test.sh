@@ -1,15 +1,20 @@
 #!/usr/bin/env bash
-# Runs every test: installs what is missing, builds the binaries the tests start,
-# then unit and integration tests (each integration test starts its own broker).
+# Runs every test: installs what is missing (the main job's needs plus the test-only servers),
+# builds the binaries the tests start, lints, then unit and integration tests. The integration
+# tests share one Apache Kafka broker, started by the first test that needs it and stopped when
+# the test run ends (tests/harness); tests that kill the broker start their own.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export PATH="$HOME/.cargo/bin:$PATH"
+began=$SECONDS
 
-bash scripts/install.sh
+bash scripts/install.sh --tests
 echo; echo "==> build"
 cargo build --workspace --bins --tests --locked
 echo; echo "==> lint"
 cargo fmt --all --check
 cargo clippy --workspace --all-targets --locked -- -D warnings
 echo; echo "==> tests"
+tests_began=$SECONDS
 cargo nextest run --workspace --locked --no-fail-fast
+echo; echo "scripts/test.sh: tests ran in $((SECONDS - tests_began)) s, everything in $((SECONDS - began)) s"

@@ -109,3 +109,18 @@ fn compose_validates_the_file() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+#[test]
+fn compose_runs_the_kafka_version_of_the_local_stack() {
+    let text =
+        std::fs::read_to_string(repo_root().join("docker-compose.yml")).expect("compose file");
+    let doc: Value = serde_yaml::from_str(&text).expect("valid YAML");
+    let image = doc["services"]["kafka"]["image"]
+        .as_str()
+        .expect("kafka image");
+    assert_eq!(
+        image,
+        format!("apache/kafka:{}", verdict_cli::broker::kafka_version()),
+        "docker-compose.yml and scripts/kafka/pom.xml name the same Kafka"
+    );
+}

@@ -4,7 +4,9 @@
 use std::collections::HashSet;
 use std::time::Duration;
 
-use harness::{Record, ServiceProcess, Stack, apply_topology, free_port, read_topic, run};
+use harness::{
+    Record, ServiceProcess, Stack, Topology, apply_topology, free_port, read_topic, run,
+};
 use serde_json::{Value, json};
 use verdict_cli::records::AvroProducer;
 
@@ -42,17 +44,14 @@ fn document(id: &str, text: &str) -> Value {
            "size_bytes": text.len(), "language": null})
 }
 
-async fn send(stack: &Stack, docs: &[Value]) -> HashSet<String> {
+async fn send(stack: &Stack, topology: &Topology, docs: &[Value]) -> HashSet<String> {
+    let uploads = topology.topic("document-uploads");
     let producer =
         AvroProducer::new(&stack.broker.kafka(), &stack.registry_url()).expect("producer");
     let mut ids = HashSet::new();
     for d in docs {
         producer
-            .send(
-                "document-uploads",
-                d["document_id"].as_str().expect("id"),
-                d,
-            )
+            .send(&uploads, d["document_id"].as_str().expect("id"), d)
             .await
             .expect("send");
         ids.insert(d["event_id"].as_str().expect("event id").to_string());
@@ -60,12 +59,12 @@ async fn send(stack: &Stack, docs: &[Value]) -> HashSet<String> {
     ids
 }
 
-async fn decisions(stack: &Stack, want: &HashSet<String>) -> Vec<Record> {
+async fn decisions(stack: &Stack, topology: &Topology, want: &HashSet<String>) -> Vec<Record> {
     let ids = want.clone();
     read_topic(
         &stack.broker.kafka(),
         &stack.registry_url(),
-        "document-decisions",
+        &topology.topic("document-decisions"),
         Duration::from_secs(90),
         move |rs| {
             let seen: HashSet<String> = rs
@@ -122,8 +121,8 @@ fn documents_are_redacted_classified_and_decided() {
                 "Curriculum vitae: ten years of experience as a software engineer, education in computer science, skills in Rust and Kafka.",
             ),
         ];
-        let want = send(&stack, &docs).await;
-        let got = decisions(&stack, &want).await;
+        let want = send(&stack, &topology, &docs).await;
+        let got = decisions(&stack, &topology, &want).await;
         assert_eq!(got.len(), 4, "{}", analyzer.log());
         let by_doc = |id: &str| {
             got.iter()
@@ -174,8 +173,8 @@ fn documents_are_redacted_classified_and_decided() {
         );
 
         // The same document again: its embedding comes from the cache.
-        let again = send(&stack, &[document("doc-invoice-2", invoice)]).await;
-        let second = decisions(&stack, &again).await;
+        let again = send(&stack, &topology, &[document("doc-invoice-2", invoice)]).await;
+        let second = decisions(&stack, &topology, &again).await;
         assert_eq!(second[0].value.as_ref().expect("v")["cached"], true);
 
         // No output topic carries the personal data.
@@ -183,7 +182,7 @@ fn documents_are_redacted_classified_and_decided() {
             let records = read_topic(
                 &stack.broker.kafka(),
                 &stack.registry_url(),
-                topic,
+                &topology.topic(topic),
                 Duration::from_secs(5),
                 |_| false,
             )
@@ -199,7 +198,7 @@ fn documents_are_redacted_classified_and_decided() {
         let dlq = read_topic(
             &stack.broker.kafka(),
             &stack.registry_url(),
-            "document-uploads.dlq",
+            &topology.topic("document-uploads.dlq"),
             Duration::from_secs(2),
             |_| false,
         )
@@ -219,9 +218,17 @@ fn model_server_outage_degrades_to_rules_and_recovers() {
         let mut analyzer =
             ServiceProcess::start("document-analyzer", &analyzer_env(&stack, &topology, port));
         analyzer.wait_ready(Duration::from_secs(30)).await;
-        let warm = send(&stack, &[document("warm", "Please pay the invoice.")]).await;
+        let warm = send(
+            &stack,
+            &topology,
+            &[document("warm", "Please pay the invoice.")],
+        )
+        .await;
         assert_eq!(
-            decisions(&stack, &warm).await[0].value.as_ref().expect("v")["degraded"],
+            decisions(&stack, &topology, &warm).await[0]
+                .value
+                .as_ref()
+                .expect("v")["degraded"],
             false
         );
 
@@ -234,8 +241,8 @@ fn model_server_outage_degrades_to_rules_and_recovers() {
                 )
             })
             .collect();
-        let down = send(&stack, &docs).await;
-        let got = decisions(&stack, &down).await;
+        let down = send(&stack, &topology, &docs).await;
+        let got = decisions(&stack, &topology, &down).await;
         assert_eq!(got.len(), 6, "{}", analyzer.log());
         for r in &got {
             let v = r.value.as_ref().expect("v");
@@ -254,10 +261,14 @@ fn model_server_outage_degrades_to_rules_and_recovers() {
         tokio::time::sleep(Duration::from_millis(1_200)).await;
         let up = send(
             &stack,
+            &topology,
             &[document("up", "Please pay invoice 77 of 300 EUR.")],
         )
         .await;
-        let v = decisions(&stack, &up).await[0].value.clone().expect("v");
+        let v = decisions(&stack, &topology, &up).await[0]
+            .value
+            .clone()
+            .expect("v");
         assert_eq!(
             v["degraded"], false,
             "half-open probe closed the circuit: {v}"

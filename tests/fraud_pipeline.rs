@@ -7,7 +7,9 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::Path;
 use std::time::Duration;
 
-use harness::{Record, ServiceProcess, Stack, apply_topology, read_topic, repo_root, run};
+use harness::{
+    Record, ServiceProcess, Stack, Topology, apply_topology, read_topic, repo_root, run,
+};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use serde_json::Value;
 use verdict_cli::records::{AvroProducer, sample_transaction};
@@ -45,7 +47,13 @@ fn service_env(stack: &Stack, topology: &Path, extra: &[(&str, &str)]) -> Vec<(S
 }
 
 /// Produces `n` transactions over `accounts` accounts; returns (account, event_id) in produce order.
-async fn produce(stack: &Stack, n: usize, accounts: usize) -> Vec<(String, String)> {
+async fn produce(
+    stack: &Stack,
+    topology: &Topology,
+    n: usize,
+    accounts: usize,
+) -> Vec<(String, String)> {
+    let transactions = topology.topic("transactions");
     let producer =
         AvroProducer::new(&stack.broker.kafka(), &stack.registry_url()).expect("producer");
     let mut rng = rand::rng();
@@ -55,7 +63,7 @@ async fn produce(stack: &Stack, n: usize, accounts: usize) -> Vec<(String, Strin
         let account = format!("acct-{}", i % accounts);
         value["account_id"] = Value::String(account.clone());
         producer
-            .send("transactions", &account, &value)
+            .send(&transactions, &account, &value)
             .await
             .expect("produce");
         sent.push((account, value["event_id"].as_str().expect("id").to_string()));
@@ -70,11 +78,16 @@ fn event_ids(records: &[Record]) -> HashSet<String> {
         .collect()
 }
 
-async fn decisions_for(stack: &Stack, want: &HashSet<String>, timeout: Duration) -> Vec<Record> {
+async fn decisions_for(
+    stack: &Stack,
+    topology: &Topology,
+    want: &HashSet<String>,
+    timeout: Duration,
+) -> Vec<Record> {
     read_topic(
         &stack.broker.kafka(),
         &stack.registry_url(),
-        "fraud-decisions",
+        &topology.topic("fraud-decisions"),
         timeout,
         |rs| {
             let got = event_ids(rs);
@@ -92,9 +105,9 @@ fn every_event_gets_a_decision_and_an_audit_in_key_order() {
         let mut svc = ServiceProcess::start("fraud-detector", &service_env(&stack, &topology, &[]));
         svc.wait_ready(Duration::from_secs(30)).await;
 
-        let sent = produce(&stack, 300, 12).await;
+        let sent = produce(&stack, &topology, 300, 12).await;
         let want: HashSet<String> = sent.iter().map(|(_, id)| id.clone()).collect();
-        let decisions = decisions_for(&stack, &want, Duration::from_secs(60)).await;
+        let decisions = decisions_for(&stack, &topology, &want, Duration::from_secs(60)).await;
         let decided = event_ids(&decisions);
         assert_eq!(
             decided.len(),
@@ -157,7 +170,7 @@ fn every_event_gets_a_decision_and_an_audit_in_key_order() {
         let audits = read_topic(
             &stack.broker.kafka(),
             &stack.registry_url(),
-            "audit",
+            &topology.topic("audit"),
             Duration::from_secs(30),
             |rs| event_ids(rs).len() >= 300,
         )
@@ -225,7 +238,10 @@ fn poison_records_are_dead_lettered_and_the_partition_keeps_flowing() {
                     if kind == "invalid-field" {
                         v["amount"] = serde_json::json!(-5.0);
                     }
-                    let d = avro.send("transactions", "acct-p", &v).await.expect("send");
+                    let d = avro
+                        .send(&topology.topic("transactions"), "acct-p", &v)
+                        .await
+                        .expect("send");
                     partition = Some(d.partition);
                     if kind == "good" {
                         good_ids.push(v["event_id"].as_str().expect("id").to_string());
@@ -237,7 +253,7 @@ fn poison_records_are_dead_lettered_and_the_partition_keeps_flowing() {
                     let p = partition.expect("a good record came first");
                     let offset = raw
                         .send(
-                            FutureRecord::to("transactions")
+                            FutureRecord::to(&topology.topic("transactions"))
                                 .partition(p)
                                 .key("acct-p")
                                 .payload(&raw_bytes),
@@ -261,7 +277,7 @@ fn poison_records_are_dead_lettered_and_the_partition_keeps_flowing() {
         let partition = partition.expect("partition").to_string();
 
         let want: HashSet<String> = good_ids.iter().cloned().collect();
-        let decisions = decisions_for(&stack, &want, Duration::from_secs(60)).await;
+        let decisions = decisions_for(&stack, &topology, &want, Duration::from_secs(60)).await;
         assert_eq!(
             event_ids(&decisions),
             want,
@@ -272,7 +288,7 @@ fn poison_records_are_dead_lettered_and_the_partition_keeps_flowing() {
         let dlq = read_topic(
             &kafka,
             &stack.registry_url(),
-            "transactions.dlq",
+            &topology.topic("transactions.dlq"),
             Duration::from_secs(30),
             |rs| rs.len() >= 3,
         )
@@ -293,7 +309,10 @@ fn poison_records_are_dead_lettered_and_the_partition_keeps_flowing() {
             assert_eq!(r.key.as_deref(), Some("acct-p"), "original key");
             assert_eq!(r.headers.get(headers::ERROR_CLASS), Some(*class));
             assert_eq!(r.headers.get(headers::ERROR_RETRYABLE), Some("false"));
-            assert_eq!(r.headers.get(headers::ORIGINAL_TOPIC), Some("transactions"));
+            assert_eq!(
+                r.headers.get(headers::ORIGINAL_TOPIC),
+                Some(topology.topic("transactions").as_str())
+            );
             assert_eq!(
                 r.headers.get(headers::ORIGINAL_PARTITION),
                 Some(partition.as_str())
@@ -338,14 +357,14 @@ fn retryable_failures_go_through_the_retry_topic() {
             ),
         );
         svc.wait_ready(Duration::from_secs(30)).await;
-        let sent = produce(&stack, 20, 5).await;
+        let sent = produce(&stack, &topology, 20, 5).await;
         let want: HashSet<String> = sent.iter().map(|(_, id)| id.clone()).collect();
-        let decisions = decisions_for(&stack, &want, Duration::from_secs(60)).await;
+        let decisions = decisions_for(&stack, &topology, &want, Duration::from_secs(60)).await;
         assert_eq!(event_ids(&decisions), want, "{}", svc.log());
         let retried = read_topic(
             &stack.broker.kafka(),
             &stack.registry_url(),
-            "transactions.retry.1",
+            &topology.topic("transactions.retry.1"),
             Duration::from_secs(20),
             |rs| rs.len() >= 20,
         )
@@ -377,11 +396,11 @@ fn retryable_failures_go_through_the_retry_topic() {
             ),
         );
         svc.wait_ready(Duration::from_secs(30)).await;
-        let more = produce(&stack, 3, 3).await;
+        let more = produce(&stack, &topology, 3, 3).await;
         let dlq = read_topic(
             &stack.broker.kafka(),
             &stack.registry_url(),
-            "transactions.dlq",
+            &topology.topic("transactions.dlq"),
             Duration::from_secs(60),
             |rs| rs.len() >= 3,
         )
@@ -396,7 +415,7 @@ fn retryable_failures_go_through_the_retry_topic() {
             );
             assert_eq!(
                 r.headers.get(headers::ORIGINAL_TOPIC),
-                Some("transactions"),
+                Some(topology.topic("transactions").as_str()),
                 "coordinates of the first failure"
             );
         }
@@ -413,7 +432,7 @@ fn kill_9_mid_stream_loses_nothing() {
         let mut svc = ServiceProcess::start("fraud-detector", &env);
         svc.wait_ready(Duration::from_secs(30)).await;
 
-        let first = produce(&stack, 400, 40).await;
+        let first = produce(&stack, &topology, 400, 40).await;
         // Kill it while it is still working through the stream.
         let start = std::time::Instant::now();
         while svc.metric("verdict_records_processed_total").await < 50.0
@@ -422,7 +441,7 @@ fn kill_9_mid_stream_loses_nothing() {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
         svc.kill9();
-        let second = produce(&stack, 200, 40).await;
+        let second = produce(&stack, &topology, 200, 40).await;
 
         let mut svc = ServiceProcess::start("fraud-detector", &env);
         svc.wait_ready(Duration::from_secs(30)).await;
@@ -431,7 +450,7 @@ fn kill_9_mid_stream_loses_nothing() {
             .chain(&second)
             .map(|(_, id)| id.clone())
             .collect();
-        let decisions = decisions_for(&stack, &want, Duration::from_secs(90)).await;
+        let decisions = decisions_for(&stack, &topology, &want, Duration::from_secs(90)).await;
         let got = event_ids(&decisions);
         let lost: Vec<_> = want.difference(&got).collect();
         assert!(
@@ -476,9 +495,9 @@ fn two_instances_split_partitions_and_hand_over() {
             );
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
-        let first = produce(&stack, 200, 50).await;
+        let first = produce(&stack, &topology, 200, 50).await;
         let want: HashSet<String> = first.iter().map(|(_, id)| id.clone()).collect();
-        let decisions = decisions_for(&stack, &want, Duration::from_secs(60)).await;
+        let decisions = decisions_for(&stack, &topology, &want, Duration::from_secs(60)).await;
         assert_eq!(event_ids(&decisions).len(), 200);
         let (ia, ib) = (
             a.metric("verdict_records_in_total").await,
@@ -491,13 +510,13 @@ fn two_instances_split_partitions_and_hand_over() {
 
         // A stops cleanly; B takes over its partitions and decides everything after.
         assert_eq!(a.terminate(Duration::from_secs(30)), Some(0), "{}", a.log());
-        let second = produce(&stack, 200, 50).await;
+        let second = produce(&stack, &topology, 200, 50).await;
         let want: HashSet<String> = first
             .iter()
             .chain(&second)
             .map(|(_, id)| id.clone())
             .collect();
-        let decisions = decisions_for(&stack, &want, Duration::from_secs(90)).await;
+        let decisions = decisions_for(&stack, &topology, &want, Duration::from_secs(90)).await;
         let got = event_ids(&decisions);
         assert!(
             want.is_subset(&got),
@@ -553,7 +572,7 @@ fn dead_letter_guard_holds_a_poison_flood_and_says_so() {
             .expect("producer");
         for i in 0..400 {
             raw.send(
-                FutureRecord::to("transactions")
+                FutureRecord::to(&topology.topic("transactions"))
                     .key(&format!("k{i}"))
                     .payload("garbage"),
                 Duration::from_secs(10),
@@ -602,12 +621,12 @@ fn trace_context_travels_from_input_to_outputs() {
         let mut svc = ServiceProcess::start("fraud-detector", &service_env(&stack, &topology, &[]));
         svc.wait_ready(Duration::from_secs(30)).await;
         // Take the bytes of a real event and send them again with a traceparent.
-        let sent = produce(&stack, 1, 1).await;
+        let sent = produce(&stack, &topology, 1, 1).await;
         let kafka = stack.broker.kafka();
         let input = read_topic(
             &kafka,
             &stack.registry_url(),
-            "transactions",
+            &topology.topic("transactions"),
             Duration::from_secs(10),
             |rs| !rs.is_empty(),
         )
@@ -621,7 +640,7 @@ fn trace_context_travels_from_input_to_outputs() {
             value: Some(traceparent.as_str()),
         });
         raw.send(
-            FutureRecord::to("transactions")
+            FutureRecord::to(&topology.topic("transactions"))
                 .key(&sent[0].0)
                 .payload(&bytes)
                 .headers(headers),
@@ -632,7 +651,7 @@ fn trace_context_travels_from_input_to_outputs() {
         let decisions = read_topic(
             &kafka,
             &stack.registry_url(),
-            "fraud-decisions",
+            &topology.topic("fraud-decisions"),
             Duration::from_secs(30),
             |rs| rs.len() >= 2,
         )

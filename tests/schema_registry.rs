@@ -1,7 +1,7 @@
 //! The schema registry against a real broker: the Confluent REST contract, error
 //! codes, the compatibility matrix, deletes, restart and two instances.
 
-use harness::{Http, Stack, registry_settings, run};
+use harness::{Http, Stack, run};
 use serde_json::{Value, json};
 use verdict_schema_registry::RunningRegistry;
 
@@ -509,11 +509,10 @@ fn survives_restart_with_ids_unchanged() {
         )
         .await;
 
-        let Stack { registry, broker } = stack;
-        registry.stop().await;
-        let restarted = RunningRegistry::start(&registry_settings(&broker))
-            .await
-            .expect("restart");
+        let mut stack = stack;
+        let settings = stack.registry_settings();
+        stack.stop_registry().await;
+        let restarted = RunningRegistry::start(&settings).await.expect("restart");
         let http = Http::new(restarted.url());
         let after = futures_all(
             &http,
@@ -563,7 +562,7 @@ async fn futures_all(http: &Http, paths: &[&str]) -> Vec<Value> {
 fn two_instances_agree() {
     run(120, async {
         let stack = Stack::start().await;
-        let second = RunningRegistry::start(&registry_settings(&stack.broker))
+        let second = RunningRegistry::start(&stack.registry_settings())
             .await
             .expect("second");
         let a = Http::new(stack.registry_url());

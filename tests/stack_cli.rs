@@ -40,7 +40,8 @@ fn text(o: &Output) -> String {
 #[test]
 fn stack_up_apply_demo_status_down() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let (bp, rp, sp) = (
+    let (bp, cp, rp, sp) = (
+        free_port().to_string(),
         free_port().to_string(),
         free_port().to_string(),
         free_port().to_string(),
@@ -48,6 +49,8 @@ fn stack_up_apply_demo_status_down() {
     let ports = [
         "--broker-port",
         bp.as_str(),
+        "--controller-port",
+        cp.as_str(),
         "--registry-port",
         rp.as_str(),
         "--services-port",
@@ -88,8 +91,16 @@ fn stack_up_apply_demo_status_down() {
     })
     .collect();
     assert!(
-        dir.path().join("broker/nisshi.db").exists(),
-        "SQLite store in the data dir"
+        dir.path().join("broker/data/meta.properties").exists(),
+        "the broker's storage is formatted in the data dir"
+    );
+    assert!(
+        text(&up).contains(&format!(
+            "broker: started Apache Kafka {}",
+            verdict_cli::broker::kafka_version()
+        )),
+        "{}",
+        text(&up)
     );
 
     let again = verdict(dir.path(), &["stack", "up"], &ports);
@@ -128,5 +139,97 @@ fn stack_up_apply_demo_status_down() {
     let status = verdict(dir.path(), &["stack", "status"], &ports);
     assert_eq!(status.status.code(), Some(1), "{}", text(&status));
     assert!(text(&status).contains("DOWN"), "{}", text(&status));
+    drop(guard);
+}
+
+/// `stack up` with only the broker's ports (a registry port that nothing uses).
+fn broker_up(dir: &Path, env: &[(&str, &str)]) -> (Output, String, String) {
+    let (bp, cp) = (free_port().to_string(), free_port().to_string());
+    let mut cmd = Command::new(bin("verdict"));
+    cmd.current_dir(repo_root())
+        .env_remove("KAFKA_BOOTSTRAP_SERVERS")
+        .env_remove("VERDICT_SCHEMA_REGISTRY_URL")
+        .env("VERDICT_DATA_DIR", dir)
+        .envs(env.iter().copied())
+        .args([
+            "stack",
+            "up",
+            "--broker-port",
+            &bp,
+            "--controller-port",
+            &cp,
+        ]);
+    (run_command(&mut cmd, Duration::from_secs(120)), bp, cp)
+}
+
+#[test]
+fn stack_up_names_what_failed() {
+    // No Java.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let guard = StackGuard { dir: dir.path() };
+    let (out, _, _) = broker_up(dir.path(), &[("JAVA_HOME", "/nonexistent-jdk")]);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    assert!(
+        text(&out).contains("Apache Kafka needs Java 17 or newer"),
+        "{}",
+        text(&out)
+    );
+
+    // KAFKA_HOME that is not a Kafka distribution.
+    let (out, _, _) = broker_up(dir.path(), &[("KAFKA_HOME", "/nonexistent-kafka")]);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    assert!(
+        text(&out).contains("KAFKA_HOME is set, but /nonexistent-kafka/libs holds no"),
+        "{}",
+        text(&out)
+    );
+
+    // A port already taken.
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let port = taken.local_addr().expect("addr").port().to_string();
+    let cp = free_port().to_string();
+    let mut cmd = Command::new(bin("verdict"));
+    cmd.current_dir(repo_root())
+        .env_remove("KAFKA_BOOTSTRAP_SERVERS")
+        .env("VERDICT_DATA_DIR", dir.path())
+        .args([
+            "stack",
+            "up",
+            "--broker-port",
+            &port,
+            "--controller-port",
+            &cp,
+        ]);
+    let out = run_command(&mut cmd, Duration::from_secs(60));
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    assert!(
+        text(&out).contains(&format!("the broker port 127.0.0.1:{port} is not free")),
+        "{}",
+        text(&out)
+    );
+    drop(taken);
+
+    // A broker that does not come up: its storage belongs to another node.
+    let data = dir.path().join("broker/data");
+    std::fs::create_dir_all(&data).expect("dir");
+    std::fs::write(
+        data.join("meta.properties"),
+        "version=1\ncluster.id=AAAAAAAAAAAAAAAAAAAAAA\nnode.id=7\ndirectory.id=AAAAAAAAAAAAAAAAAAAAAQ\n",
+    )
+    .expect("meta.properties");
+    let (out, _, _) = broker_up(dir.path(), &[]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    let log = dir.path().join("broker.log");
+    assert!(
+        text(&out).contains("the broker did not come up")
+            && text(&out).contains(&log.display().to_string()),
+        "names the failure and the log: {}",
+        text(&out)
+    );
+    assert!(
+        !verdict(dir.path(), &["stack", "status"], &[])
+            .status
+            .success()
+    );
     drop(guard);
 }

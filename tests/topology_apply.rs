@@ -15,15 +15,21 @@ fn topology_file() -> std::path::PathBuf {
     repo_root().join("topology/topology.toml")
 }
 
+/// The names of this test's namespaced topology.
+fn names(t: &harness::Topology, topics: &[&str]) -> Vec<String> {
+    topics.iter().map(|name| t.topic(name)).collect()
+}
+
 #[test]
 fn apply_creates_registers_and_is_idempotent() {
     run(120, async {
         let stack = Stack::start().await;
+        let file = harness::Topology::new(&stack, None);
         let kafka = stack.broker.kafka();
         let registry = RegistryClient::new(stack.registry_url()).expect("client");
-        let declared = Topology::load(&topology_file(), None).expect("valid topology");
+        let declared = Topology::load(&file, None).expect("valid topology");
 
-        let first = topology_cmd::apply(&topology_file(), None, &kafka, &registry)
+        let first = topology_cmd::apply(&file, None, &kafka, &registry)
             .await
             .expect("apply");
         assert_eq!(first.created.len(), declared.topics.len(), "{first:?}");
@@ -44,12 +50,10 @@ fn apply_creates_registers_and_is_idempotent() {
             );
         }
         let subjects = registry.subjects().await.expect("subjects");
-        assert!(
-            subjects.contains(&"transactions-value".to_string()),
-            "{subjects:?}"
-        );
+        let subject = format!("{}-value", file.topic("transactions"));
+        assert!(subjects.contains(&subject), "{subjects:?}");
 
-        let second = topology_cmd::apply(&topology_file(), None, &kafka, &registry)
+        let second = topology_cmd::apply(&file, None, &kafka, &registry)
             .await
             .expect("apply again");
         assert!(second.created.is_empty(), "{second:?}");
@@ -57,7 +61,7 @@ fn apply_creates_registers_and_is_idempotent() {
         assert_eq!(second.unchanged.len(), declared.topics.len());
         assert_eq!(second.schemas, first.schemas, "same subjects, same ids");
         let versions = Http::new(stack.registry_url())
-            .get("/subjects/transactions-value/versions")
+            .get(&format!("/subjects/{subject}/versions"))
             .await;
         assert_eq!(
             versions.body,
@@ -71,18 +75,22 @@ fn apply_creates_registers_and_is_idempotent() {
 fn drift_is_reported_and_left_alone() {
     run(120, async {
         let stack = Stack::start().await;
+        let file = harness::Topology::new(&stack, None);
+        let [transactions, audit, decisions] =
+            <[String; 3]>::try_from(names(&file, &["transactions", "audit", "fraud-decisions"]))
+                .expect("three");
         let kafka = stack.broker.kafka();
         kafka
             .create_topics(&[
                 TopicSpec {
-                    name: "transactions".into(),
+                    name: transactions.clone(),
                     partitions: 2,
                     replication_factor: 1,
                     retention_ms: None,
                     cleanup_policy: "delete".into(),
                 },
                 TopicSpec {
-                    name: "audit".into(),
+                    name: audit.clone(),
                     partitions: 6,
                     replication_factor: 1,
                     retention_ms: Some(1000),
@@ -92,14 +100,14 @@ fn drift_is_reported_and_left_alone() {
             .await
             .expect("pre-existing topic");
         let registry = RegistryClient::new(stack.registry_url()).expect("client");
-        let report = topology_cmd::apply(&topology_file(), None, &kafka, &registry)
+        let report = topology_cmd::apply(&file, None, &kafka, &registry)
             .await
             .expect("apply");
         assert!(
             report
                 .drift
                 .iter()
-                .any(|d| d == "transactions: partitions declared 6, actual 2"),
+                .any(|d| *d == format!("{transactions}: partitions declared 6, actual 2")),
             "{:?}",
             report.drift
         );
@@ -107,7 +115,7 @@ fn drift_is_reported_and_left_alone() {
             report
                 .drift
                 .iter()
-                .any(|d| d == "audit: retention.ms declared -1, actual 1000"),
+                .any(|d| *d == format!("{audit}: retention.ms declared -1, actual 1000")),
             "{:?}",
             report.drift
         );
@@ -115,13 +123,13 @@ fn drift_is_reported_and_left_alone() {
             report
                 .drift
                 .iter()
-                .any(|d| d == "audit: cleanup.policy declared delete, actual compact"),
+                .any(|d| *d == format!("{audit}: cleanup.policy declared delete, actual compact")),
             "{:?}",
             report.drift
         );
-        assert!(!report.created.contains(&"transactions".to_string()));
+        assert!(!report.created.contains(&transactions));
         assert!(
-            report.created.contains(&"fraud-decisions".to_string()),
+            report.created.contains(&decisions),
             "missing topics are still created"
         );
         assert_eq!(
@@ -129,7 +137,7 @@ fn drift_is_reported_and_left_alone() {
                 .topic_partitions()
                 .await
                 .expect("md")
-                .get("transactions"),
+                .get(&transactions),
             Some(&2),
             "not changed"
         );
@@ -137,6 +145,7 @@ fn drift_is_reported_and_left_alone() {
         // The CLI exits 3 with --fail-on-drift.
         let out = tokio::task::spawn_blocking({
             let (b, r) = (stack.broker.bootstrap(), stack.registry_url());
+            let file_path = file.to_path_buf();
             move || {
                 run_command(
                     Command::new(bin("verdict"))
@@ -150,7 +159,7 @@ fn drift_is_reported_and_left_alone() {
                             &r,
                         ])
                         .arg("--file")
-                        .arg(topology_file()),
+                        .arg(&*file_path),
                     Duration::from_secs(60),
                 )
             }
@@ -163,10 +172,9 @@ fn drift_is_reported_and_left_alone() {
             "{}",
             String::from_utf8_lossy(&out.stderr)
         );
-        assert!(
-            String::from_utf8_lossy(&out.stdout)
-                .contains("DRIFT     transactions: partitions declared 6, actual 2")
-        );
+        assert!(String::from_utf8_lossy(&out.stdout).contains(&format!(
+            "DRIFT     {transactions}: partitions declared 6, actual 2"
+        )));
     });
 }
 
@@ -174,12 +182,15 @@ fn drift_is_reported_and_left_alone() {
 fn incompatible_schema_applies_nothing() {
     run(120, async {
         let stack = Stack::start().await;
+        let file = harness::Topology::new(&stack, None);
+        let (transactions, audit) = (file.topic("transactions"), file.topic("audit"));
+        let subject = format!("{transactions}-value");
         let http = Http::new(stack.registry_url());
         // An older, unrelated transactions-value that the file's schema cannot read.
         let old = r#"{"type":"record","name":"TransactionEvent","namespace":"dev.verdict.v1","fields":[{"name":"legacy","type":"string"}]}"#;
         assert_eq!(
             http.post(
-                "/subjects/transactions-value/versions",
+                &format!("/subjects/{subject}/versions"),
                 serde_json::json!({"schema": old})
             )
             .await
@@ -189,25 +200,25 @@ fn incompatible_schema_applies_nothing() {
 
         let kafka = stack.broker.kafka();
         let registry = RegistryClient::new(stack.registry_url()).expect("client");
-        let err = topology_cmd::apply(&topology_file(), None, &kafka, &registry)
+        let err = topology_cmd::apply(&file, None, &kafka, &registry)
             .await
             .expect_err("incompatible");
         let text = err.to_string();
         assert!(
-            text.contains(
-                "transaction_event.avsc is not compatible with the registered transactions-value"
-            ),
+            text.contains(&format!(
+                "transaction_event.avsc is not compatible with the registered {subject}"
+            )),
             "{text}"
         );
         assert!(text.contains("nothing was applied"), "{text}");
         let topics = kafka.topic_partitions().await.expect("md");
         assert!(
-            !topics.contains_key("transactions") && !topics.contains_key("audit"),
+            !topics.contains_key(&transactions) && !topics.contains_key(&audit),
             "no topic created: {topics:?}"
         );
         assert_eq!(
             http.get("/subjects").await.body,
-            serde_json::json!(["transactions-value"]),
+            serde_json::json!([subject]),
             "nothing registered"
         );
     });

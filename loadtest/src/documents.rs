@@ -98,8 +98,12 @@ pub async fn run(args: DocArgs) {
     let batched_rate = args.docs as f64 / start.elapsed().as_secs_f64();
 
     // 2. the document pipeline on the same texts (new ids, distinct text per document).
-    let stack = Stack::start().await;
+    let stack = Stack::start_own().await;
     let topology = apply_topology(&stack, None).await;
+    let (uploads, decisions) = (
+        topology.topic("document-uploads"),
+        topology.topic("document-decisions"),
+    );
     let env = vec![
         (
             "VERDICT__KAFKA__BOOTSTRAP_SERVERS".to_string(),
@@ -123,7 +127,7 @@ pub async fn run(args: DocArgs) {
     let producer = AvroProducer::new(&kafka, &stack.registry_url()).expect("producer");
     // Documents are sent 128 at a time, so the producer is not what is measured.
     let send_all = |round: usize, texts: Vec<String>| {
-        let producer = &producer;
+        let (producer, uploads) = (&producer, &uploads);
         async move {
             use futures::StreamExt;
             futures::stream::iter(texts.into_iter().enumerate())
@@ -131,7 +135,7 @@ pub async fn run(args: DocArgs) {
                     let id = format!("d{round}-{i}");
                     let doc = json!({"event_id": uuid_v4(), "tenant_id": "bench", "occurred_at": 0, "document_id": id,
                         "content_type": "text/plain", "filename": null, "text": t, "source": "bench", "size_bytes": t.len(), "language": null});
-                    producer.send("document-uploads", &id, &doc).await.expect("send");
+                    producer.send(uploads, &id, &doc).await.expect("send");
                 })
                 .await;
         }
@@ -139,37 +143,18 @@ pub async fn run(args: DocArgs) {
     // Warm the analyzer's label anchors before timing.
     send_all(0, texts.clone()).await;
     let n0 = i64::try_from(args.docs).unwrap_or(i64::MAX);
-    crate::wait_for_records(
-        &kafka,
-        "document-decisions",
-        n0,
-        Instant::now(),
-        "warm-up (uncached)",
-    )
-    .await;
+    crate::wait_for_records(&kafka, &decisions, n0, Instant::now(), "warm-up (uncached)").await;
     // Round 1: new, distinct texts (no cache hits).
     let fresh: Vec<String> = texts.iter().map(|t| format!("{t} Batch two.")).collect();
     let start = Instant::now();
     send_all(1, fresh).await;
-    let uncached_secs = crate::wait_for_records(
-        &kafka,
-        "document-decisions",
-        2 * n0,
-        start,
-        "pipeline (uncached)",
-    )
-    .await;
+    let uncached_secs =
+        crate::wait_for_records(&kafka, &decisions, 2 * n0, start, "pipeline (uncached)").await;
     // Round 2: the round-0 texts again: every embedding is a cache hit.
     let start = Instant::now();
     send_all(2, texts.clone()).await;
-    let cached_secs = crate::wait_for_records(
-        &kafka,
-        "document-decisions",
-        3 * n0,
-        start,
-        "pipeline (cache hits)",
-    )
-    .await;
+    let cached_secs =
+        crate::wait_for_records(&kafka, &decisions, 3 * n0, start, "pipeline (cache hits)").await;
     let hits = analyzer.metric("verdict_records_processed_total").await;
     let rss = crate::peak_rss_mib(ms.pid());
     let _ = analyzer.terminate(Duration::from_secs(30));

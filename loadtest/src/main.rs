@@ -1,8 +1,8 @@
 //! verdict-loadtest: the fraud pipeline measured against the broker's own ceiling,
 //! in one run on one machine.
 //!
-//! 1. Starts a nisshi broker (SQLite store, temp dir, free loopback port), a schema
-//!    registry and the topology.
+//! 1. Starts an Apache Kafka broker of its own (single-node KRaft, temp dir, free loopback
+//!    ports, as the tests do), a schema registry and the topology.
 //! 2. Pre-fills `--events` transactions into `transactions` and into `ceiling-in`.
 //! 3. Ceiling: a plain rdkafka loop (consume one, produce two, no work) drains
 //!    `ceiling-in` → events/s.
@@ -130,6 +130,7 @@ fn acked(
 /// Pre-encoded events: (key, Confluent-framed Avro, event_id).
 async fn encode_events(
     serde: &AvroSerde,
+    topic: &str,
     n: usize,
     accounts: usize,
 ) -> Vec<(String, Vec<u8>, String)> {
@@ -142,7 +143,7 @@ async fn encode_events(
         v["account_id"] = serde_json::Value::String(key.clone());
         let id = v["event_id"].as_str().unwrap_or_default().to_string();
         let bytes = serde
-            .encode("transactions", &ValueSchema::TopicLatest, untyped(&v))
+            .encode(topic, &ValueSchema::TopicLatest, untyped(&v))
             .await
             .expect("encode");
         out.push((key, bytes, id));
@@ -263,10 +264,11 @@ struct Latency {
     hist: Histogram<u64>,
 }
 
-/// Fixed offered load; event → decision latency read off `fraud-decisions`.
+/// Fixed offered load into `input`; event → decision latency read off `decisions`.
 async fn latency(
     kafka: &KafkaSettings,
     registry: &str,
+    (input, decisions): (&str, &str),
     events: Vec<(String, Vec<u8>, String)>,
     rate: u64,
 ) -> Latency {
@@ -275,7 +277,7 @@ async fn latency(
         .topic_partitions()
         .await
         .expect("md")
-        .get("fraud-decisions")
+        .get(decisions)
         .copied()
         .unwrap_or(6);
     let consumer: StreamConsumer = kafka
@@ -290,7 +292,7 @@ async fn latency(
         .expect("consumer");
     let mut tpl = TopicPartitionList::new();
     for p in 0..partitions as i32 {
-        tpl.add_partition_offset("fraud-decisions", p, Offset::End)
+        tpl.add_partition_offset(decisions, p, Offset::End)
             .expect("tpl");
     }
     consumer.assign(&tpl).expect("assign");
@@ -343,14 +345,7 @@ async fn latency(
                 break 'outer;
             };
             sent_at.insert(id, Instant::now());
-            enqueue(
-                &producer,
-                &mut pending,
-                "transactions",
-                key.as_bytes(),
-                &bytes,
-            )
-            .await;
+            enqueue(&producer, &mut pending, input, key.as_bytes(), &bytes).await;
             owed -= 1.0;
             sent += 1;
             pb.inc(1);
@@ -447,9 +442,14 @@ async fn fraud(args: Args) {
         "verdict-loadtest: {} events per throughput phase, {} events/s for {} s, {} accounts",
         args.events, args.rate, args.seconds, args.accounts
     );
-    let stack = Stack::start().await;
+    let stack = Stack::start_own().await;
     let kafka = stack.broker.kafka();
     let topology = apply_topology(&stack, None).await;
+    let (input, decisions, audit) = (
+        topology.topic("transactions"),
+        topology.topic("fraud-decisions"),
+        topology.topic("audit"),
+    );
     let topics: Vec<TopicSpec> = std::iter::once(CEILING_IN)
         .chain(CEILING_OUT)
         .map(|name| TopicSpec {
@@ -463,9 +463,9 @@ async fn fraud(args: Args) {
     kafka.create_topics(&topics).await.expect("ceiling topics");
 
     let serde = AvroSerde::new(&stack.registry_url());
-    let events = encode_events(&serde, args.events, args.accounts).await;
+    let events = encode_events(&serde, &input, args.events, args.accounts).await;
     let producer = producer(&kafka);
-    let fill_rate = fill(&producer, "transactions", &events).await;
+    let fill_rate = fill(&producer, &input, &events).await;
     fill(&producer, CEILING_IN, &events).await;
 
     let ceiling_eps = ceiling(&kafka, args.events).await;
@@ -494,18 +494,26 @@ async fn fraud(args: Args) {
     svc.wait_ready(Duration::from_secs(60)).await;
     let start = Instant::now();
     let n = i64::try_from(args.events).unwrap_or(i64::MAX);
-    wait_for_records(&kafka, "fraud-decisions", n, start, "fraud-detector").await;
-    let secs = wait_for_records(&kafka, "audit", n, start, "audit records").await;
+    wait_for_records(&kafka, &decisions, n, start, "fraud-detector").await;
+    let secs = wait_for_records(&kafka, &audit, n, start, "audit records").await;
     let verdict_eps = args.events as f64 / secs;
 
     let latency_events = encode_events(
         &serde,
+        &input,
         usize::try_from(args.rate * args.seconds).unwrap_or(usize::MAX),
         args.accounts,
     )
     .await;
     let before = record_buckets(&svc).await;
-    let lat = latency(&kafka, &stack.registry_url(), latency_events, args.rate).await;
+    let lat = latency(
+        &kafka,
+        &stack.registry_url(),
+        (&input, &decisions),
+        latency_events,
+        args.rate,
+    )
+    .await;
     let after = record_buckets(&svc).await;
     let rss = peak_rss_mib(svc.pid());
     let outcomes: HashMap<&str, f64> = [
@@ -525,7 +533,8 @@ async fn fraud(args: Args) {
     let ms = |q: f64| lat.hist.value_at_quantile(q) as f64 / 1000.0;
     println!();
     println!(
-        "== verdict fraud pipeline benchmark (nisshi + SQLite, loopback, 2 cores shared by broker, service and load generator)"
+        "== verdict fraud pipeline benchmark (Apache Kafka {} single-node KRaft, loopback, 2 cores shared by broker, service and load generator)",
+        verdict_cli::broker::kafka_version()
     );
     println!("producer fill rate                 {fill_rate:>10.0} events/s");
     println!("broker ceiling (consume 1, produce 2, no work) {ceiling_eps:>10.0} events/s");

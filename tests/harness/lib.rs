@@ -1,6 +1,7 @@
-//! Test harness: a real nisshi broker (fresh temp data dir, free port) and an
-//! in-process schema registry per test, torn down on drop; unique topic names;
-//! consumer settings for quick group joins; a timeout around every test.
+//! Test harness: a real Apache Kafka broker shared by the test run (or a test's own, for
+//! tests that kill it), an in-process schema registry per test, the topology in a namespace
+//! of each test (unique topics and groups), consumer settings for quick group joins, and a
+//! timeout around every test. Everything is torn down on drop.
 
 use std::future::Future;
 use std::net::TcpListener;
@@ -9,7 +10,8 @@ use std::process::{Child, Command, Output};
 use std::time::Duration;
 
 use rdkafka::ClientConfig;
-use verdict_cli::stack::{broker_command, spawn_logged};
+use verdict_cli::broker::{BrokerConfig, KafkaDist};
+use verdict_cli::stack::{spawn_logged, wait_for_broker};
 use verdict_runtime::kafka::KafkaSettings;
 use verdict_schema_registry::{RegistrySettings, RunningRegistry};
 
@@ -102,36 +104,100 @@ pub fn run_command(cmd: &mut Command, timeout: Duration) -> Output {
     }
 }
 
-/// A nisshi broker with the SQLite store in a fresh temp dir, on a free port.
+/// Set to a bootstrap address to run every test against that broker instead.
+pub const TEST_KAFKA_ENV: &str = "VERDICT_TEST_KAFKA";
+
+/// Apache Kafka for a test: the test run's shared broker ([`TestBroker::shared`]), or one of
+/// the test's own ([`TestBroker::own`]) for tests that kill or restart it.
 pub struct TestBroker {
-    child: Child,
-    port: u16,
-    dir: tempfile::TempDir,
+    bootstrap: String,
+    log: PathBuf,
+    own: Option<OwnBroker>,
+}
+
+struct OwnBroker {
+    cfg: BrokerConfig,
+    child: Option<Child>,
+    _dir: tempfile::TempDir,
 }
 
 impl TestBroker {
-    pub async fn start() -> Self {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let port = free_port();
-        let child = spawn_logged(
-            broker_command(dir.path(), port),
-            &dir.path().join("broker.log"),
-            false,
-        )
-        .unwrap_or_else(|e| panic!("{e} (is nisshi installed? run scripts/install.sh)"));
-        let broker = Self { child, port, dir };
-        if let Err(e) = broker
-            .kafka()
-            .wait_until_reachable(Duration::from_secs(30))
-            .await
-        {
-            panic!("{e}\nbroker log:\n{}", broker.log());
+    /// The broker this test run shares (unique topics and groups per test keep tests apart).
+    ///
+    /// The first test of a run starts it, under a file lock, through `verdict test-broker`,
+    /// which lives as long as the test runner (this process's parent: nextest, or cargo test)
+    /// and then stops the broker and removes its files. Later tests, in any process of the
+    /// same run, find it by its state file. [`TEST_KAFKA_ENV`] names an external broker instead.
+    pub async fn shared() -> Self {
+        static SHARED: tokio::sync::OnceCell<(String, PathBuf)> =
+            tokio::sync::OnceCell::const_new();
+        let (bootstrap, log) = SHARED.get_or_init(join_or_start_shared).await.clone();
+        Self {
+            bootstrap,
+            log,
+            own: None,
         }
+    }
+
+    /// A broker of this test's own, in a temp dir on free ports; killed on drop.
+    pub async fn own() -> Self {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let cfg = BrokerConfig {
+            dir: dir.path().join("kafka"),
+            port: free_port(),
+            controller_port: free_port_other_than(&[]),
+            heap_mb: 512,
+        };
+        let mut broker = Self {
+            bootstrap: cfg.bootstrap(),
+            log: dir.path().join("broker.log"),
+            own: Some(OwnBroker {
+                cfg,
+                child: None,
+                _dir: dir,
+            }),
+        };
+        broker.start_own().await;
         broker
     }
 
+    async fn start_own(&mut self) {
+        let own = self
+            .own
+            .as_mut()
+            .expect("only a test's own broker is restarted");
+        let dist = KafkaDist::locate().unwrap_or_else(|e| panic!("{e}"));
+        let child = own
+            .cfg
+            .spawn(&dist, &self.log, false)
+            .unwrap_or_else(|e| panic!("{e}"));
+        let pid = child.id();
+        own.child = Some(child);
+        if let Err(e) = wait_for_broker(&self.kafka(), Some(pid), Duration::from_secs(120)).await {
+            panic!("broker did not start: {e}\n{}", self.log());
+        }
+    }
+
+    /// SIGKILL this test's own broker (no clean shutdown).
+    pub fn kill9(&mut self) {
+        let own = self
+            .own
+            .as_mut()
+            .expect("only a test's own broker is killed");
+        if let Some(mut child) = own.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Starts this test's own broker again, same ports and data, and waits until it answers.
+    pub async fn restart(&mut self) {
+        self.kill9();
+        self.start_own().await;
+    }
+
     pub fn bootstrap(&self) -> String {
-        format!("127.0.0.1:{}", self.port)
+        self.bootstrap.clone()
     }
 
     pub fn kafka(&self) -> KafkaSettings {
@@ -139,7 +205,7 @@ impl TestBroker {
     }
 
     pub fn log(&self) -> String {
-        std::fs::read_to_string(self.dir.path().join("broker.log")).unwrap_or_default()
+        std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 
     /// Consumer settings for tests: unique group, quick joins.
@@ -156,38 +222,173 @@ impl TestBroker {
 
 impl Drop for TestBroker {
     fn drop(&mut self) {
-        // Child::kill signals this child's own pid.
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        if self.own.is_some() {
+            self.kill9();
+        }
     }
 }
 
-/// Registry settings for a broker, on a free port.
-pub fn registry_settings(broker: &TestBroker) -> RegistrySettings {
+/// A free loopback port that is none of `taken`.
+fn free_port_other_than(taken: &[u16]) -> u16 {
+    loop {
+        let p = free_port();
+        if !taken.contains(&p) {
+            return p;
+        }
+    }
+}
+
+/// Finds the test run's broker or starts it; returns its bootstrap address and log file.
+async fn join_or_start_shared() -> (String, PathBuf) {
+    if let Some(b) = std::env::var(TEST_KAFKA_ENV).ok().filter(|b| !b.is_empty()) {
+        return (b, PathBuf::from("/dev/null"));
+    }
+    let runner = nix::unistd::getppid().as_raw();
+    let dir = std::env::temp_dir().join(format!("verdict-test-kafka-{runner}"));
+    std::fs::create_dir_all(&dir).expect("shared broker dir");
+    let lock_path = dir.join("lock");
+    let _lock = tokio::task::spawn_blocking(move || {
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&lock_path)
+            .expect("lock file");
+        nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusive)
+            .map_err(|(_, e)| e)
+            .expect("flock")
+    })
+    .await
+    .expect("lock task");
+    let state = dir.join("state");
+    let log = dir.join("broker.log");
+    let logs = || {
+        format!(
+            "--- {}:\n{}\n--- watchdog:\n{}",
+            log.display(),
+            std::fs::read_to_string(&log).unwrap_or_default(),
+            std::fs::read_to_string(dir.join("watchdog.log")).unwrap_or_default()
+        )
+    };
+    let running = std::fs::read_to_string(&state).ok().and_then(|s| {
+        let (pid, bootstrap) = s.trim().split_once(' ')?;
+        let pid: u32 = pid.parse().ok()?;
+        verdict_cli::stack::alive(pid).then(|| (pid, bootstrap.to_string()))
+    });
+    let (pid, bootstrap) = match running {
+        Some(found) => found,
+        None => {
+            let port = free_port();
+            let controller = free_port_other_than(&[port]);
+            let mut cmd = Command::new(bin("verdict"));
+            cmd.arg("test-broker")
+                .arg("--dir")
+                .arg(&dir)
+                .args(["--port", &port.to_string()])
+                .args(["--controller-port", &controller.to_string()])
+                .args(["--exit-with", &runner.to_string()]);
+            // It outlives this test process on purpose (it serves the whole run and stops
+            // itself when the runner exits), so it is never waited for here.
+            #[expect(clippy::zombie_processes, reason = "detached for the whole test run")]
+            let child = spawn_logged(cmd, &dir.join("watchdog.log"), true)
+                .unwrap_or_else(|e| panic!("{e}"));
+            let bootstrap = format!("127.0.0.1:{port}");
+            std::fs::write(&state, format!("{} {bootstrap}\n", child.id())).expect("state");
+            (child.id(), bootstrap)
+        }
+    };
+    let kafka = KafkaSettings::with_bootstrap(bootstrap.clone());
+    if let Err(e) = wait_for_broker(&kafka, Some(pid), Duration::from_secs(120)).await {
+        panic!("the shared test broker did not come up: {e}\n{}", logs());
+    }
+    (bootstrap, log)
+}
+
+/// Registry settings for a broker, on a free port, with a `_schemas` topic of its own.
+fn new_registry_settings(broker: &TestBroker) -> RegistrySettings {
     let mut s = RegistrySettings::default();
     s.http.listen = "127.0.0.1:0".parse().expect("addr");
     s.kafka = broker.kafka();
+    s.store.topic = unique("_schemas");
     s
 }
 
 /// A broker plus a registry on it.
 pub struct Stack {
-    pub registry: RunningRegistry,
+    registry: Option<RunningRegistry>,
     pub broker: TestBroker,
+    registry_settings: RegistrySettings,
 }
 
 impl Stack {
+    /// The run's shared broker and a registry of this test's own.
     pub async fn start() -> Self {
-        let broker = TestBroker::start().await;
-        let registry = RunningRegistry::start(&registry_settings(&broker))
+        Self::on(TestBroker::shared().await).await
+    }
+
+    /// A broker and a registry of this test's own (to kill or restart the broker).
+    pub async fn start_own() -> Self {
+        Self::on(TestBroker::own().await).await
+    }
+
+    async fn on(broker: TestBroker) -> Self {
+        let settings = new_registry_settings(&broker);
+        let registry = RunningRegistry::start(&settings)
             .await
             .expect("registry starts");
-        Self { registry, broker }
+        Self {
+            registry: Some(registry),
+            broker,
+            registry_settings: settings,
+        }
     }
 
     pub fn registry_url(&self) -> String {
-        self.registry.url()
+        self.registry
+            .as_ref()
+            .expect("the registry is running")
+            .url()
     }
+
+    /// Settings for another registry on this stack's `_schemas` topic (a second instance,
+    /// or a restart after [`Stack::stop_registry`]).
+    pub fn registry_settings(&self) -> RegistrySettings {
+        self.registry_settings.clone()
+    }
+
+    pub async fn stop_registry(&mut self) {
+        if let Some(r) = self.registry.take() {
+            r.stop().await;
+        }
+    }
+}
+
+impl Drop for Stack {
+    fn drop(&mut self) {
+        if self.broker.own.is_none() {
+            delete_topics_now(
+                &self.broker.kafka(),
+                vec![self.registry_settings.store.topic.clone()],
+            );
+        }
+    }
+}
+
+/// Deletes topics from a drop (no runtime there to await on), best effort: a test cleans up
+/// after itself on the shared broker.
+fn delete_topics_now(kafka: &KafkaSettings, topics: Vec<String>) {
+    let kafka = kafka.clone();
+    let _ = std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .ok()?;
+        rt.block_on(async {
+            tokio::time::timeout(Duration::from_secs(20), kafka.delete_topics(&topics)).await
+        })
+        .ok()
+    })
+    .join();
 }
 
 /// A minimal JSON client that keeps status codes: the registry API (`Http::new`, Confluent's
@@ -384,10 +585,16 @@ impl Drop for ServiceProcess {
 
 pub use verdict_cli::records::{Record, read_topic};
 
-/// `topology/topology.toml` (with `schemas/` beside it) copied into its own temp dir and
-/// applied; derefs to the file's path, which lives as long as this value.
+/// `topology/topology.toml` (with `schemas/` beside it) copied into its own temp dir with every
+/// topic and consumer group renamed into a namespace of this test (`<ns>.transactions`), and
+/// applied; derefs to the file's path. [`Topology::topic`] maps a repository topic name to this
+/// test's. Dropping it deletes the test's topics from the shared broker.
 pub struct Topology {
     file: PathBuf,
+    namespace: String,
+    /// Topics to delete on drop (none on a test's own broker, which goes away anyway).
+    topics: Vec<String>,
+    kafka: KafkaSettings,
     _dir: tempfile::TempDir,
 }
 
@@ -398,32 +605,102 @@ impl std::ops::Deref for Topology {
     }
 }
 
-/// Creates the repository's topology on `stack` (topics and schemas). `delays` rewrites
-/// retry delays (ms) for quick tests.
+impl Topology {
+    /// This test's name for the repository topology's topic (or consumer group) `name`.
+    pub fn topic(&self, name: &str) -> String {
+        format!("{}.{name}", self.namespace)
+    }
+
+    /// This test's name for a consumer group of the repository topology.
+    pub fn group(&self, name: &str) -> String {
+        self.topic(name)
+    }
+}
+
+impl Drop for Topology {
+    fn drop(&mut self) {
+        delete_topics_now(&self.kafka, std::mem::take(&mut self.topics));
+    }
+}
+
+/// The repository topology with topics and groups renamed into `ns` and, with `delays`,
+/// the first two retry delays of every service set (ms).
+fn namespaced_topology(text: &str, ns: &str, delays: Option<(u64, u64)>) -> (String, Vec<String>) {
+    use toml::Value;
+    let rename = |v: &mut Value| {
+        if let Value::String(s) = v {
+            *s = format!("{ns}.{s}");
+        }
+    };
+    let mut doc: toml::Table = text.parse().expect("topology is TOML");
+    let mut names = Vec::new();
+    if let Some(Value::Table(topics)) = doc.get_mut("topics") {
+        *topics = std::mem::take(topics)
+            .into_iter()
+            .map(|(name, t)| {
+                let name = format!("{ns}.{name}");
+                names.push(name.clone());
+                (name, t)
+            })
+            .collect();
+    }
+    if let Some(Value::Table(services)) = doc.get_mut("services") {
+        for svc in services.iter_mut().filter_map(|(_, v)| v.as_table_mut()) {
+            for key in ["input", "consumer_group", "dead_letter_topic"] {
+                svc.get_mut(key).map(rename);
+            }
+            if let Some(Value::Table(outputs)) = svc.get_mut("outputs") {
+                outputs.iter_mut().for_each(|(_, v)| rename(v));
+            }
+            if let Some(Value::Array(steps)) = svc.get_mut("retry") {
+                for (i, step) in steps.iter_mut().filter_map(Value::as_table_mut).enumerate() {
+                    step.get_mut("topic").map(rename);
+                    if let Some((first, second)) = delays {
+                        let ms = if i == 0 { first } else { second };
+                        step.insert("delay_ms".into(), Value::Integer(ms as i64));
+                    }
+                }
+            }
+        }
+    }
+    (toml::to_string(&doc).expect("topology back to TOML"), names)
+}
+
+impl Topology {
+    /// The repository's topology written in a namespace of this test (not applied).
+    /// `delays` rewrites retry delays (ms) for quick tests.
+    pub fn new(stack: &Stack, delays: Option<(u64, u64)>) -> Self {
+        let tmp = tempfile::tempdir().expect("dir");
+        let namespace = unique("it");
+        let text =
+            std::fs::read_to_string(repo_root().join("topology/topology.toml")).expect("topology");
+        let (text, topics) = namespaced_topology(&text, &namespace, delays);
+        std::fs::create_dir_all(tmp.path().join("topology")).expect("dir");
+        let file = tmp.path().join("topology/topology.toml");
+        std::fs::write(&file, text).expect("write topology");
+        std::os::unix::fs::symlink(repo_root().join("schemas"), tmp.path().join("schemas"))
+            .expect("schemas symlink");
+        let shared = stack.broker.own.is_none();
+        Self {
+            file,
+            namespace,
+            topics: if shared { topics } else { Vec::new() },
+            kafka: stack.broker.kafka(),
+            _dir: tmp,
+        }
+    }
+}
+
+/// Creates the repository's topology on `stack` (topics and schemas) in a namespace of this
+/// test (see [`Topology`]). `delays` rewrites retry delays (ms) for quick tests.
 pub async fn apply_topology(stack: &Stack, delays: Option<(u64, u64)>) -> Topology {
-    let tmp = tempfile::tempdir().expect("dir");
-    let dir = tmp.path();
-    let mut text =
-        std::fs::read_to_string(repo_root().join("topology/topology.toml")).expect("topology");
-    if let Some((first, second)) = delays {
-        text = text
-            .replace("delay_ms = 1000 }", &format!("delay_ms = {first} }}"))
-            .replace("delay_ms = 10000 }", &format!("delay_ms = {second} }}"));
-    }
-    std::fs::create_dir_all(dir.join("topology")).expect("dir");
-    let file = dir.join("topology/topology.toml");
-    std::fs::write(&file, text).expect("write topology");
-    let schemas = repo_root().join("schemas");
-    let link = dir.join("schemas");
-    if !link.exists() {
-        std::os::unix::fs::symlink(&schemas, &link).expect("schemas symlink");
-    }
+    let topology = Topology::new(stack, delays);
     let registry =
         verdict_runtime::registry::RegistryClient::new(stack.registry_url()).expect("client");
-    verdict_cli::topology_cmd::apply(&file, Some(&schemas), &stack.broker.kafka(), &registry)
+    verdict_cli::topology_cmd::apply(&topology, None, &stack.broker.kafka(), &registry)
         .await
         .expect("apply topology");
-    Topology { file, _dir: tmp }
+    topology
 }
 
 /// Environment for a `model-server` process: the all-MiniLM-L6-v2 model directory

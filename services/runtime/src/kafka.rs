@@ -37,6 +37,8 @@ pub enum KafkaError {
     Client(#[from] rdkafka::error::KafkaError),
     #[error("creating topic {topic}: {code}")]
     CreateTopic { topic: String, code: String },
+    #[error("deleting topic {topic}: {code}")]
+    DeleteTopic { topic: String, code: String },
     #[error("background task failed: {0}")]
     Join(String),
 }
@@ -240,6 +242,30 @@ impl KafkaSettings {
                 Ok(_) | Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
                 Err((topic, code)) => {
                     return Err(KafkaError::CreateTopic {
+                        topic,
+                        code: code.to_string(),
+                    });
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+impl KafkaSettings {
+    /// Deletes topics; a topic that does not exist is not an error.
+    pub async fn delete_topics(&self, topics: &[String]) -> Result<(), KafkaError> {
+        if topics.is_empty() {
+            return Ok(());
+        }
+        let admin = self.admin()?;
+        let names: Vec<&str> = topics.iter().map(String::as_str).collect();
+        let opts = AdminOptions::new().operation_timeout(Some(Duration::from_secs(15)));
+        for result in admin.delete_topics(&names, &opts).await? {
+            match result {
+                Ok(_) | Err((_, RDKafkaErrorCode::UnknownTopicOrPartition)) => {}
+                Err((topic, code)) => {
+                    return Err(KafkaError::DeleteTopic {
                         topic,
                         code: code.to_string(),
                     });

@@ -1,5 +1,6 @@
 //! The `verdict` command line as a library, so tests drive the same code.
 
+pub mod broker;
 pub mod records;
 pub mod stack;
 pub mod topology_cmd;

@@ -7,10 +7,12 @@ use std::time::Duration;
 use clap::{Parser, Subcommand};
 use std::collections::HashSet;
 
+use std::os::unix::process::CommandExt;
+use verdict_cli::broker::{self, BrokerConfig, KafkaDist};
 use verdict_cli::records::{AvroProducer, Record, read_back, read_topic, sample_transaction};
 use verdict_cli::stack::StackOpts;
 use verdict_cli::{CliError, topology_cmd};
-use verdict_runtime::kafka::KafkaSettings;
+use verdict_runtime::kafka::{KafkaSettings, default_bootstrap};
 use verdict_runtime::registry::RegistryClient;
 use verdict_runtime::telemetry;
 
@@ -55,7 +57,7 @@ struct TopologyFile {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Local broker (nisshi, SQLite store) and schema registry.
+    /// The local stack: Apache Kafka (single-node KRaft), schema registry and the services.
     Stack {
         #[command(subcommand)]
         action: StackAction,
@@ -69,6 +71,9 @@ enum Command {
         data_dir: PathBuf,
         #[arg(long, default_value_t = 9092, global = true)]
         broker_port: u16,
+        /// The broker's KRaft controller listener.
+        #[arg(long, default_value_t = 9093, global = true)]
+        controller_port: u16,
         #[arg(long, default_value_t = 8081, global = true)]
         registry_port: u16,
         /// Health/metrics port of the first service (fraud-detector); others follow.
@@ -77,6 +82,32 @@ enum Command {
         /// The topology `up` applies before starting the services.
         #[arg(long, default_value = "topology/topology.toml", global = true)]
         topology: PathBuf,
+    },
+    /// Run one of Apache Kafka's command-line tools from the installed jars, e.g.
+    /// `verdict kafka consumer-groups --describe --group fraud-detector`.
+    /// `--bootstrap-server` defaults to KAFKA_BOOTSTRAP_SERVERS or 127.0.0.1:9092.
+    Kafka {
+        /// topics, consumer-groups, console-consumer, console-producer, producer-perf-test,
+        /// consumer-perf-test, get-offsets, delete-records, metadata-quorum, configs, storage
+        tool: String,
+        /// The tool's own arguments.
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
+    /// A throwaway broker for a test run: stops and removes itself when PID exits.
+    #[command(hide = true)]
+    TestBroker {
+        #[arg(long)]
+        dir: PathBuf,
+        #[arg(long)]
+        port: u16,
+        #[arg(long)]
+        controller_port: u16,
+        #[arg(long, default_value_t = 1024)]
+        heap_mb: u32,
+        /// Run as long as this process lives.
+        #[arg(long)]
+        exit_with: u32,
     },
     /// Validate or apply the topology file.
     Topology {
@@ -149,6 +180,7 @@ async fn run(command: Command) -> Result<(), CliError> {
             action,
             data_dir,
             broker_port,
+            controller_port,
             registry_port,
             services_port,
             topology,
@@ -156,6 +188,7 @@ async fn run(command: Command) -> Result<(), CliError> {
             let stack = StackOpts {
                 data_dir,
                 broker_port,
+                controller_port,
                 registry_port,
                 services_port,
                 topology,
@@ -165,6 +198,29 @@ async fn run(command: Command) -> Result<(), CliError> {
                 StackAction::Down => stack.down(),
                 StackAction::Status => stack.status().await,
             }
+        }
+        Command::Kafka { tool, mut args } => {
+            let dist = KafkaDist::locate()?;
+            if tool != "storage" && !args.iter().any(|a| a.starts_with("--bootstrap-server")) {
+                args.extend(["--bootstrap-server".to_string(), default_bootstrap()]);
+            }
+            let err = dist.tool(&tool, &args)?.exec();
+            Err(CliError::Failed(format!("cannot run Java: {err}")))
+        }
+        Command::TestBroker {
+            dir,
+            port,
+            controller_port,
+            heap_mb,
+            exit_with,
+        } => {
+            let cfg = BrokerConfig {
+                dir,
+                port,
+                controller_port,
+                heap_mb,
+            };
+            broker::run_while_alive(&cfg, exit_with).await
         }
         Command::Topology {
             action: TopologyAction::Check { file },

@@ -1,6 +1,6 @@
-//! The local stack: a nisshi broker with its SQLite store and the schema registry,
-//! started as background processes with pid and log files in a data directory.
-//! `KAFKA_BOOTSTRAP_SERVERS` / `VERDICT_SCHEMA_REGISTRY_URL` point at an existing
+//! The local stack: a single-node Apache Kafka broker (KRaft) and the schema registry, then
+//! the pipeline's services, started as background processes with pid and log files in a data
+//! directory. `KAFKA_BOOTSTRAP_SERVERS` / `VERDICT_SCHEMA_REGISTRY_URL` point at an existing
 //! cluster or registry instead; then nothing is started for that part.
 
 use std::fs;
@@ -15,51 +15,25 @@ use verdict_runtime::kafka::{BOOTSTRAP_ENV, KafkaSettings};
 use verdict_runtime::registry::REGISTRY_URL_ENV;
 
 use crate::CliError;
+use crate::broker::{BrokerConfig, KafkaDist, kafka_version};
 
-/// The broker version the project is tested with.
-pub const NISSHI_VERSION: &str = "0.7.0-pre.2";
 pub const REGISTRY_BIN: &str = "verdict-schema-registry";
+
+/// How long `stack up` waits for the broker to answer a metadata request.
+const BROKER_START_TIMEOUT: Duration = Duration::from_secs(90);
 
 /// Where the stack keeps its files and which loopback ports it uses.
 #[derive(Clone, Debug)]
 pub struct StackOpts {
     pub data_dir: PathBuf,
     pub broker_port: u16,
+    /// The KRaft controller listener of the broker.
+    pub controller_port: u16,
     pub registry_port: u16,
     /// Health/metrics port of the first service; the next ones count up from it.
     pub services_port: u16,
     /// The topology `up` applies before it starts the services.
     pub topology: PathBuf,
-}
-
-/// `nisshi --version`'s answer, if nisshi is installed.
-pub fn nisshi_version() -> Option<String> {
-    let out = Command::new("nisshi").arg("--version").output().ok()?;
-    out.status
-        .success()
-        .then(|| String::from_utf8_lossy(&out.stdout).trim().to_string())
-}
-
-/// The command that runs a nisshi broker on 127.0.0.1:`port` with its SQLite store
-/// in `dir` (the sqlite URL is relative to the working directory).
-pub fn broker_command(dir: &Path, port: u16) -> Command {
-    let url = format!("tcp://127.0.0.1:{port}");
-    let mut cmd = Command::new("nisshi");
-    cmd.current_dir(dir)
-        .args([
-            "broker",
-            "--listener-url",
-            &url,
-            "--advertised-listener-url",
-            &url,
-        ])
-        .args([
-            "--storage-engine",
-            "sqlite://nisshi.db",
-            "--cluster-id",
-            "verdict",
-        ]);
-    cmd
 }
 
 /// Starts `cmd` with stdout and stderr appended to `log`. A `detached` process gets
@@ -103,6 +77,27 @@ pub fn sibling_binary(name: &str) -> Result<PathBuf, CliError> {
 /// Waits until `GET {url}/` answers 200, the process behind `pid` dies, or `timeout`.
 pub async fn wait_for_http(url: &str, pid: Option<u32>, timeout: Duration) -> Result<(), String> {
     wait_for_path(url, "/", pid, timeout).await
+}
+
+/// Waits until the broker answers a metadata request; fails at once when the process behind
+/// `pid` exits, and after `timeout`.
+pub async fn wait_for_broker(
+    kafka: &KafkaSettings,
+    pid: Option<u32>,
+    timeout: Duration,
+) -> Result<(), String> {
+    let exited = async {
+        loop {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            if pid.is_some_and(|p| !alive(p)) {
+                return;
+            }
+        }
+    };
+    tokio::select! {
+        reached = kafka.wait_until_reachable(timeout) => reached.map_err(|e| e.to_string()),
+        () = exited => Err("the broker process exited".into()),
+    }
 }
 
 /// Waits until `GET {url}{path}` answers 200, the process behind `pid` dies, or `timeout`.
@@ -202,7 +197,7 @@ struct Component {
 
 const BROKER: Component = Component {
     name: "broker",
-    program: "nisshi",
+    program: "kafka.Kafka",
 };
 /// The pipeline's services, in start order.
 /// (Health ports count up from `services_port` in this order.)
@@ -246,6 +241,15 @@ impl StackOpts {
         (alive(pid) && String::from_utf8_lossy(&cmdline).contains(c.program)).then_some(pid)
     }
 
+    fn broker_config(&self) -> BrokerConfig {
+        BrokerConfig {
+            dir: self.data_dir.join("broker"),
+            port: self.broker_port,
+            controller_port: self.controller_port,
+            heap_mb: 768,
+        }
+    }
+
     fn external_bootstrap() -> Option<String> {
         std::env::var(BOOTSTRAP_ENV)
             .ok()
@@ -287,31 +291,27 @@ impl StackOpts {
                 self.bootstrap()
             );
         } else {
-            match nisshi_version() {
-                Some(v) if v.contains(NISSHI_VERSION) => {}
-                Some(v) => {
-                    println!("warning: found `{v}`, verdict is tested with nisshi {NISSHI_VERSION}")
-                }
-                None => {
-                    return Err(CliError::Usage(format!(
-                        "nisshi is not installed: run `bash scripts/install.sh` (the first install builds nisshi {NISSHI_VERSION} from crates.io, ~20 minutes)"
-                    )));
-                }
-            }
-            let dir = self.data_dir.join("broker");
-            fs::create_dir_all(&dir).map_err(|e| CliError::Failed(e.to_string()))?;
-            let child = spawn_logged(
-                broker_command(&dir, self.broker_port),
-                &self.log_file(&BROKER),
-                true,
-            )?;
+            let started = Instant::now();
+            let broker = self.broker_config();
+            let child = broker.spawn(&KafkaDist::locate()?, &self.log_file(&BROKER), true)?;
             self.write_pid(&BROKER, child.id())?;
             println!(
-                "broker: started nisshi (pid {}) on {}, data in {}",
+                "broker: started Apache Kafka {} (pid {}) on {}, data in {}",
+                kafka_version(),
                 child.id(),
                 self.bootstrap(),
-                dir.display()
+                broker.dir.display()
             );
+            wait_for_broker(&kafka, Some(child.id()), BROKER_START_TIMEOUT)
+                .await
+                .map_err(|e| {
+                    CliError::Failed(format!(
+                        "the broker did not come up: {e}\n--- {} (last lines):\n{}",
+                        self.log_file(&BROKER).display(),
+                        self.tail_log(&BROKER)
+                    ))
+                })?;
+            println!("broker: up in {:.1} s", started.elapsed().as_secs_f64());
         }
         if let Err(e) = kafka.wait_until_reachable(Duration::from_secs(30)).await {
             return Err(CliError::Failed(format!(
@@ -480,8 +480,10 @@ impl StackOpts {
         let broker_proc = match (Self::external_bootstrap(), self.running_pid(&BROKER)) {
             (Some(_), _) => format!("external ({BOOTSTRAP_ENV})"),
             (None, Some(pid)) => format!(
-                "nisshi pid {pid}, data {}",
-                self.data_dir.join("broker").display()
+                "Apache Kafka {} pid {pid}, data {}, log {}",
+                kafka_version(),
+                self.data_dir.join("broker").display(),
+                self.log_file(&BROKER).display()
             ),
             (None, None) => "not started by this data dir".into(),
         };

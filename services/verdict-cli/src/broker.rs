@@ -1,0 +1,429 @@
+//! Apache Kafka for the local stack, the tests and the benchmarks: its jars (resolved from Maven
+//! Central by `scripts/install.sh`, or an unpacked distribution in `KAFKA_HOME`), a single-node
+//! KRaft broker on loopback, and Kafka's own command-line tools run from the same jars.
+
+use std::fs;
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command};
+use std::sync::OnceLock;
+
+use base64::Engine;
+
+use crate::CliError;
+use crate::stack::spawn_logged;
+
+/// `scripts/kafka/pom.xml`: the one place the Kafka version is written down.
+const POM: &str = include_str!("../../../scripts/kafka/pom.xml");
+const BROKER_LOG4J: &str = include_str!("../../../scripts/kafka/log4j2-broker.properties");
+const TOOLS_LOG4J: &str = include_str!("../../../scripts/kafka/log4j2-tools.properties");
+
+/// The unpacked distribution to use instead of the installed jars.
+pub const KAFKA_HOME_ENV: &str = "KAFKA_HOME";
+
+/// The Apache Kafka version verdict installs, runs and is tested with (from the pom).
+pub fn kafka_version() -> &'static str {
+    static VERSION: OnceLock<String> = OnceLock::new();
+    VERSION.get_or_init(|| {
+        POM.split_once("<kafka.version>")
+            .and_then(|(_, rest)| rest.split_once("</kafka.version>"))
+            .map(|(v, _)| v.trim().to_string())
+            .unwrap_or_default()
+    })
+}
+
+/// Kafka's command-line tools, by the name of the script in a Kafka distribution
+/// (`kafka-topics.sh` → `topics`), and their main classes (kafka-tools 4.x).
+pub const TOOLS: &[(&str, &str)] = &[
+    ("topics", "org.apache.kafka.tools.TopicCommand"),
+    (
+        "consumer-groups",
+        "org.apache.kafka.tools.consumer.group.ConsumerGroupCommand",
+    ),
+    (
+        "console-consumer",
+        "org.apache.kafka.tools.consumer.ConsoleConsumer",
+    ),
+    ("console-producer", "org.apache.kafka.tools.ConsoleProducer"),
+    (
+        "producer-perf-test",
+        "org.apache.kafka.tools.ProducerPerformance",
+    ),
+    (
+        "consumer-perf-test",
+        "org.apache.kafka.tools.ConsumerPerformance",
+    ),
+    ("get-offsets", "org.apache.kafka.tools.GetOffsetShell"),
+    (
+        "delete-records",
+        "org.apache.kafka.tools.DeleteRecordsCommand",
+    ),
+    (
+        "metadata-quorum",
+        "org.apache.kafka.tools.MetadataQuorumCommand",
+    ),
+    ("configs", "kafka.admin.ConfigCommand"),
+    ("storage", "kafka.tools.StorageTool"),
+];
+
+/// The jars of one Apache Kafka version and the Java that runs them.
+#[derive(Clone, Debug)]
+pub struct KafkaDist {
+    /// The directory holding the jars (`<dist>/libs`).
+    pub libs: PathBuf,
+    java: PathBuf,
+}
+
+impl KafkaDist {
+    /// `$KAFKA_HOME/libs` when set, else `~/.local/share/verdict/kafka-<version>/libs` as
+    /// `scripts/install.sh` leaves it; and a Java 17 or newer. The errors say what to do.
+    pub fn locate() -> Result<Self, CliError> {
+        let libs = match std::env::var_os(KAFKA_HOME_ENV).filter(|v| !v.is_empty()) {
+            Some(home) => {
+                let libs = PathBuf::from(home).join("libs");
+                if !has_kafka_jar(&libs) {
+                    return Err(CliError::Usage(format!(
+                        "{KAFKA_HOME_ENV} is set, but {} holds no kafka_2.13-*.jar: point it at an unpacked Apache Kafka distribution, or unset it",
+                        libs.display()
+                    )));
+                }
+                libs
+            }
+            None => {
+                let libs = installed_dir().join("libs");
+                if !libs.join(".complete").is_file() {
+                    return Err(CliError::Usage(format!(
+                        "Apache Kafka {} is not installed in {}: run `bash scripts/install.sh` (it resolves the jars from Maven Central), or set {KAFKA_HOME_ENV}",
+                        kafka_version(),
+                        libs.display()
+                    )));
+                }
+                libs
+            }
+        };
+        Ok(Self {
+            libs,
+            java: java()?,
+        })
+    }
+
+    /// `java … -cp <libs>/* MAIN` with a bounded heap and the given log4j2 config.
+    pub fn java(&self, main: &str, heap_mb: u32, log4j: &Path) -> Command {
+        let mut cmd = Command::new(&self.java);
+        cmd.arg(format!("-Xmx{heap_mb}m"))
+            .arg(format!("-Xms{}m", heap_mb.min(256)))
+            .arg("-XX:+UseG1GC")
+            .arg("-Djava.awt.headless=true")
+            .arg(format!("-Dlog4j2.configurationFile={}", log4j.display()))
+            .arg("-cp")
+            .arg(format!("{}/*", self.libs.display()))
+            .arg(main);
+        cmd
+    }
+
+    /// One of Kafka's command-line tools ([`TOOLS`]) with `args`; it logs warnings to stderr only.
+    pub fn tool(&self, name: &str, args: &[String]) -> Result<Command, CliError> {
+        let Some((_, class)) = TOOLS.iter().find(|(n, _)| *n == name) else {
+            return Err(CliError::Usage(format!(
+                "no Kafka tool `{name}`; known: {}",
+                TOOLS.iter().map(|(n, _)| *n).collect::<Vec<_>>().join(", ")
+            )));
+        };
+        let log4j = write_once(
+            &std::env::temp_dir().join(format!(
+                "verdict-kafka-tools-{}.properties",
+                kafka_version()
+            )),
+            TOOLS_LOG4J,
+        )?;
+        let mut cmd = self.java(class, 512, &log4j);
+        cmd.args(args);
+        Ok(cmd)
+    }
+}
+
+/// Where `scripts/install.sh` puts the jars of [`kafka_version`].
+pub fn installed_dir() -> PathBuf {
+    let home = std::env::var_os("HOME").map_or_else(|| PathBuf::from("."), PathBuf::from);
+    home.join(".local/share/verdict")
+        .join(format!("kafka-{}", kafka_version()))
+}
+
+fn has_kafka_jar(libs: &Path) -> bool {
+    fs::read_dir(libs).is_ok_and(|entries| {
+        entries.flatten().any(|e| {
+            let name = e.file_name();
+            let name = name.to_string_lossy();
+            name.starts_with("kafka_2.13-") && name.ends_with(".jar")
+        })
+    })
+}
+
+/// `$JAVA_HOME/bin/java` or `java` on the PATH, checked to be Java 17 or newer.
+fn java() -> Result<PathBuf, CliError> {
+    let java = std::env::var_os("JAVA_HOME")
+        .filter(|v| !v.is_empty())
+        .map_or_else(
+            || PathBuf::from("java"),
+            |h| PathBuf::from(h).join("bin/java"),
+        );
+    let out = Command::new(&java).arg("-version").output().map_err(|e| {
+        CliError::Usage(format!(
+            "no Java found ({}: {e}): Apache Kafka needs Java 17 or newer; `bash scripts/install.sh` installs it",
+            java.display()
+        ))
+    })?;
+    let text = String::from_utf8_lossy(&out.stderr);
+    let major = java_major(&text);
+    if major.is_some_and(|m| m >= 17) {
+        Ok(java)
+    } else {
+        Err(CliError::Usage(format!(
+            "Apache Kafka needs Java 17 or newer; `{} -version` says: {}",
+            java.display(),
+            text.lines().next().unwrap_or("nothing")
+        )))
+    }
+}
+
+/// The major version in `java -version`'s first line (`openjdk version "17.0.15"` → 17,
+/// `java version "1.8.0_402"` → 8).
+fn java_major(version_output: &str) -> Option<u32> {
+    let quoted = version_output.split('"').nth(1)?;
+    let mut parts = quoted.split(['.', '-', '_', '+']);
+    let first: u32 = parts.next()?.parse().ok()?;
+    if first == 1 {
+        parts.next()?.parse().ok()
+    } else {
+        Some(first)
+    }
+}
+
+/// Writes `text` to `path` unless it already holds exactly that (atomically, so concurrent
+/// writers never leave a half-written file). Returns the path.
+fn write_once(path: &Path, text: &str) -> Result<PathBuf, CliError> {
+    if fs::read_to_string(path).is_ok_and(|t| t == text) {
+        return Ok(path.to_path_buf());
+    }
+    let tmp = path.with_extension(format!("tmp{}", std::process::id()));
+    fs::write(&tmp, text)
+        .and_then(|()| fs::rename(&tmp, path))
+        .map_err(|e| CliError::Failed(format!("cannot write {}: {e}", path.display())))?;
+    Ok(path.to_path_buf())
+}
+
+/// A single-node KRaft broker (combined broker and controller) on 127.0.0.1, its data,
+/// config and log4j2 config in `dir`.
+#[derive(Clone, Debug)]
+pub struct BrokerConfig {
+    pub dir: PathBuf,
+    pub port: u16,
+    pub controller_port: u16,
+    pub heap_mb: u32,
+}
+
+impl BrokerConfig {
+    pub fn bootstrap(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
+    fn properties_file(&self) -> PathBuf {
+        self.dir.join("server.properties")
+    }
+
+    fn log_dir(&self) -> PathBuf {
+        self.dir.join("data")
+    }
+
+    /// `server.properties` for one node: loopback listeners, internal topics with
+    /// replication 1, no initial rebalance delay, small cleaner buffer for a small heap.
+    pub fn server_properties(&self) -> String {
+        format!(
+            "# Written by verdict on every start; edit the code (services/verdict-cli/src/broker.rs), not this file.
+process.roles=broker,controller
+node.id=1
+controller.quorum.voters=1@127.0.0.1:{controller}
+listeners=PLAINTEXT://127.0.0.1:{port},CONTROLLER://127.0.0.1:{controller}
+advertised.listeners=PLAINTEXT://127.0.0.1:{port}
+controller.listener.names=CONTROLLER
+inter.broker.listener.name=PLAINTEXT
+listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT
+log.dirs={logs}
+num.partitions=1
+auto.create.topics.enable=false
+file.delete.delay.ms=1000
+offsets.topic.replication.factor=1
+offsets.topic.num.partitions=10
+transaction.state.log.replication.factor=1
+transaction.state.log.min.isr=1
+transaction.state.log.num.partitions=4
+share.coordinator.state.topic.replication.factor=1
+share.coordinator.state.topic.min.isr=1
+group.initial.rebalance.delay.ms=0
+log.cleaner.dedupe.buffer.size=8388608
+log.cleaner.threads=1
+num.network.threads=2
+num.io.threads=4
+",
+            controller = self.controller_port,
+            port = self.port,
+            logs = self.log_dir().display(),
+        )
+    }
+
+    /// Fails naming the port when a listener port is taken by something else.
+    pub fn check_ports(&self) -> Result<(), CliError> {
+        for (what, port) in [("broker", self.port), ("controller", self.controller_port)] {
+            if let Err(e) = TcpListener::bind(("127.0.0.1", port)) {
+                return Err(CliError::Usage(format!(
+                    "the {what} port 127.0.0.1:{port} is not free ({e}): another broker or program holds it; stop it, or choose another port"
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    /// Writes the configs and formats the storage once (`kafka.tools.StorageTool format`);
+    /// a formatted directory is left as it is.
+    pub fn prepare(&self, dist: &KafkaDist) -> Result<(), CliError> {
+        fs::create_dir_all(&self.dir)
+            .map_err(|e| CliError::Failed(format!("cannot create {}: {e}", self.dir.display())))?;
+        write_once(&self.properties_file(), &self.server_properties())?;
+        write_once(&self.log4j_file(), BROKER_LOG4J)?;
+        if self.log_dir().join("meta.properties").is_file() {
+            return Ok(());
+        }
+        let out = dist
+            .java("kafka.tools.StorageTool", 256, &self.log4j_file())
+            .args(["format", "-t", &new_cluster_id(), "-c"])
+            .arg(self.properties_file())
+            .output()
+            .map_err(|e| CliError::Failed(format!("cannot run Java: {e}")))?;
+        if out.status.success() {
+            Ok(())
+        } else {
+            Err(CliError::Failed(format!(
+                "formatting the broker's storage in {} failed: {}{}",
+                self.log_dir().display(),
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            )))
+        }
+    }
+
+    fn log4j_file(&self) -> PathBuf {
+        self.dir.join("log4j2.properties")
+    }
+
+    /// The broker's command line (`kafka.Kafka server.properties`); run [`Self::prepare`] first.
+    pub fn command(&self, dist: &KafkaDist) -> Command {
+        let mut cmd = dist.java("kafka.Kafka", self.heap_mb, &self.log4j_file());
+        cmd.arg(self.properties_file()).current_dir(&self.dir);
+        cmd
+    }
+
+    /// Checks the ports, prepares the directory and starts the broker with its output
+    /// appended to `log` (see [`spawn_logged`]). Wait for it with `stack::wait_for_broker`.
+    pub fn spawn(&self, dist: &KafkaDist, log: &Path, detached: bool) -> Result<Child, CliError> {
+        self.check_ports()?;
+        self.prepare(dist)?;
+        spawn_logged(self.command(dist), log, detached)
+    }
+}
+
+/// Runs a throwaway broker in the foreground for as long as the process `parent` lives (a test
+/// runner), then stops it (SIGTERM, SIGKILL after 20 s) and removes its directory. SIGTERM or
+/// Ctrl-C stop it the same way. The test harness starts one per test run with this.
+pub async fn run_while_alive(cfg: &BrokerConfig, parent: u32) -> Result<(), CliError> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let dist = KafkaDist::locate()?;
+    let log = cfg.dir.join("broker.log");
+    let mut child = cfg.spawn(&dist, &log, false)?;
+    let pid = child.id();
+    let mut term = signal(SignalKind::terminate()).map_err(|e| CliError::Failed(e.to_string()))?;
+    let mut tick = tokio::time::interval(std::time::Duration::from_millis(500));
+    let outcome = loop {
+        tokio::select! {
+            _ = term.recv() => break Ok(()),
+            _ = tokio::signal::ctrl_c() => break Ok(()),
+            _ = tick.tick() => {
+                if !crate::stack::alive(parent) {
+                    break Ok(());
+                }
+                if let Ok(Some(status)) = child.try_wait() {
+                    break Err(CliError::Failed(format!(
+                        "the broker exited with {status}; see {}",
+                        log.display()
+                    )));
+                }
+            }
+        }
+    };
+    crate::stack::stop_pid(pid, std::time::Duration::from_secs(20));
+    let _ = child.wait();
+    if outcome.is_ok() {
+        let _ = fs::remove_dir_all(&cfg.dir);
+    }
+    outcome
+}
+
+/// A new cluster id: 16 random bytes, base64url without padding (Kafka's `Uuid`).
+fn new_cluster_id() -> String {
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(uuid::Uuid::new_v4().as_bytes())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn version_comes_from_the_pom() {
+        assert!(kafka_version().starts_with("4."), "{}", kafka_version());
+    }
+
+    #[test]
+    fn java_versions() {
+        assert_eq!(
+            java_major("openjdk version \"17.0.15\" 2025-04-15\nOpenJDK Runtime"),
+            Some(17)
+        );
+        assert_eq!(java_major("java version \"1.8.0_402\""), Some(8));
+        assert_eq!(java_major("openjdk version \"25\" 2025-09-16"), Some(25));
+        assert_eq!(java_major("no java here"), None);
+    }
+
+    #[test]
+    fn cluster_ids_are_kafka_uuids() {
+        let id = new_cluster_id();
+        assert_eq!(id.len(), 22, "{id}");
+        assert!(
+            id.chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+        );
+    }
+
+    #[test]
+    fn properties_bind_loopback_only() {
+        let cfg = BrokerConfig {
+            dir: PathBuf::from("/tmp/x"),
+            port: 19092,
+            controller_port: 19093,
+            heap_mb: 512,
+        };
+        let p = cfg.server_properties();
+        assert!(p.contains("listeners=PLAINTEXT://127.0.0.1:19092,CONTROLLER://127.0.0.1:19093"));
+        assert!(p.contains("controller.quorum.voters=1@127.0.0.1:19093"));
+        assert!(p.contains("group.initial.rebalance.delay.ms=0"));
+        assert!(p.contains("log.dirs=/tmp/x/data"));
+    }
+
+    #[test]
+    fn unknown_tools_are_named() {
+        let dist = KafkaDist {
+            libs: PathBuf::from("/nonexistent"),
+            java: PathBuf::from("java"),
+        };
+        let err = dist.tool("nope", &[]).expect_err("unknown");
+        assert!(err.to_string().contains("consumer-groups"), "{err}");
+    }
+}
