@@ -227,12 +227,17 @@ impl BrokerConfig {
         format!("127.0.0.1:{}", self.port)
     }
 
+    /// The directory as an absolute path: the broker runs with another working directory.
+    fn abs_dir(&self) -> PathBuf {
+        std::path::absolute(&self.dir).unwrap_or_else(|_| self.dir.clone())
+    }
+
     fn properties_file(&self) -> PathBuf {
-        self.dir.join("server.properties")
+        self.abs_dir().join("server.properties")
     }
 
     fn log_dir(&self) -> PathBuf {
-        self.dir.join("data")
+        self.abs_dir().join("data")
     }
 
     /// `server.properties` for one node: loopback listeners, internal topics with
@@ -312,13 +317,13 @@ num.io.threads=4
     }
 
     fn log4j_file(&self) -> PathBuf {
-        self.dir.join("log4j2.properties")
+        self.abs_dir().join("log4j2.properties")
     }
 
     /// The broker's command line (`kafka.Kafka server.properties`); run [`Self::prepare`] first.
     pub fn command(&self, dist: &KafkaDist) -> Command {
         let mut cmd = dist.java("kafka.Kafka", self.heap_mb, &self.log4j_file());
-        cmd.arg(self.properties_file()).current_dir(&self.dir);
+        cmd.arg(self.properties_file()).current_dir(self.abs_dir());
         cmd
     }
 
@@ -415,6 +420,49 @@ mod tests {
         assert!(p.contains("controller.quorum.voters=1@127.0.0.1:19093"));
         assert!(p.contains("group.initial.rebalance.delay.ms=0"));
         assert!(p.contains("log.dirs=/tmp/x/data"));
+    }
+
+    #[test]
+    fn a_relative_data_dir_becomes_absolute_paths() {
+        // `verdict stack up` defaults to the relative `.verdict`; the broker must find its
+        // files whatever its working directory.
+        let cfg = BrokerConfig {
+            dir: PathBuf::from(".verdict/broker"),
+            port: 19092,
+            controller_port: 19093,
+            heap_mb: 512,
+        };
+        let dist = KafkaDist {
+            libs: PathBuf::from("/opt/kafka/libs"),
+            java: PathBuf::from("java"),
+        };
+        let cwd = std::env::current_dir().expect("cwd");
+        let cmd = cfg.command(&dist);
+        let args: Vec<String> = cmd
+            .get_args()
+            .map(|a| a.to_string_lossy().into_owned())
+            .collect();
+        let props = args.last().expect("properties file");
+        assert_eq!(
+            PathBuf::from(props),
+            cwd.join(".verdict/broker/server.properties")
+        );
+        assert!(
+            args.iter().any(|a| *a
+                == format!(
+                    "-Dlog4j2.configurationFile={}",
+                    cwd.join(".verdict/broker/log4j2.properties").display()
+                )),
+            "{args:?}"
+        );
+        assert!(
+            cfg.server_properties().contains(&format!(
+                "log.dirs={}",
+                cwd.join(".verdict/broker/data").display()
+            )),
+            "{}",
+            cfg.server_properties()
+        );
     }
 
     #[test]
