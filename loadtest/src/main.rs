@@ -21,6 +21,7 @@ use std::time::{Duration, Instant};
 use clap::Parser;
 
 mod documents;
+mod kafka_perf;
 use dashmap::DashMap;
 use futures::StreamExt;
 use futures::stream::FuturesUnordered;
@@ -51,6 +52,8 @@ enum Bench {
     Fraud(Args),
     /// Embeddings: model-server batch-1 vs batched, standalone vs the document pipeline, cache hits.
     Documents(documents::DocArgs),
+    /// Apache Kafka's own producer-perf-test and consumer-perf-test on a broker of its own.
+    Kafka(kafka_perf::PerfArgs),
 }
 
 #[derive(clap::Args, Clone)]
@@ -434,6 +437,7 @@ async fn main() {
     match Cli::parse().bench {
         Bench::Fraud(args) => fraud(args).await,
         Bench::Documents(args) => documents::run(args).await,
+        Bench::Kafka(args) => kafka_perf::run(args).await,
     }
 }
 
