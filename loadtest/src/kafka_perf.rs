@@ -91,15 +91,12 @@ pub async fn run(args: PerfArgs) {
                 bootstrap.clone(),
                 s("--topic"),
                 s(topic),
-                s("--messages"),
+                s("--num-records"),
                 args.records.to_string(),
                 s("--group"),
                 s("perf-consumer"),
                 s("--timeout"),
                 s("60000"),
-                s("--show-detailed-stats"),
-                s("--reporting-interval"),
-                s("600000"),
             ],
         )
     });
