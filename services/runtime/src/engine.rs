@@ -481,8 +481,7 @@ pub async fn run<P: Processor>(
         .set("queued.max.messages.kbytes", "16384")
         // Pausing a partition drops what librdkafka prefetched for it; keep that small.
         .set("max.partition.fetch.bytes", "262144")
-        // nisshi answers idle fetches at once, so a short wait spins the broker;
-        // 100 ms keeps idle load low and, under load, fetches return with data anyway.
+        // An idle fetch waits at most this long; under load fetches return with data at once.
         .set("fetch.wait.max.ms", "100")
         // librdkafka's default (1 s) stalls a partition after a full fetch queue.
         .set("fetch.queue.backoff.ms", "10");
