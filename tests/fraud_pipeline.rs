@@ -499,14 +499,25 @@ fn two_instances_split_partitions_and_hand_over() {
         let want: HashSet<String> = first.iter().map(|(_, id)| id.clone()).collect();
         let decisions = decisions_for(&stack, &topology, &want, Duration::from_secs(60)).await;
         assert_eq!(event_ids(&decisions).len(), 200);
+        // Every record was read once, by the instance owning its partition. (Which topics'
+        // partitions each instance got is the assignor's choice; an instance owning input
+        // partitions read some of the records.)
+        let input = format!("topic=\"{}\"", topology.topic("transactions"));
         let (ia, ib) = (
             a.metric("verdict_records_in_total").await,
             b.metric("verdict_records_in_total").await,
         );
-        assert!(
-            ia > 0.0 && ib > 0.0 && ia + ib == 200.0,
-            "both instances worked: a={ia} b={ib}"
-        );
+        assert_eq!(ia + ib, 200.0, "a={ia} b={ib}");
+        for (svc, read) in [(&a, ia), (&b, ib)] {
+            let owns_input = svc
+                .metric_where("verdict_assigned_partitions", &input)
+                .await;
+            assert_eq!(
+                owns_input > 0.0,
+                read > 0.0,
+                "owns {owns_input} input partitions, read {read}"
+            );
+        }
 
         // A stops cleanly; B takes over its partitions and decides everything after.
         assert_eq!(a.terminate(Duration::from_secs(30)), Some(0), "{}", a.log());

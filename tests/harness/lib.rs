@@ -3,6 +3,7 @@
 //! of each test (unique topics and groups), consumer settings for quick group joins, and a
 //! timeout around every test. Everything is torn down on drop.
 
+use std::collections::BTreeMap;
 use std::future::Future;
 use std::net::TcpListener;
 use std::path::PathBuf;
@@ -536,6 +537,11 @@ impl ServiceProcess {
 
     /// Sum of a metric's samples on `/metrics` (all label sets).
     pub async fn metric(&self, name: &str) -> f64 {
+        self.metric_where(name, "").await
+    }
+
+    /// Sum of a metric's samples whose label set contains `labels` (e.g. `topic="in"`).
+    pub async fn metric_where(&self, name: &str, labels: &str) -> f64 {
         let url = format!("http://127.0.0.1:{}/metrics", self.http_port);
         let text = reqwest::get(&url)
             .await
@@ -544,11 +550,16 @@ impl ServiceProcess {
             .await
             .expect("body");
         text.lines()
-            .filter(|l| {
-                l.starts_with(name)
-                    && (l[name.len()..].starts_with('{') || l[name.len()..].starts_with(' '))
+            .filter_map(|l| {
+                let rest = l.strip_prefix(name)?;
+                let (label_set, value) = match rest.strip_prefix('{') {
+                    Some(r) => r.split_once("} ")?,
+                    None => ("", rest.strip_prefix(' ')?),
+                };
+                label_set
+                    .contains(labels)
+                    .then(|| value.parse::<f64>().ok())?
             })
-            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
             .sum()
     }
 
@@ -803,5 +814,178 @@ impl ScriptServer {
 impl Drop for ScriptServer {
     fn drop(&mut self) {
         self.kill();
+    }
+}
+
+/// The offsets `group` has committed on `topic`, by partition (partitions without a commit
+/// are absent). Asks the group coordinator (OffsetFetch); does not join the group.
+pub async fn committed(kafka: &KafkaSettings, group: &str, topic: &str) -> BTreeMap<i32, i64> {
+    use rdkafka::consumer::{BaseConsumer, Consumer};
+    let partitions = kafka
+        .topic_partitions()
+        .await
+        .ok()
+        .and_then(|t| t.get(topic).copied())
+        .unwrap_or(0);
+    let consumer: BaseConsumer = kafka
+        .client_config()
+        .set("group.id", group)
+        .set("enable.auto.commit", "false")
+        .create()
+        .expect("consumer");
+    let mut tpl = rdkafka::TopicPartitionList::new();
+    for p in 0..i32::try_from(partitions).unwrap_or(0) {
+        tpl.add_partition(topic, p);
+    }
+    let got = tokio::task::spawn_blocking(move || {
+        consumer
+            .committed_offsets(tpl, Duration::from_secs(10))
+            .expect("committed offsets")
+    })
+    .await
+    .expect("join");
+    got.elements()
+        .iter()
+        .filter_map(|e| match e.offset() {
+            rdkafka::Offset::Offset(o) => Some((e.partition(), o)),
+            _ => None,
+        })
+        .collect()
+}
+
+/// The end (high watermark) of each partition of `topic`.
+pub async fn end_offsets(kafka: &KafkaSettings, topic: &str) -> BTreeMap<i32, i64> {
+    use rdkafka::consumer::Consumer;
+    let partitions = kafka
+        .topic_partitions()
+        .await
+        .ok()
+        .and_then(|t| t.get(topic).copied())
+        .unwrap_or(0);
+    let consumer = kafka.metadata_consumer().expect("consumer");
+    let topic = topic.to_string();
+    tokio::task::spawn_blocking(move || {
+        (0..i32::try_from(partitions).unwrap_or(0))
+            .map(|p| {
+                let (_, high) = consumer
+                    .fetch_watermarks(&topic, p, Duration::from_secs(10))
+                    .expect("watermarks");
+                (p, high)
+            })
+            .collect()
+    })
+    .await
+    .expect("join")
+}
+
+/// Waits until `group` has committed `topic` up to its end on every partition that has
+/// records; panics with both maps after `timeout`.
+pub async fn wait_committed_to_end(
+    kafka: &KafkaSettings,
+    group: &str,
+    topic: &str,
+    timeout: Duration,
+) {
+    let start = std::time::Instant::now();
+    loop {
+        let end = end_offsets(kafka, topic).await;
+        let done = committed(kafka, group, topic).await;
+        let behind: Vec<_> = end
+            .iter()
+            .filter(|(p, e)| **e > 0 && done.get(p).copied().unwrap_or(0) < **e)
+            .collect();
+        if behind.is_empty() {
+            return;
+        }
+        assert!(
+            start.elapsed() < timeout,
+            "{group} has not committed {topic} to the end within {timeout:?}: end {end:?}, committed {done:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// A schema registry in front of a real one that fails some requests on purpose: requests
+/// whose path starts with `prefix` get `status` (with a Confluent error body) the first `times`
+/// times; everything else is forwarded. For registry outages against a real broker.
+pub struct RegistryProxy {
+    pub url: String,
+    /// How many requests were failed on purpose.
+    pub failed: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl RegistryProxy {
+    pub async fn start(upstream: &str, prefix: &str, status: u16, times: usize) -> Self {
+        use axum::response::IntoResponse;
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        let failed = std::sync::Arc::new(AtomicUsize::new(0));
+        let (upstream, prefix, counter) =
+            (upstream.to_string(), prefix.to_string(), failed.clone());
+        let client = reqwest::Client::new();
+        let app = axum::Router::new().fallback(move |req: axum::extract::Request| {
+            let (upstream, prefix, counter, client) = (
+                upstream.clone(),
+                prefix.clone(),
+                counter.clone(),
+                client.clone(),
+            );
+            async move {
+                let path_and_query = req
+                    .uri()
+                    .path_and_query()
+                    .map(|p| p.as_str().to_string())
+                    .unwrap_or_default();
+                if req.uri().path().starts_with(&prefix)
+                    && counter
+                        .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| {
+                            (n < times).then_some(n + 1)
+                        })
+                        .is_ok()
+                {
+                    let code = axum::http::StatusCode::from_u16(status).expect("status");
+                    let body = format!(r#"{{"error_code":{status},"message":"injected failure"}}"#);
+                    return (code, body).into_response();
+                }
+                let method = req.method().clone();
+                let content_type = req.headers().get("content-type").cloned();
+                let body = axum::body::to_bytes(req.into_body(), 16 << 20)
+                    .await
+                    .unwrap_or_default();
+                let mut forward = client.request(method, format!("{upstream}{path_and_query}"));
+                if let Some(ct) = content_type {
+                    forward = forward.header("content-type", ct);
+                }
+                match forward.body(body).send().await {
+                    Ok(resp) => {
+                        let code = axum::http::StatusCode::from_u16(resp.status().as_u16())
+                            .expect("status");
+                        let ct = resp
+                            .headers()
+                            .get("content-type")
+                            .and_then(|v| v.to_str().ok())
+                            .unwrap_or("application/json")
+                            .to_string();
+                        let bytes = resp.bytes().await.unwrap_or_default();
+                        (code, [("content-type", ct)], bytes).into_response()
+                    }
+                    Err(e) => (axum::http::StatusCode::BAD_GATEWAY, e.to_string()).into_response(),
+                }
+            }
+        });
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let url = format!("http://{}", listener.local_addr().expect("addr"));
+        let task = tokio::spawn(async move {
+            let _ = axum::serve(listener, app).await;
+        });
+        Self { url, failed, task }
+    }
+}
+
+impl Drop for RegistryProxy {
+    fn drop(&mut self) {
+        self.task.abort();
     }
 }

@@ -9,16 +9,17 @@ use regex::Regex;
 
 #[allow(clippy::unwrap_used)] // constant patterns, checked by the tests
 static IBAN: LazyLock<Regex> =
-    LazyLock::new(|| Regex::new(r"\b[A-Z]{2}\d{2}(?: ?[A-Z0-9]){11,30}\b").unwrap());
+    LazyLock::new(|| Regex::new(r"\b[A-Z]{2}[0-9]{2}(?: ?[A-Z0-9]){11,30}\b").unwrap());
 #[allow(clippy::unwrap_used)]
-static CARD: LazyLock<Regex> = LazyLock::new(|| Regex::new(r"\b\d(?:[ -]?\d){12,18}\b").unwrap());
+static CARD: LazyLock<Regex> =
+    LazyLock::new(|| Regex::new(r"\b[0-9](?:[ -]?[0-9]){12,18}\b").unwrap());
 #[allow(clippy::unwrap_used)]
 static EMAIL: LazyLock<Regex> = LazyLock::new(|| {
     Regex::new(r"(?i)\b[a-z0-9._%+-]+@[a-z0-9-]+(?:\.[a-z0-9-]+)*\.[a-z]{2,}\b").unwrap()
 });
 #[allow(clippy::unwrap_used)]
 static PHONE: LazyLock<Regex> =
-    LazyLock::new(|| Regex::new(r"(?:\+|\b00|\b0)\d(?:[ ()/.-]{0,2}\d){6,14}\b").unwrap());
+    LazyLock::new(|| Regex::new(r"(?:\+|\b00|\b0)[0-9](?:[ ()/.-]{0,2}[0-9]){6,14}\b").unwrap());
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct Redacted {
@@ -47,15 +48,16 @@ pub fn luhn_valid(digits: &str) -> bool {
 }
 
 /// ISO 13616 check: move the first four characters to the end, letters to
-/// numbers (A=10 … Z=35), the whole number mod 97 must be 1.
+/// numbers (A=10 … Z=35), the whole number mod 97 must be 1. Works on characters, so any
+/// input is safe (only ASCII letters and digits can pass).
 pub fn iban_valid(iban: &str) -> bool {
-    let compact: String = iban.chars().filter(|c| !c.is_whitespace()).collect();
+    let compact: Vec<char> = iban.chars().filter(|c| !c.is_whitespace()).collect();
     if !(15..=34).contains(&compact.len()) {
         return false;
     }
     let (head, tail) = compact.split_at(4);
     let mut rem: u32 = 0;
-    for c in tail.chars().chain(head.chars()) {
+    for &c in tail.iter().chain(head) {
         let v = match c {
             '0'..='9' => c as u32 - '0' as u32,
             'A'..='Z' => c as u32 - 'A' as u32 + 10,
@@ -131,6 +133,22 @@ mod tests {
         assert!(iban_valid("DE89 3704 0044 0532 0130 00"));
         assert!(iban_valid("GB82WEST12345698765432"));
         assert!(!iban_valid("DE89370400440532013001"));
+    }
+
+    #[test]
+    fn digits_of_other_scripts_are_not_pii_and_do_not_panic() {
+        // Devanagari digits once matched `\d` and split a multi-byte character at byte 4.
+        for text in [
+            "DE\u{966}\u{967}ABCDEFGHIJK",
+            "Transfer to DE\u{966}\u{967}ABCDEFGHIJK please",
+            "\u{966}\u{967}\u{968}\u{969}\u{96a}\u{96b}\u{96c}\u{96d}\u{96e}\u{96f}\u{966}\u{967}\u{968}",
+            "+\u{664}\u{665}\u{666}\u{667}\u{668}\u{669}\u{660}\u{661}",
+        ] {
+            let r = redact(text);
+            assert_eq!(r.count, 0, "{text}");
+            assert_eq!(r.text, text);
+        }
+        assert!(!iban_valid("DE\u{966}\u{967}ABCDEFGHIJKLM"));
     }
 
     #[test]

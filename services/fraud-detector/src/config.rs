@@ -25,6 +25,18 @@ pub struct FraudSettings {
     /// Fault injection for tests and drills: the score stage fails (retryably) on
     /// the first N attempts of every record. 0 in production.
     pub fail_first_attempts: u32,
+    /// With fault injection, fail only records of this tenant (empty: every record).
+    pub fail_tenant: String,
+    /// How an injected failure fails: `transient` (a retryable error) or `panic`.
+    pub fail_mode: FailMode,
+}
+
+#[derive(Clone, Copy, Debug, Default, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum FailMode {
+    #[default]
+    Transient,
+    Panic,
 }
 
 impl Default for FraudSettings {
@@ -38,6 +50,8 @@ impl Default for FraudSettings {
             velocity_window_ms: 60_000,
             velocity_max: 5,
             fail_first_attempts: 0,
+            fail_tenant: String::new(),
+            fail_mode: FailMode::Transient,
         }
     }
 }

@@ -16,7 +16,7 @@ use verdict_runtime::models::{LogisticModel, ModelInput, Scored, sha256_hex};
 use verdict_runtime::now_ms;
 use verdict_runtime::serde::ValueSchema;
 
-use crate::config::FraudSettings;
+use crate::config::{FailMode, FraudSettings};
 use crate::rules::Velocity;
 
 pub const SERVICE: &str = "fraud-detector";
@@ -168,15 +168,23 @@ impl FraudDetector {
     }
 
     /// Score: the model's probability that this is a bad risk.
-    fn score(&self, input: &Incoming, features: &ModelInput) -> Result<Scored, ProcessError> {
-        if input.attempt <= self.settings.fail_first_attempts {
-            return Err(ProcessError::transient(
-                "score",
-                format!(
-                    "injected failure on attempt {} (service.fail_first_attempts)",
-                    input.attempt
-                ),
-            ));
+    fn score(
+        &self,
+        input: &Incoming,
+        tx: &Transaction,
+        features: &ModelInput,
+    ) -> Result<Scored, ProcessError> {
+        let injected =
+            self.settings.fail_tenant.is_empty() || self.settings.fail_tenant == tx.tenant_id;
+        if injected && input.attempt <= self.settings.fail_first_attempts {
+            let why = format!(
+                "injected failure on attempt {} (service.fail_first_attempts)",
+                input.attempt
+            );
+            if self.settings.fail_mode == FailMode::Panic {
+                panic!("{why}");
+            }
+            return Err(ProcessError::transient("score", why));
         }
         Ok(self.model.score(features))
     }
@@ -192,7 +200,9 @@ impl FraudDetector {
         }
         RuleHits {
             over_amount_limit: tx.amount > self.settings.amount_limit,
-            velocity: self.velocity.observe(&tx.account_id, tx.occurred_at),
+            velocity: self
+                .velocity
+                .observe(&tx.account_id, &tx.event_id, tx.occurred_at),
         }
     }
 
@@ -256,7 +266,7 @@ impl Processor for FraudDetector {
         let mut t = StageTimings::new(&self.metrics);
         let tx = t.stage("validate", || validate(&input.value))?;
         let features = t.stage("features", || features(&tx));
-        let scored = t.stage("score", || self.score(input, &features))?;
+        let scored = t.stage("score", || self.score(input, &tx, &features))?;
         let hits = t.stage("rules", || self.rules(&tx));
         let decision = t.stage("decide", || self.decide(&tx, &scored, &hits));
 
@@ -331,11 +341,18 @@ mod tests {
     fn detector() -> FraudDetector {
         let repo = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
         let model = LogisticModel::load(&repo.join("models/fraud/model.json")).expect("model");
-        let topics = DecisionTopics {
-            decisions: "d".into(),
-            audit: "a".into(),
-            review: "r".into(),
+        let route = verdict_runtime::engine::Route {
+            service: SERVICE.into(),
+            group: "g".into(),
+            input: "in".into(),
+            retry: vec![],
+            dead_letter_topic: "in.dlq".into(),
+            outputs: [("decisions", "d"), ("audit", "a"), ("review", "r")]
+                .into_iter()
+                .map(|(role, topic)| (role.to_string(), topic.to_string()))
+                .collect(),
         };
+        let topics = DecisionTopics::from_route(&route).expect("topics");
         FraudDetector::new(
             model,
             FraudSettings::default(),

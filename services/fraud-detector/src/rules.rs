@@ -1,5 +1,9 @@
 //! Rules that need no training: an amount limit and per-account velocity over a
-//! sliding window (kept in a `DashMap`, one deque of timestamps per account).
+//! sliding window (kept in a `DashMap`, one deque of (time, event id) per account).
+//!
+//! Velocity counts each event once, by its `event_id`: a transaction that comes back (from a
+//! retry topic after a later stage failed, or redelivered after a rebalance) finds itself
+//! already counted and gets the same count as its first time.
 
 use std::collections::VecDeque;
 
@@ -8,7 +12,7 @@ use dashmap::DashMap;
 pub struct Velocity {
     window_ms: i64,
     max: usize,
-    seen: DashMap<String, VecDeque<i64>>,
+    seen: DashMap<String, VecDeque<(i64, String)>>,
 }
 
 impl Velocity {
@@ -20,18 +24,26 @@ impl Velocity {
         }
     }
 
-    /// Records a transaction of `account` at `at_ms` (event time); returns how many
-    /// of its transactions fall in the window ending there, and whether that is over the limit.
-    pub fn observe(&self, account: &str, at_ms: i64) -> (usize, bool) {
+    /// Records transaction `event_id` of `account` at `at_ms` (event time), once; returns how
+    /// many of the account's transactions fall in the window ending there (itself included),
+    /// and whether that is over the limit.
+    pub fn observe(&self, account: &str, event_id: &str, at_ms: i64) -> (usize, bool) {
         let mut times = self.seen.entry(account.to_string()).or_default();
         let from = at_ms.saturating_sub(self.window_ms);
-        while times.front().is_some_and(|&t| t <= from) {
+        while times.front().is_some_and(|(t, _)| *t <= from) {
             times.pop_front();
         }
-        // Keep the deque ordered even when events arrive slightly out of order.
-        let pos = times.partition_point(|&t| t <= at_ms);
-        times.insert(pos, at_ms);
-        let n = times.len();
+        // Seen before: counted as of its own time, as the first time. Else counted now, and
+        // the deque kept ordered even when events arrive slightly out of order.
+        let at = match times.iter().find(|(_, id)| id == event_id) {
+            Some((seen, _)) => *seen,
+            None => {
+                let pos = times.partition_point(|(t, _)| *t <= at_ms);
+                times.insert(pos, (at_ms, event_id.to_string()));
+                at_ms
+            }
+        };
+        let n = times.iter().filter(|(t, _)| *t <= at).count();
         (n, n > self.max)
     }
 
@@ -39,7 +51,7 @@ impl Velocity {
     pub fn evict_idle(&self, now_ms: i64) {
         let from = now_ms.saturating_sub(self.window_ms);
         self.seen
-            .retain(|_, t| t.back().is_some_and(|&last| last > from));
+            .retain(|_, t| t.back().is_some_and(|(last, _)| *last > from));
     }
 }
 
@@ -50,17 +62,30 @@ mod tests {
     #[test]
     fn counts_within_the_window_only() {
         let v = Velocity::new(1000, 3);
-        assert_eq!(v.observe("a", 0), (1, false));
-        assert_eq!(v.observe("a", 100), (2, false));
-        assert_eq!(v.observe("a", 200), (3, false));
-        assert_eq!(v.observe("a", 300), (4, true));
-        assert_eq!(v.observe("b", 300), (1, false), "per account");
+        assert_eq!(v.observe("a", "e1", 0), (1, false));
+        assert_eq!(v.observe("a", "e2", 100), (2, false));
+        assert_eq!(v.observe("a", "e3", 200), (3, false));
+        assert_eq!(v.observe("a", "e4", 300), (4, true));
+        assert_eq!(v.observe("b", "e5", 300), (1, false), "per account");
         assert_eq!(
-            v.observe("a", 1250),
+            v.observe("a", "e6", 1250),
             (2, false),
             "0, 100 and 200 left the window"
         );
         v.evict_idle(10_000);
-        assert_eq!(v.observe("a", 10_000), (1, false));
+        assert_eq!(v.observe("a", "e7", 10_000), (1, false));
+    }
+
+    #[test]
+    fn an_event_seen_again_gets_its_first_count() {
+        let v = Velocity::new(1000, 1);
+        assert_eq!(v.observe("a", "e1", 0), (1, false));
+        assert_eq!(v.observe("a", "e1", 0), (1, false), "a retry counts once");
+        assert_eq!(v.observe("a", "e2", 10), (2, true));
+        assert_eq!(
+            v.observe("a", "e1", 0),
+            (1, false),
+            "redelivered after a later event: still its first count"
+        );
     }
 }

@@ -1,5 +1,10 @@
-//! The one error type of record processing. Each error says whether it is
-//! retryable: that decides retry topic or dead-letter topic.
+//! The one error type of record processing. Each error carries its retry hint from where it
+//! happens: whether it is retryable (retry topic or dead-letter topic) and, when the failing
+//! dependency said so, how long to wait before the next attempt.
+
+use std::time::Duration;
+
+use crate::inference::InferenceError;
 
 /// Why a record could not be processed.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -13,12 +18,21 @@ pub enum ProcessError {
     /// A field holds a value the service cannot accept.
     #[error("invalid field `{field}`: {reason}")]
     Invalid { field: String, reason: String },
-    /// The registry could not be reached; the same record may work later.
+    /// Processing the record panicked: a bug met by this input. Retrying would panic again.
+    #[error("processing panicked: {0}")]
+    Panic(String),
+    /// The registry failed to answer (down, 5xx, 429, refused credentials); the same record
+    /// may work later.
     #[error("schema registry unavailable: {0}")]
     Registry(String),
     /// A dependency failed in a way that may pass (timeout, 5xx, overload).
     #[error("transient failure in {stage}: {reason}")]
-    Transient { stage: String, reason: String },
+    Transient {
+        stage: String,
+        reason: String,
+        /// The dependency's own `Retry-After`, if it gave one.
+        retry_after: Option<Duration>,
+    },
     /// Outputs could not be written (broker refused or timed out).
     #[error("cannot write outputs: {0}")]
     Output(String),
@@ -36,6 +50,20 @@ impl ProcessError {
         Self::Transient {
             stage: stage.into(),
             reason: reason.into(),
+            retry_after: None,
+        }
+    }
+
+    /// A model call that failed in `stage` and could not fall back: a rejected input is not
+    /// retryable; anything else is, after the server's `Retry-After` if it sent one.
+    pub fn inference(stage: impl Into<String>, error: &InferenceError) -> Self {
+        match error {
+            InferenceError::Rejected(reason) => Self::invalid(stage, reason.clone()),
+            other => Self::Transient {
+                stage: stage.into(),
+                reason: other.to_string(),
+                retry_after: other.retry_after(),
+            },
         }
     }
 
@@ -44,10 +72,19 @@ impl ProcessError {
         match self {
             ProcessError::Decode(_)
             | ProcessError::UnknownSchema(_)
-            | ProcessError::Invalid { .. } => false,
+            | ProcessError::Invalid { .. }
+            | ProcessError::Panic(_) => false,
             ProcessError::Registry(_)
             | ProcessError::Transient { .. }
             | ProcessError::Output(_) => true,
+        }
+    }
+
+    /// The earliest time worth trying again, as the failing dependency said.
+    pub fn retry_after(&self) -> Option<Duration> {
+        match self {
+            ProcessError::Transient { retry_after, .. } => *retry_after,
+            _ => None,
         }
     }
 
@@ -57,6 +94,7 @@ impl ProcessError {
             ProcessError::Decode(_) => "Decode",
             ProcessError::UnknownSchema(_) => "UnknownSchema",
             ProcessError::Invalid { .. } => "Invalid",
+            ProcessError::Panic(_) => "Panic",
             ProcessError::Registry(_) => "Registry",
             ProcessError::Transient { .. } => "Transient",
             ProcessError::Output(_) => "Output",
@@ -73,11 +111,28 @@ mod tests {
         assert!(!ProcessError::Decode("x".into()).retryable());
         assert!(!ProcessError::UnknownSchema("id 9".into()).retryable());
         assert!(!ProcessError::invalid("amount", "negative").retryable());
+        assert!(!ProcessError::Panic("index out of bounds".into()).retryable());
         assert!(ProcessError::transient("score", "timeout").retryable());
         assert!(ProcessError::Registry("down".into()).retryable());
         assert_eq!(
             ProcessError::invalid("a", "b").to_string(),
             "invalid field `a`: b"
         );
+    }
+
+    #[test]
+    fn inference_errors_keep_their_retry_after() {
+        let busy = InferenceError::Http {
+            status: 429,
+            message: "slow down".into(),
+            retry_after: Some(Duration::from_secs(7)),
+        };
+        let e = ProcessError::inference("embed", &busy);
+        assert!(e.retryable());
+        assert_eq!(e.retry_after(), Some(Duration::from_secs(7)));
+        let rejected =
+            ProcessError::inference("embed", &InferenceError::Rejected("too long".into()));
+        assert!(!rejected.retryable());
+        assert_eq!(rejected.class(), "Invalid");
     }
 }

@@ -21,41 +21,49 @@ pub const ATTEMPTS: &str = "verdict.errors.attempts";
 pub const SERVICE: &str = "verdict.errors.service";
 pub const FAILED_AT: &str = "verdict.errors.failed.at";
 
-/// Header values of a record as UTF-8 strings (non-UTF-8 values are skipped).
+/// A record's headers in order, values as bytes: headers verdict does not know (including
+/// non-UTF-8 ones) travel unchanged to the retry and dead-letter topics.
 #[derive(Debug, Clone, Default, PartialEq)]
-pub struct HeaderMap(pub Vec<(String, String)>);
+pub struct HeaderMap(pub Vec<(String, Vec<u8>)>);
 
 impl HeaderMap {
     pub fn from_kafka(headers: Option<&BorrowedHeaders>) -> Self {
         let mut out = Vec::new();
         if let Some(h) = headers {
             for header in h.iter() {
-                if let Some(Ok(v)) = header.value.map(std::str::from_utf8) {
-                    out.push((header.key.to_string(), v.to_string()));
-                }
+                out.push((
+                    header.key.to_string(),
+                    header.value.map(<[u8]>::to_vec).unwrap_or_default(),
+                ));
             }
         }
         Self(out)
     }
 
+    /// The last value of `key`, if it is UTF-8.
     pub fn get(&self, key: &str) -> Option<&str> {
         self.0
             .iter()
             .rev()
             .find(|(k, _)| k == key)
-            .map(|(_, v)| v.as_str())
+            .and_then(|(_, v)| std::str::from_utf8(v).ok())
     }
 
     /// Sets `key`, replacing earlier values.
     pub fn set(&mut self, key: &str, value: impl Into<String>) {
         self.0.retain(|(k, _)| k != key);
-        self.0.push((key.to_string(), value.into()));
+        self.0.push((key.to_string(), value.into().into_bytes()));
+    }
+
+    /// Removes every value of `key`.
+    pub fn remove(&mut self, key: &str) {
+        self.0.retain(|(k, _)| k != key);
     }
 
     /// Sets `key` only if it is absent (keeps the first failure's coordinates).
     pub fn set_if_absent(&mut self, key: &str, value: impl Into<String>) {
-        if self.get(key).is_none() {
-            self.0.push((key.to_string(), value.into()));
+        if !self.0.iter().any(|(k, _)| k == key) {
+            self.0.push((key.to_string(), value.into().into_bytes()));
         }
     }
 
@@ -65,13 +73,13 @@ impl HeaderMap {
             |h, (k, v)| {
                 h.insert(Header {
                     key: k,
-                    value: Some(v.as_bytes()),
+                    value: Some(v.as_slice()),
                 })
             },
         )
     }
 
-    /// The processing attempt this record is on (1 for a fresh record).
+    /// The attempt number a retry record carries (1 when absent or not a number).
     pub fn attempt(&self) -> u32 {
         self.get(ATTEMPT)
             .and_then(|v| v.parse().ok())
@@ -100,5 +108,28 @@ mod tests {
         assert_eq!(h.get(ORIGINAL_OFFSET), Some("5"));
         assert_eq!(h.0.len(), 2);
         assert_eq!(HeaderMap::default().attempt(), 1);
+    }
+
+    #[test]
+    fn non_utf8_values_are_kept() {
+        let owned = OwnedHeaders::new()
+            .insert(Header {
+                key: "bin",
+                value: Some(&[0xff_u8, 0xfe, 0x00][..]),
+            })
+            .insert(Header {
+                key: "text",
+                value: Some("a"),
+            });
+        let borrowed: &BorrowedHeaders = owned.as_borrowed();
+        let h = HeaderMap::from_kafka(Some(borrowed));
+        assert_eq!(h.get("bin"), None, "not UTF-8, so not a string");
+        assert_eq!(h.get("text"), Some("a"));
+        let back = h.to_kafka();
+        let values: Vec<Option<&[u8]>> = back.iter().map(|x| x.value).collect();
+        assert_eq!(
+            values,
+            vec![Some(&[0xff_u8, 0xfe, 0x00][..]), Some(&b"a"[..])]
+        );
     }
 }

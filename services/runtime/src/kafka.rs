@@ -62,8 +62,41 @@ impl Default for KafkaSettings {
     }
 }
 
+/// librdkafka properties the runtime relies on, which `kafka.properties` may not change,
+/// with the reason given when someone tries.
+pub const RESERVED_PROPERTIES: &[(&str, &str)] = &[
+    (
+        "enable.auto.commit",
+        "the engine commits an offset only once the record's outputs are acknowledged",
+    ),
+    (
+        "enable.auto.offset.store",
+        "the engine commits an offset only once the record's outputs are acknowledged",
+    ),
+    ("group.id", "the consumer group comes from the topology"),
+    ("group.protocol", "set engine.group_protocol instead"),
+    ("group.instance.id", "set engine.group_instance_id instead"),
+    (
+        "partition.assignment.strategy",
+        "the engine drains revoked partitions incrementally (cooperative-sticky)",
+    ),
+    ("enable.idempotence", "outputs are written idempotently"),
+    (
+        "acks",
+        "outputs count as written only when all in-sync replicas have them",
+    ),
+];
+
 impl Validate for KafkaSettings {
     fn validate(&self) -> Result<(), SettingsError> {
+        for (name, why) in RESERVED_PROPERTIES {
+            if self.properties.contains_key(*name) {
+                return Err(SettingsError::Key {
+                    key: format!("kafka.properties.{name}"),
+                    message: format!("cannot be set: {why}"),
+                });
+            }
+        }
         if self.bootstrap_servers.trim().is_empty() {
             return Err(SettingsError::Key {
                 key: "kafka.bootstrap_servers".into(),
@@ -102,6 +135,18 @@ impl KafkaSettings {
         for (k, v) in &self.properties {
             cfg.set(k, v);
         }
+        cfg
+    }
+
+    /// The base of every group consumer: its group, and commits left to the caller (the
+    /// engine commits what is done; tools commit nothing or what they read). Callers add
+    /// their own settings and then [`Self::apply_properties`].
+    pub fn consumer_config(&self, group: &str) -> ClientConfig {
+        let mut cfg = self.client_config();
+        cfg.set("group.id", group)
+            .set("enable.auto.commit", "false")
+            .set("enable.auto.offset.store", "false")
+            .set("auto.offset.reset", "earliest");
         cfg
     }
 
@@ -308,6 +353,23 @@ mod tests {
         let bad = KafkaSettings::with_bootstrap("localhost");
         let err = bad.validate().expect_err("no port");
         assert!(err.to_string().contains("kafka.bootstrap_servers"), "{err}");
+    }
+
+    #[test]
+    fn properties_the_engine_relies_on_are_refused_by_name() {
+        let mut s = KafkaSettings::with_bootstrap("127.0.0.1:9092");
+        s.properties
+            .insert("enable.auto.commit".into(), "true".into());
+        let err = s.validate().expect_err("reserved");
+        assert!(
+            err.to_string()
+                .contains("kafka.properties.enable.auto.commit"),
+            "{err}"
+        );
+        let mut ok = KafkaSettings::with_bootstrap("127.0.0.1:9092");
+        ok.properties
+            .insert("security.protocol".into(), "SASL_SSL".into());
+        assert!(ok.validate().is_ok());
     }
 
     #[test]

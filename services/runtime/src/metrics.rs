@@ -54,7 +54,7 @@ pub struct Metrics {
     pub inflight: Gauge,
     pub uncommitted: Family<PartitionLabel, Gauge>,
     pub guard_tripped: Gauge,
-    pub assigned_partitions: Gauge,
+    pub assigned_partitions: Family<TopicLabel, Gauge>,
     ready: AtomicBool,
     pub last_commit_ms: AtomicI64,
 }
@@ -79,7 +79,7 @@ impl Metrics {
             inflight: Gauge::default(),
             uncommitted: Family::default(),
             guard_tripped: Gauge::default(),
-            assigned_partitions: Gauge::default(),
+            assigned_partitions: Family::default(),
             ready: AtomicBool::new(false),
             last_commit_ms: AtomicI64::new(0),
         };

@@ -44,20 +44,25 @@ impl AvroSerde {
     /// Decodes a Confluent-framed Avro value to JSON (logical types as their
     /// underlying JSON values, unions as the branch value).
     pub async fn decode(&self, bytes: Option<&[u8]>) -> Result<Json, ProcessError> {
-        let bytes = match bytes {
-            Some(b) if b.len() >= 5 && b[0] == 0 => b,
-            Some(_) => {
-                return Err(ProcessError::Decode(
-                    "not in the Confluent wire format (magic byte 0 + schema id)".into(),
-                ));
-            }
-            None => return Err(ProcessError::Decode("record has no value".into())),
+        let Some(bytes) = bytes else {
+            return Err(ProcessError::Decode("record has no value".into()));
         };
-        let decoded = self
-            .decoder
-            .decode(Some(bytes))
-            .await
-            .map_err(|e| classify(e, bytes))?;
+        let Some(id) = schema_id(bytes) else {
+            return Err(ProcessError::Decode(
+                "not in the Confluent wire format (magic byte 0 + schema id)".into(),
+            ));
+        };
+        let decoded = match self.decoder.decode(Some(bytes)).await {
+            Ok(d) => d,
+            Err(e) => {
+                let error = classify(&e, &format!("schema id {id}"), ProcessError::Decode);
+                if !matches!(error, ProcessError::UnknownSchema(_)) {
+                    // The converter caches failed lookups; only an unknown id may stay cached.
+                    self.decoder.remove_errors_from_cache();
+                }
+                return Err(error);
+            }
+        };
         Json::try_from(decoded.value).map_err(|e| ProcessError::Decode(e.to_string()))
     }
 
@@ -90,11 +95,17 @@ impl AvroSerde {
         let parsed = match self.resolved.get(&subject) {
             Some(s) => s.clone(),
             None => {
-                let s = self
+                let s = match self
                     .encoder
                     .get_schema_and_id(&subject, strategy.clone())
                     .await
-                    .map_err(|e| ProcessError::Registry(format!("schema for {subject}: {e}")))?;
+                {
+                    Ok(s) => s,
+                    Err(e) => {
+                        self.encoder.remove_errors_from_cache();
+                        return Err(ProcessError::Registry(format!("schema for {subject}: {e}")));
+                    }
+                };
                 let parsed = Arc::new(s.parsed.clone());
                 self.resolved.insert(subject.clone(), parsed.clone());
                 parsed
@@ -106,18 +117,90 @@ impl AvroSerde {
         self.encoder
             .encode_value(value, &strategy)
             .await
-            .map_err(|e| ProcessError::Output(format!("encoding for {subject}: {e}")))
+            .map_err(|e| {
+                self.encoder.remove_errors_from_cache();
+                classify(&e, &format!("encoding for {subject}"), ProcessError::Output)
+            })
     }
 }
 
-fn classify(e: SRCError, bytes: &[u8]) -> ProcessError {
-    let id = u32::from_be_bytes([bytes[1], bytes[2], bytes[3], bytes[4]]);
-    let text = e.to_string();
-    if e.retriable {
+/// The schema id of a Confluent-framed value: magic byte 0, then 4 bytes big-endian, then
+/// at least nothing; `None` for anything else.
+pub fn schema_id(bytes: &[u8]) -> Option<u32> {
+    match bytes {
+        [0, a, b, c, d, ..] => Some(u32::from_be_bytes([*a, *b, *c, *d])),
+        _ => None,
+    }
+}
+
+/// What a failure of the converter means. A registry answer of "not found" (404) is an
+/// unknown schema and not worth retrying. Any other trouble reaching the registry (5xx, 429,
+/// 401/403, a refused connection) is retryable. Everything else is about the bytes or the
+/// value, for which `otherwise` says what it is.
+fn classify(e: &SRCError, what: &str, otherwise: fn(String) -> ProcessError) -> ProcessError {
+    let text = format!("{what}: {e}");
+    let http = e
+        .error
+        .starts_with("HTTP request to schema registry failed")
+        || e.error.starts_with("http call to schema registry failed");
+    if http && e.error.contains("status 404") {
+        ProcessError::UnknownSchema(text)
+    } else if http || e.retriable {
         ProcessError::Registry(text)
-    } else if text.contains("40403") || text.contains("not found") || text.contains("404") {
-        ProcessError::UnknownSchema(format!("schema id {id}: {text}"))
     } else {
-        ProcessError::Decode(format!("schema id {id}: {text}"))
+        otherwise(text)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn schema_ids_are_read_without_slicing() {
+        assert_eq!(schema_id(&[0, 0, 0, 1, 2, 9]), Some(258));
+        assert_eq!(schema_id(&[0, 0, 0, 0, 7]), Some(7));
+        assert_eq!(schema_id(&[0, 0, 0]), None, "too short");
+        assert_eq!(schema_id(&[1, 0, 0, 0, 7]), None, "no magic byte");
+        assert_eq!(schema_id(b""), None);
+    }
+
+    #[test]
+    fn only_not_found_is_an_unknown_schema() {
+        let not_found = SRCError::new(
+            "HTTP request to schema registry failed with status 404 Not Found",
+            None,
+            false,
+        );
+        assert!(matches!(
+            classify(&not_found, "schema id 9", ProcessError::Decode),
+            ProcessError::UnknownSchema(_)
+        ));
+        for status in [
+            "500 Internal Server Error",
+            "504 Gateway Timeout",
+            "429 Too Many Requests",
+            "401 Unauthorized",
+        ] {
+            let e = SRCError::new(
+                &format!("HTTP request to schema registry failed with status {status}"),
+                None,
+                false,
+            );
+            let classified = classify(&e, "schema id 9", ProcessError::Decode);
+            assert!(classified.retryable(), "{status}: {classified:?}");
+            assert_eq!(classified.class(), "Registry");
+        }
+        let refused = SRCError::new("http call to schema registry failed", None, true);
+        assert_eq!(
+            classify(&refused, "x", ProcessError::Decode).class(),
+            "Registry"
+        );
+        let garbage = SRCError::new("Could not transform bytes using schema", None, false);
+        assert_eq!(
+            classify(&garbage, "schema id 9", ProcessError::Decode).class(),
+            "Decode",
+            "bytes that do not decode are poison, not an outage"
+        );
     }
 }

@@ -100,14 +100,15 @@ impl SchemaLog {
             write_lock: Mutex::new(()),
             tailer,
         };
-        // Replay: the registry is not ready until it has read the whole log.
-        let mut waited = Duration::ZERO;
+        // Replay: the registry is not ready until it has read the whole log. A topic created
+        // a moment ago may answer with a transient error (no leader yet): try again.
+        let started = std::time::Instant::now();
         loop {
             match log.catch_up().await {
                 Ok(()) => break,
-                Err(e) if waited < Duration::from_secs(60) => {
+                Err(e) if started.elapsed() < Duration::from_secs(60) => {
                     tracing::warn!(error = %e, "still replaying {}", log.topic);
-                    waited += log.timeout;
+                    tokio::time::sleep(Duration::from_millis(200)).await;
                 }
                 Err(e) => {
                     return Err(KafkaError::Join(format!(

@@ -1,0 +1,293 @@
+//! The consumer engine: reads a service's input topic and its retry topics in a consumer
+//! group, runs the service's [`Processor`] on every record, writes its outputs, and commits
+//! an offset only once everything before it is done.
+//!
+//! One module per job:
+//! - [`state`]: the pure state of the partitions (offsets, key order, held retries,
+//!   backpressure, epochs), unit-tested without a broker;
+//! - [`routing`]: where a failed record goes and the headers it carries (pure);
+//! - [`worker`]: one record's I/O: decode, process, write outputs, route a failure;
+//! - [`rebalance`]: the librdkafka callbacks, which only hand partitions to the loop and wait;
+//! - [`runner`]: the loop that owns all state, and the thread that polls the consumer.
+//!
+//! Guarantees (see the README's "Processing guarantees"): at least once; key-ordered
+//! parallelism within a partition; in-flight records and bytes bounded; a panicking record
+//! is dead-lettered as `Panic`; retry records wait by pausing their partition, not by
+//! holding in-flight slots; on revoke and shutdown nothing new starts, running records get
+//! the drain deadline, stragglers are aborted, and what is done is committed; a failed
+//! commit is offered again until the broker confirms it.
+
+mod rebalance;
+pub mod routing;
+mod runner;
+pub mod state;
+mod worker;
+
+use std::collections::BTreeMap;
+use std::future::Future;
+
+use apache_avro::types::Value as Avro;
+use serde::{Deserialize, Serialize};
+use serde_json::Value as Json;
+
+use crate::error::ProcessError;
+use crate::guard::GuardSettings;
+use crate::headers::HeaderMap;
+use crate::kafka::KafkaError;
+use crate::serde::ValueSchema;
+use crate::settings::SettingsError;
+use crate::topology::{RetryStep, Service};
+
+pub use runner::run;
+
+/// A decoded input record.
+#[derive(Debug, Clone)]
+pub struct Incoming {
+    pub topic: String,
+    pub partition: i32,
+    pub offset: i64,
+    pub timestamp_ms: Option<i64>,
+    pub key: Option<String>,
+    /// The value as JSON (decoded with its writer schema).
+    pub value: Json,
+    pub headers: HeaderMap,
+    /// 1 for a record from the input topic, n for its n-th attempt from a retry topic.
+    pub attempt: u32,
+}
+
+/// A topic the topology lets this service write. Only [`Route::output`] makes one, so a
+/// service can write nowhere else, and asking for an output the topology does not list fails
+/// at start-up.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct OutputTopic(String);
+
+impl OutputTopic {
+    pub fn name(&self) -> &str {
+        &self.0
+    }
+}
+
+/// An output record; the engine encodes it with the topic's schema.
+#[derive(Debug, Clone)]
+pub struct Outgoing {
+    pub topic: OutputTopic,
+    pub key: Option<String>,
+    pub value: Avro,
+    pub schema: ValueSchema,
+}
+
+/// What a service does with one record.
+pub trait Processor: Send + Sync + 'static {
+    fn process(
+        &self,
+        input: &Incoming,
+    ) -> impl Future<Output = Result<Vec<Outgoing>, ProcessError>> + Send;
+}
+
+/// Where a service reads and writes, from the topology.
+#[derive(Clone, Debug)]
+pub struct Route {
+    pub service: String,
+    pub group: String,
+    pub input: String,
+    pub retry: Vec<RetryStep>,
+    pub dead_letter_topic: String,
+    /// Role → topic, from the topology.
+    pub outputs: BTreeMap<String, String>,
+}
+
+impl From<&Service> for Route {
+    fn from(s: &Service) -> Self {
+        Self {
+            service: s.name.clone(),
+            group: s.consumer_group.clone(),
+            input: s.input.clone(),
+            retry: s.retry.clone(),
+            dead_letter_topic: s.dead_letter_topic.clone(),
+            outputs: s.outputs.clone(),
+        }
+    }
+}
+
+impl Route {
+    /// The output the topology gives this service for `role`; an error naming the key
+    /// otherwise.
+    pub fn output(&self, role: &str) -> Result<OutputTopic, String> {
+        self.outputs
+            .get(role)
+            .map(|t| OutputTopic(t.clone()))
+            .ok_or_else(|| {
+                format!(
+                    "topology: [services.{}].outputs has no `{role}` (it lists: {})",
+                    self.service,
+                    self.outputs.keys().cloned().collect::<Vec<_>>().join(", ")
+                )
+            })
+    }
+
+    /// Every topic the engine subscribes to: the input, then the retry topics.
+    pub fn subscriptions(&self) -> Vec<&str> {
+        std::iter::once(self.input.as_str())
+            .chain(self.retry.iter().map(|r| r.topic.as_str()))
+            .collect()
+    }
+}
+
+/// The topics a decision service writes, by role: `decisions`, `audit` and `review`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DecisionTopics {
+    pub decisions: OutputTopic,
+    pub audit: OutputTopic,
+    pub review: OutputTopic,
+}
+
+impl DecisionTopics {
+    pub fn from_route(route: &Route) -> Result<Self, String> {
+        Ok(Self {
+            decisions: route.output("decisions")?,
+            audit: route.output("audit")?,
+            review: route.output("review")?,
+        })
+    }
+}
+
+/// The consumer group protocol.
+#[derive(Clone, Copy, Debug, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum GroupProtocol {
+    /// The classic protocol (JoinGroup/SyncGroup) with cooperative-sticky assignment.
+    Classic,
+    /// Kafka 4's consumer group protocol (KIP-848): the broker assigns, incrementally.
+    Consumer,
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct EngineSettings {
+    /// Records running per partition before it is paused.
+    pub max_inflight_per_partition: usize,
+    /// Records running in all before every partition is paused.
+    pub max_inflight: usize,
+    /// Bytes of received records not yet done before every partition is paused.
+    pub max_inflight_bytes: usize,
+    /// How long revoke and shutdown wait for running records before aborting them.
+    pub drain_timeout_ms: u64,
+    /// How often done offsets are committed.
+    pub commit_interval_ms: u64,
+    /// Consumer group session timeout (classic protocol; the broker decides for `consumer`).
+    pub session_timeout_ms: u32,
+    /// librdkafka's `max.poll.interval.ms`; the drain must fit well inside it.
+    pub max_poll_interval_ms: u32,
+    pub group_protocol: GroupProtocol,
+    /// Static membership (`group.instance.id`): a restarted instance with the same id takes
+    /// its partitions back without a group-wide rebalance. Empty: dynamic membership.
+    pub group_instance_id: String,
+    pub guard: GuardSettings,
+}
+
+impl Default for EngineSettings {
+    fn default() -> Self {
+        Self {
+            max_inflight_per_partition: 1000,
+            max_inflight: 8000,
+            max_inflight_bytes: 256 << 20,
+            drain_timeout_ms: 10_000,
+            commit_interval_ms: 200,
+            session_timeout_ms: 10_000,
+            max_poll_interval_ms: 300_000,
+            group_protocol: GroupProtocol::Classic,
+            group_instance_id: String::new(),
+            guard: GuardSettings::default(),
+        }
+    }
+}
+
+impl EngineSettings {
+    pub fn validate(&self) -> Result<(), SettingsError> {
+        let bad = |key: &str, message: &str| {
+            Err(SettingsError::Key {
+                key: format!("engine.{key}"),
+                message: message.into(),
+            })
+        };
+        if self.max_inflight_per_partition == 0 {
+            return bad("max_inflight_per_partition", "must be at least 1");
+        }
+        if self.max_inflight < self.max_inflight_per_partition {
+            return bad(
+                "max_inflight",
+                "must be at least max_inflight_per_partition",
+            );
+        }
+        if self.max_inflight_bytes < 1 << 20 {
+            return bad("max_inflight_bytes", "must be at least 1048576 (1 MiB)");
+        }
+        if !(1_000..=300_000).contains(&self.session_timeout_ms) {
+            return bad("session_timeout_ms", "must be between 1000 and 300000");
+        }
+        if self.drain_timeout_ms.saturating_mul(2) > u64::from(self.max_poll_interval_ms) {
+            return bad(
+                "drain_timeout_ms",
+                "must be at most half of engine.max_poll_interval_ms: a revoke drains inside the poll interval",
+            );
+        }
+        if self.commit_interval_ms == 0 {
+            return bad("commit_interval_ms", "must be at least 1");
+        }
+        if !(self.guard.max_dead_letter_ratio > 0.0 && self.guard.max_dead_letter_ratio <= 1.0) {
+            return bad("guard.max_dead_letter_ratio", "must be in (0, 1]");
+        }
+        if self.guard.min_samples == 0 || self.guard.window < self.guard.min_samples {
+            return bad(
+                "guard.window",
+                "must be at least guard.min_samples, which must be at least 1",
+            );
+        }
+        Ok(())
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    #[error(transparent)]
+    Kafka(#[from] KafkaError),
+    #[error("Kafka: {0}")]
+    Client(#[from] rdkafka::error::KafkaError),
+    /// A record could be neither processed nor routed; its offset stays uncommitted.
+    #[error("stopping: {0}")]
+    Fatal(String),
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn outputs_come_only_from_the_topology() {
+        let route = Route {
+            service: "svc".into(),
+            group: "g".into(),
+            input: "in".into(),
+            retry: vec![],
+            dead_letter_topic: "in.dlq".into(),
+            outputs: BTreeMap::from([("decisions".to_string(), "out".to_string())]),
+        };
+        assert_eq!(route.output("decisions").map(|t| t.0), Ok("out".into()));
+        let err = DecisionTopics::from_route(&route).expect_err("no audit");
+        assert!(
+            err.contains("[services.svc].outputs has no `audit`"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn the_drain_must_fit_in_the_poll_interval() {
+        let s = EngineSettings {
+            drain_timeout_ms: 200_000,
+            ..EngineSettings::default()
+        };
+        let err = s.validate().expect_err("too long");
+        assert!(err.to_string().contains("engine.drain_timeout_ms"), "{err}");
+        assert!(EngineSettings::default().validate().is_ok());
+    }
+}

@@ -1,0 +1,102 @@
+//! The librdkafka rebalance callbacks. They own no state: they hand the partitions to the
+//! loop that owns everything ([`super::runner`]) and wait for its answer, as Vector's Kafka
+//! source does. They run on the polling thread, inside `poll`, so waiting here holds the
+//! rebalance until the loop has drained and said what to commit.
+
+use rdkafka::client::ClientContext;
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance};
+use rdkafka::{Offset, TopicPartitionList};
+use tokio::sync::{mpsc, oneshot};
+
+use super::state::Tp;
+
+/// What the polling thread tells the loop.
+pub(crate) enum Event {
+    /// A record (already detached from the client's buffers).
+    Record(rdkafka::message::OwnedMessage),
+    /// Partitions assigned (and resumed at the client).
+    Assigned(Vec<Tp>),
+    /// Partitions being revoked; the loop answers with the positions to commit once it has
+    /// drained them. `lost`: the group already gave them away, so no commit will be accepted.
+    Revoked {
+        tps: Vec<Tp>,
+        lost: bool,
+        reply: oneshot::Sender<Vec<(Tp, i64)>>,
+    },
+}
+
+pub(crate) struct EngineContext {
+    pub(crate) events: mpsc::Sender<Event>,
+}
+
+impl ClientContext for EngineContext {}
+
+fn tps_of(tpl: &TopicPartitionList) -> Vec<Tp> {
+    tpl.elements()
+        .iter()
+        .map(|e| (e.topic().to_string(), e.partition()))
+        .collect()
+}
+
+impl ConsumerContext for EngineContext {
+    fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        match rebalance {
+            Rebalance::Revoke(tpl) => {
+                let tps = tps_of(tpl);
+                let lost = consumer.assignment_lost();
+                let (reply, answer) = oneshot::channel();
+                let sent = self.events.blocking_send(Event::Revoked {
+                    tps: tps.clone(),
+                    lost,
+                    reply,
+                });
+                // The loop is gone (shutting down): it committed what was done already.
+                let Ok(positions) = sent
+                    .map_err(drop)
+                    .and_then(|()| answer.blocking_recv().map_err(drop))
+                else {
+                    return;
+                };
+                if positions.is_empty() || lost {
+                    return;
+                }
+                let mut commit = TopicPartitionList::new();
+                for ((topic, partition), pos) in &positions {
+                    if let Err(e) =
+                        commit.add_partition_offset(topic, *partition, Offset::Offset(*pos))
+                    {
+                        tracing::warn!(error = %e, "cannot build the revoke commit");
+                        return;
+                    }
+                }
+                match consumer.commit(&commit, CommitMode::Sync) {
+                    Ok(()) => tracing::info!(
+                        partitions = positions.len(),
+                        "committed done offsets of revoked partitions"
+                    ),
+                    Err(e) => tracing::warn!(
+                        error = %e,
+                        "commit on revoke failed; the new owner will see those records again"
+                    ),
+                }
+            }
+            Rebalance::Error(e) => tracing::warn!(error = %e, "rebalance error"),
+            Rebalance::Assign(_) => {}
+        }
+    }
+
+    fn post_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        if let Rebalance::Assign(tpl) = rebalance {
+            // librdkafka keeps a partition's pause flag across revoke and re-assign; the loop
+            // starts every assigned partition unpaused, so the client must agree.
+            if tpl.count() > 0
+                && let Err(e) = consumer.resume(tpl)
+            {
+                tracing::warn!(error = %e, "resume of assigned partitions failed");
+            }
+            let tps = tps_of(tpl);
+            tracing::info!(partitions = ?tps, "assigned");
+            let _ = self.events.blocking_send(Event::Assigned(tps));
+        }
+    }
+}

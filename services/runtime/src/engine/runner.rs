@@ -1,0 +1,555 @@
+//! The loop that owns all of the engine's state, and the thread that polls the consumer.
+//!
+//! The polling thread only moves what librdkafka delivers (records, assignments,
+//! revocations) into a channel. The loop reacts: it feeds [`State`], starts the records it
+//! answers with as tasks, applies pause/resume, commits, and, on a revocation, drains the
+//! partitions before it answers the waiting callback with what to commit.
+
+use std::collections::{HashMap, HashSet};
+use std::future::Future;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
+use rdkafka::message::{Message, OwnedMessage};
+use rdkafka::{Offset, TopicPartitionList};
+use tokio::sync::{mpsc, oneshot};
+use tokio::task::{AbortHandle, Id, JoinError, JoinSet};
+
+use super::rebalance::{EngineContext, Event};
+use super::state::{Limits, Rec, Start, State, Tp};
+use super::worker::{Outcome, Worker};
+use super::{EngineError, EngineSettings, GroupProtocol, Processor, Route};
+use crate::guard::DeadLetterGuard;
+use crate::headers::HeaderMap;
+use crate::kafka::KafkaSettings;
+use crate::metrics::{ErrorLabel, Metrics, OutcomeLabel, PartitionLabel, TopicLabel};
+use crate::now_ms;
+use crate::serde::AvroSerde;
+
+type Consumer_ = BaseConsumer<EngineContext>;
+
+/// A running record's identity, to finish it in the state when its task ends.
+struct Running {
+    tp: Tp,
+    epoch: u64,
+    offset: i64,
+    key: Option<String>,
+    bytes: usize,
+    started: Instant,
+    abort: AbortHandle,
+}
+
+type CommitResult = (Vec<(Tp, u64, i64)>, Result<(), String>);
+
+/// Runs the engine until `shutdown` resolves or a record can neither be processed nor routed.
+pub async fn run<P: Processor>(
+    kafka: &KafkaSettings,
+    registry_url: &str,
+    route: Route,
+    settings: &EngineSettings,
+    processor: P,
+    metrics: Arc<Metrics>,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), EngineError> {
+    let (tx, mut events) = mpsc::channel(4096);
+    let consumer = Arc::new(consumer(kafka, &route, settings, tx)?);
+    consumer.subscribe(&route.subscriptions())?;
+    tracing::info!(
+        service = %route.service,
+        group = %route.group,
+        topics = ?route.subscriptions(),
+        protocol = ?settings.group_protocol,
+        "consuming"
+    );
+    let stop = Arc::new(AtomicBool::new(false));
+    let poller = spawn_poller(consumer.clone(), events_sender(&consumer), stop.clone())?;
+    let worker = Arc::new(Worker {
+        processor,
+        serde: AvroSerde::new(registry_url),
+        producer: crate::producer::create(kafka)?,
+        route: route.clone(),
+        metrics: metrics.clone(),
+    });
+    let mut engine = Loop {
+        state: State::new(Limits {
+            per_partition: settings.max_inflight_per_partition,
+            total: settings.max_inflight,
+            bytes: settings.max_inflight_bytes,
+        }),
+        retry_topics: route.retry.iter().map(|r| r.topic.clone()).collect(),
+        worker,
+        consumer,
+        running: HashMap::new(),
+        guard: DeadLetterGuard::new(settings.guard.clone()),
+        metrics: metrics.clone(),
+        drain: Duration::from_millis(settings.drain_timeout_ms),
+        commit_every: Duration::from_millis(settings.commit_interval_ms),
+        fatal: None,
+        stopping: false,
+        route,
+    };
+    let mut tasks: JoinSet<Outcome> = JoinSet::new();
+    let mut commit: Option<tokio::task::JoinHandle<CommitResult>> = None;
+    let mut last_commit = Instant::now();
+    tokio::pin!(shutdown);
+
+    let result = loop {
+        if let Some(fatal) = engine.fatal.clone() {
+            break Err(EngineError::Fatal(fatal));
+        }
+        for start in engine.state.release_due(now_ms()) {
+            engine.start(&mut tasks, start);
+        }
+        engine.apply_flow();
+        if commit.is_none() && last_commit.elapsed() >= engine.commit_every {
+            commit = engine.start_commit();
+            last_commit = Instant::now();
+        }
+        let wake = engine.next_wake(last_commit);
+        tokio::select! {
+            biased;
+            () = &mut shutdown => break Ok(()),
+            done = tasks.join_next_with_id(), if !tasks.is_empty() => {
+                if let Some(done) = done {
+                    engine.on_done(&mut tasks, done);
+                }
+            }
+            finished = async { commit.as_mut().expect("guarded").await }, if commit.is_some() => {
+                commit = None;
+                engine.on_commit(finished);
+            }
+            event = events.recv() => match event {
+                Some(event) => engine.on_event(&mut tasks, event).await,
+                None => break Err(EngineError::Fatal("the consumer's polling thread stopped".into())),
+            },
+            () = tokio::time::sleep_until(wake.into()) => {}
+        }
+    };
+
+    // Stop taking work: running records get the drain deadline, then are aborted; what is
+    // done is committed, and nothing else.
+    engine.stopping = true;
+    let deadline = Instant::now()
+        + if result.is_ok() {
+            engine.drain
+        } else {
+            Duration::ZERO
+        };
+    while !tasks.is_empty() && Instant::now() < deadline {
+        tokio::select! {
+            done = tasks.join_next_with_id() => if let Some(done) = done { engine.on_done(&mut tasks, done) },
+            event = events.recv() => match event {
+                Some(Event::Revoked { tps, lost, reply }) => engine.revoke(&mut tasks, tps, lost, reply, Duration::ZERO).await,
+                Some(_) => {}
+                None => break,
+            },
+            () = tokio::time::sleep_until(deadline.into()) => break,
+        }
+    }
+    engine.abort_all(&mut tasks).await;
+    if let Some(pending) = commit.take() {
+        engine.on_commit(pending.await);
+    }
+    if let Some(final_commit) = engine.start_commit() {
+        engine.on_commit(final_commit.await);
+    }
+    let left = engine.state.to_commit().len();
+    if left > 0 {
+        tracing::warn!(
+            partitions = left,
+            "stopping with offsets not committed; those records will be read again"
+        );
+    }
+    // The polling thread drops the last handle of the consumer, so its close (and any last
+    // rebalance callback) runs there, not on the runtime.
+    stop.store(true, Ordering::Relaxed);
+    drop(events);
+    let Loop { consumer, .. } = engine;
+    drop(consumer);
+    let _ = tokio::task::spawn_blocking(move || poller.join()).await;
+    metrics.set_ready(false);
+    tracing::info!("engine stopped");
+    result
+}
+
+/// The consumer: group and commit settings from the factory, the engine's own, then the
+/// user's pass-through properties.
+fn consumer(
+    kafka: &KafkaSettings,
+    route: &Route,
+    settings: &EngineSettings,
+    events: mpsc::Sender<Event>,
+) -> Result<Consumer_, EngineError> {
+    let mut config = kafka.consumer_config(&route.group);
+    config
+        .set(
+            "max.poll.interval.ms",
+            settings.max_poll_interval_ms.to_string(),
+        )
+        .set("queued.max.messages.kbytes", "16384")
+        // Pausing a partition drops what librdkafka prefetched for it; keep that small.
+        .set("max.partition.fetch.bytes", "262144")
+        // An idle fetch waits at most this long; under load fetches return with data at once.
+        .set("fetch.wait.max.ms", "100")
+        // librdkafka's default (1 s) stalls a partition after a full fetch queue.
+        .set("fetch.queue.backoff.ms", "10");
+    match settings.group_protocol {
+        GroupProtocol::Classic => {
+            config
+                .set("group.protocol", "classic")
+                .set("partition.assignment.strategy", "cooperative-sticky")
+                .set(
+                    "session.timeout.ms",
+                    settings.session_timeout_ms.to_string(),
+                )
+                .set(
+                    "heartbeat.interval.ms",
+                    (settings.session_timeout_ms / 4).max(100).to_string(),
+                );
+        }
+        // Session timeout and assignment are the broker's under KIP-848.
+        GroupProtocol::Consumer => {
+            config.set("group.protocol", "consumer");
+        }
+    }
+    if !settings.group_instance_id.is_empty() {
+        config.set("group.instance.id", &settings.group_instance_id);
+    }
+    kafka.apply_properties(&mut config);
+    Ok(config.create_with_context(EngineContext { events })?)
+}
+
+fn events_sender(consumer: &Consumer_) -> mpsc::Sender<Event> {
+    consumer.context().events.clone()
+}
+
+/// The thread that polls the consumer: records, and the rebalance callbacks, which run
+/// inside `poll`.
+fn spawn_poller(
+    consumer: Arc<Consumer_>,
+    events: mpsc::Sender<Event>,
+    stop: Arc<AtomicBool>,
+) -> Result<std::thread::JoinHandle<()>, EngineError> {
+    std::thread::Builder::new()
+        .name("kafka-poll".into())
+        .spawn(move || {
+            while !stop.load(Ordering::Relaxed) {
+                match consumer.poll(Duration::from_millis(100)) {
+                    Some(Ok(m)) if events.blocking_send(Event::Record(m.detach())).is_err() => {
+                        break;
+                    }
+                    Some(Ok(_)) | None => {}
+                    Some(Err(e)) => tracing::warn!(error = %e, "consumer error"),
+                }
+            }
+        })
+        .map_err(|e| EngineError::Fatal(format!("cannot start the polling thread: {e}")))
+}
+
+struct Loop<P> {
+    state: State<OwnedMessage>,
+    retry_topics: HashSet<String>,
+    worker: Arc<Worker<P>>,
+    consumer: Arc<Consumer_>,
+    running: HashMap<Id, Running>,
+    guard: DeadLetterGuard,
+    metrics: Arc<Metrics>,
+    drain: Duration,
+    commit_every: Duration,
+    fatal: Option<String>,
+    /// Shutting down: nothing new starts (what does not start stays uncommitted).
+    stopping: bool,
+    route: Route,
+}
+
+impl<P: Processor> Loop<P> {
+    fn start(&mut self, tasks: &mut JoinSet<Outcome>, start: Start<OwnedMessage>) {
+        if self.stopping {
+            return;
+        }
+        let Start { rec, epoch } = start;
+        let worker = self.worker.clone();
+        let msg = rec.payload;
+        let abort = tasks.spawn(async move { worker.handle(&msg).await });
+        self.metrics.inflight.inc();
+        self.running.insert(
+            abort.id(),
+            Running {
+                tp: rec.tp,
+                epoch,
+                offset: rec.offset,
+                key: rec.key,
+                bytes: rec.bytes,
+                started: Instant::now(),
+                abort,
+            },
+        );
+    }
+
+    async fn on_event(&mut self, tasks: &mut JoinSet<Outcome>, event: Event) {
+        match event {
+            Event::Record(msg) => {
+                self.metrics
+                    .records_in
+                    .get_or_create(&TopicLabel {
+                        topic: msg.topic().to_string(),
+                    })
+                    .inc();
+                let retry = self.retry_topics.contains(msg.topic());
+                let not_before_ms = retry
+                    .then(|| {
+                        HeaderMap::from_kafka(msg.headers().map(|h| h.as_borrowed()))
+                            .not_before_ms()
+                    })
+                    .flatten();
+                let rec = Rec {
+                    tp: (msg.topic().to_string(), msg.partition()),
+                    offset: msg.offset(),
+                    key: msg.key().map(|k| String::from_utf8_lossy(k).into_owned()),
+                    bytes: msg.payload().map_or(0, <[u8]>::len) + msg.key().map_or(0, <[u8]>::len),
+                    not_before_ms,
+                    payload: msg,
+                };
+                if let Some(start) = self.state.receive(rec, now_ms()) {
+                    self.start(tasks, start);
+                }
+            }
+            Event::Assigned(tps) => {
+                let tps: Vec<(Tp, bool)> = tps
+                    .into_iter()
+                    .map(|tp| {
+                        let retry = self.retry_topics.contains(&tp.0);
+                        (tp, retry)
+                    })
+                    .collect();
+                self.state.assign(tps);
+                self.report_assignment();
+                self.metrics.set_ready(true);
+            }
+            Event::Revoked { tps, lost, reply } => {
+                let drain = self.drain;
+                self.revoke(tasks, tps, lost, reply, drain).await;
+            }
+        }
+    }
+
+    /// Drains revoked partitions (up to `drain`), aborts what is still running there, and
+    /// answers the waiting callback with the positions to commit.
+    async fn revoke(
+        &mut self,
+        tasks: &mut JoinSet<Outcome>,
+        tps: Vec<Tp>,
+        lost: bool,
+        reply: oneshot::Sender<Vec<(Tp, i64)>>,
+        drain: Duration,
+    ) {
+        self.state.revoke(&tps);
+        let deadline = Instant::now() + if lost { Duration::ZERO } else { drain };
+        while self.state.running_in(&tps) > 0 && Instant::now() < deadline {
+            tokio::select! {
+                done = tasks.join_next_with_id() => match done {
+                    Some(done) => self.on_done(tasks, done),
+                    None => break,
+                },
+                () = tokio::time::sleep_until(deadline.into()) => break,
+            }
+        }
+        let stragglers: Vec<&Running> = self
+            .running
+            .values()
+            .filter(|r| tps.contains(&r.tp))
+            .collect();
+        if !stragglers.is_empty() {
+            tracing::warn!(
+                abandoned = stragglers.len(),
+                "records of revoked partitions not done in time: aborted; they will be read again"
+            );
+            stragglers.iter().for_each(|r| r.abort.abort());
+            while self.running.values().any(|r| tps.contains(&r.tp)) {
+                match tasks.join_next_with_id().await {
+                    Some(done) => self.on_done(tasks, done),
+                    None => break,
+                }
+            }
+        }
+        let positions = self.state.finish_revoke(&tps);
+        self.report_assignment();
+        for (topic, partition) in tps {
+            self.metrics
+                .uncommitted
+                .get_or_create(&PartitionLabel { topic, partition })
+                .set(0);
+        }
+        let _ = reply.send(if lost { Vec::new() } else { positions });
+    }
+
+    fn on_done(&mut self, tasks: &mut JoinSet<Outcome>, done: Result<(Id, Outcome), JoinError>) {
+        let (id, outcome) = match done {
+            Ok((id, outcome)) => (id, Some(outcome)),
+            // Aborted at a revoke or shutdown: not done, so not finished in the state.
+            Err(e) if e.is_cancelled() => (e.id(), None),
+            Err(e) => (
+                e.id(),
+                Some(Outcome::Fatal(format!("a record's task failed: {e}"))),
+            ),
+        };
+        let Some(r) = self.running.remove(&id) else {
+            return;
+        };
+        self.metrics.inflight.dec();
+        let Some(outcome) = outcome else {
+            return;
+        };
+        self.metrics
+            .record_seconds
+            .observe(r.started.elapsed().as_secs_f64());
+        let label = match &outcome {
+            Outcome::Processed => "processed",
+            Outcome::Retried => "retried",
+            Outcome::DeadLettered(_) => "dead_lettered",
+            Outcome::Fatal(_) => "fatal",
+        };
+        self.metrics
+            .processed
+            .get_or_create(&OutcomeLabel {
+                outcome: label.into(),
+            })
+            .inc();
+        match outcome {
+            Outcome::Fatal(reason) => {
+                tracing::error!(%reason, offset = r.offset, "record can be neither processed nor routed");
+                self.fatal.get_or_insert(reason);
+                return;
+            }
+            Outcome::DeadLettered(class) => {
+                self.metrics
+                    .dead_letters
+                    .get_or_create(&ErrorLabel {
+                        error_class: class.into(),
+                    })
+                    .inc();
+                self.observe_guard(true);
+            }
+            Outcome::Processed | Outcome::Retried => self.observe_guard(false),
+        }
+        if let Some(next) = self
+            .state
+            .finish(&r.tp, r.epoch, r.offset, r.key.as_deref(), r.bytes)
+        {
+            self.start(tasks, next);
+        }
+    }
+
+    fn report_assignment(&self) {
+        for (topic, n) in self.state.assigned_by_topic(&self.route.subscriptions()) {
+            self.metrics
+                .assigned_partitions
+                .get_or_create(&TopicLabel { topic })
+                .set(i64::try_from(n).unwrap_or(i64::MAX));
+        }
+    }
+
+    fn observe_guard(&mut self, dead: bool) {
+        if self.guard.record(dead) {
+            tracing::error!(
+                ratio = self.guard.ratio(),
+                "DEAD-LETTER GUARD TRIPPED: too many records are being dead-lettered; consumption paused for the cool-down. Check the last deploy and the dead-letter topic {}",
+                self.route.dead_letter_topic
+            );
+        }
+    }
+
+    /// Pauses and resumes what the state asks for.
+    fn apply_flow(&mut self) {
+        let holding = self.guard.holding();
+        self.metrics.guard_tripped.set(i64::from(holding));
+        let flow = self.state.flow(holding);
+        for (tps, pause) in [(&flow.pause, true), (&flow.resume, false)] {
+            if tps.is_empty() {
+                continue;
+            }
+            let mut tpl = TopicPartitionList::new();
+            for (topic, partition) in tps {
+                tpl.add_partition(topic, *partition);
+            }
+            let result = if pause {
+                self.consumer.pause(&tpl)
+            } else {
+                self.consumer.resume(&tpl)
+            };
+            if let Err(e) = result {
+                tracing::warn!(error = %e, pause, "pause/resume failed");
+            }
+        }
+    }
+
+    /// Starts a synchronous commit of what moved, off the runtime; its result decides what
+    /// counts as committed (a failed commit is offered again next time).
+    fn start_commit(&self) -> Option<tokio::task::JoinHandle<CommitResult>> {
+        for (tp, n) in self.state.uncommitted() {
+            self.metrics
+                .uncommitted
+                .get_or_create(&PartitionLabel {
+                    topic: tp.0,
+                    partition: tp.1,
+                })
+                .set(n);
+        }
+        let positions = self.state.to_commit();
+        if positions.is_empty() {
+            return None;
+        }
+        let consumer = self.consumer.clone();
+        Some(tokio::task::spawn_blocking(move || {
+            let mut tpl = TopicPartitionList::new();
+            for ((topic, partition), _, pos) in &positions {
+                if let Err(e) = tpl.add_partition_offset(topic, *partition, Offset::Offset(*pos)) {
+                    return (positions, Err(e.to_string()));
+                }
+            }
+            let result = consumer
+                .commit(&tpl, CommitMode::Sync)
+                .map_err(|e| e.to_string());
+            (positions, result)
+        }))
+    }
+
+    fn on_commit(&mut self, finished: Result<CommitResult, JoinError>) {
+        match finished {
+            Ok((positions, Ok(()))) => {
+                self.state.committed(&positions);
+                self.metrics
+                    .last_commit_ms
+                    .store(now_ms(), Ordering::Relaxed);
+            }
+            Ok((_, Err(e))) => tracing::warn!(error = %e, "commit failed; will try again"),
+            Err(e) => tracing::warn!(error = %e, "commit task failed; will try again"),
+        }
+    }
+
+    /// When the loop must look again even if nothing happens: a held retry falls due, or the
+    /// next commit.
+    fn next_wake(&self, last_commit: Instant) -> Instant {
+        let commit = last_commit + self.commit_every;
+        let due = self.state.next_due().map(|t| {
+            let wait = t.saturating_sub(now_ms()).max(0);
+            Instant::now() + Duration::from_millis(wait.unsigned_abs())
+        });
+        due.map_or(commit, |d| d.min(commit))
+    }
+
+    async fn abort_all(&mut self, tasks: &mut JoinSet<Outcome>) {
+        if !self.running.is_empty() {
+            tracing::warn!(
+                left = self.running.len(),
+                "stopping with records not done; their offsets stay uncommitted"
+            );
+        }
+        tasks.abort_all();
+        while let Some(done) = tasks.join_next_with_id().await {
+            self.on_done(tasks, done);
+        }
+    }
+}

@@ -1,0 +1,612 @@
+//! Everything the engine knows about its partitions, as pure state: no I/O, no clock, no
+//! tasks. The loop ([`super::runner`]) feeds it what happened (assigned, a record arrived, a
+//! record finished, revoked, committed) and does what it answers (start this record, pause
+//! or resume these partitions, commit these positions).
+//!
+//! - **Offsets.** A partition's commit position is its first record not finished, or one past
+//!   the last record seen: a commit never passes a record that is not done.
+//! - **Key order.** A record starts only when no record with the same key of the same
+//!   partition is running; later ones queue behind it, in offset order.
+//! - **Retry time.** A record from a retry topic whose not-before lies ahead is held (not
+//!   running, not counted against the in-flight bound) and its partition is paused until the
+//!   head of the line is due.
+//! - **Backpressure.** Running records are bounded per partition and in all; received bytes
+//!   (running, queued or held) are bounded in all. Over a bound the partitions pause; they
+//!   resume below half of it.
+//! - **Epochs.** Every assignment of a partition gets a new epoch; news about an older one
+//!   (a record finishing after its partition was revoked) is ignored.
+
+use std::collections::{BTreeSet, HashMap, VecDeque};
+
+pub type Tp = (String, i32);
+
+/// A record as the state sees it; `payload` is whatever the loop needs to run it.
+#[derive(Debug)]
+pub struct Rec<P> {
+    pub tp: Tp,
+    pub offset: i64,
+    pub key: Option<String>,
+    pub bytes: usize,
+    /// Retry records: the earliest time to process it (ms since the epoch).
+    pub not_before_ms: Option<i64>,
+    pub payload: P,
+}
+
+/// A record to start now, in the partition's current epoch.
+#[derive(Debug)]
+pub struct Start<P> {
+    pub rec: Rec<P>,
+    pub epoch: u64,
+}
+
+/// The bounds of in-flight work.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    pub per_partition: usize,
+    pub total: usize,
+    pub bytes: usize,
+}
+
+struct Part<P> {
+    epoch: u64,
+    /// Records here wait for their not-before time.
+    retry: bool,
+    /// Offsets received and not finished: running, queued behind their key, or held.
+    pending: BTreeSet<i64>,
+    /// One past the highest offset received (-1: none yet).
+    next: i64,
+    /// The last position the broker confirmed for this epoch (-1: none).
+    committed: i64,
+    running: usize,
+    bytes: usize,
+    /// Keys with a running record, and the records queued behind it.
+    busy: HashMap<String, VecDeque<Rec<P>>>,
+    /// Retry records waiting for their time, head first.
+    held: VecDeque<Rec<P>>,
+    /// What the engine last told the client: paused or not.
+    paused: bool,
+    /// Being revoked: nothing new starts.
+    revoking: bool,
+}
+
+impl<P> Part<P> {
+    fn position(&self) -> Option<i64> {
+        if self.next < 0 {
+            return None;
+        }
+        Some(self.pending.first().copied().unwrap_or(self.next))
+    }
+}
+
+pub struct State<P> {
+    parts: HashMap<Tp, Part<P>>,
+    limits: Limits,
+    running: usize,
+    bytes: usize,
+    epochs: u64,
+    /// Over a global bound, until below half of it again.
+    global_paused: bool,
+}
+
+/// What the partitions should look like now: the ones to pause and the ones to resume.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Flow {
+    pub pause: Vec<Tp>,
+    pub resume: Vec<Tp>,
+}
+
+impl<P> State<P> {
+    pub fn new(limits: Limits) -> Self {
+        Self {
+            parts: HashMap::new(),
+            limits,
+            running: 0,
+            bytes: 0,
+            epochs: 0,
+            global_paused: false,
+        }
+    }
+
+    /// Records running now.
+    pub fn running(&self) -> usize {
+        self.running
+    }
+
+    /// Bytes of every record received and not finished.
+    pub fn bytes(&self) -> usize {
+        self.bytes
+    }
+
+    pub fn assigned(&self) -> usize {
+        self.parts.len()
+    }
+
+    /// Assigned partitions per topic (topics that had partitions keep a 0).
+    pub fn assigned_by_topic(&self, topics: &[&str]) -> Vec<(String, usize)> {
+        topics
+            .iter()
+            .map(|t| {
+                let n = self.parts.keys().filter(|(topic, _)| topic == t).count();
+                ((*t).to_string(), n)
+            })
+            .collect()
+    }
+
+    /// New partitions (`retry`: a retry topic's). The client has just resumed them, so they
+    /// start unpaused whatever was true of them before.
+    pub fn assign(&mut self, tps: impl IntoIterator<Item = (Tp, bool)>) {
+        for (tp, retry) in tps {
+            if let Some(old) = self.parts.remove(&tp) {
+                self.forget(&old);
+            }
+            self.epochs += 1;
+            self.parts.insert(
+                tp,
+                Part {
+                    epoch: self.epochs,
+                    retry,
+                    pending: BTreeSet::new(),
+                    next: -1,
+                    committed: -1,
+                    running: 0,
+                    bytes: 0,
+                    busy: HashMap::new(),
+                    held: VecDeque::new(),
+                    paused: false,
+                    revoking: false,
+                },
+            );
+        }
+    }
+
+    fn forget(&mut self, part: &Part<P>) {
+        self.running -= part.running;
+        self.bytes -= part.bytes;
+    }
+
+    /// A record arrived. Returns it to start now, or keeps it (queued behind its key, or held
+    /// for its time); records of partitions not (or no longer) ours, and repeats, are dropped.
+    pub fn receive(&mut self, rec: Rec<P>, now_ms: i64) -> Option<Start<P>> {
+        let part = self.parts.get_mut(&rec.tp).filter(|p| !p.revoking)?;
+        if part.pending.contains(&rec.offset) || (rec.offset < part.next && part.next >= 0) {
+            return None;
+        }
+        part.pending.insert(rec.offset);
+        part.next = part.next.max(rec.offset + 1);
+        part.bytes += rec.bytes;
+        self.bytes += rec.bytes;
+        let due = rec.not_before_ms.is_none_or(|t| t <= now_ms);
+        if part.retry && (!part.held.is_empty() || !due) {
+            part.held.push_back(rec);
+            return None;
+        }
+        let start = Self::start_or_queue(part, rec);
+        self.running += usize::from(start.is_some());
+        start
+    }
+
+    fn start_or_queue(part: &mut Part<P>, rec: Rec<P>) -> Option<Start<P>> {
+        if let Some(key) = &rec.key {
+            if let Some(queue) = part.busy.get_mut(key) {
+                queue.push_back(rec);
+                return None;
+            }
+            part.busy.insert(key.clone(), VecDeque::new());
+        }
+        part.running += 1;
+        Some(Start {
+            rec,
+            epoch: part.epoch,
+        })
+    }
+
+    /// A record finished (processed, retried or dead-lettered: it is done). Returns the
+    /// record of the same key to start next, if one was waiting. News about another epoch is
+    /// ignored.
+    pub fn finish(
+        &mut self,
+        tp: &Tp,
+        epoch: u64,
+        offset: i64,
+        key: Option<&str>,
+        bytes: usize,
+    ) -> Option<Start<P>> {
+        let part = self.parts.get_mut(tp).filter(|p| p.epoch == epoch)?;
+        if !part.pending.remove(&offset) {
+            return None;
+        }
+        part.running -= 1;
+        part.bytes -= bytes;
+        self.running -= 1;
+        self.bytes -= bytes;
+        let key = key?;
+        let next = part.busy.get_mut(key).and_then(VecDeque::pop_front);
+        match next {
+            Some(rec) if !part.revoking => {
+                part.running += 1;
+                self.running += 1;
+                Some(Start {
+                    rec,
+                    epoch: part.epoch,
+                })
+            }
+            Some(_) | None => {
+                part.busy.remove(key);
+                None
+            }
+        }
+    }
+
+    /// Held retry records whose time has come, to start now (key order still applies).
+    pub fn release_due(&mut self, now_ms: i64) -> Vec<Start<P>> {
+        let mut out = Vec::new();
+        for part in self.parts.values_mut().filter(|p| !p.revoking) {
+            while part
+                .held
+                .front()
+                .is_some_and(|r| r.not_before_ms.is_none_or(|t| t <= now_ms))
+            {
+                let Some(rec) = part.held.pop_front() else {
+                    break;
+                };
+                if let Some(start) = Self::start_or_queue(part, rec) {
+                    self.running += 1;
+                    out.push(start);
+                }
+            }
+        }
+        out
+    }
+
+    /// When the next held record falls due.
+    pub fn next_due(&self) -> Option<i64> {
+        self.parts
+            .values()
+            .filter_map(|p| p.held.front()?.not_before_ms)
+            .min()
+    }
+
+    /// Which partitions to pause and resume now. `holding`: the dead-letter guard holds
+    /// consumption.
+    pub fn flow(&mut self, holding: bool) -> Flow {
+        let l = self.limits;
+        if self.running >= l.total || self.bytes >= l.bytes {
+            self.global_paused = true;
+        } else if self.running <= l.total / 2 && self.bytes <= l.bytes / 2 {
+            self.global_paused = false;
+        }
+        let mut flow = Flow::default();
+        for (tp, part) in self.parts.iter_mut().filter(|(_, p)| !p.revoking) {
+            let want = holding
+                || self.global_paused
+                || !part.held.is_empty()
+                || part.running >= l.per_partition
+                || (part.paused && part.running > l.per_partition / 2);
+            if want != part.paused {
+                part.paused = want;
+                if want {
+                    flow.pause.push(tp.clone());
+                } else {
+                    flow.resume.push(tp.clone());
+                }
+            }
+        }
+        flow.pause.sort();
+        flow.resume.sort();
+        flow
+    }
+
+    /// Positions that moved past what the broker confirmed, with their epoch.
+    pub fn to_commit(&self) -> Vec<(Tp, u64, i64)> {
+        let mut out: Vec<(Tp, u64, i64)> = self
+            .parts
+            .iter()
+            .filter_map(|(tp, p)| {
+                p.position()
+                    .filter(|&pos| pos > p.committed)
+                    .map(|pos| (tp.clone(), p.epoch, pos))
+            })
+            .collect();
+        out.sort();
+        out
+    }
+
+    /// The broker confirmed these positions.
+    pub fn committed(&mut self, positions: &[(Tp, u64, i64)]) {
+        for (tp, epoch, pos) in positions {
+            if let Some(p) = self.parts.get_mut(tp).filter(|p| p.epoch == *epoch) {
+                p.committed = p.committed.max(*pos);
+            }
+        }
+    }
+
+    /// Uncommitted records per partition (commit position − confirmed commit).
+    pub fn uncommitted(&self) -> Vec<(Tp, i64)> {
+        self.parts
+            .iter()
+            .filter_map(|(tp, p)| {
+                let pos = p.position()?;
+                Some((tp.clone(), pos - p.committed.max(0).min(pos)))
+            })
+            .collect()
+    }
+
+    /// Revocation begins: nothing new starts in these partitions; queued and held records
+    /// are let go (they are not done, so their offsets stay uncommitted). Returns how many
+    /// of their records are still running.
+    pub fn revoke(&mut self, tps: &[Tp]) -> usize {
+        for tp in tps {
+            if let Some(part) = self.parts.get_mut(tp) {
+                part.revoking = true;
+                let waiting: usize = part
+                    .busy
+                    .values()
+                    .flatten()
+                    .chain(part.held.iter())
+                    .map(|r| r.bytes)
+                    .sum();
+                part.busy.values_mut().for_each(VecDeque::clear);
+                part.held.clear();
+                part.bytes -= waiting;
+                self.bytes -= waiting;
+            }
+        }
+        self.running_in(tps)
+    }
+
+    pub fn running_in(&self, tps: &[Tp]) -> usize {
+        tps.iter()
+            .filter_map(|tp| self.parts.get(tp))
+            .map(|p| p.running)
+            .sum()
+    }
+
+    /// Revocation ends: the positions to commit for these partitions, which are then
+    /// forgotten (records still running there are abandoned; they will be redelivered).
+    pub fn finish_revoke(&mut self, tps: &[Tp]) -> Vec<(Tp, i64)> {
+        let mut out = Vec::new();
+        for tp in tps {
+            if let Some(part) = self.parts.remove(tp) {
+                if let Some(pos) = part.position().filter(|&pos| pos > part.committed) {
+                    out.push((tp.clone(), pos));
+                }
+                self.forget(&part);
+            }
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const LIMITS: Limits = Limits {
+        per_partition: 4,
+        total: 8,
+        bytes: 1000,
+    };
+
+    fn tp(p: i32) -> Tp {
+        ("in".to_string(), p)
+    }
+
+    fn rec(p: i32, offset: i64, key: Option<&str>) -> Rec<()> {
+        Rec {
+            tp: tp(p),
+            offset,
+            key: key.map(String::from),
+            bytes: 10,
+            not_before_ms: None,
+            payload: (),
+        }
+    }
+
+    fn retry(offset: i64, not_before: i64) -> Rec<()> {
+        Rec {
+            tp: ("in.retry.1".to_string(), 0),
+            offset,
+            key: Some(format!("k{offset}")),
+            bytes: 10,
+            not_before_ms: Some(not_before),
+            payload: (),
+        }
+    }
+
+    fn done(s: &mut State<()>, start: &Start<()>) -> Option<Start<()>> {
+        s.finish(
+            &start.rec.tp,
+            start.epoch,
+            start.rec.offset,
+            start.rec.key.as_deref(),
+            start.rec.bytes,
+        )
+    }
+
+    #[test]
+    fn commits_stop_at_the_first_unfinished_offset() {
+        let mut s = State::new(LIMITS);
+        s.assign([(tp(0), false)]);
+        let started: Vec<Start<()>> = (10..15)
+            .filter_map(|o| s.receive(rec(0, o, None), 0))
+            .collect();
+        assert_eq!(started.len(), 5);
+        assert_eq!(s.to_commit(), vec![(tp(0), 1, 10)]);
+        for i in [1, 2, 4] {
+            done(&mut s, &started[i]);
+        }
+        assert_eq!(s.to_commit(), vec![(tp(0), 1, 10)], "10 is still running");
+        done(&mut s, &started[0]);
+        assert_eq!(s.to_commit(), vec![(tp(0), 1, 13)], "stops before 13");
+        done(&mut s, &started[3]);
+        assert_eq!(s.to_commit(), vec![(tp(0), 1, 15)]);
+        s.committed(&[(tp(0), 1, 15)]);
+        assert!(s.to_commit().is_empty());
+        assert_eq!((s.running(), s.bytes()), (0, 0));
+    }
+
+    #[test]
+    fn a_failed_commit_is_offered_again() {
+        let mut s = State::new(LIMITS);
+        s.assign([(tp(0), false)]);
+        let a = s.receive(rec(0, 0, None), 0).expect("start");
+        done(&mut s, &a);
+        let first = s.to_commit();
+        assert_eq!(first, vec![(tp(0), 1, 1)]);
+        // The commit failed: nothing is confirmed, so the same position is offered again,
+        // although the partition is idle.
+        assert_eq!(s.to_commit(), first);
+        s.committed(&first);
+        assert!(s.to_commit().is_empty());
+    }
+
+    #[test]
+    fn same_key_records_run_one_after_another_in_offset_order() {
+        let mut s = State::new(LIMITS);
+        s.assign([(tp(0), false)]);
+        let a1 = s.receive(rec(0, 0, Some("a")), 0).expect("a1 starts");
+        let b1 = s
+            .receive(rec(0, 1, Some("b")), 0)
+            .expect("b1 starts: other key");
+        assert!(
+            s.receive(rec(0, 2, Some("a")), 0).is_none(),
+            "a2 waits for a1"
+        );
+        assert!(s.receive(rec(0, 3, Some("a")), 0).is_none(), "a3 waits too");
+        assert_eq!(s.running(), 2);
+        let a2 = done(&mut s, &a1).expect("a2 starts when a1 is done");
+        assert_eq!(a2.rec.offset, 2);
+        assert!(done(&mut s, &b1).is_none());
+        let a3 = done(&mut s, &a2).expect("then a3");
+        assert_eq!(a3.rec.offset, 3);
+        assert!(done(&mut s, &a3).is_none());
+        assert_eq!(s.to_commit(), vec![(tp(0), 1, 4)]);
+    }
+
+    #[test]
+    fn news_from_an_old_assignment_is_ignored() {
+        let mut s = State::new(LIMITS);
+        s.assign([(tp(0), false)]);
+        let old = s.receive(rec(0, 5, Some("k")), 0).expect("old");
+        s.revoke(&[tp(0)]);
+        assert_eq!(s.finish_revoke(&[tp(0)]), vec![(tp(0), 5)]);
+        s.assign([(tp(0), false)]);
+        let new = s
+            .receive(rec(0, 5, Some("k")), 0)
+            .expect("redelivered, starts");
+        assert!(
+            done(&mut s, &old).is_none(),
+            "the abandoned task's end changes nothing"
+        );
+        assert_eq!(s.running(), 1, "the redelivered record still runs");
+        assert!(done(&mut s, &new).is_none());
+        assert_eq!(s.running(), 0);
+        assert!(
+            s.receive(rec(7, 1, None), 0).is_none(),
+            "records of partitions not ours are dropped"
+        );
+    }
+
+    #[test]
+    fn revoking_starts_nothing_new_and_commits_only_what_is_done() {
+        let mut s = State::new(LIMITS);
+        s.assign([(tp(0), false)]);
+        let a1 = s.receive(rec(0, 0, Some("a")), 0).expect("a1");
+        assert!(s.receive(rec(0, 1, Some("a")), 0).is_none(), "queued");
+        assert_eq!(s.revoke(&[tp(0)]), 1, "a1 still runs");
+        assert!(
+            s.receive(rec(0, 2, None), 0).is_none(),
+            "nothing new while revoking"
+        );
+        assert!(done(&mut s, &a1).is_none(), "the queued a2 does not start");
+        assert_eq!(
+            s.finish_revoke(&[tp(0)]),
+            vec![(tp(0), 1)],
+            "up to a2, which is not done"
+        );
+        assert_eq!((s.running(), s.bytes(), s.assigned()), (0, 0, 0));
+    }
+
+    #[test]
+    fn retry_records_wait_for_their_time_without_holding_in_flight_slots() {
+        let mut s = State::new(LIMITS);
+        let rtp: Tp = ("in.retry.1".to_string(), 0);
+        s.assign([(tp(0), false), (rtp.clone(), true)]);
+        assert!(s.receive(retry(0, 5_000), 1_000).is_none(), "held");
+        assert!(
+            s.receive(retry(1, 5_100), 1_000).is_none(),
+            "held behind the head"
+        );
+        assert_eq!(s.running(), 0, "held records do not count as running");
+        assert_eq!(s.next_due(), Some(5_000));
+        let flow = s.flow(false);
+        assert_eq!(
+            flow.pause,
+            vec![rtp.clone()],
+            "only the retry partition waits"
+        );
+        // Fresh input flows meanwhile, up to the bound.
+        for o in 0..4 {
+            assert!(s.receive(rec(0, o, None), 1_000).is_some());
+        }
+        assert!(s.release_due(4_999).is_empty());
+        let due = s.release_due(5_050);
+        assert_eq!(due.len(), 1);
+        assert_eq!(due[0].rec.offset, 0);
+        let due = s.release_due(5_100);
+        assert_eq!(due.len(), 1);
+        assert_eq!(
+            s.flow(false).resume,
+            vec![rtp],
+            "resumed once nothing is held"
+        );
+    }
+
+    #[test]
+    fn backpressure_pauses_over_the_bounds_and_resumes_below_half() {
+        let mut s = State::new(LIMITS);
+        s.assign([(tp(0), false), (tp(1), false)]);
+        let mut started = Vec::new();
+        for o in 0..4 {
+            started.push(s.receive(rec(0, o, None), 0).expect("start"));
+        }
+        assert_eq!(s.flow(false).pause, vec![tp(0)], "partition 0 at its bound");
+        done(&mut s, &started[0]);
+        assert_eq!(s.flow(false), Flow::default(), "3 > 4/2: still paused");
+        done(&mut s, &started[1]);
+        assert_eq!(s.flow(false).resume, vec![tp(0)]);
+        // The guard holds everything.
+        assert_eq!(s.flow(true).pause, vec![tp(0), tp(1)]);
+        assert_eq!(s.flow(false).resume, vec![tp(0), tp(1)]);
+    }
+
+    #[test]
+    fn a_byte_bound_pauses_big_records() {
+        let mut s = State::new(Limits {
+            per_partition: 100,
+            total: 100,
+            bytes: 100,
+        });
+        s.assign([(tp(0), false)]);
+        let mut big = rec(0, 0, None);
+        big.bytes = 150;
+        let b = s.receive(big, 0).expect("start");
+        assert_eq!(s.flow(false).pause, vec![tp(0)], "over the byte bound");
+        done(&mut s, &b);
+        assert_eq!(s.flow(false).resume, vec![tp(0)]);
+    }
+
+    #[test]
+    fn a_reassigned_partition_starts_unpaused() {
+        let mut s: State<()> = State::new(LIMITS);
+        s.assign([(tp(0), false)]);
+        assert_eq!(s.flow(true).pause, vec![tp(0)]);
+        s.revoke(&[tp(0)]);
+        s.finish_revoke(&[tp(0)]);
+        s.assign([(tp(0), false)]);
+        // The client resumed it on assignment; the state agrees, and pauses it again only
+        // if something asks for it.
+        assert_eq!(s.flow(false), Flow::default());
+        assert_eq!(s.flow(true).pause, vec![tp(0)]);
+    }
+}

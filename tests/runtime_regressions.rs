@@ -1,0 +1,513 @@
+//! Defects of the runtime found by reading it, each shown against the real broker: a paused
+//! partition that comes back, a panicking record, registry trouble, retries holding up fresh
+//! input, and an event counted twice by the velocity rule.
+
+use std::collections::HashSet;
+use std::path::Path;
+use std::time::Duration;
+
+use harness::{
+    RegistryProxy, ServiceProcess, Stack, Topology, apply_topology, read_topic, repo_root, run,
+    wait_committed_to_end,
+};
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use serde_json::{Value, json};
+use verdict_cli::records::{AvroProducer, sample_transaction};
+use verdict_runtime::headers;
+
+fn fraud_env(
+    stack: &Stack,
+    registry_url: &str,
+    topology: &Path,
+    extra: &[(&str, &str)],
+) -> Vec<(String, String)> {
+    let mut env: Vec<(String, String)> = vec![
+        (
+            "VERDICT__KAFKA__BOOTSTRAP_SERVERS".into(),
+            stack.broker.bootstrap(),
+        ),
+        ("VERDICT__REGISTRY__URL".into(), registry_url.into()),
+        (
+            "VERDICT__TOPOLOGY__FILE".into(),
+            topology.display().to_string(),
+        ),
+        (
+            "VERDICT__SERVICE__MODEL_FILE".into(),
+            repo_root()
+                .join("models/fraud/model.json")
+                .display()
+                .to_string(),
+        ),
+        ("VERDICT__ENGINE__SESSION_TIMEOUT_MS".into(), "6000".into()),
+        ("VERDICT__ENGINE__DRAIN_TIMEOUT_MS".into(), "5000".into()),
+    ];
+    env.extend(extra.iter().map(|(k, v)| (k.to_string(), v.to_string())));
+    env
+}
+
+/// Produces transactions of `tenant`, one per account `acct-{i % accounts}`; returns the ids.
+async fn produce(
+    stack: &Stack,
+    topology: &Topology,
+    tenant: &str,
+    n: usize,
+    accounts: usize,
+) -> Vec<String> {
+    let producer =
+        AvroProducer::new(&stack.broker.kafka(), &stack.registry_url()).expect("producer");
+    let mut rng = rand::rng();
+    let mut ids = Vec::new();
+    for i in 0..n {
+        let (_, mut v) = sample_transaction(&mut rng, tenant);
+        let account = format!("{tenant}-acct-{}", i % accounts);
+        v["account_id"] = Value::String(account.clone());
+        producer
+            .send(&topology.topic("transactions"), &account, &v)
+            .await
+            .expect("produce");
+        ids.push(v["event_id"].as_str().expect("id").to_string());
+    }
+    ids
+}
+
+fn event_id(r: &harness::Record) -> Option<String> {
+    r.value.as_ref()?["event_id"].as_str().map(String::from)
+}
+
+/// Decisions on the test's decisions topic for `want`, waiting up to `timeout`.
+async fn decisions(
+    stack: &Stack,
+    topology: &Topology,
+    want: &HashSet<String>,
+    timeout: Duration,
+) -> Vec<harness::Record> {
+    read_topic(
+        &stack.broker.kafka(),
+        &stack.registry_url(),
+        &topology.topic("fraud-decisions"),
+        timeout,
+        |rs| {
+            let got: HashSet<String> = rs.iter().filter_map(event_id).collect();
+            want.is_subset(&got)
+        },
+    )
+    .await
+    .into_iter()
+    .filter(|r| event_id(r).is_some_and(|id| want.contains(&id)))
+    .collect()
+}
+
+/// Defect 1: the engine paused P (here: the dead-letter guard), P went to another instance,
+/// came back after the pause ended, and was never read again (librdkafka keeps the
+/// application's pause flag; the engine's fresh state for P said "not paused").
+#[test]
+fn a_paused_partition_that_comes_back_is_read_again() {
+    run(240, async {
+        let stack = Stack::start().await;
+        let topology = apply_topology(&stack, None).await;
+        let env = fraud_env(
+            &stack,
+            &stack.registry_url(),
+            &topology,
+            &[
+                ("VERDICT__ENGINE__GUARD__WINDOW", "10"),
+                ("VERDICT__ENGINE__GUARD__MIN_SAMPLES", "10"),
+                ("VERDICT__ENGINE__GUARD__MAX_DEAD_LETTER_RATIO", "0.5"),
+                ("VERDICT__ENGINE__GUARD__COOLDOWN_MS", "6000"),
+            ],
+        );
+        let mut a = ServiceProcess::start("fraud-detector", &env);
+        a.wait_ready(Duration::from_secs(30)).await;
+        // Poison on every partition trips A's guard: A pauses all its partitions.
+        let raw: FutureProducer = stack.broker.kafka().client_config().create().expect("p");
+        for i in 0..60 {
+            raw.send(
+                FutureRecord::to(&topology.topic("transactions"))
+                    .partition(i % 6)
+                    .key("poison")
+                    .payload("not avro"),
+                Duration::from_secs(10),
+            )
+            .await
+            .expect("send");
+        }
+        let start = std::time::Instant::now();
+        while a.metric("verdict_dlq_guard_tripped").await < 1.0 {
+            assert!(
+                start.elapsed() < Duration::from_secs(30),
+                "guard never tripped\n{}",
+                a.log()
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        // B joins while A holds: some partitions move to B.
+        let mut b = ServiceProcess::start("fraud-detector", &env);
+        b.wait_ready(Duration::from_secs(30)).await;
+        let start = std::time::Instant::now();
+        while a.metric("verdict_assigned_partitions").await >= 18.0 {
+            assert!(
+                start.elapsed() < Duration::from_secs(30),
+                "B never got partitions"
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        // A's cool-down ends (A resumes what it kept), then B leaves: its partitions come
+        // back to A, which paused them before it gave them away.
+        let start = std::time::Instant::now();
+        while a.metric("verdict_dlq_guard_tripped").await > 0.0 {
+            assert!(
+                start.elapsed() < Duration::from_secs(30),
+                "guard never released"
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        assert_eq!(b.terminate(Duration::from_secs(30)), Some(0), "{}", b.log());
+        let start = std::time::Instant::now();
+        while a.metric("verdict_assigned_partitions").await < 18.0 {
+            assert!(
+                start.elapsed() < Duration::from_secs(30),
+                "partitions never came back"
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+
+        let ids = produce(&stack, &topology, "tenant-back", 60, 30).await;
+        let want: HashSet<String> = ids.into_iter().collect();
+        let got = decisions(&stack, &topology, &want, Duration::from_secs(40)).await;
+        let got: HashSet<String> = got.iter().filter_map(event_id).collect();
+        assert_eq!(
+            got.len(),
+            want.len(),
+            "{} of {} decided: partitions that came back are read again\n{}",
+            got.len(),
+            want.len(),
+            a.log()
+        );
+    });
+}
+
+/// Defect 2: a record whose processing panics froze its partition's commits forever. It
+/// must be dead-lettered as `Panic` (not retried: it would panic again), the records around
+/// it decided, and commits move past it. (Fault injection: the score stage panics for one
+/// tenant.)
+#[test]
+fn a_panicking_record_is_dead_lettered_and_commits_move_on() {
+    run(240, async {
+        let stack = Stack::start().await;
+        let topology = apply_topology(&stack, None).await;
+        let env = fraud_env(
+            &stack,
+            &stack.registry_url(),
+            &topology,
+            &[
+                ("VERDICT__SERVICE__FAIL_FIRST_ATTEMPTS", "9"),
+                ("VERDICT__SERVICE__FAIL_TENANT", "tenant-panic"),
+                ("VERDICT__SERVICE__FAIL_MODE", "panic"),
+            ],
+        );
+        let mut svc = ServiceProcess::start("fraud-detector", &env);
+        svc.wait_ready(Duration::from_secs(30)).await;
+        let producer =
+            AvroProducer::new(&stack.broker.kafka(), &stack.registry_url()).expect("producer");
+        let input = topology.topic("transactions");
+        let mut rng = rand::rng();
+        // One account, so one partition: the panicking record sits between good ones.
+        let mut good = HashSet::new();
+        let mut bad_offset = None;
+        for tenant in ["tenant-ok", "tenant-panic", "tenant-ok", "tenant-ok"] {
+            let (_, mut v) = sample_transaction(&mut rng, tenant);
+            v["account_id"] = Value::String("acct-panic".into());
+            let d = producer.send(&input, "acct-panic", &v).await.expect("send");
+            if tenant == "tenant-panic" {
+                bad_offset = Some(d.offset);
+            } else {
+                good.insert(v["event_id"].as_str().expect("id").to_string());
+            }
+        }
+        let got = decisions(&stack, &topology, &good, Duration::from_secs(60)).await;
+        assert_eq!(
+            got.iter().filter_map(event_id).collect::<HashSet<_>>(),
+            good,
+            "the records around it are decided\n{}",
+            svc.log()
+        );
+        let dlq = read_topic(
+            &stack.broker.kafka(),
+            &stack.registry_url(),
+            &topology.topic("transactions.dlq"),
+            Duration::from_secs(30),
+            |rs| !rs.is_empty(),
+        )
+        .await;
+        assert_eq!(
+            dlq.len(),
+            1,
+            "the panicking record is dead-lettered\n{}",
+            svc.log()
+        );
+        assert_eq!(dlq[0].headers.get(headers::ERROR_CLASS), Some("Panic"));
+        assert_eq!(dlq[0].headers.get(headers::ERROR_RETRYABLE), Some("false"));
+        assert_eq!(
+            dlq[0].headers.get(headers::ATTEMPTS),
+            Some("1"),
+            "not retried"
+        );
+        assert_eq!(
+            dlq[0].headers.get(headers::ORIGINAL_OFFSET),
+            bad_offset.map(|o| o.to_string()).as_deref()
+        );
+        assert!(
+            dlq[0]
+                .headers
+                .get(headers::ERROR_MESSAGE)
+                .unwrap_or("")
+                .contains("injected failure"),
+            "the panic's message is the reason"
+        );
+        wait_committed_to_end(
+            &stack.broker.kafka(),
+            &topology.group("verdict-fraud-detector"),
+            &input,
+            Duration::from_secs(30),
+        )
+        .await;
+        assert_eq!(svc.metric("verdict_dead_letters_total").await, 1.0);
+    });
+}
+
+/// The input behind defect 2: an IBAN-like string with Devanagari digits, which redaction
+/// split at byte 4 (inside a character) and panicked on. Redaction works on characters: the
+/// document is decided, nothing in it is taken for PII, and commits reach the end.
+#[test]
+fn a_document_with_digits_of_another_script_is_decided() {
+    run(240, async {
+        let stack = Stack::start().await;
+        let topology = apply_topology(&stack, None).await;
+        // No model-server: the document is decided by the keyword rules.
+        let dead_port = harness::free_port();
+        let env = vec![
+            (
+                "VERDICT__KAFKA__BOOTSTRAP_SERVERS".to_string(),
+                stack.broker.bootstrap(),
+            ),
+            ("VERDICT__REGISTRY__URL".to_string(), stack.registry_url()),
+            (
+                "VERDICT__TOPOLOGY__FILE".to_string(),
+                topology.display().to_string(),
+            ),
+            (
+                "VERDICT__ENGINE__SESSION_TIMEOUT_MS".to_string(),
+                "6000".to_string(),
+            ),
+            (
+                "VERDICT__SERVICE__EMBEDDINGS_URL".to_string(),
+                format!("http://127.0.0.1:{dead_port}"),
+            ),
+            (
+                "VERDICT__SERVICE__PROVIDER__TIMEOUT_MS".to_string(),
+                "300".to_string(),
+            ),
+            (
+                "VERDICT__SERVICE__PROVIDER__MAX_RETRIES".to_string(),
+                "0".to_string(),
+            ),
+            (
+                "VERDICT__SERVICE__SENTIMENT_HEAD".to_string(),
+                repo_root()
+                    .join("models/sentiment/head.json")
+                    .display()
+                    .to_string(),
+            ),
+        ];
+        let mut svc = ServiceProcess::start("document-analyzer", &env);
+        svc.wait_ready(Duration::from_secs(30)).await;
+        let producer =
+            AvroProducer::new(&stack.broker.kafka(), &stack.registry_url()).expect("producer");
+        let text = "Transfer to DE\u{966}\u{967}ABCDEFGHIJK please, urgent.";
+        let v = json!({"event_id": uuid::Uuid::new_v4().to_string(), "tenant_id": "tenant-script",
+               "occurred_at": 1_700_000_000_000_i64, "document_id": "doc-script", "content_type": "text/plain",
+               "filename": null, "text": text, "source": "test", "size_bytes": text.len(), "language": null});
+        let uploads = topology.topic("document-uploads");
+        producer
+            .send(&uploads, "doc-script", &v)
+            .await
+            .expect("send");
+        let id = v["event_id"].as_str().expect("id").to_string();
+        let decided = read_topic(
+            &stack.broker.kafka(),
+            &stack.registry_url(),
+            &topology.topic("document-decisions"),
+            Duration::from_secs(60),
+            |rs| rs.iter().filter_map(event_id).any(|e| e == id),
+        )
+        .await;
+        let d = decided
+            .iter()
+            .find(|r| event_id(r).as_deref() == Some(id.as_str()))
+            .unwrap_or_else(|| panic!("not decided\n{}", svc.log()));
+        let d = d.value.as_ref().expect("decision");
+        assert_eq!(d["pii_found"], json!([]), "{d}");
+        assert_eq!(d["redacted_text"], text);
+        wait_committed_to_end(
+            &stack.broker.kafka(),
+            &topology.group("verdict-document-analyzer"),
+            &uploads,
+            Duration::from_secs(30),
+        )
+        .await;
+    });
+}
+
+/// Defect 3: registry answers 500/504/429/401 were non-retryable and cached in the decoder,
+/// so valid records went to the dead-letter topic as `Decode` until a restart. Registry
+/// trouble is retryable and never cached: the records come back from the retry topic and
+/// are decided.
+#[test]
+fn registry_trouble_is_retried_not_dead_lettered() {
+    run(240, async {
+        let stack = Stack::start().await;
+        let topology = apply_topology(&stack, Some((500, 1000))).await;
+        for status in [500_u16, 429] {
+            // Schema lookups by id fail the first 3 times.
+            let proxy =
+                RegistryProxy::start(&stack.registry_url(), "/schemas/ids/", status, 3).await;
+            let mut svc = ServiceProcess::start(
+                "fraud-detector",
+                &fraud_env(&stack, &proxy.url, &topology, &[]),
+            );
+            svc.wait_ready(Duration::from_secs(30)).await;
+            let tenant = format!("tenant-registry-{status}");
+            let ids = produce(&stack, &topology, &tenant, 10, 10).await;
+            let want: HashSet<String> = ids.into_iter().collect();
+            let got = decisions(&stack, &topology, &want, Duration::from_secs(60)).await;
+            let got: HashSet<String> = got.iter().filter_map(event_id).collect();
+            assert!(
+                proxy.failed.load(std::sync::atomic::Ordering::SeqCst) >= 1,
+                "the proxy failed some lookups"
+            );
+            assert_eq!(
+                got,
+                want,
+                "registry {status}: every record decided after retrying\n{}",
+                svc.log()
+            );
+            assert_eq!(
+                svc.metric("verdict_dead_letters_total").await,
+                0.0,
+                "{}",
+                svc.log()
+            );
+            drop(svc);
+        }
+        let dlq = read_topic(
+            &stack.broker.kafka(),
+            &stack.registry_url(),
+            &topology.topic("transactions.dlq"),
+            Duration::from_secs(2),
+            |_| false,
+        )
+        .await;
+        assert!(dlq.is_empty(), "nothing dead-lettered: {dlq:?}");
+    });
+}
+
+/// Defect 5: records waiting for their retry time were sleeping tasks that counted against
+/// the in-flight bound, so enough of them paused the input partitions. Fresh input must be
+/// decided while retries wait.
+#[test]
+fn waiting_retries_do_not_hold_up_fresh_input() {
+    run(240, async {
+        let stack = Stack::start().await;
+        // Retries wait 30 s.
+        let topology = apply_topology(&stack, Some((30_000, 30_000))).await;
+        let env = fraud_env(
+            &stack,
+            &stack.registry_url(),
+            &topology,
+            &[
+                ("VERDICT__SERVICE__FAIL_FIRST_ATTEMPTS", "1"),
+                ("VERDICT__SERVICE__FAIL_TENANT", "tenant-slow"),
+                ("VERDICT__ENGINE__MAX_INFLIGHT_PER_PARTITION", "2"),
+                ("VERDICT__ENGINE__MAX_INFLIGHT", "4"),
+            ],
+        );
+        let mut svc = ServiceProcess::start("fraud-detector", &env);
+        svc.wait_ready(Duration::from_secs(30)).await;
+        let slow = produce(&stack, &topology, "tenant-slow", 12, 12).await;
+        // Wait until the failed attempts are on the retry topic (and back in the service).
+        let retried = read_topic(
+            &stack.broker.kafka(),
+            &stack.registry_url(),
+            &topology.topic("transactions.retry.1"),
+            Duration::from_secs(30),
+            |rs| rs.len() >= 12,
+        )
+        .await;
+        assert_eq!(retried.len(), 12, "{}", svc.log());
+        let not_before: i64 = retried
+            .iter()
+            .filter_map(|r| r.headers.get(headers::NOT_BEFORE)?.parse().ok())
+            .min()
+            .expect("not-before");
+        tokio::time::sleep(Duration::from_secs(1)).await;
+
+        let fresh = produce(&stack, &topology, "tenant-fast", 12, 12).await;
+        let want: HashSet<String> = fresh.into_iter().collect();
+        let got = decisions(&stack, &topology, &want, Duration::from_secs(60)).await;
+        assert_eq!(got.len(), want.len(), "{}", svc.log());
+        let last_fresh = got
+            .iter()
+            .filter_map(|r| r.value.as_ref()?["decided_at"].as_i64())
+            .max()
+            .expect("decided_at");
+        assert!(
+            last_fresh < not_before,
+            "fresh input was decided {} ms after the retries' not-before: it waited for them",
+            last_fresh - not_before
+        );
+        // And the retries are decided after their time.
+        let slow: HashSet<String> = slow.into_iter().collect();
+        let got = decisions(&stack, &topology, &slow, Duration::from_secs(90)).await;
+        assert_eq!(got.len(), slow.len(), "{}", svc.log());
+    });
+}
+
+/// Defect 7: the velocity rule counted a transaction each time it was processed, so a
+/// transaction that failed after the rules ran (here: the registry refused the output
+/// schema once) counted itself twice when it came back. One transaction is never "2 within
+/// the window".
+#[test]
+fn a_retried_transaction_counts_once_for_velocity() {
+    run(240, async {
+        let stack = Stack::start().await;
+        let topology = apply_topology(&stack, Some((500, 1000))).await;
+        // The decisions subject's latest-version lookup fails once: the first attempt fails
+        // after scoring and rules, with a retryable registry error.
+        let decisions_subject = format!(
+            "/subjects/{}-value/versions/",
+            topology.topic("fraud-decisions")
+        );
+        let proxy = RegistryProxy::start(&stack.registry_url(), &decisions_subject, 500, 1).await;
+        let mut svc = ServiceProcess::start(
+            "fraud-detector",
+            &fraud_env(
+                &stack,
+                &proxy.url,
+                &topology,
+                &[("VERDICT__SERVICE__VELOCITY_MAX", "1")],
+            ),
+        );
+        svc.wait_ready(Duration::from_secs(30)).await;
+        let ids = produce(&stack, &topology, "tenant-velocity", 1, 1).await;
+        let want: HashSet<String> = ids.into_iter().collect();
+        let got = decisions(&stack, &topology, &want, Duration::from_secs(60)).await;
+        assert_eq!(got.len(), 1, "{}", svc.log());
+        assert_eq!(proxy.failed.load(std::sync::atomic::Ordering::SeqCst), 1);
+        let v = got[0].value.as_ref().expect("decision");
+        let reasons = v["reasons"].to_string();
+        assert!(
+            !reasons.contains("transactions of this account"),
+            "a single transaction tripped the velocity rule: {reasons}"
+        );
+    });
+}
