@@ -14,6 +14,9 @@ use document_analyzer::pipeline::{DocumentAnalyzer, SERVICE};
 use verdict_runtime::engine::DecisionTopics;
 use verdict_runtime::service;
 
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[tokio::main]
 async fn main() -> ExitCode {
     let settings = match service::load_settings::<DocumentSettings>(SERVICE) {

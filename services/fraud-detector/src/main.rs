@@ -13,6 +13,9 @@ use verdict_runtime::engine::DecisionTopics;
 use verdict_runtime::models::LogisticModel;
 use verdict_runtime::service;
 
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[tokio::main]
 async fn main() -> ExitCode {
     let settings = match service::load_settings::<FraudSettings>(SERVICE) {

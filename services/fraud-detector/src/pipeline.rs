@@ -79,7 +79,7 @@ pub struct FraudDetector {
 
 /// Validate: the event must describe a transaction we can score.
 pub fn validate(value: &Json) -> Result<Transaction, ProcessError> {
-    let tx: Transaction = serde_json::from_value(value.clone())
+    let tx = Transaction::deserialize(value)
         .map_err(|e| ProcessError::invalid("(record)", format!("not a TransactionEvent: {e}")))?;
     if uuid::Uuid::parse_str(&tx.event_id).is_err() {
         return Err(ProcessError::invalid("event_id", "must be a UUID"));
