@@ -74,6 +74,14 @@ fn every_binary_has_a_service_and_the_file_is_sound() {
         missing.is_empty(),
         "binaries without a compose service: {missing:?}"
     );
+    // Every declared pipeline service (services/verdict-cli/src/services.rs) runs in compose.
+    for declared in verdict_cli::services::SERVICES {
+        assert!(
+            services.contains_key(declared.name),
+            "declared service {} has no compose service of that name",
+            declared.name
+        );
+    }
 }
 
 #[test]

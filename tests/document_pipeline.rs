@@ -5,37 +5,31 @@ use std::collections::HashSet;
 use std::time::Duration;
 
 use harness::{
-    Record, ServiceProcess, Stack, Topology, apply_topology, free_port, read_topic, run,
+    Record, ServiceProcess, Stack, Topology, apply_topology, deployment, free_port,
+    local_deployment, quick, read_topic, run,
 };
 use serde_json::{Value, json};
 use verdict_cli::records::AvroProducer;
 
-fn analyzer_env(
-    stack: &Stack,
-    topology: &std::path::Path,
-    model_port: u16,
-) -> Vec<(String, String)> {
-    vec![
-        (
-            "VERDICT__KAFKA__BOOTSTRAP_SERVERS".into(),
-            stack.broker.bootstrap(),
-        ),
-        ("VERDICT__REGISTRY__URL".into(), stack.registry_url()),
-        (
-            "VERDICT__TOPOLOGY__FILE".into(),
-            topology.display().to_string(),
-        ),
-        ("VERDICT__ENGINE__SESSION_TIMEOUT_MS".into(), "6000".into()),
-        (
-            "VERDICT__SERVICE__EMBEDDINGS_URL".into(),
-            format!("http://127.0.0.1:{model_port}"),
-        ),
-        (
-            "VERDICT__SERVICE__PROVIDER__TIMEOUT_MS".into(),
-            "2000".into(),
-        ),
-        ("VERDICT__SERVICE__PROVIDER__OPEN_MS".into(), "1000".into()),
-    ]
+/// The model server on `port` (a free one if `None`), for the document pipeline.
+fn model_server(port: Option<u16>) -> ServiceProcess {
+    let d = local_deployment(None);
+    match port {
+        Some(p) => ServiceProcess::spawn_on::<model_server::Spec>(&d, p, |_| {}),
+        None => ServiceProcess::spawn::<model_server::Spec>(&d, |_| {}),
+    }
+}
+
+/// The document-analyzer on this test's stack, using the model server on `model_port`.
+fn analyzer(stack: &Stack, topology: &Topology, model_port: u16) -> ServiceProcess {
+    ServiceProcess::spawn::<document_analyzer::Spec>(
+        &deployment(stack, topology, Some(model_port)),
+        |s| {
+            quick(s);
+            s.service.provider.timeout_ms = 2000;
+            s.service.provider.open_ms = 1000;
+        },
+    )
 }
 
 fn document(id: &str, text: &str) -> Value {
@@ -97,12 +91,9 @@ fn documents_are_redacted_classified_and_decided() {
     run(300, async {
         let stack = Stack::start().await;
         let topology = apply_topology(&stack, None).await;
-        let mut ms = ServiceProcess::start("model-server", &harness::model_server_env());
+        let mut ms = model_server(None);
         ms.wait_ready(Duration::from_secs(120)).await;
-        let mut analyzer = ServiceProcess::start(
-            "document-analyzer",
-            &analyzer_env(&stack, &topology, ms.http_port),
-        );
+        let mut analyzer = analyzer(&stack, &topology, ms.http_port);
         analyzer.wait_ready(Duration::from_secs(30)).await;
 
         let invoice = "Invoice 2024-17: please pay the amount due of 1,250.00 EUR to IBAN DE89 3704 0044 0532 0130 00 within 30 days.";
@@ -213,10 +204,9 @@ fn model_server_outage_degrades_to_rules_and_recovers() {
         let stack = Stack::start().await;
         let topology = apply_topology(&stack, None).await;
         let port = free_port();
-        let mut ms = ServiceProcess::start_on("model-server", &harness::model_server_env(), port);
+        let mut ms = model_server(Some(port));
         ms.wait_ready(Duration::from_secs(120)).await;
-        let mut analyzer =
-            ServiceProcess::start("document-analyzer", &analyzer_env(&stack, &topology, port));
+        let mut analyzer = analyzer(&stack, &topology, port);
         analyzer.wait_ready(Duration::from_secs(30)).await;
         let warm = send(
             &stack,
@@ -256,7 +246,7 @@ fn model_server_outage_degrades_to_rules_and_recovers() {
             "no dead-letter flood"
         );
 
-        let mut ms = ServiceProcess::start_on("model-server", &harness::model_server_env(), port);
+        let mut ms = model_server(Some(port));
         ms.wait_ready(Duration::from_secs(120)).await;
         tokio::time::sleep(Duration::from_millis(1_200)).await;
         let up = send(

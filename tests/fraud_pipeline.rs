@@ -4,46 +4,30 @@
 //! two instances sharing and handing over partitions.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
-use std::path::Path;
 use std::time::Duration;
 
 use harness::{
-    Record, ServiceProcess, Stack, Topology, apply_topology, read_topic, repo_root, run,
+    Record, ServiceProcess, Stack, Topology, apply_topology, deployment, quick, read_topic,
+    repo_root, run,
 };
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use serde_json::Value;
 use verdict_cli::records::{AvroProducer, sample_transaction};
 use verdict_runtime::headers;
 
-fn service_env(stack: &Stack, topology: &Path, extra: &[(&str, &str)]) -> Vec<(String, String)> {
-    let mut env = vec![
-        (
-            "VERDICT__KAFKA__BOOTSTRAP_SERVERS".to_string(),
-            stack.broker.bootstrap(),
-        ),
-        ("VERDICT__REGISTRY__URL".to_string(), stack.registry_url()),
-        (
-            "VERDICT__TOPOLOGY__FILE".to_string(),
-            topology.display().to_string(),
-        ),
-        (
-            "VERDICT__SERVICE__MODEL_FILE".to_string(),
-            repo_root()
-                .join("models/fraud/model.json")
-                .display()
-                .to_string(),
-        ),
-        (
-            "VERDICT__ENGINE__SESSION_TIMEOUT_MS".to_string(),
-            "6000".to_string(),
-        ),
-        (
-            "VERDICT__ENGINE__DRAIN_TIMEOUT_MS".to_string(),
-            "5000".to_string(),
-        ),
-    ];
-    env.extend(extra.iter().map(|(k, v)| (k.to_string(), v.to_string())));
-    env
+type Fraud = fraud_detector::Spec;
+type FraudSettings = <Fraud as verdict_runtime::service::ServiceSpec>::Settings;
+
+/// The fraud-detector on this test's stack, quick group settings, then `tweak`.
+fn fraud(
+    stack: &Stack,
+    topology: &Topology,
+    tweak: impl FnOnce(&mut FraudSettings),
+) -> ServiceProcess {
+    ServiceProcess::spawn::<Fraud>(&deployment(stack, topology, None), |s| {
+        quick(s);
+        tweak(s);
+    })
 }
 
 /// Produces `n` transactions over `accounts` accounts; returns (account, event_id) in produce order.
@@ -102,7 +86,7 @@ fn every_event_gets_a_decision_and_an_audit_in_key_order() {
     run(180, async {
         let stack = Stack::start().await;
         let topology = apply_topology(&stack, None).await;
-        let mut svc = ServiceProcess::start("fraud-detector", &service_env(&stack, &topology, &[]));
+        let mut svc = fraud(&stack, &topology, |_| {});
         svc.wait_ready(Duration::from_secs(30)).await;
 
         let sent = produce(&stack, &topology, 300, 12).await;
@@ -201,7 +185,7 @@ fn poison_records_are_dead_lettered_and_the_partition_keeps_flowing() {
     run(180, async {
         let stack = Stack::start().await;
         let topology = apply_topology(&stack, None).await;
-        let mut svc = ServiceProcess::start("fraud-detector", &service_env(&stack, &topology, &[]));
+        let mut svc = fraud(&stack, &topology, |_| {});
         svc.wait_ready(Duration::from_secs(30)).await;
 
         let kafka = stack.broker.kafka();
@@ -348,14 +332,7 @@ fn retryable_failures_go_through_the_retry_topic() {
         let stack = Stack::start().await;
         let topology = apply_topology(&stack, Some((300, 600))).await;
         // Every record fails once, then succeeds from transactions.retry.1.
-        let mut svc = ServiceProcess::start(
-            "fraud-detector",
-            &service_env(
-                &stack,
-                &topology,
-                &[("VERDICT__SERVICE__FAIL_FIRST_ATTEMPTS", "1")],
-            ),
-        );
+        let mut svc = fraud(&stack, &topology, |s| s.service.fail_first_attempts = 1);
         svc.wait_ready(Duration::from_secs(30)).await;
         let sent = produce(&stack, &topology, 20, 5).await;
         let want: HashSet<String> = sent.iter().map(|(_, id)| id.clone()).collect();
@@ -383,18 +360,11 @@ fn retryable_failures_go_through_the_retry_topic() {
         drop(svc);
 
         // Failing more often than there are retry topics ends in the dead-letter topic.
-        let mut svc = ServiceProcess::start(
-            "fraud-detector",
-            &service_env(
-                &stack,
-                &topology,
-                &[
-                    ("VERDICT__SERVICE__FAIL_FIRST_ATTEMPTS", "9"),
-                    ("VERDICT__ENGINE__GUARD__MIN_SAMPLES", "1000"),
-                    ("VERDICT__ENGINE__GUARD__WINDOW", "1000"),
-                ],
-            ),
-        );
+        let mut svc = fraud(&stack, &topology, |s| {
+            s.service.fail_first_attempts = 9;
+            s.engine.guard.min_samples = 1000;
+            s.engine.guard.window = 1000;
+        });
         svc.wait_ready(Duration::from_secs(30)).await;
         let more = produce(&stack, &topology, 3, 3).await;
         let dlq = read_topic(
@@ -428,8 +398,7 @@ fn kill_9_mid_stream_loses_nothing() {
     run(240, async {
         let stack = Stack::start().await;
         let topology = apply_topology(&stack, None).await;
-        let env = service_env(&stack, &topology, &[]);
-        let mut svc = ServiceProcess::start("fraud-detector", &env);
+        let mut svc = fraud(&stack, &topology, |_| {});
         svc.wait_ready(Duration::from_secs(30)).await;
 
         let first = produce(&stack, &topology, 400, 40).await;
@@ -443,7 +412,7 @@ fn kill_9_mid_stream_loses_nothing() {
         svc.kill9();
         let second = produce(&stack, &topology, 200, 40).await;
 
-        let mut svc = ServiceProcess::start("fraud-detector", &env);
+        let mut svc = fraud(&stack, &topology, |_| {});
         svc.wait_ready(Duration::from_secs(30)).await;
         let want: HashSet<String> = first
             .iter()
@@ -469,12 +438,11 @@ fn two_instances_split_partitions_and_hand_over() {
     run(240, async {
         let stack = Stack::start().await;
         let topology = apply_topology(&stack, None).await;
-        let env = service_env(&stack, &topology, &[]);
         // Both join a fresh group, so the first assignment spreads every topic's
         // partitions over both. (A member that joins later takes partitions from the
         // owner stickily: which topics it gets is the assignor's choice.)
-        let mut a = ServiceProcess::start("fraud-detector", &env);
-        let mut b = ServiceProcess::start("fraud-detector", &env);
+        let mut a = fraud(&stack, &topology, |_| {});
+        let mut b = fraud(&stack, &topology, |_| {});
         a.wait_ready(Duration::from_secs(30)).await;
         b.wait_ready(Duration::from_secs(30)).await;
         // Wait for the group to settle on a split.
@@ -559,21 +527,14 @@ fn dead_letter_guard_holds_a_poison_flood_and_says_so() {
     run(180, async {
         let stack = Stack::start().await;
         let topology = apply_topology(&stack, None).await;
-        let mut svc = ServiceProcess::start(
-            "fraud-detector",
-            &service_env(
-                &stack,
-                &topology,
-                &[
-                    ("VERDICT__ENGINE__GUARD__WINDOW", "20"),
-                    ("VERDICT__ENGINE__GUARD__MIN_SAMPLES", "20"),
-                    ("VERDICT__ENGINE__GUARD__MAX_DEAD_LETTER_RATIO", "0.5"),
-                    ("VERDICT__ENGINE__GUARD__COOLDOWN_MS", "600000"),
-                    ("VERDICT__ENGINE__MAX_INFLIGHT_PER_PARTITION", "4"),
-                    ("VERDICT__ENGINE__MAX_INFLIGHT", "8"),
-                ],
-            ),
-        );
+        let mut svc = fraud(&stack, &topology, |s| {
+            s.engine.guard.window = 20;
+            s.engine.guard.min_samples = 20;
+            s.engine.guard.max_dead_letter_ratio = 0.5;
+            s.engine.guard.cooldown_ms = 600_000;
+            s.engine.max_inflight_per_partition = 4;
+            s.engine.max_inflight = 8;
+        });
         svc.wait_ready(Duration::from_secs(30)).await;
         let raw: FutureProducer = stack
             .broker
@@ -629,7 +590,7 @@ fn trace_context_travels_from_input_to_outputs() {
     run(120, async {
         let stack = Stack::start().await;
         let topology = apply_topology(&stack, None).await;
-        let mut svc = ServiceProcess::start("fraud-detector", &service_env(&stack, &topology, &[]));
+        let mut svc = fraud(&stack, &topology, |_| {});
         svc.wait_ready(Duration::from_secs(30)).await;
         // Take the bytes of a real event and send them again with a traceparent.
         let sent = produce(&stack, &topology, 1, 1).await;

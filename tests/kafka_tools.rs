@@ -6,7 +6,7 @@ use std::collections::{BTreeMap, HashSet};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use harness::{ServiceProcess, Stack, Topology, apply_topology, bin, repo_root, run, run_command};
+use harness::{ServiceProcess, Stack, Topology, apply_topology, bin, deployment, run, run_command};
 use verdict_cli::records::{AvroProducer, sample_transaction};
 
 /// One row of `kafka-consumer-groups --describe` for a topic partition.
@@ -98,25 +98,10 @@ fn kafka_consumer_groups_sees_the_committed_offsets_and_the_lag() {
     run(240, async {
         let stack = Stack::start().await;
         let topology = apply_topology(&stack, None).await;
-        let env = vec![
-            (
-                "VERDICT__KAFKA__BOOTSTRAP_SERVERS".to_string(),
-                stack.broker.bootstrap(),
-            ),
-            ("VERDICT__REGISTRY__URL".to_string(), stack.registry_url()),
-            (
-                "VERDICT__TOPOLOGY__FILE".to_string(),
-                topology.display().to_string(),
-            ),
-            (
-                "VERDICT__SERVICE__MODEL_FILE".to_string(),
-                repo_root()
-                    .join("models/fraud/model.json")
-                    .display()
-                    .to_string(),
-            ),
-        ];
-        let mut svc = ServiceProcess::start("fraud-detector", &env);
+        let mut svc = ServiceProcess::spawn::<fraud_detector::Spec>(
+            &deployment(&stack, &topology, None),
+            |_| {},
+        );
         svc.wait_ready(Duration::from_secs(30)).await;
         let group = topology.group("verdict-fraud-detector");
         let input = topology.topic("transactions");

@@ -172,7 +172,10 @@ fn chain_falls_back_when_the_server_dies_and_recovers_through_the_half_open_prob
 }
 
 async fn model_server() -> harness::ServiceProcess {
-    let mut ms = harness::ServiceProcess::start("model-server", &harness::model_server_env());
+    let mut ms = harness::ServiceProcess::spawn::<model_server::Spec>(
+        &harness::local_deployment(None),
+        |_| {},
+    );
     ms.wait_ready(Duration::from_secs(120)).await;
     ms
 }

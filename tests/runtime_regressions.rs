@@ -3,46 +3,33 @@
 //! input, and an event counted twice by the velocity rule.
 
 use std::collections::HashSet;
-use std::path::Path;
 use std::time::Duration;
 
 use harness::{
-    RegistryProxy, ServiceProcess, Stack, Topology, apply_topology, read_topic, repo_root, run,
-    wait_committed_to_end,
+    RegistryProxy, ServiceProcess, Stack, Topology, apply_topology, deployment, quick, read_topic,
+    run, wait_committed_to_end,
 };
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use serde_json::{Value, json};
 use verdict_cli::records::{AvroProducer, sample_transaction};
 use verdict_runtime::headers;
 
-fn fraud_env(
+type FraudSettings = <fraud_detector::Spec as verdict_runtime::service::ServiceSpec>::Settings;
+
+/// The fraud-detector on this test's stack with `registry_url` (a proxy, or the registry),
+/// quick group settings, then `tweak`.
+fn fraud(
     stack: &Stack,
     registry_url: &str,
-    topology: &Path,
-    extra: &[(&str, &str)],
-) -> Vec<(String, String)> {
-    let mut env: Vec<(String, String)> = vec![
-        (
-            "VERDICT__KAFKA__BOOTSTRAP_SERVERS".into(),
-            stack.broker.bootstrap(),
-        ),
-        ("VERDICT__REGISTRY__URL".into(), registry_url.into()),
-        (
-            "VERDICT__TOPOLOGY__FILE".into(),
-            topology.display().to_string(),
-        ),
-        (
-            "VERDICT__SERVICE__MODEL_FILE".into(),
-            repo_root()
-                .join("models/fraud/model.json")
-                .display()
-                .to_string(),
-        ),
-        ("VERDICT__ENGINE__SESSION_TIMEOUT_MS".into(), "6000".into()),
-        ("VERDICT__ENGINE__DRAIN_TIMEOUT_MS".into(), "5000".into()),
-    ];
-    env.extend(extra.iter().map(|(k, v)| (k.to_string(), v.to_string())));
-    env
+    topology: &Topology,
+    tweak: impl FnOnce(&mut FraudSettings),
+) -> ServiceProcess {
+    let mut d = deployment(stack, topology, None);
+    d.registry_url = registry_url.to_string();
+    ServiceProcess::spawn::<fraud_detector::Spec>(&d, |s| {
+        quick(s);
+        tweak(s);
+    })
 }
 
 /// Produces transactions of `tenant`, one per account `acct-{i % accounts}`; returns the ids.
@@ -105,18 +92,13 @@ fn a_paused_partition_that_comes_back_is_read_again() {
     run(240, async {
         let stack = Stack::start().await;
         let topology = apply_topology(&stack, None).await;
-        let env = fraud_env(
-            &stack,
-            &stack.registry_url(),
-            &topology,
-            &[
-                ("VERDICT__ENGINE__GUARD__WINDOW", "10"),
-                ("VERDICT__ENGINE__GUARD__MIN_SAMPLES", "10"),
-                ("VERDICT__ENGINE__GUARD__MAX_DEAD_LETTER_RATIO", "0.5"),
-                ("VERDICT__ENGINE__GUARD__COOLDOWN_MS", "6000"),
-            ],
-        );
-        let mut a = ServiceProcess::start("fraud-detector", &env);
+        let guarded = |s: &mut FraudSettings| {
+            s.engine.guard.window = 10;
+            s.engine.guard.min_samples = 10;
+            s.engine.guard.max_dead_letter_ratio = 0.5;
+            s.engine.guard.cooldown_ms = 6000;
+        };
+        let mut a = fraud(&stack, &stack.registry_url(), &topology, guarded);
         a.wait_ready(Duration::from_secs(30)).await;
         // Poison on every partition trips A's guard: A pauses all its partitions.
         let raw: FutureProducer = stack.broker.kafka().client_config().create().expect("p");
@@ -141,7 +123,7 @@ fn a_paused_partition_that_comes_back_is_read_again() {
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
         // B joins while A holds: some partitions move to B.
-        let mut b = ServiceProcess::start("fraud-detector", &env);
+        let mut b = fraud(&stack, &stack.registry_url(), &topology, guarded);
         b.wait_ready(Duration::from_secs(30)).await;
         let start = std::time::Instant::now();
         while a.metric("verdict_assigned_partitions").await >= 18.0 {
@@ -195,17 +177,11 @@ fn a_panicking_record_is_dead_lettered_and_commits_move_on() {
     run(240, async {
         let stack = Stack::start().await;
         let topology = apply_topology(&stack, None).await;
-        let env = fraud_env(
-            &stack,
-            &stack.registry_url(),
-            &topology,
-            &[
-                ("VERDICT__SERVICE__FAIL_FIRST_ATTEMPTS", "9"),
-                ("VERDICT__SERVICE__FAIL_TENANT", "tenant-panic"),
-                ("VERDICT__SERVICE__FAIL_MODE", "panic"),
-            ],
-        );
-        let mut svc = ServiceProcess::start("fraud-detector", &env);
+        let mut svc = fraud(&stack, &stack.registry_url(), &topology, |s| {
+            s.service.fail_first_attempts = 9;
+            s.service.fail_tenant = "tenant-panic".into();
+            s.service.fail_mode = fraud_detector::config::FailMode::Panic;
+        });
         svc.wait_ready(Duration::from_secs(30)).await;
         let producer =
             AvroProducer::new(&stack.broker.kafka(), &stack.registry_url()).expect("producer");
@@ -284,42 +260,12 @@ fn a_document_with_digits_of_another_script_is_decided() {
         let stack = Stack::start().await;
         let topology = apply_topology(&stack, None).await;
         // No model-server: the document is decided by the keyword rules.
-        let dead_port = harness::free_port();
-        let env = vec![
-            (
-                "VERDICT__KAFKA__BOOTSTRAP_SERVERS".to_string(),
-                stack.broker.bootstrap(),
-            ),
-            ("VERDICT__REGISTRY__URL".to_string(), stack.registry_url()),
-            (
-                "VERDICT__TOPOLOGY__FILE".to_string(),
-                topology.display().to_string(),
-            ),
-            (
-                "VERDICT__ENGINE__SESSION_TIMEOUT_MS".to_string(),
-                "6000".to_string(),
-            ),
-            (
-                "VERDICT__SERVICE__EMBEDDINGS_URL".to_string(),
-                format!("http://127.0.0.1:{dead_port}"),
-            ),
-            (
-                "VERDICT__SERVICE__PROVIDER__TIMEOUT_MS".to_string(),
-                "300".to_string(),
-            ),
-            (
-                "VERDICT__SERVICE__PROVIDER__MAX_RETRIES".to_string(),
-                "0".to_string(),
-            ),
-            (
-                "VERDICT__SERVICE__SENTIMENT_HEAD".to_string(),
-                repo_root()
-                    .join("models/sentiment/head.json")
-                    .display()
-                    .to_string(),
-            ),
-        ];
-        let mut svc = ServiceProcess::start("document-analyzer", &env);
+        let d = deployment(&stack, &topology, Some(harness::free_port()));
+        let mut svc = ServiceProcess::spawn::<document_analyzer::Spec>(&d, |s| {
+            quick(s);
+            s.service.provider.timeout_ms = 300;
+            s.service.provider.max_retries = 0;
+        });
         svc.wait_ready(Duration::from_secs(30)).await;
         let producer =
             AvroProducer::new(&stack.broker.kafka(), &stack.registry_url()).expect("producer");
@@ -368,13 +314,11 @@ fn registry_trouble_is_retried_not_dead_lettered() {
         let stack = Stack::start().await;
         let topology = apply_topology(&stack, Some((500, 1000))).await;
         for status in [500_u16, 429] {
-            // Schema lookups by id fail the first 3 times.
+            // Schema lookups by id fail twice: records may share a lookup, so two failed
+            // requests cost a record at most two of its three attempts.
             let proxy =
-                RegistryProxy::start(&stack.registry_url(), "/schemas/ids/", status, 3).await;
-            let mut svc = ServiceProcess::start(
-                "fraud-detector",
-                &fraud_env(&stack, &proxy.url, &topology, &[]),
-            );
+                RegistryProxy::start(&stack.registry_url(), "/schemas/ids/", status, 2).await;
+            let mut svc = fraud(&stack, &proxy.url, &topology, |_| {});
             svc.wait_ready(Duration::from_secs(30)).await;
             let tenant = format!("tenant-registry-{status}");
             let ids = produce(&stack, &topology, &tenant, 10, 10).await;
@@ -420,18 +364,12 @@ fn waiting_retries_do_not_hold_up_fresh_input() {
         let stack = Stack::start().await;
         // Retries wait 30 s.
         let topology = apply_topology(&stack, Some((30_000, 30_000))).await;
-        let env = fraud_env(
-            &stack,
-            &stack.registry_url(),
-            &topology,
-            &[
-                ("VERDICT__SERVICE__FAIL_FIRST_ATTEMPTS", "1"),
-                ("VERDICT__SERVICE__FAIL_TENANT", "tenant-slow"),
-                ("VERDICT__ENGINE__MAX_INFLIGHT_PER_PARTITION", "2"),
-                ("VERDICT__ENGINE__MAX_INFLIGHT", "4"),
-            ],
-        );
-        let mut svc = ServiceProcess::start("fraud-detector", &env);
+        let mut svc = fraud(&stack, &stack.registry_url(), &topology, |s| {
+            s.service.fail_first_attempts = 1;
+            s.service.fail_tenant = "tenant-slow".into();
+            s.engine.max_inflight_per_partition = 2;
+            s.engine.max_inflight = 4;
+        });
         svc.wait_ready(Duration::from_secs(30)).await;
         let slow = produce(&stack, &topology, "tenant-slow", 12, 12).await;
         // Wait until the failed attempts are on the retry topic (and back in the service).
@@ -488,15 +426,9 @@ fn a_retried_transaction_counts_once_for_velocity() {
             topology.topic("fraud-decisions")
         );
         let proxy = RegistryProxy::start(&stack.registry_url(), &decisions_subject, 500, 1).await;
-        let mut svc = ServiceProcess::start(
-            "fraud-detector",
-            &fraud_env(
-                &stack,
-                &proxy.url,
-                &topology,
-                &[("VERDICT__SERVICE__VELOCITY_MAX", "1")],
-            ),
-        );
+        let mut svc = fraud(&stack, &proxy.url, &topology, |s| {
+            s.service.velocity_max = 1
+        });
         svc.wait_ready(Duration::from_secs(30)).await;
         let ids = produce(&stack, &topology, "tenant-velocity", 1, 1).await;
         let want: HashSet<String> = ids.into_iter().collect();

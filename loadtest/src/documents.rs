@@ -60,9 +60,8 @@ pub async fn run(args: DocArgs) {
         "verdict-loadtest documents: {} documents, batches of {}, {} single requests",
         args.docs, args.batch, args.single
     );
-    let mut ms_env = harness::model_server_env();
-    ms_env.push(("RUST_LOG".to_string(), "warn".to_string()));
-    let mut ms = ServiceProcess::start("model-server", &ms_env);
+    let mut ms =
+        ServiceProcess::spawn::<model_server::Spec>(&harness::local_deployment(None), |_| {});
     ms.wait_ready(Duration::from_secs(120)).await;
     let url = format!("http://127.0.0.1:{}", ms.http_port);
     let client = reqwest::Client::new();
@@ -104,24 +103,10 @@ pub async fn run(args: DocArgs) {
         topology.topic("document-uploads"),
         topology.topic("document-decisions"),
     );
-    let env = vec![
-        (
-            "VERDICT__KAFKA__BOOTSTRAP_SERVERS".to_string(),
-            stack.broker.bootstrap(),
-        ),
-        ("VERDICT__REGISTRY__URL".to_string(), stack.registry_url()),
-        (
-            "VERDICT__TOPOLOGY__FILE".to_string(),
-            topology.display().to_string(),
-        ),
-        ("VERDICT__SERVICE__EMBEDDINGS_URL".to_string(), url.clone()),
-        (
-            "VERDICT__ENGINE__SESSION_TIMEOUT_MS".to_string(),
-            "6000".to_string(),
-        ),
-        ("RUST_LOG".to_string(), "warn".to_string()),
-    ];
-    let mut analyzer = ServiceProcess::start("document-analyzer", &env);
+    let mut analyzer = ServiceProcess::spawn::<document_analyzer::Spec>(
+        &harness::deployment(&stack, &topology, Some(ms.http_port)),
+        harness::quick,
+    );
     analyzer.wait_ready(Duration::from_secs(60)).await;
     let kafka = stack.broker.kafka();
     let producer = AvroProducer::new(&kafka, &stack.registry_url()).expect("producer");

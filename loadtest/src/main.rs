@@ -25,7 +25,7 @@ mod kafka_perf;
 use dashmap::DashMap;
 use futures::StreamExt;
 use futures::stream::FuturesUnordered;
-use harness::{ServiceProcess, Stack, apply_topology, repo_root};
+use harness::{ServiceProcess, Stack, apply_topology};
 use hdrhistogram::Histogram;
 use indicatif::{ProgressBar, ProgressStyle};
 use rdkafka::consumer::{Consumer, StreamConsumer};
@@ -434,6 +434,7 @@ pub(crate) fn peak_rss_mib(pid: u32) -> f64 {
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() {
+    harness::set_service_log("warn");
     match Cli::parse().bench {
         Bench::Fraud(args) => fraud(args).await,
         Bench::Documents(args) => documents::run(args).await,
@@ -474,27 +475,10 @@ async fn fraud(args: Args) {
 
     let ceiling_eps = ceiling(&kafka, args.events).await;
 
-    let env: Vec<(String, String)> = [
-        (
-            "VERDICT__KAFKA__BOOTSTRAP_SERVERS",
-            stack.broker.bootstrap(),
-        ),
-        ("VERDICT__REGISTRY__URL", stack.registry_url()),
-        ("VERDICT__TOPOLOGY__FILE", topology.display().to_string()),
-        (
-            "VERDICT__SERVICE__MODEL_FILE",
-            repo_root()
-                .join("models/fraud/model.json")
-                .display()
-                .to_string(),
-        ),
-        ("VERDICT__ENGINE__SESSION_TIMEOUT_MS", "6000".to_string()),
-        ("RUST_LOG", "warn".to_string()),
-    ]
-    .into_iter()
-    .map(|(k, v)| (k.to_string(), v))
-    .collect();
-    let mut svc = ServiceProcess::start("fraud-detector", &env);
+    let mut svc = ServiceProcess::spawn::<fraud_detector::Spec>(
+        &harness::deployment(&stack, &topology, None),
+        harness::quick,
+    );
     svc.wait_ready(Duration::from_secs(60)).await;
     let start = Instant::now();
     let n = i64::try_from(args.events).unwrap_or(i64::MAX);

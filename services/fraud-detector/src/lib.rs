@@ -4,3 +4,19 @@
 pub mod config;
 pub mod pipeline;
 pub mod rules;
+
+use verdict_runtime::service::{Deployment, ServiceSettings, ServiceSpec};
+
+/// The fraud-detector as the stack, the test harness and the loadtest run it.
+pub struct Spec;
+
+impl ServiceSpec for Spec {
+    const NAME: &'static str = pipeline::SERVICE;
+    type Settings = ServiceSettings<config::FraudSettings>;
+
+    fn settings(d: &Deployment) -> Self::Settings {
+        let mut s = Self::Settings::for_deployment(d);
+        s.service.model_file = d.root.join("models/fraud/model.json");
+        s
+    }
+}

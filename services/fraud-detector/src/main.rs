@@ -7,21 +7,21 @@
 
 use std::process::ExitCode;
 
-use fraud_detector::config::FraudSettings;
 use fraud_detector::pipeline::{FraudDetector, SERVICE};
 use verdict_runtime::engine::DecisionTopics;
 use verdict_runtime::models::LogisticModel;
-use verdict_runtime::service;
+use verdict_runtime::service::{self, ServiceSpec};
 
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    let settings = match service::load_settings::<FraudSettings>(SERVICE) {
-        Ok(s) => s,
-        Err(code) => return code,
-    };
+    let settings =
+        match service::load_settings::<<fraud_detector::Spec as ServiceSpec>::Settings>(SERVICE) {
+            Ok(s) => s,
+            Err(code) => return code,
+        };
     service::run(SERVICE, settings, |ctx| {
         let model = LogisticModel::load(&ctx.settings.service.model_file).map_err(|e| e.to_string())?;
         tracing::info!(model = %model.name, version = %model.version, sha256 = %model.sha256, "model loaded");

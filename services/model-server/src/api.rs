@@ -81,8 +81,6 @@ impl TextClassifier<'_> {
 
 pub fn router(app: Arc<App>) -> Router {
     Router::new()
-        .route("/healthz", get(|| async { "ok\n" }))
-        .route("/readyz", get(|| async { "ready\n" }))
         .route("/v2", get(|| async { Json(json!({"name": "verdict-model-server", "version": env!("CARGO_PKG_VERSION"), "extensions": []})) }))
         .route("/v2/health/live", get(|| async { StatusCode::OK }))
         .route("/v2/health/ready", get(|| async { StatusCode::OK }))

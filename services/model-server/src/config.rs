@@ -19,6 +19,7 @@ pub struct ModelServerSettings {
     /// Classification heads trained offline, by served name → head file
     /// (`[heads] sentiment = "models/sentiment/head.json"`, or `VERDICT__HEADS__SENTIMENT=…`).
     pub heads: BTreeMap<String, PathBuf>,
+    pub telemetry: verdict_runtime::service::TelemetrySection,
 }
 
 #[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
@@ -57,6 +58,7 @@ impl Default for ModelServerSettings {
             fraud: Fraud::default(),
             classifiers: default_classifiers(),
             heads: BTreeMap::new(),
+            telemetry: verdict_runtime::service::TelemetrySection::default(),
         }
     }
 }

@@ -19,6 +19,27 @@ use crate::api::App;
 use crate::config::ModelServerSettings;
 use crate::embedder::Embedder;
 
+/// The model server as the stack, the test harness and the loadtest run it: the embedding
+/// model from the installed package, the fraud model and the sentiment head from the repo.
+pub struct Spec;
+
+impl verdict_runtime::service::ServiceSpec for Spec {
+    const NAME: &'static str = "model-server";
+    type Settings = ModelServerSettings;
+
+    fn settings(d: &verdict_runtime::service::Deployment) -> Self::Settings {
+        let mut s = ModelServerSettings::default();
+        s.http.listen = d.http_listen;
+        s.embeddings.model_dir = d.minilm_dir.clone();
+        s.fraud.model_file = d.root.join("models/fraud/model.json");
+        s.heads.insert(
+            "sentiment".into(),
+            d.root.join("models/sentiment/head.json"),
+        );
+        s
+    }
+}
+
 /// Loads every model (weights, tokenizer, label anchors) and builds the app.
 pub fn load(settings: &ModelServerSettings) -> Result<Arc<App>, String> {
     let e = &settings.embeddings;

@@ -1,50 +1,46 @@
-//! model-server: settings → load models (embeddings, classifiers, fraud) → serve
-//! KServe v2 and OpenAI-compatible HTTP on loopback.
+//! model-server: settings → load models (embeddings, classifiers, fraud, heads) → serve
+//! KServe v2 and the OpenAI-compatible API, with health and metrics, on loopback.
 
-use std::path::PathBuf;
 use std::process::ExitCode;
 
 use model_server::config::ModelServerSettings;
-use verdict_runtime::{service, settings, telemetry};
+use verdict_runtime::service::{self, Host};
+
+const NAME: &str = "model-server";
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    telemetry::init_logging();
-    let config = std::env::args()
-        .skip_while(|a| a != "--config")
-        .nth(1)
-        .map(PathBuf::from)
-        .or_else(|| std::env::var_os("VERDICT_CONFIG").map(PathBuf::from));
-    let settings: ModelServerSettings = match settings::load(config.as_deref()) {
+    let settings: ModelServerSettings = match service::load_settings(NAME) {
         Ok(s) => s,
-        Err(e) => {
-            eprintln!("model-server: {e}");
-            return ExitCode::from(2);
-        }
+        Err(code) => return code,
     };
     let app = match model_server::load(&settings) {
         Ok(app) => app,
         Err(e) => {
-            eprintln!("model-server: {e}");
+            eprintln!("{NAME}: {e}");
             return ExitCode::from(1);
         }
     };
-    let listener = match tokio::net::TcpListener::bind(settings.http.listen).await {
-        Ok(l) => l,
-        Err(e) => {
-            eprintln!("model-server: http.listen {}: {e}", settings.http.listen);
-            return ExitCode::from(1);
-        }
-    };
-    tracing::info!(listen = %settings.http.listen, embedding = %app.embedding.name, sha256 = %app.embedding.sha256, "model server ready");
-    match axum::serve(listener, model_server::api::router(app))
-        .with_graceful_shutdown(service::shutdown_signal())
-        .await
+    let (embedding, sha256) = (app.embedding.name.clone(), app.embedding.sha256.clone());
+    let host = match Host::start(
+        NAME,
+        settings.http.listen,
+        &settings.telemetry,
+        model_server::api::router(app),
+    )
+    .await
     {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(h) => h,
         Err(e) => {
-            eprintln!("model-server: {e}");
-            ExitCode::from(1)
+            eprintln!("{NAME}: {e}");
+            return ExitCode::from(1);
         }
-    }
+    };
+    tracing::info!(%embedding, %sha256, "model server ready");
+    host.metrics.set_ready(true);
+    host.run(async {
+        service::shutdown_signal().await;
+        Ok(())
+    })
+    .await
 }

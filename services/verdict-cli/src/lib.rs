@@ -2,6 +2,7 @@
 
 pub mod broker;
 pub mod records;
+pub mod services;
 pub mod stack;
 pub mod topology_cmd;
 

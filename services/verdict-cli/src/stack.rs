@@ -16,6 +16,8 @@ use verdict_runtime::registry::REGISTRY_URL_ENV;
 
 use crate::CliError;
 use crate::broker::{BrokerConfig, KafkaDist, kafka_version};
+use crate::services::{Declared, SERVICES};
+use verdict_runtime::service::Deployment;
 
 pub const REGISTRY_BIN: &str = "verdict-schema-registry";
 
@@ -199,22 +201,14 @@ const BROKER: Component = Component {
     name: "broker",
     program: "kafka.Kafka",
 };
-/// The pipeline's services, in start order.
-/// (Health ports count up from `services_port` in this order.)
-const SERVICES: &[Component] = &[
+/// A declared service as a process of the stack (its binary has the service's name). Health
+/// ports count up from `services_port` in the declared order.
+fn component(d: &Declared) -> Component {
     Component {
-        name: "fraud-detector",
-        program: "fraud-detector",
-    },
-    Component {
-        name: "model-server",
-        program: "model-server",
-    },
-    Component {
-        name: "document-analyzer",
-        program: "document-analyzer",
-    },
-];
+        name: d.name,
+        program: d.name,
+    }
+}
 
 const REGISTRY: Component = Component {
     name: "schema-registry",
@@ -379,66 +373,72 @@ impl StackOpts {
         )
     }
 
+    /// The deployment of the declared service at `index`: this stack's broker, registry,
+    /// topology and ports.
+    fn deployment(
+        &self,
+        index: usize,
+        root: &Path,
+        minilm_dir: &Path,
+    ) -> Result<Deployment, CliError> {
+        let model_server = SERVICES
+            .iter()
+            .position(|s| s.name == "model-server")
+            .map(|i| self.service_url(i))
+            .unwrap_or_default();
+        let listen = self.service_url(index);
+        Ok(Deployment {
+            kafka: KafkaSettings::with_bootstrap(self.bootstrap()),
+            registry_url: self.registry_url(),
+            topology: std::path::absolute(&self.topology)
+                .map_err(|e| CliError::Failed(e.to_string()))?,
+            root: root.to_path_buf(),
+            http_listen: listen
+                .trim_start_matches("http://")
+                .parse()
+                .map_err(|e| CliError::Failed(format!("{listen}: {e}")))?,
+            model_server_url: model_server,
+            minilm_dir: minilm_dir.to_path_buf(),
+        })
+    }
+
     async fn start_services(&self) -> Result<(), CliError> {
-        let root = self
-            .topology
-            .parent()
-            .and_then(Path::parent)
-            .unwrap_or(Path::new("."));
-        for (i, c) in SERVICES.iter().enumerate() {
+        let root = std::path::absolute(
+            self.topology
+                .parent()
+                .and_then(Path::parent)
+                .filter(|p| !p.as_os_str().is_empty())
+                .unwrap_or(Path::new(".")),
+        )
+        .map_err(|e| CliError::Failed(e.to_string()))?;
+        let minilm = PathBuf::from(minilm_dir(&root)?);
+        for (i, declared) in SERVICES.iter().enumerate() {
+            let c = component(declared);
             let url = self.service_url(i);
-            if let Some(pid) = self.running_pid(c) {
+            if let Some(pid) = self.running_pid(&c) {
                 println!("{}: already running (pid {pid}), health at {url}", c.name);
                 continue;
             }
+            let config =
+                declared.write_config(&self.deployment(i, &root, &minilm)?, &self.data_dir)?;
             let mut cmd = Command::new(sibling_binary(c.program)?);
-            cmd.env("VERDICT__HTTP__LISTEN", url.trim_start_matches("http://"));
-            if c.name == "model-server" {
-                cmd.env("VERDICT__EMBEDDINGS__MODEL_DIR", minilm_dir(root)?)
-                    .env(
-                        "VERDICT__FRAUD__MODEL_FILE",
-                        root.join("models/fraud/model.json"),
-                    )
-                    .env(
-                        "VERDICT__HEADS__SENTIMENT",
-                        root.join("models/sentiment/head.json"),
-                    );
-            } else {
-                cmd.env("VERDICT__KAFKA__BOOTSTRAP_SERVERS", self.bootstrap())
-                    .env("VERDICT__REGISTRY__URL", self.registry_url())
-                    .env("VERDICT__TOPOLOGY__FILE", &self.topology);
-            }
-            if c.name == "fraud-detector" {
-                cmd.env(
-                    "VERDICT__SERVICE__MODEL_FILE",
-                    root.join("models/fraud/model.json"),
-                );
-            }
-            if c.name == "document-analyzer" {
-                let model_server = SERVICES
-                    .iter()
-                    .position(|s| s.name == "model-server")
-                    .unwrap_or(1);
-                cmd.env(
-                    "VERDICT__SERVICE__EMBEDDINGS_URL",
-                    self.service_url(model_server),
-                )
-                .env(
-                    "VERDICT__SERVICE__SENTIMENT_HEAD",
-                    root.join("models/sentiment/head.json"),
-                );
-            }
-            let child = spawn_logged(cmd, &self.log_file(c), true)?;
-            self.write_pid(c, child.id())?;
-            println!("{}: started (pid {}), health at {url}", c.name, child.id());
+            cmd.arg("--config").arg(&config);
+            let child = spawn_logged(cmd, &self.log_file(&c), true)?;
+            self.write_pid(&c, child.id())?;
+            println!(
+                "{}: started (pid {}), health at {url}, settings in {}",
+                c.name,
+                child.id(),
+                config.display()
+            );
             wait_for_ready(&url, child.id(), Duration::from_secs(60))
                 .await
                 .map_err(|e| {
                     CliError::Failed(format!(
                         "{} is not ready: {e}\n--- {}:\n{}",
                         c.name,
-                        self.log_file(c).display(),
-                        self.tail_log(c)
+                        self.log_file(&c).display(),
+                        self.tail_log(&c)
                     ))
                 })?;
             println!("{}: ready", c.name);
@@ -452,7 +452,8 @@ impl StackOpts {
 
     /// Stops what this data directory started: services, registry, then the broker.
     pub fn down(&self) -> Result<(), CliError> {
-        for c in SERVICES.iter().rev().chain([&REGISTRY, &BROKER]) {
+        let services: Vec<Component> = SERVICES.iter().rev().map(component).collect();
+        for c in services.iter().chain([&REGISTRY, &BROKER]) {
             match self.running_pid(c) {
                 Some(pid) => {
                     let killed = stop_pid(pid, Duration::from_secs(15));
@@ -507,13 +508,13 @@ impl StackOpts {
             if reg_ok { "answering" } else { "DOWN" }
         );
         healthy &= reg_ok;
-        for (i, c) in SERVICES.iter().enumerate() {
+        for (i, c) in SERVICES.iter().map(component).enumerate() {
             let url = self.service_url(i);
             let ready = wait_for_ready(&url, None, Duration::from_secs(2))
                 .await
                 .is_ok();
-            let proc_ = match self.running_pid(c) {
-                Some(pid) => format!("pid {pid}, log {}", self.log_file(c).display()),
+            let proc_ = match self.running_pid(&c) {
+                Some(pid) => format!("pid {pid}, log {}", self.log_file(&c).display()),
                 None => "not started by this data dir".into(),
             };
             println!(

@@ -53,7 +53,9 @@ pub async fn run<P: Processor>(
     metrics: Arc<Metrics>,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), EngineError> {
-    let (tx, mut events) = mpsc::channel(4096);
+    // Small: records in this channel are already fetched, so they escape pausing until the
+    // state parks them.
+    let (tx, mut events) = mpsc::channel(256);
     let consumer = Arc::new(consumer(kafka, &route, settings, tx)?);
     consumer.subscribe(&route.subscriptions())?;
     tracing::info!(

@@ -63,6 +63,9 @@ struct Part<P> {
     busy: HashMap<String, VecDeque<Rec<P>>>,
     /// Retry records waiting for their time, head first.
     held: VecDeque<Rec<P>>,
+    /// Records that arrived while the partition was paused (already fetched before the pause
+    /// took effect), in offset order; admitted when it resumes.
+    parked: VecDeque<Rec<P>>,
     /// What the engine last told the client: paused or not.
     paused: bool,
     /// Being revoked: nothing new starts.
@@ -152,6 +155,7 @@ impl<P> State<P> {
                     bytes: 0,
                     busy: HashMap::new(),
                     held: VecDeque::new(),
+                    parked: VecDeque::new(),
                     paused: false,
                     revoking: false,
                 },
@@ -164,8 +168,9 @@ impl<P> State<P> {
         self.bytes -= part.bytes;
     }
 
-    /// A record arrived. Returns it to start now, or keeps it (queued behind its key, or held
-    /// for its time); records of partitions not (or no longer) ours, and repeats, are dropped.
+    /// A record arrived. Returns it to start now, or keeps it (parked while its partition is
+    /// paused, queued behind its key, or held for its time); records of partitions not (or no
+    /// longer) ours, and repeats, are dropped.
     pub fn receive(&mut self, rec: Rec<P>, now_ms: i64) -> Option<Start<P>> {
         let part = self.parts.get_mut(&rec.tp).filter(|p| !p.revoking)?;
         if part.pending.contains(&rec.offset) || (rec.offset < part.next && part.next >= 0) {
@@ -175,14 +180,24 @@ impl<P> State<P> {
         part.next = part.next.max(rec.offset + 1);
         part.bytes += rec.bytes;
         self.bytes += rec.bytes;
+        if part.paused {
+            part.parked.push_back(rec);
+            return None;
+        }
+        let start = Self::admit(part, rec, now_ms);
+        self.running += usize::from(start.is_some());
+        start
+    }
+
+    /// A record of an unpaused partition: held for its time (retry topics), queued behind its
+    /// key, or started.
+    fn admit(part: &mut Part<P>, rec: Rec<P>, now_ms: i64) -> Option<Start<P>> {
         let due = rec.not_before_ms.is_none_or(|t| t <= now_ms);
         if part.retry && (!part.held.is_empty() || !due) {
             part.held.push_back(rec);
             return None;
         }
-        let start = Self::start_or_queue(part, rec);
-        self.running += usize::from(start.is_some());
-        start
+        Self::start_or_queue(part, rec)
     }
 
     fn start_or_queue(part: &mut Part<P>, rec: Rec<P>) -> Option<Start<P>> {
@@ -237,7 +252,8 @@ impl<P> State<P> {
         }
     }
 
-    /// Held retry records whose time has come, to start now (key order still applies).
+    /// Records to start now: held retry records whose time has come, and records parked
+    /// while their partition was paused, once it is not (key order still applies).
     pub fn release_due(&mut self, now_ms: i64) -> Vec<Start<P>> {
         let mut out = Vec::new();
         for part in self.parts.values_mut().filter(|p| !p.revoking) {
@@ -249,12 +265,16 @@ impl<P> State<P> {
                 let Some(rec) = part.held.pop_front() else {
                     break;
                 };
-                if let Some(start) = Self::start_or_queue(part, rec) {
-                    self.running += 1;
-                    out.push(start);
-                }
+                out.extend(Self::start_or_queue(part, rec));
+            }
+            while !part.paused {
+                let Some(rec) = part.parked.pop_front() else {
+                    break;
+                };
+                out.extend(Self::admit(part, rec, now_ms));
             }
         }
+        self.running += out.len();
         out
     }
 
@@ -331,7 +351,7 @@ impl<P> State<P> {
             .collect()
     }
 
-    /// Revocation begins: nothing new starts in these partitions; queued and held records
+    /// Revocation begins: nothing new starts in these partitions; queued, held and parked records
     /// are let go (they are not done, so their offsets stay uncommitted). Returns how many
     /// of their records are still running.
     pub fn revoke(&mut self, tps: &[Tp]) -> usize {
@@ -343,10 +363,12 @@ impl<P> State<P> {
                     .values()
                     .flatten()
                     .chain(part.held.iter())
+                    .chain(part.parked.iter())
                     .map(|r| r.bytes)
                     .sum();
                 part.busy.values_mut().for_each(VecDeque::clear);
                 part.held.clear();
+                part.parked.clear();
                 part.bytes -= waiting;
                 self.bytes -= waiting;
             }
@@ -578,6 +600,28 @@ mod tests {
         // The guard holds everything.
         assert_eq!(s.flow(true).pause, vec![tp(0), tp(1)]);
         assert_eq!(s.flow(false).resume, vec![tp(0), tp(1)]);
+    }
+
+    #[test]
+    fn records_fetched_before_a_pause_wait_until_it_ends() {
+        let mut s = State::new(LIMITS);
+        s.assign([(tp(0), false)]);
+        assert_eq!(s.flow(true).pause, vec![tp(0)], "the guard holds");
+        assert!(
+            s.receive(rec(0, 0, None), 0).is_none(),
+            "parked, not started"
+        );
+        assert!(s.receive(rec(0, 1, None), 0).is_none());
+        assert!(s.release_due(0).is_empty(), "still paused");
+        assert_eq!(
+            s.to_commit(),
+            vec![(tp(0), 1, 0)],
+            "parked records are not done"
+        );
+        assert_eq!(s.flow(false).resume, vec![tp(0)]);
+        let started: Vec<i64> = s.release_due(0).iter().map(|st| st.rec.offset).collect();
+        assert_eq!(started, vec![0, 1], "in offset order");
+        assert_eq!(s.running(), 2);
     }
 
     #[test]
