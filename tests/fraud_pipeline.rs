@@ -189,7 +189,7 @@ fn poison_records_are_dead_lettered_and_the_partition_keeps_flowing() {
         svc.wait_ready(Duration::from_secs(30)).await;
 
         let kafka = stack.broker.kafka();
-        let raw: FutureProducer = kafka.client_config().create().expect("producer");
+        let raw: FutureProducer = kafka.producer().expect("producer");
         let avro = AvroProducer::new(&kafka, &stack.registry_url()).expect("avro");
         let mut rng = rand::rng();
         let good = |rng: &mut rand::rngs::ThreadRng| {
@@ -536,12 +536,7 @@ fn dead_letter_guard_holds_a_poison_flood_and_says_so() {
             s.engine.max_inflight = 8;
         });
         svc.wait_ready(Duration::from_secs(30)).await;
-        let raw: FutureProducer = stack
-            .broker
-            .kafka()
-            .client_config()
-            .create()
-            .expect("producer");
+        let raw: FutureProducer = stack.broker.kafka().producer().expect("producer");
         for i in 0..400 {
             raw.send(
                 FutureRecord::to(&topology.topic("transactions"))
@@ -606,7 +601,7 @@ fn trace_context_travels_from_input_to_outputs() {
         let bytes = input[0].raw.clone().expect("bytes");
         let trace_id = "4bf92f3577b34da6a3ce929d0e0e4736";
         let traceparent = format!("00-{trace_id}-00f067aa0ba902b7-01");
-        let raw: FutureProducer = kafka.client_config().create().expect("producer");
+        let raw: FutureProducer = kafka.producer().expect("producer");
         let headers = rdkafka::message::OwnedHeaders::new().insert(rdkafka::message::Header {
             key: "traceparent",
             value: Some(traceparent.as_str()),

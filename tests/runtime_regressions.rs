@@ -101,7 +101,7 @@ fn a_paused_partition_that_comes_back_is_read_again() {
         let mut a = fraud(&stack, &stack.registry_url(), &topology, guarded);
         a.wait_ready(Duration::from_secs(30)).await;
         // Poison on every partition trips A's guard: A pauses all its partitions.
-        let raw: FutureProducer = stack.broker.kafka().client_config().create().expect("p");
+        let raw: FutureProducer = stack.broker.kafka().producer().expect("producer");
         for i in 0..60 {
             raw.send(
                 FutureRecord::to(&topology.topic("transactions"))

@@ -87,7 +87,7 @@ pub(crate) fn bar(len: u64, what: &str) -> ProgressBar {
 }
 
 fn producer(kafka: &KafkaSettings) -> FutureProducer {
-    verdict_runtime::producer::create(kafka).expect("producer")
+    kafka.producer().expect("producer")
 }
 
 type Pending = FuturesUnordered<DeliveryFuture>;
@@ -175,10 +175,7 @@ async fn fill(producer: &FutureProducer, topic: &str, events: &[(String, Vec<u8>
 /// The broker's pass-through ceiling: consume one, produce two, commit; no work.
 async fn ceiling(kafka: &KafkaSettings, n: usize) -> f64 {
     let consumer: StreamConsumer = kafka
-        .client_config()
-        .set("group.id", "ceiling")
-        .set("enable.auto.commit", "false")
-        .set("auto.offset.reset", "earliest")
+        .consumer_config("ceiling")
         .set("session.timeout.ms", "6000")
         .set("fetch.wait.max.ms", "20")
         .create()
@@ -284,9 +281,7 @@ async fn latency(
         .copied()
         .unwrap_or(6);
     let consumer: StreamConsumer = kafka
-        .client_config()
-        .set("group.id", "latency-reader")
-        .set("enable.auto.commit", "false")
+        .reader_config()
         .set("fetch.wait.max.ms", "5")
         .set("fetch.min.bytes", "1")
         .set("fetch.queue.backoff.ms", "5")

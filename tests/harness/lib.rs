@@ -212,12 +212,9 @@ impl TestBroker {
 
     /// Consumer settings for tests: unique group, quick joins.
     pub fn consumer_config(&self, group: &str) -> ClientConfig {
-        let mut cfg = self.kafka().client_config();
-        cfg.set("group.id", group)
-            .set("session.timeout.ms", "6000")
-            .set("heartbeat.interval.ms", "500")
-            .set("enable.auto.commit", "false")
-            .set("auto.offset.reset", "earliest");
+        let mut cfg = self.kafka().consumer_config(group);
+        cfg.set("session.timeout.ms", "6000")
+            .set("heartbeat.interval.ms", "500");
         cfg
     }
 }
@@ -882,12 +879,7 @@ pub async fn committed(kafka: &KafkaSettings, group: &str, topic: &str) -> BTree
         .ok()
         .and_then(|t| t.get(topic).copied())
         .unwrap_or(0);
-    let consumer: BaseConsumer = kafka
-        .client_config()
-        .set("group.id", group)
-        .set("enable.auto.commit", "false")
-        .create()
-        .expect("consumer");
+    let consumer: BaseConsumer = kafka.consumer_config(group).create().expect("consumer");
     let mut tpl = rdkafka::TopicPartitionList::new();
     for p in 0..i32::try_from(partitions).unwrap_or(0) {
         tpl.add_partition(topic, p);

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use serde::Deserialize;
 use serde_json::{Value as Json, json};
 use tokio::sync::OnceCell;
-use verdict_runtime::avro::untyped;
+use verdict_runtime::audit::Audit;
 use verdict_runtime::engine::{DecisionTopics, Incoming, Outgoing, Processor};
 use verdict_runtime::error::ProcessError;
 use verdict_runtime::inference::batcher::MicroBatcher;
@@ -21,7 +21,6 @@ use verdict_runtime::inference::resilience::Guarded;
 use verdict_runtime::inference::zero_shot::{ZeroShot, default_classifiers};
 use verdict_runtime::inference::{InferenceError, ModelId};
 use verdict_runtime::metrics::{Metrics, StageTimings};
-use verdict_runtime::models::sha256_hex;
 use verdict_runtime::now_ms;
 use verdict_runtime::serde::ValueSchema;
 
@@ -41,7 +40,7 @@ pub struct Document {
 
 /// Validate and normalise: non-empty, within the size limit and the token budget.
 pub fn validate(value: &Json, s: &DocumentSettings) -> Result<(Document, usize), ProcessError> {
-    let mut doc: Document = serde_json::from_value(value.clone()).map_err(|e| {
+    let mut doc = Document::deserialize(value).map_err(|e| {
         ProcessError::invalid("(record)", format!("not a DocumentUploadedEvent: {e}"))
     })?;
     if uuid::Uuid::parse_str(&doc.event_id).is_err() {
@@ -349,38 +348,20 @@ impl Processor for DocumentAnalyzer {
             "sentiment": sentiment.as_ref().map(|s| s.label.clone()),
             "sentiment_confidence": sentiment.as_ref().map(|s| f64::from(s.confidence)),
         });
-        let audit = json!({
-            "audit_id": uuid::Uuid::new_v4().to_string(), "event_id": doc.event_id, "tenant_id": doc.tenant_id,
-            "occurred_at": decided_at, "service": SERVICE, "action": "DECISION",
-            "actor": format!("{SERVICE}/{}", std::process::id()),
-            "input_sha256": sha256_hex(doc.text.as_bytes()),
-            "outcome": route, "model_name": model.name, "model_version": model.version,
-            "latency_micros": i64::try_from(started.elapsed().as_micros()).ok(), "token_usage": null, "cost_usd": null,
-            "details": {"category": category, "pii_kinds": pii.join(","), "degraded": degraded.to_string(), "cached": cached.to_string()},
-        });
-        let key = Some(doc.document_id.clone());
-        let mut out = vec![
-            Outgoing {
-                topic: self.topics.decisions.clone(),
-                key: key.clone(),
-                value: untyped(&decision),
-                schema: ValueSchema::TopicLatest,
-            },
-            Outgoing {
-                topic: self.topics.audit.clone(),
-                key: key.clone(),
-                value: untyped(&audit),
-                schema: ValueSchema::TopicLatest,
-            },
-        ];
-        if route == "REVIEW" {
-            out.push(Outgoing {
-                topic: self.topics.review.clone(),
-                key,
-                value: untyped(&decision),
-                schema: self.review_schema.clone(),
-            });
-        }
+        let audit = Audit::decision(SERVICE, &doc.event_id, &doc.tenant_id, doc.text.as_bytes())
+            .outcome(route)
+            .model(&model.name, &model.version)
+            .latency_since(started)
+            .detail("category", &category)
+            .detail("pii_kinds", pii.join(","))
+            .detail("degraded", degraded)
+            .detail("cached", cached);
+        let out = self.topics.outputs(
+            &doc.document_id,
+            &decision,
+            &audit,
+            (route == "REVIEW").then_some(&self.review_schema),
+        );
         Ok(out)
     }
 }

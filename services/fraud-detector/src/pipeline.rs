@@ -8,11 +8,11 @@ use std::time::Instant;
 
 use serde::Deserialize;
 use serde_json::{Value as Json, json};
-use verdict_runtime::avro::untyped;
+use verdict_runtime::audit::Audit;
 use verdict_runtime::engine::{DecisionTopics, Incoming, Outgoing, Processor};
 use verdict_runtime::error::ProcessError;
 use verdict_runtime::metrics::{Metrics, StageTimings};
-use verdict_runtime::models::{LogisticModel, ModelInput, Scored, sha256_hex};
+use verdict_runtime::models::{LogisticModel, ModelInput, Scored};
 use verdict_runtime::now_ms;
 use verdict_runtime::serde::ValueSchema;
 
@@ -285,51 +285,27 @@ impl Processor for FraudDetector {
             "degraded": false,
             "cached": false,
         });
-        let audit = json!({
-            "audit_id": uuid::Uuid::new_v4().to_string(),
-            "event_id": tx.event_id,
-            "tenant_id": tx.tenant_id,
-            "occurred_at": decided_at,
-            "service": SERVICE,
-            "action": "DECISION",
-            "actor": format!("{SERVICE}/{}", std::process::id()),
-            "input_sha256": sha256_hex(input.value.to_string().as_bytes()),
-            "outcome": decision.outcome.as_str(),
-            "model_name": self.model.name,
-            "model_version": self.model.version,
-            "latency_micros": u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX),
-            "token_usage": null,
-            "cost_usd": null,
-            "details": {
-                "score": format!("{:.6}", scored.probability),
-                "model_sha256": self.model.sha256,
-                "source": format!("{}/{}@{}", input.topic, input.partition, input.offset),
-                "attempt": input.attempt.to_string(),
-            },
-        });
-        let key = Some(tx.account_id.clone());
-        let mut outputs = vec![
-            Outgoing {
-                topic: self.topics.decisions.clone(),
-                key: key.clone(),
-                value: untyped(&decision_json),
-                schema: ValueSchema::TopicLatest,
-            },
-            Outgoing {
-                topic: self.topics.audit.clone(),
-                key: key.clone(),
-                value: untyped(&audit),
-                schema: ValueSchema::TopicLatest,
-            },
-        ];
-        if decision.outcome == Outcome::Review || decision.low_confidence {
-            outputs.push(Outgoing {
-                topic: self.topics.review.clone(),
-                key,
-                value: untyped(&decision_json),
-                schema: self.review_schema.clone(),
-            });
-        }
+        let audit = Audit::decision(
+            SERVICE,
+            &tx.event_id,
+            &tx.tenant_id,
+            input.value.to_string().as_bytes(),
+        )
+        .outcome(decision.outcome.as_str())
+        .model(&self.model.name, &self.model.version)
+        .latency_since(started)
+        .detail("score", format!("{:.6}", scored.probability))
+        .detail("model_sha256", &self.model.sha256)
+        .detail(
+            "source",
+            format!("{}/{}@{}", input.topic, input.partition, input.offset),
+        )
+        .detail("attempt", input.attempt);
+        let review = (decision.outcome == Outcome::Review || decision.low_confidence)
+            .then_some(&self.review_schema);
+        let outputs = self
+            .topics
+            .outputs(&tx.account_id, &decision_json, &audit, review);
         Ok(outputs)
     }
 }

@@ -8,6 +8,7 @@ use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, ResourceSpecifier, Top
 use rdkafka::client::DefaultClientContext;
 use rdkafka::config::RDKafkaLogLevel;
 use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::producer::FutureProducer;
 use rdkafka::types::RDKafkaErrorCode;
 use serde::{Deserialize, Serialize};
 
@@ -147,6 +148,34 @@ impl KafkaSettings {
             .set("enable.auto.commit", "false")
             .set("enable.auto.offset.store", "false")
             .set("auto.offset.reset", "earliest");
+        cfg
+    }
+
+    /// The producer every output goes through: idempotent, `acks=all`, lz4, small batches
+    /// (linger 10 ms); the user's properties last. Callers may change it before `create`.
+    pub fn producer_config(&self) -> ClientConfig {
+        let mut cfg = self.client_config();
+        cfg.set("enable.idempotence", "true")
+            .set("acks", "all")
+            .set("compression.type", "lz4")
+            .set("linger.ms", "10")
+            .set("batch.num.messages", "10000")
+            .set("delivery.timeout.ms", "30000");
+        self.apply_properties(&mut cfg);
+        cfg
+    }
+
+    pub fn producer(&self) -> Result<FutureProducer, KafkaError> {
+        Ok(self.producer_config().create()?)
+    }
+
+    /// A consumer that reads without a group of its own to speak of: a throwaway group id,
+    /// no commits, short fetch waits. For tools, tests and the registry's tailer, which
+    /// assign partitions themselves.
+    pub fn reader_config(&self) -> ClientConfig {
+        let mut cfg = self.consumer_config(&format!("verdict-reader-{}", uuid::Uuid::new_v4()));
+        cfg.set("fetch.wait.max.ms", "50");
+        self.apply_properties(&mut cfg);
         cfg
     }
 

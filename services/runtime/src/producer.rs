@@ -6,21 +6,6 @@ use std::time::Duration;
 use rdkafka::message::OwnedHeaders;
 use rdkafka::producer::{FutureProducer, FutureRecord};
 
-use crate::kafka::{KafkaError, KafkaSettings};
-
-pub fn create(kafka: &KafkaSettings) -> Result<FutureProducer, KafkaError> {
-    let mut config = kafka.client_config();
-    config
-        .set("enable.idempotence", "true")
-        .set("acks", "all")
-        .set("compression.type", "lz4")
-        .set("linger.ms", "10")
-        .set("batch.num.messages", "10000")
-        .set("delivery.timeout.ms", "30000");
-    kafka.apply_properties(&mut config);
-    Ok(config.create()?)
-}
-
 /// Sends one record and waits for the broker's acknowledgement.
 pub async fn send(
     producer: &FutureProducer,

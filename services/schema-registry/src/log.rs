@@ -68,21 +68,9 @@ impl SchemaLog {
             }])
             .await?;
 
-        let producer: FutureProducer = kafka
-            .client_config()
-            .set("enable.idempotence", "true")
-            .set("acks", "all")
-            .set("linger.ms", "0")
-            .create()?;
-        let consumer: StreamConsumer = kafka
-            .client_config()
-            .set(
-                "group.id",
-                format!("verdict-schema-registry-{}", uuid::Uuid::new_v4()),
-            )
-            .set("enable.auto.commit", "false")
-            .set("fetch.wait.max.ms", "100")
-            .create()?;
+        // Registry writes wait for nothing: one record at a time, no linger.
+        let producer: FutureProducer = kafka.producer_config().set("linger.ms", "0").create()?;
+        let consumer: StreamConsumer = kafka.reader_config().create()?;
         let mut tpl = TopicPartitionList::new();
         tpl.add_partition_offset(&settings.topic, 0, Offset::Beginning)?;
         consumer.assign(&tpl)?;

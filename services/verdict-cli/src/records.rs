@@ -1,5 +1,5 @@
-//! Producing and reading Avro records in the Confluent wire format, with the
-//! schemas of the registry (`<topic>-value`), through `schema_registry_converter`.
+//! Producing and reading Avro records in the Confluent wire format, with the schemas of the
+//! registry (`<topic>-value`), through the runtime's one Avro serde and client factory.
 
 use std::collections::HashSet;
 use std::time::Duration;
@@ -7,13 +7,13 @@ use std::time::Duration;
 use rand::Rng;
 use rdkafka::consumer::Consumer;
 use rdkafka::message::Message;
-use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::producer::FutureProducer;
 use rdkafka::{Offset, TopicPartitionList};
-use schema_registry_converter::async_impl::avro::{AvroDecoder, AvroEncoder};
-use schema_registry_converter::async_impl::schema_registry::SrSettings;
-use schema_registry_converter::schema_registry_common::SubjectNameStrategy;
 use serde_json::{Value as Json, json};
+use verdict_runtime::avro::untyped;
+use verdict_runtime::error::ProcessError;
 use verdict_runtime::kafka::KafkaSettings;
+use verdict_runtime::serde::{AvroSerde, ValueSchema};
 
 use crate::CliError;
 
@@ -28,51 +28,40 @@ pub struct Delivered {
 
 pub struct AvroProducer {
     producer: FutureProducer,
-    encoder: AvroEncoder,
+    serde: AvroSerde,
 }
 
 impl AvroProducer {
     pub fn new(kafka: &KafkaSettings, registry_url: &str) -> Result<Self, CliError> {
-        let producer = kafka
-            .client_config()
-            .set("enable.idempotence", "true")
-            .set("acks", "all")
-            .set("compression.type", "zstd")
-            .create()
-            .map_err(|e| CliError::Failed(e.to_string()))?;
         Ok(Self {
-            producer,
-            encoder: AvroEncoder::new(SrSettings::new(registry_url.to_string())),
+            producer: kafka.producer()?,
+            serde: AvroSerde::new(registry_url),
         })
     }
 
     /// Encodes a JSON object with the latest `<topic>-value` schema and produces it.
     pub async fn send(&self, topic: &str, key: &str, value: &Json) -> Result<Delivered, CliError> {
-        let strategy = SubjectNameStrategy::TopicNameStrategy(topic.to_string(), false);
-        let schema = self
-            .encoder
-            .get_schema_and_id(&format!("{topic}-value"), strategy.clone())
-            .await
-            .map_err(|e| CliError::Failed(format!("schema for {topic}-value: {e}")))?;
-        let avro = verdict_runtime::avro::from_json(value, &schema.parsed)
-            .map_err(|e| CliError::Usage(format!("value does not fit {topic}-value: {e}")))?;
         let bytes = self
-            .encoder
-            .encode_value(avro, &strategy)
+            .serde
+            .encode(topic, &ValueSchema::TopicLatest, untyped(value))
             .await
-            .map_err(|e| CliError::Failed(format!("encoding for {topic}: {e}")))?;
-        let delivery = self
-            .producer
-            .send(
-                FutureRecord::to(topic).key(key).payload(&bytes),
-                Duration::from_secs(10),
-            )
-            .await
-            .map_err(|(e, _)| CliError::Failed(format!("producing to {topic}: {e}")))?;
+            .map_err(|e| match e {
+                ProcessError::Output(why) => CliError::Usage(why),
+                other => CliError::Failed(other.to_string()),
+            })?;
+        let (partition, offset) = verdict_runtime::producer::send(
+            &self.producer,
+            topic,
+            Some(key.as_bytes()),
+            Some(&bytes),
+            rdkafka::message::OwnedHeaders::new(),
+        )
+        .await
+        .map_err(|e| CliError::Failed(format!("producing to {e}")))?;
         Ok(Delivered {
             key: key.to_string(),
-            partition: delivery.partition,
-            offset: delivery.offset,
+            partition,
+            offset,
             value: value.clone(),
         })
     }
@@ -172,15 +161,7 @@ pub async fn read_topic(
         .ok()
         .and_then(|t| t.get(topic).copied())
         .unwrap_or(1);
-    let consumer: Result<StreamConsumer, _> = kafka
-        .client_config()
-        .set(
-            "group.id",
-            format!("verdict-reader-{}", uuid::Uuid::new_v4()),
-        )
-        .set("enable.auto.commit", "false")
-        .set("fetch.wait.max.ms", "50")
-        .create();
+    let consumer: Result<StreamConsumer, _> = kafka.reader_config().create();
     let Ok(consumer) = consumer else {
         return Vec::new();
     };
@@ -196,7 +177,7 @@ pub async fn read_topic(
     if consumer.assign(&tpl).is_err() {
         return Vec::new();
     }
-    let decoder = AvroDecoder::new(SrSettings::new(registry_url.to_string()));
+    let serde = AvroSerde::new(registry_url);
     let deadline = tokio::time::Instant::now() + timeout;
     let mut out = Vec::new();
     while !done(&out) {
@@ -206,11 +187,8 @@ pub async fn read_topic(
         let Ok(m) = next else { continue };
         let raw = m.payload().map(<[u8]>::to_vec);
         let value = match raw.as_deref() {
-            Some(bytes) if bytes.len() > 5 && bytes[0] == 0 => {
-                match decoder.decode(Some(bytes)).await {
-                    Ok(d) => Json::try_from(d.value).ok(),
-                    Err(_) => None,
-                }
+            Some(bytes) if verdict_runtime::serde::schema_id(bytes).is_some() => {
+                serde.decode(Some(bytes)).await.ok()
             }
             _ => None,
         };

@@ -70,7 +70,7 @@ pub async fn run<P: Processor>(
     let worker = Arc::new(Worker {
         processor,
         serde: AvroSerde::new(registry_url),
-        producer: crate::producer::create(kafka)?,
+        producer: kafka.producer()?,
         route: route.clone(),
         metrics: metrics.clone(),
     });
