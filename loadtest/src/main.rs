@@ -20,6 +20,7 @@ use std::time::{Duration, Instant};
 
 use clap::Parser;
 
+mod chaos;
 mod documents;
 mod kafka_perf;
 use dashmap::DashMap;
@@ -54,6 +55,8 @@ enum Bench {
     Documents(documents::DocArgs),
     /// Apache Kafka's own producer-perf-test and consumer-perf-test on a broker of its own.
     Kafka(kafka_perf::PerfArgs),
+    /// The chaos suite's long forms: lost, duplicated, stray, longest decision gap, stuck.
+    Chaos(chaos::ChaosArgs),
 }
 
 #[derive(clap::Args, Clone)]
@@ -434,6 +437,7 @@ async fn main() {
         Bench::Fraud(args) => fraud(args).await,
         Bench::Documents(args) => documents::run(args).await,
         Bench::Kafka(args) => kafka_perf::run(args).await,
+        Bench::Chaos(args) => chaos::run(args).await,
     }
 }
 

@@ -1,7 +1,10 @@
 //! Test harness: a real Apache Kafka broker shared by the test run (or a test's own, for
 //! tests that kill it), an in-process schema registry per test, the topology in a namespace
 //! of each test (unique topics and groups), consumer settings for quick group joins, and a
-//! timeout around every test. Everything is torn down on drop.
+//! timeout around every test. Everything is torn down on drop. [`chaos`] holds the chaos
+//! runs that CI (short) and the loadtest (long) share.
+
+pub mod chaos;
 
 use std::collections::BTreeMap;
 use std::future::Future;
@@ -590,7 +593,8 @@ impl ServiceProcess {
                     .contains(labels)
                     .then(|| value.parse::<f64>().ok())?
             })
-            .sum()
+            .sum::<f64>()
+            + 0.0 // an empty sum is -0.0
     }
 
     /// SIGKILL, no chance to clean up.
@@ -933,21 +937,33 @@ pub async fn wait_committed_to_end(
     topic: &str,
     timeout: Duration,
 ) {
+    let behind = partitions_behind(kafka, group, topic, timeout).await;
+    assert!(
+        behind.is_empty(),
+        "{group} has not committed {topic} to the end within {timeout:?}: partitions {behind:?} are behind"
+    );
+}
+
+/// Waits up to `timeout` until `group` has committed `topic` to its end; returns the
+/// partitions still behind then (empty when all caught up).
+pub async fn partitions_behind(
+    kafka: &KafkaSettings,
+    group: &str,
+    topic: &str,
+    timeout: Duration,
+) -> Vec<i32> {
     let start = std::time::Instant::now();
     loop {
         let end = end_offsets(kafka, topic).await;
         let done = committed(kafka, group, topic).await;
-        let behind: Vec<_> = end
+        let behind: Vec<i32> = end
             .iter()
             .filter(|(p, e)| **e > 0 && done.get(p).copied().unwrap_or(0) < **e)
+            .map(|(p, _)| *p)
             .collect();
-        if behind.is_empty() {
-            return;
+        if behind.is_empty() || start.elapsed() >= timeout {
+            return behind;
         }
-        assert!(
-            start.elapsed() < timeout,
-            "{group} has not committed {topic} to the end within {timeout:?}: end {end:?}, committed {done:?}"
-        );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }

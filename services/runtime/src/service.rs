@@ -237,6 +237,10 @@ where
         );
     };
     let route = Route::from(service);
+    let mut settings = settings;
+    if settings.engine.group_instance_id == "auto" {
+        settings.engine.group_instance_id = auto_instance_id(name, settings.http.listen);
+    }
     let host = match Host::start(
         name,
         settings.http.listen,
@@ -277,6 +281,14 @@ where
         .map_err(|e| e.to_string())
     })
     .await
+}
+
+/// A static member id that survives a restart in place: service, host, HTTP port.
+fn auto_instance_id(service: &str, listen: SocketAddr) -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_string())
+        .unwrap_or_else(|_| "localhost".into());
+    format!("{service}@{host}:{}", listen.port())
 }
 
 fn fail(name: &str, e: &dyn std::fmt::Display) -> ExitCode {

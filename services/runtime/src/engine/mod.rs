@@ -180,7 +180,9 @@ pub struct EngineSettings {
     pub max_poll_interval_ms: u32,
     pub group_protocol: GroupProtocol,
     /// Static membership (`group.instance.id`): a restarted instance with the same id takes
-    /// its partitions back without a group-wide rebalance. Empty: dynamic membership.
+    /// its partitions back without a group-wide rebalance. `auto`: the service's name, the
+    /// host's name and its HTTP port (two instances on one host never share a port, and a
+    /// restart in place keeps it). Empty: dynamic membership.
     pub group_instance_id: String,
     pub guard: GuardSettings,
 }

@@ -1,0 +1,115 @@
+//! The chaos suite's short forms (the long ones: `verdict-loadtest chaos`): nothing lost,
+//! nothing stuck, while instances are killed, the broker is killed, the model server goes
+//! away, poison arrives, and instances come and go.
+
+use std::time::Duration;
+
+use harness::chaos::{self, ChaosReport, Membership, Size};
+use harness::run;
+use verdict_runtime::engine::GroupProtocol;
+
+/// The membership the engine uses by default (see the README's chaos table).
+fn default_membership() -> Membership {
+    let engine = verdict_runtime::engine::EngineSettings::default();
+    Membership {
+        protocol: engine.group_protocol,
+        static_ids: true,
+    }
+}
+
+fn assert_clean(r: &ChaosReport) {
+    println!("{}\n{}", ChaosReport::HEADER, r.row());
+    assert_eq!(r.lost, 0, "lost: {r:?}");
+    assert_eq!(r.stray, 0, "stray: {r:?}");
+    assert_eq!(r.stuck_partitions, 0, "stuck: {r:?}");
+}
+
+#[test]
+fn killed_instances_lose_nothing() {
+    run(300, async {
+        let r = chaos::instances_killed(
+            Size {
+                events: 4000,
+                rate: 200,
+            },
+            Duration::from_secs(5),
+            default_membership(),
+        )
+        .await;
+        assert_clean(&r);
+        assert!(r.faults.starts_with('3') || r.faults.starts_with('4'), "{r:?}");
+    });
+}
+
+#[test]
+fn a_killed_broker_loses_nothing() {
+    run(300, async {
+        let r = chaos::broker_killed(
+            Size {
+                events: 3000,
+                rate: 200,
+            },
+            Duration::from_secs(3),
+        )
+        .await;
+        assert_clean(&r);
+    });
+}
+
+#[test]
+fn poison_is_dead_lettered_and_everything_else_decided() {
+    run(300, async {
+        let r = chaos::poison(
+            Size {
+                events: 5000,
+                rate: 1000,
+            },
+            100,
+        )
+        .await;
+        assert_clean(&r);
+        assert_eq!(r.notes, vec!["50/50 poison in the DLQ with class and reason".to_string()]);
+        assert_eq!(r.duplicates, 0, "a clean run duplicates nothing");
+    });
+}
+
+#[test]
+fn instances_joining_and_leaving_keep_order_and_lose_nothing() {
+    run(300, async {
+        let r = chaos::churn(
+            Size {
+                events: 4000,
+                rate: 200,
+            },
+            Duration::from_secs(3),
+            default_membership(),
+        )
+        .await;
+        assert_clean(&r);
+        assert_eq!(r.order_violations, 0, "per-account order among first deliveries: {r:?}");
+    });
+}
+
+#[test]
+fn a_model_server_outage_degrades_and_recovers() {
+    run(300, async {
+        let r = chaos::model_server_down(300, 20, Duration::from_secs(5)).await;
+        assert_clean(&r);
+        let degraded: Vec<&String> = r.notes.iter().filter(|n| n.contains("degraded")).collect();
+        assert!(
+            degraded.iter().all(|n| !n.starts_with("0/")),
+            "decisions during the outage are degraded, not missing: {r:?}"
+        );
+        assert!(r.notes.contains(&"0 dead letters".to_string()), "no dead-letter flood: {r:?}");
+        let recovered = r.notes.iter().find(|n| n.contains("by the model again")).expect("note");
+        let (got, of) = recovered
+            .split(' ')
+            .next()
+            .and_then(|f| f.split_once('/'))
+            .expect("n/m");
+        assert_eq!(got, of, "the circuit closed after the outage: {r:?}");
+    });
+}
+
+#[allow(dead_code)]
+const _PROTOCOLS: [GroupProtocol; 2] = [GroupProtocol::Classic, GroupProtocol::Consumer];

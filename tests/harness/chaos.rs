@@ -1,0 +1,620 @@
+//! Chaos runs against the real broker: a steady feed of events while something breaks
+//! (instances killed, the broker killed, the model server gone, poison, instances coming and
+//! going), then a count of what came out, by `event_id`: lost, duplicated, stray, the longest
+//! gap between decisions, and partitions whose commits never reached the end. The CI runs
+//! short forms (tests/chaos.rs); `verdict-loadtest chaos` runs the long forms and prints the
+//! table the README shows.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use futures::StreamExt;
+use futures::stream::FuturesUnordered;
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use serde_json::{Value, json};
+use verdict_runtime::avro::untyped;
+use verdict_runtime::engine::GroupProtocol;
+use verdict_runtime::kafka::KafkaSettings;
+use verdict_runtime::serde::{AvroSerde, ValueSchema};
+use verdict_runtime::service::ServiceSpec;
+
+use crate::{
+    Record, ServiceProcess, Stack, Topology, apply_topology, deployment, free_port,
+    local_deployment, partitions_behind, quick, read_topic,
+};
+
+type Fraud = fraud_detector::Spec;
+type FraudSettings = <Fraud as ServiceSpec>::Settings;
+
+/// What a chaos run found.
+#[derive(Debug, Clone, Default)]
+pub struct ChaosReport {
+    pub run: String,
+    pub events: usize,
+    pub faults: String,
+    pub lost: usize,
+    pub duplicates: usize,
+    pub stray: usize,
+    pub longest_gap_ms: i64,
+    pub stuck_partitions: usize,
+    /// Accounts whose first decisions came out in another order than their events went in.
+    pub order_violations: usize,
+    /// Run-specific findings (dead letters, degraded decisions, …).
+    pub notes: Vec<String>,
+}
+
+impl ChaosReport {
+    pub const HEADER: &'static str = "| run | events | faults | lost | duplicates | stray | longest gap | stuck partitions | notes |\n|---|---|---|---|---|---|---|---|---|";
+
+    /// A row of the README's chaos table.
+    pub fn row(&self) -> String {
+        format!(
+            "| {} | {} | {} | {} | {} | {} | {:.1} s | {} | {} |",
+            self.run,
+            self.events,
+            self.faults,
+            self.lost,
+            self.duplicates,
+            self.stray,
+            self.longest_gap_ms as f64 / 1000.0,
+            self.stuck_partitions,
+            self.notes.join("; ")
+        )
+    }
+}
+
+/// One event as produced.
+#[derive(Debug, Clone)]
+pub struct Sent {
+    pub key: String,
+    pub event_id: String,
+}
+
+/// Produces `n` transactions over `accounts` accounts at `rate` per second into `topic`,
+/// pipelined (deliveries awaited in the background, retried by the idempotent producer
+/// through broker outages). `poison_every`: every n-th record is not Avro (a poison record).
+/// Returns what was acknowledged, in produce order.
+pub async fn feed_transactions(
+    kafka: &KafkaSettings,
+    registry_url: &str,
+    topic: &str,
+    n: usize,
+    rate: u64,
+    accounts: usize,
+    poison_every: Option<usize>,
+) -> Vec<Sent> {
+    let producer: FutureProducer = kafka
+        .producer_config()
+        .set("delivery.timeout.ms", "300000")
+        .create()
+        .expect("producer");
+    let serde = AvroSerde::new(registry_url);
+    let mut rng = <rand::rngs::StdRng as rand::SeedableRng>::seed_from_u64(rand::random());
+    let mut pending = FuturesUnordered::new();
+    let mut sent = Vec::with_capacity(n);
+    let tick = Duration::from_millis(10);
+    let per_tick = (rate as f64 * tick.as_secs_f64()).max(1.0);
+    let mut owed = 0.0;
+    let mut interval = tokio::time::interval(tick);
+    interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
+    let mut i = 0;
+    while i < n {
+        interval.tick().await;
+        owed += per_tick;
+        while owed >= 1.0 && i < n {
+            owed -= 1.0;
+            let key = format!("acct-{}", i % accounts);
+            let poison = poison_every.is_some_and(|p| i % p == p - 1);
+            let (bytes, event_id) = if poison {
+                (b"{\"not\": \"avro\"}".to_vec(), None)
+            } else {
+                let (_, mut v) = verdict_cli::records::sample_transaction(&mut rng, "tenant-chaos");
+                v["account_id"] = Value::String(key.clone());
+                let id = v["event_id"].as_str().expect("id").to_string();
+                let bytes = serde
+                    .encode(topic, &ValueSchema::TopicLatest, untyped(&v))
+                    .await
+                    .expect("encode");
+                (bytes, Some(id))
+            };
+            let delivery = producer
+                .send_result(FutureRecord::to(topic).key(&key).payload(&bytes))
+                .map_err(|(e, _)| e)
+                .expect("enqueue");
+            pending.push(async move { (delivery.await, key, event_id) });
+            i += 1;
+        }
+        while let Some(Some(done)) = futures::FutureExt::now_or_never(pending.next()) {
+            acked(done, &mut sent);
+        }
+    }
+    while let Some(done) = pending.next().await {
+        acked(done, &mut sent);
+    }
+    sent
+}
+
+type Delivery = (
+    Result<rdkafka::producer::future_producer::OwnedDeliveryResult, futures::channel::oneshot::Canceled>,
+    String,
+    Option<String>,
+);
+
+fn acked((result, key, event_id): Delivery, sent: &mut Vec<Sent>) {
+    match result {
+        Ok(Ok(_)) => {
+            if let Some(event_id) = event_id {
+                sent.push(Sent { key, event_id });
+            }
+        }
+        Ok(Err((e, _))) => panic!("delivery failed: {e}"),
+        Err(_) => panic!("delivery canceled"),
+    }
+}
+
+fn event_id(r: &Record) -> Option<String> {
+    r.value.as_ref()?["event_id"].as_str().map(String::from)
+}
+
+/// Counts the decisions of `sent` on `decisions` (waiting up to `timeout` for all of them):
+/// lost, duplicates, stray (decisions of events nobody sent), the longest gap between
+/// consecutive decisions, and accounts whose first decisions are out of order.
+pub async fn count(
+    stack: &Stack,
+    decisions: &str,
+    sent: &[Sent],
+    timeout: Duration,
+    report: &mut ChaosReport,
+) -> Vec<Record> {
+    let want: HashSet<&str> = sent.iter().map(|s| s.event_id.as_str()).collect();
+    let records = read_topic(
+        &stack.broker.kafka(),
+        &stack.registry_url(),
+        decisions,
+        timeout,
+        |rs| {
+            let got: HashSet<String> = rs.iter().filter_map(event_id).collect();
+            want.iter().all(|id| got.contains(*id))
+        },
+    )
+    .await;
+    let mut seen: HashMap<String, usize> = HashMap::new();
+    for r in &records {
+        if let Some(id) = event_id(r) {
+            *seen.entry(id).or_default() += 1;
+        }
+    }
+    report.events = sent.len();
+    report.lost = want.iter().filter(|id| !seen.contains_key(**id)).count();
+    report.duplicates = seen.values().map(|n| n - 1).sum();
+    report.stray = seen.keys().filter(|id| !want.contains(id.as_str())).count();
+    let mut times: Vec<i64> = records
+        .iter()
+        .filter_map(|r| r.value.as_ref()?["decided_at"].as_i64())
+        .collect();
+    times.sort_unstable();
+    report.longest_gap_ms = times.windows(2).map(|w| w[1] - w[0]).max().unwrap_or(0);
+    // Per account, the first decision of each event, in decision-topic order (one account,
+    // one partition), against the produce order.
+    let mut sorted: Vec<&Record> = records.iter().collect();
+    sorted.sort_by_key(|r| (r.partition, r.offset));
+    let mut first_order: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    let mut firsts = HashSet::new();
+    for r in sorted {
+        let (Some(id), Some(key)) = (event_id(r), r.key.clone()) else {
+            continue;
+        };
+        if firsts.insert(id.clone()) {
+            first_order.entry(key).or_default().push(id);
+        }
+    }
+    let mut produced: BTreeMap<&str, Vec<&str>> = BTreeMap::new();
+    for s in sent {
+        produced.entry(&s.key).or_default().push(&s.event_id);
+    }
+    report.order_violations = produced
+        .iter()
+        .filter(|(key, ids)| {
+            first_order
+                .get(**key)
+                .is_some_and(|got| got.iter().map(String::as_str).ne(ids.iter().copied()))
+        })
+        .count();
+    records
+}
+
+/// How the fraud-detectors of a run join their group.
+#[derive(Debug, Clone, Copy)]
+pub struct Membership {
+    pub protocol: GroupProtocol,
+    /// `group.instance.id` per instance (static membership).
+    pub static_ids: bool,
+}
+
+impl Membership {
+    pub fn describe(&self) -> String {
+        format!(
+            "{}{}",
+            match self.protocol {
+                GroupProtocol::Classic => "classic",
+                GroupProtocol::Consumer => "consumer (KIP-848)",
+            },
+            if self.static_ids { " + static" } else { "" }
+        )
+    }
+}
+
+/// A fraud-detector instance of a chaos run: a name (its static id), a fixed port (so a
+/// restart is the same instance), and its process.
+pub struct Instance {
+    pub name: String,
+    port: u16,
+    process: Option<ServiceProcess>,
+}
+
+impl Instance {
+    pub fn new(name: &str) -> Self {
+        Self {
+            name: name.into(),
+            port: free_port(),
+            process: None,
+        }
+    }
+
+    /// Starts (or restarts) it with `tweak`, as this instance.
+    pub fn start(
+        &mut self,
+        stack: &Stack,
+        topology: &Topology,
+        membership: Membership,
+        tweak: impl FnOnce(&mut FraudSettings),
+    ) {
+        let name = format!("{}-{}", topology.group("fraud"), self.name);
+        self.process = Some(ServiceProcess::spawn_on::<Fraud>(
+            &deployment(stack, topology, None),
+            self.port,
+            |s| {
+                quick(s);
+                s.engine.group_protocol = membership.protocol;
+                if membership.static_ids {
+                    s.engine.group_instance_id = name;
+                }
+                tweak(s);
+            },
+        ));
+    }
+
+    pub fn kill9(&mut self) {
+        if let Some(mut p) = self.process.take() {
+            p.kill9();
+        }
+    }
+
+    pub fn stop(&mut self) {
+        if let Some(mut p) = self.process.take() {
+            p.terminate(Duration::from_secs(30));
+        }
+    }
+
+    pub fn process(&mut self) -> Option<&mut ServiceProcess> {
+        self.process.as_mut()
+    }
+}
+
+/// Sizes of a run: the short forms run in CI, the long ones in `verdict-loadtest chaos`.
+#[derive(Debug, Clone, Copy)]
+pub struct Size {
+    pub events: usize,
+    pub rate: u64,
+}
+
+/// Two fraud-detectors; one of them is `kill -9`ed every `every` and restarted a second
+/// later, alternating, while `size.events` are fed at `size.rate`.
+pub async fn instances_killed(size: Size, every: Duration, membership: Membership) -> ChaosReport {
+    let stack = Stack::start().await;
+    let topology = apply_topology(&stack, None).await;
+    let mut instances = [Instance::new("a"), Instance::new("b")];
+    for i in &mut instances {
+        i.start(&stack, &topology, membership, |_| {});
+    }
+    for i in &mut instances {
+        if let Some(p) = i.process() {
+            p.wait_ready(Duration::from_secs(60)).await;
+        }
+    }
+    let feed = feed_into(&stack, &topology, size, None);
+    let mut kills = 0;
+    let mut which = 0;
+    while !feed.is_finished() {
+        tokio::time::sleep(every).await;
+        if feed.is_finished() {
+            break;
+        }
+        instances[which].kill9();
+        kills += 1;
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        instances[which].start(&stack, &topology, membership, |_| {});
+        which = 1 - which;
+    }
+    let sent = feed.await.expect("feed");
+    let mut report = ChaosReport {
+        run: format!("fraud-detector ×2, one kill -9 every {} s ({})", every.as_secs(), membership.describe()),
+        faults: format!("{kills} kill -9 + restart"),
+        ..ChaosReport::default()
+    };
+    count(&stack, &topology.topic("fraud-decisions"), &sent, Duration::from_secs(180), &mut report).await;
+    report.stuck_partitions = partitions_behind(
+        &stack.broker.kafka(),
+        &topology.group("verdict-fraud-detector"),
+        &topology.topic("transactions"),
+        Duration::from_secs(60),
+    )
+    .await
+    .len();
+    report
+}
+
+/// Feeds the run's transactions topic in the background.
+fn feed_into(
+    stack: &Stack,
+    topology: &Topology,
+    size: Size,
+    poison_every: Option<usize>,
+) -> tokio::task::JoinHandle<Vec<Sent>> {
+    let (kafka, registry, topic) = (
+        stack.broker.kafka(),
+        stack.registry_url(),
+        topology.topic("transactions"),
+    );
+    tokio::spawn(async move {
+        feed_transactions(&kafka, &registry, &topic, size.events, size.rate, 500, poison_every)
+            .await
+    })
+}
+
+/// One fraud-detector on a broker of the run's own, which is `kill -9`ed mid-stream and
+/// restarted after `down`.
+pub async fn broker_killed(size: Size, down: Duration) -> ChaosReport {
+    let mut stack = Stack::start_own().await;
+    let topology = apply_topology(&stack, None).await;
+    let mut svc = Instance::new("a");
+    let membership = Membership {
+        protocol: GroupProtocol::Classic,
+        static_ids: false,
+    };
+    svc.start(&stack, &topology, membership, |_| {});
+    if let Some(p) = svc.process() {
+        p.wait_ready(Duration::from_secs(60)).await;
+    }
+    let feed = feed_into(&stack, &topology, size, None);
+    let feed_time = Duration::from_secs_f64(size.events as f64 / size.rate as f64);
+    tokio::time::sleep(feed_time / 3).await;
+    stack.broker.kill9();
+    tokio::time::sleep(down).await;
+    stack.broker.restart().await;
+    let sent = feed.await.expect("feed");
+    let mut report = ChaosReport {
+        run: "fraud-detector, broker kill -9 mid-stream".into(),
+        faults: format!("broker down {} s", down.as_secs()),
+        ..ChaosReport::default()
+    };
+    count(&stack, &topology.topic("fraud-decisions"), &sent, Duration::from_secs(180), &mut report).await;
+    report.stuck_partitions = partitions_behind(
+        &stack.broker.kafka(),
+        &topology.group("verdict-fraud-detector"),
+        &topology.topic("transactions"),
+        Duration::from_secs(60),
+    )
+    .await
+    .len();
+    report
+}
+
+/// One fraud-detector; every `1/share`-th record is poison (not Avro).
+pub async fn poison(size: Size, every: usize) -> ChaosReport {
+    let stack = Stack::start().await;
+    let topology = apply_topology(&stack, None).await;
+    let mut svc = Instance::new("a");
+    let membership = Membership {
+        protocol: GroupProtocol::Classic,
+        static_ids: false,
+    };
+    // A 1 % poison share is normal traffic here, not a flood for the guard.
+    svc.start(&stack, &topology, membership, |_| {});
+    if let Some(p) = svc.process() {
+        p.wait_ready(Duration::from_secs(60)).await;
+    }
+    let sent = feed_into(&stack, &topology, size, Some(every))
+        .await
+        .expect("feed");
+    let mut report = ChaosReport {
+        run: format!("fraud-detector, 1 in {every} records poison"),
+        ..ChaosReport::default()
+    };
+    count(&stack, &topology.topic("fraud-decisions"), &sent, Duration::from_secs(180), &mut report).await;
+    let poison = size.events / every;
+    report.faults = format!("{poison} poison records");
+    let dlq = read_topic(
+        &stack.broker.kafka(),
+        &stack.registry_url(),
+        &topology.topic("transactions.dlq"),
+        Duration::from_secs(60),
+        |rs| rs.len() >= poison,
+    )
+    .await;
+    let with_reason = dlq
+        .iter()
+        .filter(|r| {
+            r.headers.get(verdict_runtime::headers::ERROR_CLASS) == Some("Decode")
+                && r.headers
+                    .get(verdict_runtime::headers::ERROR_MESSAGE)
+                    .is_some_and(|m| !m.is_empty())
+        })
+        .count();
+    report.notes.push(format!("{with_reason}/{poison} poison in the DLQ with class and reason"));
+    if dlq.len() != poison || with_reason != poison {
+        report.lost += poison.abs_diff(with_reason);
+    }
+    report.stuck_partitions = partitions_behind(
+        &stack.broker.kafka(),
+        &topology.group("verdict-fraud-detector"),
+        &topology.topic("transactions"),
+        Duration::from_secs(60),
+    )
+    .await
+    .len();
+    report
+}
+
+/// Instances join and leave every `every` while events are fed: the running set walks
+/// through {a}, {a,b}, {b}, {b,c}, {c}, {c,a}, … (joins before leaves, so one always runs).
+/// Per-account order is checked among first deliveries.
+pub async fn churn(size: Size, every: Duration, membership: Membership) -> ChaosReport {
+    const SCHEDULE: [&[usize]; 6] = [&[0], &[0, 1], &[1], &[1, 2], &[2], &[2, 0]];
+    let stack = Stack::start().await;
+    let topology = apply_topology(&stack, None).await;
+    let mut instances = [Instance::new("a"), Instance::new("b"), Instance::new("c")];
+    instances[0].start(&stack, &topology, membership, |_| {});
+    if let Some(p) = instances[0].process() {
+        p.wait_ready(Duration::from_secs(60)).await;
+    }
+    let feed = feed_into(&stack, &topology, size, None);
+    let mut changes = 0;
+    let mut step = 1;
+    while !feed.is_finished() {
+        tokio::time::sleep(every).await;
+        let want = SCHEDULE[step % SCHEDULE.len()];
+        for (i, instance) in instances.iter_mut().enumerate() {
+            if want.contains(&i) && instance.process().is_none() {
+                instance.start(&stack, &topology, membership, |_| {});
+                changes += 1;
+            }
+        }
+        for (i, instance) in instances.iter_mut().enumerate() {
+            if !want.contains(&i) && instance.process().is_some() {
+                instance.stop();
+                changes += 1;
+            }
+        }
+        step += 1;
+    }
+    let sent = feed.await.expect("feed");
+    let mut report = ChaosReport {
+        run: format!(
+            "fraud-detector ×1–2 of 3 joining and leaving every {} s ({})",
+            every.as_secs(),
+            membership.describe()
+        ),
+        faults: format!("{changes} joins and leaves"),
+        ..ChaosReport::default()
+    };
+    count(&stack, &topology.topic("fraud-decisions"), &sent, Duration::from_secs(180), &mut report).await;
+    report.stuck_partitions = partitions_behind(
+        &stack.broker.kafka(),
+        &topology.group("verdict-fraud-detector"),
+        &topology.topic("transactions"),
+        Duration::from_secs(60),
+    )
+    .await
+    .len();
+    report
+}
+
+/// The document pipeline; the model server is killed for `down` while `docs` documents go in.
+/// Expected: nothing lost, documents decided (degraded, by rules) during the outage, no
+/// dead-letter flood, and the circuit closed again after.
+pub async fn model_server_down(docs: usize, rate: u64, down: Duration) -> ChaosReport {
+    let stack = Stack::start().await;
+    let topology = apply_topology(&stack, None).await;
+    let port = free_port();
+    let mut ms = ServiceProcess::spawn_on::<model_server::Spec>(&local_deployment(None), port, |_| {});
+    ms.wait_ready(Duration::from_secs(120)).await;
+    let mut analyzer = ServiceProcess::spawn::<document_analyzer::Spec>(
+        &deployment(&stack, &topology, Some(port)),
+        |s| {
+            quick(s);
+            s.service.provider.timeout_ms = 2000;
+            s.service.provider.open_ms = 1000;
+        },
+    );
+    analyzer.wait_ready(Duration::from_secs(60)).await;
+    let producer =
+        verdict_cli::records::AvroProducer::new(&stack.broker.kafka(), &stack.registry_url())
+            .expect("producer");
+    let uploads = topology.topic("document-uploads");
+    let outage = Arc::new(AtomicBool::new(false));
+    let feed = {
+        let outage = outage.clone();
+        async move {
+            let mut sent = Vec::new();
+            let mut during = HashSet::new();
+            let gap = Duration::from_secs_f64(1.0 / rate as f64);
+            for i in 0..docs {
+                let text = format!(
+                    "Ticket {i}: the portal shows error {} since this morning, please help.",
+                    i * 7 % 1000
+                );
+                let id = format!("doc-{i}");
+                let v = json!({"event_id": uuid::Uuid::new_v4().to_string(), "tenant_id": "tenant-chaos",
+                    "occurred_at": verdict_runtime::now_ms(), "document_id": id, "content_type": "text/plain",
+                    "filename": null, "text": text, "source": "chaos", "size_bytes": text.len(), "language": null});
+                producer.send(&uploads, &id, &v).await.expect("send");
+                let event_id = v["event_id"].as_str().expect("id").to_string();
+                if outage.load(Ordering::Relaxed) {
+                    during.insert(event_id.clone());
+                }
+                sent.push(Sent { key: id, event_id });
+                tokio::time::sleep(gap).await;
+            }
+            (sent, during)
+        }
+    };
+    let feed = tokio::spawn(feed);
+    let feed_time = Duration::from_secs_f64(docs as f64 / rate as f64);
+    tokio::time::sleep(feed_time / 4).await;
+    ms.kill9();
+    outage.store(true, Ordering::Relaxed);
+    let outage_began = Instant::now();
+    tokio::time::sleep(down).await;
+    outage.store(false, Ordering::Relaxed);
+    let mut ms = ServiceProcess::spawn_on::<model_server::Spec>(&local_deployment(None), port, |_| {});
+    ms.wait_ready(Duration::from_secs(120)).await;
+    let restored = outage_began.elapsed();
+    let (sent, during) = feed.await.expect("feed");
+    let mut report = ChaosReport {
+        run: "document-analyzer, model-server down".into(),
+        faults: format!("model-server down {} s", restored.as_secs()),
+        ..ChaosReport::default()
+    };
+    let records = count(&stack, &topology.topic("document-decisions"), &sent, Duration::from_secs(180), &mut report).await;
+    let degraded_during = records
+        .iter()
+        .filter(|r| event_id(r).is_some_and(|id| during.contains(&id)))
+        .filter(|r| r.value.as_ref().is_some_and(|v| v["degraded"] == true))
+        .count();
+    // After the outage: the last tenth of the feed, decided by the model again.
+    let tail: HashSet<&str> = sent[sent.len() - sent.len() / 10..]
+        .iter()
+        .map(|s| s.event_id.as_str())
+        .collect();
+    let tail_by_model = records
+        .iter()
+        .filter(|r| event_id(r).is_some_and(|id| tail.contains(id.as_str())))
+        .filter(|r| r.value.as_ref().is_some_and(|v| v["degraded"] == false))
+        .count();
+    let dead = analyzer.metric("verdict_dead_letters_total").await;
+    report.notes.push(format!("{degraded_during}/{} decided degraded during the outage", during.len()));
+    report.notes.push(format!("{dead} dead letters"));
+    report.notes.push(format!("{tail_by_model}/{} of the last tenth decided by the model again", tail.len()));
+    report.stuck_partitions = partitions_behind(
+        &stack.broker.kafka(),
+        &topology.group("verdict-document-analyzer"),
+        &topology.topic("document-uploads"),
+        Duration::from_secs(60),
+    )
+    .await
+    .len();
+    report
+}
