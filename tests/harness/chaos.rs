@@ -70,6 +70,8 @@ impl ChaosReport {
 pub struct Sent {
     pub key: String,
     pub event_id: String,
+    /// When it was produced (ms since the epoch).
+    pub occurred_at: i64,
 }
 
 /// Produces `n` transactions over `accounts` accounts at `rate` per second into `topic`,
@@ -107,6 +109,7 @@ pub async fn feed_transactions(
             owed -= 1.0;
             let key = format!("acct-{}", i % accounts);
             let poison = poison_every.is_some_and(|p| i % p == p - 1);
+            let now = verdict_runtime::now_ms();
             let (bytes, event_id) = if poison {
                 (b"{\"not\": \"avro\"}".to_vec(), None)
             } else {
@@ -123,7 +126,7 @@ pub async fn feed_transactions(
                 .send_result(FutureRecord::to(topic).key(&key).payload(&bytes))
                 .map_err(|(e, _)| e)
                 .expect("enqueue");
-            pending.push(async move { (delivery.await, key, event_id) });
+            pending.push(async move { (delivery.await, key, event_id, now) });
             i += 1;
         }
         while let Some(Some(done)) = futures::FutureExt::now_or_never(pending.next()) {
@@ -140,13 +143,18 @@ type Delivery = (
     Result<rdkafka::producer::future_producer::OwnedDeliveryResult, futures::channel::oneshot::Canceled>,
     String,
     Option<String>,
+    i64,
 );
 
-fn acked((result, key, event_id): Delivery, sent: &mut Vec<Sent>) {
+fn acked((result, key, event_id, occurred_at): Delivery, sent: &mut Vec<Sent>) {
     match result {
         Ok(Ok(_)) => {
             if let Some(event_id) = event_id {
-                sent.push(Sent { key, event_id });
+                sent.push(Sent {
+                    key,
+                    event_id,
+                    occurred_at,
+                });
             }
         }
         Ok(Err((e, _))) => panic!("delivery failed: {e}"),
@@ -169,6 +177,10 @@ pub async fn count(
     report: &mut ChaosReport,
 ) -> Vec<Record> {
     let want: HashSet<&str> = sent.iter().map(|s| s.event_id.as_str()).collect();
+    let occurred: HashMap<&str, i64> = sent
+        .iter()
+        .map(|s| (s.event_id.as_str(), s.occurred_at))
+        .collect();
     let records = read_topic(
         &stack.broker.kafka(),
         &stack.registry_url(),
@@ -190,12 +202,31 @@ pub async fn count(
     report.lost = want.iter().filter(|id| !seen.contains_key(**id)).count();
     report.duplicates = seen.values().map(|n| n - 1).sum();
     report.stray = seen.keys().filter(|id| !want.contains(id.as_str())).count();
-    let mut times: Vec<i64> = records
-        .iter()
-        .filter_map(|r| r.value.as_ref()?["decided_at"].as_i64())
-        .collect();
-    times.sort_unstable();
-    report.longest_gap_ms = times.windows(2).map(|w| w[1] - w[0]).max().unwrap_or(0);
+    // The longest gap between consecutive decisions of one partition (decisions are keyed
+    // like their events, so a stalled input partition shows as a gap in its decisions while
+    // the others flow), and the longest any event waited for its decision.
+    let mut by_partition: BTreeMap<i32, Vec<i64>> = BTreeMap::new();
+    let mut longest_wait = 0;
+    for r in &records {
+        let Some(v) = r.value.as_ref() else { continue };
+        if let Some(decided) = v["decided_at"].as_i64() {
+            by_partition.entry(r.partition).or_default().push(decided);
+        }
+        if let (Some(d), Some(id)) = (v["decided_at"].as_i64(), event_id(r))
+            && let Some(o) = occurred.get(id.as_str())
+        {
+            longest_wait = longest_wait.max(d - o);
+        }
+    }
+    report.longest_gap_ms = by_partition
+        .values_mut()
+        .map(|times| {
+            times.sort_unstable();
+            times.windows(2).map(|w| w[1] - w[0]).max().unwrap_or(0)
+        })
+        .max()
+        .unwrap_or(0);
+    report.notes.push(format!("longest event→decision {:.1} s", longest_wait as f64 / 1000.0));
     // Per account, the first decision of each event, in decision-topic order (one account,
     // one partition), against the produce order.
     let mut sorted: Vec<&Record> = records.iter().collect();
@@ -565,7 +596,11 @@ pub async fn model_server_down(docs: usize, rate: u64, down: Duration) -> ChaosR
                 if outage.load(Ordering::Relaxed) {
                     during.insert(event_id.clone());
                 }
-                sent.push(Sent { key: id, event_id });
+                sent.push(Sent {
+                    key: id,
+                    event_id,
+                    occurred_at: verdict_runtime::now_ms(),
+                });
                 tokio::time::sleep(gap).await;
             }
             (sent, during)
