@@ -37,7 +37,10 @@ fn killed_instances_lose_nothing() {
         )
         .await;
         assert_clean(&r);
-        assert!(r.faults.starts_with('3') || r.faults.starts_with('4'), "{r:?}");
+        assert!(
+            r.faults.starts_with('3') || r.faults.starts_with('4'),
+            "{r:?}"
+        );
     });
 }
 
@@ -90,7 +93,10 @@ fn instances_joining_and_leaving_keep_order_and_lose_nothing() {
         )
         .await;
         assert_clean(&r);
-        assert_eq!(r.order_violations, 0, "per-account order among first deliveries: {r:?}");
+        assert_eq!(
+            r.order_violations, 0,
+            "per-account order among first deliveries: {r:?}"
+        );
     });
 }
 
@@ -104,8 +110,15 @@ fn a_model_server_outage_degrades_and_recovers() {
             degraded.iter().all(|n| !n.starts_with("0/")),
             "decisions during the outage are degraded, not missing: {r:?}"
         );
-        assert!(r.notes.contains(&"0 dead letters".to_string()), "no dead-letter flood: {r:?}");
-        let recovered = r.notes.iter().find(|n| n.contains("by the model again")).expect("note");
+        assert!(
+            r.notes.contains(&"0 dead letters".to_string()),
+            "no dead-letter flood: {r:?}"
+        );
+        let recovered = r
+            .notes
+            .iter()
+            .find(|n| n.contains("by the model again"))
+            .expect("note");
         let (got, of) = recovered
             .split(' ')
             .next()

@@ -116,7 +116,10 @@ pub async fn run(args: ChaosArgs) {
         .filter(|r| r.lost > 0 || r.stray > 0 || r.stuck_partitions > 0 || r.order_violations > 0)
         .collect();
     if !failed.is_empty() {
-        println!("\n{} run(s) lost, strayed, stuck or reordered: see above", failed.len());
+        println!(
+            "\n{} run(s) lost, strayed, stuck or reordered: see above",
+            failed.len()
+        );
         std::process::exit(1);
     }
 }

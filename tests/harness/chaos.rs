@@ -140,7 +140,10 @@ pub async fn feed_transactions(
 }
 
 type Delivery = (
-    Result<rdkafka::producer::future_producer::OwnedDeliveryResult, futures::channel::oneshot::Canceled>,
+    Result<
+        rdkafka::producer::future_producer::OwnedDeliveryResult,
+        futures::channel::oneshot::Canceled,
+    >,
     String,
     Option<String>,
     i64,
@@ -186,9 +189,21 @@ pub async fn count(
         &stack.registry_url(),
         decisions,
         timeout,
-        |rs| {
-            let got: HashSet<String> = rs.iter().filter_map(event_id).collect();
-            want.iter().all(|id| got.contains(*id))
+        {
+            // Called after every record: look only at the new ones.
+            let seen = std::cell::RefCell::new(HashSet::new());
+            let looked = std::cell::Cell::new(0);
+            let want = &want;
+            move |rs: &[Record]| {
+                let mut seen = seen.borrow_mut();
+                for r in rs.get(looked.get()..).unwrap_or_default() {
+                    if let Some(id) = event_id(r).filter(|id| want.contains(id.as_str())) {
+                        seen.insert(id);
+                    }
+                }
+                looked.set(rs.len());
+                seen.len() == want.len()
+            }
         },
     )
     .await;
@@ -226,7 +241,10 @@ pub async fn count(
         })
         .max()
         .unwrap_or(0);
-    report.notes.push(format!("longest event→decision {:.1} s", longest_wait as f64 / 1000.0));
+    report.notes.push(format!(
+        "longest event→decision {:.1} s",
+        longest_wait as f64 / 1000.0
+    ));
     // Per account, the first decision of each event, in decision-topic order (one account,
     // one partition), against the produce order.
     let mut sorted: Vec<&Record> = records.iter().collect();
@@ -371,11 +389,22 @@ pub async fn instances_killed(size: Size, every: Duration, membership: Membershi
     }
     let sent = feed.await.expect("feed");
     let mut report = ChaosReport {
-        run: format!("fraud-detector ×2, one kill -9 every {} s ({})", every.as_secs(), membership.describe()),
+        run: format!(
+            "fraud-detector ×2, one kill -9 every {} s ({})",
+            every.as_secs(),
+            membership.describe()
+        ),
         faults: format!("{kills} kill -9 + restart"),
         ..ChaosReport::default()
     };
-    count(&stack, &topology.topic("fraud-decisions"), &sent, Duration::from_secs(180), &mut report).await;
+    count(
+        &stack,
+        &topology.topic("fraud-decisions"),
+        &sent,
+        Duration::from_secs(180),
+        &mut report,
+    )
+    .await;
     report.stuck_partitions = partitions_behind(
         &stack.broker.kafka(),
         &topology.group("verdict-fraud-detector"),
@@ -400,8 +429,16 @@ fn feed_into(
         topology.topic("transactions"),
     );
     tokio::spawn(async move {
-        feed_transactions(&kafka, &registry, &topic, size.events, size.rate, 500, poison_every)
-            .await
+        feed_transactions(
+            &kafka,
+            &registry,
+            &topic,
+            size.events,
+            size.rate,
+            500,
+            poison_every,
+        )
+        .await
     })
 }
 
@@ -431,7 +468,14 @@ pub async fn broker_killed(size: Size, down: Duration) -> ChaosReport {
         faults: format!("broker down {} s", down.as_secs()),
         ..ChaosReport::default()
     };
-    count(&stack, &topology.topic("fraud-decisions"), &sent, Duration::from_secs(180), &mut report).await;
+    count(
+        &stack,
+        &topology.topic("fraud-decisions"),
+        &sent,
+        Duration::from_secs(180),
+        &mut report,
+    )
+    .await;
     report.stuck_partitions = partitions_behind(
         &stack.broker.kafka(),
         &topology.group("verdict-fraud-detector"),
@@ -464,7 +508,14 @@ pub async fn poison(size: Size, every: usize) -> ChaosReport {
         run: format!("fraud-detector, 1 in {every} records poison"),
         ..ChaosReport::default()
     };
-    count(&stack, &topology.topic("fraud-decisions"), &sent, Duration::from_secs(180), &mut report).await;
+    count(
+        &stack,
+        &topology.topic("fraud-decisions"),
+        &sent,
+        Duration::from_secs(180),
+        &mut report,
+    )
+    .await;
     let poison = size.events / every;
     report.faults = format!("{poison} poison records");
     let dlq = read_topic(
@@ -484,7 +535,9 @@ pub async fn poison(size: Size, every: usize) -> ChaosReport {
                     .is_some_and(|m| !m.is_empty())
         })
         .count();
-    report.notes.push(format!("{with_reason}/{poison} poison in the DLQ with class and reason"));
+    report.notes.push(format!(
+        "{with_reason}/{poison} poison in the DLQ with class and reason"
+    ));
     if dlq.len() != poison || with_reason != poison {
         report.lost += poison.abs_diff(with_reason);
     }
@@ -541,7 +594,14 @@ pub async fn churn(size: Size, every: Duration, membership: Membership) -> Chaos
         faults: format!("{changes} joins and leaves"),
         ..ChaosReport::default()
     };
-    count(&stack, &topology.topic("fraud-decisions"), &sent, Duration::from_secs(180), &mut report).await;
+    count(
+        &stack,
+        &topology.topic("fraud-decisions"),
+        &sent,
+        Duration::from_secs(180),
+        &mut report,
+    )
+    .await;
     report.stuck_partitions = partitions_behind(
         &stack.broker.kafka(),
         &topology.group("verdict-fraud-detector"),
@@ -560,7 +620,8 @@ pub async fn model_server_down(docs: usize, rate: u64, down: Duration) -> ChaosR
     let stack = Stack::start().await;
     let topology = apply_topology(&stack, None).await;
     let port = free_port();
-    let mut ms = ServiceProcess::spawn_on::<model_server::Spec>(&local_deployment(None), port, |_| {});
+    let mut ms =
+        ServiceProcess::spawn_on::<model_server::Spec>(&local_deployment(None), port, |_| {});
     ms.wait_ready(Duration::from_secs(120)).await;
     let mut analyzer = ServiceProcess::spawn::<document_analyzer::Spec>(
         &deployment(&stack, &topology, Some(port)),
@@ -614,7 +675,8 @@ pub async fn model_server_down(docs: usize, rate: u64, down: Duration) -> ChaosR
     let outage_began = Instant::now();
     tokio::time::sleep(down).await;
     outage.store(false, Ordering::Relaxed);
-    let mut ms = ServiceProcess::spawn_on::<model_server::Spec>(&local_deployment(None), port, |_| {});
+    let mut ms =
+        ServiceProcess::spawn_on::<model_server::Spec>(&local_deployment(None), port, |_| {});
     ms.wait_ready(Duration::from_secs(120)).await;
     let restored = outage_began.elapsed();
     let (sent, during) = feed.await.expect("feed");
@@ -623,7 +685,14 @@ pub async fn model_server_down(docs: usize, rate: u64, down: Duration) -> ChaosR
         faults: format!("model-server down {} s", restored.as_secs()),
         ..ChaosReport::default()
     };
-    let records = count(&stack, &topology.topic("document-decisions"), &sent, Duration::from_secs(180), &mut report).await;
+    let records = count(
+        &stack,
+        &topology.topic("document-decisions"),
+        &sent,
+        Duration::from_secs(180),
+        &mut report,
+    )
+    .await;
     let degraded_during = records
         .iter()
         .filter(|r| event_id(r).is_some_and(|id| during.contains(&id)))
@@ -640,9 +709,15 @@ pub async fn model_server_down(docs: usize, rate: u64, down: Duration) -> ChaosR
         .filter(|r| r.value.as_ref().is_some_and(|v| v["degraded"] == false))
         .count();
     let dead = analyzer.metric("verdict_dead_letters_total").await;
-    report.notes.push(format!("{degraded_during}/{} decided degraded during the outage", during.len()));
+    report.notes.push(format!(
+        "{degraded_during}/{} decided degraded during the outage",
+        during.len()
+    ));
     report.notes.push(format!("{dead} dead letters"));
-    report.notes.push(format!("{tail_by_model}/{} of the last tenth decided by the model again", tail.len()));
+    report.notes.push(format!(
+        "{tail_by_model}/{} of the last tenth decided by the model again",
+        tail.len()
+    ));
     report.stuck_partitions = partitions_behind(
         &stack.broker.kafka(),
         &topology.group("verdict-document-analyzer"),
