@@ -6,14 +6,13 @@ use std::time::Duration;
 
 use harness::chaos::{self, ChaosReport, Membership, Size};
 use harness::run;
-use verdict_runtime::engine::GroupProtocol;
 
 /// The membership the engine uses by default (see the README's chaos table).
 fn default_membership() -> Membership {
     let engine = verdict_runtime::engine::EngineSettings::default();
     Membership {
         protocol: engine.group_protocol,
-        static_ids: true,
+        static_ids: !engine.group_instance_id.is_empty(),
     }
 }
 
@@ -127,6 +126,3 @@ fn a_model_server_outage_degrades_and_recovers() {
         assert_eq!(got, of, "the circuit closed after the outage: {r:?}");
     });
 }
-
-#[allow(dead_code)]
-const _PROTOCOLS: [GroupProtocol; 2] = [GroupProtocol::Classic, GroupProtocol::Consumer];

@@ -89,21 +89,19 @@ pub async fn run(args: ChaosArgs) {
         );
     }
     if wants("churn") {
-        let default = verdict_runtime::engine::EngineSettings::default();
-        show(
-            chaos::churn(
-                Size {
-                    events: n(30_000),
-                    rate: 500,
-                },
-                Duration::from_secs(4),
-                Membership {
-                    protocol: default.group_protocol,
-                    static_ids: !default.group_instance_id.is_empty(),
-                },
-            )
-            .await,
-        );
+        for m in &MEMBERSHIPS[..2] {
+            show(
+                chaos::churn(
+                    Size {
+                        events: n(30_000),
+                        rate: 500,
+                    },
+                    Duration::from_secs(4),
+                    *m,
+                )
+                .await,
+            );
+        }
     }
     println!();
     println!("== chaos suite ({} runs)", rows.len());

@@ -327,9 +327,11 @@ impl Instance {
             |s| {
                 quick(s);
                 s.engine.group_protocol = membership.protocol;
-                if membership.static_ids {
-                    s.engine.group_instance_id = name;
-                }
+                s.engine.group_instance_id = if membership.static_ids {
+                    name
+                } else {
+                    String::new()
+                };
                 tweak(s);
             },
         ));

@@ -23,6 +23,9 @@ pub(crate) enum Event {
         lost: bool,
         reply: oneshot::Sender<Vec<(Tp, i64)>>,
     },
+    /// The client hit a fatal error (fenced, say) and will deliver nothing more: the engine
+    /// stops, so that whatever supervises the process starts it afresh.
+    Fatal(String),
 }
 
 pub(crate) struct EngineContext {

@@ -243,7 +243,15 @@ fn spawn_poller(
                         break;
                     }
                     Some(Ok(_)) | None => {}
-                    Some(Err(e)) => tracing::warn!(error = %e, "consumer error"),
+                    Some(Err(e)) => match consumer.client().fatal_error() {
+                        Some((code, reason)) => {
+                            let _ = events.blocking_send(Event::Fatal(format!(
+                                "the Kafka client failed fatally ({code}): {reason}"
+                            )));
+                            break;
+                        }
+                        None => tracing::warn!(error = %e, "consumer error"),
+                    },
                 }
             }
         })
@@ -333,6 +341,9 @@ impl<P: Processor> Loop<P> {
             Event::Revoked { tps, lost, reply } => {
                 let drain = self.drain;
                 self.revoke(tasks, tps, lost, reply, drain).await;
+            }
+            Event::Fatal(reason) => {
+                self.fatal.get_or_insert(reason);
             }
         }
     }
