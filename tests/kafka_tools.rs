@@ -98,9 +98,11 @@ fn kafka_consumer_groups_sees_the_committed_offsets_and_the_lag() {
     run(240, async {
         let stack = Stack::start().await;
         let topology = apply_topology(&stack, None).await;
+        // Dynamic membership: a clean stop leaves the group at once (a static member, the
+        // default, would stay listed until its session times out).
         let mut svc = ServiceProcess::spawn::<fraud_detector::Spec>(
             &deployment(&stack, &topology, None),
-            |_| {},
+            |s| s.engine.group_instance_id = String::new(),
         );
         svc.wait_ready(Duration::from_secs(30)).await;
         let group = topology.group("verdict-fraud-detector");
