@@ -505,15 +505,14 @@ fn two_instances_split_partitions_and_hand_over() {
         );
         // A static member (the default) keeps its partitions for the session timeout after a
         // clean stop, so that a restart takes them back without a rebalance; then B owns all.
-        let start = std::time::Instant::now();
-        while b.metric("verdict_assigned_partitions").await < 18.0 {
-            assert!(
-                start.elapsed() < Duration::from_secs(30),
-                "B never owned every partition\n{}",
-                b.log()
-            );
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        }
+        b.wait_metric(
+            "verdict_assigned_partitions",
+            "",
+            |n| n >= 18.0,
+            Duration::from_secs(30),
+            "B owns every partition",
+        )
+        .await;
         let counts: HashMap<&str, usize> = decisions
             .iter()
             .filter_map(|d| d.value.as_ref()?["event_id"].as_str())
@@ -553,15 +552,14 @@ fn dead_letter_guard_holds_a_poison_flood_and_says_so() {
             .await
             .expect("send");
         }
-        let start = std::time::Instant::now();
-        while svc.metric("verdict_dlq_guard_tripped").await < 1.0 {
-            assert!(
-                start.elapsed() < Duration::from_secs(30),
-                "guard never tripped\n{}",
-                svc.log()
-            );
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
+        svc.wait_metric(
+            "verdict_dlq_guard_tripped",
+            "",
+            |v| v >= 1.0,
+            Duration::from_secs(30),
+            "the guard tripped",
+        )
+        .await;
         tokio::time::sleep(Duration::from_secs(2)).await;
         let dead = svc.metric("verdict_dead_letters_total").await;
         assert!(

@@ -113,45 +113,45 @@ fn a_paused_partition_that_comes_back_is_read_again() {
             .await
             .expect("send");
         }
-        let start = std::time::Instant::now();
-        while a.metric("verdict_dlq_guard_tripped").await < 1.0 {
-            assert!(
-                start.elapsed() < Duration::from_secs(30),
-                "guard never tripped\n{}",
-                a.log()
-            );
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
+        a.wait_metric(
+            "verdict_dlq_guard_tripped",
+            "",
+            |v| v >= 1.0,
+            Duration::from_secs(30),
+            "the guard tripped",
+        )
+        .await;
         // B joins while A holds: some partitions move to B.
         let mut b = fraud(&stack, &stack.registry_url(), &topology, guarded);
         b.wait_ready(Duration::from_secs(30)).await;
-        let start = std::time::Instant::now();
-        while a.metric("verdict_assigned_partitions").await >= 18.0 {
-            assert!(
-                start.elapsed() < Duration::from_secs(30),
-                "B never got partitions"
-            );
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        }
+        let timeout = Duration::from_secs(30);
+        a.wait_metric(
+            "verdict_assigned_partitions",
+            "",
+            |n| n < 18.0,
+            timeout,
+            "B got partitions",
+        )
+        .await;
         // A's cool-down ends (A resumes what it kept), then B leaves: its partitions come
         // back to A, which paused them before it gave them away.
-        let start = std::time::Instant::now();
-        while a.metric("verdict_dlq_guard_tripped").await > 0.0 {
-            assert!(
-                start.elapsed() < Duration::from_secs(30),
-                "guard never released"
-            );
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        }
+        a.wait_metric(
+            "verdict_dlq_guard_tripped",
+            "",
+            |v| v == 0.0,
+            timeout,
+            "the guard released",
+        )
+        .await;
         assert_eq!(b.terminate(Duration::from_secs(30)), Some(0), "{}", b.log());
-        let start = std::time::Instant::now();
-        while a.metric("verdict_assigned_partitions").await < 18.0 {
-            assert!(
-                start.elapsed() < Duration::from_secs(30),
-                "partitions never came back"
-            );
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        }
+        a.wait_metric(
+            "verdict_assigned_partitions",
+            "",
+            |n| n >= 18.0,
+            timeout,
+            "the partitions came back",
+        )
+        .await;
 
         let ids = produce(&stack, &topology, "tenant-back", 60, 30).await;
         let want: HashSet<String> = ids.into_iter().collect();

@@ -238,12 +238,7 @@ pub(crate) async fn wait_for_records(
     what: &str,
 ) -> f64 {
     let meta = kafka.metadata_consumer().expect("meta");
-    let partitions = kafka
-        .topic_partitions()
-        .await
-        .ok()
-        .and_then(|t| t.get(topic).copied())
-        .unwrap_or(0);
+    let partitions = kafka.partition_count(topic).await;
     let pb = bar(n as u64, what);
     loop {
         let have = tokio::task::block_in_place(|| records_in(&meta, topic, partitions));

@@ -274,6 +274,47 @@ pub async fn count(
     records
 }
 
+/// A pipeline's topics and group in the repository topology (renamed per run).
+pub struct Pipeline {
+    decisions: &'static str,
+    group: &'static str,
+    input: &'static str,
+}
+
+const FRAUD: Pipeline = Pipeline {
+    decisions: "fraud-decisions",
+    group: "verdict-fraud-detector",
+    input: "transactions",
+};
+
+const DOCUMENTS: Pipeline = Pipeline {
+    decisions: "document-decisions",
+    group: "verdict-document-analyzer",
+    input: "document-uploads",
+};
+
+/// Counts the run's decisions (see [`count`]) and the input partitions whose commits did not
+/// reach the end within a minute.
+async fn settle(
+    stack: &Stack,
+    topology: &Topology,
+    sent: &[Sent],
+    pipeline: Pipeline,
+    report: &mut ChaosReport,
+) -> Vec<Record> {
+    let decisions = topology.topic(pipeline.decisions);
+    let records = count(stack, &decisions, sent, Duration::from_secs(180), report).await;
+    report.stuck_partitions = partitions_behind(
+        &stack.broker.kafka(),
+        &topology.group(pipeline.group),
+        &topology.topic(pipeline.input),
+        Duration::from_secs(60),
+    )
+    .await
+    .len();
+    records
+}
+
 /// How the fraud-detectors of a run join their group.
 #[derive(Debug, Clone, Copy)]
 pub struct Membership {
@@ -399,22 +440,7 @@ pub async fn instances_killed(size: Size, every: Duration, membership: Membershi
         faults: format!("{kills} kill -9 + restart"),
         ..ChaosReport::default()
     };
-    count(
-        &stack,
-        &topology.topic("fraud-decisions"),
-        &sent,
-        Duration::from_secs(180),
-        &mut report,
-    )
-    .await;
-    report.stuck_partitions = partitions_behind(
-        &stack.broker.kafka(),
-        &topology.group("verdict-fraud-detector"),
-        &topology.topic("transactions"),
-        Duration::from_secs(60),
-    )
-    .await
-    .len();
+    settle(&stack, &topology, &sent, FRAUD, &mut report).await;
     report
 }
 
@@ -470,22 +496,7 @@ pub async fn broker_killed(size: Size, down: Duration) -> ChaosReport {
         faults: format!("broker down {} s", down.as_secs()),
         ..ChaosReport::default()
     };
-    count(
-        &stack,
-        &topology.topic("fraud-decisions"),
-        &sent,
-        Duration::from_secs(180),
-        &mut report,
-    )
-    .await;
-    report.stuck_partitions = partitions_behind(
-        &stack.broker.kafka(),
-        &topology.group("verdict-fraud-detector"),
-        &topology.topic("transactions"),
-        Duration::from_secs(60),
-    )
-    .await
-    .len();
+    settle(&stack, &topology, &sent, FRAUD, &mut report).await;
     report
 }
 
@@ -510,14 +521,7 @@ pub async fn poison(size: Size, every: usize) -> ChaosReport {
         run: format!("fraud-detector, 1 in {every} records poison"),
         ..ChaosReport::default()
     };
-    count(
-        &stack,
-        &topology.topic("fraud-decisions"),
-        &sent,
-        Duration::from_secs(180),
-        &mut report,
-    )
-    .await;
+    settle(&stack, &topology, &sent, FRAUD, &mut report).await;
     let poison = size.events / every;
     report.faults = format!("{poison} poison records");
     let dlq = read_topic(
@@ -543,14 +547,6 @@ pub async fn poison(size: Size, every: usize) -> ChaosReport {
     if dlq.len() != poison || with_reason != poison {
         report.lost += poison.abs_diff(with_reason);
     }
-    report.stuck_partitions = partitions_behind(
-        &stack.broker.kafka(),
-        &topology.group("verdict-fraud-detector"),
-        &topology.topic("transactions"),
-        Duration::from_secs(60),
-    )
-    .await
-    .len();
     report
 }
 
@@ -596,22 +592,7 @@ pub async fn churn(size: Size, every: Duration, membership: Membership) -> Chaos
         faults: format!("{changes} joins and leaves"),
         ..ChaosReport::default()
     };
-    count(
-        &stack,
-        &topology.topic("fraud-decisions"),
-        &sent,
-        Duration::from_secs(180),
-        &mut report,
-    )
-    .await;
-    report.stuck_partitions = partitions_behind(
-        &stack.broker.kafka(),
-        &topology.group("verdict-fraud-detector"),
-        &topology.topic("transactions"),
-        Duration::from_secs(60),
-    )
-    .await
-    .len();
+    settle(&stack, &topology, &sent, FRAUD, &mut report).await;
     report
 }
 
@@ -687,14 +668,7 @@ pub async fn model_server_down(docs: usize, rate: u64, down: Duration) -> ChaosR
         faults: format!("model-server down {} s", restored.as_secs()),
         ..ChaosReport::default()
     };
-    let records = count(
-        &stack,
-        &topology.topic("document-decisions"),
-        &sent,
-        Duration::from_secs(180),
-        &mut report,
-    )
-    .await;
+    let records = settle(&stack, &topology, &sent, DOCUMENTS, &mut report).await;
     let degraded_during = records
         .iter()
         .filter(|r| event_id(r).is_some_and(|id| during.contains(&id)))
@@ -720,13 +694,5 @@ pub async fn model_server_down(docs: usize, rate: u64, down: Duration) -> ChaosR
         "{tail_by_model}/{} of the last tenth decided by the model again",
         tail.len()
     ));
-    report.stuck_partitions = partitions_behind(
-        &stack.broker.kafka(),
-        &topology.group("verdict-document-analyzer"),
-        &topology.topic("document-uploads"),
-        Duration::from_secs(60),
-    )
-    .await
-    .len();
     report
 }

@@ -597,6 +597,31 @@ impl ServiceProcess {
             + 0.0 // an empty sum is -0.0
     }
 
+    /// Waits until metric `name` (summed over label sets containing `labels`) satisfies
+    /// `ok`; panics naming `what` with the service's log after `timeout`.
+    pub async fn wait_metric(
+        &self,
+        name: &str,
+        labels: &str,
+        ok: impl Fn(f64) -> bool,
+        timeout: Duration,
+        what: &str,
+    ) {
+        let start = std::time::Instant::now();
+        loop {
+            let v = self.metric_where(name, labels).await;
+            if ok(v) {
+                return;
+            }
+            assert!(
+                start.elapsed() < timeout,
+                "{what} within {timeout:?} ({name} = {v})\n{}",
+                self.log()
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
     /// SIGKILL, no chance to clean up.
     pub fn kill9(&mut self) {
         let _ = self.child.kill();
@@ -877,12 +902,7 @@ impl Drop for ScriptServer {
 /// are absent). Asks the group coordinator (OffsetFetch); does not join the group.
 pub async fn committed(kafka: &KafkaSettings, group: &str, topic: &str) -> BTreeMap<i32, i64> {
     use rdkafka::consumer::{BaseConsumer, Consumer};
-    let partitions = kafka
-        .topic_partitions()
-        .await
-        .ok()
-        .and_then(|t| t.get(topic).copied())
-        .unwrap_or(0);
+    let partitions = kafka.partition_count(topic).await;
     let consumer: BaseConsumer = kafka.consumer_config(group).create().expect("consumer");
     let mut tpl = rdkafka::TopicPartitionList::new();
     for p in 0..i32::try_from(partitions).unwrap_or(0) {
@@ -907,12 +927,7 @@ pub async fn committed(kafka: &KafkaSettings, group: &str, topic: &str) -> BTree
 /// The end (high watermark) of each partition of `topic`.
 pub async fn end_offsets(kafka: &KafkaSettings, topic: &str) -> BTreeMap<i32, i64> {
     use rdkafka::consumer::Consumer;
-    let partitions = kafka
-        .topic_partitions()
-        .await
-        .ok()
-        .and_then(|t| t.get(topic).copied())
-        .unwrap_or(0);
+    let partitions = kafka.partition_count(topic).await;
     let consumer = kafka.metadata_consumer().expect("consumer");
     let topic = topic.to_string();
     tokio::task::spawn_blocking(move || {

@@ -266,6 +266,15 @@ impl KafkaSettings {
         .map_err(|e| KafkaError::Join(e.to_string()))?
     }
 
+    /// How many partitions `topic` has (0 when it does not exist or the broker does not say).
+    pub async fn partition_count(&self, topic: &str) -> usize {
+        self.topic_partitions()
+            .await
+            .ok()
+            .and_then(|t| t.get(topic).copied())
+            .unwrap_or(0)
+    }
+
     /// Configuration entries of a topic as the broker reports them; `None` when the
     /// broker does not answer DescribeConfigs for topics.
     pub async fn topic_configs(

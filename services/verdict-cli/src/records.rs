@@ -155,12 +155,7 @@ pub async fn read_topic(
     done: impl Fn(&[Record]) -> bool,
 ) -> Vec<Record> {
     use rdkafka::consumer::StreamConsumer;
-    let partitions = kafka
-        .topic_partitions()
-        .await
-        .ok()
-        .and_then(|t| t.get(topic).copied())
-        .unwrap_or(1);
+    let partitions = kafka.partition_count(topic).await.max(1);
     let consumer: Result<StreamConsumer, _> = kafka.reader_config().create();
     let Ok(consumer) = consumer else {
         return Vec::new();
