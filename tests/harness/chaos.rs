@@ -46,12 +46,12 @@ pub struct ChaosReport {
 }
 
 impl ChaosReport {
-    pub const HEADER: &'static str = "| run | events | faults | lost | duplicates | stray | longest gap | stuck partitions | notes |\n|---|---|---|---|---|---|---|---|---|";
+    pub const HEADER: &'static str = "| run | events | faults | lost | duplicates | stray | longest gap | stuck partitions | accounts out of order | notes |\n|---|---|---|---|---|---|---|---|---|---|";
 
     /// A row of the README's chaos table.
     pub fn row(&self) -> String {
         format!(
-            "| {} | {} | {} | {} | {} | {} | {:.1} s | {} | {} |",
+            "| {} | {} | {} | {} | {} | {} | {:.1} s | {} | {} | {} |",
             self.run,
             self.events,
             self.faults,
@@ -60,6 +60,7 @@ impl ChaosReport {
             self.stray,
             self.longest_gap_ms as f64 / 1000.0,
             self.stuck_partitions,
+            self.order_violations,
             self.notes.join("; ")
         )
     }
