@@ -3,10 +3,9 @@
 //! with the offsets it committed and the lag it left.
 
 use std::collections::{BTreeMap, HashSet};
-use std::process::Command;
 use std::time::{Duration, Instant};
 
-use harness::{ServiceProcess, Stack, Topology, apply_topology, bin, deployment, run, run_command};
+use harness::{ServiceProcess, Stack, Topology, apply_topology, deployment, kafka_tool_table, run};
 use verdict_cli::records::{AvroProducer, sample_transaction};
 
 /// One row of `kafka-consumer-groups --describe` for a topic partition.
@@ -18,63 +17,30 @@ struct Row {
     consumer: String,
 }
 
-/// Runs `verdict kafka consumer-groups --describe --group GROUP`; returns its rows for `topic`
-/// by partition. Kafka prints `-` for an offset or lag it does not know.
+/// `kafka-consumer-groups --describe --group GROUP`: its rows for `topic` by partition.
+/// Kafka prints `-` for an offset or lag it does not know.
 fn describe(stack: &Stack, group: &str, topic: &str) -> BTreeMap<i32, Row> {
-    let out = run_command(
-        Command::new(bin("verdict")).args([
-            "kafka",
-            "consumer-groups",
-            "--bootstrap-server",
-            &stack.broker.bootstrap(),
-            "--describe",
-            "--group",
-            group,
-        ]),
-        Duration::from_secs(60),
-    );
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "kafka-consumer-groups failed: {stdout}{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let mut lines = stdout.lines().filter(|l| !l.trim().is_empty());
-    let header: Vec<&str> = lines
-        .find(|l| l.starts_with("GROUP"))
-        .unwrap_or_else(|| panic!("no header in: {stdout}"))
-        .split_whitespace()
-        .collect();
-    let col = |name: &str| {
-        header
-            .iter()
-            .position(|h| *h == name)
-            .unwrap_or_else(|| panic!("no {name} column: {header:?}"))
-    };
-    let (t, p, cur, end, lag, cid) = (
-        col("TOPIC"),
-        col("PARTITION"),
-        col("CURRENT-OFFSET"),
-        col("LOG-END-OFFSET"),
-        col("LAG"),
-        col("CONSUMER-ID"),
-    );
     let number = |s: &str| s.parse::<i64>().ok();
-    lines
-        .map(|l| l.split_whitespace().collect::<Vec<_>>())
-        .filter(|cells| cells.get(t) == Some(&topic))
-        .map(|cells| {
-            (
-                cells[p].parse().expect("partition"),
-                Row {
-                    current: number(cells[cur]),
-                    log_end: number(cells[end]).expect("log-end offset"),
-                    lag: number(cells[lag]),
-                    consumer: cells.get(cid).copied().unwrap_or("-").to_string(),
-                },
-            )
-        })
-        .collect()
+    kafka_tool_table(
+        stack,
+        "consumer-groups",
+        &["--describe", "--group", group],
+        "GROUP",
+    )
+    .into_iter()
+    .filter(|r| r["TOPIC"] == topic)
+    .map(|r| {
+        (
+            r["PARTITION"].parse().expect("partition"),
+            Row {
+                current: number(&r["CURRENT-OFFSET"]),
+                log_end: number(&r["LOG-END-OFFSET"]).expect("log-end offset"),
+                lag: number(&r["LAG"]),
+                consumer: r.get("CONSUMER-ID").cloned().unwrap_or_else(|| "-".into()),
+            },
+        )
+    })
+    .collect()
 }
 
 async fn produce(stack: &Stack, topology: &Topology, n: usize) -> BTreeMap<i32, i64> {

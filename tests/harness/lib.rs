@@ -109,6 +109,57 @@ pub fn run_command(cmd: &mut Command, timeout: Duration) -> Output {
     }
 }
 
+/// Runs `verdict ARGS…` against the stack's broker and registry; returns its output.
+pub fn verdict(stack: &Stack, args: &[&str]) -> Output {
+    run_command(
+        Command::new(bin("verdict"))
+            .args(args)
+            .env("KAFKA_BOOTSTRAP_SERVERS", stack.broker.bootstrap())
+            .env("VERDICT_SCHEMA_REGISTRY_URL", stack.registry_url()),
+        Duration::from_secs(120),
+    )
+}
+
+/// Runs one of Kafka's own tools (`verdict kafka TOOL ARGS…`), asserts it succeeded, and
+/// returns the rows of the table it printed (cells by column name; the lines before the
+/// header row starting with `first_column` are skipped).
+pub fn kafka_tool_table(
+    stack: &Stack,
+    tool: &str,
+    args: &[&str],
+    first_column: &str,
+) -> Vec<BTreeMap<String, String>> {
+    let bootstrap = stack.broker.bootstrap();
+    let mut all = vec!["kafka", tool, "--bootstrap-server", &bootstrap];
+    all.extend(args);
+    let out = verdict(stack, &all);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "kafka-{tool} failed: {stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let mut lines = stdout
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .skip_while(|l| !l.starts_with(first_column));
+    let header: Vec<String> = lines
+        .next()
+        .unwrap_or_else(|| panic!("no {first_column} header in: {stdout}"))
+        .split_whitespace()
+        .map(String::from)
+        .collect();
+    lines
+        .map(|l| {
+            header
+                .iter()
+                .cloned()
+                .zip(l.split_whitespace().map(String::from))
+                .collect()
+        })
+        .collect()
+}
+
 /// Set to a bootstrap address to run every test against that broker instead.
 pub const TEST_KAFKA_ENV: &str = "VERDICT_TEST_KAFKA";
 

@@ -29,6 +29,49 @@ pub fn untyped(json: &Json) -> Value {
     }
 }
 
+/// Checks a JSON object against a record schema field by field, so that the error names the
+/// field: a missing field without a default, a field whose value does not fit its type, or a
+/// field the schema does not have.
+pub fn check_fields(schema: &apache_avro::Schema, json: &Json) -> Result<(), String> {
+    let apache_avro::Schema::Record(record) = schema else {
+        return untyped(json)
+            .resolve(schema)
+            .map(|_| ())
+            .map_err(|e| e.to_string());
+    };
+    let Json::Object(map) = json else {
+        return Err(format!("expected a JSON object for record {}", record.name));
+    };
+    for field in &record.fields {
+        match map.get(&field.name) {
+            None if field.default.is_none() => {
+                return Err(format!(
+                    "field `{}`: missing (it has no default)",
+                    field.name
+                ));
+            }
+            None => {}
+            Some(v) => {
+                check_fields(&field.schema, v)
+                    .map_err(|e| format!("field `{}`: {e}", field.name))?;
+            }
+        }
+    }
+    if let Some(extra) = map.keys().find(|k| !record.lookup.contains_key(*k)) {
+        return Err(format!(
+            "field `{extra}`: not in schema {} (known: {})",
+            record.name,
+            record
+                .fields
+                .iter()
+                .map(|f| f.name.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
+        ));
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -64,5 +107,27 @@ mod tests {
             from_json(&json!({"id":"x"}), &schema).is_err(),
             "missing required fields"
         );
+    }
+
+    #[test]
+    fn field_checks_name_the_field() {
+        let schema = Schema::parse_str(
+            r#"{"type":"record","name":"T","fields":[
+                {"name":"id","type":"string"},
+                {"name":"amount","type":"double"},
+                {"name":"note","type":["null","string"],"default":null}]}"#,
+        )
+        .expect("schema");
+        assert_eq!(
+            check_fields(&schema, &json!({"id": "a", "amount": 1.5})),
+            Ok(())
+        );
+        let missing = check_fields(&schema, &json!({"amount": 1.5})).expect_err("fails");
+        assert!(missing.starts_with("field `id`: missing"), "{missing}");
+        let wrong = check_fields(&schema, &json!({"id": "a", "amount": "x"})).expect_err("fails");
+        assert!(wrong.starts_with("field `amount`:"), "{wrong}");
+        let extra =
+            check_fields(&schema, &json!({"id": "a", "amount": 1, "x": 1})).expect_err("fails");
+        assert!(extra.starts_with("field `x`: not in schema"), "{extra}");
     }
 }

@@ -9,6 +9,7 @@ pub mod audit;
 pub mod avro;
 pub mod engine;
 pub mod error;
+pub mod groups;
 pub mod guard;
 pub mod headers;
 pub mod http;

@@ -92,25 +92,7 @@ impl AvroSerde {
         let subject = strategy
             .get_subject()
             .map_err(|e| ProcessError::Output(e.to_string()))?;
-        let parsed = match self.resolved.get(&subject) {
-            Some(s) => s.clone(),
-            None => {
-                let s = match self
-                    .encoder
-                    .get_schema_and_id(&subject, strategy.clone())
-                    .await
-                {
-                    Ok(s) => s,
-                    Err(e) => {
-                        self.encoder.remove_errors_from_cache();
-                        return Err(ProcessError::Registry(format!("schema for {subject}: {e}")));
-                    }
-                };
-                let parsed = Arc::new(s.parsed.clone());
-                self.resolved.insert(subject.clone(), parsed.clone());
-                parsed
-            }
-        };
+        let parsed = self.schema_of(&subject, &strategy).await?;
         let value = value
             .resolve(&parsed)
             .map_err(|e| ProcessError::Output(format!("output does not fit {subject}: {e}")))?;
@@ -121,6 +103,44 @@ impl AvroSerde {
                 self.encoder.remove_errors_from_cache();
                 classify(&e, &format!("encoding for {subject}"), ProcessError::Output)
             })
+    }
+}
+
+impl AvroSerde {
+    /// The latest schema of `<topic>-value` (what [`ValueSchema::TopicLatest`] encodes with).
+    pub async fn latest_schema(
+        &self,
+        topic: &str,
+    ) -> Result<Arc<apache_avro::Schema>, ProcessError> {
+        let strategy = SubjectNameStrategy::TopicNameStrategy(topic.to_string(), false);
+        let subject = strategy
+            .get_subject()
+            .map_err(|e| ProcessError::Output(e.to_string()))?;
+        self.schema_of(&subject, &strategy).await
+    }
+
+    async fn schema_of(
+        &self,
+        subject: &str,
+        strategy: &SubjectNameStrategy,
+    ) -> Result<Arc<apache_avro::Schema>, ProcessError> {
+        if let Some(s) = self.resolved.get(subject) {
+            return Ok(s.clone());
+        }
+        let s = match self
+            .encoder
+            .get_schema_and_id(subject, strategy.clone())
+            .await
+        {
+            Ok(s) => s,
+            Err(e) => {
+                self.encoder.remove_errors_from_cache();
+                return Err(ProcessError::Registry(format!("schema for {subject}: {e}")));
+            }
+        };
+        let parsed = Arc::new(s.parsed.clone());
+        self.resolved.insert(subject.to_string(), parsed.clone());
+        Ok(parsed)
     }
 }
 

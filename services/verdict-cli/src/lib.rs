@@ -1,9 +1,13 @@
 //! The `verdict` command line as a library, so tests drive the same code.
 
 pub mod broker;
+pub mod dlq;
+pub mod groups_cmd;
+pub mod produce_consume;
 pub mod records;
 pub mod services;
 pub mod stack;
+pub mod table;
 pub mod topology_cmd;
 
 /// A failure of a CLI command, with the exit code it maps to.
@@ -18,6 +22,9 @@ pub enum CliError {
     /// `topology apply --fail-on-drift` found drift. Exit code 3.
     #[error("{0}")]
     Drift(String),
+    /// The command would be unsafe now (e.g. resetting a group with members). Exit code 4.
+    #[error("{0}")]
+    Refused(String),
 }
 
 impl CliError {
@@ -26,6 +33,7 @@ impl CliError {
             CliError::Failed(_) => 1,
             CliError::Usage(_) => 2,
             CliError::Drift(_) => 3,
+            CliError::Refused(_) => 4,
         }
     }
 }

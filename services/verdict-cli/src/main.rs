@@ -9,8 +9,12 @@ use std::collections::HashSet;
 
 use std::os::unix::process::CommandExt;
 use verdict_cli::broker::{self, BrokerConfig, KafkaDist};
+use verdict_cli::dlq;
+use verdict_cli::groups_cmd::{self, ResetSpec, Scope, TopicSelection};
+use verdict_cli::produce_consume::{self, Position};
 use verdict_cli::records::{AvroProducer, Record, read_back, read_topic, sample_transaction};
 use verdict_cli::stack::StackOpts;
+use verdict_cli::table::Output;
 use verdict_cli::{CliError, topology_cmd};
 use verdict_runtime::kafka::{KafkaSettings, default_bootstrap};
 use verdict_runtime::registry::RegistryClient;
@@ -114,6 +118,94 @@ enum Command {
         #[command(subcommand)]
         action: TopologyAction,
     },
+    /// Consumer groups: state, members, committed offsets and lag (messages and seconds).
+    Groups {
+        #[command(subcommand)]
+        action: GroupsAction,
+        #[arg(
+            long,
+            env = "KAFKA_BOOTSTRAP_SERVERS",
+            default_value = "127.0.0.1:9092",
+            global = true
+        )]
+        bootstrap_servers: String,
+        #[arg(long, value_enum, default_value = "table", global = true)]
+        output: Output,
+    },
+    /// Move a stopped group's offsets, as `kafka-consumer-groups --reset-offsets` does: prints
+    /// the plan and changes nothing unless --execute.
+    Replay {
+        group: String,
+        #[command(flatten)]
+        spec: ResetArgs,
+        /// Every topic the group has committed offsets for.
+        #[arg(long, conflicts_with = "topic")]
+        all_topics: bool,
+        /// A topic, or `topic:0,2` for some of its partitions (repeatable).
+        #[arg(long)]
+        topic: Vec<TopicSelection>,
+        /// Commit the plan (refused while the group has members).
+        #[arg(long)]
+        execute: bool,
+        #[arg(
+            long,
+            env = "KAFKA_BOOTSTRAP_SERVERS",
+            default_value = "127.0.0.1:9092"
+        )]
+        bootstrap_servers: String,
+        #[arg(long, value_enum, default_value = "table")]
+        output: Output,
+    },
+    /// JSON lines (a file or stdin) → Avro records with the topic's registered schema.
+    Produce {
+        topic: String,
+        /// The JSON lines file (default: stdin).
+        #[arg(long, short)]
+        file: Option<PathBuf>,
+        /// The field whose value is the record key.
+        #[arg(long, short)]
+        key_field: Option<String>,
+        /// Records per second (default: as fast as the broker takes them).
+        #[arg(long, default_value_t = 0)]
+        rate: u32,
+        /// A header on every record, key=value (repeatable).
+        #[arg(short = 'H', long = "header", value_parser = produce_consume::parse_header)]
+        headers: Vec<(String, String)>,
+        /// Skip lines that do not fit the schema (reported) instead of sending nothing.
+        #[arg(long)]
+        keep_going: bool,
+        #[command(flatten)]
+        endpoints: Endpoints,
+    },
+    /// Records → JSON lines, values decoded through the registry; offsets as kcat's `-o`.
+    Consume {
+        topic: String,
+        /// beginning | end | stored | N | -N (from the end) | s@ms; add `-o e@ms` to stop at a time.
+        #[arg(short = 'o', long = "offset", allow_hyphen_values = true)]
+        offsets: Vec<Position>,
+        /// Exit at the end of each partition (as it was at the start) instead of waiting.
+        #[arg(short = 'e', long)]
+        exit: bool,
+        /// Commit what was printed for this group (which must have no active members).
+        #[arg(short = 'G', long)]
+        group: Option<String>,
+        /// Stop after this many records.
+        #[arg(short = 'c', long)]
+        count: Option<usize>,
+        #[arg(short = 'p', long)]
+        partition: Option<i32>,
+        #[command(flatten)]
+        endpoints: Endpoints,
+    },
+    /// Dead-letter topics: list by error class, show one, redrive to the original topic.
+    Dlq {
+        #[command(subcommand)]
+        action: DlqAction,
+        #[command(flatten)]
+        endpoints: Endpoints,
+        #[arg(long, value_enum, default_value = "table", global = true)]
+        output: Output,
+    },
     /// Produce sample transactions and read them back through the registry.
     Demo {
         #[command(flatten)]
@@ -130,6 +222,100 @@ enum Command {
         #[arg(long, default_value_t = 4)]
         documents: usize,
     },
+}
+
+#[derive(Subcommand)]
+enum DlqAction {
+    /// Dead letters grouped by error class, service and original topic, with time range.
+    List { topic: String },
+    /// One dead letter with all its headers and its decoded value.
+    Show {
+        topic: String,
+        #[arg(long, short)]
+        partition: i32,
+        #[arg(long, short)]
+        offset: i64,
+    },
+    /// Re-publish selected dead letters to their original topic (key, value, headers intact,
+    /// plus verdict.redrive.count). The same selection run again sends nothing new.
+    Redrive {
+        topic: String,
+        /// Only this error class (repeatable), e.g. Panic, Decode, Inference.
+        #[arg(long)]
+        class: Vec<String>,
+        #[arg(long)]
+        service: Option<String>,
+        /// Failed at or after this time (YYYY-MM-DDTHH:mm:SS.sss[Z]).
+        #[arg(long)]
+        since: Option<String>,
+        /// Failed before this time.
+        #[arg(long)]
+        until: Option<String>,
+        #[arg(long)]
+        partition: Option<i32>,
+        #[arg(long)]
+        from_offset: Option<i64>,
+        /// Inclusive.
+        #[arg(long)]
+        to_offset: Option<i64>,
+        /// The group that remembers what was redriven (default: one per topic and selection).
+        #[arg(long)]
+        group: Option<String>,
+        /// Count what would be sent; send and commit nothing.
+        #[arg(long)]
+        dry_run: bool,
+    },
+}
+
+#[derive(Subcommand)]
+enum GroupsAction {
+    /// Every group with its state and member count.
+    List,
+    /// One group: state, members, and per partition the committed offset, log-end offset,
+    /// lag in messages and in seconds (age of the record at the committed offset).
+    Describe { group: String },
+}
+
+#[derive(clap::Args)]
+#[group(required = true, multiple = false)]
+struct ResetArgs {
+    /// The earliest offset still in the log.
+    #[arg(long)]
+    to_earliest: bool,
+    /// The log end (skip everything not yet read).
+    #[arg(long)]
+    to_latest: bool,
+    #[arg(long)]
+    to_offset: Option<i64>,
+    /// Move by N (negative: back).
+    #[arg(long, allow_hyphen_values = true)]
+    shift_by: Option<i64>,
+    /// The first record at or after YYYY-MM-DDTHH:mm:SS.sss[Z|+hh:mm] (local time without a zone).
+    #[arg(long)]
+    to_datetime: Option<String>,
+    /// The first record at or after now minus an ISO 8601 duration (PnDTnHnMnS).
+    #[arg(long)]
+    by_duration: Option<String>,
+}
+
+impl ResetArgs {
+    fn spec(&self) -> Result<ResetSpec, CliError> {
+        Ok(if self.to_earliest {
+            ResetSpec::Earliest
+        } else if self.to_latest {
+            ResetSpec::Latest
+        } else if let Some(o) = self.to_offset {
+            ResetSpec::ToOffset(o)
+        } else if let Some(n) = self.shift_by {
+            ResetSpec::ShiftBy(n)
+        } else if let Some(d) = &self.to_datetime {
+            ResetSpec::ToDatetime(groups_cmd::parse_datetime(d)?)
+        } else if let Some(d) = &self.by_duration {
+            ResetSpec::ByDuration(groups_cmd::parse_duration(d)?)
+        } else {
+            return Err(CliError::Usage("say where to: --to-earliest, --to-latest, --to-offset, --shift-by, --to-datetime or --by-duration".into()));
+        })
+    }
 }
 
 #[derive(Subcommand)]
@@ -254,6 +440,149 @@ async fn run(command: Command) -> Result<(), CliError> {
                 )));
             }
             Ok(())
+        }
+        Command::Groups {
+            action,
+            bootstrap_servers,
+            output,
+        } => {
+            let kafka = KafkaSettings::with_bootstrap(bootstrap_servers);
+            match action {
+                GroupsAction::List => groups_cmd::list(&kafka, output).await,
+                GroupsAction::Describe { group } => {
+                    groups_cmd::describe(&kafka, &group, output).await
+                }
+            }
+        }
+        Command::Replay {
+            group,
+            spec,
+            all_topics,
+            topic,
+            execute,
+            bootstrap_servers,
+            output,
+        } => {
+            let scope = match (all_topics, topic.is_empty()) {
+                (true, _) => Scope::AllTopics,
+                (false, false) => Scope::Topics(topic),
+                (false, true) => {
+                    return Err(CliError::Usage(
+                        "say which partitions: --all-topics or --topic t[:p,…]".into(),
+                    ));
+                }
+            };
+            let kafka = KafkaSettings::with_bootstrap(bootstrap_servers);
+            groups_cmd::replay(&kafka, &group, &spec.spec()?, &scope, execute, output).await
+        }
+        Command::Produce {
+            topic,
+            file,
+            key_field,
+            rate,
+            headers,
+            keep_going,
+            endpoints,
+        } => {
+            let kafka = KafkaSettings::with_bootstrap(endpoints.bootstrap_servers);
+            let opts = produce_consume::ProduceOpts {
+                key_field,
+                rate,
+                headers,
+                keep_going,
+            };
+            let report = match file {
+                Some(f) => {
+                    let file = std::fs::File::open(&f).map_err(|e| {
+                        CliError::Usage(format!("cannot read {}: {e}", f.display()))
+                    })?;
+                    let input = std::io::BufReader::new(file);
+                    produce_consume::produce(&kafka, &endpoints.registry_url, &topic, input, &opts)
+                        .await?
+                }
+                None => {
+                    let input = std::io::stdin().lock();
+                    produce_consume::produce(&kafka, &endpoints.registry_url, &topic, input, &opts)
+                        .await?
+                }
+            };
+            eprintln!(
+                "produced {} record(s) to {topic}, skipped {}",
+                report.sent, report.skipped
+            );
+            Ok(())
+        }
+        Command::Consume {
+            topic,
+            offsets,
+            exit,
+            group,
+            count,
+            partition,
+            endpoints,
+        } => {
+            let kafka = KafkaSettings::with_bootstrap(endpoints.bootstrap_servers);
+            let opts = produce_consume::ConsumeOpts {
+                offsets,
+                exit_at_end: exit,
+                group,
+                count,
+                partition,
+            };
+            let n =
+                produce_consume::consume(&kafka, &endpoints.registry_url, &topic, &opts).await?;
+            eprintln!("consumed {n} record(s) from {topic}");
+            Ok(())
+        }
+        Command::Dlq {
+            action,
+            endpoints,
+            output,
+        } => {
+            let kafka = KafkaSettings::with_bootstrap(endpoints.bootstrap_servers);
+            match action {
+                DlqAction::List { topic } => dlq::list(&kafka, &topic, output).await,
+                DlqAction::Show {
+                    topic,
+                    partition,
+                    offset,
+                } => dlq::show(&kafka, &endpoints.registry_url, &topic, partition, offset).await,
+                DlqAction::Redrive {
+                    topic,
+                    class,
+                    service,
+                    since,
+                    until,
+                    partition,
+                    from_offset,
+                    to_offset,
+                    group,
+                    dry_run,
+                } => {
+                    let selection = dlq::Selection {
+                        classes: class,
+                        service,
+                        since_ms: since
+                            .as_deref()
+                            .map(groups_cmd::parse_datetime)
+                            .transpose()?,
+                        until_ms: until
+                            .as_deref()
+                            .map(groups_cmd::parse_datetime)
+                            .transpose()?,
+                        partition,
+                        from_offset,
+                        to_offset,
+                    };
+                    let r = dlq::redrive(&kafka, &topic, &selection, group, dry_run).await?;
+                    let verb = if dry_run { "would redrive" } else { "redrove" };
+                    println!(
+                        "{verb} {} of {} dead letter(s) scanned ({} not selected, {} without an original topic) by class {:?}; group {}",
+                        r.redriven, r.scanned, r.not_selected, r.no_origin, r.by_class, r.group
+                    );
+                    Ok(())
+                }
+            }
         }
         Command::Demo {
             endpoints,

@@ -198,3 +198,122 @@ pub async fn read_topic(
     }
     out
 }
+
+/// A record as read, bytes untouched.
+#[derive(Debug, Clone)]
+pub struct RawRecord {
+    pub partition: i32,
+    pub offset: i64,
+    pub timestamp_ms: Option<i64>,
+    pub key: Option<Vec<u8>>,
+    pub value: Option<Vec<u8>>,
+    pub headers: verdict_runtime::headers::HeaderMap,
+}
+
+/// Reads a bounded range of a topic: each partition from its start offset up to (not
+/// including) its end offset, then stops. Starts and ends are absolute offsets, so a range
+/// is known to be finished without waiting for a timeout.
+pub struct Scanner {
+    consumer: rdkafka::consumer::StreamConsumer,
+    /// Partitions still being read and where they stop.
+    open: std::collections::BTreeMap<i32, i64>,
+}
+
+impl Scanner {
+    pub fn new(
+        kafka: &KafkaSettings,
+        topic: &str,
+        ranges: &std::collections::BTreeMap<i32, (i64, i64)>,
+    ) -> Result<Self, CliError> {
+        let consumer: rdkafka::consumer::StreamConsumer = kafka
+            .reader_config()
+            .create()
+            .map_err(|e| CliError::Failed(format!("Kafka client: {e}")))?;
+        let mut tpl = TopicPartitionList::new();
+        let mut open = std::collections::BTreeMap::new();
+        for (p, (start, end)) in ranges {
+            if start < end {
+                tpl.add_partition_offset(topic, *p, Offset::Offset(*start))
+                    .map_err(|e| CliError::Failed(e.to_string()))?;
+                open.insert(*p, *end);
+            }
+        }
+        if !open.is_empty() {
+            consumer
+                .assign(&tpl)
+                .map_err(|e| CliError::Failed(e.to_string()))?;
+        }
+        Ok(Self { consumer, open })
+    }
+
+    /// The next record in range; `None` once every partition reached its end. Fails after
+    /// `stall` without any record while some remain.
+    pub async fn next(&mut self, stall: Duration) -> Result<Option<RawRecord>, CliError> {
+        loop {
+            if self.open.is_empty() {
+                return Ok(None);
+            }
+            let Ok(next) = tokio::time::timeout(stall, self.consumer.recv()).await else {
+                // Control records (transaction markers) are never delivered: a partition
+                // whose position passed its end is done even without a last record.
+                if let Ok(positions) = self.consumer.position() {
+                    for e in positions.elements() {
+                        if let (Offset::Offset(at), Some(end)) =
+                            (e.offset(), self.open.get(&e.partition()))
+                            && at >= *end
+                        {
+                            self.open.remove(&e.partition());
+                        }
+                    }
+                }
+                if self.open.is_empty() {
+                    return Ok(None);
+                }
+                return Err(CliError::Failed(format!(
+                    "no record for {stall:?} while partitions {:?} have more to read",
+                    self.open.keys().collect::<Vec<_>>()
+                )));
+            };
+            let m = next.map_err(|e| CliError::Failed(format!("reading: {e}")))?;
+            let p = m.partition();
+            let Some(end) = self.open.get(&p).copied() else {
+                continue;
+            };
+            if m.offset() + 1 >= end {
+                self.open.remove(&p);
+            }
+            if m.offset() >= end {
+                continue;
+            }
+            return Ok(Some(RawRecord {
+                partition: p,
+                offset: m.offset(),
+                timestamp_ms: m.timestamp().to_millis(),
+                key: m.key().map(<[u8]>::to_vec),
+                value: m.payload().map(<[u8]>::to_vec),
+                headers: verdict_runtime::headers::HeaderMap::from_kafka(m.headers()),
+            }));
+        }
+    }
+}
+
+/// A value for display: decoded through the registry when it is Confluent-framed Avro (any
+/// schema id), else its UTF-8 text, else `{"base64": …}`; null when there is none. A framed
+/// value that does not decode shows why next to its bytes.
+pub async fn describe_value(serde: &AvroSerde, bytes: Option<&[u8]>) -> Json {
+    use base64::Engine;
+    let Some(bytes) = bytes else {
+        return Json::Null;
+    };
+    let b64 = || base64::engine::general_purpose::STANDARD.encode(bytes);
+    if verdict_runtime::serde::schema_id(bytes).is_some() {
+        return match serde.decode(Some(bytes)).await {
+            Ok(v) => v,
+            Err(e) => json!({"undecodable": e.to_string(), "base64": b64()}),
+        };
+    }
+    match std::str::from_utf8(bytes) {
+        Ok(s) => Json::String(s.to_string()),
+        Err(_) => json!({"base64": b64()}),
+    }
+}

@@ -1,0 +1,416 @@
+//! `verdict dlq list|show|redrive`: dead letters grouped by error class and service, one
+//! shown with all its headers, and redrive back to the topic each was first read from.
+//!
+//! A redrive run remembers what it sent in a consumer group of its own on the dead-letter
+//! topic (`verdict-redrive-<hash of topic and selection>`, or `--group`): it reads from that
+//! group's committed offsets to the topic's end as it was at the start, sends the selected
+//! dead letters with key, value and headers intact plus `verdict.redrive.count`, waits for the
+//! broker's acknowledgements, and only then commits. The same selection run again sends
+//! nothing new; a dead letter is never sent twice by one run.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use serde::Serialize;
+use sha2::Digest;
+use verdict_runtime::groups::GroupReader;
+use verdict_runtime::headers::{self, HeaderMap};
+use verdict_runtime::kafka::KafkaSettings;
+
+use crate::CliError;
+use crate::records::{RawRecord, Scanner};
+use crate::table::{Output, Table};
+
+/// The header counting how often a record was redriven.
+pub const REDRIVE_COUNT: &str = "verdict.redrive.count";
+
+const STALL: Duration = Duration::from_secs(30);
+
+/// Which dead letters a redrive sends (every condition given must hold).
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct Selection {
+    /// Error classes (`verdict.errors.exception.class.name`); empty = any.
+    pub classes: Vec<String>,
+    pub service: Option<String>,
+    /// Failed at or after / before (ms since the epoch).
+    pub since_ms: Option<i64>,
+    pub until_ms: Option<i64>,
+    pub partition: Option<i32>,
+    /// Offsets in the dead-letter topic, inclusive.
+    pub from_offset: Option<i64>,
+    pub to_offset: Option<i64>,
+}
+
+impl Selection {
+    pub fn matches(&self, r: &RawRecord) -> bool {
+        let class = r.headers.get(headers::ERROR_CLASS).unwrap_or("");
+        let at = failed_at(r);
+        (self.classes.is_empty() || self.classes.iter().any(|c| c == class))
+            && self
+                .service
+                .as_deref()
+                .is_none_or(|s| r.headers.get(headers::SERVICE) == Some(s))
+            && self.since_ms.is_none_or(|t| at.is_some_and(|a| a >= t))
+            && self.until_ms.is_none_or(|t| at.is_some_and(|a| a < t))
+            && self.partition.is_none_or(|p| r.partition == p)
+            && self.from_offset.is_none_or(|o| r.offset >= o)
+            && self.to_offset.is_none_or(|o| r.offset <= o)
+    }
+
+    /// The redrive group of this selection on `topic`: the same selection finds what it
+    /// already sent.
+    pub fn group(&self, topic: &str) -> String {
+        let text = format!(
+            "{topic}\n{}",
+            serde_json::to_string(self).unwrap_or_default()
+        );
+        let digest = sha2::Sha256::digest(text.as_bytes());
+        let hex: String = digest.iter().take(6).map(|b| format!("{b:02x}")).collect();
+        format!("verdict-redrive-{hex}")
+    }
+}
+
+/// When the record failed: its `verdict.errors.failed.at` header, else its timestamp.
+fn failed_at(r: &RawRecord) -> Option<i64> {
+    r.headers
+        .get(headers::FAILED_AT)
+        .and_then(|s| s.parse().ok())
+        .or(r.timestamp_ms)
+}
+
+/// One line of `dlq list`.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ClassCount {
+    pub class: String,
+    pub service: String,
+    pub original_topic: String,
+    pub count: usize,
+    pub first_ms: Option<i64>,
+    pub last_ms: Option<i64>,
+}
+
+/// Groups dead letters by (class, service, original topic), with counts and time range.
+pub fn summarize(records: &[RawRecord]) -> Vec<ClassCount> {
+    let mut by: BTreeMap<(String, String, String), ClassCount> = BTreeMap::new();
+    for r in records {
+        let get = |k: &str| r.headers.get(k).unwrap_or("-").to_string();
+        let key = (
+            get(headers::ERROR_CLASS),
+            get(headers::SERVICE),
+            get(headers::ORIGINAL_TOPIC),
+        );
+        let at = failed_at(r);
+        let e = by.entry(key.clone()).or_insert_with(|| ClassCount {
+            class: key.0,
+            service: key.1,
+            original_topic: key.2,
+            count: 0,
+            first_ms: at,
+            last_ms: at,
+        });
+        e.count += 1;
+        e.first_ms = match (e.first_ms, at) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+        e.last_ms = e.last_ms.max(at);
+    }
+    by.into_values().collect()
+}
+
+/// The redriven copy of a dead letter: same key, value and headers, redrive count + 1.
+pub fn redriven_headers(h: &HeaderMap) -> HeaderMap {
+    let mut out = h.clone();
+    let n: u32 = h
+        .get(REDRIVE_COUNT)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    out.set(REDRIVE_COUNT, (n + 1).to_string());
+    out
+}
+
+fn time(ms: Option<i64>) -> String {
+    ms.and_then(|m| jiff::Timestamp::from_millisecond(m).ok())
+        .map_or_else(
+            || "-".into(),
+            |t| t.strftime("%Y-%m-%dT%H:%M:%S%.3fZ").to_string(),
+        )
+}
+
+/// Each partition's `(start, end)`: from `from` (or the log start) to the log end now.
+async fn ranges(
+    reader: &GroupReader,
+    kafka: &KafkaSettings,
+    topic: &str,
+    from: &BTreeMap<(String, i32), i64>,
+) -> Result<BTreeMap<i32, (i64, i64)>, CliError> {
+    let n = kafka.partition_count(topic).await;
+    if n == 0 {
+        return Err(CliError::Usage(format!("topic {topic} does not exist")));
+    }
+    let parts: Vec<(String, i32)> = (0..i32::try_from(n).unwrap_or(i32::MAX))
+        .map(|p| (topic.to_string(), p))
+        .collect();
+    let marks = reader.watermarks(parts).await?;
+    Ok(marks
+        .into_iter()
+        .map(|((t, p), (low, high))| {
+            let start = from.get(&(t, p)).copied().unwrap_or(low).max(low);
+            (p, (start, high))
+        })
+        .collect())
+}
+
+async fn read_all(
+    kafka: &KafkaSettings,
+    topic: &str,
+    ranges: &BTreeMap<i32, (i64, i64)>,
+) -> Result<Vec<RawRecord>, CliError> {
+    let mut scanner = Scanner::new(kafka, topic, ranges)?;
+    let mut out = Vec::new();
+    while let Some(r) = scanner.next(STALL).await? {
+        out.push(r);
+    }
+    Ok(out)
+}
+
+/// `verdict dlq list TOPIC`.
+pub async fn list(kafka: &KafkaSettings, topic: &str, output: Output) -> Result<(), CliError> {
+    let reader = GroupReader::new(kafka)?;
+    let ranges = ranges(&reader, kafka, topic, &BTreeMap::new()).await?;
+    let records = read_all(kafka, topic, &ranges).await?;
+    let rows = summarize(&records);
+    let mut t = Table::new([
+        "CLASS",
+        "SERVICE",
+        "ORIGINAL-TOPIC",
+        "COUNT",
+        "FIRST",
+        "LAST",
+    ]);
+    for r in &rows {
+        t.row([
+            r.class.clone(),
+            r.service.clone(),
+            r.original_topic.clone(),
+            r.count.to_string(),
+            time(r.first_ms),
+            time(r.last_ms),
+        ]);
+    }
+    output.print(&t, &rows)?;
+    if output == Output::Table {
+        println!("{} dead letter(s) in {topic}", records.len());
+    }
+    Ok(())
+}
+
+/// `verdict dlq show TOPIC --partition P --offset O`: the record, all its headers, and its
+/// value decoded through the registry when it is Confluent-framed Avro.
+pub async fn show(
+    kafka: &KafkaSettings,
+    registry_url: &str,
+    topic: &str,
+    partition: i32,
+    offset: i64,
+) -> Result<(), CliError> {
+    let ranges = BTreeMap::from([(partition, (offset, offset + 1))]);
+    let mut scanner = Scanner::new(kafka, topic, &ranges)?;
+    let Some(r) = scanner.next(Duration::from_secs(10)).await.ok().flatten() else {
+        return Err(CliError::Usage(format!(
+            "{topic} has no record at partition {partition} offset {offset}"
+        )));
+    };
+    let serde = verdict_runtime::serde::AvroSerde::new(registry_url);
+    let value = crate::records::describe_value(&serde, r.value.as_deref()).await;
+    let shown = serde_json::json!({
+        "topic": topic,
+        "partition": r.partition,
+        "offset": r.offset,
+        "timestamp": time(r.timestamp_ms),
+        "key": r.key.as_deref().map(String::from_utf8_lossy),
+        "headers": r.headers.0.iter().map(|(k, v)| (k.clone(), String::from_utf8_lossy(v).into_owned())).collect::<BTreeMap<_, _>>(),
+        "value": value,
+    });
+    println!(
+        "{}",
+        serde_json::to_string_pretty(&shown).map_err(|e| CliError::Failed(e.to_string()))?
+    );
+    Ok(())
+}
+
+/// What a redrive run did.
+#[derive(Debug, Default, Clone, PartialEq, Serialize)]
+pub struct RedriveReport {
+    pub group: String,
+    pub scanned: usize,
+    pub redriven: usize,
+    pub not_selected: usize,
+    /// Selected, but without a `verdict.errors.topic` header to send them back to.
+    pub no_origin: usize,
+    pub by_class: BTreeMap<String, usize>,
+}
+
+/// `verdict dlq redrive TOPIC …`.
+pub async fn redrive(
+    kafka: &KafkaSettings,
+    topic: &str,
+    selection: &Selection,
+    group: Option<String>,
+    dry_run: bool,
+) -> Result<RedriveReport, CliError> {
+    let reader = GroupReader::new(kafka)?;
+    let group = group.unwrap_or_else(|| selection.group(topic));
+    let n = i32::try_from(kafka.partition_count(topic).await).unwrap_or(0);
+    let parts: Vec<(String, i32)> = (0..n).map(|p| (topic.to_string(), p)).collect();
+    let done = reader.committed(&group, parts).await?;
+    let ranges = ranges(&reader, kafka, topic, &done).await?;
+    let producer = if dry_run {
+        None
+    } else {
+        Some(kafka.producer()?)
+    };
+    let mut report = RedriveReport {
+        group: group.clone(),
+        ..RedriveReport::default()
+    };
+    let mut scanner = Scanner::new(kafka, topic, &ranges)?;
+    let mut sends = Vec::new();
+    while let Some(r) = scanner.next(STALL).await? {
+        report.scanned += 1;
+        if !selection.matches(&r) {
+            report.not_selected += 1;
+            continue;
+        }
+        let Some(origin) = r.headers.get(headers::ORIGINAL_TOPIC).map(String::from) else {
+            report.no_origin += 1;
+            continue;
+        };
+        report.redriven += 1;
+        *report
+            .by_class
+            .entry(
+                r.headers
+                    .get(headers::ERROR_CLASS)
+                    .unwrap_or("-")
+                    .to_string(),
+            )
+            .or_default() += 1;
+        if let Some(p) = &producer {
+            let p = p.clone();
+            sends.push(async move {
+                verdict_runtime::producer::send(
+                    &p,
+                    &origin,
+                    r.key.as_deref(),
+                    r.value.as_deref(),
+                    redriven_headers(&r.headers).to_kafka(),
+                )
+                .await
+            });
+        }
+    }
+    if dry_run {
+        return Ok(report);
+    }
+    for result in futures::future::join_all(sends).await {
+        result.map_err(|e| {
+            CliError::Failed(format!(
+                "redrive stopped, nothing committed (a new run sends the selection again): {e}"
+            ))
+        })?;
+    }
+    let ends: Vec<(String, i32, i64)> = ranges
+        .iter()
+        .map(|(p, (_, end))| (topic.to_string(), *p, *end))
+        .collect();
+    reader.commit(&group, ends).await?;
+    Ok(report)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn dead(partition: i32, offset: i64, class: &str, at: i64) -> RawRecord {
+        let mut h = HeaderMap::default();
+        h.set(headers::ERROR_CLASS, class);
+        h.set(headers::SERVICE, "fraud-detector");
+        h.set(headers::ORIGINAL_TOPIC, "transactions");
+        h.set(headers::FAILED_AT, at.to_string());
+        RawRecord {
+            partition,
+            offset,
+            timestamp_ms: Some(at),
+            key: Some(b"k".to_vec()),
+            value: Some(vec![0, 0, 0, 0, 1]),
+            headers: h,
+        }
+    }
+
+    #[test]
+    fn dead_letters_group_by_class_with_their_time_range() {
+        let rs = [
+            dead(0, 0, "Panic", 30),
+            dead(1, 0, "Decode", 10),
+            dead(0, 1, "Panic", 20),
+        ];
+        let rows = summarize(&rs);
+        assert_eq!(rows.len(), 2);
+        assert_eq!(
+            (
+                rows[1].class.as_str(),
+                rows[1].count,
+                rows[1].first_ms,
+                rows[1].last_ms
+            ),
+            ("Panic", 2, Some(20), Some(30))
+        );
+    }
+
+    #[test]
+    fn selections_combine_every_condition() {
+        let r = dead(2, 7, "Panic", 100);
+        assert!(Selection::default().matches(&r));
+        let by_class = Selection {
+            classes: vec!["Decode".into()],
+            ..Selection::default()
+        };
+        assert!(!by_class.matches(&r));
+        let in_time = Selection {
+            since_ms: Some(100),
+            until_ms: Some(101),
+            partition: Some(2),
+            from_offset: Some(7),
+            to_offset: Some(7),
+            ..Selection::default()
+        };
+        assert!(in_time.matches(&r));
+        let later = Selection {
+            since_ms: Some(101),
+            ..Selection::default()
+        };
+        assert!(!later.matches(&r));
+    }
+
+    #[test]
+    fn redriving_counts_and_keeps_every_other_header() {
+        let mut h = HeaderMap::default();
+        h.0.push(("binary".into(), vec![0xff, 0x00]));
+        let once = redriven_headers(&h);
+        assert_eq!(once.get(REDRIVE_COUNT), Some("1"));
+        assert_eq!(redriven_headers(&once).get(REDRIVE_COUNT), Some("2"));
+        assert!(once.0.contains(&("binary".into(), vec![0xff, 0x00])));
+    }
+
+    #[test]
+    fn the_same_selection_finds_its_group_again() {
+        let a = Selection {
+            classes: vec!["Panic".into()],
+            ..Selection::default()
+        };
+        assert_eq!(a.group("t.dlq"), a.group("t.dlq"));
+        assert_ne!(a.group("t.dlq"), Selection::default().group("t.dlq"));
+        assert_ne!(a.group("t.dlq"), a.group("u.dlq"));
+    }
+}

@@ -1,0 +1,582 @@
+//! Operations against the real broker: `verdict groups` and `verdict replay` checked against
+//! Kafka's own `kafka-consumer-groups`, and replay / dead-letter redrive checked by what the
+//! fraud-detector decides afterwards.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::time::Duration;
+
+use harness::{
+    ServiceProcess, Stack, Topology, apply_topology, committed, deployment, kafka_tool_table, run,
+    verdict, wait_committed_to_end,
+};
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::message::Message;
+use serde_json::Value;
+use verdict_cli::records::{AvroProducer, read_topic, sample_transaction};
+
+const GROUP: &str = "verdict-fraud-detector";
+
+/// A fraud-detector with dynamic membership, so that a clean stop empties the group at once.
+fn fraud(stack: &Stack, topology: &Topology, fail_tenant: &str) -> ServiceProcess {
+    ServiceProcess::spawn::<fraud_detector::Spec>(&deployment(stack, topology, None), |s| {
+        s.engine.group_instance_id = String::new();
+        if !fail_tenant.is_empty() {
+            s.service.fail_first_attempts = 1_000;
+            s.service.fail_tenant = fail_tenant.into();
+            s.service.fail_mode = fraud_detector::config::FailMode::Panic;
+        }
+    })
+}
+
+/// Produces `n` transactions of `tenant`; returns their event ids.
+async fn produce(stack: &Stack, topology: &Topology, n: usize, tenant: &str) -> Vec<String> {
+    let producer =
+        AvroProducer::new(&stack.broker.kafka(), &stack.registry_url()).expect("producer");
+    let mut rng = rand::rng();
+    let mut ids = Vec::with_capacity(n);
+    for _ in 0..n {
+        let (key, value) = sample_transaction(&mut rng, tenant);
+        producer
+            .send(&topology.topic("transactions"), &key, &value)
+            .await
+            .expect("produce");
+        ids.push(value["event_id"].as_str().expect("id").to_string());
+    }
+    ids
+}
+
+/// How many decisions each event id has on the decisions topic, once `enough` holds.
+async fn decisions(
+    stack: &Stack,
+    topology: &Topology,
+    enough: impl Fn(&HashMap<String, usize>) -> bool,
+) -> HashMap<String, usize> {
+    let count = |rs: &[verdict_cli::records::Record]| {
+        let mut m: HashMap<String, usize> = HashMap::new();
+        for r in rs {
+            if let Some(id) = r.value.as_ref().and_then(|v| v["event_id"].as_str()) {
+                *m.entry(id.to_string()).or_default() += 1;
+            }
+        }
+        m
+    };
+    let records = read_topic(
+        &stack.broker.kafka(),
+        &stack.registry_url(),
+        &topology.topic("fraud-decisions"),
+        Duration::from_secs(60),
+        |rs| enough(&count(rs)),
+    )
+    .await;
+    count(&records)
+}
+
+fn json_of(out: &std::process::Output) -> Value {
+    assert!(
+        out.status.success(),
+        "verdict failed: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("not JSON ({e}): {}", String::from_utf8_lossy(&out.stdout)))
+}
+
+/// Waits until the group has no members (a clean stop of a dynamic member leaves at once,
+/// but the coordinator may take a moment to say so).
+async fn wait_empty(stack: &Stack, group: &str) {
+    for _ in 0..100 {
+        let d = json_of(&verdict(
+            stack,
+            &["groups", "describe", group, "--output", "json"],
+        ));
+        if d["state"] == "Empty" {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    panic!("group {group} never became Empty");
+}
+
+/// The timestamp of the record at each `(partition, offset)` of `topic`, read directly.
+async fn timestamps(stack: &Stack, topic: &str, at: &BTreeMap<i32, i64>) -> BTreeMap<i32, i64> {
+    let reader: BaseConsumer = stack
+        .broker
+        .kafka()
+        .reader_config()
+        .create()
+        .expect("reader");
+    let mut out = BTreeMap::new();
+    for (p, o) in at {
+        let mut tpl = rdkafka::TopicPartitionList::new();
+        tpl.add_partition_offset(topic, *p, rdkafka::Offset::Offset(*o))
+            .expect("tpl");
+        reader.assign(&tpl).expect("assign");
+        for _ in 0..50 {
+            if let Some(Ok(m)) = reader.poll(Duration::from_millis(200)) {
+                assert_eq!(m.offset(), *o, "the record at the committed offset");
+                out.insert(*p, m.timestamp().to_millis().expect("timestamp"));
+                break;
+            }
+        }
+    }
+    out
+}
+
+/// `groups describe` shows what Kafka's tool shows and lag in seconds computed from the
+/// record at the committed offset; `replay --to-datetime` plans what Kafka's `--dry-run`
+/// plans, changes nothing without `--execute`, is refused while the group has a member, and
+/// once executed makes the fraud-detector decide again exactly the events at or after that
+/// time.
+#[test]
+fn replay_to_datetime_reprocesses_exactly_the_records_since_then() {
+    run(300, async {
+        let stack = Stack::start().await;
+        let topology = apply_topology(&stack, None).await;
+        let group = topology.group(GROUP);
+        let input = topology.topic("transactions");
+        let kafka = stack.broker.kafka();
+        let mut svc = fraud(&stack, &topology, "");
+        svc.wait_ready(Duration::from_secs(30)).await;
+
+        let before = produce(&stack, &topology, 60, "tenant-before").await;
+        wait_committed_to_end(&kafka, &group, &input, Duration::from_secs(60)).await;
+        tokio::time::sleep(Duration::from_millis(1_500)).await;
+        let since_ms = verdict_runtime::now_ms();
+        tokio::time::sleep(Duration::from_millis(1_500)).await;
+        let after = produce(&stack, &topology, 40, "tenant-after").await;
+        wait_committed_to_end(&kafka, &group, &input, Duration::from_secs(60)).await;
+        let since = jiff::Timestamp::from_millisecond(since_ms)
+            .expect("time")
+            .strftime("%Y-%m-%dT%H:%M:%S%.3fZ")
+            .to_string();
+
+        // An active group is refused, and the refusal names the member.
+        let refused = verdict(
+            &stack,
+            &[
+                "replay",
+                &group,
+                "--to-datetime",
+                &since,
+                "--all-topics",
+                "--execute",
+            ],
+        );
+        let stderr = String::from_utf8_lossy(&refused.stderr);
+        assert_eq!(refused.status.code(), Some(4), "{stderr}");
+        assert!(
+            stderr.contains("active member") && stderr.contains(GROUP),
+            "names the member: {stderr}"
+        );
+
+        assert_eq!(
+            svc.terminate(Duration::from_secs(30)),
+            Some(0),
+            "{}",
+            svc.log()
+        );
+        wait_empty(&stack, &group).await;
+
+        // Stopped: new events are lag, in messages and in seconds.
+        let late = produce(&stack, &topology, 25, "tenant-late").await;
+        tokio::time::sleep(Duration::from_millis(1_000)).await;
+        let d = json_of(&verdict(
+            &stack,
+            &["groups", "describe", &group, "--output", "json"],
+        ));
+        let kafka_rows = kafka_tool_table(
+            &stack,
+            "consumer-groups",
+            &["--describe", "--group", &group],
+            "GROUP",
+        );
+        let ours: Vec<&Value> = d["partitions"]
+            .as_array()
+            .expect("partitions")
+            .iter()
+            .filter(|p| p["topic"] == input.as_str())
+            .collect();
+        let theirs: Vec<_> = kafka_rows.iter().filter(|r| r["TOPIC"] == input).collect();
+        assert_eq!(ours.len(), 6, "{d}");
+        assert_eq!(theirs.len(), 6, "{kafka_rows:?}");
+        for r in &theirs {
+            let p: i64 = r["PARTITION"].parse().expect("partition");
+            let o = ours
+                .iter()
+                .find(|o| o["partition"] == p)
+                .expect("same partitions");
+            assert_eq!(o["committed"].to_string(), r["CURRENT-OFFSET"], "p{p}");
+            assert_eq!(o["log_end"].to_string(), r["LOG-END-OFFSET"], "p{p}");
+            assert_eq!(o["lag"].to_string(), r["LAG"], "p{p}");
+        }
+        let total: i64 = ours.iter().map(|o| o["lag"].as_i64().expect("lag")).sum();
+        assert_eq!(total, 25);
+        let lagging: BTreeMap<i32, i64> = ours
+            .iter()
+            .filter(|o| o["lag"].as_i64() > Some(0))
+            .map(|o| {
+                (
+                    i32::try_from(o["partition"].as_i64().expect("p")).expect("p"),
+                    o["committed"].as_i64().expect("committed"),
+                )
+            })
+            .collect();
+        let stamps = timestamps(&stack, &input, &lagging).await;
+        let at_ms = d["at_ms"].as_i64().expect("at_ms");
+        for o in &ours {
+            let p = i32::try_from(o["partition"].as_i64().expect("p")).expect("p");
+            let secs = o["lag_seconds"].as_f64().expect("lag seconds");
+            match stamps.get(&p) {
+                #[allow(clippy::cast_precision_loss)]
+                Some(ts) => {
+                    let expected = (at_ms - ts) as f64 / 1000.0;
+                    assert!(
+                        (secs - expected).abs() < 0.002,
+                        "p{p}: {secs} vs {expected}"
+                    );
+                    assert!(secs >= 1.0, "p{p}: the late events are over a second old");
+                }
+                None => assert!(secs.abs() < f64::EPSILON, "p{p} caught up: 0 s"),
+            }
+        }
+
+        // The plan equals Kafka's own dry run, and changes nothing.
+        let offsets_before = committed(&kafka, &group, &input).await;
+        let plan = json_of(&verdict(
+            &stack,
+            &[
+                "replay",
+                &group,
+                "--to-datetime",
+                &since,
+                "--topic",
+                &input,
+                "--output",
+                "json",
+            ],
+        ));
+        let kafka_plan = kafka_tool_table(
+            &stack,
+            "consumer-groups",
+            &[
+                "--reset-offsets",
+                "--group",
+                &group,
+                "--topic",
+                &input,
+                "--to-datetime",
+                &since,
+                "--dry-run",
+            ],
+            "GROUP",
+        );
+        let ours: BTreeMap<i64, i64> = plan
+            .as_array()
+            .expect("plan")
+            .iter()
+            .map(|r| {
+                (
+                    r["partition"].as_i64().expect("p"),
+                    r["new"].as_i64().expect("new"),
+                )
+            })
+            .collect();
+        let theirs: BTreeMap<i64, i64> = kafka_plan
+            .iter()
+            .map(|r| {
+                (
+                    r["PARTITION"].parse().expect("p"),
+                    r["NEW-OFFSET"].parse().expect("new"),
+                )
+            })
+            .collect();
+        assert_eq!(
+            ours, theirs,
+            "verdict's plan = kafka-consumer-groups --dry-run"
+        );
+        let reprocess: i64 = plan
+            .as_array()
+            .expect("plan")
+            .iter()
+            .map(|r| r["reprocess"].as_i64().expect("reprocess"))
+            .sum();
+        assert_eq!(
+            reprocess, 40,
+            "the 40 events since then (the late 25 are unread)"
+        );
+        assert_eq!(committed(&kafka, &group, &input).await, offsets_before);
+
+        // Executed: the service decides the 40 again (and the 25 late ones once), not the 60.
+        let out = verdict(
+            &stack,
+            &[
+                "replay",
+                &group,
+                "--to-datetime",
+                &since,
+                "--all-topics",
+                "--execute",
+            ],
+        );
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let moved = committed(&kafka, &group, &input).await;
+        let moved_sum: i64 = moved.values().sum();
+        let before_sum: i64 = offsets_before.values().sum();
+        assert_eq!(
+            before_sum - moved_sum,
+            40,
+            "{offsets_before:?} -> {moved:?}"
+        );
+
+        let mut svc = fraud(&stack, &topology, "");
+        svc.wait_ready(Duration::from_secs(30)).await;
+        wait_committed_to_end(&kafka, &group, &input, Duration::from_secs(60)).await;
+        let got = decisions(&stack, &topology, |m| {
+            after.iter().all(|id| m.get(id) == Some(&2)) && late.iter().all(|id| m.contains_key(id))
+        })
+        .await;
+        for id in &before {
+            assert_eq!(got.get(id), Some(&1), "decided once before the time: {id}");
+        }
+        for id in &after {
+            assert_eq!(got.get(id), Some(&2), "re-decided after the replay: {id}");
+        }
+        for id in &late {
+            assert_eq!(got.get(id), Some(&1), "late events decided once: {id}");
+        }
+        assert_eq!(
+            svc.terminate(Duration::from_secs(30)),
+            Some(0),
+            "{}",
+            svc.log()
+        );
+    });
+}
+
+/// Records that dead-lettered while a stage was failing become decisions after `dlq redrive`
+/// (once the stage works); the counts match; a second redrive of the same selection sends
+/// nothing new. `dlq list` groups them by class and service.
+#[test]
+fn redriven_dead_letters_become_decisions_once() {
+    run(300, async {
+        let stack = Stack::start().await;
+        let topology = apply_topology(&stack, None).await;
+        let group = topology.group(GROUP);
+        let input = topology.topic("transactions");
+        let dlq = topology.topic("transactions.dlq");
+        let kafka = stack.broker.kafka();
+        let mut svc = fraud(&stack, &topology, "tenant-broken");
+        svc.wait_ready(Duration::from_secs(30)).await;
+        let good = produce(&stack, &topology, 20, "tenant-ok").await;
+        let broken = produce(&stack, &topology, 12, "tenant-broken").await;
+        wait_committed_to_end(&kafka, &group, &input, Duration::from_secs(60)).await;
+        assert_eq!(
+            svc.terminate(Duration::from_secs(30)),
+            Some(0),
+            "{}",
+            svc.log()
+        );
+
+        let list = json_of(&verdict(&stack, &["dlq", "list", &dlq, "--output", "json"]));
+        let rows = list.as_array().expect("rows");
+        assert_eq!(rows.len(), 1, "{list}");
+        assert_eq!(rows[0]["class"], "Panic");
+        assert_eq!(rows[0]["service"], "fraud-detector");
+        assert_eq!(rows[0]["count"], 12);
+
+        // The stage works again.
+        let mut svc = fraud(&stack, &topology, "");
+        svc.wait_ready(Duration::from_secs(30)).await;
+
+        let dry = verdict(
+            &stack,
+            &["dlq", "redrive", &dlq, "--class", "Panic", "--dry-run"],
+        );
+        assert!(
+            dry.status.success(),
+            "{}",
+            String::from_utf8_lossy(&dry.stderr)
+        );
+        assert!(
+            String::from_utf8_lossy(&dry.stdout).contains("would redrive 12"),
+            "{}",
+            String::from_utf8_lossy(&dry.stdout)
+        );
+        let first = verdict(&stack, &["dlq", "redrive", &dlq, "--class", "Panic"]);
+        let stdout = String::from_utf8_lossy(&first.stdout);
+        assert!(
+            first.status.success(),
+            "{stdout}{}",
+            String::from_utf8_lossy(&first.stderr)
+        );
+        assert!(stdout.contains("redrove 12"), "{stdout}");
+
+        let got = decisions(&stack, &topology, |m| {
+            broken.iter().chain(&good).all(|id| m.contains_key(id))
+        })
+        .await;
+        for id in broken.iter().chain(&good) {
+            assert_eq!(
+                got.get(id),
+                Some(&1),
+                "decided exactly once: {id}\n{}",
+                svc.log()
+            );
+        }
+        let second = verdict(&stack, &["dlq", "redrive", &dlq, "--class", "Panic"]);
+        let stdout = String::from_utf8_lossy(&second.stdout);
+        assert!(second.status.success(), "{stdout}");
+        assert!(stdout.contains("redrove 0"), "nothing new: {stdout}");
+
+        // The redriven records carry their original key and a redrive count.
+        let redriven: Vec<_> = read_topic(
+            &kafka,
+            &stack.registry_url(),
+            &input,
+            Duration::from_secs(30),
+            |rs| {
+                rs.iter()
+                    .filter(|r| r.headers.get("verdict.redrive.count").is_some())
+                    .count()
+                    >= 12
+            },
+        )
+        .await
+        .into_iter()
+        .filter(|r| r.headers.get("verdict.redrive.count").is_some())
+        .collect();
+        assert_eq!(redriven.len(), 12);
+        let ids: HashSet<String> = redriven
+            .iter()
+            .filter_map(|r| r.value.as_ref()?["event_id"].as_str().map(String::from))
+            .collect();
+        assert_eq!(ids, broken.iter().cloned().collect::<HashSet<_>>());
+        for r in &redriven {
+            assert_eq!(r.headers.get("verdict.redrive.count"), Some("1"));
+            assert_eq!(
+                r.key.as_deref(),
+                r.value.as_ref().and_then(|v| v["account_id"].as_str()),
+                "the original key"
+            );
+        }
+        assert_eq!(
+            svc.terminate(Duration::from_secs(30)),
+            Some(0),
+            "{}",
+            svc.log()
+        );
+    });
+}
+
+/// `produce` validates every line before sending any (the error names the line and field),
+/// `--keep-going` sends the good ones; `consume` reads them back decoded, with kcat's offsets,
+/// and with `--group` continues where it stopped.
+#[test]
+fn produce_validates_first_and_consume_reads_back_with_kcat_offsets() {
+    run(180, async {
+        let stack = Stack::start().await;
+        let topology = apply_topology(&stack, None).await;
+        let topic = topology.topic("transactions");
+        let mut rng = rand::rng();
+        let mut lines: Vec<String> = (0..5)
+            .map(|_| sample_transaction(&mut rng, "tenant-cli").1.to_string())
+            .collect();
+        let mut bad = sample_transaction(&mut rng, "tenant-cli").1;
+        bad["amount"] = Value::String("lots".into());
+        lines.insert(2, bad.to_string());
+        let dir = tempfile::tempdir().expect("dir");
+        let file = dir.path().join("events.jsonl");
+        std::fs::write(&file, lines.join("\n")).expect("write");
+        let file = file.to_string_lossy().to_string();
+
+        let refused = verdict(
+            &stack,
+            &["produce", &topic, "-f", &file, "-k", "account_id"],
+        );
+        let stderr = String::from_utf8_lossy(&refused.stderr);
+        assert_eq!(refused.status.code(), Some(2), "{stderr}");
+        assert!(
+            stderr.contains("line 3")
+                && stderr.contains("field `amount`")
+                && stderr.contains("nothing was sent"),
+            "{stderr}"
+        );
+        let ends = harness::end_offsets(&stack.broker.kafka(), &topic).await;
+        assert_eq!(ends.values().sum::<i64>(), 0, "nothing half-sent");
+
+        let sent = verdict(
+            &stack,
+            &[
+                "produce",
+                &topic,
+                "-f",
+                &file,
+                "-k",
+                "account_id",
+                "-H",
+                "origin=cli",
+                "--keep-going",
+            ],
+        );
+        let stderr = String::from_utf8_lossy(&sent.stderr);
+        assert!(sent.status.success(), "{stderr}");
+        assert!(
+            stderr.contains("produced 5 record(s)") && stderr.contains("skipped 1"),
+            "{stderr}"
+        );
+
+        let read = |args: &[&str]| -> Vec<Value> {
+            let mut all = vec!["consume", topic.as_str()];
+            all.extend(args);
+            let out = verdict(&stack, &all);
+            assert!(
+                out.status.success(),
+                "{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            String::from_utf8_lossy(&out.stdout)
+                .lines()
+                .map(|l| serde_json::from_str(l).expect("a JSON line"))
+                .collect()
+        };
+        let all = read(&["-o", "beginning", "-e"]);
+        assert_eq!(all.len(), 5);
+        for r in &all {
+            assert_eq!(r["headers"]["origin"], "cli");
+            assert_eq!(r["key"], r["value"]["account_id"], "key from --key-field");
+            assert_eq!(
+                r["value"]["tenant_id"], "tenant-cli",
+                "decoded through the registry"
+            );
+        }
+        assert_eq!(read(&["-o", "end", "-e"]).len(), 0);
+        assert_eq!(read(&["-o", "-1", "-e"]).len(), ends_with_records(&all));
+        assert_eq!(read(&["-o", "beginning", "-c", "2"]).len(), 2);
+        let now = verdict_runtime::now_ms().to_string();
+        assert_eq!(read(&["-o", &format!("s@{now}"), "-e"]).len(), 0);
+        assert_eq!(
+            read(&["-o", "beginning", "-o", &format!("e@{now}")]).len(),
+            5
+        );
+
+        // A group continues where it stopped.
+        let group = topology.group("cli-reader");
+        assert_eq!(read(&["-G", &group, "-c", "3"]).len(), 3);
+        assert_eq!(read(&["-G", &group, "-o", "stored", "-e"]).len(), 2);
+        assert_eq!(read(&["-G", &group, "-e"]).len(), 0);
+    });
+}
+
+/// How many partitions hold at least one of `records` (`-o -1` reads one from each).
+fn ends_with_records(records: &[Value]) -> usize {
+    records
+        .iter()
+        .map(|r| r["partition"].as_i64())
+        .collect::<HashSet<_>>()
+        .len()
+}
