@@ -580,3 +580,112 @@ fn ends_with_records(records: &[Value]) -> usize {
         .collect::<HashSet<_>>()
         .len()
 }
+
+/// The lag monitor's numbers equal an independent computation from watermarks and committed
+/// offsets, it exports kafka-lag-exporter's metrics, and a stopped consumer turns the group to
+/// STOP (or STALL) while a recovering one brings it back to OK.
+#[test]
+fn the_lag_monitor_sees_a_stopped_group_and_its_recovery() {
+    run(300, async {
+        let stack = Stack::start().await;
+        let topology = apply_topology(&stack, None).await;
+        let group = topology.group(GROUP);
+        let input = topology.topic("transactions");
+        let kafka = stack.broker.kafka();
+        let mut svc = fraud(&stack, &topology, "");
+        svc.wait_ready(Duration::from_secs(30)).await;
+        let mut monitor =
+            ServiceProcess::spawn::<lag_monitor::Spec>(&deployment(&stack, &topology, None), |s| {
+                s.monitor.groups = vec![group.clone()];
+                s.monitor.poll_interval_ms = 500;
+                s.monitor.window = 4;
+            });
+        monitor.wait_ready(Duration::from_secs(30)).await;
+        let api = harness::Http::json(format!("http://127.0.0.1:{}", monitor.http_port));
+        let status = |snapshot: &Value| -> String {
+            snapshot["groups"][0]["status"]
+                .as_str()
+                .unwrap_or("none")
+                .to_string()
+        };
+        let wait_for = |want: &'static [&'static str]| {
+            let api = &api;
+            async move {
+                for _ in 0..120 {
+                    let s = api.get("/api/groups").await.body;
+                    if want.contains(&status(&s).as_str()) {
+                        return s;
+                    }
+                    tokio::time::sleep(Duration::from_millis(250)).await;
+                }
+                panic!(
+                    "the group never became {want:?}: {}",
+                    api.get("/api/groups").await.body
+                );
+            }
+        };
+
+        produce(&stack, &topology, 60, "tenant-lag").await;
+        wait_committed_to_end(&kafka, &group, &input, Duration::from_secs(60)).await;
+        let ok = wait_for(&["OK"]).await;
+        assert_eq!(ok["groups"][0]["group"], group.as_str());
+
+        assert_eq!(
+            svc.terminate(Duration::from_secs(30)),
+            Some(0),
+            "{}",
+            svc.log()
+        );
+        produce(&stack, &topology, 30, "tenant-lag").await;
+        let stopped = wait_for(&["STOP", "STALL"]).await;
+        let g = &stopped["groups"][0];
+        assert_eq!(g["total_lag"], 30, "{g}");
+        // Independently: log-end minus committed, per partition.
+        let ends = harness::end_offsets(&kafka, &input).await;
+        let done = committed(&kafka, &group, &input).await;
+        for p in g["partitions"].as_array().expect("partitions") {
+            let part = i32::try_from(p["partition"].as_i64().expect("p")).expect("p");
+            let expected = ends[&part] - done.get(&part).copied().unwrap_or(0);
+            assert_eq!(p["lag"].as_i64(), Some(expected), "p{part}: {p}");
+            if expected > 0 {
+                assert!(p["lag_seconds"].as_f64() > Some(0.0), "p{part}: {p}");
+            }
+        }
+        let lag_metric = monitor
+            .metric_where(
+                "kafka_consumergroup_group_sum_lag",
+                &format!("group=\"{group}\""),
+            )
+            .await;
+        assert!((lag_metric - 30.0).abs() < f64::EPSILON, "{lag_metric}");
+        let status_metric = monitor
+            .metric_where(
+                "kafka_consumergroup_group_status",
+                &format!("group=\"{group}\""),
+            )
+            .await;
+        assert!(
+            status_metric >= 3.0,
+            "STALL (3) or STOP (4): {status_metric}"
+        );
+
+        let mut svc = fraud(&stack, &topology, "");
+        svc.wait_ready(Duration::from_secs(30)).await;
+        let recovered = wait_for(&["OK"]).await;
+        assert_eq!(recovered["groups"][0]["total_lag"], 0, "{recovered}");
+        let page = api.get("/").await;
+        assert_eq!(page.status, 200);
+        assert_eq!(
+            svc.terminate(Duration::from_secs(30)),
+            Some(0),
+            "{}",
+            svc.log()
+        );
+        assert_eq!(
+            monitor.terminate(Duration::from_secs(30)),
+            Some(0),
+            "{}",
+            monitor.log()
+        );
+    });
+}

@@ -45,6 +45,9 @@ fn stage_histogram() -> Histogram {
 /// Every metric the runtime records, plus readiness flags.
 pub struct Metrics {
     registry: Mutex<Registry>,
+    /// Metrics under names other tools define (e.g. kafka-lag-exporter's), without the
+    /// `verdict_` prefix and service label.
+    external: Mutex<Registry>,
     pub records_in: Family<TopicLabel, Counter>,
     pub records_out: Family<TopicLabel, Counter>,
     pub processed: Family<OutcomeLabel, Counter>,
@@ -70,6 +73,7 @@ impl Metrics {
                 )]
                 .into_iter(),
             )),
+            external: Mutex::new(Registry::default()),
             records_in: Family::default(),
             records_out: Family::default(),
             processed: Family::default(),
@@ -154,12 +158,25 @@ impl Metrics {
         self.ready.load(Ordering::Relaxed) && self.guard_tripped.get() == 0
     }
 
+    /// Registers metrics under their own names (no prefix, no service label), for names
+    /// that other tools define.
+    pub fn register_external(&self, register: impl FnOnce(&mut Registry)) {
+        if let Ok(mut r) = self.external.lock() {
+            register(&mut r);
+        }
+    }
+
     /// The OpenMetrics text exposition.
     pub fn encode(&self) -> String {
+        use prometheus_client::encoding::text;
         let mut out = String::new();
         if let Ok(r) = self.registry.lock() {
-            let _ = prometheus_client::encoding::text::encode(&mut out, &r);
+            let _ = text::encode_registry(&mut out, &r);
         }
+        if let Ok(r) = self.external.lock() {
+            let _ = text::encode_registry(&mut out, &r);
+        }
+        let _ = text::encode_eof(&mut out);
         out
     }
 }

@@ -54,6 +54,7 @@ pub const SERVICES: &[Declared] = &[
     Declared::of::<fraud_detector::Spec>(),
     Declared::of::<model_server::Spec>(),
     Declared::of::<document_analyzer::Spec>(),
+    Declared::of::<lag_monitor::Spec>(),
 ];
 
 /// The declared service called `name`.
