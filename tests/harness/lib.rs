@@ -114,6 +114,7 @@ pub fn verdict(stack: &Stack, args: &[&str]) -> Output {
     run_command(
         Command::new(bin("verdict"))
             .args(args)
+            .current_dir(repo_root())
             .env("KAFKA_BOOTSTRAP_SERVERS", stack.broker.bootstrap())
             .env("VERDICT_SCHEMA_REGISTRY_URL", stack.registry_url()),
         Duration::from_secs(120),
@@ -748,38 +749,15 @@ impl Drop for Topology {
 /// the first two retry delays of every service set (ms).
 fn namespaced_topology(text: &str, ns: &str, delays: Option<(u64, u64)>) -> (String, Vec<String>) {
     use toml::Value;
-    let rename = |v: &mut Value| {
-        if let Value::String(s) = v {
-            *s = format!("{ns}.{s}");
-        }
-    };
     let mut doc: toml::Table = text.parse().expect("topology is TOML");
-    let mut names = Vec::new();
-    if let Some(Value::Table(topics)) = doc.get_mut("topics") {
-        *topics = std::mem::take(topics)
-            .into_iter()
-            .map(|(name, t)| {
-                let name = format!("{ns}.{name}");
-                names.push(name.clone());
-                (name, t)
-            })
-            .collect();
-    }
-    if let Some(Value::Table(services)) = doc.get_mut("services") {
+    let names = verdict_cli::topology_cmd::namespace(&mut doc, ns);
+    if let (Some((first, second)), Some(Value::Table(services))) = (delays, doc.get_mut("services"))
+    {
         for svc in services.iter_mut().filter_map(|(_, v)| v.as_table_mut()) {
-            for key in ["input", "consumer_group", "dead_letter_topic"] {
-                svc.get_mut(key).map(rename);
-            }
-            if let Some(Value::Table(outputs)) = svc.get_mut("outputs") {
-                outputs.iter_mut().for_each(|(_, v)| rename(v));
-            }
             if let Some(Value::Array(steps)) = svc.get_mut("retry") {
                 for (i, step) in steps.iter_mut().filter_map(Value::as_table_mut).enumerate() {
-                    step.get_mut("topic").map(rename);
-                    if let Some((first, second)) = delays {
-                        let ms = if i == 0 { first } else { second };
-                        step.insert("delay_ms".into(), Value::Integer(ms as i64));
-                    }
+                    let ms = if i == 0 { first } else { second };
+                    step.insert("delay_ms".into(), Value::Integer(ms as i64));
                 }
             }
         }

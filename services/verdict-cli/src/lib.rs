@@ -6,6 +6,7 @@ pub mod groups_cmd;
 pub mod produce_consume;
 pub mod records;
 pub mod services;
+pub mod shadow;
 pub mod stack;
 pub mod table;
 pub mod topology_cmd;

@@ -13,6 +13,7 @@ use verdict_cli::dlq;
 use verdict_cli::groups_cmd::{self, ResetSpec, Scope, TopicSelection};
 use verdict_cli::produce_consume::{self, Position};
 use verdict_cli::records::{AvroProducer, Record, read_back, read_topic, sample_transaction};
+use verdict_cli::shadow;
 use verdict_cli::stack::StackOpts;
 use verdict_cli::table::Output;
 use verdict_cli::{CliError, topology_cmd};
@@ -169,7 +170,7 @@ enum Command {
         #[arg(long, default_value_t = 0)]
         rate: u32,
         /// A header on every record, key=value (repeatable).
-        #[arg(short = 'H', long = "header", value_parser = produce_consume::parse_header)]
+        #[arg(short = 'H', long = "header", value_parser = produce_consume::parse_key_value)]
         headers: Vec<(String, String)>,
         /// Skip lines that do not fit the schema (reported) instead of sending nothing.
         #[arg(long)]
@@ -205,6 +206,51 @@ enum Command {
         endpoints: Endpoints,
         #[arg(long, value_enum, default_value = "table", global = true)]
         output: Output,
+    },
+    /// Re-run a range of a service's input through another model version or config into
+    /// shadow topics (own group; production untouched) and report what would change.
+    Shadow {
+        /// The service to shadow, e.g. fraud-detector.
+        #[arg(long)]
+        service: String,
+        /// Names the shadow topics and group (`shadow-<name>.…`).
+        #[arg(long)]
+        name: String,
+        #[arg(long, default_value = "topology/topology.toml")]
+        topology: PathBuf,
+        /// First offset of every partition to re-run.
+        #[arg(long, conflicts_with_all = ["since", "until"])]
+        from_offset: Option<i64>,
+        /// Stop before this offset on every partition.
+        #[arg(long)]
+        to_offset: Option<i64>,
+        /// Records at or after this time (YYYY-MM-DDTHH:mm:SS.sss[Z]).
+        #[arg(long)]
+        since: Option<String>,
+        #[arg(long)]
+        until: Option<String>,
+        /// A setting of the shadow service, e.g. `service.model_file=models/fraud/v2.json` (repeatable).
+        #[arg(long = "set", value_parser = produce_consume::parse_key_value)]
+        overrides: Vec<(String, String)>,
+        #[arg(long, default_value = "http://127.0.0.1:9465")]
+        model_server_url: String,
+        /// Give up after this many seconds.
+        #[arg(long, default_value_t = 900)]
+        timeout: u64,
+        /// Keep the shadow topics (default: deleted after the report).
+        #[arg(long)]
+        keep_topics: bool,
+        /// Write the markdown report here (it is printed too).
+        #[arg(long)]
+        report: Option<PathBuf>,
+        /// Write the report as JSON here.
+        #[arg(long)]
+        json: Option<PathBuf>,
+        /// How many changed events the report lists.
+        #[arg(long, default_value_t = 20)]
+        top: usize,
+        #[command(flatten)]
+        endpoints: Endpoints,
     },
     /// Produce sample transactions and read them back through the registry.
     Demo {
@@ -583,6 +629,61 @@ async fn run(command: Command) -> Result<(), CliError> {
                     Ok(())
                 }
             }
+        }
+        Command::Shadow {
+            service,
+            name,
+            topology,
+            from_offset,
+            to_offset,
+            since,
+            until,
+            overrides,
+            model_server_url,
+            timeout,
+            keep_topics,
+            report,
+            json,
+            top,
+            endpoints,
+        } => {
+            let range = match (from_offset, since) {
+                (Some(from), _) => shadow::Range::Offsets {
+                    from,
+                    to: to_offset,
+                },
+                (None, Some(s)) => shadow::Range::Time {
+                    since: groups_cmd::parse_datetime(&s)?,
+                    until: until
+                        .as_deref()
+                        .map(groups_cmd::parse_datetime)
+                        .transpose()?,
+                },
+                (None, None) => {
+                    return Err(CliError::Usage(
+                        "say which events: --from-offset N [--to-offset M] or --since T [--until T]"
+                            .into(),
+                    ));
+                }
+            };
+            let kafka = KafkaSettings::with_bootstrap(endpoints.bootstrap_servers);
+            let opts = shadow::ShadowOpts {
+                service,
+                name,
+                topology,
+                range,
+                overrides,
+                registry_url: endpoints.registry_url,
+                model_server_url,
+                timeout: Duration::from_secs(timeout),
+                keep_topics,
+                report_md: report,
+                report_json: json,
+                top,
+            };
+            let report = shadow::run(&kafka, &opts).await?;
+            print!("{}", report.markdown());
+            Ok(())
         }
         Command::Demo {
             endpoints,

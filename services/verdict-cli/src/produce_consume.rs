@@ -32,11 +32,11 @@ pub struct ProduceOpts {
 }
 
 /// Parses `-H key=value`.
-pub fn parse_header(s: &str) -> Result<(String, String), String> {
+pub fn parse_key_value(s: &str) -> Result<(String, String), String> {
     s.split_once('=')
         .filter(|(k, _)| !k.is_empty())
         .map(|(k, v)| (k.to_string(), v.to_string()))
-        .ok_or_else(|| format!("header `{s}` is not key=value"))
+        .ok_or_else(|| format!("`{s}` is not key=value"))
 }
 
 /// Validates every line first (so that nothing is half-sent when line 900 is wrong), then
@@ -400,8 +400,8 @@ mod tests {
 
     #[test]
     fn headers_are_key_equals_value() {
-        assert_eq!(parse_header("a=b=c"), Ok(("a".into(), "b=c".into())));
-        assert!(parse_header("=x").is_err());
-        assert!(parse_header("novalue").is_err());
+        assert_eq!(parse_key_value("a=b=c"), Ok(("a".into(), "b=c".into())));
+        assert!(parse_key_value("=x").is_err());
+        assert!(parse_key_value("novalue").is_err());
     }
 }

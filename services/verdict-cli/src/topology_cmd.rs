@@ -126,3 +126,43 @@ impl ApplyReport {
         );
     }
 }
+
+/// Renames every topic and consumer group of a topology document into the namespace `ns`
+/// (`transactions` → `ns.transactions`); returns the new topic names. Tests run in a
+/// namespace of their own, `verdict shadow` in a shadow one, so production names stay
+/// untouched.
+pub fn namespace(doc: &mut toml::Table, ns: &str) -> Vec<String> {
+    use toml::Value;
+    let rename = |v: &mut Value| {
+        if let Value::String(s) = v {
+            *s = format!("{ns}.{s}");
+        }
+    };
+    let mut names = Vec::new();
+    if let Some(Value::Table(topics)) = doc.get_mut("topics") {
+        *topics = std::mem::take(topics)
+            .into_iter()
+            .map(|(name, t)| {
+                let name = format!("{ns}.{name}");
+                names.push(name.clone());
+                (name, t)
+            })
+            .collect();
+    }
+    if let Some(Value::Table(services)) = doc.get_mut("services") {
+        for svc in services.iter_mut().filter_map(|(_, v)| v.as_table_mut()) {
+            for key in ["input", "consumer_group", "dead_letter_topic"] {
+                svc.get_mut(key).map(rename);
+            }
+            if let Some(Value::Table(outputs)) = svc.get_mut("outputs") {
+                outputs.iter_mut().for_each(|(_, v)| rename(v));
+            }
+            if let Some(Value::Array(steps)) = svc.get_mut("retry") {
+                for step in steps.iter_mut().filter_map(Value::as_table_mut) {
+                    step.get_mut("topic").map(rename);
+                }
+            }
+        }
+    }
+    names
+}

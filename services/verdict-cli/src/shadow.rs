@@ -1,0 +1,649 @@
+//! `verdict shadow`: re-runs a range of a service's input through another model version or
+//! service config, into shadow topics with a shadow group, and reports what would change.
+//!
+//! Steps: the topology renamed into `shadow-<name>` (its own topics, retry and dead-letter
+//! topics, consumer group) is applied; the selected range of the production input is copied
+//! into the shadow input (key, value and headers intact, same partitions); the service binary
+//! runs on the shadow topology with the overrides until its group has committed the whole
+//! copy; then the shadow decisions are compared with the production decisions for the same
+//! event ids. Production topics are only read (by a group-less reader that commits nothing)
+//! and production groups are never touched.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+use serde_json::Value as Json;
+use verdict_runtime::groups::GroupReader;
+use verdict_runtime::kafka::KafkaSettings;
+use verdict_runtime::registry::RegistryClient;
+use verdict_runtime::serde::AvroSerde;
+use verdict_runtime::service::Deployment;
+
+use crate::CliError;
+use crate::records::{RawRecord, Scanner};
+use crate::services::declared;
+
+/// Which part of the input to re-run.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Range {
+    /// Offsets `[from, to)` on every partition (clamped to the log).
+    Offsets { from: i64, to: Option<i64> },
+    /// Records with timestamps in `[since, until)` (ms).
+    Time { since: i64, until: Option<i64> },
+}
+
+pub struct ShadowOpts {
+    pub service: String,
+    pub name: String,
+    pub topology: PathBuf,
+    pub range: Range,
+    /// `section.key=value` overrides of the service's settings (TOML values; bare words
+    /// are strings), e.g. `service.model_file=models/fraud/model-v2.json`.
+    pub overrides: Vec<(String, String)>,
+    pub registry_url: String,
+    pub model_server_url: String,
+    /// Give up when the shadow service has not finished after this long.
+    pub timeout: Duration,
+    pub keep_topics: bool,
+    pub report_md: Option<PathBuf>,
+    pub report_json: Option<PathBuf>,
+    pub top: usize,
+}
+
+/// The comparison a reviewer reads.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct ShadowReport {
+    pub service: String,
+    pub name: String,
+    pub input_topic: String,
+    pub shadow_input_topic: String,
+    pub shadow_decisions_topic: String,
+    pub production_decisions_topic: String,
+    pub events: usize,
+    pub shadow_decided: usize,
+    /// Shadow decisions with a production decision for the same event id.
+    pub compared: usize,
+    pub without_production_decision: usize,
+    pub changed: usize,
+    /// `"OLD -> NEW"` → count (equal outcomes included).
+    pub transitions: BTreeMap<String, usize>,
+    pub models: BTreeMap<String, usize>,
+    pub score_shift: Option<ShiftStats>,
+    pub top_changes: Vec<Change>,
+}
+
+#[derive(Debug, Clone, Default, Serialize, PartialEq)]
+pub struct ShiftStats {
+    pub mean: f64,
+    pub min: f64,
+    pub p50: f64,
+    pub p95: f64,
+    pub max: f64,
+    /// Counts of `new - old` by bucket: `<-0.2`, `-0.2..-0.05`, `-0.05..0.05`, `0.05..0.2`, `>=0.2`.
+    pub buckets: BTreeMap<String, usize>,
+}
+
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct Change {
+    pub event_id: String,
+    pub old_outcome: String,
+    pub new_outcome: String,
+    pub old_score: Option<f64>,
+    pub new_score: Option<f64>,
+    pub old_reasons: Vec<String>,
+    pub new_reasons: Vec<String>,
+}
+
+/// The outcome of a decision: `outcome` (fraud) or `route` (documents).
+fn outcome(v: &Json) -> String {
+    v.get("outcome")
+        .or_else(|| v.get("route"))
+        .and_then(Json::as_str)
+        .unwrap_or("?")
+        .to_string()
+}
+
+fn reasons(v: &Json) -> Vec<String> {
+    v.get("reasons")
+        .and_then(Json::as_array)
+        .map(|a| {
+            a.iter()
+                .filter_map(Json::as_str)
+                .map(String::from)
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+fn model(v: &Json) -> String {
+    format!(
+        "{}@{}",
+        v["model"]["name"].as_str().unwrap_or("?"),
+        v["model"]["version"].as_str().unwrap_or("?")
+    )
+}
+
+/// Compares shadow decisions with production ones by event id (pure). The last production
+/// decision of an event wins when there are several (a replayed event).
+pub fn compare(shadow: &[Json], production: &[Json], top: usize) -> ShadowReport {
+    let prod: HashMap<&str, &Json> = production
+        .iter()
+        .filter_map(|v| v["event_id"].as_str().map(|id| (id, v)))
+        .collect();
+    let mut r = ShadowReport {
+        shadow_decided: shadow.len(),
+        ..ShadowReport::default()
+    };
+    let mut shifts = Vec::new();
+    let mut changes = Vec::new();
+    for new in shadow {
+        *r.models.entry(model(new)).or_default() += 1;
+        let Some(old) = new["event_id"].as_str().and_then(|id| prod.get(id)) else {
+            r.without_production_decision += 1;
+            continue;
+        };
+        r.compared += 1;
+        let (o, n) = (outcome(old), outcome(new));
+        *r.transitions.entry(format!("{o} -> {n}")).or_default() += 1;
+        let (os, ns) = (old["score"].as_f64(), new["score"].as_f64());
+        if let (Some(a), Some(b)) = (os, ns) {
+            shifts.push(b - a);
+        }
+        if o != n {
+            r.changed += 1;
+            changes.push(Change {
+                event_id: new["event_id"].as_str().unwrap_or("?").to_string(),
+                old_outcome: o,
+                new_outcome: n,
+                old_score: os,
+                new_score: ns,
+                old_reasons: reasons(old),
+                new_reasons: reasons(new),
+            });
+        }
+    }
+    let shift_of = |c: &Change| match (c.old_score, c.new_score) {
+        (Some(a), Some(b)) => (b - a).abs(),
+        _ => 0.0,
+    };
+    changes.sort_by(|a, b| shift_of(b).total_cmp(&shift_of(a)));
+    changes.truncate(top);
+    r.top_changes = changes;
+    r.score_shift = stats(&mut shifts);
+    r
+}
+
+fn stats(shifts: &mut [f64]) -> Option<ShiftStats> {
+    if shifts.is_empty() {
+        return None;
+    }
+    shifts.sort_by(f64::total_cmp);
+    let n = shifts.len();
+    let at = |q: f64| {
+        #[allow(
+            clippy::cast_possible_truncation,
+            clippy::cast_sign_loss,
+            clippy::cast_precision_loss
+        )]
+        let i = ((n - 1) as f64 * q).round() as usize;
+        shifts.get(i).copied().unwrap_or(0.0)
+    };
+    let mut buckets = BTreeMap::new();
+    for s in shifts.iter() {
+        let b = match *s {
+            x if x < -0.2 => "1: < -0.2",
+            x if x < -0.05 => "2: -0.2 .. -0.05",
+            x if x < 0.05 => "3: -0.05 .. 0.05",
+            x if x < 0.2 => "4: 0.05 .. 0.2",
+            _ => "5: >= 0.2",
+        };
+        *buckets.entry(b.to_string()).or_default() += 1;
+    }
+    #[allow(clippy::cast_precision_loss)]
+    let mean = shifts.iter().sum::<f64>() / n as f64;
+    Some(ShiftStats {
+        mean,
+        min: at(0.0),
+        p50: at(0.5),
+        p95: at(0.95),
+        max: at(1.0),
+        buckets,
+    })
+}
+
+impl ShadowReport {
+    /// The report as markdown.
+    pub fn markdown(&self) -> String {
+        let mut s = format!(
+            "# Shadow run `{}` of {}\n\n{} events of `{}` re-run into `{}`; {} decided, {} compared with `{}` ({} without a production decision).\n\n**{} of {} decisions change.**\n\nModels in the shadow run: {}\n\n## Outcomes (production → shadow)\n\n| production → shadow | count |\n|---|---|\n",
+            self.name,
+            self.service,
+            self.events,
+            self.input_topic,
+            self.shadow_input_topic,
+            self.shadow_decided,
+            self.compared,
+            self.production_decisions_topic,
+            self.without_production_decision,
+            self.changed,
+            self.compared,
+            self.models
+                .iter()
+                .map(|(m, n)| format!("`{m}` ({n})"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+        for (t, n) in &self.transitions {
+            s.push_str(&format!("| {t} | {n} |\n"));
+        }
+        if let Some(st) = &self.score_shift {
+            s.push_str(&format!(
+                "\n## Score shift (shadow − production)\n\nmean {:+.4}, min {:+.4}, p50 {:+.4}, p95 {:+.4}, max {:+.4}\n\n| shift | count |\n|---|---|\n",
+                st.mean, st.min, st.p50, st.p95, st.max
+            ));
+            for (b, n) in &st.buckets {
+                s.push_str(&format!(
+                    "| {} | {n} |\n",
+                    b.split_once(": ").map_or(b.as_str(), |x| x.1)
+                ));
+            }
+        }
+        s.push_str(&format!(
+            "\n## Top {} changed events\n\n| event | production | shadow | reasons (production → shadow) |\n|---|---|---|---|\n",
+            self.top_changes.len()
+        ));
+        let score = |x: Option<f64>| x.map_or_else(|| "-".into(), |v| format!("{v:.3}"));
+        for c in &self.top_changes {
+            s.push_str(&format!(
+                "| {} | {} ({}) | {} ({}) | {} → {} |\n",
+                c.event_id,
+                c.old_outcome,
+                score(c.old_score),
+                c.new_outcome,
+                score(c.new_score),
+                c.old_reasons.join("; "),
+                c.new_reasons.join("; ")
+            ));
+        }
+        s
+    }
+}
+
+/// Sets `dotted.key = value` in a settings document (value parsed as TOML, else a string).
+pub fn set_override(doc: &mut toml::Table, key: &str, value: &str) -> Result<(), CliError> {
+    let parsed: toml::Value = format!("v = {value}")
+        .parse::<toml::Table>()
+        .ok()
+        .and_then(|mut t| t.remove("v"))
+        .unwrap_or_else(|| toml::Value::String(value.to_string()));
+    let mut parts: Vec<&str> = key.split('.').collect();
+    let Some(last) = parts.pop() else {
+        return Err(CliError::Usage(format!("--set {key}: empty key")));
+    };
+    let mut table = doc;
+    for p in parts {
+        table = table
+            .entry(p.to_string())
+            .or_insert_with(|| toml::Value::Table(toml::Table::new()))
+            .as_table_mut()
+            .ok_or_else(|| CliError::Usage(format!("--set {key}: `{p}` is not a section")))?;
+    }
+    table.insert(last.to_string(), parsed);
+    Ok(())
+}
+
+async fn read_decoded(
+    kafka: &KafkaSettings,
+    reader: &GroupReader,
+    serde: &AvroSerde,
+    topic: &str,
+) -> Result<Vec<Json>, CliError> {
+    let n = i32::try_from(kafka.partition_count(topic).await).unwrap_or(0);
+    let marks = reader
+        .watermarks((0..n).map(|p| (topic.to_string(), p)).collect())
+        .await?;
+    let ranges = marks.into_iter().map(|((_, p), w)| (p, w)).collect();
+    let mut scanner = Scanner::new(kafka, topic, &ranges)?;
+    let mut out = Vec::new();
+    while let Some(r) = scanner.next(Duration::from_secs(30)).await? {
+        if let Ok(v) = serde.decode(r.value.as_deref()).await {
+            out.push(v);
+        }
+    }
+    Ok(out)
+}
+
+/// Runs the shadow and writes the report.
+pub async fn run(kafka: &KafkaSettings, opts: &ShadowOpts) -> Result<ShadowReport, CliError> {
+    let spec = declared(&opts.service).ok_or_else(|| {
+        CliError::Usage(format!(
+            "no service called {} (see `verdict stack status`)",
+            opts.service
+        ))
+    })?;
+    if opts.name.is_empty()
+        || !opts
+            .name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-')
+    {
+        return Err(CliError::Usage(
+            "--name: letters, digits and '-' only".into(),
+        ));
+    }
+    let production = crate::topology_cmd::check(&opts.topology, None)?;
+    let svc = production.service(&opts.service).ok_or_else(|| {
+        CliError::Usage(format!(
+            "{} has no [services.{}]",
+            opts.topology.display(),
+            opts.service
+        ))
+    })?;
+    let decisions = svc.outputs.get("decisions").cloned().ok_or_else(|| {
+        CliError::Usage(format!("service {} has no decisions output", opts.service))
+    })?;
+    let ns = format!("shadow-{}", opts.name);
+    let shadow_input = format!("{ns}.{}", svc.input);
+    let shadow_decisions = format!("{ns}.{decisions}");
+    let shadow_group = format!("{ns}.{}", svc.consumer_group);
+
+    // The shadow topology, next to the production one (so `../schemas` resolves).
+    let text = std::fs::read_to_string(&opts.topology)
+        .map_err(|e| CliError::Usage(format!("{}: {e}", opts.topology.display())))?;
+    let mut doc: toml::Table = text
+        .parse()
+        .map_err(|e| CliError::Usage(format!("{}: {e}", opts.topology.display())))?;
+    let topics = crate::topology_cmd::namespace(&mut doc, &ns);
+    let dir = opts.topology.parent().unwrap_or(Path::new("."));
+    let shadow_file = dir.join(format!(".{ns}.topology.toml"));
+    std::fs::write(
+        &shadow_file,
+        toml::to_string(&doc).map_err(|e| CliError::Failed(e.to_string()))?,
+    )
+    .map_err(|e| CliError::Failed(format!("{}: {e}", shadow_file.display())))?;
+    let registry = RegistryClient::new(opts.registry_url.clone())?;
+    let applied = crate::topology_cmd::apply(&shadow_file, None, kafka, &registry).await;
+    let result = async {
+        let report = applied?;
+        eprintln!("shadow topology: {} topics created", report.created.len());
+        let events = copy_range(kafka, &svc.input, &shadow_input, opts.range).await?;
+        eprintln!(
+            "copied {events} events of {} into {shadow_input}",
+            svc.input
+        );
+        run_service(
+            kafka,
+            opts,
+            spec,
+            &shadow_file,
+            &shadow_group,
+            &shadow_input,
+        )
+        .await?;
+        let reader = GroupReader::new(kafka)?;
+        let serde = AvroSerde::new(&opts.registry_url);
+        let new = read_decoded(kafka, &reader, &serde, &shadow_decisions).await?;
+        let old = read_decoded(kafka, &reader, &serde, &decisions).await?;
+        let mut report = compare(&new, &old, opts.top);
+        report.service = opts.service.clone();
+        report.name = opts.name.clone();
+        report.input_topic = svc.input.clone();
+        report.shadow_input_topic = shadow_input.clone();
+        report.shadow_decisions_topic = shadow_decisions.clone();
+        report.production_decisions_topic = decisions.clone();
+        report.events = events;
+        Ok::<_, CliError>(report)
+    }
+    .await;
+    let _ = std::fs::remove_file(&shadow_file);
+    if !opts.keep_topics {
+        kafka.delete_topics(&topics).await?;
+    }
+    let report = result?;
+    let md = report.markdown();
+    if let Some(p) = &opts.report_md {
+        std::fs::write(p, &md).map_err(|e| CliError::Failed(format!("{}: {e}", p.display())))?;
+    }
+    if let Some(p) = &opts.report_json {
+        let json =
+            serde_json::to_string_pretty(&report).map_err(|e| CliError::Failed(e.to_string()))?;
+        std::fs::write(p, json).map_err(|e| CliError::Failed(format!("{}: {e}", p.display())))?;
+    }
+    Ok(report)
+}
+
+/// Copies the range of `from` into `to` (same partition, key, value, headers); returns how
+/// many records.
+async fn copy_range(
+    kafka: &KafkaSettings,
+    from: &str,
+    to: &str,
+    range: Range,
+) -> Result<usize, CliError> {
+    let reader = GroupReader::new(kafka)?;
+    let n = i32::try_from(kafka.partition_count(from).await).unwrap_or(0);
+    let parts: Vec<(String, i32)> = (0..n).map(|p| (from.to_string(), p)).collect();
+    let marks = reader.watermarks(parts.clone()).await?;
+    let (starts, ends) = match range {
+        Range::Offsets { from: a, to: b } => (
+            parts
+                .iter()
+                .map(|k| (k.clone(), a))
+                .collect::<BTreeMap<_, _>>(),
+            parts
+                .iter()
+                .map(|k| (k.clone(), b.unwrap_or(i64::MAX)))
+                .collect::<BTreeMap<_, _>>(),
+        ),
+        Range::Time { since, until } => (
+            reader.offsets_for_time(parts.clone(), since).await?,
+            match until {
+                Some(u) => reader.offsets_for_time(parts.clone(), u).await?,
+                None => BTreeMap::new(),
+            },
+        ),
+    };
+    let ranges: BTreeMap<i32, (i64, i64)> = marks
+        .iter()
+        .map(|(k, (low, high))| {
+            let start = starts.get(k).copied().unwrap_or(*low).clamp(*low, *high);
+            let end = ends.get(k).copied().unwrap_or(*high).clamp(start, *high);
+            (k.1, (start, end))
+        })
+        .collect();
+    let producer = kafka.producer()?;
+    let mut scanner = Scanner::new(kafka, from, &ranges)?;
+    let mut sends = Vec::new();
+    while let Some(RawRecord {
+        partition,
+        key,
+        value,
+        headers,
+        ..
+    }) = scanner.next(Duration::from_secs(30)).await?
+    {
+        let p = producer.clone();
+        let to = to.to_string();
+        sends.push(async move {
+            let mut record = rdkafka::producer::FutureRecord::<[u8], [u8]>::to(&to)
+                .partition(partition)
+                .headers(headers.to_kafka());
+            if let Some(k) = key.as_deref() {
+                record = record.key(k);
+            }
+            if let Some(v) = value.as_deref() {
+                record = record.payload(v);
+            }
+            p.send(record, Duration::from_secs(30))
+                .await
+                .map(|_| ())
+                .map_err(|(e, _)| CliError::Failed(format!("copying into {to}: {e}")))
+        });
+    }
+    let n = sends.len();
+    for r in futures::future::join_all(sends).await {
+        r?;
+    }
+    Ok(n)
+}
+
+/// Runs the service on the shadow topology until its group committed the whole shadow input.
+async fn run_service(
+    kafka: &KafkaSettings,
+    opts: &ShadowOpts,
+    spec: &crate::services::Declared,
+    topology: &Path,
+    group: &str,
+    input: &str,
+) -> Result<(), CliError> {
+    // Models and other repository files are found from the working directory, as with
+    // `verdict stack`.
+    let root = std::env::current_dir().map_err(|e| CliError::Failed(e.to_string()))?;
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map_err(|e| CliError::Failed(format!("no free port: {e}")))?;
+    let deployment = Deployment {
+        kafka: kafka.clone(),
+        registry_url: opts.registry_url.clone(),
+        topology: std::path::absolute(topology).map_err(|e| CliError::Failed(e.to_string()))?,
+        root: root.clone(),
+        http_listen: port,
+        model_server_url: opts.model_server_url.clone(),
+        minilm_dir: PathBuf::new(),
+    };
+    let mut doc: toml::Table = spec
+        .config(&deployment)?
+        .parse()
+        .map_err(|e| CliError::Failed(format!("settings of {}: {e}", spec.name)))?;
+    for (k, v) in &opts.overrides {
+        set_override(&mut doc, k, v)?;
+    }
+    let work = tempfile_dir()?;
+    let config = work.join(format!("{}.toml", spec.name));
+    let log = work.join(format!("{}.log", spec.name));
+    std::fs::write(
+        &config,
+        toml::to_string(&doc).map_err(|e| CliError::Failed(e.to_string()))?,
+    )
+    .map_err(|e| CliError::Failed(e.to_string()))?;
+    let mut cmd = std::process::Command::new(crate::stack::sibling_binary(spec.name)?);
+    cmd.arg("--config").arg(&config).env("RUST_LOG", "warn");
+    let mut child = crate::stack::spawn_logged(cmd, &log, false)?;
+    let pid = child.id();
+    let reader = GroupReader::new(kafka)?;
+    let n = i32::try_from(kafka.partition_count(input).await).unwrap_or(0);
+    let parts: Vec<(String, i32)> = (0..n).map(|p| (input.to_string(), p)).collect();
+    let ends = reader.watermarks(parts.clone()).await?;
+    let total: i64 = ends.values().map(|(_, h)| h).sum();
+    let bar = indicatif::ProgressBar::new(u64::try_from(total).unwrap_or(0)).with_style(
+        indicatif::ProgressStyle::with_template("shadow {bar:40} {pos}/{len} events {per_sec}")
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+    );
+    let began = Instant::now();
+    let outcome = loop {
+        if let Ok(Some(status)) = child.try_wait() {
+            break Err(CliError::Failed(format!(
+                "{} exited with {status} during the shadow run; its log: {}",
+                spec.name,
+                log.display()
+            )));
+        }
+        let done = reader.committed(group, parts.clone()).await?;
+        let committed: i64 = parts
+            .iter()
+            .map(|k| {
+                done.get(k)
+                    .copied()
+                    .unwrap_or(0)
+                    .min(ends.get(k).map_or(0, |w| w.1))
+            })
+            .sum();
+        bar.set_position(u64::try_from(committed).unwrap_or(0));
+        if committed >= total {
+            break Ok(());
+        }
+        if began.elapsed() > opts.timeout {
+            break Err(CliError::Failed(format!(
+                "the shadow {} decided {committed} of {total} events within {:?}; its log: {}",
+                spec.name,
+                opts.timeout,
+                log.display()
+            )));
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    };
+    bar.finish_and_clear();
+    crate::stack::stop_pid(pid, Duration::from_secs(30));
+    let _ = child.wait();
+    if outcome.is_ok() {
+        let _ = std::fs::remove_dir_all(&work);
+    }
+    outcome
+}
+
+fn tempfile_dir() -> Result<PathBuf, CliError> {
+    let dir = std::env::temp_dir().join(format!("verdict-shadow-{}", uuid::Uuid::new_v4()));
+    std::fs::create_dir_all(&dir)
+        .map_err(|e| CliError::Failed(format!("{}: {e}", dir.display())))?;
+    Ok(dir)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn decision(id: &str, outcome: &str, score: f64, version: &str) -> Json {
+        json!({"event_id": id, "outcome": outcome, "score": score, "reasons": [format!("r-{outcome}")],
+               "model": {"name": "m", "version": version}})
+    }
+
+    #[test]
+    fn the_diff_counts_transitions_and_ranks_the_biggest_changes() {
+        let prod = vec![
+            decision("a", "APPROVE", 0.1, "1"),
+            decision("b", "APPROVE", 0.3, "1"),
+            decision("c", "DECLINE", 0.9, "1"),
+        ];
+        let shadow = vec![
+            decision("a", "APPROVE", 0.15, "2"),
+            decision("b", "DECLINE", 0.8, "2"),
+            decision("c", "REVIEW", 0.5, "2"),
+            decision("d", "APPROVE", 0.1, "2"),
+        ];
+        let r = compare(&shadow, &prod, 10);
+        assert_eq!(
+            (r.shadow_decided, r.compared, r.without_production_decision),
+            (4, 3, 1)
+        );
+        assert_eq!(r.changed, 2);
+        assert_eq!(r.transitions["APPROVE -> APPROVE"], 1);
+        assert_eq!(r.transitions["APPROVE -> DECLINE"], 1);
+        assert_eq!(r.transitions["DECLINE -> REVIEW"], 1);
+        assert_eq!(r.models["m@2"], 4);
+        assert_eq!(r.top_changes[0].event_id, "b", "largest shift first");
+        assert_eq!(r.top_changes[0].old_reasons, vec!["r-APPROVE"]);
+        let s = r.score_shift.clone().expect("scores");
+        assert!(
+            (s.max - 0.5).abs() < 1e-9 && (s.min + 0.4).abs() < 1e-9,
+            "{s:?}"
+        );
+        assert!(r.markdown().contains("| APPROVE -> DECLINE | 1 |"));
+    }
+
+    #[test]
+    fn overrides_set_typed_values_by_dotted_key() {
+        let mut doc: toml::Table = "[service]\nmodel_file = \"a.json\"\n"
+            .parse()
+            .expect("toml");
+        set_override(&mut doc, "service.model_file", "b.json").expect("set");
+        set_override(&mut doc, "service.decline_threshold", "0.7").expect("set");
+        set_override(&mut doc, "engine.max_inflight", "5").expect("set");
+        assert_eq!(doc["service"]["model_file"].as_str(), Some("b.json"));
+        assert_eq!(doc["service"]["decline_threshold"].as_float(), Some(0.7));
+        assert_eq!(doc["engine"]["max_inflight"].as_integer(), Some(5));
+        assert!(set_override(&mut doc, "service.model_file.x", "1").is_err());
+    }
+}
