@@ -23,6 +23,7 @@ use clap::Parser;
 mod chaos;
 mod documents;
 mod kafka_perf;
+mod replay;
 use dashmap::DashMap;
 use futures::StreamExt;
 use futures::stream::FuturesUnordered;
@@ -57,6 +58,8 @@ enum Bench {
     Kafka(kafka_perf::PerfArgs),
     /// The chaos suite's long forms: lost, duplicated, stray, longest decision gap, stuck.
     Chaos(chaos::ChaosArgs),
+    /// Re-processing rate after `verdict replay --to-earliest`, and the lag monitor's cost.
+    Replay(replay::ReplayArgs),
 }
 
 #[derive(clap::Args, Clone)]
@@ -433,6 +436,7 @@ async fn main() {
         Bench::Documents(args) => documents::run(args).await,
         Bench::Kafka(args) => kafka_perf::run(args).await,
         Bench::Chaos(args) => chaos::run(args).await,
+        Bench::Replay(args) => replay::run(args).await,
     }
 }
 

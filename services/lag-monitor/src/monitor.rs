@@ -18,6 +18,29 @@ use crate::evaluate::{Sample, Status, evaluate};
 
 type F64Gauge = Gauge<f64, std::sync::atomic::AtomicU64>;
 
+// kafka-lag-exporter's names (gauges; the exposition adds nothing to them).
+pub const OFFSET: &str = "kafka_consumergroup_group_offset";
+pub const LAG: &str = "kafka_consumergroup_group_lag";
+pub const LAG_SECONDS: &str = "kafka_consumergroup_group_lag_seconds";
+pub const MAX_LAG: &str = "kafka_consumergroup_group_max_lag";
+pub const MAX_LAG_SECONDS: &str = "kafka_consumergroup_group_max_lag_seconds";
+pub const SUM_LAG: &str = "kafka_consumergroup_group_sum_lag";
+pub const TOPIC_SUM_LAG: &str = "kafka_consumergroup_group_topic_sum_lag";
+pub const STATUS: &str = "kafka_consumergroup_group_status";
+pub const POLL_SECONDS: &str = "kafka_lag_monitor_poll_duration_seconds";
+/// Every metric the monitor exports.
+pub const METRICS: [&str; 9] = [
+    OFFSET,
+    LAG,
+    LAG_SECONDS,
+    MAX_LAG,
+    MAX_LAG_SECONDS,
+    SUM_LAG,
+    TOPIC_SUM_LAG,
+    STATUS,
+    POLL_SECONDS,
+];
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct PartitionLabels {
     cluster_name: String,
@@ -141,16 +164,15 @@ impl Monitor {
     pub fn register_metrics(&self, metrics: &Metrics) {
         let m = self.metrics.clone();
         metrics.register_external(|r| {
-            let p = "kafka_consumergroup_group";
-            r.register(format!("{p}_offset"), "Last committed offset of a partition", m.offset.clone());
-            r.register(format!("{p}_lag"), "Lag in messages of a partition (log-end offset - committed offset)", m.lag.clone());
-            r.register(format!("{p}_lag_seconds"), "Lag in seconds of a partition: age of the record at the committed offset (0 when caught up)", m.lag_seconds.clone());
-            r.register(format!("{p}_max_lag"), "Largest lag in messages of a group's partitions", m.max_lag.clone());
-            r.register(format!("{p}_max_lag_seconds"), "Largest lag in seconds of a group's partitions", m.max_lag_seconds.clone());
-            r.register(format!("{p}_sum_lag"), "Sum of a group's lag in messages", m.sum_lag.clone());
-            r.register(format!("{p}_topic_sum_lag"), "Sum of a group's lag in messages on a topic", m.topic_sum_lag.clone());
-            r.register(format!("{p}_status"), "Burrow status of the group's worst partition: 0 OK, 1 WARNING, 2 REWIND, 3 STALL, 4 STOP", m.status.clone());
-            r.register("kafka_lag_monitor_poll_duration_seconds", "How long the last poll of every group took", m.poll_seconds.clone());
+            r.register(OFFSET, "Last committed offset of a partition", m.offset.clone());
+            r.register(LAG, "Lag in messages of a partition (log-end offset - committed offset)", m.lag.clone());
+            r.register(LAG_SECONDS, "Lag in seconds of a partition: age of the record at the committed offset (0 when caught up)", m.lag_seconds.clone());
+            r.register(MAX_LAG, "Largest lag in messages of a group's partitions", m.max_lag.clone());
+            r.register(MAX_LAG_SECONDS, "Largest lag in seconds of a group's partitions", m.max_lag_seconds.clone());
+            r.register(SUM_LAG, "Sum of a group's lag in messages", m.sum_lag.clone());
+            r.register(TOPIC_SUM_LAG, "Sum of a group's lag in messages on a topic", m.topic_sum_lag.clone());
+            r.register(STATUS, "Burrow status of the group's worst partition: 0 OK, 1 WARNING, 2 REWIND, 3 STALL, 4 STOP", m.status.clone());
+            r.register(POLL_SECONDS, "How long the last poll of every group took", m.poll_seconds.clone());
         });
     }
 
@@ -197,11 +219,10 @@ impl Monitor {
         } else {
             self.settings.groups.clone()
         };
-        let mut out = Vec::with_capacity(names.len());
-        for g in names {
-            out.push(self.reader.describe(&g).await.map_err(|e| e.to_string())?);
-        }
-        Ok(out)
+        self.reader
+            .describe_many(&names)
+            .await
+            .map_err(|e| e.to_string())
     }
 
     fn update(&self, lags: &[GroupLag]) {
@@ -418,6 +439,29 @@ mod tests {
         assert_eq!(time_to_clear(0, 0.0, 10.0), Some(0.0));
         assert_eq!(time_to_clear(100, 30.0, 10.0), Some(5.0));
         assert_eq!(time_to_clear(100, 10.0, 10.0), None);
+    }
+
+    #[test]
+    fn the_grafana_dashboard_uses_only_metrics_the_monitor_exports() {
+        let dash: serde_json::Value =
+            serde_json::from_str(include_str!("../grafana/consumer-lag.json")).expect("JSON");
+        assert_eq!(dash["uid"], "verdict-consumer-lag");
+        let mut used = 0;
+        for panel in dash["panels"].as_array().expect("panels") {
+            for t in panel["targets"].as_array().expect("targets") {
+                let expr = t["expr"].as_str().expect("expr");
+                let names: Vec<&str> = expr
+                    .split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+                    .filter(|w| w.starts_with("kafka_"))
+                    .collect();
+                assert!(!names.is_empty(), "{expr}");
+                for n in names {
+                    assert!(METRICS.contains(&n), "{n} is not exported");
+                    used += 1;
+                }
+            }
+        }
+        assert!(used >= 7);
     }
 
     #[test]

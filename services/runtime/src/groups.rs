@@ -12,6 +12,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use futures::StreamExt;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::Message;
 use rdkafka::{Offset, TopicPartitionList};
@@ -94,6 +95,8 @@ pub struct GroupReader {
     kafka: KafkaSettings,
     meta: Arc<BaseConsumer>,
     per_group: Arc<Mutex<BTreeMap<String, Arc<BaseConsumer>>>>,
+    /// Reads the records at lagging offsets (created on first use).
+    reader: Arc<Mutex<Option<Arc<Mutex<BaseConsumer>>>>>,
 }
 
 impl GroupReader {
@@ -102,6 +105,7 @@ impl GroupReader {
             kafka: kafka.clone(),
             meta: Arc::new(kafka.metadata_consumer()?),
             per_group: Arc::default(),
+            reader: Arc::default(),
         })
     }
 
@@ -130,14 +134,22 @@ impl GroupReader {
     /// its offsets and lag. A group that does not exist is reported as state `Dead`
     /// with no partitions (as Kafka's tool does).
     pub async fn describe(&self, group: &str) -> Result<GroupLag, KafkaError> {
+        let mut all = self.describe_many(&[group.to_string()]).await?;
+        all.pop()
+            .ok_or_else(|| KafkaError::Join(format!("no description of {group}")))
+    }
+
+    /// [`Self::describe`] for many groups at once, sharing the requests that do not depend
+    /// on the group: one group listing, one metadata request, one batched watermark request
+    /// and one read of the records at the lagging offsets; then one committed-offsets
+    /// request per group.
+    pub async fn describe_many(&self, groups: &[String]) -> Result<Vec<GroupLag>, KafkaError> {
         let meta = self.meta.clone();
-        let name = group.to_string();
-        let (state, members, all) = blocking(move || {
-            let list = meta.fetch_group_list(Some(&name), TIMEOUT)?;
-            let (state, members) = list
+        let (described, all) = blocking(move || {
+            let list = meta.fetch_group_list(None, TIMEOUT)?;
+            let described: BTreeMap<String, (String, Vec<Member>)> = list
                 .groups()
                 .iter()
-                .find(|g| g.name() == name)
                 .map(|g| {
                     let members = g
                         .members()
@@ -152,11 +164,11 @@ impl GroupReader {
                                 .unwrap_or_default(),
                         })
                         .collect::<Vec<_>>();
-                    (g.state().to_string(), members)
+                    (g.name().to_string(), (g.state().to_string(), members))
                 })
-                .unwrap_or_else(|| ("Dead".to_string(), Vec::new()));
-            // Every partition in the cluster: the group's own topics are not known
-            // otherwise once it has no members.
+                .collect();
+            // Every partition in the cluster: a group's topics are not known otherwise
+            // once it has no members.
             let md = meta.fetch_metadata(None, TIMEOUT)?;
             let mut all = Vec::new();
             for t in md.topics() {
@@ -167,66 +179,61 @@ impl GroupReader {
                     all.push((t.name().to_string(), p.id()));
                 }
             }
-            Ok((state, members, all))
+            Ok((described, all))
         })
         .await?;
-        let committed = self.committed(group, all).await?;
 
-        let mut owners: BTreeMap<(String, i32), &Member> = BTreeMap::new();
-        for m in &members {
-            for tp in &m.assignment {
-                owners.insert(tp.clone(), m);
+        // One OffsetFetch per group, eight at a time.
+        let fetched: Vec<Result<_, KafkaError>> = futures::stream::iter(groups)
+            .map(|g| {
+                let all = all.clone();
+                async move { Ok((g, self.committed(g, all).await?)) }
+            })
+            .buffered(8)
+            .collect()
+            .await;
+        let mut per_group = Vec::with_capacity(groups.len());
+        let mut keys: BTreeSet<(String, i32)> = BTreeSet::new();
+        for f in fetched {
+            let (g, committed) = f?;
+            let (state, members) = described
+                .get(g)
+                .cloned()
+                .unwrap_or_else(|| ("Dead".to_string(), Vec::new()));
+            keys.extend(committed.keys().cloned());
+            for m in &members {
+                keys.extend(m.assignment.iter().cloned());
             }
+            per_group.push((g, state, members, committed));
         }
-        let keys: BTreeSet<(String, i32)> = committed
-            .keys()
-            .cloned()
-            .chain(owners.keys().cloned())
-            .collect();
-        let watermarks = self.watermarks(keys.iter().cloned().collect()).await?;
+        let watermarks = self.watermarks(keys.into_iter().collect()).await?;
         let at_ms = crate::now_ms();
-        let mut partitions: Vec<PartitionLag> = keys
-            .iter()
-            .map(|tp| {
-                let (log_start, log_end) = watermarks.get(tp).copied().unwrap_or((0, 0));
-                let committed = committed.get(tp).copied();
-                let owner = owners.get(tp);
-                PartitionLag {
-                    topic: tp.0.clone(),
-                    partition: tp.1,
-                    committed,
-                    log_start,
-                    log_end,
-                    lag: committed.map(|c| (log_end - c).max(0)),
-                    lag_seconds: committed.filter(|c| *c >= log_end).map(|_| 0.0),
-                    member_id: owner.map(|m| m.member_id.clone()),
-                    client_id: owner.map(|m| m.client_id.clone()),
-                    host: owner.map(|m| m.host.clone()),
+        let mut out = Vec::with_capacity(per_group.len());
+        let mut behind: BTreeSet<(String, i32, i64)> = BTreeSet::new();
+        for (group, state, members, committed) in per_group {
+            let lag = assemble(group, state, members, &committed, &watermarks, at_ms);
+            for p in &lag.partitions {
+                if let (Some(c), Some(l)) = (p.committed, p.lag)
+                    && l > 0
+                {
+                    behind.insert((p.topic.clone(), p.partition, c));
                 }
-            })
-            .collect();
-        // Lag in seconds: the broker timestamp of the record at each lagging partition's
-        // committed offset.
-        let behind: Vec<(String, i32, i64)> = partitions
-            .iter()
-            .filter_map(|p| match (p.committed, p.lag) {
-                (Some(c), Some(l)) if l > 0 => Some((p.topic.clone(), p.partition, c)),
-                _ => None,
-            })
-            .collect();
-        let stamps = self.timestamps_at(behind).await?;
-        for p in &mut partitions {
-            if let Some(ts) = stamps.get(&(p.topic.clone(), p.partition)) {
-                p.lag_seconds = Some(seconds_between(*ts, at_ms));
+            }
+            out.push(lag);
+        }
+        // Lag in seconds: the broker timestamp of the record at each lagging offset.
+        let stamps = self.timestamps_at(behind.into_iter().collect()).await?;
+        for lag in &mut out {
+            for p in &mut lag.partitions {
+                if let (Some(c), Some(l)) = (p.committed, p.lag)
+                    && l > 0
+                    && let Some(ts) = stamps.get(&(p.topic.clone(), p.partition, c))
+                {
+                    p.lag_seconds = Some(seconds_between(*ts, at_ms));
+                }
             }
         }
-        Ok(GroupLag {
-            group: group.to_string(),
-            state,
-            members,
-            partitions,
-            at_ms,
-        })
+        Ok(out)
     }
 
     /// The offsets `group` has committed on `partitions` (those without a commit are absent).
@@ -255,19 +262,41 @@ impl GroupReader {
         .await
     }
 
-    /// `(log start, log end)` of each partition.
+    /// `(log start, log end)` of each partition, in two batched ListOffsets requests.
     pub async fn watermarks(
         &self,
         partitions: Vec<(String, i32)>,
     ) -> Result<BTreeMap<(String, i32), (i64, i64)>, KafkaError> {
+        if partitions.is_empty() {
+            return Ok(BTreeMap::new());
+        }
         let meta = self.meta.clone();
         blocking(move || {
-            let mut out = BTreeMap::new();
-            for (t, p) in partitions {
-                let w = meta.fetch_watermarks(&t, p, TIMEOUT)?;
-                out.insert((t, p), w);
-            }
-            Ok(out)
+            let ask = |at: Offset| -> Result<BTreeMap<(String, i32), i64>, KafkaError> {
+                let mut tpl = TopicPartitionList::new();
+                for (t, p) in &partitions {
+                    tpl.add_partition_offset(t, *p, at)?;
+                }
+                let got = meta.offsets_for_times(tpl, TIMEOUT)?;
+                Ok(got
+                    .elements()
+                    .iter()
+                    .filter_map(|e| match e.offset() {
+                        Offset::Offset(o) => Some(((e.topic().to_string(), e.partition()), o)),
+                        _ => None,
+                    })
+                    .collect())
+            };
+            // ListOffsets: timestamp -2 is the log start, -1 the log end.
+            let starts = ask(Offset::Beginning)?;
+            let ends = ask(Offset::End)?;
+            Ok(ends
+                .into_iter()
+                .map(|(k, end)| {
+                    let start = starts.get(&k).copied().unwrap_or(0);
+                    (k, (start, end))
+                })
+                .collect())
         })
         .await
     }
@@ -323,39 +352,70 @@ impl GroupReader {
     }
 
     /// The broker timestamps of the records at the given offsets (a missing record, e.g.
-    /// deleted by retention, gives the next one's).
+    /// deleted by retention, gives the next one's), read with one assignment.
     async fn timestamps_at(
         &self,
         at: Vec<(String, i32, i64)>,
-    ) -> Result<BTreeMap<(String, i32), i64>, KafkaError> {
+    ) -> Result<BTreeMap<(String, i32, i64), i64>, KafkaError> {
         if at.is_empty() {
             return Ok(BTreeMap::new());
         }
-        let reader: BaseConsumer = self.kafka.reader_config().create()?;
+        let reader = self.timestamp_reader()?;
         blocking(move || {
-            let mut tpl = TopicPartitionList::new();
-            for (t, p, o) in &at {
-                tpl.add_partition_offset(t, *p, Offset::Offset(*o))?;
-            }
-            reader.assign(&tpl)?;
+            let reader = reader
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
             let mut out = BTreeMap::new();
-            let deadline = Instant::now() + Duration::from_secs(5);
-            while out.len() < at.len() && Instant::now() < deadline {
-                let Some(Ok(m)) = reader.poll(Duration::from_millis(200)) else {
-                    continue;
-                };
-                let key = (m.topic().to_string(), m.partition());
-                if let (Some(ts), false) = (m.timestamp().to_millis(), out.contains_key(&key)) {
-                    out.insert(key.clone(), ts);
-                    // One record per partition is enough.
-                    let mut done = TopicPartitionList::new();
-                    done.add_partition(&key.0, key.1);
-                    reader.pause(&done)?;
+            for round in reading_rounds(at) {
+                let mut tpl = TopicPartitionList::new();
+                for ((t, p), wanted) in &round {
+                    let first = wanted.first().copied().unwrap_or(0);
+                    tpl.add_partition_offset(t, *p, Offset::Offset(first))?;
+                }
+                reader.assign(&tpl)?;
+                // librdkafka keeps a partition's pause flag across assignments.
+                reader.resume(&tpl)?;
+                let mut open: BTreeMap<(String, i32), Vec<i64>> = round.into_iter().collect();
+                let deadline = Instant::now() + Duration::from_secs(5);
+                while !open.is_empty() && Instant::now() < deadline {
+                    let Some(Ok(m)) = reader.poll(Duration::from_millis(200)) else {
+                        continue;
+                    };
+                    let key = (m.topic().to_string(), m.partition());
+                    let (Some(ts), Some(wanted)) = (m.timestamp().to_millis(), open.get_mut(&key))
+                    else {
+                        continue;
+                    };
+                    // Every wanted offset this record reaches takes its timestamp.
+                    while let Some(w) = wanted.first().copied().filter(|w| *w <= m.offset()) {
+                        out.insert((key.0.clone(), key.1, w), ts);
+                        wanted.remove(0);
+                    }
+                    if wanted.is_empty() {
+                        open.remove(&key);
+                        let mut done = TopicPartitionList::new();
+                        done.add_partition(&key.0, key.1);
+                        reader.pause(&done)?;
+                    }
                 }
             }
+            reader.unassign()?;
             Ok(out)
         })
         .await
+    }
+
+    fn timestamp_reader(&self) -> Result<Arc<Mutex<BaseConsumer>>, KafkaError> {
+        let mut slot = self
+            .reader
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(r) = slot.as_ref() {
+            return Ok(r.clone());
+        }
+        let r = Arc::new(Mutex::new(self.kafka.reader_config().create()?));
+        *slot = Some(r.clone());
+        Ok(r)
     }
 
     fn committer(&self, group: &str) -> Result<Arc<BaseConsumer>, KafkaError> {
@@ -371,6 +431,85 @@ impl GroupReader {
         let c: Arc<BaseConsumer> = Arc::new(cfg.create()?);
         map.insert(group.to_string(), c.clone());
         Ok(c)
+    }
+}
+
+/// Plans reading the records at `at`: per partition, the wanted offsets sorted and cut into
+/// runs without gaps over [`MAX_SCAN_GAP`] (each run is read forward from its first offset);
+/// a round holds at most one run per partition.
+fn reading_rounds(at: Vec<(String, i32, i64)>) -> Vec<Round> {
+    let mut per: BTreeMap<(String, i32), BTreeSet<i64>> = BTreeMap::new();
+    for (t, p, o) in at {
+        per.entry((t, p)).or_default().insert(o);
+    }
+    let mut rounds: Vec<Round> = Vec::new();
+    for (key, offsets) in per {
+        let mut runs: Vec<Vec<i64>> = Vec::new();
+        for o in offsets {
+            match runs.last_mut() {
+                Some(run) if run.last().is_some_and(|l| o - l <= MAX_SCAN_GAP) => run.push(o),
+                _ => runs.push(vec![o]),
+            }
+        }
+        for (i, run) in runs.into_iter().enumerate() {
+            if rounds.len() <= i {
+                rounds.push(Vec::new());
+            }
+            rounds[i].push((key.clone(), run));
+        }
+    }
+    rounds
+}
+
+/// One reading round: per partition, the wanted offsets it scans for.
+type Round = Vec<((String, i32), Vec<i64>)>;
+
+/// Wanted offsets of one partition this close together are read in one forward scan.
+const MAX_SCAN_GAP: i64 = 5_000;
+
+/// A group's partitions from its committed offsets, its members' assignments and the
+/// watermarks (pure; lag in seconds is filled in later, 0 where caught up).
+fn assemble(
+    group: &str,
+    state: String,
+    members: Vec<Member>,
+    committed: &BTreeMap<(String, i32), i64>,
+    watermarks: &BTreeMap<(String, i32), (i64, i64)>,
+    at_ms: i64,
+) -> GroupLag {
+    let mut owners: BTreeMap<(String, i32), &Member> = BTreeMap::new();
+    for m in &members {
+        for tp in &m.assignment {
+            owners.insert(tp.clone(), m);
+        }
+    }
+    let keys: BTreeSet<&(String, i32)> = committed.keys().chain(owners.keys()).collect();
+    let partitions = keys
+        .into_iter()
+        .map(|tp| {
+            let (log_start, log_end) = watermarks.get(tp).copied().unwrap_or((0, 0));
+            let committed = committed.get(tp).copied();
+            let owner = owners.get(tp);
+            PartitionLag {
+                topic: tp.0.clone(),
+                partition: tp.1,
+                committed,
+                log_start,
+                log_end,
+                lag: committed.map(|c| (log_end - c).max(0)),
+                lag_seconds: committed.filter(|c| *c >= log_end).map(|_| 0.0),
+                member_id: owner.map(|m| m.member_id.clone()),
+                client_id: owner.map(|m| m.client_id.clone()),
+                host: owner.map(|m| m.host.clone()),
+            }
+        })
+        .collect();
+    GroupLag {
+        group: group.to_string(),
+        state,
+        members,
+        partitions,
+        at_ms,
     }
 }
 
@@ -472,6 +611,60 @@ mod tests {
             assert_eq!(parse_assignment(&bytes[..cut]), None, "cut at {cut}");
         }
         assert_eq!(parse_assignment(&[0, 0, 0x7f, 0xff, 0xff, 0xff]), None);
+    }
+
+    #[test]
+    fn partitions_come_from_commits_and_assignments() {
+        let member = Member {
+            member_id: "m-1".into(),
+            client_id: "fraud".into(),
+            host: "127.0.0.1".into(),
+            assignment: vec![("t".into(), 0), ("t".into(), 1)],
+        };
+        let committed = BTreeMap::from([(("t".to_string(), 0), 7), (("u".to_string(), 0), 3)]);
+        let marks = BTreeMap::from([
+            (("t".to_string(), 0), (0, 10)),
+            (("t".to_string(), 1), (0, 4)),
+            (("u".to_string(), 0), (2, 3)),
+        ]);
+        let g = assemble("g", "Stable".into(), vec![member], &committed, &marks, 1);
+        let row = |t: &str, p: i32| {
+            g.partitions
+                .iter()
+                .find(|x| x.topic == t && x.partition == p)
+                .expect("row")
+        };
+        assert_eq!(g.partitions.len(), 3);
+        assert_eq!((row("t", 0).lag, row("t", 0).lag_seconds), (Some(3), None));
+        assert_eq!(row("t", 0).client_id.as_deref(), Some("fraud"));
+        assert_eq!((row("t", 1).committed, row("t", 1).lag), (None, None));
+        assert_eq!(
+            (row("u", 0).lag, row("u", 0).lag_seconds),
+            (Some(0), Some(0.0))
+        );
+        assert_eq!(row("u", 0).member_id, None);
+        assert_eq!(g.total_lag(), 3);
+    }
+
+    #[test]
+    fn close_offsets_are_read_in_one_scan_and_far_ones_in_later_rounds() {
+        let at = vec![
+            ("t".to_string(), 0, 10),
+            ("t".to_string(), 0, 500),
+            ("t".to_string(), 0, 100_000),
+            ("t".to_string(), 1, 7),
+            ("t".to_string(), 0, 10),
+        ];
+        let rounds = reading_rounds(at);
+        assert_eq!(rounds.len(), 2);
+        assert_eq!(
+            rounds[0],
+            vec![
+                (("t".to_string(), 0), vec![10, 500]),
+                (("t".to_string(), 1), vec![7])
+            ]
+        );
+        assert_eq!(rounds[1], vec![(("t".to_string(), 0), vec![100_000])]);
     }
 
     #[test]
