@@ -11,7 +11,7 @@ began=$SECONDS
 bash scripts/install.sh
 echo; echo "==> build (release): the CLI, the schema registry and the services"
 cargo build --release --locked -p verdict-cli -p verdict-schema-registry \
-  -p fraud-detector -p model-server -p document-analyzer
+  -p fraud-detector -p model-server -p document-analyzer -p lag-monitor
 verdict=target/release/verdict
 
 echo; echo "==> stack up: Apache Kafka, schema registry, topology, services"
@@ -22,4 +22,6 @@ $verdict demo --count "${DEMO_EVENTS:-10}"
 echo
 echo "scripts/demo.sh: done in $((SECONDS - began)) s."
 echo "The stack keeps running: '$verdict stack status' shows it, '$verdict stack down' stops it;"
-echo "'$verdict kafka consumer-groups --describe --all-groups' shows the groups with Kafka's own tool."
+echo "'$verdict kafka consumer-groups --describe --all-groups' shows the groups with Kafka's own tool,"
+echo "'$verdict groups describe verdict-fraud-detector' verdict's view with lag in seconds;"
+echo "the lag dashboard is at http://127.0.0.1:9467/ (stack status lists every port)."

@@ -1,6 +1,7 @@
 //! docker-compose.yml stays honest without a Docker engine: every service binary of
 //! the workspace has an entry, ports bind to loopback, long-running services have
-//! healthchecks, and Compose itself validates the file.
+//! healthchecks, and Compose itself validates the file. Also: scripts/demo.sh builds every
+//! declared service.
 
 use std::collections::BTreeSet;
 use std::process::Command;
@@ -131,4 +132,20 @@ fn compose_runs_the_kafka_version_of_the_local_stack() {
         format!("apache/kafka:{}", verdict_cli::broker::kafka_version()),
         "docker-compose.yml and scripts/kafka/pom.xml name the same Kafka"
     );
+}
+
+/// `scripts/demo.sh` builds only what the main job runs: it must build every declared service,
+/// or `verdict stack up` cannot start it on a fresh clone.
+#[test]
+fn the_demo_builds_every_declared_service() {
+    let demo =
+        std::fs::read_to_string(harness::repo_root().join("scripts/demo.sh")).expect("demo.sh");
+    for declared in verdict_cli::services::SERVICES {
+        assert!(
+            demo.contains(&format!("-p {}", declared.name)),
+            "scripts/demo.sh does not build {} (add `-p {}` to its cargo build)",
+            declared.name,
+            declared.name
+        );
+    }
 }

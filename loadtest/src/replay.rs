@@ -151,15 +151,18 @@ pub async fn run(args: ReplayArgs) {
     tokio::time::sleep(Duration::from_secs(6)).await;
     let cpu0 = cpu_seconds(monitor.pid());
     let t0 = Instant::now();
-    let mut poll_max: f64 = 0.0;
+    let mut polls = Vec::new();
     while t0.elapsed() < Duration::from_secs(args.monitor_seconds) {
         tokio::time::sleep(Duration::from_secs(5)).await;
-        poll_max = poll_max.max(
+        polls.push(
             monitor
                 .metric("kafka_lag_monitor_poll_duration_seconds")
                 .await,
         );
     }
+    polls.sort_by(f64::total_cmp);
+    let poll_median = polls.get(polls.len() / 2).copied().unwrap_or(f64::NAN);
+    let poll_max = polls.last().copied().unwrap_or(f64::NAN);
     let cpu = (cpu_seconds(monitor.pid()) - cpu0) / t0.elapsed().as_secs_f64() * 100.0;
     let watched = reqwest::get(format!("http://127.0.0.1:{}/api/groups", monitor.http_port))
         .await
@@ -192,7 +195,11 @@ pub async fn run(args: ReplayArgs) {
     );
     println!("fraud-detector peak RSS: {rss:.0} MiB");
     println!(
-        "lag monitor: {watched} groups ({} × {} partitions + the fraud group) polled every 5 s for {} s: CPU {cpu:.1} % of one core, peak RSS {monitor_rss:.0} MiB, longest poll {poll_max:.2} s",
-        args.groups, args.partitions, args.monitor_seconds
+        "lag monitor: {watched} groups ({} × {} partitions + the fraud group) polled every 5 s for {} s: CPU {cpu:.1} % of one core, peak RSS {monitor_rss:.0} MiB, poll duration median {:.0} ms, longest {:.0} ms",
+        args.groups,
+        args.partitions,
+        args.monitor_seconds,
+        poll_median * 1000.0,
+        poll_max * 1000.0
     );
 }

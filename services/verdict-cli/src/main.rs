@@ -25,7 +25,8 @@ use verdict_runtime::telemetry;
 #[command(
     name = "verdict",
     version,
-    about = "verdict: AI decision pipeline on Kafka"
+    about = "verdict: AI decision pipeline on Kafka",
+    after_help = "Exit codes: 0 done, 1 failed, 2 bad input (named), 3 drift (topology apply --fail-on-drift), 4 refused as unsafe now (replay --execute on an active group)."
 )]
 struct Cli {
     #[command(subcommand)]
