@@ -219,10 +219,13 @@ impl Monitor {
         } else {
             self.settings.groups.clone()
         };
-        self.reader
+        let described = self
+            .reader
             .describe_many(&names)
             .await
-            .map_err(|e| e.to_string())
+            .map_err(|e| e.to_string());
+        self.reader.retain_clients(&names);
+        described
     }
 
     fn update(&self, lags: &[GroupLag]) {

@@ -418,6 +418,15 @@ impl GroupReader {
         Ok(r)
     }
 
+    /// Drops the committed-offsets clients of groups not in `groups` (a monitor calls this
+    /// after each poll, so groups that went away do not keep a client).
+    pub fn retain_clients(&self, groups: &[String]) {
+        self.per_group
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .retain(|g, _| groups.contains(g));
+    }
+
     fn committer(&self, group: &str) -> Result<Arc<BaseConsumer>, KafkaError> {
         let mut map = self
             .per_group
