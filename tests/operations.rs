@@ -16,6 +16,51 @@ use verdict_cli::records::{AvroProducer, read_topic, sample_transaction};
 
 const GROUP: &str = "verdict-fraud-detector";
 
+/// What every test here starts with: the stack, this test's topology, and the names of the
+/// fraud-detector's group and input in it.
+struct Ops {
+    stack: Stack,
+    topology: Topology,
+    group: String,
+    input: String,
+    kafka: verdict_runtime::kafka::KafkaSettings,
+}
+
+impl Ops {
+    async fn start() -> Self {
+        let stack = Stack::start().await;
+        let topology = apply_topology(&stack, None).await;
+        Self {
+            group: topology.group(GROUP),
+            input: topology.topic("transactions"),
+            kafka: stack.broker.kafka(),
+            stack,
+            topology,
+        }
+    }
+
+    /// A ready fraud-detector (see [`fraud`]).
+    async fn fraud(&self, fail_tenant: &str) -> ServiceProcess {
+        let mut svc = fraud(&self.stack, &self.topology, fail_tenant);
+        svc.wait_ready(Duration::from_secs(30)).await;
+        svc
+    }
+
+    async fn produce(&self, n: usize, tenant: &str) -> Vec<String> {
+        produce(&self.stack, &self.topology, n, tenant).await
+    }
+
+    async fn wait_committed(&self) {
+        wait_committed_to_end(
+            &self.kafka,
+            &self.group,
+            &self.input,
+            Duration::from_secs(120),
+        )
+        .await;
+    }
+}
+
 /// A fraud-detector with dynamic membership, so that a clean stop empties the group at once.
 fn fraud(stack: &Stack, topology: &Topology, fail_tenant: &str) -> ServiceProcess {
     ServiceProcess::spawn::<fraud_detector::Spec>(&deployment(stack, topology, None), |s| {
@@ -131,21 +176,23 @@ async fn timestamps(stack: &Stack, topic: &str, at: &BTreeMap<i32, i64>) -> BTre
 #[test]
 fn replay_to_datetime_reprocesses_exactly_the_records_since_then() {
     run(300, async {
-        let stack = Stack::start().await;
-        let topology = apply_topology(&stack, None).await;
-        let group = topology.group(GROUP);
-        let input = topology.topic("transactions");
-        let kafka = stack.broker.kafka();
-        let mut svc = fraud(&stack, &topology, "");
-        svc.wait_ready(Duration::from_secs(30)).await;
+        let ops = Ops::start().await;
+        let Ops {
+            stack,
+            topology,
+            group,
+            input,
+            kafka,
+        } = &ops;
+        let mut svc = ops.fraud("").await;
 
-        let before = produce(&stack, &topology, 60, "tenant-before").await;
-        wait_committed_to_end(&kafka, &group, &input, Duration::from_secs(60)).await;
+        let before = ops.produce(60, "tenant-before").await;
+        ops.wait_committed().await;
         tokio::time::sleep(Duration::from_millis(1_500)).await;
         let since_ms = verdict_runtime::now_ms();
         tokio::time::sleep(Duration::from_millis(1_500)).await;
-        let after = produce(&stack, &topology, 40, "tenant-after").await;
-        wait_committed_to_end(&kafka, &group, &input, Duration::from_secs(60)).await;
+        let after = ops.produce(40, "tenant-after").await;
+        ops.wait_committed().await;
         let since = jiff::Timestamp::from_millisecond(since_ms)
             .expect("time")
             .strftime("%Y-%m-%dT%H:%M:%S%.3fZ")
@@ -153,10 +200,10 @@ fn replay_to_datetime_reprocesses_exactly_the_records_since_then() {
 
         // An active group is refused, and the refusal names the member.
         let refused = verdict(
-            &stack,
+            stack,
             &[
                 "replay",
-                &group,
+                group,
                 "--to-datetime",
                 &since,
                 "--all-topics",
@@ -170,25 +217,20 @@ fn replay_to_datetime_reprocesses_exactly_the_records_since_then() {
             "names the member: {stderr}"
         );
 
-        assert_eq!(
-            svc.terminate(Duration::from_secs(30)),
-            Some(0),
-            "{}",
-            svc.log()
-        );
-        wait_empty(&stack, &group).await;
+        svc.stop_cleanly();
+        wait_empty(stack, group).await;
 
         // Stopped: new events are lag, in messages and in seconds.
-        let late = produce(&stack, &topology, 25, "tenant-late").await;
+        let late = ops.produce(25, "tenant-late").await;
         tokio::time::sleep(Duration::from_millis(1_000)).await;
         let d = json_of(&verdict(
-            &stack,
-            &["groups", "describe", &group, "--output", "json"],
+            stack,
+            &["groups", "describe", group, "--output", "json"],
         ));
         let kafka_rows = kafka_tool_table(
-            &stack,
+            stack,
             "consumer-groups",
-            &["--describe", "--group", &group],
+            &["--describe", "--group", group],
             "GROUP",
         );
         let ours: Vec<&Value> = d["partitions"]
@@ -197,7 +239,7 @@ fn replay_to_datetime_reprocesses_exactly_the_records_since_then() {
             .iter()
             .filter(|p| p["topic"] == input.as_str())
             .collect();
-        let theirs: Vec<_> = kafka_rows.iter().filter(|r| r["TOPIC"] == input).collect();
+        let theirs: Vec<_> = kafka_rows.iter().filter(|r| r["TOPIC"] == *input).collect();
         assert_eq!(ours.len(), 6, "{d}");
         assert_eq!(theirs.len(), 6, "{kafka_rows:?}");
         for r in &theirs {
@@ -222,7 +264,7 @@ fn replay_to_datetime_reprocesses_exactly_the_records_since_then() {
                 )
             })
             .collect();
-        let stamps = timestamps(&stack, &input, &lagging).await;
+        let stamps = timestamps(stack, input, &lagging).await;
         let at_ms = d["at_ms"].as_i64().expect("at_ms");
         for o in &ours {
             let p = i32::try_from(o["partition"].as_i64().expect("p")).expect("p");
@@ -242,29 +284,29 @@ fn replay_to_datetime_reprocesses_exactly_the_records_since_then() {
         }
 
         // The plan equals Kafka's own dry run, and changes nothing.
-        let offsets_before = committed(&kafka, &group, &input).await;
+        let offsets_before = committed(kafka, group, input).await;
         let plan = json_of(&verdict(
-            &stack,
+            stack,
             &[
                 "replay",
-                &group,
+                group,
                 "--to-datetime",
                 &since,
                 "--topic",
-                &input,
+                input,
                 "--output",
                 "json",
             ],
         ));
         let kafka_plan = kafka_tool_table(
-            &stack,
+            stack,
             "consumer-groups",
             &[
                 "--reset-offsets",
                 "--group",
-                &group,
+                group,
                 "--topic",
-                &input,
+                input,
                 "--to-datetime",
                 &since,
                 "--dry-run",
@@ -305,14 +347,14 @@ fn replay_to_datetime_reprocesses_exactly_the_records_since_then() {
             reprocess, 40,
             "the 40 events since then (the late 25 are unread)"
         );
-        assert_eq!(committed(&kafka, &group, &input).await, offsets_before);
+        assert_eq!(committed(kafka, group, input).await, offsets_before);
 
         // Executed: the service decides the 40 again (and the 25 late ones once), not the 60.
         let out = verdict(
-            &stack,
+            stack,
             &[
                 "replay",
-                &group,
+                group,
                 "--to-datetime",
                 &since,
                 "--all-topics",
@@ -324,7 +366,7 @@ fn replay_to_datetime_reprocesses_exactly_the_records_since_then() {
             "{}",
             String::from_utf8_lossy(&out.stderr)
         );
-        let moved = committed(&kafka, &group, &input).await;
+        let moved = committed(kafka, group, input).await;
         let moved_sum: i64 = moved.values().sum();
         let before_sum: i64 = offsets_before.values().sum();
         assert_eq!(
@@ -333,10 +375,9 @@ fn replay_to_datetime_reprocesses_exactly_the_records_since_then() {
             "{offsets_before:?} -> {moved:?}"
         );
 
-        let mut svc = fraud(&stack, &topology, "");
-        svc.wait_ready(Duration::from_secs(30)).await;
-        wait_committed_to_end(&kafka, &group, &input, Duration::from_secs(60)).await;
-        let got = decisions(&stack, &topology, |m| {
+        let mut svc = ops.fraud("").await;
+        ops.wait_committed().await;
+        let got = decisions(stack, topology, |m| {
             after.iter().all(|id| m.get(id) == Some(&2)) && late.iter().all(|id| m.contains_key(id))
         })
         .await;
@@ -349,12 +390,7 @@ fn replay_to_datetime_reprocesses_exactly_the_records_since_then() {
         for id in &late {
             assert_eq!(got.get(id), Some(&1), "late events decided once: {id}");
         }
-        assert_eq!(
-            svc.terminate(Duration::from_secs(30)),
-            Some(0),
-            "{}",
-            svc.log()
-        );
+        svc.stop_cleanly();
     });
 }
 
@@ -364,25 +400,22 @@ fn replay_to_datetime_reprocesses_exactly_the_records_since_then() {
 #[test]
 fn redriven_dead_letters_become_decisions_once() {
     run(300, async {
-        let stack = Stack::start().await;
-        let topology = apply_topology(&stack, None).await;
-        let group = topology.group(GROUP);
-        let input = topology.topic("transactions");
+        let ops = Ops::start().await;
+        let Ops {
+            stack,
+            topology,
+            input,
+            kafka,
+            ..
+        } = &ops;
         let dlq = topology.topic("transactions.dlq");
-        let kafka = stack.broker.kafka();
-        let mut svc = fraud(&stack, &topology, "tenant-broken");
-        svc.wait_ready(Duration::from_secs(30)).await;
-        let good = produce(&stack, &topology, 20, "tenant-ok").await;
-        let broken = produce(&stack, &topology, 12, "tenant-broken").await;
-        wait_committed_to_end(&kafka, &group, &input, Duration::from_secs(60)).await;
-        assert_eq!(
-            svc.terminate(Duration::from_secs(30)),
-            Some(0),
-            "{}",
-            svc.log()
-        );
+        let mut svc = ops.fraud("tenant-broken").await;
+        let good = ops.produce(20, "tenant-ok").await;
+        let broken = ops.produce(12, "tenant-broken").await;
+        ops.wait_committed().await;
+        svc.stop_cleanly();
 
-        let list = json_of(&verdict(&stack, &["dlq", "list", &dlq, "--output", "json"]));
+        let list = json_of(&verdict(stack, &["dlq", "list", &dlq, "--output", "json"]));
         let rows = list.as_array().expect("rows");
         assert_eq!(rows.len(), 1, "{list}");
         assert_eq!(rows[0]["class"], "Panic");
@@ -390,11 +423,10 @@ fn redriven_dead_letters_become_decisions_once() {
         assert_eq!(rows[0]["count"], 12);
 
         // The stage works again.
-        let mut svc = fraud(&stack, &topology, "");
-        svc.wait_ready(Duration::from_secs(30)).await;
+        let mut svc = ops.fraud("").await;
 
         let dry = verdict(
-            &stack,
+            stack,
             &["dlq", "redrive", &dlq, "--class", "Panic", "--dry-run"],
         );
         assert!(
@@ -407,7 +439,7 @@ fn redriven_dead_letters_become_decisions_once() {
             "{}",
             String::from_utf8_lossy(&dry.stdout)
         );
-        let first = verdict(&stack, &["dlq", "redrive", &dlq, "--class", "Panic"]);
+        let first = verdict(stack, &["dlq", "redrive", &dlq, "--class", "Panic"]);
         let stdout = String::from_utf8_lossy(&first.stdout);
         assert!(
             first.status.success(),
@@ -416,7 +448,7 @@ fn redriven_dead_letters_become_decisions_once() {
         );
         assert!(stdout.contains("redrove 12"), "{stdout}");
 
-        let got = decisions(&stack, &topology, |m| {
+        let got = decisions(stack, topology, |m| {
             broken.iter().chain(&good).all(|id| m.contains_key(id))
         })
         .await;
@@ -428,16 +460,16 @@ fn redriven_dead_letters_become_decisions_once() {
                 svc.log()
             );
         }
-        let second = verdict(&stack, &["dlq", "redrive", &dlq, "--class", "Panic"]);
+        let second = verdict(stack, &["dlq", "redrive", &dlq, "--class", "Panic"]);
         let stdout = String::from_utf8_lossy(&second.stdout);
         assert!(second.status.success(), "{stdout}");
         assert!(stdout.contains("redrove 0"), "nothing new: {stdout}");
 
         // The redriven records carry their original key and a redrive count.
         let redriven: Vec<_> = read_topic(
-            &kafka,
+            kafka,
             &stack.registry_url(),
-            &input,
+            input,
             Duration::from_secs(30),
             |rs| {
                 rs.iter()
@@ -464,12 +496,7 @@ fn redriven_dead_letters_become_decisions_once() {
                 "the original key"
             );
         }
-        assert_eq!(
-            svc.terminate(Duration::from_secs(30)),
-            Some(0),
-            "{}",
-            svc.log()
-        );
+        svc.stop_cleanly();
     });
 }
 
@@ -587,15 +614,17 @@ fn ends_with_records(records: &[Value]) -> usize {
 #[test]
 fn the_lag_monitor_sees_a_stopped_group_and_its_recovery() {
     run(300, async {
-        let stack = Stack::start().await;
-        let topology = apply_topology(&stack, None).await;
-        let group = topology.group(GROUP);
-        let input = topology.topic("transactions");
-        let kafka = stack.broker.kafka();
-        let mut svc = fraud(&stack, &topology, "");
-        svc.wait_ready(Duration::from_secs(30)).await;
+        let ops = Ops::start().await;
+        let Ops {
+            stack,
+            topology,
+            group,
+            input,
+            kafka,
+        } = &ops;
+        let mut svc = ops.fraud("").await;
         let mut monitor =
-            ServiceProcess::spawn::<lag_monitor::Spec>(&deployment(&stack, &topology, None), |s| {
+            ServiceProcess::spawn::<lag_monitor::Spec>(&deployment(stack, topology, None), |s| {
                 s.monitor.groups = vec![group.clone()];
                 s.monitor.poll_interval_ms = 500;
                 s.monitor.window = 4;
@@ -625,24 +654,19 @@ fn the_lag_monitor_sees_a_stopped_group_and_its_recovery() {
             }
         };
 
-        produce(&stack, &topology, 60, "tenant-lag").await;
-        wait_committed_to_end(&kafka, &group, &input, Duration::from_secs(60)).await;
+        ops.produce(60, "tenant-lag").await;
+        ops.wait_committed().await;
         let ok = wait_for(&["OK"]).await;
         assert_eq!(ok["groups"][0]["group"], group.as_str());
 
-        assert_eq!(
-            svc.terminate(Duration::from_secs(30)),
-            Some(0),
-            "{}",
-            svc.log()
-        );
-        produce(&stack, &topology, 30, "tenant-lag").await;
+        svc.stop_cleanly();
+        ops.produce(30, "tenant-lag").await;
         let stopped = wait_for(&["STOP", "STALL"]).await;
         let g = &stopped["groups"][0];
         assert_eq!(g["total_lag"], 30, "{g}");
         // Independently: log-end minus committed, per partition.
-        let ends = harness::end_offsets(&kafka, &input).await;
-        let done = committed(&kafka, &group, &input).await;
+        let ends = harness::end_offsets(kafka, input).await;
+        let done = committed(kafka, group, input).await;
         for p in g["partitions"].as_array().expect("partitions") {
             let part = i32::try_from(p["partition"].as_i64().expect("p")).expect("p");
             let expected = ends[&part] - done.get(&part).copied().unwrap_or(0);
@@ -669,24 +693,13 @@ fn the_lag_monitor_sees_a_stopped_group_and_its_recovery() {
             "STALL (3) or STOP (4): {status_metric}"
         );
 
-        let mut svc = fraud(&stack, &topology, "");
-        svc.wait_ready(Duration::from_secs(30)).await;
+        let mut svc = ops.fraud("").await;
         let recovered = wait_for(&["OK"]).await;
         assert_eq!(recovered["groups"][0]["total_lag"], 0, "{recovered}");
         let page = api.get("/").await;
         assert_eq!(page.status, 200);
-        assert_eq!(
-            svc.terminate(Duration::from_secs(30)),
-            Some(0),
-            "{}",
-            svc.log()
-        );
-        assert_eq!(
-            monitor.terminate(Duration::from_secs(30)),
-            Some(0),
-            "{}",
-            monitor.log()
-        );
+        svc.stop_cleanly();
+        monitor.stop_cleanly();
     });
 }
 
@@ -696,24 +709,21 @@ fn the_lag_monitor_sees_a_stopped_group_and_its_recovery() {
 #[test]
 fn shadow_runs_another_model_version_and_reports_the_diff() {
     run(400, async {
-        let stack = Stack::start().await;
-        let topology = apply_topology(&stack, None).await;
-        let group = topology.group(GROUP);
-        let input = topology.topic("transactions");
+        let ops = Ops::start().await;
+        let Ops {
+            stack,
+            topology,
+            group,
+            input,
+            kafka,
+        } = &ops;
         let decisions_topic = topology.topic("fraud-decisions");
-        let kafka = stack.broker.kafka();
-        let mut svc = fraud(&stack, &topology, "");
-        svc.wait_ready(Duration::from_secs(30)).await;
-        produce(&stack, &topology, 1_000, "tenant-shadow").await;
-        wait_committed_to_end(&kafka, &group, &input, Duration::from_secs(120)).await;
-        assert_eq!(
-            svc.terminate(Duration::from_secs(30)),
-            Some(0),
-            "{}",
-            svc.log()
-        );
-        let offsets_before = committed(&kafka, &group, &input).await;
-        let decisions_end = harness::end_offsets(&kafka, &decisions_topic).await;
+        let mut svc = ops.fraud("").await;
+        ops.produce(1_000, "tenant-shadow").await;
+        ops.wait_committed().await;
+        svc.stop_cleanly();
+        let offsets_before = committed(kafka, group, input).await;
+        let decisions_end = harness::end_offsets(kafka, &decisions_topic).await;
 
         // Model v2: the same model with a higher intercept (more transactions look risky).
         let dir = tempfile::tempdir().expect("dir");
@@ -731,7 +741,7 @@ fn shadow_runs_another_model_version_and_reports_the_diff() {
         let name = harness::unique("t");
         let topology_file = topology.to_string_lossy().to_string();
         let out = verdict(
-            &stack,
+            stack,
             &[
                 "shadow",
                 "--service",
@@ -819,9 +829,9 @@ fn shadow_runs_another_model_version_and_reports_the_diff() {
         );
 
         // Production untouched.
-        assert_eq!(committed(&kafka, &group, &input).await, offsets_before);
+        assert_eq!(committed(kafka, group, input).await, offsets_before);
         assert_eq!(
-            harness::end_offsets(&kafka, &decisions_topic).await,
+            harness::end_offsets(kafka, &decisions_topic).await,
             decisions_end
         );
         let shadow_topics: Vec<String> = kafka
@@ -887,15 +897,16 @@ fn chromium(url: &str, screenshot: Option<&std::path::Path>) -> (String, Vec<Str
 #[test]
 fn the_dashboard_shows_a_group_turning_from_ok_to_lagging() {
     run(300, async {
-        let stack = Stack::start().await;
-        let topology = apply_topology(&stack, None).await;
-        let group = topology.group(GROUP);
-        let input = topology.topic("transactions");
-        let kafka = stack.broker.kafka();
-        let mut svc = fraud(&stack, &topology, "");
-        svc.wait_ready(Duration::from_secs(30)).await;
+        let ops = Ops::start().await;
+        let Ops {
+            stack,
+            topology,
+            group,
+            ..
+        } = &ops;
+        let mut svc = ops.fraud("").await;
         let mut monitor =
-            ServiceProcess::spawn::<lag_monitor::Spec>(&deployment(&stack, &topology, None), |s| {
+            ServiceProcess::spawn::<lag_monitor::Spec>(&deployment(stack, topology, None), |s| {
                 s.monitor.groups = vec![group.clone()];
                 s.monitor.poll_interval_ms = 500;
                 s.monitor.window = 4;
@@ -923,18 +934,13 @@ fn the_dashboard_shows_a_group_turning_from_ok_to_lagging() {
             }
         };
 
-        produce(&stack, &topology, 40, "tenant-dash").await;
-        wait_committed_to_end(&kafka, &group, &input, Duration::from_secs(60)).await;
+        ops.produce(40, "tenant-dash").await;
+        ops.wait_committed().await;
         wait_page(&["OK"]).await;
         tokio::task::block_in_place(|| chromium(&url, Some(&out_dir.join("dashboard-ok.png"))));
 
-        assert_eq!(
-            svc.terminate(Duration::from_secs(30)),
-            Some(0),
-            "{}",
-            svc.log()
-        );
-        produce(&stack, &topology, 30, "tenant-dash").await;
+        svc.stop_cleanly();
+        ops.produce(30, "tenant-dash").await;
         let lagging = wait_page(&["STOP", "STALL", "WARNING"]).await;
         let shot = out_dir.join("dashboard-lagging.png");
         let (_, console) = tokio::task::block_in_place(|| chromium(&url, Some(&shot)));
@@ -948,11 +954,6 @@ fn the_dashboard_shows_a_group_turning_from_ok_to_lagging() {
             "dashboard showed {lagging}; screenshots in {}",
             out_dir.display()
         );
-        assert_eq!(
-            monitor.terminate(Duration::from_secs(30)),
-            Some(0),
-            "{}",
-            monitor.log()
-        );
+        monitor.stop_cleanly();
     });
 }

@@ -696,6 +696,12 @@ impl ServiceProcess {
             self.log()
         );
     }
+
+    /// SIGTERM, and asserts a clean exit (status 0) within 30 s.
+    pub fn stop_cleanly(&mut self) {
+        let code = self.terminate(Duration::from_secs(30));
+        assert_eq!(code, Some(0), "unclean exit\n{}", self.log());
+    }
 }
 
 impl Drop for ServiceProcess {
@@ -955,22 +961,15 @@ pub async fn committed(kafka: &KafkaSettings, group: &str, topic: &str) -> BTree
 
 /// The end (high watermark) of each partition of `topic`.
 pub async fn end_offsets(kafka: &KafkaSettings, topic: &str) -> BTreeMap<i32, i64> {
-    use rdkafka::consumer::Consumer;
-    let partitions = kafka.partition_count(topic).await;
-    let consumer = kafka.metadata_consumer().expect("consumer");
-    let topic = topic.to_string();
-    tokio::task::spawn_blocking(move || {
-        (0..i32::try_from(partitions).unwrap_or(0))
-            .map(|p| {
-                let (_, high) = consumer
-                    .fetch_watermarks(&topic, p, Duration::from_secs(10))
-                    .expect("watermarks");
-                (p, high)
-            })
-            .collect()
-    })
-    .await
-    .expect("join")
+    let partitions = i32::try_from(kafka.partition_count(topic).await).unwrap_or(0);
+    let reader = verdict_runtime::groups::GroupReader::new(kafka).expect("reader");
+    reader
+        .watermarks((0..partitions).map(|p| (topic.to_string(), p)).collect())
+        .await
+        .expect("watermarks")
+        .into_iter()
+        .map(|((_, p), (_, end))| (p, end))
+        .collect()
 }
 
 /// Waits until `group` has committed `topic` up to its end on every partition that has

@@ -249,15 +249,7 @@ impl GroupReader {
             for (t, p) in &partitions {
                 tpl.add_partition(t, *p);
             }
-            let got = committer.committed_offsets(tpl, TIMEOUT)?;
-            Ok(got
-                .elements()
-                .iter()
-                .filter_map(|e| match e.offset() {
-                    Offset::Offset(o) => Some(((e.topic().to_string(), e.partition()), o)),
-                    _ => None,
-                })
-                .collect())
+            Ok(offsets_of(&committer.committed_offsets(tpl, TIMEOUT)?))
         })
         .await
     }
@@ -277,19 +269,23 @@ impl GroupReader {
                 for (t, p) in &partitions {
                     tpl.add_partition_offset(t, *p, at)?;
                 }
-                let got = meta.offsets_for_times(tpl, TIMEOUT)?;
-                Ok(got
-                    .elements()
-                    .iter()
-                    .filter_map(|e| match e.offset() {
-                        Offset::Offset(o) => Some(((e.topic().to_string(), e.partition()), o)),
-                        _ => None,
-                    })
-                    .collect())
+                Ok(offsets_of(&meta.offsets_for_times(tpl, TIMEOUT)?))
             };
-            // ListOffsets: timestamp -2 is the log start, -1 the log end.
-            let starts = ask(Offset::Beginning)?;
-            let ends = ask(Offset::End)?;
+            // ListOffsets: timestamp -2 is the log start, -1 the log end. A topic created a
+            // moment ago may not have its leaders yet: that is retried for a few seconds.
+            let deadline = Instant::now() + Duration::from_secs(10);
+            let retrying = |at: Offset| loop {
+                match ask(at) {
+                    Err(KafkaError::Client(e))
+                        if leader_moving(&e) && Instant::now() < deadline =>
+                    {
+                        std::thread::sleep(Duration::from_millis(200));
+                    }
+                    other => break other,
+                }
+            };
+            let starts = retrying(Offset::Beginning)?;
+            let ends = retrying(Offset::End)?;
             Ok(ends
                 .into_iter()
                 .map(|(k, end)| {
@@ -520,6 +516,26 @@ fn assemble(
         partitions,
         at_ms,
     }
+}
+
+/// Errors of a partition whose leader is being elected (a new topic, a moving leader).
+fn leader_moving(e: &rdkafka::error::KafkaError) -> bool {
+    use rdkafka::types::RDKafkaErrorCode as C;
+    matches!(
+        e.rdkafka_error_code(),
+        Some(C::NotLeaderForPartition | C::LeaderNotAvailable | C::UnknownTopicOrPartition)
+    )
+}
+
+/// The partitions of `tpl` that have an offset (not "invalid", "end", …), by partition.
+fn offsets_of(tpl: &TopicPartitionList) -> BTreeMap<(String, i32), i64> {
+    tpl.elements()
+        .iter()
+        .filter_map(|e| match e.offset() {
+            Offset::Offset(o) => Some(((e.topic().to_string(), e.partition()), o)),
+            _ => None,
+        })
+        .collect()
 }
 
 async fn blocking<T: Send + 'static>(

@@ -538,21 +538,15 @@ async fn run(command: Command) -> Result<(), CliError> {
                 headers,
                 keep_going,
             };
-            let report = match file {
-                Some(f) => {
-                    let file = std::fs::File::open(&f).map_err(|e| {
-                        CliError::Usage(format!("cannot read {}: {e}", f.display()))
-                    })?;
-                    let input = std::io::BufReader::new(file);
-                    produce_consume::produce(&kafka, &endpoints.registry_url, &topic, input, &opts)
-                        .await?
-                }
-                None => {
-                    let input = std::io::stdin().lock();
-                    produce_consume::produce(&kafka, &endpoints.registry_url, &topic, input, &opts)
-                        .await?
-                }
+            let input: Box<dyn std::io::BufRead> = match file {
+                Some(f) => Box::new(std::io::BufReader::new(std::fs::File::open(&f).map_err(
+                    |e| CliError::Usage(format!("cannot read {}: {e}", f.display())),
+                )?)),
+                None => Box::new(std::io::stdin().lock()),
             };
+            let report =
+                produce_consume::produce(&kafka, &endpoints.registry_url, &topic, input, &opts)
+                    .await?;
             eprintln!(
                 "produced {} record(s) to {topic}, skipped {}",
                 report.sent, report.skipped
