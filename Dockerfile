@@ -31,7 +31,7 @@ RUN apt-get update \
  && groupadd --system --gid 10001 verdict \
  && useradd --system --uid 10001 --gid verdict --home-dir /app --no-create-home --shell /usr/sbin/nologin verdict
 
-COPY --from=builder /src/target/release/verdict /src/target/release/verdict-schema-registry /src/target/release/fraud-detector /src/target/release/model-server /src/target/release/document-analyzer /src/target/release/lag-monitor /usr/local/bin/
+COPY --from=builder /src/target/release/verdict /src/target/release/verdict-schema-registry /src/target/release/fraud-detector /src/target/release/model-server /src/target/release/document-analyzer /src/target/release/lag-monitor /src/target/release/gateway /usr/local/bin/
 COPY schemas/ /app/schemas/
 COPY topology/ /app/topology/
 COPY models/fraud/model.json /app/models/fraud/model.json

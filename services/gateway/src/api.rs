@@ -1,0 +1,392 @@
+//! The HTTP API (`/v1`): submit transactions and documents, read jobs, health. Handlers are
+//! thin: authenticate, limit, validate, produce, answer; the rules live in `auth`, `limits`
+//! and `jobs`.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use axum::body::Body;
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap as HttpHeaders, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use rdkafka::producer::FutureProducer;
+use serde::Deserialize;
+use serde_json::{Value as Json, json};
+use verdict_runtime::avro::{check_fields, untyped};
+use verdict_runtime::headers::HeaderMap;
+use verdict_runtime::kafka::KafkaSettings;
+use verdict_runtime::serde::{AvroSerde, ValueSchema};
+
+use crate::auth::{Caller, Scope, authenticate, presented_key};
+use crate::config::Gateway;
+use crate::error::ApiError;
+use crate::jobs::{Job, JobStore, Role, Status};
+use crate::limits::{Limiter, Verdict};
+
+/// Where one kind of submission goes.
+#[derive(Debug, Clone)]
+pub struct Route {
+    pub kind: &'static str,
+    pub topic: String,
+    pub key_field: &'static str,
+    pub scope: Scope,
+}
+
+pub struct App {
+    pub settings: Gateway,
+    pub kafka: KafkaSettings,
+    pub registry_url: String,
+    pub producer: FutureProducer,
+    pub serde: AvroSerde,
+    pub store: Arc<JobStore>,
+    pub limiter: Limiter,
+    /// For the health checks of the registry.
+    pub http: reqwest::Client,
+    pub transactions: Route,
+    pub documents: Route,
+}
+
+pub fn router(app: Arc<App>) -> Router {
+    Router::new()
+        .route("/v1/transactions", post(submit_transaction))
+        .route("/v1/documents", post(submit_document))
+        .route("/v1/jobs/{id}", get(get_job))
+        .route("/v1/health", get(health))
+        .fallback(|| async { ApiError::NotFound { what: "endpoint" } })
+        .with_state(app)
+}
+
+#[derive(Debug, Default, Deserialize)]
+pub struct SubmitQuery {
+    /// `2s`, `1500ms` or seconds: answer with the decision if it arrives in time.
+    wait: Option<String>,
+}
+
+/// Parses `2s`, `1500ms`, `2` (seconds).
+pub fn parse_wait(s: &str) -> Result<Duration, ApiError> {
+    let bad = || ApiError::Validation {
+        message: format!("wait `{s}` is not a duration (e.g. 2s or 1500ms)"),
+    };
+    let s = s.trim();
+    if let Some(ms) = s.strip_suffix("ms") {
+        return ms
+            .parse::<u64>()
+            .map(Duration::from_millis)
+            .map_err(|_| bad());
+    }
+    let secs = s.strip_suffix('s').unwrap_or(s);
+    secs.parse::<f64>()
+        .ok()
+        .filter(|x| x.is_finite() && *x >= 0.0)
+        .map(Duration::from_secs_f64)
+        .ok_or_else(bad)
+}
+
+impl App {
+    /// Authenticates the request and counts it against its tenant's limit.
+    fn admit(&self, headers: &HttpHeaders) -> Result<(Caller, Verdict), ApiError> {
+        let h = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
+        let caller = authenticate(
+            &self.settings.keys,
+            presented_key(h(header::AUTHORIZATION.as_str()), h("x-api-key")),
+        )?;
+        let limits = self
+            .settings
+            .tenants
+            .get(&caller.tenant)
+            .copied()
+            .unwrap_or(self.settings.default_limits);
+        let verdict = self
+            .limiter
+            .check(&caller.tenant, limits, verdict_runtime::now_ms());
+        Ok((caller, verdict))
+    }
+}
+
+fn with_limits(mut resp: Response, v: &Verdict) -> Response {
+    let h = resp.headers_mut();
+    for (name, value) in [
+        ("x-ratelimit-limit", v.limit.to_string()),
+        ("x-ratelimit-remaining", v.remaining.to_string()),
+        ("x-ratelimit-reset", v.reset_secs.to_string()),
+    ] {
+        if let Ok(val) = HeaderValue::from_str(&value) {
+            h.insert(name, val);
+        }
+    }
+    if v.warning {
+        h.insert(
+            "x-ratelimit-warning",
+            HeaderValue::from_static("80% of the request allowance is used"),
+        );
+    }
+    resp
+}
+
+/// Runs `f` for an admitted caller and puts the limit headers on whatever it answers.
+async fn admitted<F, Fut>(app: &App, headers: &HttpHeaders, scope: Scope, f: F) -> Response
+where
+    F: FnOnce(Caller) -> Fut,
+    Fut: Future<Output = Result<Response, ApiError>>,
+{
+    let (caller, verdict) = match app.admit(headers) {
+        Ok(x) => x,
+        Err(e) => return e.into_response(),
+    };
+    let result = if verdict.allowed {
+        match caller.require(scope) {
+            Ok(()) => f(caller).await,
+            Err(e) => Err(e),
+        }
+    } else {
+        Err(ApiError::RateLimited {
+            retry_after_secs: verdict.retry_after_secs,
+        })
+    };
+    with_limits(result.unwrap_or_else(IntoResponse::into_response), &verdict)
+}
+
+async fn submit_transaction(
+    State(app): State<Arc<App>>,
+    Query(q): Query<SubmitQuery>,
+    headers: HttpHeaders,
+    body: Body,
+) -> Response {
+    let route = app.transactions.clone();
+    admitted(&app, &headers, route.scope, |caller| {
+        submit(&app, route, caller, q, &headers, body)
+    })
+    .await
+}
+
+async fn submit_document(
+    State(app): State<Arc<App>>,
+    Query(q): Query<SubmitQuery>,
+    headers: HttpHeaders,
+    body: Body,
+) -> Response {
+    let route = app.documents.clone();
+    admitted(&app, &headers, route.scope, |caller| {
+        submit(&app, route, caller, q, &headers, body)
+    })
+    .await
+}
+
+/// A job id from the tenant and its Idempotency-Key: the same on every instance.
+pub fn idempotent_id(tenant: &str, key: &str) -> String {
+    let hash = crate::auth::key_hash(&format!("verdict-idempotency\n{tenant}\n{key}"));
+    let hex: String = hash.chars().take(32).collect();
+    uuid::Uuid::parse_str(&hex).map_or(hex, |u| u.hyphenated().to_string())
+}
+
+async fn submit(
+    app: &App,
+    route: Route,
+    caller: Caller,
+    q: SubmitQuery,
+    headers: &HttpHeaders,
+    body: Body,
+) -> Result<Response, ApiError> {
+    let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
+    let mut wait = match &q.wait {
+        Some(w) => parse_wait(w)?.min(Duration::from_millis(app.settings.max_wait_ms)),
+        None => Duration::ZERO,
+    };
+    if let Some(t) = header("x-timeout") {
+        wait = wait.min(parse_wait(t)?);
+    }
+    let bytes = axum::body::to_bytes(body, app.settings.max_body_bytes)
+        .await
+        .map_err(|_| ApiError::PayloadTooLarge {
+            message: format!(
+                "the request body is larger than {} bytes",
+                app.settings.max_body_bytes
+            ),
+        })?;
+    let mut event: Json = serde_json::from_slice(&bytes).map_err(|e| ApiError::Validation {
+        message: format!("the body is not JSON: {e}"),
+    })?;
+    let Some(obj) = event.as_object_mut() else {
+        return Err(ApiError::Validation {
+            message: "the body must be a JSON object".into(),
+        });
+    };
+    let job_id = match header("idempotency-key") {
+        Some(k) => idempotent_id(&caller.tenant, k),
+        None => uuid::Uuid::new_v4().to_string(),
+    };
+    if let Some(existing) = app.store.get(&job_id)
+        && existing.tenant == caller.tenant
+    {
+        return Ok(job_response(&existing, StatusCode::OK, true));
+    }
+    obj.insert("event_id".into(), json!(job_id));
+    obj.insert("tenant_id".into(), json!(caller.tenant));
+    obj.entry("occurred_at")
+        .or_insert_with(|| json!(verdict_runtime::now_ms()));
+    if route.kind == "document" {
+        let text_len = obj.get("text").and_then(Json::as_str).map_or(0, str::len);
+        obj.entry("size_bytes").or_insert_with(|| json!(text_len));
+        obj.entry("content_type")
+            .or_insert_with(|| json!("text/plain"));
+        obj.entry("source").or_insert_with(|| json!("gateway"));
+        if let Some(max) = header("x-max-tokens") {
+            let max: usize = max.parse().map_err(|_| ApiError::Validation {
+                message: format!("X-Max-Tokens `{max}` is not a number"),
+            })?;
+            // About four characters per token, as the document-analyzer estimates.
+            let estimate = text_len.div_ceil(4);
+            if estimate > max {
+                return Err(ApiError::PayloadTooLarge {
+                    message: format!(
+                        "the document is about {estimate} tokens, more than X-Max-Tokens {max}"
+                    ),
+                });
+            }
+        }
+    }
+    let schema = app.serde.latest_schema(&route.topic).await.map_err(|e| {
+        tracing::warn!(error = %e, topic = %route.topic, "no schema");
+        ApiError::Upstream
+    })?;
+    check_fields(&schema, &event).map_err(|message| ApiError::Validation { message })?;
+    let key = event[route.key_field]
+        .as_str()
+        .map(str::to_string)
+        .unwrap_or_else(|| job_id.clone());
+    let value = app
+        .serde
+        .encode(&route.topic, &ValueSchema::TopicLatest, untyped(&event))
+        .await
+        .map_err(|e| {
+            tracing::warn!(error = %e, "encoding a submission");
+            ApiError::Upstream
+        })?;
+    let mut h = HeaderMap::default();
+    verdict_runtime::telemetry::inject_trace(&tracing::Span::current(), &mut h);
+    verdict_runtime::producer::send(
+        &app.producer,
+        &route.topic,
+        Some(key.as_bytes()),
+        Some(&value),
+        h.to_kafka(),
+    )
+    .await
+    .map_err(|e| {
+        tracing::warn!(error = %e, "producing a submission");
+        ApiError::Upstream
+    })?;
+    app.store.apply(
+        Role::Input,
+        route.kind,
+        &event,
+        None,
+        verdict_runtime::now_ms(),
+    );
+    let job = if wait.is_zero() {
+        app.store.get(&job_id)
+    } else {
+        app.store.wait(&job_id, wait).await
+    };
+    let job = job.ok_or(ApiError::Upstream)?;
+    let status = if job.status == Status::Processing {
+        StatusCode::ACCEPTED
+    } else {
+        StatusCode::OK
+    };
+    Ok(job_response(&job, status, false))
+}
+
+fn job_response(job: &Job, status: StatusCode, replayed: bool) -> Response {
+    let mut body = serde_json::to_value(job).unwrap_or_else(|_| json!({}));
+    if replayed {
+        body["idempotent_replay"] = json!(true);
+    }
+    let mut resp = (status, axum::Json(body)).into_response();
+    if let Ok(v) = HeaderValue::from_str(&format!("/v1/jobs/{}", job.job_id)) {
+        resp.headers_mut().insert(header::LOCATION, v);
+    }
+    resp
+}
+
+async fn get_job(
+    State(app): State<Arc<App>>,
+    Path(id): Path<String>,
+    headers: HttpHeaders,
+) -> Response {
+    let store = app.store.clone();
+    admitted(&app, &headers, Scope::JobsRead, |caller| async move {
+        match store.get(&id) {
+            Some(job) if job.tenant == caller.tenant => {
+                Ok(job_response(&job, StatusCode::OK, false))
+            }
+            _ => Err(ApiError::NotFound { what: "job" }),
+        }
+    })
+    .await
+}
+
+async fn health(State(app): State<Arc<App>>) -> Response {
+    let kafka_ok = app
+        .kafka
+        .wait_until_reachable(Duration::from_secs(2))
+        .await
+        .is_ok();
+    let registry_ok = matches!(
+        app.http.get(format!("{}/subjects", app.registry_url)).send().await,
+        Ok(r) if r.status().is_success()
+    );
+    let state = |ok: bool| if ok { "ok" } else { "down" };
+    let status = match (kafka_ok, registry_ok) {
+        (true, true) => "ok",
+        (true, false) => "degraded",
+        _ => "down",
+    };
+    let code = if kafka_ok {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    (
+        code,
+        axum::Json(json!({
+            "status": status,
+            "services": {
+                "gateway": {"status": "ok", "jobs_known": app.store.len()},
+                "kafka": {"status": state(kafka_ok)},
+                "registry": {"status": state(registry_ok)},
+            }
+        })),
+    )
+        .into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn waits_parse_in_seconds_or_milliseconds() {
+        assert_eq!(parse_wait("2s").expect("2s"), Duration::from_secs(2));
+        assert_eq!(
+            parse_wait("1500ms").expect("ms"),
+            Duration::from_millis(1500)
+        );
+        assert_eq!(parse_wait("0.5").expect("0.5"), Duration::from_millis(500));
+        assert_eq!(
+            parse_wait("soon").expect_err("bad").code(),
+            "validation_failed"
+        );
+        assert!(parse_wait("-1s").is_err());
+    }
+
+    #[test]
+    fn idempotency_keys_give_the_same_job_id_per_tenant() {
+        let a = idempotent_id("t1", "order-42");
+        assert_eq!(a, idempotent_id("t1", "order-42"));
+        assert_ne!(a, idempotent_id("t2", "order-42"));
+        assert!(uuid::Uuid::parse_str(&a).is_ok(), "{a}");
+    }
+}

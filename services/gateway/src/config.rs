@@ -1,0 +1,162 @@
+//! gateway settings: defaults < `--config` file < `VERDICT__…` environment.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+
+use serde::{Deserialize, Serialize};
+use verdict_runtime::kafka::KafkaSettings;
+use verdict_runtime::service::{RegistrySection, TelemetrySection, TopologySection};
+use verdict_runtime::settings::{SettingsError, Validate};
+
+use crate::auth::Scope;
+
+#[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct GatewaySettings {
+    pub kafka: KafkaSettings,
+    pub registry: RegistrySection,
+    pub http: Http,
+    pub topology: TopologySection,
+    pub telemetry: TelemetrySection,
+    pub gateway: Gateway,
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct Http {
+    /// The API (`/v1/...`), `/metrics`, `/healthz`, `/readyz`.
+    pub listen: SocketAddr,
+}
+
+impl Default for Http {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from(([127, 0, 0, 1], 8088)),
+        }
+    }
+}
+
+/// An API key as stored: its SHA-256 (hex), never the key itself.
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct ApiKey {
+    /// A name for logs and metrics (never the key).
+    pub id: String,
+    /// Lower-case hex SHA-256 of the key.
+    pub sha256: String,
+    pub tenant: String,
+    pub scopes: Vec<Scope>,
+    #[serde(default)]
+    pub revoked: bool,
+}
+
+/// A tenant's request limit: a token bucket of `burst` requests refilled at
+/// `requests_per_minute`.
+#[derive(Clone, Copy, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct TenantLimits {
+    pub requests_per_minute: u32,
+    pub burst: u32,
+}
+
+impl Default for TenantLimits {
+    fn default() -> Self {
+        Self {
+            requests_per_minute: 600,
+            burst: 60,
+        }
+    }
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct Gateway {
+    pub keys: Vec<ApiKey>,
+    /// Limits by tenant; tenants not listed get `default_limits`.
+    pub tenants: BTreeMap<String, TenantLimits>,
+    pub default_limits: TenantLimits,
+    /// The longest `?wait=` a request may ask for.
+    pub max_wait_ms: u64,
+    /// How long jobs are remembered (and how far back a starting instance reads).
+    pub job_ttl_ms: u64,
+    /// At most this many jobs are remembered (the oldest go first).
+    pub job_capacity: usize,
+    /// Largest request body.
+    pub max_body_bytes: usize,
+}
+
+impl Default for Gateway {
+    fn default() -> Self {
+        Self {
+            keys: Vec::new(),
+            tenants: BTreeMap::new(),
+            default_limits: TenantLimits::default(),
+            max_wait_ms: 30_000,
+            job_ttl_ms: 3_600_000,
+            job_capacity: 100_000,
+            max_body_bytes: 1_000_000,
+        }
+    }
+}
+
+impl Validate for GatewaySettings {
+    fn validate(&self) -> Result<(), SettingsError> {
+        self.kafka.validate()?;
+        let bad = |key: String, message: String| Err(SettingsError::Key { key, message });
+        let g = &self.gateway;
+        let mut active: BTreeMap<&str, usize> = BTreeMap::new();
+        for (i, k) in g.keys.iter().enumerate() {
+            let key = format!("gateway.keys[{i}]");
+            if k.sha256.len() != 64
+                || !k
+                    .sha256
+                    .chars()
+                    .all(|c| c.is_ascii_hexdigit() && !c.is_ascii_uppercase())
+            {
+                return bad(
+                    format!("{key}.sha256"),
+                    "must be 64 lower-case hex digits (sha256sum of the key)".into(),
+                );
+            }
+            if k.tenant.trim().is_empty() {
+                return bad(format!("{key}.tenant"), "must name a tenant".into());
+            }
+            if !k.revoked {
+                let n = active.entry(&k.tenant).or_default();
+                *n += 1;
+                if *n > 2 {
+                    return bad(
+                        format!("{key}.revoked"),
+                        format!(
+                            "tenant {} already has two active keys (rotate: add the new one, revoke the old one)",
+                            k.tenant
+                        ),
+                    );
+                }
+            }
+        }
+        for (t, l) in g
+            .tenants
+            .iter()
+            .map(|(t, l)| (format!("gateway.tenants.{t}"), l))
+            .chain(std::iter::once((
+                "gateway.default_limits".to_string(),
+                &g.default_limits,
+            )))
+        {
+            if l.requests_per_minute == 0 || l.burst == 0 {
+                return bad(t, "requests_per_minute and burst must be at least 1".into());
+            }
+        }
+        if !(1..=300_000).contains(&g.max_wait_ms) {
+            return bad(
+                "gateway.max_wait_ms".into(),
+                "must be between 1 and 300000".into(),
+            );
+        }
+        if g.job_capacity == 0 {
+            return bad("gateway.job_capacity".into(), "must be at least 1".into());
+        }
+        Ok(())
+    }
+}

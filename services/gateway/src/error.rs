@@ -1,0 +1,97 @@
+//! The one error shape every endpoint answers with: a stable `error` code per kind, a
+//! message that says what happened, and a `hint` that says what to do. Never an internal
+//! message, path or stack: those go to the log.
+
+use axum::Json;
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use serde_json::json;
+
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum ApiError {
+    #[error("{message}")]
+    Validation { message: String },
+    #[error("{message}")]
+    Unauthorized {
+        reason: &'static str,
+        message: String,
+    },
+    #[error("this key may not {needed}")]
+    ForbiddenScope { needed: String },
+    #[error("rate limit exceeded")]
+    RateLimited { retry_after_secs: u64 },
+    #[error("{message}")]
+    PayloadTooLarge { message: String },
+    #[error("no such {what}")]
+    NotFound { what: &'static str },
+    /// A dependency (Kafka, the registry) did not answer; the details are logged.
+    #[error("a dependency is unavailable")]
+    Upstream,
+}
+
+impl ApiError {
+    pub fn code(&self) -> &'static str {
+        match self {
+            ApiError::Validation { .. } => "validation_failed",
+            ApiError::Unauthorized { .. } => "unauthorized",
+            ApiError::ForbiddenScope { .. } => "forbidden_scope",
+            ApiError::RateLimited { .. } => "rate_limit_exceeded",
+            ApiError::PayloadTooLarge { .. } => "payload_too_large",
+            ApiError::NotFound { .. } => "not_found",
+            ApiError::Upstream => "upstream_unavailable",
+        }
+    }
+
+    fn status(&self) -> StatusCode {
+        match self {
+            ApiError::Validation { .. } => StatusCode::BAD_REQUEST,
+            ApiError::Unauthorized { .. } => StatusCode::UNAUTHORIZED,
+            ApiError::ForbiddenScope { .. } => StatusCode::FORBIDDEN,
+            ApiError::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
+            ApiError::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            ApiError::NotFound { .. } => StatusCode::NOT_FOUND,
+            ApiError::Upstream => StatusCode::SERVICE_UNAVAILABLE,
+        }
+    }
+
+    fn hint(&self) -> String {
+        match self {
+            ApiError::Validation { .. } => "fix the named field and send the request again".into(),
+            ApiError::Unauthorized { .. } => {
+                "send a valid key as `Authorization: Bearer <key>`".into()
+            }
+            ApiError::ForbiddenScope { needed } => {
+                format!("use a key with the `{needed}` scope")
+            }
+            ApiError::RateLimited { retry_after_secs } => {
+                format!("wait {retry_after_secs} s (Retry-After) before the next request")
+            }
+            ApiError::PayloadTooLarge { .. } => "send a smaller request".into(),
+            ApiError::NotFound { .. } => "check the id; jobs are kept for a limited time".into(),
+            ApiError::Upstream => "retry later with the same Idempotency-Key".into(),
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let mut body = json!({
+            "error": self.code(),
+            "message": self.to_string(),
+            "hint": self.hint(),
+        });
+        if let ApiError::Unauthorized { reason, .. } = &self {
+            body["reason"] = json!(reason);
+        }
+        if let ApiError::RateLimited { retry_after_secs } = &self {
+            body["retry_after"] = json!(retry_after_secs);
+        }
+        let mut resp = (self.status(), Json(body)).into_response();
+        if let ApiError::RateLimited { retry_after_secs } = self
+            && let Ok(v) = HeaderValue::from_str(&retry_after_secs.to_string())
+        {
+            resp.headers_mut().insert(header::RETRY_AFTER, v);
+        }
+        resp
+    }
+}

@@ -1,0 +1,117 @@
+//! gateway: verdict's HTTP front door. Clients submit transactions and documents and get a
+//! job id at once, then poll or wait for the decision; keys are scoped and tenants limited.
+//! Kafka stays the backbone: the gateway produces to the input topics and every instance
+//! reads the decision, review and dead-letter topics itself, so any instance answers for any
+//! job.
+
+pub mod api;
+pub mod auth;
+pub mod config;
+pub mod error;
+pub mod jobs;
+pub mod limits;
+
+use std::sync::Arc;
+
+use config::GatewaySettings;
+use verdict_runtime::topology::Topology;
+
+/// How the stack, the tests and the loadtest run the gateway.
+pub struct Spec;
+
+impl verdict_runtime::service::ServiceSpec for Spec {
+    const NAME: &'static str = "gateway";
+    type Settings = GatewaySettings;
+
+    fn settings(d: &verdict_runtime::service::Deployment) -> Self::Settings {
+        let mut s = GatewaySettings {
+            kafka: d.kafka.clone(),
+            ..GatewaySettings::default()
+        };
+        s.registry.url = d.registry_url.clone();
+        s.topology.file = d.topology.clone();
+        s.http.listen = d.http_listen;
+        s
+    }
+}
+
+/// The routes and the topics the job store follows, from the topology: submissions go to the
+/// fraud-detector's and the document-analyzer's inputs; their decisions, reviews and dead
+/// letters tell how jobs end.
+pub fn plan(topology: &Topology) -> Result<(api::Route, api::Route, Vec<jobs::Followed>), String> {
+    let mut followed = Vec::new();
+    let mut route = |service: &str, kind: &'static str, key_field: &'static str, scope| {
+        let s = topology
+            .service(service)
+            .ok_or_else(|| format!("topology.file has no [services.{service}]"))?;
+        followed.push(jobs::Followed {
+            topic: s.input.clone(),
+            role: jobs::Role::Input,
+            kind: kind.into(),
+        });
+        for (role_name, role) in [
+            ("decisions", jobs::Role::Decisions),
+            ("review", jobs::Role::Review),
+        ] {
+            if let Some(t) = s.outputs.get(role_name)
+                && !followed.iter().any(|f| f.topic == *t)
+            {
+                followed.push(jobs::Followed {
+                    topic: t.clone(),
+                    role,
+                    kind: kind.into(),
+                });
+            }
+        }
+        followed.push(jobs::Followed {
+            topic: s.dead_letter_topic.clone(),
+            role: jobs::Role::DeadLetters,
+            kind: kind.into(),
+        });
+        Ok::<_, String>(api::Route {
+            kind,
+            topic: s.input.clone(),
+            key_field,
+            scope,
+        })
+    };
+    let transactions = route(
+        "fraud-detector",
+        "transaction",
+        "account_id",
+        auth::Scope::TransactionsWrite,
+    )?;
+    let documents = route(
+        "document-analyzer",
+        "document",
+        "document_id",
+        auth::Scope::DocumentsWrite,
+    )?;
+    Ok((transactions, documents, followed))
+}
+
+/// Everything the gateway serves with, from its settings.
+pub fn build(settings: &GatewaySettings) -> Result<(Arc<api::App>, Vec<jobs::Followed>), String> {
+    let topology = Topology::load(&settings.topology.file, None).map_err(|e| e.to_string())?;
+    let (transactions, documents, followed) = plan(&topology)?;
+    let g = &settings.gateway;
+    let app = api::App {
+        settings: g.clone(),
+        kafka: settings.kafka.clone(),
+        registry_url: settings.registry.url.clone(),
+        producer: settings.kafka.producer().map_err(|e| e.to_string())?,
+        serde: verdict_runtime::serde::AvroSerde::new(&settings.registry.url),
+        store: jobs::JobStore::new(
+            g.job_capacity,
+            i64::try_from(g.job_ttl_ms).unwrap_or(i64::MAX),
+        ),
+        limiter: limits::Limiter::default(),
+        http: reqwest::Client::builder()
+            .timeout(std::time::Duration::from_secs(2))
+            .build()
+            .map_err(|e| e.to_string())?,
+        transactions,
+        documents,
+    };
+    Ok((Arc::new(app), followed))
+}

@@ -1,0 +1,61 @@
+//! gateway: settings → routes from the topology → follow the job topics → serve `/v1`.
+
+use std::process::ExitCode;
+
+use gateway::config::GatewaySettings;
+use verdict_runtime::service::{self, Host};
+
+const NAME: &str = "gateway";
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let settings: GatewaySettings = match service::load_settings(NAME) {
+        Ok(s) => s,
+        Err(code) => return code,
+    };
+    let (app, followed) = match gateway::build(&settings) {
+        Ok(x) => x,
+        Err(e) => {
+            eprintln!("{NAME}: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    if settings.gateway.keys.iter().all(|k| k.revoked) {
+        tracing::warn!("no active API keys: every request will be refused (gateway.keys)");
+    }
+    let host = match Host::start(
+        NAME,
+        settings.http.listen,
+        &settings.telemetry,
+        gateway::api::router(app.clone()),
+    )
+    .await
+    {
+        Ok(h) => h,
+        Err(e) => {
+            eprintln!("{NAME}: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    host.health.depends_on(
+        "schema registry",
+        &format!("{}/subjects", settings.registry.url),
+        true,
+    );
+    let lookback = i64::try_from(settings.gateway.job_ttl_ms).unwrap_or(i64::MAX);
+    let follow = gateway::jobs::follow(
+        &settings.kafka,
+        &settings.registry.url,
+        followed,
+        lookback,
+        app.store.clone(),
+    );
+    host.metrics.set_ready(true);
+    host.run(async {
+        tokio::select! {
+            () = service::shutdown_signal() => Ok(()),
+            r = follow => r,
+        }
+    })
+    .await
+}

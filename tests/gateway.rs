@@ -1,0 +1,425 @@
+//! The HTTP gateway against the real broker, registry and fraud-detector: submit → decision
+//! by polling, by `wait` and from another instance; idempotency; specific auth errors and key
+//! rotation; per-tenant limits with their headers; validation and size errors in the one
+//! error shape.
+
+use std::time::Duration;
+
+use gateway::auth::{Scope, key_hash};
+use gateway::config::{ApiKey, TenantLimits};
+use harness::{ServiceProcess, Stack, Topology, apply_topology, deployment, run};
+use serde_json::{Value, json};
+use verdict_cli::records::sample_transaction;
+
+const KEY_A: &str = "key-a-current";
+const KEY_A_NEXT: &str = "key-a-next";
+const KEY_A_OLD: &str = "key-a-old";
+const KEY_B: &str = "key-b";
+const KEY_READER: &str = "key-c-reader";
+
+fn keys() -> Vec<ApiKey> {
+    let key = |id: &str, secret: &str, tenant: &str, scopes: Vec<Scope>, revoked: bool| ApiKey {
+        id: id.into(),
+        sha256: key_hash(secret),
+        tenant: tenant.into(),
+        scopes,
+        revoked,
+    };
+    let all = vec![
+        Scope::TransactionsWrite,
+        Scope::DocumentsWrite,
+        Scope::JobsRead,
+    ];
+    vec![
+        key("a-old", KEY_A_OLD, "tenant-a", all.clone(), true),
+        key("a-current", KEY_A, "tenant-a", all.clone(), false),
+        key("a-next", KEY_A_NEXT, "tenant-a", all.clone(), false),
+        key("b", KEY_B, "tenant-b", all, false),
+        key(
+            "c-reader",
+            KEY_READER,
+            "tenant-c",
+            vec![Scope::JobsRead],
+            false,
+        ),
+    ]
+}
+
+fn gateway(stack: &Stack, topology: &Topology) -> ServiceProcess {
+    ServiceProcess::spawn::<gateway::Spec>(&deployment(stack, topology, None), |s| {
+        s.gateway.keys = keys();
+        s.gateway.tenants.insert(
+            "tenant-b".into(),
+            TenantLimits {
+                requests_per_minute: 6,
+                burst: 3,
+            },
+        );
+        s.gateway.max_body_bytes = 4_000;
+    })
+}
+
+struct Reply {
+    status: u16,
+    headers: reqwest::header::HeaderMap,
+    body: Value,
+}
+
+async fn call(
+    port: u16,
+    method: &str,
+    path: &str,
+    key: Option<&str>,
+    extra: &[(&str, &str)],
+    body: Option<String>,
+) -> Reply {
+    let client = reqwest::Client::new();
+    let mut req = client.request(
+        reqwest::Method::from_bytes(method.as_bytes()).expect("method"),
+        format!("http://127.0.0.1:{port}{path}"),
+    );
+    if let Some(k) = key {
+        req = req.bearer_auth(k);
+    }
+    for (k, v) in extra {
+        req = req.header(*k, *v);
+    }
+    if let Some(b) = body {
+        req = req.header("content-type", "application/json").body(b);
+    }
+    let resp = req.send().await.expect("request");
+    let status = resp.status().as_u16();
+    let headers = resp.headers().clone();
+    let text = resp.text().await.expect("body");
+    let body = serde_json::from_str(&text).unwrap_or(Value::String(text));
+    Reply {
+        status,
+        headers,
+        body,
+    }
+}
+
+/// A transaction as a client sends it: no event id or tenant (the gateway sets them).
+fn transaction() -> String {
+    let (_, mut v) = sample_transaction(&mut rand::rng(), "ignored");
+    let obj = v.as_object_mut().expect("object");
+    obj.remove("event_id");
+    obj.remove("tenant_id");
+    v.to_string()
+}
+
+fn assert_error_shape(r: &Reply, status: u16, code: &str) {
+    assert_eq!(r.status, status, "{}", r.body);
+    assert_eq!(r.body["error"], code, "{}", r.body);
+    assert!(r.body["message"].as_str().is_some_and(|m| !m.is_empty()));
+    assert!(r.body["hint"].as_str().is_some_and(|m| !m.is_empty()));
+    let text = r.body.to_string();
+    for leak in ["/work", "rdkafka", "panicked", ".rs:", "src/"] {
+        assert!(!text.contains(leak), "an internal detail leaked: {text}");
+    }
+}
+
+/// Submit → decision by polling, by `?wait=`, and on another instance; the same
+/// Idempotency-Key gives the same job on both instances.
+#[test]
+fn a_submitted_transaction_is_decided_and_any_instance_answers() {
+    run(240, async {
+        let stack = Stack::start().await;
+        let topology = apply_topology(&stack, None).await;
+        let mut fraud = ServiceProcess::spawn::<fraud_detector::Spec>(
+            &deployment(&stack, &topology, None),
+            |_| {},
+        );
+        let mut a = gateway(&stack, &topology);
+        let mut b = gateway(&stack, &topology);
+        fraud.wait_ready(Duration::from_secs(30)).await;
+        a.wait_ready(Duration::from_secs(30)).await;
+        b.wait_ready(Duration::from_secs(30)).await;
+        let (pa, pb) = (a.http_port, b.http_port);
+
+        let submitted = call(
+            pa,
+            "POST",
+            "/v1/transactions",
+            Some(KEY_A),
+            &[],
+            Some(transaction()),
+        )
+        .await;
+        assert_eq!(submitted.status, 202, "{}", submitted.body);
+        assert_eq!(submitted.body["status"], "processing");
+        let job = submitted.body["job_id"]
+            .as_str()
+            .expect("job id")
+            .to_string();
+        assert_eq!(
+            submitted
+                .headers
+                .get("location")
+                .and_then(|v| v.to_str().ok()),
+            Some(format!("/v1/jobs/{job}").as_str())
+        );
+        for h in [
+            "x-ratelimit-limit",
+            "x-ratelimit-remaining",
+            "x-ratelimit-reset",
+        ] {
+            assert!(submitted.headers.contains_key(h), "{h} on every response");
+        }
+
+        // Polled on the other instance.
+        let mut polled = None;
+        for _ in 0..120 {
+            let r = call(
+                pb,
+                "GET",
+                &format!("/v1/jobs/{job}"),
+                Some(KEY_A),
+                &[],
+                None,
+            )
+            .await;
+            if r.status == 200 && r.body["status"] != "processing" {
+                polled = Some(r.body);
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+        let polled = polled.expect("instance b learns the decision");
+        assert!(
+            ["complete", "in_review"].contains(&polled["status"].as_str().unwrap_or("")),
+            "{polled}"
+        );
+        assert_eq!(polled["decision"]["event_id"], job.as_str());
+        assert_eq!(polled["decision"]["model"]["version"], "1.0.0");
+        // Another tenant does not see it.
+        let other = call(
+            pb,
+            "GET",
+            &format!("/v1/jobs/{job}"),
+            Some(KEY_B),
+            &[],
+            None,
+        )
+        .await;
+        assert_error_shape(&other, 404, "not_found");
+
+        // ?wait= answers with the decision.
+        let waited = call(
+            pa,
+            "POST",
+            "/v1/transactions?wait=15s",
+            Some(KEY_A),
+            &[],
+            Some(transaction()),
+        )
+        .await;
+        assert_eq!(waited.status, 200, "{}", waited.body);
+        assert!(
+            waited.body["decision"]["outcome"].is_string(),
+            "{}",
+            waited.body
+        );
+
+        // Idempotency-Key: the same job on both instances, sent once.
+        let idem = [("idempotency-key", "order-42")];
+        let first = call(
+            pa,
+            "POST",
+            "/v1/transactions",
+            Some(KEY_A),
+            &idem,
+            Some(transaction()),
+        )
+        .await;
+        let again = call(
+            pa,
+            "POST",
+            "/v1/transactions",
+            Some(KEY_A),
+            &idem,
+            Some(transaction()),
+        )
+        .await;
+        assert_eq!(first.body["job_id"], again.body["job_id"]);
+        assert_eq!(again.body["idempotent_replay"], true);
+        let mut on_b = None;
+        for _ in 0..40 {
+            let r = call(
+                pb,
+                "POST",
+                "/v1/transactions",
+                Some(KEY_A),
+                &idem,
+                Some(transaction()),
+            )
+            .await;
+            if r.body["idempotent_replay"] == true {
+                on_b = Some(r);
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+        let on_b = on_b.expect("instance b knows the job of the key");
+        assert_eq!(on_b.body["job_id"], first.body["job_id"]);
+    });
+}
+
+/// Missing, unknown and revoked keys and a missing scope each get their own answer; both
+/// active keys of a tenant work (rotation).
+#[test]
+fn keys_are_checked_with_specific_errors_and_rotate() {
+    run(120, async {
+        let stack = Stack::start().await;
+        let topology = apply_topology(&stack, None).await;
+        let mut gw = gateway(&stack, &topology);
+        gw.wait_ready(Duration::from_secs(30)).await;
+        let p = gw.http_port;
+        let post = |key: Option<&'static str>| {
+            call(p, "POST", "/v1/transactions", key, &[], Some(transaction()))
+        };
+        let r = post(None).await;
+        assert_error_shape(&r, 401, "unauthorized");
+        assert_eq!(r.body["reason"], "missing_key");
+        let r = post(Some("not-a-key")).await;
+        assert_error_shape(&r, 401, "unauthorized");
+        assert_eq!(r.body["reason"], "unknown_key");
+        let r = post(Some(KEY_A_OLD)).await;
+        assert_error_shape(&r, 401, "unauthorized");
+        assert_eq!(r.body["reason"], "revoked_key");
+        let r = post(Some(KEY_READER)).await;
+        assert_error_shape(&r, 403, "forbidden_scope");
+        assert!(
+            r.body["hint"]
+                .as_str()
+                .unwrap_or("")
+                .contains("transactions:write")
+        );
+        assert_eq!(post(Some(KEY_A)).await.status, 202);
+        assert_eq!(
+            post(Some(KEY_A_NEXT)).await.status,
+            202,
+            "the second active key works"
+        );
+        // X-API-Key works too.
+        let r = call(
+            p,
+            "GET",
+            "/v1/jobs/none",
+            None,
+            &[("x-api-key", KEY_READER)],
+            None,
+        )
+        .await;
+        assert_error_shape(&r, 404, "not_found");
+    });
+}
+
+/// A tenant past its limit gets 429 with Retry-After and the limit headers; another tenant
+/// is unaffected; the warning header comes at 80 %.
+#[test]
+fn a_tenant_over_its_limit_is_refused_and_others_are_not() {
+    run(120, async {
+        let stack = Stack::start().await;
+        let topology = apply_topology(&stack, None).await;
+        let mut gw = gateway(&stack, &topology);
+        gw.wait_ready(Duration::from_secs(30)).await;
+        let p = gw.http_port;
+        let get = |key: &'static str| call(p, "GET", "/v1/jobs/nothing", Some(key), &[], None);
+        let mut replies = Vec::new();
+        for _ in 0..4 {
+            replies.push(get(KEY_B).await);
+        }
+        for r in &replies[..3] {
+            assert_eq!(r.status, 404, "within the burst: {}", r.body);
+            assert_eq!(r.headers["x-ratelimit-limit"], "6");
+        }
+        assert!(
+            replies[2].headers.contains_key("x-ratelimit-warning"),
+            "80 % used"
+        );
+        let refused = &replies[3];
+        assert_error_shape(refused, 429, "rate_limit_exceeded");
+        assert_eq!(refused.headers["x-ratelimit-remaining"], "0");
+        let retry: u64 = refused.headers["retry-after"]
+            .to_str()
+            .expect("ascii")
+            .parse()
+            .expect("secs");
+        assert!((1..=10).contains(&retry), "{retry}");
+        assert_eq!(refused.body["retry_after"], retry);
+        assert_eq!(get(KEY_A).await.status, 404, "tenant a is unaffected");
+    });
+}
+
+/// Bad input gets `validation_failed` naming the field, too much gets `payload_too_large`;
+/// an unknown path gets `not_found`; all in the one shape.
+#[test]
+fn bad_submissions_get_specific_errors() {
+    run(120, async {
+        let stack = Stack::start().await;
+        let topology = apply_topology(&stack, None).await;
+        let mut gw = gateway(&stack, &topology);
+        gw.wait_ready(Duration::from_secs(30)).await;
+        let p = gw.http_port;
+        let mut tx: Value = serde_json::from_str(&transaction()).expect("json");
+        tx.as_object_mut().expect("object").remove("account_id");
+        let r = call(
+            p,
+            "POST",
+            "/v1/transactions",
+            Some(KEY_A),
+            &[],
+            Some(tx.to_string()),
+        )
+        .await;
+        assert_error_shape(&r, 400, "validation_failed");
+        assert!(
+            r.body["message"]
+                .as_str()
+                .unwrap_or("")
+                .contains("account_id"),
+            "{}",
+            r.body
+        );
+        let r = call(
+            p,
+            "POST",
+            "/v1/transactions",
+            Some(KEY_A),
+            &[],
+            Some("{not json".into()),
+        )
+        .await;
+        assert_error_shape(&r, 400, "validation_failed");
+        let big = json!({"document_id": "d1", "text": "x".repeat(5_000)}).to_string();
+        let r = call(p, "POST", "/v1/documents", Some(KEY_A), &[], Some(big)).await;
+        assert_error_shape(&r, 413, "payload_too_large");
+        let doc = json!({"document_id": "d2", "text": "word ".repeat(200)}).to_string();
+        let r = call(
+            p,
+            "POST",
+            "/v1/documents",
+            Some(KEY_A),
+            &[("x-max-tokens", "10")],
+            Some(doc.clone()),
+        )
+        .await;
+        assert_error_shape(&r, 413, "payload_too_large");
+        assert!(
+            r.body["message"]
+                .as_str()
+                .unwrap_or("")
+                .contains("X-Max-Tokens")
+        );
+        let r = call(p, "POST", "/v1/documents", Some(KEY_A), &[], Some(doc)).await;
+        assert_eq!(r.status, 202, "{}", r.body);
+        assert_eq!(r.body["kind"], "document");
+        let r = call(p, "GET", "/v2/anything", Some(KEY_A), &[], None).await;
+        assert_error_shape(&r, 404, "not_found");
+        let health = call(p, "GET", "/v1/health", None, &[], None).await;
+        assert_eq!(health.status, 200, "{}", health.body);
+        assert_eq!(health.body["status"], "ok");
+        assert_eq!(health.body["services"]["kafka"]["status"], "ok");
+    });
+}
