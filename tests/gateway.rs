@@ -423,3 +423,131 @@ fn bad_submissions_get_specific_errors() {
         assert_eq!(health.body["services"]["kafka"]["status"], "ok");
     });
 }
+
+/// One SSE event: id, event name, data.
+type SseEvent = (String, String, String);
+
+/// Reads an SSE stream until it ends (or `timeout`); returns its events and how many
+/// heartbeat comments came.
+async fn read_sse(
+    port: u16,
+    path: &str,
+    key: &str,
+    last_event_id: Option<&str>,
+    timeout: Duration,
+) -> (Vec<SseEvent>, usize) {
+    let client = reqwest::Client::new();
+    let mut req = client
+        .get(format!("http://127.0.0.1:{port}{path}"))
+        .bearer_auth(key);
+    if let Some(id) = last_event_id {
+        req = req.header("last-event-id", id);
+    }
+    let mut resp = req.send().await.expect("sse request");
+    assert_eq!(resp.status().as_u16(), 200);
+    assert_eq!(
+        resp.headers()
+            .get("content-type")
+            .and_then(|v| v.to_str().ok()),
+        Some("text/event-stream")
+    );
+    let mut text = String::new();
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        match tokio::time::timeout_at(deadline, resp.chunk()).await {
+            Ok(Ok(Some(chunk))) => text.push_str(&String::from_utf8_lossy(&chunk)),
+            Ok(Ok(None)) => break,
+            Ok(Err(e)) => panic!("reading the stream: {e}"),
+            Err(_) => panic!("the stream did not end within {timeout:?}: {text}"),
+        }
+    }
+    let mut events = Vec::new();
+    let mut heartbeats = 0;
+    for block in text.split("\n\n").filter(|b| !b.trim().is_empty()) {
+        let (mut id, mut event, mut data) = (String::new(), String::new(), String::new());
+        for line in block.lines() {
+            if line.starts_with(':') {
+                heartbeats += 1;
+            } else if let Some(v) = line.strip_prefix("id: ") {
+                id = v.to_string();
+            } else if let Some(v) = line.strip_prefix("event: ") {
+                event = v.to_string();
+            } else if let Some(v) = line.strip_prefix("data: ") {
+                data.push_str(v);
+            }
+        }
+        if !event.is_empty() {
+            events.push((id, event, data));
+        }
+    }
+    (events, heartbeats)
+}
+
+/// Server-Sent Events: a status event per change with increasing ids, heartbeats while
+/// nothing happens, an explicit final event with the decision, and `Last-Event-ID` resuming
+/// after what the client saw.
+#[test]
+fn job_events_stream_with_ids_heartbeats_and_resume() {
+    run(240, async {
+        let stack = Stack::start().await;
+        let topology = apply_topology(&stack, None).await;
+        let mut gw =
+            ServiceProcess::spawn::<gateway::Spec>(&deployment(&stack, &topology, None), |s| {
+                s.gateway.keys = keys();
+                s.gateway.sse_heartbeat_ms = 300;
+            });
+        gw.wait_ready(Duration::from_secs(30)).await;
+        let p = gw.http_port;
+        // Above the amount limit: declined whatever the score, so the job ends `complete`.
+        let mut tx: Value = serde_json::from_str(&transaction()).expect("json");
+        tx["amount"] = json!(50_000.0);
+        let submitted = call(
+            p,
+            "POST",
+            "/v1/transactions",
+            Some(KEY_A),
+            &[],
+            Some(tx.to_string()),
+        )
+        .await;
+        assert_eq!(submitted.status, 202, "{}", submitted.body);
+        let job = submitted.body["job_id"].as_str().expect("id").to_string();
+        let path = format!("/v1/jobs/{job}/events");
+
+        // No fraud-detector yet: the stream waits with heartbeats; then one starts.
+        let reader = tokio::spawn({
+            let path = path.clone();
+            async move { read_sse(p, &path, KEY_A, None, Duration::from_secs(90)).await }
+        });
+        tokio::time::sleep(Duration::from_millis(1_500)).await;
+        let mut fraud = ServiceProcess::spawn::<fraud_detector::Spec>(
+            &deployment(&stack, &topology, None),
+            |_| {},
+        );
+        fraud.wait_ready(Duration::from_secs(30)).await;
+        let (events, heartbeats) = reader.await.expect("join");
+        assert!(heartbeats >= 2, "heartbeats while waiting: {heartbeats}");
+        let names: Vec<(&str, &str)> = events
+            .iter()
+            .map(|(i, e, _)| (i.as_str(), e.as_str()))
+            .collect();
+        assert_eq!(
+            names,
+            vec![("1", "status"), ("2", "status"), ("3", "final")],
+            "{events:?}"
+        );
+        assert!(events[0].2.contains("\"processing\""));
+        assert!(events[1].2.contains("\"complete\""));
+        let last: Value = serde_json::from_str(&events[2].2).expect("final data");
+        assert_eq!(last["status"], "complete");
+        assert_eq!(last["decision"]["outcome"], "DECLINE");
+
+        // Resume after event 1: only what came after it.
+        let (again, _) = read_sse(p, &path, KEY_A, Some("1"), Duration::from_secs(10)).await;
+        let ids: Vec<&str> = again.iter().map(|(i, _, _)| i.as_str()).collect();
+        assert_eq!(ids, vec!["2", "3"]);
+        // Resume after the final event: nothing more, and the stream ends.
+        let (none, _) = read_sse(p, &path, KEY_A, Some("3"), Duration::from_secs(10)).await;
+        assert!(none.is_empty(), "{none:?}");
+    });
+}

@@ -11,6 +11,7 @@ use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap as HttpHeaders, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
+use futures::StreamExt;
 use rdkafka::producer::FutureProducer;
 use serde::Deserialize;
 use serde_json::{Value as Json, json};
@@ -53,6 +54,7 @@ pub fn router(app: Arc<App>) -> Router {
         .route("/v1/transactions", post(submit_transaction))
         .route("/v1/documents", post(submit_document))
         .route("/v1/jobs/{id}", get(get_job))
+        .route("/v1/jobs/{id}/events", get(job_events))
         .route("/v1/health", get(health))
         .fallback(|| async { ApiError::NotFound { what: "endpoint" } })
         .with_state(app)
@@ -324,6 +326,83 @@ async fn get_job(
             }
             _ => Err(ApiError::NotFound { what: "job" }),
         }
+    })
+    .await
+}
+
+/// The SSE events of a job: one `status` event per status it went through (`id` = its
+/// number), then a `final` event once it is complete or dead-lettered; comments as heartbeats
+/// while nothing happens. `Last-Event-ID` resumes after that event.
+async fn job_events(
+    State(app): State<Arc<App>>,
+    Path(id): Path<String>,
+    headers: HttpHeaders,
+) -> Response {
+    use axum::response::sse::{Event, KeepAlive, Sse};
+    let last_seen: u64 = headers
+        .get("last-event-id")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0);
+    let store = app.store.clone();
+    let heartbeat = Duration::from_millis(app.settings.sse_heartbeat_ms);
+    admitted(&app, &headers, Scope::JobsRead, |caller| async move {
+        let job = store
+            .get(&id)
+            .filter(|j| j.tenant == caller.tenant)
+            .ok_or(ApiError::NotFound { what: "job" })?;
+        // State: how many status events were sent, and whether the stream is over.
+        let init = (
+            store,
+            id,
+            usize::try_from(last_seen)
+                .unwrap_or(usize::MAX)
+                .min(job.history.len()),
+            false,
+        );
+        let stream = futures::stream::unfold(init, move |(store, id, sent, done)| async move {
+            if done {
+                return None;
+            }
+            let now = store.get(&id)?;
+            let job = if now.history.len() > sent || now.status.is_final() {
+                now
+            } else {
+                store
+                    .changed_after(&id, sent, Duration::from_secs(3600))
+                    .await?
+            };
+            let mut events = Vec::new();
+            for (seq, status, at) in job.history.iter().skip(sent) {
+                let data = json!({"job_id": job.job_id, "status": status, "at": at});
+                events.push(
+                    Event::default()
+                        .id(seq.to_string())
+                        .event("status")
+                        .data(data.to_string()),
+                );
+            }
+            let finished = job.status.is_final();
+            let final_seq = job.history.len() as u64 + 1;
+            if finished && final_seq > last_seen {
+                let body = serde_json::to_string(&job).unwrap_or_default();
+                events.push(
+                    Event::default()
+                        .id(final_seq.to_string())
+                        .event("final")
+                        .data(body),
+                );
+            }
+            let sent = job.history.len();
+            Some((
+                futures::stream::iter(events.into_iter().map(Ok::<_, std::convert::Infallible>)),
+                (store, id, sent, finished),
+            ))
+        })
+        .flatten();
+        Ok(Sse::new(stream)
+            .keep_alive(KeepAlive::new().interval(heartbeat).text("heartbeat"))
+            .into_response())
     })
     .await
 }

@@ -83,6 +83,8 @@ pub struct Gateway {
     pub job_capacity: usize,
     /// Largest request body.
     pub max_body_bytes: usize,
+    /// Heartbeat comments on an SSE stream while nothing happens.
+    pub sse_heartbeat_ms: u64,
 }
 
 impl Default for Gateway {
@@ -95,6 +97,7 @@ impl Default for Gateway {
             job_ttl_ms: 3_600_000,
             job_capacity: 100_000,
             max_body_bytes: 1_000_000,
+            sse_heartbeat_ms: 15_000,
         }
     }
 }

@@ -47,6 +47,16 @@ pub struct Job {
     pub updated_at: i64,
     pub decision: Option<Json>,
     pub dead_letter: Option<Json>,
+    /// Every status the job went through, numbered from 1 (the SSE event ids).
+    #[serde(skip)]
+    pub history: Vec<(u64, Status, i64)>,
+}
+
+impl Status {
+    /// No further change is expected (an `in_review` job still waits for its reviewer).
+    pub fn is_final(self) -> bool {
+        matches!(self, Status::Complete | Status::DeadLettered)
+    }
 }
 
 /// The jobs this instance knows, bounded by count and age.
@@ -118,6 +128,7 @@ impl JobStore {
             updated_at: now_ms,
             decision: None,
             dead_letter: None,
+            history: Vec::new(),
         });
         match role {
             Role::Input => {
@@ -137,6 +148,11 @@ impl JobStore {
             }
         }
         job.updated_at = now_ms;
+        if job.history.last().map(|h| h.1) != Some(job.status) {
+            let seq = job.history.len() as u64 + 1;
+            let status = job.status;
+            job.history.push((seq, status, now_ms));
+        }
         drop(job);
         self.evict(now_ms);
         self.changed.notify_waiters();
@@ -159,6 +175,22 @@ impl JobStore {
                     self.jobs.remove(&k);
                 }
                 None => break,
+            }
+        }
+    }
+
+    /// Waits until the job changes after `seen` (its number of history entries) or `timeout`
+    /// passes; returns it as known then.
+    pub async fn changed_after(&self, id: &str, seen: usize, timeout: Duration) -> Option<Job> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let changed = self.changed.notified();
+            let job = self.get(id);
+            if job.as_ref().is_none_or(|j| j.history.len() > seen) {
+                return job;
+            }
+            if tokio::time::timeout_at(deadline, changed).await.is_err() {
+                return self.get(id);
             }
         }
     }
@@ -276,6 +308,8 @@ mod tests {
         assert_eq!(j.status, Status::Complete);
         assert_eq!(j.decision.expect("decision")["outcome"], "APPROVE");
         assert_eq!(j.submitted_at, Some(5));
+        let seen: Vec<(u64, Status)> = j.history.iter().map(|h| (h.0, h.1)).collect();
+        assert_eq!(seen, vec![(1, Status::Processing), (2, Status::Complete)]);
     }
 
     #[test]
