@@ -551,3 +551,167 @@ fn job_events_stream_with_ids_heartbeats_and_resume() {
         assert!(none.is_empty(), "{none:?}");
     });
 }
+
+const WEBHOOK_SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
+
+/// A webhook receiver on a free loopback port: answers 500 to the first delivery and 200 to
+/// the next ones, and keeps every request (headers, body).
+async fn receiver() -> (
+    u16,
+    std::sync::Arc<std::sync::Mutex<Vec<(axum::http::HeaderMap, String)>>>,
+) {
+    use axum::routing::post;
+    let got: std::sync::Arc<std::sync::Mutex<Vec<(axum::http::HeaderMap, String)>>> =
+        std::sync::Arc::default();
+    let seen = got.clone();
+    let app = axum::Router::new().route(
+        "/hooks/verdict",
+        post(move |headers: axum::http::HeaderMap, body: String| {
+            let seen = seen.clone();
+            async move {
+                let n = {
+                    let mut all = seen.lock().expect("lock");
+                    all.push((headers, body));
+                    all.len()
+                };
+                if n == 1 {
+                    axum::http::StatusCode::INTERNAL_SERVER_ERROR
+                } else {
+                    axum::http::StatusCode::OK
+                }
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let port = listener.local_addr().expect("addr").port();
+    tokio::spawn(async move {
+        let _ = axum::serve(listener, app).await;
+    });
+    (port, got)
+}
+
+/// A decision is POSTed to the callback URL, signed the Standard Webhooks way with the
+/// tenant's secret (the receiver verifies it; a tampered copy fails), retried after a 500,
+/// with the attempts on the job; a callback outside the allow-list is refused.
+#[test]
+fn decisions_are_delivered_to_signed_webhooks_with_retries() {
+    run(240, async {
+        let stack = Stack::start().await;
+        let topology = apply_topology(&stack, None).await;
+        let (hook_port, got) = receiver().await;
+        let mut gw =
+            ServiceProcess::spawn::<gateway::Spec>(&deployment(&stack, &topology, None), |s| {
+                s.gateway.keys = keys();
+                s.gateway.webhooks.allowed_prefixes =
+                    vec![format!("http://127.0.0.1:{hook_port}/hooks/")];
+                s.gateway.webhooks.backoff_base_ms = 100;
+                s.gateway.webhook_secrets.insert(
+                    "tenant-a".into(),
+                    verdict_runtime::settings::Secret::new(WEBHOOK_SECRET),
+                );
+            });
+        let mut fraud = ServiceProcess::spawn::<fraud_detector::Spec>(
+            &deployment(&stack, &topology, None),
+            |_| {},
+        );
+        gw.wait_ready(Duration::from_secs(30)).await;
+        fraud.wait_ready(Duration::from_secs(30)).await;
+        let p = gw.http_port;
+
+        let mut tx: Value = serde_json::from_str(&transaction()).expect("json");
+        tx["callback_url"] = json!("http://169.254.169.254/latest/meta-data");
+        let refused = call(
+            p,
+            "POST",
+            "/v1/transactions",
+            Some(KEY_A),
+            &[],
+            Some(tx.to_string()),
+        )
+        .await;
+        assert_error_shape(&refused, 400, "validation_failed");
+        assert!(
+            refused.body["message"]
+                .as_str()
+                .unwrap_or("")
+                .contains("allow-list")
+        );
+
+        tx["callback_url"] = json!(format!("http://127.0.0.1:{hook_port}/hooks/verdict"));
+        let submitted = call(
+            p,
+            "POST",
+            "/v1/transactions",
+            Some(KEY_A),
+            &[],
+            Some(tx.to_string()),
+        )
+        .await;
+        assert_eq!(submitted.status, 202, "{}", submitted.body);
+        let job = submitted.body["job_id"].as_str().expect("id").to_string();
+
+        let mut delivered = None;
+        for _ in 0..120 {
+            let r = call(p, "GET", &format!("/v1/jobs/{job}"), Some(KEY_A), &[], None).await;
+            if r.body["webhook"]["delivered"] == true {
+                delivered = Some(r.body);
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+        let delivered = delivered.expect("the webhook is delivered");
+        let attempts = delivered["webhook"]["attempts"]
+            .as_array()
+            .expect("attempts");
+        assert_eq!(attempts.len(), 2, "{delivered}");
+        assert_eq!(attempts[0]["status"], 500);
+        assert_eq!(attempts[1]["status"], 200);
+
+        let requests = got.lock().expect("lock").clone();
+        assert_eq!(requests.len(), 2);
+        for (headers, body) in &requests {
+            let h = |n: &str| {
+                headers
+                    .get(n)
+                    .and_then(|v| v.to_str().ok())
+                    .unwrap_or("")
+                    .to_string()
+            };
+            let ts: i64 = h("webhook-timestamp").parse().expect("timestamp");
+            assert!(
+                gateway::webhooks::verify(
+                    WEBHOOK_SECRET,
+                    &h("webhook-id"),
+                    ts,
+                    body,
+                    &h("webhook-signature")
+                ),
+                "the receiver verifies the signature"
+            );
+            let tampered = body
+                .replacen("DECLINE", "APPROVE", 1)
+                .replacen("REVIEW", "APPROVE", 1)
+                + " ";
+            assert!(
+                !gateway::webhooks::verify(
+                    WEBHOOK_SECRET,
+                    &h("webhook-id"),
+                    ts,
+                    &tampered,
+                    &h("webhook-signature")
+                ),
+                "a tampered body is rejected"
+            );
+            let payload: Value = serde_json::from_str(body).expect("JSON body");
+            assert_eq!(payload["data"]["job_id"], job.as_str());
+            assert!(payload["type"].as_str().unwrap_or("").starts_with("job."));
+        }
+        assert_eq!(
+            requests[0].0.get("webhook-id"),
+            requests[1].0.get("webhook-id"),
+            "a retry keeps its webhook-id (receivers dedupe on it)"
+        );
+    });
+}

@@ -224,6 +224,27 @@ async fn submit(
     {
         return Ok(job_response(&existing, StatusCode::OK, true));
     }
+    let callback = match obj.remove("callback_url") {
+        None | Some(Json::Null) => None,
+        Some(Json::String(url)) => {
+            crate::webhooks::check_url(&url, &app.settings.webhooks.allowed_prefixes)
+                .map_err(|message| ApiError::Validation { message })?;
+            let secret = app
+                .settings
+                .webhook_secrets
+                .get(&caller.tenant)
+                .map(|s| s.expose().to_string())
+                .ok_or_else(|| ApiError::Validation {
+                    message: "callback_url: no webhook secret is configured for this tenant".into(),
+                })?;
+            Some((url, secret))
+        }
+        Some(_) => {
+            return Err(ApiError::Validation {
+                message: "callback_url must be a string".into(),
+            });
+        }
+    };
     obj.insert("event_id".into(), json!(job_id));
     obj.insert("tenant_id".into(), json!(caller.tenant));
     obj.entry("occurred_at")
@@ -287,6 +308,17 @@ async fn submit(
         None,
         verdict_runtime::now_ms(),
     );
+    if let Some((url, secret)) = callback {
+        tokio::spawn(crate::webhooks::deliver(
+            app.store.clone(),
+            app.settings.webhooks.clone(),
+            app.http.clone(),
+            secret,
+            job_id.clone(),
+            url,
+            Duration::from_millis(app.settings.job_ttl_ms),
+        ));
+    }
     let job = if wait.is_zero() {
         app.store.get(&job_id)
     } else {

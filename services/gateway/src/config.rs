@@ -85,6 +85,9 @@ pub struct Gateway {
     pub max_body_bytes: usize,
     /// Heartbeat comments on an SSE stream while nothing happens.
     pub sse_heartbeat_ms: u64,
+    pub webhooks: crate::webhooks::WebhookSettings,
+    /// Each tenant's webhook signing secret, `whsec_<base64>` (never printed).
+    pub webhook_secrets: BTreeMap<String, verdict_runtime::settings::Secret>,
 }
 
 impl Default for Gateway {
@@ -98,6 +101,8 @@ impl Default for Gateway {
             job_capacity: 100_000,
             max_body_bytes: 1_000_000,
             sse_heartbeat_ms: 15_000,
+            webhooks: crate::webhooks::WebhookSettings::default(),
+            webhook_secrets: BTreeMap::new(),
         }
     }
 }
@@ -156,6 +161,14 @@ impl Validate for GatewaySettings {
                 "gateway.max_wait_ms".into(),
                 "must be between 1 and 300000".into(),
             );
+        }
+        for (tenant, secret) in &g.webhook_secrets {
+            if crate::webhooks::sign(secret.expose(), "check", 0, "").is_err() {
+                return bad(
+                    format!("gateway.webhook_secrets.{tenant}"),
+                    "must be whsec_<base64 key>".into(),
+                );
+            }
         }
         if g.job_capacity == 0 {
             return bad("gateway.job_capacity".into(), "must be at least 1".into());

@@ -47,6 +47,9 @@ pub struct Job {
     pub updated_at: i64,
     pub decision: Option<Json>,
     pub dead_letter: Option<Json>,
+    /// Webhook delivery (on the instance that accepted the job): URL, attempts, delivered.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub webhook: Option<Json>,
     /// Every status the job went through, numbered from 1 (the SSE event ids).
     #[serde(skip)]
     pub history: Vec<(u64, Status, i64)>,
@@ -79,6 +82,13 @@ impl JobStore {
 
     pub fn get(&self, id: &str) -> Option<Job> {
         self.jobs.get(id).map(|j| j.clone())
+    }
+
+    /// Records the webhook delivery state of a job.
+    pub fn set_webhook(&self, id: &str, state: Json) {
+        if let Some(mut j) = self.jobs.get_mut(id) {
+            j.webhook = Some(state);
+        }
     }
 
     pub fn len(&self) -> usize {
@@ -128,6 +138,7 @@ impl JobStore {
             updated_at: now_ms,
             decision: None,
             dead_letter: None,
+            webhook: None,
             history: Vec::new(),
         });
         match role {
