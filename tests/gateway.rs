@@ -29,6 +29,7 @@ fn keys() -> Vec<ApiKey> {
         Scope::TransactionsWrite,
         Scope::DocumentsWrite,
         Scope::JobsRead,
+        Scope::ReviewsWrite,
     ];
     vec![
         key("a-old", KEY_A_OLD, "tenant-a", all.clone(), true),
@@ -45,9 +46,21 @@ fn keys() -> Vec<ApiKey> {
     ]
 }
 
-fn gateway(stack: &Stack, topology: &Topology) -> ServiceProcess {
+/// The gateway's settings in this test's namespace, with its keys, then `tweak`.
+fn spawn_gateway(
+    stack: &Stack,
+    topology: &Topology,
+    tweak: impl FnOnce(&mut gateway::config::GatewaySettings),
+) -> ServiceProcess {
     ServiceProcess::spawn::<gateway::Spec>(&deployment(stack, topology, None), |s| {
         s.gateway.keys = keys();
+        s.gateway.resolutions_topic = topology.topic("review-resolutions");
+        tweak(s);
+    })
+}
+
+fn gateway(stack: &Stack, topology: &Topology) -> ServiceProcess {
+    spawn_gateway(stack, topology, |s| {
         s.gateway.tenants.insert(
             "tenant-b".into(),
             TenantLimits {
@@ -491,11 +504,7 @@ fn job_events_stream_with_ids_heartbeats_and_resume() {
     run(240, async {
         let stack = Stack::start().await;
         let topology = apply_topology(&stack, None).await;
-        let mut gw =
-            ServiceProcess::spawn::<gateway::Spec>(&deployment(&stack, &topology, None), |s| {
-                s.gateway.keys = keys();
-                s.gateway.sse_heartbeat_ms = 300;
-            });
+        let mut gw = spawn_gateway(&stack, &topology, |s| s.gateway.sse_heartbeat_ms = 300);
         gw.wait_ready(Duration::from_secs(30)).await;
         let p = gw.http_port;
         // Above the amount limit: declined whatever the score, so the job ends `complete`.
@@ -601,17 +610,15 @@ fn decisions_are_delivered_to_signed_webhooks_with_retries() {
         let stack = Stack::start().await;
         let topology = apply_topology(&stack, None).await;
         let (hook_port, got) = receiver().await;
-        let mut gw =
-            ServiceProcess::spawn::<gateway::Spec>(&deployment(&stack, &topology, None), |s| {
-                s.gateway.keys = keys();
-                s.gateway.webhooks.allowed_prefixes =
-                    vec![format!("http://127.0.0.1:{hook_port}/hooks/")];
-                s.gateway.webhooks.backoff_base_ms = 100;
-                s.gateway.webhook_secrets.insert(
-                    "tenant-a".into(),
-                    verdict_runtime::settings::Secret::new(WEBHOOK_SECRET),
-                );
-            });
+        let mut gw = spawn_gateway(&stack, &topology, |s| {
+            s.gateway.webhooks.allowed_prefixes =
+                vec![format!("http://127.0.0.1:{hook_port}/hooks/")];
+            s.gateway.webhooks.backoff_base_ms = 100;
+            s.gateway.webhook_secrets.insert(
+                "tenant-a".into(),
+                verdict_runtime::settings::Secret::new(WEBHOOK_SECRET),
+            );
+        });
         let mut fraud = ServiceProcess::spawn::<fraud_detector::Spec>(
             &deployment(&stack, &topology, None),
             |_| {},
@@ -713,5 +720,151 @@ fn decisions_are_delivered_to_signed_webhooks_with_retries() {
             requests[1].0.get("webhook-id"),
             "a retry keeps its webhook-id (receivers dedupe on it)"
         );
+    });
+}
+
+/// A decision that needs a person shows in the open reviews; resolving it completes the job
+/// with `reviewed_by` and writes the resolution and an audit record.
+#[test]
+fn a_review_is_resolved_through_the_api() {
+    run(240, async {
+        let stack = Stack::start().await;
+        let topology = apply_topology(&stack, None).await;
+        let mut gw = gateway(&stack, &topology);
+        let mut fraud = ServiceProcess::spawn::<fraud_detector::Spec>(
+            &deployment(&stack, &topology, None),
+            |_| {},
+        );
+        gw.wait_ready(Duration::from_secs(30)).await;
+        fraud.wait_ready(Duration::from_secs(30)).await;
+        let p = gw.http_port;
+        // Seven transactions of one account within a minute: velocity sends the later ones
+        // to review.
+        let mut in_review = Vec::new();
+        for _ in 0..7 {
+            let mut tx: Value = serde_json::from_str(&transaction()).expect("json");
+            tx["account_id"] = json!("acct-review");
+            tx["amount"] = json!(42.0);
+            let r = call(
+                p,
+                "POST",
+                "/v1/transactions?wait=15s",
+                Some(KEY_A),
+                &[],
+                Some(tx.to_string()),
+            )
+            .await;
+            assert_eq!(r.status, 200, "{}", r.body);
+            if r.body["status"] == "in_review" {
+                in_review.push(r.body["job_id"].as_str().expect("id").to_string());
+            }
+        }
+        assert!(!in_review.is_empty(), "velocity sends some to review");
+        let open = call(p, "GET", "/v1/reviews?status=open", Some(KEY_A), &[], None).await;
+        let listed: Vec<&str> = open.body["reviews"]
+            .as_array()
+            .expect("reviews")
+            .iter()
+            .filter_map(|j| j["job_id"].as_str())
+            .collect();
+        for id in &in_review {
+            assert!(listed.contains(&id.as_str()), "{id} is open: {}", open.body);
+        }
+        let job = &in_review[0];
+        let path = format!("/v1/reviews/{job}");
+        let r = call(
+            p,
+            "POST",
+            &path,
+            Some(KEY_READER),
+            &[],
+            Some(json!({"outcome": "APPROVE", "reviewer": "x"}).to_string()),
+        )
+        .await;
+        assert_error_shape(&r, 403, "forbidden_scope");
+        let r = call(
+            p,
+            "POST",
+            &path,
+            Some(KEY_A),
+            &[],
+            Some(json!({"outcome": "MAYBE", "reviewer": "ana"}).to_string()),
+        )
+        .await;
+        assert_error_shape(&r, 400, "validation_failed");
+        assert!(
+            r.body["message"]
+                .as_str()
+                .unwrap_or("")
+                .contains("APPROVE, DECLINE")
+        );
+        let body =
+            json!({"outcome": "APPROVE", "reviewer": "ana", "note": "known customer"}).to_string();
+        let resolved = call(p, "POST", &path, Some(KEY_A), &[], Some(body.clone())).await;
+        assert_eq!(resolved.status, 200, "{}", resolved.body);
+        assert_eq!(resolved.body["status"], "complete");
+        assert_eq!(resolved.body["reviewed_by"], "ana");
+        assert_eq!(resolved.body["review"]["outcome"], "APPROVE");
+        let again = call(p, "POST", &path, Some(KEY_A), &[], Some(body)).await;
+        assert_error_shape(&again, 400, "validation_failed");
+        let open = call(p, "GET", "/v1/reviews", Some(KEY_A), &[], None).await;
+        assert!(
+            !open.body.to_string().contains(job.as_str()),
+            "no longer open"
+        );
+        let done = call(
+            p,
+            "GET",
+            "/v1/reviews?status=resolved",
+            Some(KEY_A),
+            &[],
+            None,
+        )
+        .await;
+        assert!(done.body.to_string().contains(job.as_str()));
+
+        let kafka = stack.broker.kafka();
+        let url = stack.registry_url();
+        let resolutions = harness::read_topic(
+            &kafka,
+            &url,
+            &topology.topic("review-resolutions"),
+            Duration::from_secs(30),
+            |rs| !rs.is_empty(),
+        )
+        .await;
+        assert_eq!(resolutions.len(), 1);
+        let v = resolutions[0].value.as_ref().expect("decoded");
+        assert_eq!(
+            (
+                v["event_id"].as_str(),
+                v["outcome"].as_str(),
+                v["reviewer"].as_str()
+            ),
+            (Some(job.as_str()), Some("APPROVE"), Some("ana"))
+        );
+        assert_eq!(v["pipeline_outcome"], "REVIEW");
+        let audits = harness::read_topic(
+            &kafka,
+            &url,
+            &topology.topic("audit"),
+            Duration::from_secs(30),
+            |rs| {
+                rs.iter().any(|r| {
+                    r.value
+                        .as_ref()
+                        .is_some_and(|v| v["action"] == "HUMAN_REVIEW")
+                })
+            },
+        )
+        .await;
+        let audit = audits
+            .iter()
+            .filter_map(|r| r.value.as_ref())
+            .find(|v| v["action"] == "HUMAN_REVIEW")
+            .expect("an audit record of the review");
+        assert_eq!(audit["event_id"], job.as_str());
+        assert_eq!(audit["actor"], "ana");
+        assert_eq!(audit["outcome"], "APPROVE");
     });
 }

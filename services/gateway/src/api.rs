@@ -33,6 +33,8 @@ pub struct Route {
     pub topic: String,
     pub key_field: &'static str,
     pub scope: Scope,
+    /// Where audit records of this kind's reviews go.
+    pub audit: String,
 }
 
 pub struct App {
@@ -55,6 +57,8 @@ pub fn router(app: Arc<App>) -> Router {
         .route("/v1/documents", post(submit_document))
         .route("/v1/jobs/{id}", get(get_job))
         .route("/v1/jobs/{id}/events", get(job_events))
+        .route("/v1/reviews", get(list_reviews))
+        .route("/v1/reviews/{id}", post(resolve_review))
         .route("/v1/health", get(health))
         .fallback(|| async { ApiError::NotFound { what: "endpoint" } })
         .with_state(app)
@@ -435,6 +439,169 @@ async fn job_events(
         Ok(Sse::new(stream)
             .keep_alive(KeepAlive::new().interval(heartbeat).text("heartbeat"))
             .into_response())
+    })
+    .await
+}
+
+#[derive(Debug, Default, Deserialize)]
+pub struct ReviewQuery {
+    /// `open` (default: waiting for a person) or `resolved`.
+    status: Option<String>,
+}
+
+/// `GET /v1/reviews?status=open|resolved`: the tenant's jobs that wait for (or got) a person's
+/// decision.
+async fn list_reviews(
+    State(app): State<Arc<App>>,
+    Query(q): Query<ReviewQuery>,
+    headers: HttpHeaders,
+) -> Response {
+    let store = app.store.clone();
+    admitted(&app, &headers, Scope::JobsRead, |caller| async move {
+        let open = match q.status.as_deref().unwrap_or("open") {
+            "open" => true,
+            "resolved" => false,
+            other => {
+                return Err(ApiError::Validation {
+                    message: format!("status `{other}`: expected open or resolved"),
+                });
+            }
+        };
+        let reviews = store.reviews(&caller.tenant, open);
+        Ok(axum::Json(json!({"reviews": reviews})).into_response())
+    })
+    .await
+}
+
+#[derive(Debug, Deserialize)]
+struct Resolution {
+    outcome: String,
+    reviewer: String,
+    note: Option<String>,
+}
+
+/// The outcomes a reviewer may give for a kind of job.
+pub fn review_outcomes(kind: &str) -> &'static [&'static str] {
+    match kind {
+        "document" => &["AUTO_ACCEPT", "REJECT"],
+        _ => &["APPROVE", "DECLINE"],
+    }
+}
+
+/// `POST /v1/reviews/{event_id}` `{outcome, reviewer, note}`: writes a `review-resolutions`
+/// record and an audit record; the job becomes `complete` with `reviewed_by`.
+async fn resolve_review(
+    State(app): State<Arc<App>>,
+    Path(id): Path<String>,
+    headers: HttpHeaders,
+    body: Body,
+) -> Response {
+    let app2 = app.clone();
+    admitted(&app, &headers, Scope::ReviewsWrite, |caller| async move {
+        let app = app2;
+        let bytes = axum::body::to_bytes(body, app.settings.max_body_bytes)
+            .await
+            .map_err(|_| ApiError::PayloadTooLarge {
+                message: "the request body is too large".into(),
+            })?;
+        let r: Resolution = serde_json::from_slice(&bytes).map_err(|e| ApiError::Validation {
+            message: format!("expected {{\"outcome\", \"reviewer\", \"note\"}}: {e}"),
+        })?;
+        let job = app
+            .store
+            .get(&id)
+            .filter(|j| j.tenant == caller.tenant)
+            .ok_or(ApiError::NotFound { what: "job" })?;
+        if job.status != Status::InReview {
+            return Err(ApiError::Validation {
+                message: format!(
+                    "job {id} is not waiting for a review (it is {:?})",
+                    job.status
+                ),
+            });
+        }
+        let allowed = review_outcomes(&job.kind);
+        if !allowed.contains(&r.outcome.as_str()) {
+            return Err(ApiError::Validation {
+                message: format!(
+                    "outcome `{}`: expected one of {}",
+                    r.outcome,
+                    allowed.join(", ")
+                ),
+            });
+        }
+        if r.reviewer.trim().is_empty() {
+            return Err(ApiError::Validation {
+                message: "reviewer must name who resolves the review".into(),
+            });
+        }
+        let decision = job.decision.clone().unwrap_or(Json::Null);
+        let pipeline_outcome = decision
+            .get("outcome")
+            .or_else(|| decision.get("route"))
+            .and_then(Json::as_str)
+            .unwrap_or("REVIEW")
+            .to_string();
+        let resolution = json!({
+            "event_id": id,
+            "tenant_id": caller.tenant,
+            "resolved_at": verdict_runtime::now_ms(),
+            "kind": job.kind,
+            "pipeline_outcome": pipeline_outcome,
+            "outcome": r.outcome,
+            "reviewer": r.reviewer,
+            "note": r.note,
+            "api_key_id": caller.key_id,
+        });
+        let route = if job.kind == "document" {
+            &app.documents
+        } else {
+            &app.transactions
+        };
+        let audit = verdict_runtime::audit::Audit::human_review(
+            "gateway",
+            &id,
+            &caller.tenant,
+            decision.to_string().as_bytes(),
+            &r.reviewer,
+        )
+        .outcome(&r.outcome)
+        .detail("pipeline_outcome", &pipeline_outcome)
+        .detail("api_key_id", &caller.key_id);
+        for (topic, value) in [
+            (app.settings.resolutions_topic.clone(), resolution.clone()),
+            (route.audit.clone(), audit.to_json()),
+        ] {
+            let bytes = app
+                .serde
+                .encode(&topic, &ValueSchema::TopicLatest, untyped(&value))
+                .await
+                .map_err(|e| {
+                    tracing::warn!(error = %e, %topic, "encoding a review record");
+                    ApiError::Upstream
+                })?;
+            verdict_runtime::producer::send(
+                &app.producer,
+                &topic,
+                Some(id.as_bytes()),
+                Some(&bytes),
+                HeaderMap::default().to_kafka(),
+            )
+            .await
+            .map_err(|e| {
+                tracing::warn!(error = %e, "producing a review record");
+                ApiError::Upstream
+            })?;
+        }
+        app.store.apply(
+            Role::Resolution,
+            &job.kind,
+            &resolution,
+            None,
+            verdict_runtime::now_ms(),
+        );
+        let job = app.store.get(&id).ok_or(ApiError::Upstream)?;
+        Ok(job_response(&job, StatusCode::OK, false))
     })
     .await
 }

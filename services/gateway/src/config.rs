@@ -86,6 +86,8 @@ pub struct Gateway {
     /// Heartbeat comments on an SSE stream while nothing happens.
     pub sse_heartbeat_ms: u64,
     pub webhooks: crate::webhooks::WebhookSettings,
+    /// Where resolved reviews go (`POST /v1/reviews/{id}`); must be in the topology.
+    pub resolutions_topic: String,
     /// Each tenant's webhook signing secret, `whsec_<base64>` (never printed).
     pub webhook_secrets: BTreeMap<String, verdict_runtime::settings::Secret>,
 }
@@ -102,6 +104,7 @@ impl Default for Gateway {
             max_body_bytes: 1_000_000,
             sse_heartbeat_ms: 15_000,
             webhooks: crate::webhooks::WebhookSettings::default(),
+            resolutions_topic: "review-resolutions".into(),
             webhook_secrets: BTreeMap::new(),
         }
     }

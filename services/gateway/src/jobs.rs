@@ -34,6 +34,8 @@ pub enum Role {
     Decisions,
     Review,
     DeadLetters,
+    /// A person's resolution of a review (`review-resolutions`).
+    Resolution,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -47,6 +49,12 @@ pub struct Job {
     pub updated_at: i64,
     pub decision: Option<Json>,
     pub dead_letter: Option<Json>,
+    /// Who resolved the review, when a person did.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reviewed_by: Option<String>,
+    /// The resolution: outcome, note, when.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub review: Option<Json>,
     /// Webhook delivery (on the instance that accepted the job): URL, attempts, delivered.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub webhook: Option<Json>,
@@ -91,6 +99,25 @@ impl JobStore {
         }
     }
 
+    /// The tenant's jobs with a review: open (`in_review`) or resolved.
+    pub fn reviews(&self, tenant: &str, open: bool) -> Vec<Job> {
+        let mut out: Vec<Job> = self
+            .jobs
+            .iter()
+            .filter(|j| j.tenant == tenant)
+            .filter(|j| {
+                if open {
+                    j.status == Status::InReview
+                } else {
+                    j.reviewed_by.is_some()
+                }
+            })
+            .map(|j| j.clone())
+            .collect();
+        out.sort_by_key(|j| j.updated_at);
+        out
+    }
+
     pub fn len(&self) -> usize {
         self.jobs.len()
     }
@@ -117,6 +144,7 @@ impl JobStore {
             Role::Input => Status::Processing,
             Role::Review => Status::InReview,
             Role::DeadLetters => Status::DeadLettered,
+            Role::Resolution => Status::Complete,
             Role::Decisions => {
                 let outcome = value
                     .get("outcome")
@@ -138,6 +166,8 @@ impl JobStore {
             updated_at: now_ms,
             decision: None,
             dead_letter: None,
+            reviewed_by: None,
+            review: None,
             webhook: None,
             history: Vec::new(),
         });
@@ -149,9 +179,21 @@ impl JobStore {
                 if job.decision.is_none() || role == Role::Decisions {
                     job.decision = Some(value.clone());
                 }
-                if job.status != Status::Complete || role == Role::Decisions {
+                // A resolved review stays resolved when the decision is read again.
+                if job.reviewed_by.is_none()
+                    && (job.status != Status::Complete || role == Role::Decisions)
+                {
                     job.status = status;
                 }
+            }
+            Role::Resolution => {
+                job.status = status;
+                job.reviewed_by = value["reviewer"].as_str().map(String::from);
+                job.review = Some(serde_json::json!({
+                    "outcome": value["outcome"],
+                    "note": value["note"],
+                    "resolved_at": value["resolved_at"],
+                }));
             }
             Role::DeadLetters => {
                 job.status = status;
@@ -367,6 +409,23 @@ mod tests {
         }
         assert_eq!(s.len(), 2);
         assert!(s.get("a").is_none() && s.get("c").is_some());
+    }
+
+    #[test]
+    fn a_resolution_completes_a_review_and_stays() {
+        let s = JobStore::new(10, 60_000);
+        let review = json!({"event_id": "r", "tenant_id": "t", "outcome": "REVIEW"});
+        s.apply(Role::Decisions, "transaction", &review, None, 1);
+        assert_eq!(s.reviews("t", true).len(), 1);
+        let resolution = json!({"event_id": "r", "tenant_id": "t", "outcome": "APPROVE", "reviewer": "ana", "note": null, "resolved_at": 5});
+        s.apply(Role::Resolution, "transaction", &resolution, None, 2);
+        s.apply(Role::Review, "transaction", &review, None, 3);
+        let j = s.get("r").expect("job");
+        assert_eq!(j.status, Status::Complete);
+        assert_eq!(j.reviewed_by.as_deref(), Some("ana"));
+        assert!(s.reviews("t", true).is_empty());
+        assert_eq!(s.reviews("t", false).len(), 1);
+        assert!(s.reviews("other", false).is_empty());
     }
 
     #[tokio::test]

@@ -39,8 +39,20 @@ impl verdict_runtime::service::ServiceSpec for Spec {
 /// The routes and the topics the job store follows, from the topology: submissions go to the
 /// fraud-detector's and the document-analyzer's inputs; their decisions, reviews and dead
 /// letters tell how jobs end.
-pub fn plan(topology: &Topology) -> Result<(api::Route, api::Route, Vec<jobs::Followed>), String> {
-    let mut followed = Vec::new();
+pub fn plan(
+    topology: &Topology,
+    resolutions_topic: &str,
+) -> Result<(api::Route, api::Route, Vec<jobs::Followed>), String> {
+    if !topology.topics.contains_key(resolutions_topic) {
+        return Err(format!(
+            "gateway.resolutions_topic: topic {resolutions_topic} is not in the topology"
+        ));
+    }
+    let mut followed = vec![jobs::Followed {
+        topic: resolutions_topic.to_string(),
+        role: jobs::Role::Resolution,
+        kind: "review".into(),
+    }];
     let mut route = |service: &str, kind: &'static str, key_field: &'static str, scope| {
         let s = topology
             .service(service)
@@ -69,11 +81,17 @@ pub fn plan(topology: &Topology) -> Result<(api::Route, api::Route, Vec<jobs::Fo
             role: jobs::Role::DeadLetters,
             kind: kind.into(),
         });
+        let audit = s
+            .outputs
+            .get("audit")
+            .cloned()
+            .ok_or_else(|| format!("[services.{service}] has no audit output"))?;
         Ok::<_, String>(api::Route {
             kind,
             topic: s.input.clone(),
             key_field,
             scope,
+            audit,
         })
     };
     let transactions = route(
@@ -94,7 +112,7 @@ pub fn plan(topology: &Topology) -> Result<(api::Route, api::Route, Vec<jobs::Fo
 /// Everything the gateway serves with, from its settings.
 pub fn build(settings: &GatewaySettings) -> Result<(Arc<api::App>, Vec<jobs::Followed>), String> {
     let topology = Topology::load(&settings.topology.file, None).map_err(|e| e.to_string())?;
-    let (transactions, documents, followed) = plan(&topology)?;
+    let (transactions, documents, followed) = plan(&topology, &settings.gateway.resolutions_topic)?;
     let g = &settings.gateway;
     let app = api::App {
         settings: g.clone(),

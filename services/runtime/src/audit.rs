@@ -28,6 +28,8 @@ pub struct Audit {
     token_usage: Option<i64>,
     cost_usd: Option<f64>,
     details: BTreeMap<String, String>,
+    /// Who acted, when not this process (a person resolving a review).
+    actor: Option<String>,
 }
 
 impl Audit {
@@ -45,6 +47,22 @@ impl Audit {
             token_usage: None,
             cost_usd: None,
             details: BTreeMap::new(),
+            actor: None,
+        }
+    }
+
+    /// The audit of a person's resolution of a review, made through `service`.
+    pub fn human_review(
+        service: &str,
+        event_id: &str,
+        tenant_id: &str,
+        input: &[u8],
+        reviewer: &str,
+    ) -> Self {
+        Self {
+            action: "HUMAN_REVIEW",
+            actor: Some(reviewer.to_string()),
+            ..Self::decision(service, event_id, tenant_id, input)
         }
     }
 
@@ -89,7 +107,10 @@ impl Audit {
             "occurred_at": now_ms(),
             "service": self.service,
             "action": self.action,
-            "actor": format!("{}/{}", self.service, std::process::id()),
+            "actor": self
+                .actor
+                .clone()
+                .unwrap_or_else(|| format!("{}/{}", self.service, std::process::id())),
             "input_sha256": self.input_sha256,
             "outcome": self.outcome,
             "model_name": model_name,
