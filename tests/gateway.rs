@@ -6,7 +6,7 @@
 use std::time::Duration;
 
 use gateway::auth::{Scope, key_hash};
-use gateway::config::{ApiKey, TenantLimits};
+use gateway::config::{ApiKey, TenantLimits, Tier, TokenBudget};
 use harness::{ServiceProcess, Stack, Topology, apply_topology, deployment, run};
 use serde_json::{Value, json};
 use verdict_cli::records::sample_transaction;
@@ -16,6 +16,11 @@ const KEY_A_NEXT: &str = "key-a-next";
 const KEY_A_OLD: &str = "key-a-old";
 const KEY_B: &str = "key-b";
 const KEY_READER: &str = "key-c-reader";
+const KEY_BATCH: &str = "key-d-batch";
+
+fn all_for_batch() -> Vec<Scope> {
+    vec![Scope::TransactionsWrite, Scope::JobsRead]
+}
 
 fn keys() -> Vec<ApiKey> {
     let key = |id: &str, secret: &str, tenant: &str, scopes: Vec<Scope>, revoked: bool| ApiKey {
@@ -24,6 +29,7 @@ fn keys() -> Vec<ApiKey> {
         tenant: tenant.into(),
         scopes,
         revoked,
+        tier: Tier::Interactive,
     };
     let all = vec![
         Scope::TransactionsWrite,
@@ -43,6 +49,10 @@ fn keys() -> Vec<ApiKey> {
             vec![Scope::JobsRead],
             false,
         ),
+        ApiKey {
+            tier: Tier::Batch,
+            ..key("d-batch", KEY_BATCH, "tenant-d", all_for_batch(), false)
+        },
     ]
 }
 
@@ -432,8 +442,24 @@ fn bad_submissions_get_specific_errors() {
         assert_error_shape(&r, 404, "not_found");
         let health = call(p, "GET", "/v1/health", None, &[], None).await;
         assert_eq!(health.status, 200, "{}", health.body);
-        assert_eq!(health.body["status"], "ok");
         assert_eq!(health.body["services"]["kafka"]["status"], "ok");
+        assert_eq!(health.body["services"]["registry"]["status"], "ok");
+        // No document-analyzer runs and a document waits: that pipeline may already show as
+        // down (the gateway reads lag every 5 s), which makes the whole degraded, not down.
+        assert_ne!(health.body["status"], "down", "{}", health.body);
+        let docs = &health.body["services"]["pipelines"]["document-analyzer"];
+        assert!(
+            docs["group"]
+                .as_str()
+                .is_some_and(|g| g.ends_with("verdict-document-analyzer")),
+            "{}",
+            health.body
+        );
+        assert!(
+            ["ok", "down", "unknown"].contains(&docs["status"].as_str().unwrap_or("")),
+            "{}",
+            health.body
+        );
     });
 }
 
@@ -866,5 +892,173 @@ fn a_review_is_resolved_through_the_api() {
         assert_eq!(audit["event_id"], job.as_str());
         assert_eq!(audit["actor"], "ana");
         assert_eq!(audit["outcome"], "APPROVE");
+    });
+}
+
+/// A tenant's token budget refuses documents past it (429 token_budget_exceeded with
+/// Retry-After) while another tenant's documents pass.
+#[test]
+fn documents_past_the_token_budget_are_refused() {
+    run(120, async {
+        let stack = Stack::start().await;
+        let topology = apply_topology(&stack, None).await;
+        let mut gw = spawn_gateway(&stack, &topology, |s| {
+            s.gateway.token_budgets.insert(
+                "tenant-b".into(),
+                TokenBudget {
+                    tokens_per_hour: 1_000,
+                },
+            );
+        });
+        gw.wait_ready(Duration::from_secs(30)).await;
+        let p = gw.http_port;
+        let doc = |id: &str| json!({"document_id": id, "text": "word ".repeat(600)}).to_string();
+        let first = call(
+            p,
+            "POST",
+            "/v1/documents",
+            Some(KEY_B),
+            &[],
+            Some(doc("d1")),
+        )
+        .await;
+        assert_eq!(first.status, 202, "750 of 1000 tokens: {}", first.body);
+        let second = call(
+            p,
+            "POST",
+            "/v1/documents",
+            Some(KEY_B),
+            &[],
+            Some(doc("d2")),
+        )
+        .await;
+        assert_error_shape(&second, 429, "token_budget_exceeded");
+        assert!(second.headers.contains_key("retry-after"));
+        assert!(
+            second.body["message"]
+                .as_str()
+                .unwrap_or("")
+                .contains("250 of the tenant's 1000"),
+            "{}",
+            second.body
+        );
+        let other = call(
+            p,
+            "POST",
+            "/v1/documents",
+            Some(KEY_A),
+            &[],
+            Some(doc("d3")),
+        )
+        .await;
+        assert_eq!(
+            other.status, 202,
+            "another tenant is unaffected: {}",
+            other.body
+        );
+    });
+}
+
+/// When the fraud-detector stops and its lag passes the threshold, a batch key's limits
+/// shrink (saying so in X-RateLimit-Adaptive) while an interactive key keeps flowing; health
+/// shows the pipeline degraded.
+#[test]
+fn adaptive_limits_slow_batch_keys_while_the_pipeline_lags() {
+    run(240, async {
+        let stack = Stack::start().await;
+        let topology = apply_topology(&stack, None).await;
+        let mut fraud = ServiceProcess::spawn::<fraud_detector::Spec>(
+            &deployment(&stack, &topology, None),
+            |s| {
+                s.engine.group_instance_id = String::new();
+            },
+        );
+        let mut gw = spawn_gateway(&stack, &topology, |s| {
+            s.gateway.adaptive.lag_threshold_seconds = 1.0;
+            s.gateway.adaptive.batch_factor = 0.05;
+            s.gateway.adaptive.poll_interval_ms = 300;
+        });
+        fraud.wait_ready(Duration::from_secs(30)).await;
+        gw.wait_ready(Duration::from_secs(30)).await;
+        let p = gw.http_port;
+        let submit = |key: &'static str| {
+            call(
+                p,
+                "POST",
+                "/v1/transactions",
+                Some(key),
+                &[],
+                Some(transaction()),
+            )
+        };
+        // Decided, so the fraud-detector's group has committed offsets to measure lag from.
+        let calm = call(
+            p,
+            "POST",
+            "/v1/transactions?wait=15s",
+            Some(KEY_BATCH),
+            &[],
+            Some(transaction()),
+        )
+        .await;
+        assert_eq!(calm.status, 200, "{}", calm.body);
+        assert!(!calm.headers.contains_key("x-ratelimit-adaptive"));
+
+        fraud.stop_cleanly();
+        for _ in 0..5 {
+            assert_eq!(submit(KEY_A).await.status, 202);
+        }
+        // Wait until the gateway sees the lag.
+        let mut degraded = false;
+        for _ in 0..60 {
+            let h = call(p, "GET", "/v1/health", None, &[], None).await;
+            if h.body["services"]["pipelines"]["fraud-detector"]["status"] != "ok"
+                && h.body["services"]["pipelines"]["fraud-detector"]["lag_seconds"].as_f64()
+                    > Some(1.0)
+            {
+                degraded = true;
+                assert_eq!(h.body["status"], "degraded", "{}", h.body);
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+        assert!(
+            degraded,
+            "the gateway sees the fraud-detector's lag: {}\n{}",
+            call(p, "GET", "/v1/health", None, &[], None).await.body,
+            gw.log()
+        );
+
+        let mut refused = None;
+        for _ in 0..10 {
+            let r = submit(KEY_BATCH).await;
+            assert!(
+                r.headers
+                    .get("x-ratelimit-adaptive")
+                    .and_then(|v| v.to_str().ok())
+                    .is_some_and(|v| v.contains("fraud-detector")),
+                "says the limit is reduced: {:?}",
+                r.headers
+            );
+            if r.status == 429 {
+                refused = Some(r);
+                break;
+            }
+        }
+        let refused = refused.expect("the batch key hits its reduced limit");
+        assert_error_shape(&refused, 429, "rate_limit_exceeded");
+        assert_eq!(
+            refused.headers["x-ratelimit-limit"], "30",
+            "5% of 600 per minute"
+        );
+        for _ in 0..10 {
+            let r = submit(KEY_A).await;
+            assert_eq!(
+                r.status, 202,
+                "interactive requests keep flowing: {}",
+                r.body
+            );
+            assert!(!r.headers.contains_key("x-ratelimit-adaptive"));
+        }
     });
 }

@@ -35,6 +35,9 @@ pub struct Route {
     pub scope: Scope,
     /// Where audit records of this kind's reviews go.
     pub audit: String,
+    /// The service that decides it, and its consumer group (for adaptive limits and health).
+    pub service: String,
+    pub group: String,
 }
 
 pub struct App {
@@ -47,6 +50,7 @@ pub struct App {
     pub limiter: Limiter,
     /// For the health checks of the registry.
     pub http: reqwest::Client,
+    pub pipelines: Arc<crate::pipelines::Pipelines>,
     pub transactions: Route,
     pub documents: Route,
 }
@@ -91,8 +95,14 @@ pub fn parse_wait(s: &str) -> Result<Duration, ApiError> {
 }
 
 impl App {
-    /// Authenticates the request and counts it against its tenant's limit.
-    fn admit(&self, headers: &HttpHeaders) -> Result<(Caller, Verdict), ApiError> {
+    /// Authenticates the request and counts it against its tenant's limit; `feeds` (the job
+    /// kind a submission feeds) shrinks a `batch` key's limits while that pipeline lags, and
+    /// says so.
+    fn admit(
+        &self,
+        headers: &HttpHeaders,
+        feeds: Option<&str>,
+    ) -> Result<(Caller, Verdict, Option<String>), ApiError> {
         let h = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
         let caller = authenticate(
             &self.settings.keys,
@@ -104,15 +114,37 @@ impl App {
             .get(&caller.tenant)
             .copied()
             .unwrap_or(self.settings.default_limits);
+        let a = &self.settings.adaptive;
+        let lagging = feeds
+            .and_then(|kind| self.pipelines.lag(kind))
+            .filter(|l| l.lag_seconds > a.lag_threshold_seconds);
+        let (limits, note) = match (lagging, caller.tier) {
+            (Some(l), crate::config::Tier::Batch) => (
+                crate::limits::scaled(limits, a.batch_factor),
+                Some(format!(
+                    "reduced to {:.0}% while {} lags {:.1} s (> {:.0} s); interactive keys keep their limits",
+                    a.batch_factor * 100.0,
+                    l.service,
+                    l.lag_seconds,
+                    a.lag_threshold_seconds
+                )),
+            ),
+            _ => (limits, None),
+        };
         let verdict = self
             .limiter
             .check(&caller.tenant, limits, verdict_runtime::now_ms());
-        Ok((caller, verdict))
+        Ok((caller, verdict, note))
     }
 }
 
-fn with_limits(mut resp: Response, v: &Verdict) -> Response {
+fn with_limits(mut resp: Response, v: &Verdict, adaptive: Option<&str>) -> Response {
     let h = resp.headers_mut();
+    if let Some(note) = adaptive
+        && let Ok(val) = HeaderValue::from_str(note)
+    {
+        h.insert("x-ratelimit-adaptive", val);
+    }
     for (name, value) in [
         ("x-ratelimit-limit", v.limit.to_string()),
         ("x-ratelimit-remaining", v.remaining.to_string()),
@@ -132,12 +164,18 @@ fn with_limits(mut resp: Response, v: &Verdict) -> Response {
 }
 
 /// Runs `f` for an admitted caller and puts the limit headers on whatever it answers.
-async fn admitted<F, Fut>(app: &App, headers: &HttpHeaders, scope: Scope, f: F) -> Response
+async fn admitted<F, Fut>(
+    app: &App,
+    headers: &HttpHeaders,
+    scope: Scope,
+    feeds: Option<&str>,
+    f: F,
+) -> Response
 where
     F: FnOnce(Caller) -> Fut,
     Fut: Future<Output = Result<Response, ApiError>>,
 {
-    let (caller, verdict) = match app.admit(headers) {
+    let (caller, verdict, adaptive) = match app.admit(headers, feeds) {
         Ok(x) => x,
         Err(e) => return e.into_response(),
     };
@@ -151,7 +189,11 @@ where
             retry_after_secs: verdict.retry_after_secs,
         })
     };
-    with_limits(result.unwrap_or_else(IntoResponse::into_response), &verdict)
+    with_limits(
+        result.unwrap_or_else(IntoResponse::into_response),
+        &verdict,
+        adaptive.as_deref(),
+    )
 }
 
 async fn submit_transaction(
@@ -161,7 +203,7 @@ async fn submit_transaction(
     body: Body,
 ) -> Response {
     let route = app.transactions.clone();
-    admitted(&app, &headers, route.scope, |caller| {
+    admitted(&app, &headers, route.scope, Some(route.kind), |caller| {
         submit(&app, route, caller, q, &headers, body)
     })
     .await
@@ -174,7 +216,7 @@ async fn submit_document(
     body: Body,
 ) -> Response {
     let route = app.documents.clone();
-    admitted(&app, &headers, route.scope, |caller| {
+    admitted(&app, &headers, route.scope, Some(route.kind), |caller| {
         submit(&app, route, caller, q, &headers, body)
     })
     .await
@@ -259,12 +301,12 @@ async fn submit(
         obj.entry("content_type")
             .or_insert_with(|| json!("text/plain"));
         obj.entry("source").or_insert_with(|| json!("gateway"));
+        // About four characters per token, as the document-analyzer estimates.
+        let estimate = text_len.div_ceil(4);
         if let Some(max) = header("x-max-tokens") {
             let max: usize = max.parse().map_err(|_| ApiError::Validation {
                 message: format!("X-Max-Tokens `{max}` is not a number"),
             })?;
-            // About four characters per token, as the document-analyzer estimates.
-            let estimate = text_len.div_ceil(4);
             if estimate > max {
                 return Err(ApiError::PayloadTooLarge {
                     message: format!(
@@ -272,6 +314,31 @@ async fn submit(
                     ),
                 });
             }
+        }
+        let budget = app
+            .settings
+            .token_budgets
+            .get(&caller.tenant)
+            .copied()
+            .unwrap_or(app.settings.default_token_budget);
+        let bucket = crate::config::TenantLimits {
+            requests_per_minute: (budget.tokens_per_hour / 60).max(1),
+            burst: budget.tokens_per_hour,
+        };
+        let spent = app.limiter.take(
+            &format!("tokens:{}", caller.tenant),
+            bucket,
+            u32::try_from(estimate).unwrap_or(u32::MAX),
+            verdict_runtime::now_ms(),
+        );
+        if !spent.allowed {
+            return Err(ApiError::TokenBudget {
+                message: format!(
+                    "the document is about {estimate} tokens; {} of the tenant's {} tokens per hour are left",
+                    spent.remaining, budget.tokens_per_hour
+                ),
+                retry_after_secs: spent.retry_after_secs,
+            });
         }
     }
     let schema = app.serde.latest_schema(&route.topic).await.map_err(|e| {
@@ -355,7 +422,7 @@ async fn get_job(
     headers: HttpHeaders,
 ) -> Response {
     let store = app.store.clone();
-    admitted(&app, &headers, Scope::JobsRead, |caller| async move {
+    admitted(&app, &headers, Scope::JobsRead, None, |caller| async move {
         match store.get(&id) {
             Some(job) if job.tenant == caller.tenant => {
                 Ok(job_response(&job, StatusCode::OK, false))
@@ -382,7 +449,7 @@ async fn job_events(
         .unwrap_or(0);
     let store = app.store.clone();
     let heartbeat = Duration::from_millis(app.settings.sse_heartbeat_ms);
-    admitted(&app, &headers, Scope::JobsRead, |caller| async move {
+    admitted(&app, &headers, Scope::JobsRead, None, |caller| async move {
         let job = store
             .get(&id)
             .filter(|j| j.tenant == caller.tenant)
@@ -457,7 +524,7 @@ async fn list_reviews(
     headers: HttpHeaders,
 ) -> Response {
     let store = app.store.clone();
-    admitted(&app, &headers, Scope::JobsRead, |caller| async move {
+    admitted(&app, &headers, Scope::JobsRead, None, |caller| async move {
         let open = match q.status.as_deref().unwrap_or("open") {
             "open" => true,
             "resolved" => false,
@@ -497,115 +564,124 @@ async fn resolve_review(
     body: Body,
 ) -> Response {
     let app2 = app.clone();
-    admitted(&app, &headers, Scope::ReviewsWrite, |caller| async move {
-        let app = app2;
-        let bytes = axum::body::to_bytes(body, app.settings.max_body_bytes)
-            .await
-            .map_err(|_| ApiError::PayloadTooLarge {
-                message: "the request body is too large".into(),
-            })?;
-        let r: Resolution = serde_json::from_slice(&bytes).map_err(|e| ApiError::Validation {
-            message: format!("expected {{\"outcome\", \"reviewer\", \"note\"}}: {e}"),
-        })?;
-        let job = app
-            .store
-            .get(&id)
-            .filter(|j| j.tenant == caller.tenant)
-            .ok_or(ApiError::NotFound { what: "job" })?;
-        if job.status != Status::InReview {
-            return Err(ApiError::Validation {
-                message: format!(
-                    "job {id} is not waiting for a review (it is {:?})",
-                    job.status
-                ),
+    admitted(
+        &app,
+        &headers,
+        Scope::ReviewsWrite,
+        None,
+        |caller| async move {
+            let app = app2;
+            let bytes = axum::body::to_bytes(body, app.settings.max_body_bytes)
+                .await
+                .map_err(|_| ApiError::PayloadTooLarge {
+                    message: "the request body is too large".into(),
+                })?;
+            let r: Resolution =
+                serde_json::from_slice(&bytes).map_err(|e| ApiError::Validation {
+                    message: format!("expected {{\"outcome\", \"reviewer\", \"note\"}}: {e}"),
+                })?;
+            let job = app
+                .store
+                .get(&id)
+                .filter(|j| j.tenant == caller.tenant)
+                .ok_or(ApiError::NotFound { what: "job" })?;
+            if job.status != Status::InReview {
+                return Err(ApiError::Validation {
+                    message: format!(
+                        "job {id} is not waiting for a review (it is {:?})",
+                        job.status
+                    ),
+                });
+            }
+            let allowed = review_outcomes(&job.kind);
+            if !allowed.contains(&r.outcome.as_str()) {
+                return Err(ApiError::Validation {
+                    message: format!(
+                        "outcome `{}`: expected one of {}",
+                        r.outcome,
+                        allowed.join(", ")
+                    ),
+                });
+            }
+            if r.reviewer.trim().is_empty() {
+                return Err(ApiError::Validation {
+                    message: "reviewer must name who resolves the review".into(),
+                });
+            }
+            let decision = job.decision.clone().unwrap_or(Json::Null);
+            let pipeline_outcome = decision
+                .get("outcome")
+                .or_else(|| decision.get("route"))
+                .and_then(Json::as_str)
+                .unwrap_or("REVIEW")
+                .to_string();
+            let resolution = json!({
+                "event_id": id,
+                "tenant_id": caller.tenant,
+                "resolved_at": verdict_runtime::now_ms(),
+                "kind": job.kind,
+                "pipeline_outcome": pipeline_outcome,
+                "outcome": r.outcome,
+                "reviewer": r.reviewer,
+                "note": r.note,
+                "api_key_id": caller.key_id,
             });
-        }
-        let allowed = review_outcomes(&job.kind);
-        if !allowed.contains(&r.outcome.as_str()) {
-            return Err(ApiError::Validation {
-                message: format!(
-                    "outcome `{}`: expected one of {}",
-                    r.outcome,
-                    allowed.join(", ")
-                ),
-            });
-        }
-        if r.reviewer.trim().is_empty() {
-            return Err(ApiError::Validation {
-                message: "reviewer must name who resolves the review".into(),
-            });
-        }
-        let decision = job.decision.clone().unwrap_or(Json::Null);
-        let pipeline_outcome = decision
-            .get("outcome")
-            .or_else(|| decision.get("route"))
-            .and_then(Json::as_str)
-            .unwrap_or("REVIEW")
-            .to_string();
-        let resolution = json!({
-            "event_id": id,
-            "tenant_id": caller.tenant,
-            "resolved_at": verdict_runtime::now_ms(),
-            "kind": job.kind,
-            "pipeline_outcome": pipeline_outcome,
-            "outcome": r.outcome,
-            "reviewer": r.reviewer,
-            "note": r.note,
-            "api_key_id": caller.key_id,
-        });
-        let route = if job.kind == "document" {
-            &app.documents
-        } else {
-            &app.transactions
-        };
-        let audit = verdict_runtime::audit::Audit::human_review(
-            "gateway",
-            &id,
-            &caller.tenant,
-            decision.to_string().as_bytes(),
-            &r.reviewer,
-        )
-        .outcome(&r.outcome)
-        .detail("pipeline_outcome", &pipeline_outcome)
-        .detail("api_key_id", &caller.key_id);
-        for (topic, value) in [
-            (app.settings.resolutions_topic.clone(), resolution.clone()),
-            (route.audit.clone(), audit.to_json()),
-        ] {
-            let bytes = app
-                .serde
-                .encode(&topic, &ValueSchema::TopicLatest, untyped(&value))
+            let route = if job.kind == "document" {
+                &app.documents
+            } else {
+                &app.transactions
+            };
+            let audit = verdict_runtime::audit::Audit::human_review(
+                "gateway",
+                &id,
+                &caller.tenant,
+                decision.to_string().as_bytes(),
+                &r.reviewer,
+            )
+            .outcome(&r.outcome)
+            .detail("pipeline_outcome", &pipeline_outcome)
+            .detail("api_key_id", &caller.key_id);
+            for (topic, value) in [
+                (app.settings.resolutions_topic.clone(), resolution.clone()),
+                (route.audit.clone(), audit.to_json()),
+            ] {
+                let bytes = app
+                    .serde
+                    .encode(&topic, &ValueSchema::TopicLatest, untyped(&value))
+                    .await
+                    .map_err(|e| {
+                        tracing::warn!(error = %e, %topic, "encoding a review record");
+                        ApiError::Upstream
+                    })?;
+                verdict_runtime::producer::send(
+                    &app.producer,
+                    &topic,
+                    Some(id.as_bytes()),
+                    Some(&bytes),
+                    HeaderMap::default().to_kafka(),
+                )
                 .await
                 .map_err(|e| {
-                    tracing::warn!(error = %e, %topic, "encoding a review record");
+                    tracing::warn!(error = %e, "producing a review record");
                     ApiError::Upstream
                 })?;
-            verdict_runtime::producer::send(
-                &app.producer,
-                &topic,
-                Some(id.as_bytes()),
-                Some(&bytes),
-                HeaderMap::default().to_kafka(),
-            )
-            .await
-            .map_err(|e| {
-                tracing::warn!(error = %e, "producing a review record");
-                ApiError::Upstream
-            })?;
-        }
-        app.store.apply(
-            Role::Resolution,
-            &job.kind,
-            &resolution,
-            None,
-            verdict_runtime::now_ms(),
-        );
-        let job = app.store.get(&id).ok_or(ApiError::Upstream)?;
-        Ok(job_response(&job, StatusCode::OK, false))
-    })
+            }
+            app.store.apply(
+                Role::Resolution,
+                &job.kind,
+                &resolution,
+                None,
+                verdict_runtime::now_ms(),
+            );
+            let job = app.store.get(&id).ok_or(ApiError::Upstream)?;
+            Ok(job_response(&job, StatusCode::OK, false))
+        },
+    )
     .await
 }
 
+/// `GET /v1/health`: the gateway, Kafka, the registry and each pipeline (lag in messages and
+/// seconds, members, age of the last decision) as `ok`, `degraded` or `down`.
 async fn health(State(app): State<Arc<App>>) -> Response {
     let kafka_ok = app
         .kafka
@@ -617,11 +693,39 @@ async fn health(State(app): State<Arc<App>>) -> Response {
         Ok(r) if r.status().is_success()
     );
     let state = |ok: bool| if ok { "ok" } else { "down" };
-    let status = match (kafka_ok, registry_ok) {
-        (true, true) => "ok",
-        (true, false) => "degraded",
-        _ => "down",
+    let now = verdict_runtime::now_ms();
+    let threshold = app.settings.adaptive.lag_threshold_seconds;
+    let mut worst = match (kafka_ok, registry_ok) {
+        (true, true) => 0,
+        (true, false) => 1,
+        _ => 2,
     };
+    let mut pipelines = serde_json::Map::new();
+    for route in [&app.transactions, &app.documents] {
+        let lag = app.pipelines.lag(route.kind);
+        let status = match &lag {
+            None => "unknown",
+            Some(l) if l.members == 0 && l.lag > 0 => "down",
+            Some(l) if l.lag_seconds > threshold => "degraded",
+            Some(_) => "ok",
+        };
+        if matches!(status, "down" | "degraded") {
+            worst = worst.max(1);
+        }
+        pipelines.insert(
+            route.service.clone(),
+            json!({
+                "status": status,
+                "group": route.group,
+                "lag": lag.as_ref().map(|l| l.lag),
+                "lag_seconds": lag.as_ref().map(|l| l.lag_seconds),
+                "members": lag.as_ref().map(|l| l.members),
+                "last_decision_age_seconds": app.store.last_decision(route.kind)
+                    .map(|t| verdict_runtime::groups::seconds_between(t, now)),
+            }),
+        );
+    }
+    let status = ["ok", "degraded", "down"][worst];
     let code = if kafka_ok {
         StatusCode::OK
     } else {
@@ -635,6 +739,7 @@ async fn health(State(app): State<Arc<App>>) -> Response {
                 "gateway": {"status": "ok", "jobs_known": app.store.len()},
                 "kafka": {"status": state(kafka_ok)},
                 "registry": {"status": state(registry_ok)},
+                "pipelines": pipelines,
             }
         })),
     )

@@ -35,6 +35,7 @@ pub struct Caller {
     pub key_id: String,
     pub tenant: String,
     pub scopes: Vec<Scope>,
+    pub tier: crate::config::Tier,
 }
 
 impl Caller {
@@ -82,6 +83,7 @@ pub fn authenticate(keys: &[ApiKey], presented: Option<&str>) -> Result<Caller, 
         key_id: entry.id.clone(),
         tenant: entry.tenant.clone(),
         scopes: entry.scopes.clone(),
+        tier: entry.tier,
     })
 }
 
@@ -110,6 +112,7 @@ mod tests {
                 tenant: "a".into(),
                 scopes: vec![Scope::JobsRead],
                 revoked: true,
+                tier: crate::config::Tier::Interactive,
             },
             ApiKey {
                 id: "a-new".into(),
@@ -117,6 +120,7 @@ mod tests {
                 tenant: "a".into(),
                 scopes: vec![Scope::JobsRead, Scope::TransactionsWrite],
                 revoked: false,
+                tier: crate::config::Tier::Interactive,
             },
         ]
     }

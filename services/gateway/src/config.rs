@@ -48,6 +48,39 @@ pub struct ApiKey {
     pub scopes: Vec<Scope>,
     #[serde(default)]
     pub revoked: bool,
+    /// `interactive` keys keep their limits when a pipeline lags; `batch` keys are slowed.
+    #[serde(default)]
+    pub tier: Tier,
+}
+
+#[derive(Clone, Copy, Debug, Default, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum Tier {
+    #[default]
+    Interactive,
+    Batch,
+}
+
+/// Shrinking lower-priority limits while a pipeline lags.
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct Adaptive {
+    /// Lag (seconds, as the lag monitor computes it) of the service a request feeds above
+    /// which `batch` keys get `batch_factor` of their limits.
+    pub lag_threshold_seconds: f64,
+    pub batch_factor: f64,
+    /// How often the pipelines' lag is read.
+    pub poll_interval_ms: u64,
+}
+
+impl Default for Adaptive {
+    fn default() -> Self {
+        Self {
+            lag_threshold_seconds: 30.0,
+            batch_factor: 0.1,
+            poll_interval_ms: 5_000,
+        }
+    }
 }
 
 /// A tenant's request limit: a token bucket of `burst` requests refilled at
@@ -57,6 +90,22 @@ pub struct ApiKey {
 pub struct TenantLimits {
     pub requests_per_minute: u32,
     pub burst: u32,
+}
+
+/// A tenant's token budget for documents: `tokens_per_hour`, spent by each document's
+/// estimated tokens (characters / 4).
+#[derive(Clone, Copy, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct TokenBudget {
+    pub tokens_per_hour: u32,
+}
+
+impl Default for TokenBudget {
+    fn default() -> Self {
+        Self {
+            tokens_per_hour: 2_000_000,
+        }
+    }
 }
 
 impl Default for TenantLimits {
@@ -75,6 +124,10 @@ pub struct Gateway {
     /// Limits by tenant; tenants not listed get `default_limits`.
     pub tenants: BTreeMap<String, TenantLimits>,
     pub default_limits: TenantLimits,
+    /// Token budgets by tenant; tenants not listed get `default_token_budget`.
+    pub token_budgets: BTreeMap<String, TokenBudget>,
+    pub default_token_budget: TokenBudget,
+    pub adaptive: Adaptive,
     /// The longest `?wait=` a request may ask for.
     pub max_wait_ms: u64,
     /// How long jobs are remembered (and how far back a starting instance reads).
@@ -98,6 +151,9 @@ impl Default for Gateway {
             keys: Vec::new(),
             tenants: BTreeMap::new(),
             default_limits: TenantLimits::default(),
+            token_budgets: BTreeMap::new(),
+            default_token_budget: TokenBudget::default(),
+            adaptive: Adaptive::default(),
             max_wait_ms: 30_000,
             job_ttl_ms: 3_600_000,
             job_capacity: 100_000,
@@ -172,6 +228,28 @@ impl Validate for GatewaySettings {
                     "must be whsec_<base64 key>".into(),
                 );
             }
+        }
+        if !(g.adaptive.batch_factor > 0.0 && g.adaptive.batch_factor <= 1.0) {
+            return bad(
+                "gateway.adaptive.batch_factor".into(),
+                "must be in (0, 1]".into(),
+            );
+        }
+        if g.adaptive.poll_interval_ms < 100 {
+            return bad(
+                "gateway.adaptive.poll_interval_ms".into(),
+                "must be at least 100".into(),
+            );
+        }
+        if g.token_budgets
+            .values()
+            .chain([&g.default_token_budget])
+            .any(|b| b.tokens_per_hour == 0)
+        {
+            return bad(
+                "gateway.token_budgets".into(),
+                "tokens_per_hour must be at least 1".into(),
+            );
         }
         if g.job_capacity == 0 {
             return bad("gateway.job_capacity".into(), "must be at least 1".into());

@@ -21,6 +21,11 @@ pub enum ApiError {
     #[error("rate limit exceeded")]
     RateLimited { retry_after_secs: u64 },
     #[error("{message}")]
+    TokenBudget {
+        message: String,
+        retry_after_secs: u64,
+    },
+    #[error("{message}")]
     PayloadTooLarge { message: String },
     #[error("no such {what}")]
     NotFound { what: &'static str },
@@ -36,6 +41,7 @@ impl ApiError {
             ApiError::Unauthorized { .. } => "unauthorized",
             ApiError::ForbiddenScope { .. } => "forbidden_scope",
             ApiError::RateLimited { .. } => "rate_limit_exceeded",
+            ApiError::TokenBudget { .. } => "token_budget_exceeded",
             ApiError::PayloadTooLarge { .. } => "payload_too_large",
             ApiError::NotFound { .. } => "not_found",
             ApiError::Upstream => "upstream_unavailable",
@@ -47,7 +53,9 @@ impl ApiError {
             ApiError::Validation { .. } => StatusCode::BAD_REQUEST,
             ApiError::Unauthorized { .. } => StatusCode::UNAUTHORIZED,
             ApiError::ForbiddenScope { .. } => StatusCode::FORBIDDEN,
-            ApiError::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
+            ApiError::RateLimited { .. } | ApiError::TokenBudget { .. } => {
+                StatusCode::TOO_MANY_REQUESTS
+            }
             ApiError::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::NotFound { .. } => StatusCode::NOT_FOUND,
             ApiError::Upstream => StatusCode::SERVICE_UNAVAILABLE,
@@ -66,6 +74,9 @@ impl ApiError {
             ApiError::RateLimited { retry_after_secs } => {
                 format!("wait {retry_after_secs} s (Retry-After) before the next request")
             }
+            ApiError::TokenBudget {
+                retry_after_secs, ..
+            } => format!("wait {retry_after_secs} s (Retry-After) or send smaller documents"),
             ApiError::PayloadTooLarge { .. } => "send a smaller request".into(),
             ApiError::NotFound { .. } => "check the id; jobs are kept for a limited time".into(),
             ApiError::Upstream => "retry later with the same Idempotency-Key".into(),
@@ -83,12 +94,19 @@ impl IntoResponse for ApiError {
         if let ApiError::Unauthorized { reason, .. } = &self {
             body["reason"] = json!(reason);
         }
-        if let ApiError::RateLimited { retry_after_secs } = &self {
-            body["retry_after"] = json!(retry_after_secs);
+        let retry = match &self {
+            ApiError::RateLimited { retry_after_secs }
+            | ApiError::TokenBudget {
+                retry_after_secs, ..
+            } => Some(*retry_after_secs),
+            _ => None,
+        };
+        if let Some(r) = retry {
+            body["retry_after"] = json!(r);
         }
         let mut resp = (self.status(), Json(body)).into_response();
-        if let ApiError::RateLimited { retry_after_secs } = self
-            && let Ok(v) = HeaderValue::from_str(&retry_after_secs.to_string())
+        if let Some(r) = retry
+            && let Ok(v) = HeaderValue::from_str(&r.to_string())
         {
             resp.headers_mut().insert(header::RETRY_AFTER, v);
         }

@@ -73,6 +73,8 @@ impl Status {
 /// The jobs this instance knows, bounded by count and age.
 pub struct JobStore {
     jobs: DashMap<String, Job>,
+    /// When the last decision of each kind was read.
+    last_decision: DashMap<String, i64>,
     changed: Notify,
     capacity: usize,
     ttl_ms: i64,
@@ -82,6 +84,7 @@ impl JobStore {
     pub fn new(capacity: usize, ttl_ms: i64) -> Arc<Self> {
         Arc::new(Self {
             jobs: DashMap::new(),
+            last_decision: DashMap::new(),
             changed: Notify::new(),
             capacity,
             ttl_ms,
@@ -118,6 +121,11 @@ impl JobStore {
         out
     }
 
+    /// When a decision of `kind` was last read (ms).
+    pub fn last_decision(&self, kind: &str) -> Option<i64> {
+        self.last_decision.get(kind).map(|t| *t)
+    }
+
     pub fn len(&self) -> usize {
         self.jobs.len()
     }
@@ -140,6 +148,9 @@ impl JobStore {
             return;
         };
         let tenant = value["tenant_id"].as_str().unwrap_or_default().to_string();
+        if role == Role::Decisions {
+            self.last_decision.insert(kind.to_string(), now_ms);
+        }
         let status = match role {
             Role::Input => Status::Processing,
             Role::Review => Status::InReview,

@@ -10,6 +10,7 @@ pub mod config;
 pub mod error;
 pub mod jobs;
 pub mod limits;
+pub mod pipelines;
 pub mod webhooks;
 
 use std::sync::Arc;
@@ -92,6 +93,8 @@ pub fn plan(
             key_field,
             scope,
             audit,
+            service: service.to_string(),
+            group: s.consumer_group.clone(),
         })
     };
     let transactions = route(
@@ -129,6 +132,7 @@ pub fn build(settings: &GatewaySettings) -> Result<(Arc<api::App>, Vec<jobs::Fol
             .timeout(std::time::Duration::from_secs(2))
             .build()
             .map_err(|e| e.to_string())?,
+        pipelines: Arc::default(),
         transactions,
         documents,
     };

@@ -35,14 +35,21 @@ pub struct Limiter {
 }
 
 impl Limiter {
+    /// Takes one request from the tenant's request bucket.
     pub fn check(&self, tenant: &str, limits: TenantLimits, now_ms: i64) -> Verdict {
+        self.take(tenant, limits, 1, now_ms)
+    }
+
+    /// Takes `amount` from bucket `key` (a token bucket of `limits.burst`, refilled at
+    /// `limits.requests_per_minute` per minute); nothing is taken when it does not fit.
+    pub fn take(&self, key: &str, limits: TenantLimits, amount: u32, now_ms: i64) -> Verdict {
         let mut map = self
             .buckets
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
         let burst = f64::from(limits.burst);
         let per_ms = f64::from(limits.requests_per_minute) / 60_000.0;
-        let b = map.entry(tenant.to_string()).or_insert(Bucket {
+        let b = map.entry(key.to_string()).or_insert(Bucket {
             tokens: burst,
             at_ms: now_ms,
         });
@@ -50,9 +57,10 @@ impl Limiter {
         let elapsed = (now_ms - b.at_ms).max(0) as f64;
         b.tokens = (b.tokens + elapsed * per_ms).min(burst);
         b.at_ms = now_ms;
-        let allowed = b.tokens >= 1.0;
+        let want = f64::from(amount);
+        let allowed = b.tokens >= want;
         if allowed {
-            b.tokens -= 1.0;
+            b.tokens -= want;
         }
         let secs = |ms: f64| {
             #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
@@ -69,10 +77,20 @@ impl Limiter {
             retry_after_secs: if allowed {
                 0
             } else {
-                secs((1.0 - b.tokens) / per_ms).max(1)
+                secs((want.min(burst) - b.tokens) / per_ms).max(1)
             },
             warning: b.tokens <= burst * 0.2,
         }
+    }
+}
+
+/// Limits shrunk by `factor` (at least 1 request per minute and a burst of 1).
+pub fn scaled(limits: TenantLimits, factor: f64) -> TenantLimits {
+    #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
+    let scale = |x: u32| ((f64::from(x) * factor).floor() as u32).max(1);
+    TenantLimits {
+        requests_per_minute: scale(limits.requests_per_minute),
+        burst: scale(limits.burst),
     }
 }
 
@@ -100,6 +118,27 @@ mod tests {
         assert!(refused.warning);
         assert!(l.check("a", L, 1_000).allowed, "one more after a second");
         assert!(l.check("b", L, 0).allowed, "another tenant is unaffected");
+    }
+
+    #[test]
+    fn budgets_take_many_at_once_and_shrink() {
+        let l = Limiter::default();
+        let budget = TenantLimits {
+            requests_per_minute: 600,
+            burst: 1_000,
+        };
+        assert!(l.take("tokens:a", budget, 900, 0).allowed);
+        let over = l.take("tokens:a", budget, 200, 0);
+        assert!(!over.allowed);
+        assert_eq!(over.remaining, 100, "nothing taken when refused");
+        assert_eq!(over.retry_after_secs, 10, "100 more tokens at 10/s");
+        assert_eq!(
+            scaled(L, 0.1),
+            TenantLimits {
+                requests_per_minute: 6,
+                burst: 1
+            }
+        );
     }
 
     #[test]

@@ -43,6 +43,20 @@ async fn main() -> ExitCode {
         true,
     );
     let lookback = i64::try_from(settings.gateway.job_ttl_ms).unwrap_or(i64::MAX);
+    let watched = [&app.transactions, &app.documents]
+        .iter()
+        .map(|r| gateway::pipelines::Watched {
+            kind: r.kind.to_string(),
+            service: r.service.clone(),
+            group: r.group.clone(),
+            input: r.topic.clone(),
+        })
+        .collect();
+    let watch = app.pipelines.clone().watch(
+        settings.kafka.clone(),
+        watched,
+        std::time::Duration::from_millis(settings.gateway.adaptive.poll_interval_ms),
+    );
     let follow = gateway::jobs::follow(
         &settings.kafka,
         &settings.registry.url,
@@ -55,6 +69,7 @@ async fn main() -> ExitCode {
         tokio::select! {
             () = service::shutdown_signal() => Ok(()),
             r = follow => r,
+            r = watch => r,
         }
     })
     .await

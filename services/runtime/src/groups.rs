@@ -349,7 +349,7 @@ impl GroupReader {
 
     /// The broker timestamps of the records at the given offsets (a missing record, e.g.
     /// deleted by retention, gives the next one's), read with one assignment.
-    async fn timestamps_at(
+    pub async fn timestamps_at(
         &self,
         at: Vec<(String, i32, i64)>,
     ) -> Result<BTreeMap<(String, i32, i64), i64>, KafkaError> {
