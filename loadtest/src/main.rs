@@ -22,6 +22,7 @@ use clap::Parser;
 
 mod chaos;
 mod documents;
+mod gateway;
 mod kafka_perf;
 mod replay;
 use dashmap::DashMap;
@@ -60,6 +61,8 @@ enum Bench {
     Chaos(chaos::ChaosArgs),
     /// Re-processing rate after `verdict replay --to-earliest`, and the lag monitor's cost.
     Replay(replay::ReplayArgs),
+    /// Submit → decision through the HTTP gateway against producing straight to Kafka.
+    Gateway(gateway::GatewayArgs),
 }
 
 #[derive(clap::Args, Clone)]
@@ -437,6 +440,7 @@ async fn main() {
         Bench::Kafka(args) => kafka_perf::run(args).await,
         Bench::Chaos(args) => chaos::run(args).await,
         Bench::Replay(args) => replay::run(args).await,
+        Bench::Gateway(args) => gateway::run(args).await,
     }
 }
 
