@@ -122,6 +122,11 @@ async fn call(
     }
 }
 
+/// `POST /v1/transactions` with `key`.
+async fn post_tx(port: u16, key: &str, body: String) -> Reply {
+    call(port, "POST", "/v1/transactions", Some(key), &[], Some(body)).await
+}
+
 /// A transaction as a client sends it: no event id or tenant (the gateway sets them).
 fn transaction() -> String {
     let (_, mut v) = sample_transaction(&mut rand::rng(), "ignored");
@@ -160,15 +165,7 @@ fn a_submitted_transaction_is_decided_and_any_instance_answers() {
         b.wait_ready(Duration::from_secs(30)).await;
         let (pa, pb) = (a.http_port, b.http_port);
 
-        let submitted = call(
-            pa,
-            "POST",
-            "/v1/transactions",
-            Some(KEY_A),
-            &[],
-            Some(transaction()),
-        )
-        .await;
+        let submitted = post_tx(pa, KEY_A, transaction()).await;
         assert_eq!(submitted.status, 202, "{}", submitted.body);
         assert_eq!(submitted.body["status"], "processing");
         let job = submitted.body["job_id"]
@@ -387,15 +384,7 @@ fn bad_submissions_get_specific_errors() {
         let p = gw.http_port;
         let mut tx: Value = serde_json::from_str(&transaction()).expect("json");
         tx.as_object_mut().expect("object").remove("account_id");
-        let r = call(
-            p,
-            "POST",
-            "/v1/transactions",
-            Some(KEY_A),
-            &[],
-            Some(tx.to_string()),
-        )
-        .await;
+        let r = post_tx(p, KEY_A, tx.to_string()).await;
         assert_error_shape(&r, 400, "validation_failed");
         assert!(
             r.body["message"]
@@ -405,15 +394,7 @@ fn bad_submissions_get_specific_errors() {
             "{}",
             r.body
         );
-        let r = call(
-            p,
-            "POST",
-            "/v1/transactions",
-            Some(KEY_A),
-            &[],
-            Some("{not json".into()),
-        )
-        .await;
+        let r = post_tx(p, KEY_A, "{not json".into()).await;
         assert_error_shape(&r, 400, "validation_failed");
         let big = json!({"document_id": "d1", "text": "x".repeat(5_000)}).to_string();
         let r = call(p, "POST", "/v1/documents", Some(KEY_A), &[], Some(big)).await;
@@ -536,15 +517,7 @@ fn job_events_stream_with_ids_heartbeats_and_resume() {
         // Above the amount limit: declined whatever the score, so the job ends `complete`.
         let mut tx: Value = serde_json::from_str(&transaction()).expect("json");
         tx["amount"] = json!(50_000.0);
-        let submitted = call(
-            p,
-            "POST",
-            "/v1/transactions",
-            Some(KEY_A),
-            &[],
-            Some(tx.to_string()),
-        )
-        .await;
+        let submitted = post_tx(p, KEY_A, tx.to_string()).await;
         assert_eq!(submitted.status, 202, "{}", submitted.body);
         let job = submitted.body["job_id"].as_str().expect("id").to_string();
         let path = format!("/v1/jobs/{job}/events");
@@ -655,15 +628,7 @@ fn decisions_are_delivered_to_signed_webhooks_with_retries() {
 
         let mut tx: Value = serde_json::from_str(&transaction()).expect("json");
         tx["callback_url"] = json!("http://169.254.169.254/latest/meta-data");
-        let refused = call(
-            p,
-            "POST",
-            "/v1/transactions",
-            Some(KEY_A),
-            &[],
-            Some(tx.to_string()),
-        )
-        .await;
+        let refused = post_tx(p, KEY_A, tx.to_string()).await;
         assert_error_shape(&refused, 400, "validation_failed");
         assert!(
             refused.body["message"]
@@ -673,15 +638,7 @@ fn decisions_are_delivered_to_signed_webhooks_with_retries() {
         );
 
         tx["callback_url"] = json!(format!("http://127.0.0.1:{hook_port}/hooks/verdict"));
-        let submitted = call(
-            p,
-            "POST",
-            "/v1/transactions",
-            Some(KEY_A),
-            &[],
-            Some(tx.to_string()),
-        )
-        .await;
+        let submitted = post_tx(p, KEY_A, tx.to_string()).await;
         assert_eq!(submitted.status, 202, "{}", submitted.body);
         let job = submitted.body["job_id"].as_str().expect("id").to_string();
 
@@ -981,16 +938,7 @@ fn adaptive_limits_slow_batch_keys_while_the_pipeline_lags() {
         fraud.wait_ready(Duration::from_secs(30)).await;
         gw.wait_ready(Duration::from_secs(30)).await;
         let p = gw.http_port;
-        let submit = |key: &'static str| {
-            call(
-                p,
-                "POST",
-                "/v1/transactions",
-                Some(key),
-                &[],
-                Some(transaction()),
-            )
-        };
+        let submit = |key: &'static str| post_tx(p, key, transaction());
         // Decided, so the fraud-detector's group has committed offsets to measure lag from.
         let calm = call(
             p,

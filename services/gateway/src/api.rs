@@ -57,8 +57,7 @@ pub struct App {
 
 pub fn router(app: Arc<App>) -> Router {
     Router::new()
-        .route("/v1/transactions", post(submit_transaction))
-        .route("/v1/documents", post(submit_document))
+        .route("/v1/{kind}", post(submit_kind))
         .route("/v1/jobs/{id}", get(get_job))
         .route("/v1/jobs/{id}/events", get(job_events))
         .route("/v1/reviews", get(list_reviews))
@@ -196,26 +195,19 @@ where
     )
 }
 
-async fn submit_transaction(
+/// `POST /v1/transactions` and `POST /v1/documents`.
+async fn submit_kind(
     State(app): State<Arc<App>>,
+    Path(kind): Path<String>,
     Query(q): Query<SubmitQuery>,
     headers: HttpHeaders,
     body: Body,
 ) -> Response {
-    let route = app.transactions.clone();
-    admitted(&app, &headers, route.scope, Some(route.kind), |caller| {
-        submit(&app, route, caller, q, &headers, body)
-    })
-    .await
-}
-
-async fn submit_document(
-    State(app): State<Arc<App>>,
-    Query(q): Query<SubmitQuery>,
-    headers: HttpHeaders,
-    body: Body,
-) -> Response {
-    let route = app.documents.clone();
+    let route = match kind.as_str() {
+        "transactions" => app.transactions.clone(),
+        "documents" => app.documents.clone(),
+        _ => return ApiError::NotFound { what: "endpoint" }.into_response(),
+    };
     admitted(&app, &headers, route.scope, Some(route.kind), |caller| {
         submit(&app, route, caller, q, &headers, body)
     })
