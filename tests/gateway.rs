@@ -1010,3 +1010,132 @@ fn adaptive_limits_slow_batch_keys_while_the_pipeline_lags() {
         }
     });
 }
+
+/// The OpenAPI document is served, lists every route the gateway answers (each documented
+/// operation answers with one of its documented statuses), and the docs page renders it in
+/// headless Chromium without console errors.
+#[test]
+fn the_openapi_document_is_true_and_renders() {
+    run(180, async {
+        let stack = Stack::start().await;
+        let topology = apply_topology(&stack, None).await;
+        let mut gw = gateway(&stack, &topology);
+        gw.wait_ready(Duration::from_secs(30)).await;
+        let p = gw.http_port;
+        let doc = call(p, "GET", "/v1/openapi.json", None, &[], None).await;
+        assert_eq!(doc.status, 200);
+        assert!(
+            doc.body["openapi"]
+                .as_str()
+                .is_some_and(|v| v.starts_with("3.1")),
+            "{}",
+            doc.body["openapi"]
+        );
+        let paths = doc.body["paths"].as_object().expect("paths");
+        let mut operations = 0;
+        for (path, item) in paths {
+            for (method, op) in item.as_object().expect("path item") {
+                operations += 1;
+                let concrete = path.replace("{id}", "no-such-job");
+                let body = (method == "post").then(|| "{}".to_string());
+                let r = call(p, &method.to_uppercase(), &concrete, Some(KEY_A), &[], body).await;
+                let documented: Vec<u16> = op["responses"]
+                    .as_object()
+                    .expect("responses")
+                    .keys()
+                    .filter_map(|k| k.parse().ok())
+                    .collect();
+                assert!(
+                    documented.contains(&r.status),
+                    "{method} {path} answered {} which it does not document ({documented:?}): {}",
+                    r.status,
+                    r.body
+                );
+            }
+        }
+        assert_eq!(
+            operations,
+            8,
+            "every route is documented: {:?}",
+            paths.keys().collect::<Vec<_>>()
+        );
+        let page = call(p, "GET", "/v1/docs", None, &[], None).await;
+        assert_eq!(page.status, 200);
+        let (dom, console) = tokio::task::block_in_place(|| {
+            harness::chromium(&format!("http://127.0.0.1:{p}/v1/docs"), None)
+        });
+        assert!(dom.contains("<rapi-doc"), "{dom}");
+        let out_dir = harness::repo_root().join("target/test-output");
+        std::fs::create_dir_all(&out_dir).expect("output dir");
+        let shot = out_dir.join("gateway-docs.png");
+        tokio::task::block_in_place(|| {
+            harness::chromium(&format!("http://127.0.0.1:{p}/v1/docs"), Some(&shot))
+        });
+        assert!(
+            std::fs::read(&shot).is_ok_and(|png| png.len() > 10_000),
+            "a screenshot of the docs page"
+        );
+        assert!(
+            console
+                .iter()
+                .all(|l| !l.contains("Uncaught") && !l.contains("Error")),
+            "console: {console:?}"
+        );
+    });
+}
+
+/// schemathesis (PyPI) against the OpenAPI document: no 5xx, and no response that breaks the
+/// documented schema.
+#[test]
+fn schemathesis_finds_no_server_errors_or_schema_violations() {
+    run(600, async {
+        let stack = Stack::start().await;
+        let topology = apply_topology(&stack, None).await;
+        let mut gw = spawn_gateway(&stack, &topology, |s| {
+            s.gateway.max_wait_ms = 200;
+            s.gateway.tenants.insert(
+                "tenant-a".into(),
+                TenantLimits {
+                    requests_per_minute: 1_000_000,
+                    burst: 100_000,
+                },
+            );
+        });
+        gw.wait_ready(Duration::from_secs(30)).await;
+        let base = format!("http://127.0.0.1:{}", gw.http_port);
+        let st = harness::repo_root().join(".venv-schemathesis/bin/schemathesis");
+        assert!(
+            st.is_file(),
+            "schemathesis is not installed: run scripts/install.sh --tests"
+        );
+        let out = tokio::task::block_in_place(|| {
+            harness::run_command(
+                std::process::Command::new(st).args([
+                    "run",
+                    &format!("{base}/v1/openapi.json"),
+                    "--url",
+                    &base,
+                    "-H",
+                    &format!("Authorization: Bearer {KEY_A}"),
+                    "--checks",
+                    "not_a_server_error,response_schema_conformance",
+                    "--max-examples",
+                    "30",
+                    "--seed",
+                    "42",
+                    "--request-timeout",
+                    "20",
+                ]),
+                Duration::from_secs(540),
+            )
+        });
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success(),
+            "schemathesis found problems:\n{stdout}\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        eprintln!("{stdout}");
+        assert!(stdout.contains("passed"), "{stdout}");
+    });
+}

@@ -849,49 +849,6 @@ fn shadow_runs_another_model_version_and_reports_the_diff() {
     });
 }
 
-/// Loads `url` in Debian's headless Chromium after letting its scripts run; returns the DOM
-/// and the console messages it logged. With `screenshot`, saves one there.
-fn chromium(url: &str, screenshot: Option<&std::path::Path>) -> (String, Vec<String>) {
-    let browser = std::path::Path::new("/usr/bin/chromium");
-    assert!(
-        browser.is_file(),
-        "Debian's chromium is not installed: run scripts/install.sh --tests"
-    );
-    let profile = tempfile::tempdir().expect("profile dir");
-    let mut cmd = std::process::Command::new(browser);
-    cmd.args([
-        "--headless",
-        "--no-sandbox",
-        "--disable-gpu",
-        "--disable-quic",
-        "--no-first-run",
-        "--disable-background-networking",
-        "--disable-component-update",
-        "--disable-sync",
-        "--enable-logging=stderr",
-        "--v=0",
-        "--virtual-time-budget=4000",
-        "--window-size=1280,900",
-    ])
-    .arg(format!("--user-data-dir={}", profile.path().display()));
-    match screenshot {
-        Some(path) => cmd.arg(format!("--screenshot={}", path.display())),
-        None => cmd.arg("--dump-dom"),
-    };
-    let out = harness::run_command(cmd.arg(url), Duration::from_secs(60));
-    assert!(
-        out.status.success(),
-        "chromium: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let console = String::from_utf8_lossy(&out.stderr)
-        .lines()
-        .filter(|l| l.contains(":CONSOLE"))
-        .map(String::from)
-        .collect();
-    (String::from_utf8_lossy(&out.stdout).into_owned(), console)
-}
-
 /// The dashboard in a real headless browser: it shows the group OK, then lagging once the
 /// consumer stops, with no console errors; screenshots go to target/test-output/.
 #[test]
@@ -923,7 +880,8 @@ fn the_dashboard_shows_a_group_turning_from_ok_to_lagging() {
             let shows = &shows;
             async move {
                 for _ in 0..40 {
-                    let (dom, console) = tokio::task::block_in_place(|| chromium(&url, None));
+                    let (dom, console) =
+                        tokio::task::block_in_place(|| harness::chromium(&url, None));
                     assert!(console.is_empty(), "console messages: {console:?}");
                     if let Some(s) = want.iter().find(|s| shows(&dom, s)) {
                         return *s;
@@ -937,13 +895,15 @@ fn the_dashboard_shows_a_group_turning_from_ok_to_lagging() {
         ops.produce(40, "tenant-dash").await;
         ops.wait_committed().await;
         wait_page(&["OK"]).await;
-        tokio::task::block_in_place(|| chromium(&url, Some(&out_dir.join("dashboard-ok.png"))));
+        tokio::task::block_in_place(|| {
+            harness::chromium(&url, Some(&out_dir.join("dashboard-ok.png")))
+        });
 
         svc.stop_cleanly();
         ops.produce(30, "tenant-dash").await;
         let lagging = wait_page(&["STOP", "STALL", "WARNING"]).await;
         let shot = out_dir.join("dashboard-lagging.png");
-        let (_, console) = tokio::task::block_in_place(|| chromium(&url, Some(&shot)));
+        let (_, console) = tokio::task::block_in_place(|| harness::chromium(&url, Some(&shot)));
         assert!(console.is_empty(), "console messages: {console:?}");
         let png = std::fs::read(&shot).expect("screenshot");
         assert!(

@@ -1095,3 +1095,46 @@ impl Drop for RegistryProxy {
         self.task.abort();
     }
 }
+
+/// Loads `url` in Debian's headless Chromium after letting its scripts run; returns the DOM
+/// and the console messages it logged. With `screenshot`, saves one there.
+pub fn chromium(url: &str, screenshot: Option<&std::path::Path>) -> (String, Vec<String>) {
+    let browser = std::path::Path::new("/usr/bin/chromium");
+    assert!(
+        browser.is_file(),
+        "Debian's chromium is not installed: run scripts/install.sh --tests"
+    );
+    let profile = tempfile::tempdir().expect("profile dir");
+    let mut cmd = std::process::Command::new(browser);
+    cmd.args([
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-quic",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        "--enable-logging=stderr",
+        "--v=0",
+        "--virtual-time-budget=4000",
+        "--window-size=1280,900",
+    ])
+    .arg(format!("--user-data-dir={}", profile.path().display()));
+    match screenshot {
+        Some(path) => cmd.arg(format!("--screenshot={}", path.display())),
+        None => cmd.arg("--dump-dom"),
+    };
+    let out = run_command(cmd.arg(url), Duration::from_secs(60));
+    assert!(
+        out.status.success(),
+        "chromium: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let console = String::from_utf8_lossy(&out.stderr)
+        .lines()
+        .filter(|l| l.contains(":CONSOLE"))
+        .map(String::from)
+        .collect();
+    (String::from_utf8_lossy(&out.stdout).into_owned(), console)
+}

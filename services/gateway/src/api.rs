@@ -57,7 +57,11 @@ pub struct App {
 
 pub fn router(app: Arc<App>) -> Router {
     Router::new()
-        .route("/v1/{kind}", post(submit_kind))
+        .route("/v1/transactions", post(submit_transaction))
+        .route("/v1/documents", post(submit_document))
+        .route("/v1/openapi.json", get(openapi_json))
+        .route("/v1/docs", get(docs_page))
+        .route("/v1/docs/rapidoc-min.js", get(rapidoc_js))
         .route("/v1/jobs/{id}", get(get_job))
         .route("/v1/jobs/{id}/events", get(job_events))
         .route("/v1/reviews", get(list_reviews))
@@ -195,21 +199,78 @@ where
     )
 }
 
-/// `POST /v1/transactions` and `POST /v1/documents`.
-async fn submit_kind(
+#[utoipa::path(
+    post,
+    path = "/v1/transactions",
+    request_body = crate::openapi::TransactionBody,
+    params(
+        ("wait" = Option<String>, Query, description = "Answer with the decision if it comes within this time (e.g. 2s, 1500ms; at most 30 s)"),
+        ("Idempotency-Key" = Option<String>, Header, description = "The same key returns the same job instead of sending again"),
+        ("X-Timeout" = Option<String>, Header, description = "Give up waiting after this time and answer with what is known"),
+    ),
+    responses(
+        (status = 200, description = "Decided within the wait", body = crate::openapi::JobBody),
+        (status = 202, description = "Accepted; follow Location", body = crate::openapi::JobBody),
+        (status = 400, description = "validation_failed", body = crate::openapi::ErrorBody),
+        (status = 401, description = "unauthorized", body = crate::openapi::ErrorBody),
+        (status = 403, description = "forbidden_scope", body = crate::openapi::ErrorBody),
+        (status = 404, description = "not_found", body = crate::openapi::ErrorBody),
+        (status = 413, description = "payload_too_large", body = crate::openapi::ErrorBody),
+        (status = 429, description = "rate_limit_exceeded or token_budget_exceeded", body = crate::openapi::ErrorBody),
+        (status = 503, description = "upstream_unavailable", body = crate::openapi::ErrorBody),
+    )
+)]
+pub async fn submit_transaction(
     State(app): State<Arc<App>>,
-    Path(kind): Path<String>,
     Query(q): Query<SubmitQuery>,
     headers: HttpHeaders,
     body: Body,
 ) -> Response {
-    let route = match kind.as_str() {
-        "transactions" => app.transactions.clone(),
-        "documents" => app.documents.clone(),
-        _ => return ApiError::NotFound { what: "endpoint" }.into_response(),
-    };
-    admitted(&app, &headers, route.scope, Some(route.kind), |caller| {
-        submit(&app, route, caller, q, &headers, body)
+    let route = app.transactions.clone();
+    submit_to(&app, route, q, headers, body).await
+}
+
+#[utoipa::path(
+    post,
+    path = "/v1/documents",
+    request_body = crate::openapi::DocumentBody,
+    params(
+        ("wait" = Option<String>, Query, description = "Answer with the decision if it comes within this time"),
+        ("Idempotency-Key" = Option<String>, Header, description = "The same key returns the same job instead of sending again"),
+        ("X-Timeout" = Option<String>, Header, description = "Give up waiting after this time"),
+        ("X-Max-Tokens" = Option<String>, Header, description = "Refuse the document if its estimated tokens exceed this"),
+    ),
+    responses(
+        (status = 200, description = "Decided within the wait", body = crate::openapi::JobBody),
+        (status = 202, description = "Accepted; follow Location", body = crate::openapi::JobBody),
+        (status = 400, description = "validation_failed", body = crate::openapi::ErrorBody),
+        (status = 401, description = "unauthorized", body = crate::openapi::ErrorBody),
+        (status = 403, description = "forbidden_scope", body = crate::openapi::ErrorBody),
+        (status = 404, description = "not_found", body = crate::openapi::ErrorBody),
+        (status = 413, description = "payload_too_large", body = crate::openapi::ErrorBody),
+        (status = 429, description = "rate_limit_exceeded or token_budget_exceeded", body = crate::openapi::ErrorBody),
+        (status = 503, description = "upstream_unavailable", body = crate::openapi::ErrorBody),
+    )
+)]
+pub async fn submit_document(
+    State(app): State<Arc<App>>,
+    Query(q): Query<SubmitQuery>,
+    headers: HttpHeaders,
+    body: Body,
+) -> Response {
+    let route = app.documents.clone();
+    submit_to(&app, route, q, headers, body).await
+}
+
+async fn submit_to(
+    app: &App,
+    route: Route,
+    q: SubmitQuery,
+    headers: HttpHeaders,
+    body: Body,
+) -> Response {
+    admitted(app, &headers, route.scope, Some(route.kind), |caller| {
+        submit(app, route, caller, q, &headers, body)
     })
     .await
 }
@@ -408,7 +469,22 @@ fn job_response(job: &Job, status: StatusCode, replayed: bool) -> Response {
     resp
 }
 
-async fn get_job(
+#[utoipa::path(
+    get,
+    path = "/v1/jobs/{id}",
+    params(("id" = String, Path, description = "The job id (the event_id)")),
+    responses(
+        (status = 200, description = "The job", body = crate::openapi::JobBody),
+        (status = 400, description = "validation_failed", body = crate::openapi::ErrorBody),
+        (status = 401, description = "unauthorized", body = crate::openapi::ErrorBody),
+        (status = 403, description = "forbidden_scope", body = crate::openapi::ErrorBody),
+        (status = 404, description = "not_found", body = crate::openapi::ErrorBody),
+        (status = 413, description = "payload_too_large", body = crate::openapi::ErrorBody),
+        (status = 429, description = "rate_limit_exceeded or token_budget_exceeded", body = crate::openapi::ErrorBody),
+        (status = 503, description = "upstream_unavailable", body = crate::openapi::ErrorBody),
+    )
+)]
+pub async fn get_job(
     State(app): State<Arc<App>>,
     Path(id): Path<String>,
     headers: HttpHeaders,
@@ -428,7 +504,25 @@ async fn get_job(
 /// The SSE events of a job: one `status` event per status it went through (`id` = its
 /// number), then a `final` event once it is complete or dead-lettered; comments as heartbeats
 /// while nothing happens. `Last-Event-ID` resumes after that event.
-async fn job_events(
+#[utoipa::path(
+    get,
+    path = "/v1/jobs/{id}/events",
+    params(
+        ("id" = String, Path, description = "The job id"),
+        ("Last-Event-ID" = Option<String>, Header, description = "Resume after this event"),
+    ),
+    responses(
+        (status = 200, description = "Server-Sent Events: `status` events, heartbeats, a `final` event", content_type = "text/event-stream", body = String),
+        (status = 400, description = "validation_failed", body = crate::openapi::ErrorBody),
+        (status = 401, description = "unauthorized", body = crate::openapi::ErrorBody),
+        (status = 403, description = "forbidden_scope", body = crate::openapi::ErrorBody),
+        (status = 404, description = "not_found", body = crate::openapi::ErrorBody),
+        (status = 413, description = "payload_too_large", body = crate::openapi::ErrorBody),
+        (status = 429, description = "rate_limit_exceeded or token_budget_exceeded", body = crate::openapi::ErrorBody),
+        (status = 503, description = "upstream_unavailable", body = crate::openapi::ErrorBody),
+    )
+)]
+pub async fn job_events(
     State(app): State<Arc<App>>,
     Path(id): Path<String>,
     headers: HttpHeaders,
@@ -510,7 +604,22 @@ pub struct ReviewQuery {
 
 /// `GET /v1/reviews?status=open|resolved`: the tenant's jobs that wait for (or got) a person's
 /// decision.
-async fn list_reviews(
+#[utoipa::path(
+    get,
+    path = "/v1/reviews",
+    params(("status" = Option<String>, Query, description = "open (default) or resolved")),
+    responses(
+        (status = 200, description = "The tenant's reviews", body = crate::openapi::ReviewList),
+        (status = 400, description = "validation_failed", body = crate::openapi::ErrorBody),
+        (status = 401, description = "unauthorized", body = crate::openapi::ErrorBody),
+        (status = 403, description = "forbidden_scope", body = crate::openapi::ErrorBody),
+        (status = 404, description = "not_found", body = crate::openapi::ErrorBody),
+        (status = 413, description = "payload_too_large", body = crate::openapi::ErrorBody),
+        (status = 429, description = "rate_limit_exceeded or token_budget_exceeded", body = crate::openapi::ErrorBody),
+        (status = 503, description = "upstream_unavailable", body = crate::openapi::ErrorBody),
+    )
+)]
+pub async fn list_reviews(
     State(app): State<Arc<App>>,
     Query(q): Query<ReviewQuery>,
     headers: HttpHeaders,
@@ -549,7 +658,23 @@ pub fn review_outcomes(kind: &str) -> &'static [&'static str] {
 
 /// `POST /v1/reviews/{event_id}` `{outcome, reviewer, note}`: writes a `review-resolutions`
 /// record and an audit record; the job becomes `complete` with `reviewed_by`.
-async fn resolve_review(
+#[utoipa::path(
+    post,
+    path = "/v1/reviews/{id}",
+    params(("id" = String, Path, description = "The job id (event_id) in review")),
+    request_body = crate::openapi::ResolutionBody,
+    responses(
+        (status = 200, description = "Resolved: the job, complete with reviewed_by", body = crate::openapi::JobBody),
+        (status = 400, description = "validation_failed", body = crate::openapi::ErrorBody),
+        (status = 401, description = "unauthorized", body = crate::openapi::ErrorBody),
+        (status = 403, description = "forbidden_scope", body = crate::openapi::ErrorBody),
+        (status = 404, description = "not_found", body = crate::openapi::ErrorBody),
+        (status = 413, description = "payload_too_large", body = crate::openapi::ErrorBody),
+        (status = 429, description = "rate_limit_exceeded or token_budget_exceeded", body = crate::openapi::ErrorBody),
+        (status = 503, description = "upstream_unavailable", body = crate::openapi::ErrorBody),
+    )
+)]
+pub async fn resolve_review(
     State(app): State<Arc<App>>,
     Path(id): Path<String>,
     headers: HttpHeaders,
@@ -674,7 +799,16 @@ async fn resolve_review(
 
 /// `GET /v1/health`: the gateway, Kafka, the registry and each pipeline (lag in messages and
 /// seconds, members, age of the last decision) as `ok`, `degraded` or `down`.
-async fn health(State(app): State<Arc<App>>) -> Response {
+#[utoipa::path(
+    get,
+    path = "/v1/health",
+    security(()),
+    responses(
+        (status = 200, description = "ok or degraded, per dependency", body = serde_json::Value),
+        (status = 503, description = "down: Kafka does not answer", body = serde_json::Value),
+    )
+)]
+pub async fn health(State(app): State<Arc<App>>) -> Response {
     let kafka_ok = app
         .kafka
         .wait_until_reachable(Duration::from_secs(2))
@@ -737,6 +871,39 @@ async fn health(State(app): State<Arc<App>>) -> Response {
     )
         .into_response()
 }
+
+/// `GET /v1/openapi.json`: this API's OpenAPI 3.1 document.
+#[utoipa::path(
+    get,
+    path = "/v1/openapi.json",
+    security(()),
+    responses((status = 200, description = "The OpenAPI 3.1 document", body = serde_json::Value))
+)]
+pub async fn openapi_json() -> Response {
+    axum::Json(crate::openapi::document()).into_response()
+}
+
+/// `GET /v1/docs`: the document rendered by RapiDoc (served from the binary, no network).
+async fn docs_page() -> Response {
+    axum::response::Html(DOCS_PAGE).into_response()
+}
+
+/// `GET /v1/docs/rapidoc-min.js`.
+async fn rapidoc_js() -> Response {
+    (
+        [(header::CONTENT_TYPE, "text/javascript; charset=utf-8")],
+        RAPIDOC_JS,
+    )
+        .into_response()
+}
+
+const DOCS_PAGE: &str = r#"<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><title>verdict gateway API</title>
+<script type="module" src="/v1/docs/rapidoc-min.js"></script></head>
+<body><rapi-doc spec-url="/v1/openapi.json" render-style="read" allow-try="true" load-fonts="false"
+ show-header="false" heading-text="verdict gateway"></rapi-doc></body></html>"#;
+
+const RAPIDOC_JS: &str = include_str!("../assets/rapidoc-min.js");
 
 #[cfg(test)]
 mod tests {

@@ -10,6 +10,7 @@ pub mod config;
 pub mod error;
 pub mod jobs;
 pub mod limits;
+pub mod openapi;
 pub mod pipelines;
 pub mod webhooks;
 
