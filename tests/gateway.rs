@@ -332,6 +332,22 @@ fn keys_are_checked_with_specific_errors_and_rotate() {
         )
         .await;
         assert_error_shape(&r, 404, "not_found");
+        // Usage per key: both tenant-a keys sent one accepted request; the reader's 403 and
+        // 404 count as 4xx.
+        let count =
+            |labels: &'static str| gw.metric_where("verdict_gateway_requests_total", labels);
+        assert_eq!(
+            count("key=\"a-current\",tenant=\"tenant-a\",status=\"2xx\"").await,
+            1.0
+        );
+        assert_eq!(
+            count("key=\"a-next\",tenant=\"tenant-a\",status=\"2xx\"").await,
+            1.0
+        );
+        assert_eq!(
+            count("key=\"c-reader\",tenant=\"tenant-c\",status=\"4xx\"").await,
+            2.0
+        );
     });
 }
 

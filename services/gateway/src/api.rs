@@ -40,7 +40,21 @@ pub struct Route {
     pub group: String,
 }
 
+/// Labels of the per-key usage counter.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, prometheus_client::encoding::EncodeLabelSet)]
+pub struct KeyUsage {
+    pub key: String,
+    pub tenant: String,
+    /// The answer's status class: 2xx, 4xx, 5xx.
+    pub status: String,
+}
+
 pub struct App {
+    /// `verdict_gateway_requests_total{key, tenant, status}`.
+    pub usage: prometheus_client::metrics::family::Family<
+        KeyUsage,
+        prometheus_client::metrics::counter::Counter,
+    >,
     pub settings: Gateway,
     pub kafka: KafkaSettings,
     pub registry_url: String,
@@ -182,6 +196,7 @@ where
         Ok(x) => x,
         Err(e) => return e.into_response(),
     };
+    let (caller_key, caller_tenant) = (caller.key_id.clone(), caller.tenant.clone());
     let result = if verdict.allowed {
         match caller.require(scope) {
             Ok(()) => f(caller).await,
@@ -192,11 +207,15 @@ where
             retry_after_secs: verdict.retry_after_secs,
         })
     };
-    with_limits(
-        result.unwrap_or_else(IntoResponse::into_response),
-        &verdict,
-        adaptive.as_deref(),
-    )
+    let resp = result.unwrap_or_else(IntoResponse::into_response);
+    app.usage
+        .get_or_create(&KeyUsage {
+            key: caller_key,
+            tenant: caller_tenant,
+            status: format!("{}xx", resp.status().as_u16() / 100),
+        })
+        .inc();
+    with_limits(resp, &verdict, adaptive.as_deref())
 }
 
 #[utoipa::path(

@@ -119,6 +119,7 @@ pub fn build(settings: &GatewaySettings) -> Result<(Arc<api::App>, Vec<jobs::Fol
     let (transactions, documents, followed) = plan(&topology, &settings.gateway.resolutions_topic)?;
     let g = &settings.gateway;
     let app = api::App {
+        usage: prometheus_client::metrics::family::Family::default(),
         settings: g.clone(),
         kafka: settings.kafka.clone(),
         registry_url: settings.registry.url.clone(),

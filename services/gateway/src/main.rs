@@ -37,6 +37,14 @@ async fn main() -> ExitCode {
             return ExitCode::from(1);
         }
     };
+    let usage = app.usage.clone();
+    host.metrics.register_external(|r| {
+        r.register(
+            "verdict_gateway_requests",
+            "Admitted requests by API key id, tenant and status class",
+            usage,
+        );
+    });
     host.health.depends_on(
         "schema registry",
         &format!("{}/subjects", settings.registry.url),
