@@ -230,13 +230,7 @@ where
     responses(
         (status = 200, description = "Decided within the wait", body = crate::openapi::JobBody),
         (status = 202, description = "Accepted; follow Location", body = crate::openapi::JobBody),
-        (status = 400, description = "validation_failed", body = crate::openapi::ErrorBody),
-        (status = 401, description = "unauthorized", body = crate::openapi::ErrorBody),
-        (status = 403, description = "forbidden_scope", body = crate::openapi::ErrorBody),
-        (status = 404, description = "not_found", body = crate::openapi::ErrorBody),
-        (status = 413, description = "payload_too_large", body = crate::openapi::ErrorBody),
-        (status = 429, description = "rate_limit_exceeded or token_budget_exceeded", body = crate::openapi::ErrorBody),
-        (status = 503, description = "upstream_unavailable", body = crate::openapi::ErrorBody),
+        crate::openapi::Errors,
     )
 )]
 pub async fn submit_transaction(
@@ -262,13 +256,7 @@ pub async fn submit_transaction(
     responses(
         (status = 200, description = "Decided within the wait", body = crate::openapi::JobBody),
         (status = 202, description = "Accepted; follow Location", body = crate::openapi::JobBody),
-        (status = 400, description = "validation_failed", body = crate::openapi::ErrorBody),
-        (status = 401, description = "unauthorized", body = crate::openapi::ErrorBody),
-        (status = 403, description = "forbidden_scope", body = crate::openapi::ErrorBody),
-        (status = 404, description = "not_found", body = crate::openapi::ErrorBody),
-        (status = 413, description = "payload_too_large", body = crate::openapi::ErrorBody),
-        (status = 429, description = "rate_limit_exceeded or token_budget_exceeded", body = crate::openapi::ErrorBody),
-        (status = 503, description = "upstream_unavailable", body = crate::openapi::ErrorBody),
+        crate::openapi::Errors,
     )
 )]
 pub async fn submit_document(
@@ -494,13 +482,7 @@ fn job_response(job: &Job, status: StatusCode, replayed: bool) -> Response {
     params(("id" = String, Path, description = "The job id (the event_id)")),
     responses(
         (status = 200, description = "The job", body = crate::openapi::JobBody),
-        (status = 400, description = "validation_failed", body = crate::openapi::ErrorBody),
-        (status = 401, description = "unauthorized", body = crate::openapi::ErrorBody),
-        (status = 403, description = "forbidden_scope", body = crate::openapi::ErrorBody),
-        (status = 404, description = "not_found", body = crate::openapi::ErrorBody),
-        (status = 413, description = "payload_too_large", body = crate::openapi::ErrorBody),
-        (status = 429, description = "rate_limit_exceeded or token_budget_exceeded", body = crate::openapi::ErrorBody),
-        (status = 503, description = "upstream_unavailable", body = crate::openapi::ErrorBody),
+        crate::openapi::Errors,
     )
 )]
 pub async fn get_job(
@@ -532,13 +514,7 @@ pub async fn get_job(
     ),
     responses(
         (status = 200, description = "Server-Sent Events: `status` events, heartbeats, a `final` event", content_type = "text/event-stream", body = String),
-        (status = 400, description = "validation_failed", body = crate::openapi::ErrorBody),
-        (status = 401, description = "unauthorized", body = crate::openapi::ErrorBody),
-        (status = 403, description = "forbidden_scope", body = crate::openapi::ErrorBody),
-        (status = 404, description = "not_found", body = crate::openapi::ErrorBody),
-        (status = 413, description = "payload_too_large", body = crate::openapi::ErrorBody),
-        (status = 429, description = "rate_limit_exceeded or token_budget_exceeded", body = crate::openapi::ErrorBody),
-        (status = 503, description = "upstream_unavailable", body = crate::openapi::ErrorBody),
+        crate::openapi::Errors,
     )
 )]
 pub async fn job_events(
@@ -629,13 +605,7 @@ pub struct ReviewQuery {
     params(("status" = Option<String>, Query, description = "open (default) or resolved")),
     responses(
         (status = 200, description = "The tenant's reviews", body = crate::openapi::ReviewList),
-        (status = 400, description = "validation_failed", body = crate::openapi::ErrorBody),
-        (status = 401, description = "unauthorized", body = crate::openapi::ErrorBody),
-        (status = 403, description = "forbidden_scope", body = crate::openapi::ErrorBody),
-        (status = 404, description = "not_found", body = crate::openapi::ErrorBody),
-        (status = 413, description = "payload_too_large", body = crate::openapi::ErrorBody),
-        (status = 429, description = "rate_limit_exceeded or token_budget_exceeded", body = crate::openapi::ErrorBody),
-        (status = 503, description = "upstream_unavailable", body = crate::openapi::ErrorBody),
+        crate::openapi::Errors,
     )
 )]
 pub async fn list_reviews(
@@ -684,13 +654,7 @@ pub fn review_outcomes(kind: &str) -> &'static [&'static str] {
     request_body = crate::openapi::ResolutionBody,
     responses(
         (status = 200, description = "Resolved: the job, complete with reviewed_by", body = crate::openapi::JobBody),
-        (status = 400, description = "validation_failed", body = crate::openapi::ErrorBody),
-        (status = 401, description = "unauthorized", body = crate::openapi::ErrorBody),
-        (status = 403, description = "forbidden_scope", body = crate::openapi::ErrorBody),
-        (status = 404, description = "not_found", body = crate::openapi::ErrorBody),
-        (status = 413, description = "payload_too_large", body = crate::openapi::ErrorBody),
-        (status = 429, description = "rate_limit_exceeded or token_budget_exceeded", body = crate::openapi::ErrorBody),
-        (status = 503, description = "upstream_unavailable", body = crate::openapi::ErrorBody),
+        crate::openapi::Errors,
     )
 )]
 pub async fn resolve_review(

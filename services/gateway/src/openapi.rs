@@ -3,7 +3,7 @@
 
 use serde::Serialize;
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
-use utoipa::{Modify, OpenApi, ToSchema};
+use utoipa::{IntoResponses, Modify, OpenApi, ToSchema};
 
 /// The one error shape.
 #[derive(Serialize, ToSchema)]
@@ -20,6 +20,29 @@ pub struct ErrorBody {
     /// For limits: seconds until a retry can succeed.
     #[schema(nullable = false)]
     pub retry_after: Option<u64>,
+}
+
+/// The error answers every `/v1` operation may give, in the one error shape.
+#[derive(IntoResponses)]
+#[allow(dead_code)] // only its responses are used, in the document
+pub enum Errors {
+    #[response(status = 400, description = "validation_failed")]
+    Validation(ErrorBody),
+    #[response(status = 401, description = "unauthorized")]
+    Unauthorized(ErrorBody),
+    #[response(status = 403, description = "forbidden_scope")]
+    Forbidden(ErrorBody),
+    #[response(status = 404, description = "not_found")]
+    NotFound(ErrorBody),
+    #[response(status = 413, description = "payload_too_large")]
+    TooLarge(ErrorBody),
+    #[response(
+        status = 429,
+        description = "rate_limit_exceeded or token_budget_exceeded"
+    )]
+    Limited(ErrorBody),
+    #[response(status = 503, description = "upstream_unavailable")]
+    Upstream(ErrorBody),
 }
 
 /// A job: a submitted event and what became of it.
