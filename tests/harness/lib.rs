@@ -936,26 +936,17 @@ impl Drop for ScriptServer {
 /// The offsets `group` has committed on `topic`, by partition (partitions without a commit
 /// are absent). Asks the group coordinator (OffsetFetch); does not join the group.
 pub async fn committed(kafka: &KafkaSettings, group: &str, topic: &str) -> BTreeMap<i32, i64> {
-    use rdkafka::consumer::{BaseConsumer, Consumer};
-    let partitions = kafka.partition_count(topic).await;
-    let consumer: BaseConsumer = kafka.consumer_config(group).create().expect("consumer");
-    let mut tpl = rdkafka::TopicPartitionList::new();
-    for p in 0..i32::try_from(partitions).unwrap_or(0) {
-        tpl.add_partition(topic, p);
-    }
-    let got = tokio::task::spawn_blocking(move || {
-        consumer
-            .committed_offsets(tpl, Duration::from_secs(10))
-            .expect("committed offsets")
-    })
-    .await
-    .expect("join");
-    got.elements()
-        .iter()
-        .filter_map(|e| match e.offset() {
-            rdkafka::Offset::Offset(o) => Some((e.partition(), o)),
-            _ => None,
-        })
+    let partitions = i32::try_from(kafka.partition_count(topic).await).unwrap_or(0);
+    verdict_runtime::groups::GroupReader::new(kafka)
+        .expect("reader")
+        .committed(
+            group,
+            (0..partitions).map(|p| (topic.to_string(), p)).collect(),
+        )
+        .await
+        .expect("committed offsets")
+        .into_iter()
+        .map(|((_, p), o)| (p, o))
         .collect()
 }
 

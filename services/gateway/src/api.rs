@@ -107,7 +107,7 @@ pub fn parse_wait(s: &str) -> Result<Duration, ApiError> {
     secs.parse::<f64>()
         .ok()
         .filter(|x| x.is_finite() && *x >= 0.0)
-        .map(Duration::from_secs_f64)
+        .and_then(|x| Duration::try_from_secs_f64(x).ok())
         .ok_or_else(bad)
 }
 
@@ -148,9 +148,15 @@ impl App {
             ),
             _ => (limits, None),
         };
+        // Batch keys have a bucket of their own, so shrinking theirs never takes from the
+        // tenant's interactive keys.
+        let bucket = match caller.tier {
+            crate::config::Tier::Interactive => caller.tenant.clone(),
+            crate::config::Tier::Batch => format!("{}/batch", caller.tenant),
+        };
         let verdict = self
             .limiter
-            .check(&caller.tenant, limits, verdict_runtime::now_ms());
+            .check(&bucket, limits, verdict_runtime::now_ms());
         Ok((caller, verdict, note))
     }
 }
@@ -284,9 +290,11 @@ async fn submit_to(
 
 /// A job id from the tenant and its Idempotency-Key: the same on every instance.
 pub fn idempotent_id(tenant: &str, key: &str) -> String {
-    let hash = crate::auth::key_hash(&format!("verdict-idempotency\n{tenant}\n{key}"));
-    let hex: String = hash.chars().take(32).collect();
-    uuid::Uuid::parse_str(&hex).map_or(hex, |u| u.hyphenated().to_string())
+    use sha2::Digest;
+    let digest = sha2::Sha256::digest(format!("verdict-idempotency\n{tenant}\n{key}").as_bytes());
+    let mut bytes = [0u8; 16];
+    bytes.copy_from_slice(&digest[..16]);
+    uuid::Uuid::from_bytes(bytes).hyphenated().to_string()
 }
 
 async fn submit(
@@ -355,14 +363,15 @@ async fn submit(
     obj.insert("tenant_id".into(), json!(caller.tenant));
     obj.entry("occurred_at")
         .or_insert_with(|| json!(verdict_runtime::now_ms()));
-    if route.kind == "document" {
-        let text_len = obj.get("text").and_then(Json::as_str).map_or(0, str::len);
-        obj.entry("size_bytes").or_insert_with(|| json!(text_len));
+    let token_estimate = if route.kind == "document" {
+        let text = obj.get("text").and_then(Json::as_str).unwrap_or("");
+        let (bytes, chars) = (text.len(), text.chars().count());
+        obj.entry("size_bytes").or_insert_with(|| json!(bytes));
         obj.entry("content_type")
             .or_insert_with(|| json!("text/plain"));
         obj.entry("source").or_insert_with(|| json!("gateway"));
         // About four characters per token, as the document-analyzer estimates.
-        let estimate = text_len.div_ceil(4);
+        let estimate = chars.div_ceil(4);
         if let Some(max) = header("x-max-tokens") {
             let max: usize = max.parse().map_err(|_| ApiError::Validation {
                 message: format!("X-Max-Tokens `{max}` is not a number"),
@@ -375,6 +384,17 @@ async fn submit(
                 });
             }
         }
+        Some(estimate)
+    } else {
+        None
+    };
+    let schema = app.serde.latest_schema(&route.topic).await.map_err(|e| {
+        tracing::warn!(error = %e, topic = %route.topic, "no schema");
+        ApiError::Upstream
+    })?;
+    check_fields(&schema, &event).map_err(|message| ApiError::Validation { message })?;
+    // The token budget is spent only by documents that will be sent.
+    if let Some(estimate) = token_estimate {
         let budget = app
             .settings
             .token_budgets
@@ -385,6 +405,14 @@ async fn submit(
             requests_per_minute: (budget.tokens_per_hour / 60).max(1),
             burst: budget.tokens_per_hour,
         };
+        if estimate > budget.tokens_per_hour as usize {
+            return Err(ApiError::PayloadTooLarge {
+                message: format!(
+                    "the document is about {estimate} tokens, more than the tenant's whole budget of {} per hour",
+                    budget.tokens_per_hour
+                ),
+            });
+        }
         let spent = app.limiter.take(
             &format!("tokens:{}", caller.tenant),
             bucket,
@@ -401,11 +429,6 @@ async fn submit(
             });
         }
     }
-    let schema = app.serde.latest_schema(&route.topic).await.map_err(|e| {
-        tracing::warn!(error = %e, topic = %route.topic, "no schema");
-        ApiError::Upstream
-    })?;
-    check_fields(&schema, &event).map_err(|message| ApiError::Validation { message })?;
     let key = event[route.key_field]
         .as_str()
         .map(str::to_string)

@@ -1,7 +1,6 @@
 //! API keys: looked up by their SHA-256, each with a tenant and scopes (pure).
 
 use serde::{Deserialize, Serialize};
-use sha2::{Digest, Sha256};
 
 use crate::config::ApiKey;
 use crate::error::ApiError;
@@ -52,10 +51,7 @@ impl Caller {
 
 /// Lower-case hex SHA-256 of a key, as stored in the settings.
 pub fn key_hash(key: &str) -> String {
-    Sha256::digest(key.as_bytes())
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
+    verdict_runtime::models::sha256_hex(key.as_bytes())
 }
 
 /// The caller of a request from its `Authorization: Bearer <key>` (or `X-API-Key`) header.

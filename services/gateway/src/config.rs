@@ -221,6 +221,18 @@ impl Validate for GatewaySettings {
                 "must be between 1 and 300000".into(),
             );
         }
+        for (i, prefix) in g.webhooks.allowed_prefixes.iter().enumerate() {
+            let ok = prefix.split_once("://").is_some_and(|(scheme, rest)| {
+                matches!(scheme, "http" | "https") && rest.contains('/')
+            });
+            if !ok {
+                return bad(
+                    format!("gateway.webhooks.allowed_prefixes[{i}]"),
+                    "must be an http(s) URL prefix with a path, e.g. https://hooks.example.com/"
+                        .into(),
+                );
+            }
+        }
         for (tenant, secret) in &g.webhook_secrets {
             if crate::webhooks::sign(secret.expose(), "check", 0, "").is_err() {
                 return bad(

@@ -169,7 +169,7 @@ pub async fn deliver(
             &job_id,
             json!({"url": url, "delivered": ok, "attempts": attempts}),
         );
-        if ok {
+        if ok || attempt + 1 == settings.max_attempts {
             return;
         }
         let wait = backoff(

@@ -223,12 +223,12 @@ enum Command {
         #[arg(long, conflicts_with_all = ["since", "until"])]
         from_offset: Option<i64>,
         /// Stop before this offset on every partition.
-        #[arg(long)]
+        #[arg(long, requires = "from_offset")]
         to_offset: Option<i64>,
         /// Records at or after this time (YYYY-MM-DDTHH:mm:SS.sss[Z]).
         #[arg(long)]
         since: Option<String>,
-        #[arg(long)]
+        #[arg(long, requires = "since")]
         until: Option<String>,
         /// A setting of the shadow service, e.g. `service.model_file=models/fraud/v2.json` (repeatable).
         #[arg(long = "set", value_parser = produce_consume::parse_key_value)]

@@ -398,8 +398,10 @@ pub async fn run(kafka: &KafkaSettings, opts: &ShadowOpts) -> Result<ShadowRepor
     }
     .await;
     let _ = std::fs::remove_file(&shadow_file);
-    if !opts.keep_topics {
-        kafka.delete_topics(&topics).await?;
+    if !opts.keep_topics
+        && let Err(e) = kafka.delete_topics(&topics).await
+    {
+        eprintln!("could not delete the shadow topics {topics:?}: {e}");
     }
     let report = result?;
     let md = report.markdown();
