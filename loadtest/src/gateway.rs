@@ -9,9 +9,9 @@ use gateway::config::{ApiKey, TenantLimits, Tier};
 use harness::{ServiceProcess, Stack, apply_topology, deployment};
 use hdrhistogram::Histogram;
 use verdict_cli::records::sample_transaction;
-use verdict_runtime::serde::AvroSerde;
 
-use crate::{bar, encode_events, latency};
+use crate::bar;
+use crate::fraud::{Load, latency};
 
 #[derive(clap::Args, Clone)]
 pub struct GatewayArgs {
@@ -59,32 +59,18 @@ pub async fn run(args: GatewayArgs) {
     gw.wait_ready(Duration::from_secs(60)).await;
     let n = usize::try_from(args.rate * args.seconds).unwrap_or(usize::MAX);
 
-    // Warm-up (the JVM broker and the services), not reported: the first phase would pay for it.
-    let serde = AvroSerde::new(&stack.registry_url());
-    let warm = encode_events(
-        &serde,
-        &input,
-        usize::try_from(args.rate * 5).unwrap_or(0),
-        2_000,
-    )
-    .await;
-    latency(
-        &kafka,
-        &stack.registry_url(),
-        (&input, &decisions),
-        warm,
-        args.rate,
-    )
-    .await;
-
-    // Straight to Kafka.
-    let events = encode_events(&serde, &input, n, 2_000).await;
+    // Straight to Kafka, after a warm-up of the JVM broker and the services (not reported:
+    // the first phase would pay for it).
     let direct = latency(
         &kafka,
         &stack.registry_url(),
         (&input, &decisions),
-        events,
-        args.rate,
+        Load {
+            rate: args.rate,
+            warmup: Duration::from_secs(5),
+            measure: Duration::from_secs(args.seconds),
+            accounts: 2_000,
+        },
     )
     .await;
 
@@ -182,10 +168,10 @@ pub async fn run(args: GatewayArgs) {
         direct.sent,
         direct_share * 100.0,
         direct.offered * direct_share,
-        ms(&direct.hist, 0.5),
-        ms(&direct.hist, 0.95),
-        ms(&direct.hist, 0.99),
-        ms(&direct.hist, 1.0)
+        ms(&direct.read, 0.5),
+        ms(&direct.read, 0.95),
+        ms(&direct.read, 0.99),
+        ms(&direct.read, 1.0)
     );
     println!(
         "through the gateway (?wait=10s): offered {offered:.0}/s, decided in the request {gw_decided}/{n} ({:.1} %) = {:.0}/s ({gw_failed} not); p50 {:.1} ms, p95 {:.1} ms, p99 {:.1} ms, max {:.1} ms",
@@ -199,8 +185,8 @@ pub async fn run(args: GatewayArgs) {
     println!(
         "gateway overhead: throughput {:.1} % of straight-to-Kafka's, p50 {:+.1} ms, p99 {:+.1} ms",
         (offered * gw_share) / (direct.offered * direct_share) * 100.0,
-        ms(&h, 0.5) - ms(&direct.hist, 0.5),
-        ms(&h, 0.99) - ms(&direct.hist, 0.99)
+        ms(&h, 0.5) - ms(&direct.read, 0.5),
+        ms(&h, 0.99) - ms(&direct.read, 0.99)
     );
     fraud.stop_cleanly();
     gw.stop_cleanly();

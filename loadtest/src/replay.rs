@@ -11,7 +11,7 @@ use verdict_runtime::groups::GroupReader;
 use verdict_runtime::kafka::TopicSpec;
 use verdict_runtime::serde::AvroSerde;
 
-use crate::{encode_events, fill, peak_rss_mib, producer};
+use crate::{cpu_seconds, encode_events, fill, peak_rss_mib, producer};
 
 #[derive(clap::Args, Clone)]
 pub struct ReplayArgs {
@@ -27,25 +27,6 @@ pub struct ReplayArgs {
     /// How long the lag monitor's cost is measured.
     #[arg(long, default_value_t = 60)]
     monitor_seconds: u64,
-}
-
-/// CPU seconds (user + system) a process has used, from /proc.
-fn cpu_seconds(pid: u32) -> f64 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    let fields: Vec<&str> = stat
-        .rsplit(')')
-        .next()
-        .unwrap_or("")
-        .split_whitespace()
-        .collect();
-    let ticks = |i: usize| {
-        fields
-            .get(i)
-            .and_then(|s| s.parse::<f64>().ok())
-            .unwrap_or(0.0)
-    };
-    // After the command name: state is field 0, utime 11, stime 12 (clock ticks of 1/100 s).
-    (ticks(11) + ticks(12)) / 100.0
 }
 
 /// Seconds until `group` has committed `topic` to its end.

@@ -537,6 +537,21 @@ pub struct ServiceProcess {
 
 static SERVICE_LOG: std::sync::OnceLock<String> = std::sync::OnceLock::new();
 
+/// Settings sections every build of a service understands (where it runs and what it reads);
+/// the rest keep their defaults, so an older build reads the file a newer harness writes.
+const PORTABLE_SECTIONS: [&str; 5] = ["kafka", "registry", "http", "topology", "service"];
+
+/// How to start a service process, when not as this build's binary with all its settings.
+#[derive(Clone, Debug, Default)]
+pub struct Launch {
+    /// Another build of the service's binary (a baseline for a benchmark).
+    pub binary: Option<PathBuf>,
+    /// A program the binary runs under, with its arguments (`valgrind --tool=callgrind …`).
+    pub wrapper: Vec<String>,
+    /// Write only [`PORTABLE_SECTIONS`], for builds whose settings differ from this one's.
+    pub portable_settings: bool,
+}
+
 /// The log filter (`RUST_LOG`) of every service process started from now on (the benchmarks
 /// keep services quiet); `info,rdkafka=warn` unless set.
 pub fn set_service_log(filter: &str) {
@@ -559,19 +574,39 @@ impl ServiceProcess {
         http_port: u16,
         tweak: impl FnOnce(&mut S::Settings),
     ) -> Self {
+        Self::launch::<S>(deployment, http_port, &Launch::default(), tweak)
+    }
+
+    /// Starts declared service `S` as `launch` says (another build of its binary, under a
+    /// wrapper such as valgrind, with only the settings every version knows).
+    pub fn launch<S: ServiceSpec>(
+        deployment: &Deployment,
+        http_port: u16,
+        launch: &Launch,
+        tweak: impl FnOnce(&mut S::Settings),
+    ) -> Self {
         let mut d = deployment.clone();
         d.http_listen = std::net::SocketAddr::from(([127, 0, 0, 1], http_port));
         let mut settings = S::settings(&d);
         tweak(&mut settings);
+        let mut table = toml::Table::try_from(&settings).expect("settings as TOML");
+        if launch.portable_settings {
+            table.retain(|section, _| PORTABLE_SECTIONS.contains(&section));
+        }
         let dir = tempfile::tempdir().expect("tempdir");
         let config = dir.path().join(format!("{}.toml", S::NAME));
-        std::fs::write(
-            &config,
-            toml::to_string(&settings).expect("settings as TOML"),
-        )
-        .expect("write config");
+        std::fs::write(&config, toml::to_string(&table).expect("settings as TOML"))
+            .expect("write config");
         let log = dir.path().join(format!("{}.log", S::NAME));
-        let mut cmd = Command::new(bin(S::NAME));
+        let binary = launch.binary.clone().unwrap_or_else(|| bin(S::NAME));
+        let mut cmd = match launch.wrapper.split_first() {
+            Some((program, args)) => {
+                let mut c = Command::new(program);
+                c.args(args).arg(&binary);
+                c
+            }
+            None => Command::new(&binary),
+        };
         cmd.current_dir(repo_root())
             .env(
                 "RUST_LOG",

@@ -25,7 +25,8 @@ async fn main() -> ExitCode {
             Err(code) => return code,
         };
     service::run(SERVICE, settings, |ctx| {
-        let topics = DecisionTopics::from_route(ctx.route)?;
+        let topics =
+            DecisionTopics::from_route(ctx.route, document_analyzer::pipeline::review_schema())?;
         // Without the model server it still decides (by rules, degraded): not required.
         let url = ctx.settings.service.embeddings_url.trim_end_matches('/');
         ctx.health

@@ -6,10 +6,9 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use serde::Deserialize;
-use serde_json::{Value as Json, json};
+use serde::{Deserialize, Serialize};
 use tokio::sync::OnceCell;
-use verdict_runtime::audit::Audit;
+use verdict_runtime::audit::{Audit, DecisionOutput};
 use verdict_runtime::engine::{DecisionTopics, Incoming, Outgoing, Processor};
 use verdict_runtime::error::ProcessError;
 use verdict_runtime::inference::batcher::MicroBatcher;
@@ -20,7 +19,7 @@ use verdict_runtime::inference::openai::OpenAiEmbeddings;
 use verdict_runtime::inference::resilience::Guarded;
 use verdict_runtime::inference::zero_shot::{ZeroShot, default_classifiers};
 use verdict_runtime::inference::{InferenceError, ModelId};
-use verdict_runtime::metrics::{Metrics, StageTimings};
+use verdict_runtime::metrics::{Metrics, StageTiming, StageTimings};
 use verdict_runtime::now_ms;
 use verdict_runtime::serde::ValueSchema;
 
@@ -30,7 +29,9 @@ use crate::pii::{Redacted, redact};
 pub const SERVICE: &str = "document-analyzer";
 const DECISION_SCHEMA: &str = include_str!("../../../schemas/document_decision.avsc");
 
-#[derive(Debug, Deserialize)]
+/// A document event as the service reads it (DocumentUploadedEvent, any
+/// backward-compatible version).
+#[derive(Debug, Default, Deserialize)]
 pub struct Document {
     pub event_id: String,
     pub tenant_id: String,
@@ -38,11 +39,52 @@ pub struct Document {
     pub text: String,
 }
 
+/// A `DocumentDecision` (schemas/document_decision.avsc), fields in the schema's order.
+#[derive(Debug, Clone, Serialize)]
+pub struct DocumentDecision {
+    pub event_id: String,
+    pub tenant_id: String,
+    pub decided_at: i64,
+    pub document_id: String,
+    pub route: &'static str,
+    pub category: String,
+    pub category_confidence: f64,
+    pub urgency: String,
+    pub reasons: Vec<String>,
+    pub pii_found: Vec<String>,
+    pub redacted_text: String,
+    pub model: ModelInfo,
+    pub stage_timings: Vec<StageTiming>,
+    pub degraded: bool,
+    pub cached: bool,
+    pub token_usage: Option<i64>,
+    pub cost_usd: Option<f64>,
+    pub sentiment: Option<String>,
+    pub sentiment_confidence: Option<f64>,
+}
+
+/// `ModelInfo` of a document decision.
+#[derive(Debug, Clone, Serialize)]
+pub struct ModelInfo {
+    pub name: String,
+    pub version: String,
+    pub provider: String,
+    pub prompt_version: Option<String>,
+}
+
+/// The review topic's subject for document decisions.
+pub fn review_schema() -> ValueSchema {
+    ValueSchema::TopicRecord {
+        fullname: "dev.verdict.v1.DocumentDecision".into(),
+        schema: DECISION_SCHEMA.into(),
+    }
+}
+
 /// Validate and normalise: non-empty, within the size limit and the token budget.
-pub fn validate(value: &Json, s: &DocumentSettings) -> Result<(Document, usize), ProcessError> {
-    let mut doc = Document::deserialize(value).map_err(|e| {
-        ProcessError::invalid("(record)", format!("not a DocumentUploadedEvent: {e}"))
-    })?;
+pub fn validate(
+    mut doc: Document,
+    s: &DocumentSettings,
+) -> Result<(Document, usize), ProcessError> {
     if uuid::Uuid::parse_str(&doc.event_id).is_err() {
         return Err(ProcessError::invalid("event_id", "must be a UUID"));
     }
@@ -138,7 +180,6 @@ pub struct DocumentAnalyzer {
     classifiers: OnceCell<(ZeroShot, ZeroShot)>,
     /// Sentiment: a head trained offline, evaluated in-process on the embedding.
     sentiment: LinearHead,
-    review_schema: ValueSchema,
     topics: DecisionTopics,
 }
 
@@ -188,10 +229,6 @@ impl DocumentAnalyzer {
             coalescer: Coalescer::default(),
             classifiers: OnceCell::new(),
             sentiment,
-            review_schema: ValueSchema::TopicRecord {
-                fullname: "dev.verdict.v1.DocumentDecision".into(),
-                schema: DECISION_SCHEMA.into(),
-            },
             topics,
         })
     }
@@ -240,10 +277,17 @@ impl DocumentAnalyzer {
 }
 
 impl Processor for DocumentAnalyzer {
-    async fn process(&self, input: &Incoming) -> Result<Vec<Outgoing>, ProcessError> {
+    type Input = Document;
+    type Output = DecisionOutput<DocumentDecision>;
+
+    async fn process(
+        &self,
+        mut input: Incoming<'_, Document>,
+    ) -> Result<Vec<Outgoing<Self::Output>>, ProcessError> {
         let started = Instant::now();
         let mut t = StageTimings::new(&self.metrics);
-        let (doc, tokens) = t.stage("validate", || validate(&input.value, &self.settings))?;
+        let document = std::mem::take(&mut input.value);
+        let (doc, tokens) = t.stage("validate", || validate(document, &self.settings))?;
         let Redacted {
             text: redacted,
             kinds: pii,
@@ -337,18 +381,7 @@ impl Processor for DocumentAnalyzer {
             ));
         }
 
-        let decided_at = now_ms();
-        let decision = json!({
-            "event_id": doc.event_id, "tenant_id": doc.tenant_id, "decided_at": decided_at, "document_id": doc.document_id,
-            "route": route, "category": category, "category_confidence": confidence, "urgency": urgency,
-            "reasons": reasons, "pii_found": pii, "redacted_text": redacted,
-            "model": {"name": model.name, "version": model.version, "provider": model.provider, "prompt_version": null},
-            "stage_timings": t.to_json(), "degraded": degraded, "cached": cached,
-            "token_usage": i64::try_from(tokens.min(self.settings.model_context_tokens)).ok(), "cost_usd": null,
-            "sentiment": sentiment.as_ref().map(|s| s.label.clone()),
-            "sentiment_confidence": sentiment.as_ref().map(|s| f64::from(s.confidence)),
-        });
-        let audit = Audit::decision(SERVICE, &doc.event_id, &doc.tenant_id, doc.text.as_bytes())
+        let audit = Audit::decision(SERVICE, &doc.event_id, &doc.tenant_id, input.raw)
             .outcome(route)
             .model(&model.name, &model.version)
             .latency_since(started)
@@ -356,13 +389,36 @@ impl Processor for DocumentAnalyzer {
             .detail("pii_kinds", pii.join(","))
             .detail("degraded", degraded)
             .detail("cached", cached);
-        let out = self.topics.outputs(
-            &doc.document_id,
-            &decision,
-            &audit,
-            (route == "REVIEW").then_some(&self.review_schema),
-        );
-        Ok(out)
+        let decision = DocumentDecision {
+            event_id: doc.event_id,
+            tenant_id: doc.tenant_id,
+            decided_at: now_ms(),
+            document_id: doc.document_id,
+            route,
+            category,
+            category_confidence: confidence,
+            urgency,
+            reasons,
+            pii_found: pii,
+            redacted_text: redacted,
+            model: ModelInfo {
+                name: model.name,
+                version: model.version,
+                provider: model.provider,
+                prompt_version: None,
+            },
+            stage_timings: t.stages,
+            degraded,
+            cached,
+            token_usage: i64::try_from(tokens.min(self.settings.model_context_tokens)).ok(),
+            cost_usd: None,
+            sentiment: sentiment.as_ref().map(|s| s.label.clone()),
+            sentiment_confidence: sentiment.as_ref().map(|s| f64::from(s.confidence)),
+        };
+        let key = decision.document_id.clone();
+        Ok(self
+            .topics
+            .outputs(&key, decision, audit, route == "REVIEW"))
     }
 }
 
@@ -376,14 +432,19 @@ mod tests {
             max_bytes: 100,
             ..DocumentSettings::default()
         };
-        let doc = |text: &str| json!({"event_id": "6f1c8f7e-6c53-4a51-9a8e-1f3b2a9c0d11", "tenant_id": "t", "document_id": "d", "text": text});
+        let doc = |text: &str| Document {
+            event_id: "6f1c8f7e-6c53-4a51-9a8e-1f3b2a9c0d11".into(),
+            tenant_id: "t".into(),
+            document_id: "d".into(),
+            text: text.into(),
+        };
         assert!(
-            matches!(validate(&doc("   \n "), &s), Err(ProcessError::Invalid { field, .. }) if field == "text")
+            matches!(validate(doc("   \n "), &s), Err(ProcessError::Invalid { field, .. }) if field == "text")
         );
         assert!(
-            matches!(validate(&doc(&"x".repeat(101)), &s), Err(ProcessError::Invalid { reason, .. }) if reason.contains("limit"))
+            matches!(validate(doc(&"x".repeat(101)), &s), Err(ProcessError::Invalid { reason, .. }) if reason.contains("limit"))
         );
-        let (d, tokens) = validate(&doc("  two   words "), &s).expect("valid");
+        let (d, tokens) = validate(doc("  two   words "), &s).expect("valid");
         assert_eq!((d.text.as_str(), tokens), ("two words", 3));
     }
 

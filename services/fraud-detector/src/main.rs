@@ -7,7 +7,7 @@
 
 use std::process::ExitCode;
 
-use fraud_detector::pipeline::{FraudDetector, SERVICE};
+use fraud_detector::pipeline::{FraudDetector, SERVICE, review_schema};
 use verdict_runtime::engine::DecisionTopics;
 use verdict_runtime::models::LogisticModel;
 use verdict_runtime::service::{self, ServiceSpec};
@@ -25,7 +25,7 @@ async fn main() -> ExitCode {
     service::run(SERVICE, settings, |ctx| {
         let model = LogisticModel::load(&ctx.settings.service.model_file).map_err(|e| e.to_string())?;
         tracing::info!(model = %model.name, version = %model.version, sha256 = %model.sha256, "model loaded");
-        let topics = DecisionTopics::from_route(ctx.route)?;
+        let topics = DecisionTopics::from_route(ctx.route, review_schema())?;
         Ok(FraudDetector::new(model, ctx.settings.service.clone(), ctx.metrics, topics))
     })
     .await

@@ -6,12 +6,11 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
 
-use serde::Deserialize;
-use serde_json::{Value as Json, json};
-use verdict_runtime::audit::Audit;
+use serde::{Deserialize, Serialize};
+use verdict_runtime::audit::{Audit, DecisionOutput};
 use verdict_runtime::engine::{DecisionTopics, Incoming, Outgoing, Processor};
 use verdict_runtime::error::ProcessError;
-use verdict_runtime::metrics::{Metrics, StageTimings};
+use verdict_runtime::metrics::{Metrics, StageTiming, StageTimings};
 use verdict_runtime::models::{LogisticModel, ModelInput, Scored};
 use verdict_runtime::now_ms;
 use verdict_runtime::serde::ValueSchema;
@@ -24,7 +23,7 @@ const DECISION_SCHEMA: &str = include_str!("../../../schemas/fraud_decision.avsc
 
 /// A transaction event as the service reads it (TransactionEvent, any
 /// backward-compatible version).
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Default, Deserialize)]
 pub struct Transaction {
     pub event_id: String,
     pub tenant_id: String,
@@ -38,7 +37,8 @@ pub struct Transaction {
     pub existing_credits: Option<i64>,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "UPPERCASE")]
 pub enum Outcome {
     Approve,
     Review,
@@ -67,20 +67,58 @@ pub struct Decision {
     pub reasons: Vec<String>,
 }
 
+/// A `FraudDecision` (schemas/fraud_decision.avsc), fields in the schema's order.
+#[derive(Debug, Clone, Serialize)]
+pub struct FraudDecision {
+    pub event_id: String,
+    pub tenant_id: String,
+    pub decided_at: i64,
+    pub account_id: String,
+    pub outcome: Outcome,
+    pub score: f64,
+    pub confidence: f64,
+    pub reasons: Vec<String>,
+    pub model: Arc<ModelInfo>,
+    pub stage_timings: Vec<StageTiming>,
+    pub degraded: bool,
+    pub cached: bool,
+}
+
+/// `ModelInfo`: the model that decided (the same for every decision of this process).
+#[derive(Debug, Serialize)]
+pub struct ModelInfo {
+    pub name: String,
+    pub version: String,
+    pub provider: &'static str,
+    pub prompt_version: Option<String>,
+}
+
 pub struct FraudDetector {
     model: LogisticModel,
+    model_info: Arc<ModelInfo>,
     velocity: Velocity,
     settings: FraudSettings,
     metrics: Arc<Metrics>,
-    review_schema: ValueSchema,
     topics: DecisionTopics,
     seen: AtomicU64,
 }
 
-/// Validate: the event must describe a transaction we can score.
-pub fn validate(value: &Json) -> Result<Transaction, ProcessError> {
-    let tx = Transaction::deserialize(value)
-        .map_err(|e| ProcessError::invalid("(record)", format!("not a TransactionEvent: {e}")))?;
+/// The review topic's subject for fraud decisions (`review-dev.verdict.v1.FraudDecision`).
+pub fn review_schema() -> ValueSchema {
+    ValueSchema::TopicRecord {
+        fullname: "dev.verdict.v1.FraudDecision".into(),
+        schema: DECISION_SCHEMA.into(),
+    }
+}
+
+/// Validate: the event must describe a transaction we can score (it is taken out of the
+/// record).
+pub fn validate(input: &mut Incoming<'_, Transaction>) -> Result<Transaction, ProcessError> {
+    check(std::mem::take(&mut input.value))
+}
+
+/// The checks of [`validate`], field by field.
+pub fn check(tx: Transaction) -> Result<Transaction, ProcessError> {
     if uuid::Uuid::parse_str(&tx.event_id).is_err() {
         return Err(ProcessError::invalid("event_id", "must be a UUID"));
     }
@@ -122,28 +160,57 @@ pub fn validate(value: &Json) -> Result<Transaction, ProcessError> {
     Ok(tx)
 }
 
+/// The model's inputs of one transaction, by the model's field names.
+pub struct Features<'t> {
+    numeric: [(&'static str, Option<f64>); 4],
+    credit_history: Option<&'t str>,
+}
+
 /// Features: the documented mapping of transaction fields onto the model's inputs
 /// (models/README.md). Values outside the training range are clamped to it.
-pub fn features(tx: &Transaction) -> ModelInput {
-    let mut input = ModelInput::default();
-    input.numeric.insert("amount".into(), Some(tx.amount));
-    input.numeric.insert(
-        "customer_age_years".into(),
-        tx.customer_age_years.map(|v| v as f64),
-    );
-    // The model saw employment tenure in buckets of 0 / 0.5 / 2.5 / 5.5 / 10 years.
-    input.numeric.insert(
-        "employment_years".into(),
-        tx.employment_years.map(|v| (v as f64).min(10.0)),
-    );
-    input.numeric.insert(
-        "existing_credits".into(),
-        tx.existing_credits.map(|v| v as f64),
-    );
-    input
-        .categorical
-        .insert("credit_history".into(), tx.credit_history.clone());
-    input
+pub fn features(tx: &Transaction) -> Features<'_> {
+    Features {
+        numeric: [
+            ("amount", Some(tx.amount)),
+            (
+                "customer_age_years",
+                tx.customer_age_years.map(|v| v as f64),
+            ),
+            // The model saw employment tenure in buckets of 0 / 0.5 / 2.5 / 5.5 / 10 years.
+            (
+                "employment_years",
+                tx.employment_years.map(|v| (v as f64).min(10.0)),
+            ),
+            ("existing_credits", tx.existing_credits.map(|v| v as f64)),
+        ],
+        credit_history: tx.credit_history.as_deref(),
+    }
+}
+
+impl Features<'_> {
+    pub fn numeric(&self, field: &str) -> Option<f64> {
+        self.numeric
+            .iter()
+            .find(|(f, _)| *f == field)
+            .and_then(|(_, v)| *v)
+    }
+
+    pub fn categorical(&self, field: &str) -> Option<&str> {
+        (field == "credit_history").then_some(self.credit_history)?
+    }
+
+    /// The same inputs as a [`ModelInput`] (what the model server's clients send).
+    pub fn to_input(&self) -> ModelInput {
+        let mut input = ModelInput::default();
+        for (field, v) in self.numeric {
+            input.numeric.insert(field.into(), v);
+        }
+        input.categorical.insert(
+            "credit_history".into(),
+            self.credit_history.map(String::from),
+        );
+        input
+    }
 }
 
 impl FraudDetector {
@@ -156,13 +223,15 @@ impl FraudDetector {
         Self {
             topics,
             velocity: Velocity::new(settings.velocity_window_ms, settings.velocity_max),
+            model_info: Arc::new(ModelInfo {
+                name: model.name.clone(),
+                version: model.version.clone(),
+                provider: "in-process",
+                prompt_version: None,
+            }),
             model,
             settings,
             metrics,
-            review_schema: ValueSchema::TopicRecord {
-                fullname: "dev.verdict.v1.FraudDecision".into(),
-                schema: DECISION_SCHEMA.into(),
-            },
             seen: AtomicU64::new(0),
         }
     }
@@ -170,23 +239,23 @@ impl FraudDetector {
     /// Score: the model's probability that this is a bad risk.
     fn score(
         &self,
-        input: &Incoming,
+        attempt: u32,
         tx: &Transaction,
-        features: &ModelInput,
-    ) -> Result<Scored, ProcessError> {
+        features: &Features<'_>,
+    ) -> Result<Scored<'_>, ProcessError> {
         let injected =
             self.settings.fail_tenant.is_empty() || self.settings.fail_tenant == tx.tenant_id;
-        if injected && input.attempt <= self.settings.fail_first_attempts {
-            let why = format!(
-                "injected failure on attempt {} (service.fail_first_attempts)",
-                input.attempt
-            );
+        if injected && attempt <= self.settings.fail_first_attempts {
+            let why =
+                format!("injected failure on attempt {attempt} (service.fail_first_attempts)");
             if self.settings.fail_mode == FailMode::Panic {
                 panic!("{why}");
             }
             return Err(ProcessError::transient("score", why));
         }
-        Ok(self.model.score(features))
+        Ok(self
+            .model
+            .score_with(|f| features.numeric(f), |f| features.categorical(f)))
     }
 
     /// Rules: amount limit and per-account velocity.
@@ -223,7 +292,7 @@ impl FraudDetector {
                 hits.velocity.0, s.velocity_window_ms, s.velocity_max
             ));
         }
-        let mut drivers: Vec<&(String, f64)> = scored
+        let mut drivers: Vec<&(&str, f64)> = scored
             .contributions
             .iter()
             .filter(|(_, c)| *c > 0.0)
@@ -261,58 +330,56 @@ impl FraudDetector {
 }
 
 impl Processor for FraudDetector {
-    async fn process(&self, input: &Incoming) -> Result<Vec<Outgoing>, ProcessError> {
+    type Input = Transaction;
+    type Output = DecisionOutput<FraudDecision>;
+
+    async fn process(
+        &self,
+        mut input: Incoming<'_, Transaction>,
+    ) -> Result<Vec<Outgoing<Self::Output>>, ProcessError> {
         let started = Instant::now();
         let mut t = StageTimings::new(&self.metrics);
-        let tx = t.stage("validate", || validate(&input.value))?;
+        let tx = t.stage("validate", || validate(&mut input))?;
         let features = t.stage("features", || features(&tx));
-        let scored = t.stage("score", || self.score(input, &tx, &features))?;
+        let scored = t.stage("score", || self.score(input.attempt, &tx, &features))?;
         let hits = t.stage("rules", || self.rules(&tx));
         let decision = t.stage("decide", || self.decide(&tx, &scored, &hits));
 
-        let decided_at = now_ms();
-        let decision_json = json!({
-            "event_id": tx.event_id,
-            "tenant_id": tx.tenant_id,
-            "decided_at": decided_at,
-            "account_id": tx.account_id,
-            "outcome": decision.outcome.as_str(),
-            "score": scored.probability,
-            "confidence": decision.confidence,
-            "reasons": decision.reasons,
-            "model": { "name": self.model.name, "version": self.model.version, "provider": "in-process", "prompt_version": null },
-            "stage_timings": t.to_json(),
-            "degraded": false,
-            "cached": false,
-        });
-        let audit = Audit::decision(
-            SERVICE,
-            &tx.event_id,
-            &tx.tenant_id,
-            input.value.to_string().as_bytes(),
-        )
-        .outcome(decision.outcome.as_str())
-        .model(&self.model.name, &self.model.version)
-        .latency_since(started)
-        .detail("score", format!("{:.6}", scored.probability))
-        .detail("model_sha256", &self.model.sha256)
-        .detail(
-            "source",
-            format!("{}/{}@{}", input.topic, input.partition, input.offset),
-        )
-        .detail("attempt", input.attempt);
-        let review = (decision.outcome == Outcome::Review || decision.low_confidence)
-            .then_some(&self.review_schema);
-        let outputs = self
-            .topics
-            .outputs(&tx.account_id, &decision_json, &audit, review);
-        Ok(outputs)
+        let review = decision.outcome == Outcome::Review || decision.low_confidence;
+        let audit = Audit::decision(SERVICE, &tx.event_id, &tx.tenant_id, input.raw)
+            .outcome(decision.outcome.as_str())
+            .model(&self.model.name, &self.model.version)
+            .latency_since(started)
+            .detail("score", format!("{:.6}", scored.probability))
+            .detail("model_sha256", &self.model.sha256)
+            .detail(
+                "source",
+                format!("{}/{}@{}", input.topic, input.partition, input.offset),
+            )
+            .detail("attempt", input.attempt);
+        let key = tx.account_id.clone();
+        let decision = FraudDecision {
+            event_id: tx.event_id,
+            tenant_id: tx.tenant_id,
+            decided_at: now_ms(),
+            account_id: tx.account_id,
+            outcome: decision.outcome,
+            score: scored.probability,
+            confidence: decision.confidence,
+            reasons: decision.reasons,
+            model: self.model_info.clone(),
+            stage_timings: t.stages,
+            degraded: false,
+            cached: false,
+        };
+        Ok(self.topics.outputs(&key, decision, audit, review))
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde_json::{Value as Json, json};
 
     fn detector() -> FraudDetector {
         let repo = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
@@ -328,7 +395,7 @@ mod tests {
                 .map(|(role, topic)| (role.to_string(), topic.to_string()))
                 .collect(),
         };
-        let topics = DecisionTopics::from_route(&route).expect("topics");
+        let topics = DecisionTopics::from_route(&route, review_schema()).expect("topics");
         FraudDetector::new(
             model,
             FraudSettings::default(),
@@ -343,10 +410,13 @@ mod tests {
                "employment_years": 1, "existing_credits": 1})
     }
 
+    fn valid(value: Json) -> Result<Transaction, ProcessError> {
+        check(serde_json::from_value(value).expect("a TransactionEvent"))
+    }
+
     #[test]
     fn validation_names_the_field() {
         for (value, field) in [
-            (json!({"event_id": "x"}), "(record)"),
             (tx(-5.0, "all_paid"), "amount"),
             (
                 {
@@ -365,7 +435,7 @@ mod tests {
                 "currency",
             ),
         ] {
-            match validate(&value) {
+            match valid(value) {
                 Err(ProcessError::Invalid { field: f, .. }) => assert_eq!(f, field),
                 other => panic!("expected invalid {field}, got {other:?}"),
             }
@@ -375,14 +445,19 @@ mod tests {
     #[test]
     fn amount_limit_declines_and_risky_history_scores_higher() {
         let d = detector();
-        let safe = validate(&tx(100.0, "critical_account")).expect("valid");
-        let risky = validate(&tx(100.0, "no_credits")).expect("valid");
-        let p_safe = d.model.score(&features(&safe)).probability;
-        let p_risky = d.model.score(&features(&risky)).probability;
+        let score = |tx: &Transaction| d.score(1, tx, &features(tx)).expect("scores").probability;
+        let safe = valid(tx(100.0, "critical_account")).expect("valid");
+        let risky = valid(tx(100.0, "no_credits")).expect("valid");
+        let (p_safe, p_risky) = (score(&safe), score(&risky));
         assert!(p_risky > p_safe, "{p_risky} > {p_safe}");
+        assert_eq!(
+            p_safe,
+            d.model.score(&features(&safe).to_input()).probability,
+            "the same as the model on a ModelInput"
+        );
 
-        let big = validate(&tx(50_000.0, "critical_account")).expect("valid");
-        let scored = d.model.score(&features(&big));
+        let big = valid(tx(50_000.0, "critical_account")).expect("valid");
+        let scored = d.score(1, &big, &features(&big)).expect("scores");
         let hits = d.rules(&big);
         let decision = d.decide(&big, &scored, &hits);
         assert_eq!(decision.outcome, Outcome::Decline);
@@ -392,5 +467,41 @@ mod tests {
             decision.reasons
         );
         assert_eq!(decision.confidence, 1.0);
+    }
+
+    #[test]
+    fn a_decision_encodes_with_its_schema() {
+        let d = detector();
+        let decision = FraudDecision {
+            event_id: "6f1c8f7e-6c53-4a51-9a8e-1f3b2a9c0d11".into(),
+            tenant_id: "t".into(),
+            decided_at: 7,
+            account_id: "a".into(),
+            outcome: Outcome::Review,
+            score: 0.5,
+            confidence: 0.1,
+            reasons: vec!["rule: x".into()],
+            model: d.model_info.clone(),
+            stage_timings: vec![StageTiming {
+                stage: "score",
+                micros: 3,
+            }],
+            degraded: false,
+            cached: false,
+        };
+        let fast: serde_avro_fast::Schema = DECISION_SCHEMA.parse().expect("schema");
+        let datum = serde_avro_fast::to_datum(
+            &DecisionOutput::<FraudDecision>::Decision(decision),
+            Vec::new(),
+            &mut serde_avro_fast::ser::SerializerConfig::new(&fast),
+        )
+        .expect("encodes");
+        let schema = apache_avro::Schema::parse_str(DECISION_SCHEMA).expect("schema");
+        let json =
+            verdict_runtime::avro::datum_to_json(&schema, &datum).expect("apache-avro reads it");
+        assert_eq!(json["outcome"], "REVIEW");
+        assert_eq!(json["model"]["provider"], "in-process");
+        assert_eq!(json["stage_timings"][0]["stage"], "score");
+        assert_eq!(json["reasons"][0], "rule: x");
     }
 }

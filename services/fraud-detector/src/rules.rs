@@ -28,7 +28,10 @@ impl Velocity {
     /// many of the account's transactions fall in the window ending there (itself included),
     /// and whether that is over the limit.
     pub fn observe(&self, account: &str, event_id: &str, at_ms: i64) -> (usize, bool) {
-        let mut times = self.seen.entry(account.to_string()).or_default();
+        let mut times = match self.seen.get_mut(account) {
+            Some(times) => times,
+            None => self.seen.entry(account.to_string()).or_default(),
+        };
         let from = at_ms.saturating_sub(self.window_ms);
         while times.front().is_some_and(|(t, _)| *t <= from) {
             times.pop_front();

@@ -6,13 +6,12 @@
 use std::collections::BTreeMap;
 use std::time::Instant;
 
-use serde_json::{Value as Json, json};
+use serde::Serialize;
+use serde_json::Value as Json;
 
-use crate::avro::untyped;
 use crate::engine::{DecisionTopics, Outgoing};
 use crate::models::sha256_hex;
 use crate::now_ms;
-use crate::serde::ValueSchema;
 
 /// An audit record under construction.
 #[derive(Debug, Clone)]
@@ -27,9 +26,29 @@ pub struct Audit {
     latency_micros: Option<u64>,
     token_usage: Option<i64>,
     cost_usd: Option<f64>,
-    details: BTreeMap<String, String>,
+    details: BTreeMap<&'static str, String>,
     /// Who acted, when not this process (a person resolving a review).
     actor: Option<String>,
+}
+
+/// An `AuditEvent` (schemas/audit_event.avsc), fields in the schema's order.
+#[derive(Debug, Clone, Serialize)]
+pub struct AuditEvent {
+    pub audit_id: String,
+    pub event_id: String,
+    pub tenant_id: String,
+    pub occurred_at: i64,
+    pub service: String,
+    pub action: &'static str,
+    pub actor: String,
+    pub input_sha256: String,
+    pub outcome: Option<String>,
+    pub model_name: Option<String>,
+    pub model_version: Option<String>,
+    pub latency_micros: Option<u64>,
+    pub token_usage: Option<i64>,
+    pub cost_usd: Option<f64>,
+    pub details: BTreeMap<&'static str, String>,
 }
 
 impl Audit {
@@ -89,72 +108,87 @@ impl Audit {
         self
     }
 
-    pub fn detail(mut self, key: &str, value: impl ToString) -> Self {
-        self.details.insert(key.to_string(), value.to_string());
+    pub fn detail(mut self, key: &'static str, value: impl ToString) -> Self {
+        self.details.insert(key, value.to_string());
         self
     }
 
-    /// The record, stamped now, by this process.
-    pub fn to_json(&self) -> Json {
-        let (model_name, model_version) = self
-            .model
-            .as_ref()
-            .map_or((None, None), |(n, v)| (Some(n), Some(v)));
-        json!({
-            "audit_id": uuid::Uuid::new_v4().to_string(),
-            "event_id": self.event_id,
-            "tenant_id": self.tenant_id,
-            "occurred_at": now_ms(),
-            "service": self.service,
-            "action": self.action,
-            "actor": self
-                .actor
-                .clone()
-                .unwrap_or_else(|| format!("{}/{}", self.service, std::process::id())),
-            "input_sha256": self.input_sha256,
-            "outcome": self.outcome,
-            "model_name": model_name,
-            "model_version": model_version,
-            "latency_micros": self.latency_micros,
-            "token_usage": self.token_usage,
-            "cost_usd": self.cost_usd,
-            "details": self.details,
-        })
+    /// The record, stamped now, by this process (`actor`: the service instance, unless a
+    /// person acted).
+    pub fn record(self) -> AuditEvent {
+        let (model_name, model_version) =
+            self.model.map_or((None, None), |(n, v)| (Some(n), Some(v)));
+        AuditEvent {
+            audit_id: uuid::Uuid::new_v4().to_string(),
+            event_id: self.event_id,
+            tenant_id: self.tenant_id,
+            occurred_at: now_ms(),
+            actor: self.actor.unwrap_or_else(|| instance(&self.service)),
+            service: self.service,
+            action: self.action,
+            input_sha256: self.input_sha256,
+            outcome: self.outcome,
+            model_name,
+            model_version,
+            latency_micros: self.latency_micros,
+            token_usage: self.token_usage,
+            cost_usd: self.cost_usd,
+            details: self.details,
+        }
     }
+
+    /// The record as JSON (for tools that encode through the registry's JSON path).
+    pub fn to_json(&self) -> Json {
+        serde_json::to_value(self.clone().record()).unwrap_or(Json::Null)
+    }
+}
+
+/// This process as an actor: `<service>/<pid>`.
+fn instance(service: &str) -> String {
+    format!("{service}/{}", std::process::id())
+}
+
+/// What a decision service writes: the decision (also to `review` when it needs a person)
+/// and its audit record.
+#[derive(Debug, Clone, Serialize)]
+#[serde(untagged)]
+#[allow(
+    clippy::large_enum_variant,
+    reason = "decisions are as large as audit records; a box would cost an allocation per record"
+)]
+pub enum DecisionOutput<D> {
+    Decision(D),
+    Audit(AuditEvent),
 }
 
 impl DecisionTopics {
     /// A decision's outputs, keyed by `key`: the decision, its audit record, and, when it
-    /// needs a person, the decision again on the review topic (under `review_schema`, since
-    /// that topic carries several record types).
-    pub fn outputs(
+    /// needs a person, the decision again on the review topic.
+    pub fn outputs<D: Clone>(
         &self,
         key: &str,
-        decision: &Json,
-        audit: &Audit,
-        review: Option<&ValueSchema>,
-    ) -> Vec<Outgoing> {
+        decision: D,
+        audit: Audit,
+        review: bool,
+    ) -> Vec<Outgoing<DecisionOutput<D>>> {
         let key = Some(key.to_string());
-        let mut out = vec![
-            Outgoing {
-                topic: self.decisions.clone(),
-                key: key.clone(),
-                value: untyped(decision),
-                schema: ValueSchema::TopicLatest,
-            },
-            Outgoing {
-                topic: self.audit.clone(),
-                key: key.clone(),
-                value: untyped(&audit.to_json()),
-                schema: ValueSchema::TopicLatest,
-            },
-        ];
-        if let Some(schema) = review {
+        let mut out = Vec::with_capacity(3);
+        let copy = review.then(|| decision.clone());
+        out.push(Outgoing {
+            topic: self.decisions.clone(),
+            key: key.clone(),
+            value: DecisionOutput::Decision(decision),
+        });
+        out.push(Outgoing {
+            topic: self.audit.clone(),
+            key: key.clone(),
+            value: DecisionOutput::Audit(audit.record()),
+        });
+        if let Some(decision) = copy {
             out.push(Outgoing {
                 topic: self.review.clone(),
                 key,
-                value: untyped(decision),
-                schema: schema.clone(),
+                value: DecisionOutput::Decision(decision),
             });
         }
         out
@@ -184,6 +218,30 @@ mod tests {
         let schema =
             apache_avro::Schema::parse_str(include_str!("../../../schemas/audit_event.avsc"))
                 .expect("schema");
-        untyped(&a).resolve(&schema).expect("fits audit_event.avsc");
+        crate::avro::untyped(&a)
+            .resolve(&schema)
+            .expect("fits audit_event.avsc");
+    }
+
+    #[test]
+    fn the_typed_record_encodes_as_apache_avro_reads_it() {
+        let text = include_str!("../../../schemas/audit_event.avsc");
+        let fast: serde_avro_fast::Schema = text.parse().expect("schema");
+        let record = Audit::decision("svc", "6f1c8f7e-6c53-4a51-9a8e-1f3b2a9c0d11", "t", b"x")
+            .outcome("REVIEW")
+            .detail("source", "in/0@7")
+            .record();
+        let datum = serde_avro_fast::to_datum(
+            &record,
+            Vec::new(),
+            &mut serde_avro_fast::ser::SerializerConfig::new(&fast),
+        )
+        .expect("encodes");
+        let schema = apache_avro::Schema::parse_str(text).expect("schema");
+        let json = crate::avro::datum_to_json(&schema, &datum).expect("apache-avro reads it");
+        assert_eq!(json["action"], "DECISION");
+        assert_eq!(json["outcome"], "REVIEW");
+        assert_eq!(json["details"]["source"], "in/0@7");
+        assert_eq!(json["event_id"], "6f1c8f7e-6c53-4a51-9a8e-1f3b2a9c0d11");
     }
 }

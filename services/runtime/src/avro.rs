@@ -29,6 +29,16 @@ pub fn untyped(json: &Json) -> Value {
     }
 }
 
+/// An Avro datum (no framing) written with `schema`, as JSON: how tools and tests read what
+/// the engine's typed encoder wrote, with apache-avro.
+pub fn datum_to_json(schema: &Schema, datum: &[u8]) -> Result<Json, String> {
+    let value = apache_avro::reader::datum::GenericDatumReader::builder(schema)
+        .build()
+        .and_then(|r| r.read_value(&mut &datum[..]))
+        .map_err(|e| e.to_string())?;
+    Json::try_from(value).map_err(|e| e.to_string())
+}
+
 /// Checks a JSON object against a record schema field by field, so that the error names the
 /// field: a missing field without a default, a field whose value does not fit its type, or a
 /// field the schema does not have.

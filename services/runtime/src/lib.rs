@@ -32,3 +32,13 @@ pub fn now_ms() -> i64 {
         .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
         .unwrap_or(0)
 }
+
+/// A hash map with a fast hasher, for per-record lookups on the engine's hot path.
+pub type FastMap<K, V> = std::collections::HashMap<K, V, foldhash::fast::RandomState>;
+
+/// A 64-bit hash of `bytes` (fixed seed, so equal everywhere in the process): record keys
+/// reduced to what orders them.
+pub fn hash_of(bytes: &[u8]) -> u64 {
+    use std::hash::BuildHasher;
+    foldhash::fast::FixedState::default().hash_one(bytes)
+}

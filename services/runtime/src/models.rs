@@ -51,11 +51,11 @@ pub struct ModelInput {
     pub categorical: BTreeMap<String, Option<String>>,
 }
 
-/// A score with each feature's contribution to the log-odds.
+/// A score with each feature's contribution to the log-odds (by the model's field names).
 #[derive(Debug, Clone, PartialEq)]
-pub struct Scored {
+pub struct Scored<'m> {
     pub probability: f64,
-    pub contributions: Vec<(String, f64)>,
+    pub contributions: Vec<(&'m str, f64)>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -90,15 +90,24 @@ impl LogisticModel {
         Ok(model)
     }
 
-    pub fn score(&self, input: &ModelInput) -> Scored {
+    pub fn score(&self, input: &ModelInput) -> Scored<'_> {
+        self.score_with(
+            |field| input.numeric.get(field).copied().flatten(),
+            |field| input.categorical.get(field).and_then(Option::as_deref),
+        )
+    }
+
+    /// Scores values looked up by field name (`None` = missing), without building a
+    /// [`ModelInput`]: the form for a hot path.
+    pub fn score_with<'v>(
+        &self,
+        numeric: impl Fn(&str) -> Option<f64>,
+        categorical: impl Fn(&str) -> Option<&'v str>,
+    ) -> Scored<'_> {
         let mut contributions = Vec::with_capacity(self.numeric.len() + self.categorical.len());
         let mut z = self.intercept;
         for f in &self.numeric {
-            let raw = input
-                .numeric
-                .get(&f.field)
-                .copied()
-                .flatten()
+            let raw = numeric(&f.field)
                 .filter(|v| v.is_finite())
                 .unwrap_or(f.median);
             let x = match f.transform {
@@ -107,15 +116,14 @@ impl LogisticModel {
             };
             let c = f.coefficient * (x - f.mean) / f.std;
             z += c;
-            contributions.push((f.field.clone(), c));
+            contributions.push((f.field.as_str(), c));
         }
         for f in &self.categorical {
-            let value = input.categorical.get(&f.field).cloned().flatten();
-            let c = value
-                .and_then(|v| f.categories.get(&v).copied())
+            let c = categorical(&f.field)
+                .and_then(|v| f.categories.get(v).copied())
                 .unwrap_or(0.0);
             z += c;
-            contributions.push((f.field.clone(), c));
+            contributions.push((f.field.as_str(), c));
         }
         Scored {
             probability: 1.0 / (1.0 + (-z).exp()),
@@ -205,13 +213,17 @@ impl LogisticModel {
     }
 }
 
-/// Hex sha256 of `bytes`.
+/// Hex sha256 of `bytes` (lowercase).
 pub fn sha256_hex(bytes: &[u8]) -> String {
     use sha2::Digest;
-    sha2::Sha256::digest(bytes)
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let digest = sha2::Sha256::digest(bytes);
+    let mut out = String::with_capacity(64);
+    for b in digest {
+        out.push(char::from(HEX[usize::from(b >> 4)]));
+        out.push(char::from(HEX[usize::from(b & 0xf)]));
+    }
+    out
 }
 
 #[cfg(test)]
@@ -254,5 +266,13 @@ mod tests {
             assert!((by_row - model.score(&input).probability).abs() < 1e-12);
         }
         assert_eq!(model.sha256.len(), 64);
+    }
+
+    #[test]
+    fn sha256_is_lowercase_hex() {
+        assert_eq!(
+            sha256_hex(b"abc"),
+            "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
+        );
     }
 }

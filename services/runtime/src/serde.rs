@@ -1,12 +1,21 @@
-//! Avro in the Confluent wire format through `schema_registry_converter`, whose
-//! encoder and decoder cache schemas by subject and id.
+//! Avro in the Confluent wire format.
+//!
+//! - [`Codec`]: the engine's hot path. Values go straight between bytes and typed structs
+//!   (`serde_avro_fast`); writer schemas come from the registry by id and are kept, output
+//!   schemas by subject, fetched on first use. Nothing failed is kept: a schema registered
+//!   after a miss is found by the next record that needs it.
+//! - [`AvroSerde`]: JSON-shaped values for tools (CLI, gateway, tests) through
+//!   `schema_registry_converter`, whose encoder and decoder cache schemas by subject and id.
 
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use apache_avro::types::Value as Avro;
 use dashmap::DashMap;
 use schema_registry_converter::async_impl::avro::{AvroDecoder, AvroEncoder};
-use schema_registry_converter::async_impl::schema_registry::SrSettings;
+use schema_registry_converter::async_impl::schema_registry::{
+    SrSettings, get_schema_by_id, get_schema_by_subject,
+};
 use schema_registry_converter::error::SRCError;
 use schema_registry_converter::schema_registry_common::{
     SchemaType, SubjectNameStrategy, SuppliedSchema,
@@ -74,21 +83,7 @@ impl AvroSerde {
         schema: &ValueSchema,
         value: Avro,
     ) -> Result<Vec<u8>, ProcessError> {
-        let strategy = match schema {
-            ValueSchema::TopicLatest => {
-                SubjectNameStrategy::TopicNameStrategy(topic.to_string(), false)
-            }
-            ValueSchema::TopicRecord { fullname, schema } => {
-                SubjectNameStrategy::TopicRecordNameStrategyWithSchema(
-                    topic.to_string(),
-                    SuppliedSchema::new(
-                        Some(fullname.clone()),
-                        SchemaType::Avro,
-                        schema.to_string(),
-                    ),
-                )
-            }
-        };
+        let strategy = strategy(topic, schema);
         let subject = strategy
             .get_subject()
             .map_err(|e| ProcessError::Output(e.to_string()))?;
@@ -169,6 +164,143 @@ fn classify(e: &SRCError, what: &str, otherwise: fn(String) -> ProcessError) -> 
         ProcessError::Registry(text)
     } else {
         otherwise(text)
+    }
+}
+
+/// How long a schema id the registry said it does not know is answered from memory before
+/// the registry is asked again (bounds the lookups a flood of such records makes).
+const UNKNOWN_ID_TTL: Duration = Duration::from_secs(5);
+
+/// Typed Avro in the Confluent wire format, for the engine's records.
+pub struct Codec {
+    registry: SrSettings,
+    /// Writer schemas by id (what the records read were written with).
+    readers: DashMap<u32, Arc<serde_avro_fast::Schema>>,
+    /// Ids the registry said it does not know, and when it said so.
+    unknown: DashMap<u32, Instant>,
+}
+
+/// An output subject's schema and id: encodes values into the wire format.
+pub struct Writer {
+    subject: String,
+    header: [u8; 5],
+    schema: serde_avro_fast::Schema,
+}
+
+impl Codec {
+    pub fn new(registry_url: &str) -> Self {
+        Self {
+            registry: SrSettings::new(registry_url.to_string()),
+            readers: DashMap::new(),
+            unknown: DashMap::new(),
+        }
+    }
+
+    /// Decodes a Confluent-framed Avro value into `T` (fields by name, so any writer schema
+    /// that carries `T`'s fields decodes; missing optional fields are `None`).
+    pub async fn decode<T: serde::de::DeserializeOwned>(
+        &self,
+        bytes: Option<&[u8]>,
+    ) -> Result<T, ProcessError> {
+        let Some(bytes) = bytes else {
+            return Err(ProcessError::Decode("record has no value".into()));
+        };
+        let (Some(id), Some(datum)) = (schema_id(bytes), bytes.get(5..)) else {
+            return Err(ProcessError::Decode(
+                "not in the Confluent wire format (magic byte 0 + schema id)".into(),
+            ));
+        };
+        let schema = match self.readers.get(&id) {
+            Some(s) => s.clone(),
+            None => self.reader(id).await?,
+        };
+        serde_avro_fast::from_datum_slice(datum, &schema)
+            .map_err(|e| ProcessError::Decode(format!("schema id {id}: {e}")))
+    }
+
+    async fn reader(&self, id: u32) -> Result<Arc<serde_avro_fast::Schema>, ProcessError> {
+        let what = format!("schema id {id}");
+        if self
+            .unknown
+            .get(&id)
+            .is_some_and(|at| at.elapsed() < UNKNOWN_ID_TTL)
+        {
+            return Err(ProcessError::UnknownSchema(format!(
+                "{what}: the registry does not know it"
+            )));
+        }
+        let registered = get_schema_by_id(id, &self.registry).await.map_err(|e| {
+            let error = classify(&e, &what, ProcessError::Decode);
+            if matches!(error, ProcessError::UnknownSchema(_)) {
+                self.unknown.insert(id, Instant::now());
+            }
+            error
+        })?;
+        self.unknown.remove(&id);
+        let schema: serde_avro_fast::Schema = registered.schema.parse().map_err(|e| {
+            ProcessError::Decode(format!("{what} is not a usable Avro schema: {e}"))
+        })?;
+        let schema = Arc::new(schema);
+        self.readers.insert(id, schema.clone());
+        Ok(schema)
+    }
+
+    /// The writer of `topic`'s values: the latest `<topic>-value`, or the record schema
+    /// registered under `<topic>-<fullname>`.
+    pub async fn writer(&self, topic: &str, schema: &ValueSchema) -> Result<Writer, ProcessError> {
+        let strategy = strategy(topic, schema);
+        let subject = strategy
+            .get_subject()
+            .map_err(|e| ProcessError::Output(e.to_string()))?;
+        let registered = get_schema_by_subject(&self.registry, &strategy)
+            .await
+            .map_err(|e| classify(&e, &format!("schema for {subject}"), ProcessError::Output))?;
+        let parsed = registered.schema.parse().map_err(|e| {
+            ProcessError::Output(format!("{subject} is not a usable Avro schema: {e}"))
+        })?;
+        let mut header = [0; 5];
+        let [_, id @ ..] = &mut header;
+        *id = registered.id.to_be_bytes();
+        Ok(Writer {
+            subject,
+            header,
+            schema: parsed,
+        })
+    }
+}
+
+impl std::fmt::Debug for Writer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let [_, id @ ..] = self.header;
+        f.debug_struct("Writer")
+            .field("subject", &self.subject)
+            .field("id", &u32::from_be_bytes(id))
+            .finish_non_exhaustive()
+    }
+}
+
+impl Writer {
+    /// `value` in the wire format: magic byte, schema id, Avro datum.
+    pub fn encode<T: serde::Serialize>(&self, value: &T) -> Result<Vec<u8>, ProcessError> {
+        let mut config = serde_avro_fast::ser::SerializerConfig::new(&self.schema);
+        let mut out = Vec::with_capacity(256);
+        out.extend_from_slice(&self.header);
+        serde_avro_fast::to_datum(value, out, &mut config)
+            .map_err(|e| ProcessError::Output(format!("output does not fit {}: {e}", self.subject)))
+    }
+}
+
+fn strategy(topic: &str, schema: &ValueSchema) -> SubjectNameStrategy {
+    match schema {
+        ValueSchema::TopicLatest => {
+            SubjectNameStrategy::TopicNameStrategy(topic.to_string(), false)
+        }
+        ValueSchema::TopicRecord { fullname, schema } => {
+            SubjectNameStrategy::TopicRecordNameStrategyWithSchema(
+                topic.to_string(),
+                SuppliedSchema::new(Some(fullname.clone()), SchemaType::Avro, schema.to_string()),
+            )
+        }
     }
 }
 

@@ -14,6 +14,15 @@ use tracing_subscriber::util::SubscriberInitExt;
 
 use crate::headers::HeaderMap;
 
+/// Set once spans are exported (an OTLP endpoint is configured).
+static EXPORTING: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Whether spans are exported: the engine then traces every record, not only the records
+/// that carry a trace of their own (`traceparent`).
+pub fn exporting() -> bool {
+    EXPORTING.load(std::sync::atomic::Ordering::Relaxed)
+}
+
 fn filter() -> EnvFilter {
     EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"))
 }
@@ -57,6 +66,7 @@ pub fn init_tracing(service: &str, otlp_endpoint: Option<&str>) -> Result<Teleme
             .build()
             .map_err(|e| format!("OTLP exporter for {endpoint}: {e}"))?;
         builder = builder.with_batch_exporter(exporter);
+        EXPORTING.store(true, std::sync::atomic::Ordering::Relaxed);
     }
     let provider = builder.build();
     let layer = tracing_opentelemetry::layer().with_tracer(provider.tracer(service.to_string()));
@@ -97,4 +107,15 @@ pub fn continue_trace(span: &tracing::Span, headers: &HeaderMap) {
 /// Writes `span`'s trace context into `headers` as `traceparent`.
 pub fn inject_trace(span: &tracing::Span, headers: &mut HeaderMap) {
     TraceContextPropagator::new().inject_context(&span.context(), headers);
+}
+
+/// A `traceparent` that starts a new trace here (random trace and span ids, sampled), for
+/// outputs of a record that came without one when spans are not exported: downstream hops
+/// still share one trace per record, without a span being built for it here.
+pub fn root_traceparent() -> String {
+    use rand::Rng;
+    let mut rng = rand::rng();
+    let trace: u128 = rng.random_range(1..=u128::MAX);
+    let span: u64 = rng.random_range(1..=u64::MAX);
+    format!("00-{trace:032x}-{span:016x}-01")
 }

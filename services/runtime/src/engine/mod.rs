@@ -17,6 +17,7 @@
 //! the drain deadline, stragglers are aborted, and what is done is committed; a failed
 //! commit is offered again until the broker confirms it.
 
+mod output;
 mod rebalance;
 pub mod routing;
 mod runner;
@@ -25,63 +26,128 @@ mod worker;
 
 use std::collections::BTreeMap;
 use std::future::Future;
+use std::sync::Arc;
 
-use apache_avro::types::Value as Avro;
+use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
-use serde_json::Value as Json;
 
 use crate::error::ProcessError;
 use crate::guard::GuardSettings;
-use crate::headers::HeaderMap;
 use crate::kafka::KafkaError;
-use crate::serde::ValueSchema;
+use crate::serde::{Codec, ValueSchema, Writer};
 use crate::settings::SettingsError;
 use crate::topology::{RetryStep, Service};
 
 pub use runner::run;
 
-/// A decoded input record.
-#[derive(Debug, Clone)]
-pub struct Incoming {
-    pub topic: String,
+/// An input record, its value decoded into the processor's type.
+#[derive(Debug)]
+pub struct Incoming<'a, T> {
+    pub topic: &'a str,
     pub partition: i32,
     pub offset: i64,
     pub timestamp_ms: Option<i64>,
-    pub key: Option<String>,
-    /// The value as JSON (decoded with its writer schema).
-    pub value: Json,
-    pub headers: HeaderMap,
+    /// The key as text (keys are UTF-8; other bytes are replaced).
+    pub key: Option<&'a str>,
+    pub value: T,
+    /// The value's bytes as they arrived (Confluent-framed Avro), e.g. to hash for the audit.
+    pub raw: &'a [u8],
     /// 1 for a record from the input topic, n for its n-th attempt from a retry topic.
     pub attempt: u32,
 }
 
-/// A topic the topology lets this service write. Only [`Route::output`] makes one, so a
-/// service can write nowhere else, and asking for an output the topology does not list fails
-/// at start-up.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub struct OutputTopic(String);
+/// A topic the topology lets this service write, and the schema its values are written
+/// with. Only [`Route::output`] makes one, so a service can write nowhere else, and asking for
+/// an output the topology does not list fails at start-up. The schema is fetched from the
+/// registry when the first record is written (and again after a failed fetch).
+#[derive(Debug, Clone)]
+pub struct OutputTopic(Arc<OutputSlot>);
 
-impl OutputTopic {
-    pub fn name(&self) -> &str {
-        &self.0
+#[derive(Debug)]
+struct OutputSlot {
+    name: String,
+    schema: ValueSchema,
+    writer: tokio::sync::OnceCell<Writer>,
+    /// `verdict_records_out_total` of this topic, looked up once.
+    records_out: std::sync::OnceLock<prometheus_client::metrics::counter::Counter>,
+}
+
+impl PartialEq for OutputTopic {
+    fn eq(&self, other: &Self) -> bool {
+        self.0.name == other.0.name && self.0.schema == other.0.schema
     }
 }
 
-/// An output record; the engine encodes it with the topic's schema.
+impl Eq for OutputTopic {}
+
+impl OutputTopic {
+    fn new(name: &str, schema: ValueSchema) -> Self {
+        Self(Arc::new(OutputSlot {
+            name: name.to_string(),
+            schema,
+            writer: tokio::sync::OnceCell::new(),
+            records_out: std::sync::OnceLock::new(),
+        }))
+    }
+
+    pub(crate) fn records_out(
+        &self,
+        metrics: &crate::metrics::Metrics,
+    ) -> &prometheus_client::metrics::counter::Counter {
+        self.0.records_out.get_or_init(|| {
+            metrics
+                .records_out
+                .get_or_create(&crate::metrics::TopicLabel {
+                    topic: self.0.name.clone(),
+                })
+                .clone()
+        })
+    }
+
+    pub fn name(&self) -> &str {
+        &self.0.name
+    }
+
+    /// The same topic written with `schema` (a topic such as `review` carries several record
+    /// types, each under its own `<topic>-<record>` subject).
+    pub fn with_schema(&self, schema: ValueSchema) -> Self {
+        Self::new(&self.0.name, schema)
+    }
+
+    /// `value` encoded for this topic.
+    pub(crate) async fn encode<T: Serialize>(
+        &self,
+        codec: &Codec,
+        value: &T,
+    ) -> Result<Vec<u8>, ProcessError> {
+        let writer = self
+            .0
+            .writer
+            .get_or_try_init(|| codec.writer(&self.0.name, &self.0.schema))
+            .await?;
+        writer.encode(value)
+    }
+}
+
+/// An output record; the engine encodes it with its topic's schema.
 #[derive(Debug, Clone)]
-pub struct Outgoing {
+pub struct Outgoing<T> {
     pub topic: OutputTopic,
     pub key: Option<String>,
-    pub value: Avro,
-    pub schema: ValueSchema,
+    pub value: T,
 }
 
 /// What a service does with one record.
 pub trait Processor: Send + Sync + 'static {
+    /// The input's value, decoded straight from its Avro bytes by field name.
+    type Input: DeserializeOwned + Send + Sync;
+    /// The values written (an enum with `#[serde(untagged)]` when they differ by topic).
+    type Output: Serialize + Send + Sync;
+
     fn process(
         &self,
-        input: &Incoming,
-    ) -> impl Future<Output = Result<Vec<Outgoing>, ProcessError>> + Send;
+        input: Incoming<'_, Self::Input>,
+    ) -> impl Future<Output = Result<Vec<Outgoing<Self::Output>>, ProcessError>> + Send;
 }
 
 /// Where a service reads and writes, from the topology.
@@ -115,7 +181,7 @@ impl Route {
     pub fn output(&self, role: &str) -> Result<OutputTopic, String> {
         self.outputs
             .get(role)
-            .map(|t| OutputTopic(t.clone()))
+            .map(|t| OutputTopic::new(t, ValueSchema::TopicLatest))
             .ok_or_else(|| {
                 format!(
                     "topology: [services.{}].outputs has no `{role}` (it lists: {})",
@@ -142,12 +208,39 @@ pub struct DecisionTopics {
 }
 
 impl DecisionTopics {
-    pub fn from_route(route: &Route) -> Result<Self, String> {
+    /// The topology's outputs of `route`; the review topic carries the decision under
+    /// `review` (a `<topic>-<record>` subject, since that topic holds several record types).
+    pub fn from_route(route: &Route, review: ValueSchema) -> Result<Self, String> {
         Ok(Self {
             decisions: route.output("decisions")?,
             audit: route.output("audit")?,
-            review: route.output("review")?,
+            review: route.output("review")?.with_schema(review),
         })
+    }
+}
+
+/// What keeps records of a partition in order while others of it run concurrently.
+#[derive(Clone, Copy, Debug, Default, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum Ordering {
+    /// Records with the same key run one after another, in offset order; records with other
+    /// keys run concurrently (key-ordered parallelism). Keyless records run concurrently.
+    #[default]
+    Key,
+    /// One record of a partition at a time, in offset order (what a plain consumer loop does).
+    Partition,
+    /// No order: every record starts when it arrives, within the in-flight bounds.
+    None,
+}
+
+impl Ordering {
+    /// What orders a record with `key` (see [`state::Rec::order`]).
+    pub(crate) fn order(self, key: Option<&[u8]>) -> Option<u64> {
+        match self {
+            Ordering::Key => key.map(crate::hash_of),
+            Ordering::Partition => Some(0),
+            Ordering::None => None,
+        }
     }
 }
 
@@ -164,6 +257,8 @@ pub enum GroupProtocol {
 #[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct EngineSettings {
+    /// Which records of a partition wait for which (`key`, `partition` or `none`).
+    pub ordering: Ordering,
     /// Records running per partition before it is paused.
     pub max_inflight_per_partition: usize,
     /// Records running in all before every partition is paused.
@@ -190,6 +285,7 @@ pub struct EngineSettings {
 impl Default for EngineSettings {
     fn default() -> Self {
         Self {
+            ordering: Ordering::Key,
             max_inflight_per_partition: 1000,
             max_inflight: 8000,
             max_inflight_bytes: 256 << 20,
@@ -277,8 +373,12 @@ mod tests {
             dead_letter_topic: "in.dlq".into(),
             outputs: BTreeMap::from([("decisions".to_string(), "out".to_string())]),
         };
-        assert_eq!(route.output("decisions").map(|t| t.0), Ok("out".into()));
-        let err = DecisionTopics::from_route(&route).expect_err("no audit");
+        assert_eq!(
+            route.output("decisions").map(|t| t.name().to_string()),
+            Ok("out".into())
+        );
+        let err =
+            DecisionTopics::from_route(&route, ValueSchema::TopicLatest).expect_err("no audit");
         assert!(
             err.contains("[services.svc].outputs has no `audit`"),
             "{err}"

@@ -2,6 +2,12 @@
 //! loop that owns everything ([`super::runner`]) and wait for its answer, as Vector's Kafka
 //! source does. They run on the polling thread, inside `poll`, so waiting here holds the
 //! rebalance until the loop has drained and said what to commit.
+//!
+//! The polling thread hands records over in batches, gathered here: a callback sends the
+//! records polled before it first, so the loop sees records and rebalances in the order
+//! librdkafka delivered them.
+
+use std::sync::{Mutex, PoisonError};
 
 use rdkafka::client::ClientContext;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance};
@@ -12,8 +18,8 @@ use super::state::Tp;
 
 /// What the polling thread tells the loop.
 pub(crate) enum Event {
-    /// A record (already detached from the client's buffers).
-    Record(rdkafka::message::OwnedMessage),
+    /// Records, in the order they were polled (already detached from the client's buffers).
+    Records(Vec<rdkafka::message::OwnedMessage>),
     /// Partitions assigned (and resumed at the client).
     Assigned(Vec<Tp>),
     /// Partitions being revoked; the loop answers with the positions to commit once it has
@@ -30,6 +36,41 @@ pub(crate) enum Event {
 
 pub(crate) struct EngineContext {
     pub(crate) events: mpsc::Sender<Event>,
+    /// Records polled and not yet sent, with their bytes.
+    batch: Mutex<(Vec<rdkafka::message::OwnedMessage>, usize)>,
+}
+
+/// A batch is sent when it holds this many records or bytes (or the poll comes up empty).
+const BATCH_RECORDS: usize = 512;
+const BATCH_BYTES: usize = 1 << 20;
+
+impl EngineContext {
+    pub(crate) fn new(events: mpsc::Sender<Event>) -> Self {
+        Self {
+            events,
+            batch: Mutex::new((Vec::new(), 0)),
+        }
+    }
+
+    /// Adds a polled record to the batch; true when the batch is full.
+    pub(crate) fn gather(&self, msg: rdkafka::message::OwnedMessage) -> bool {
+        use rdkafka::message::Message;
+        let mut batch = self.batch.lock().unwrap_or_else(PoisonError::into_inner);
+        batch.1 += msg.payload().map_or(0, <[u8]>::len) + msg.key().map_or(0, <[u8]>::len);
+        batch.0.push(msg);
+        batch.0.len() >= BATCH_RECORDS || batch.1 >= BATCH_BYTES
+    }
+
+    /// Sends the batch gathered so far (waiting while the loop is behind); false when the
+    /// loop is gone.
+    pub(crate) fn flush(&self) -> bool {
+        let records = {
+            let mut batch = self.batch.lock().unwrap_or_else(PoisonError::into_inner);
+            batch.1 = 0;
+            std::mem::take(&mut batch.0)
+        };
+        records.is_empty() || self.events.blocking_send(Event::Records(records)).is_ok()
+    }
 }
 
 impl ClientContext for EngineContext {}
@@ -37,7 +78,7 @@ impl ClientContext for EngineContext {}
 fn tps_of(tpl: &TopicPartitionList) -> Vec<Tp> {
     tpl.elements()
         .iter()
-        .map(|e| (e.topic().to_string(), e.partition()))
+        .map(|e| (e.topic().into(), e.partition()))
         .collect()
 }
 
@@ -45,6 +86,7 @@ impl ConsumerContext for EngineContext {
     fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
         match rebalance {
             Rebalance::Revoke(tpl) => {
+                self.flush();
                 let tps = tps_of(tpl);
                 let lost = consumer.assignment_lost();
                 let (reply, answer) = oneshot::channel();
@@ -99,6 +141,7 @@ impl ConsumerContext for EngineContext {
             }
             let tps = tps_of(tpl);
             tracing::info!(partitions = ?tps, "assigned");
+            self.flush();
             let _ = self.events.blocking_send(Event::Assigned(tps));
         }
     }

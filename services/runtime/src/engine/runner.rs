@@ -5,40 +5,52 @@
 //! answers with as tasks, applies pause/resume, commits, and, on a revocation, drains the
 //! partitions before it answers the waiting callback with what to commit.
 
-use std::collections::{HashMap, HashSet};
 use std::future::Future;
+use std::panic::AssertUnwindSafe;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
+use futures::stream::FuturesUnordered;
+use futures::{FutureExt, StreamExt};
+use prometheus_client::metrics::counter::Counter;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
 use rdkafka::message::{Message, OwnedMessage};
 use rdkafka::{Offset, TopicPartitionList};
 use tokio::sync::{mpsc, oneshot};
-use tokio::task::{AbortHandle, Id, JoinError, JoinSet};
+use tokio::task::JoinError;
+use tokio_util::sync::CancellationToken;
 
+use super::output::Output;
 use super::rebalance::{EngineContext, Event};
 use super::state::{Limits, Rec, Start, State, Tp};
-use super::worker::{Outcome, Worker};
+use super::worker::{Outcome, Worker, panic_message};
 use super::{EngineError, EngineSettings, GroupProtocol, Processor, Route};
 use crate::guard::DeadLetterGuard;
 use crate::headers::HeaderMap;
 use crate::kafka::KafkaSettings;
 use crate::metrics::{ErrorLabel, Metrics, OutcomeLabel, PartitionLabel, TopicLabel};
-use crate::now_ms;
-use crate::serde::AvroSerde;
+use crate::serde::Codec;
+use crate::{FastMap, now_ms};
 
 type Consumer_ = BaseConsumer<EngineContext>;
 
-/// A running record's identity, to finish it in the state when its task ends.
-struct Running {
+/// A record's task: it runs in the loop's own task (no task per record), and ends with what
+/// the state needs to finish it.
+type RecordTask = Pin<Box<dyn Future<Output = Done> + Send>>;
+type Tasks = FuturesUnordered<RecordTask>;
+
+/// A record's end: its identity in the state, and how it ended (`None`: aborted at a revoke
+/// or shutdown, so not done).
+struct Done {
     tp: Tp,
     epoch: u64,
     offset: i64,
-    key: Option<String>,
+    order: Option<u64>,
     bytes: usize,
-    started: Instant,
-    abort: AbortHandle,
+    received: Instant,
+    outcome: Option<Outcome>,
 }
 
 type CommitResult = (Vec<(Tp, u64, i64)>, Result<(), String>);
@@ -53,9 +65,9 @@ pub async fn run<P: Processor>(
     metrics: Arc<Metrics>,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), EngineError> {
-    // Small: records in this channel are already fetched, so they escape pausing until the
-    // state parks them.
-    let (tx, mut events) = mpsc::channel(256);
+    // Few: batches in this channel are already fetched, so they escape pausing until the
+    // state parks them (a batch is at most 512 records or 1 MiB).
+    let (tx, mut events) = mpsc::channel(4);
     let consumer = Arc::new(consumer(kafka, &route, settings, tx)?);
     consumer.subscribe(&route.subscriptions())?;
     tracing::info!(
@@ -63,27 +75,57 @@ pub async fn run<P: Processor>(
         group = %route.group,
         topics = ?route.subscriptions(),
         protocol = ?settings.group_protocol,
+        ordering = ?settings.ordering,
         "consuming"
     );
     let stop = Arc::new(AtomicBool::new(false));
-    let poller = spawn_poller(consumer.clone(), events_sender(&consumer), stop.clone())?;
+    let poller = spawn_poller(consumer.clone(), stop.clone())?;
     let worker = Arc::new(Worker {
         processor,
-        serde: AvroSerde::new(registry_url),
-        producer: kafka.producer()?,
+        codec: Codec::new(registry_url),
+        output: Output::new(kafka)?,
         route: route.clone(),
         metrics: metrics.clone(),
     });
+    let outcome = |label: &str| {
+        metrics
+            .processed
+            .get_or_create(&OutcomeLabel {
+                outcome: label.into(),
+            })
+            .clone()
+    };
     let mut engine = Loop {
         state: State::new(Limits {
             per_partition: settings.max_inflight_per_partition,
             total: settings.max_inflight,
             bytes: settings.max_inflight_bytes,
         }),
-        retry_topics: route.retry.iter().map(|r| r.topic.clone()).collect(),
+        topics: route
+            .subscriptions()
+            .into_iter()
+            .enumerate()
+            .map(|(i, topic)| Topic {
+                name: topic.into(),
+                retry: i > 0,
+                records_in: metrics
+                    .records_in
+                    .get_or_create(&TopicLabel {
+                        topic: topic.to_string(),
+                    })
+                    .clone(),
+            })
+            .collect(),
+        outcomes: [
+            outcome("processed"),
+            outcome("retried"),
+            outcome("dead_lettered"),
+            outcome("fatal"),
+        ],
+        ordering: settings.ordering,
+        tokens: FastMap::default(),
         worker,
         consumer,
-        running: HashMap::new(),
         guard: DeadLetterGuard::new(settings.guard.clone()),
         metrics: metrics.clone(),
         drain: Duration::from_millis(settings.drain_timeout_ms),
@@ -92,29 +134,43 @@ pub async fn run<P: Processor>(
         stopping: false,
         route,
     };
-    let mut tasks: JoinSet<Outcome> = JoinSet::new();
+    let mut tasks = Tasks::new();
     let mut commit: Option<tokio::task::JoinHandle<CommitResult>> = None;
     let mut last_commit = Instant::now();
-    tokio::pin!(shutdown);
+    let mut wake_at = engine.next_wake(last_commit);
+    let wake = tokio::time::sleep_until(wake_at.into());
+    tokio::pin!(shutdown, wake);
 
     let result = loop {
         if let Some(fatal) = engine.fatal.clone() {
             break Err(EngineError::Fatal(fatal));
         }
         for start in engine.state.release_due(now_ms()) {
-            engine.start(&mut tasks, start);
+            engine.start(&mut tasks, start, Instant::now());
         }
         engine.apply_flow();
+        engine
+            .metrics
+            .inflight
+            .set(i64::try_from(engine.state.running()).unwrap_or(i64::MAX));
         if commit.is_none() && last_commit.elapsed() >= engine.commit_every {
             commit = engine.start_commit();
             last_commit = Instant::now();
         }
-        let wake = engine.next_wake(last_commit);
+        let next = engine.next_wake(last_commit);
+        if next != wake_at {
+            wake_at = next;
+            wake.as_mut().reset(next.into());
+        }
         tokio::select! {
             biased;
             () = &mut shutdown => break Ok(()),
-            done = tasks.join_next_with_id(), if !tasks.is_empty() => {
+            done = tasks.next(), if !tasks.is_empty() => {
                 if let Some(done) = done {
+                    engine.on_done(&mut tasks, done);
+                }
+                // Everything else that is done, in one go.
+                while let Some(Some(done)) = tasks.next().now_or_never() {
                     engine.on_done(&mut tasks, done);
                 }
             }
@@ -123,10 +179,15 @@ pub async fn run<P: Processor>(
                 engine.on_commit(finished);
             }
             event = events.recv() => match event {
-                Some(event) => engine.on_event(&mut tasks, event).await,
+                Some(event) => {
+                    engine.on_event(&mut tasks, event).await;
+                    while let Ok(event) = events.try_recv() {
+                        engine.on_event(&mut tasks, event).await;
+                    }
+                }
                 None => break Err(EngineError::Fatal("the consumer's polling thread stopped".into())),
             },
-            () = tokio::time::sleep_until(wake.into()) => {}
+            () = &mut wake => {}
         }
     };
 
@@ -141,7 +202,7 @@ pub async fn run<P: Processor>(
         };
     while !tasks.is_empty() && Instant::now() < deadline {
         tokio::select! {
-            done = tasks.join_next_with_id() => if let Some(done) = done { engine.on_done(&mut tasks, done) },
+            done = tasks.next() => if let Some(done) = done { engine.on_done(&mut tasks, done) },
             event = events.recv() => match event {
                 Some(Event::Revoked { tps, lost, reply }) => engine.revoke(&mut tasks, tps, lost, reply, Duration::ZERO).await,
                 Some(_) => {}
@@ -220,50 +281,68 @@ fn consumer(
         config.set("group.instance.id", &settings.group_instance_id);
     }
     kafka.apply_properties(&mut config);
-    Ok(config.create_with_context(EngineContext { events })?)
+    Ok(config.create_with_context(EngineContext::new(events))?)
 }
 
-fn events_sender(consumer: &Consumer_) -> mpsc::Sender<Event> {
-    consumer.context().events.clone()
-}
-
-/// The thread that polls the consumer: records, and the rebalance callbacks, which run
-/// inside `poll`.
+/// The thread that polls the consumer: records, gathered into batches, and the rebalance
+/// callbacks, which run inside `poll`.
 fn spawn_poller(
     consumer: Arc<Consumer_>,
-    events: mpsc::Sender<Event>,
     stop: Arc<AtomicBool>,
 ) -> Result<std::thread::JoinHandle<()>, EngineError> {
     std::thread::Builder::new()
         .name("kafka-poll".into())
         .spawn(move || {
+            let context = consumer.context();
+            let mut timeout = Duration::from_millis(100);
             while !stop.load(Ordering::Relaxed) {
-                match consumer.poll(Duration::from_millis(100)) {
-                    Some(Ok(m)) if events.blocking_send(Event::Record(m.detach())).is_err() => {
-                        break;
+                match consumer.poll(timeout) {
+                    Some(Ok(m)) => {
+                        // More may be waiting: take them without blocking, up to a batch.
+                        timeout = Duration::ZERO;
+                        if context.gather(m.detach()) && !context.flush() {
+                            break;
+                        }
+                        continue;
                     }
-                    Some(Ok(_)) | None => {}
-                    Some(Err(e)) => match consumer.client().fatal_error() {
-                        Some((code, reason)) => {
-                            let _ = events.blocking_send(Event::Fatal(format!(
+                    Some(Err(e)) => {
+                        if let Some((code, reason)) = consumer.client().fatal_error() {
+                            let _ = context.flush();
+                            let _ = context.events.blocking_send(Event::Fatal(format!(
                                 "the Kafka client failed fatally ({code}): {reason}"
                             )));
                             break;
                         }
-                        None => tracing::warn!(error = %e, "consumer error"),
-                    },
+                        tracing::warn!(error = %e, "consumer error");
+                    }
+                    None => {}
+                }
+                timeout = Duration::from_millis(100);
+                if !context.flush() {
+                    break;
                 }
             }
         })
         .map_err(|e| EngineError::Fatal(format!("cannot start the polling thread: {e}")))
 }
 
+/// A topic the engine reads: the input first, then its retry topics.
+struct Topic {
+    name: Arc<str>,
+    retry: bool,
+    records_in: Counter,
+}
+
 struct Loop<P> {
     state: State<OwnedMessage>,
-    retry_topics: HashSet<String>,
+    topics: Vec<Topic>,
+    /// `verdict_records_processed_total` by outcome: processed, retried, dead-lettered, fatal.
+    outcomes: [Counter; 4],
+    ordering: super::Ordering,
+    /// Cancels the records still running in a partition when its revoke's drain runs out.
+    tokens: FastMap<Tp, CancellationToken>,
     worker: Arc<Worker<P>>,
     consumer: Arc<Consumer_>,
-    running: HashMap<Id, Running>,
     guard: DeadLetterGuard,
     metrics: Arc<Metrics>,
     drain: Duration,
@@ -275,62 +354,79 @@ struct Loop<P> {
 }
 
 impl<P: Processor> Loop<P> {
-    fn start(&mut self, tasks: &mut JoinSet<Outcome>, start: Start<OwnedMessage>) {
+    /// Starts a record as a task of the loop; `received` is when its batch arrived.
+    fn start(&mut self, tasks: &mut Tasks, start: Start<OwnedMessage>, received: Instant) {
         if self.stopping {
             return;
         }
         let Start { rec, epoch } = start;
+        let Rec {
+            tp,
+            offset,
+            order,
+            bytes,
+            payload,
+            ..
+        } = rec;
+        let token = self.tokens.entry(tp.clone()).or_default().clone();
         let worker = self.worker.clone();
-        let msg = rec.payload;
-        let abort = tasks.spawn(async move { worker.handle(&msg).await });
-        self.metrics.inflight.inc();
-        self.running.insert(
-            abort.id(),
-            Running {
-                tp: rec.tp,
+        tasks.push(Box::pin(async move {
+            let work = AssertUnwindSafe(worker.handle(&payload)).catch_unwind();
+            let outcome = tokio::select! {
+                biased;
+                outcome = work => Some(outcome.unwrap_or_else(|panic| {
+                    Outcome::Fatal(format!("a record's task failed: {}", panic_message(panic.as_ref())))
+                })),
+                () = token.cancelled() => None,
+            };
+            Done {
+                tp,
                 epoch,
-                offset: rec.offset,
-                key: rec.key,
-                bytes: rec.bytes,
-                started: Instant::now(),
-                abort,
-            },
-        );
+                offset,
+                order,
+                bytes,
+                received,
+                outcome,
+            }
+        }));
     }
 
-    async fn on_event(&mut self, tasks: &mut JoinSet<Outcome>, event: Event) {
+    async fn on_event(&mut self, tasks: &mut Tasks, event: Event) {
         match event {
-            Event::Record(msg) => {
-                self.metrics
-                    .records_in
-                    .get_or_create(&TopicLabel {
-                        topic: msg.topic().to_string(),
-                    })
-                    .inc();
-                let retry = self.retry_topics.contains(msg.topic());
-                let not_before_ms = retry
-                    .then(|| {
-                        HeaderMap::from_kafka(msg.headers().map(|h| h.as_borrowed()))
-                            .not_before_ms()
-                    })
-                    .flatten();
-                let rec = Rec {
-                    tp: (msg.topic().to_string(), msg.partition()),
-                    offset: msg.offset(),
-                    key: msg.key().map(|k| String::from_utf8_lossy(k).into_owned()),
-                    bytes: msg.payload().map_or(0, <[u8]>::len) + msg.key().map_or(0, <[u8]>::len),
-                    not_before_ms,
-                    payload: msg,
-                };
-                if let Some(start) = self.state.receive(rec, now_ms()) {
-                    self.start(tasks, start);
+            Event::Records(batch) => {
+                let (now, received) = (now_ms(), Instant::now());
+                for msg in batch {
+                    let Some(topic) = self.topics.iter().find(|t| *t.name == *msg.topic()) else {
+                        continue;
+                    };
+                    topic.records_in.inc();
+                    let not_before_ms = topic
+                        .retry
+                        .then(|| {
+                            HeaderMap::from_kafka(msg.headers().map(|h| h.as_borrowed()))
+                                .not_before_ms()
+                        })
+                        .flatten();
+                    let rec = Rec {
+                        tp: (topic.name.clone(), msg.partition()),
+                        offset: msg.offset(),
+                        order: self.ordering.order(msg.key()),
+                        bytes: msg.payload().map_or(0, <[u8]>::len)
+                            + msg.key().map_or(0, <[u8]>::len),
+                        not_before_ms,
+                        payload: msg,
+                    };
+                    if let Some(start) = self.state.receive(rec, now) {
+                        self.start(tasks, start, received);
+                    }
                 }
             }
             Event::Assigned(tps) => {
                 let tps: Vec<(Tp, bool)> = tps
                     .into_iter()
                     .map(|tp| {
-                        let retry = self.retry_topics.contains(&tp.0);
+                        let retry = self.topics.iter().any(|t| t.retry && t.name == tp.0);
+                        self.tokens.insert(tp.clone(), CancellationToken::new());
                         (tp, retry)
                     })
                     .collect();
@@ -352,7 +448,7 @@ impl<P: Processor> Loop<P> {
     /// answers the waiting callback with the positions to commit.
     async fn revoke(
         &mut self,
-        tasks: &mut JoinSet<Outcome>,
+        tasks: &mut Tasks,
         tps: Vec<Tp>,
         lost: bool,
         reply: oneshot::Sender<Vec<(Tp, i64)>>,
@@ -362,77 +458,67 @@ impl<P: Processor> Loop<P> {
         let deadline = Instant::now() + if lost { Duration::ZERO } else { drain };
         while self.state.running_in(&tps) > 0 && Instant::now() < deadline {
             tokio::select! {
-                done = tasks.join_next_with_id() => match done {
+                done = tasks.next() => match done {
                     Some(done) => self.on_done(tasks, done),
                     None => break,
                 },
                 () = tokio::time::sleep_until(deadline.into()) => break,
             }
         }
-        let stragglers: Vec<&Running> = self
-            .running
-            .values()
-            .filter(|r| tps.contains(&r.tp))
-            .collect();
-        if !stragglers.is_empty() {
+        let stragglers = self.state.running_in(&tps);
+        if stragglers > 0 {
             tracing::warn!(
-                abandoned = stragglers.len(),
+                abandoned = stragglers,
                 "records of revoked partitions not done in time: aborted; they will be read again"
             );
-            stragglers.iter().for_each(|r| r.abort.abort());
-            while self.running.values().any(|r| tps.contains(&r.tp)) {
-                match tasks.join_next_with_id().await {
+            for tp in &tps {
+                if let Some(token) = self.tokens.get(tp) {
+                    token.cancel();
+                }
+            }
+            while self.state.running_in(&tps) > 0 {
+                match tasks.next().await {
                     Some(done) => self.on_done(tasks, done),
                     None => break,
                 }
             }
+        }
+        for tp in &tps {
+            self.tokens.remove(tp);
         }
         let positions = self.state.finish_revoke(&tps);
         self.report_assignment();
         for (topic, partition) in tps {
             self.metrics
                 .uncommitted
-                .get_or_create(&PartitionLabel { topic, partition })
+                .get_or_create(&PartitionLabel {
+                    topic: topic.to_string(),
+                    partition,
+                })
                 .set(0);
         }
         let _ = reply.send(if lost { Vec::new() } else { positions });
     }
 
-    fn on_done(&mut self, tasks: &mut JoinSet<Outcome>, done: Result<(Id, Outcome), JoinError>) {
-        let (id, outcome) = match done {
-            Ok((id, outcome)) => (id, Some(outcome)),
+    fn on_done(&mut self, tasks: &mut Tasks, done: Done) {
+        let Some(outcome) = done.outcome else {
             // Aborted at a revoke or shutdown: not done, so not finished in the state.
-            Err(e) if e.is_cancelled() => (e.id(), None),
-            Err(e) => (
-                e.id(),
-                Some(Outcome::Fatal(format!("a record's task failed: {e}"))),
-            ),
-        };
-        let Some(r) = self.running.remove(&id) else {
-            return;
-        };
-        self.metrics.inflight.dec();
-        let Some(outcome) = outcome else {
+            self.state.abandon(&done.tp, done.epoch);
             return;
         };
         self.metrics
             .record_seconds
-            .observe(r.started.elapsed().as_secs_f64());
-        let label = match &outcome {
-            Outcome::Processed => "processed",
-            Outcome::Retried => "retried",
-            Outcome::DeadLettered(_) => "dead_lettered",
-            Outcome::Fatal(_) => "fatal",
+            .observe(done.received.elapsed().as_secs_f64());
+        let i = match &outcome {
+            Outcome::Processed => 0,
+            Outcome::Retried => 1,
+            Outcome::DeadLettered(_) => 2,
+            Outcome::Fatal(_) => 3,
         };
-        self.metrics
-            .processed
-            .get_or_create(&OutcomeLabel {
-                outcome: label.into(),
-            })
-            .inc();
+        self.outcomes[i].inc();
         match outcome {
             Outcome::Fatal(reason) => {
-                tracing::error!(%reason, offset = r.offset, "record can be neither processed nor routed");
+                tracing::error!(%reason, offset = done.offset, "record can be neither processed nor routed");
                 self.fatal.get_or_insert(reason);
                 return;
             }
@@ -447,11 +533,11 @@ impl<P: Processor> Loop<P> {
             }
             Outcome::Processed | Outcome::Retried => self.observe_guard(false),
         }
-        if let Some(next) = self
-            .state
-            .finish(&r.tp, r.epoch, r.offset, r.key.as_deref(), r.bytes)
+        if let Some(next) =
+            self.state
+                .finish(&done.tp, done.epoch, done.offset, done.order, done.bytes)
         {
-            self.start(tasks, next);
+            self.start(tasks, next, Instant::now());
         }
     }
 
@@ -505,7 +591,7 @@ impl<P: Processor> Loop<P> {
             self.metrics
                 .uncommitted
                 .get_or_create(&PartitionLabel {
-                    topic: tp.0,
+                    topic: tp.0.to_string(),
                     partition: tp.1,
                 })
                 .set(n);
@@ -553,15 +639,17 @@ impl<P: Processor> Loop<P> {
         due.map_or(commit, |d| d.min(commit))
     }
 
-    async fn abort_all(&mut self, tasks: &mut JoinSet<Outcome>) {
-        if !self.running.is_empty() {
+    async fn abort_all(&mut self, tasks: &mut Tasks) {
+        if !tasks.is_empty() {
             tracing::warn!(
-                left = self.running.len(),
+                left = tasks.len(),
                 "stopping with records not done; their offsets stay uncommitted"
             );
         }
-        tasks.abort_all();
-        while let Some(done) = tasks.join_next_with_id().await {
+        for token in self.tokens.values() {
+            token.cancel();
+        }
+        while let Some(done) = tasks.next().await {
             self.on_done(tasks, done);
         }
     }

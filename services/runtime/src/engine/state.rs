@@ -16,16 +16,22 @@
 //! - **Epochs.** Every assignment of a partition gets a new epoch; news about an older one
 //!   (a record finishing after its partition was revoked) is ignored.
 
-use std::collections::{BTreeSet, HashMap, VecDeque};
+use std::collections::VecDeque;
+use std::sync::Arc;
 
-pub type Tp = (String, i32);
+use crate::FastMap;
+
+/// A topic partition. The topic name is shared, so a record's copy costs no allocation.
+pub type Tp = (Arc<str>, i32);
 
 /// A record as the state sees it; `payload` is whatever the loop needs to run it.
 #[derive(Debug)]
 pub struct Rec<P> {
     pub tp: Tp,
     pub offset: i64,
-    pub key: Option<String>,
+    /// What orders this record: records with the same value run one after another in offset
+    /// order (a hash of the key, or one value for the whole partition); `None` runs at once.
+    pub order: Option<u64>,
     pub bytes: usize,
     /// Retry records: the earliest time to process it (ms since the epoch).
     pub not_before_ms: Option<i64>,
@@ -51,16 +57,17 @@ struct Part<P> {
     epoch: u64,
     /// Records here wait for their not-before time.
     retry: bool,
-    /// Offsets received and not finished: running, queued behind their key, or held.
-    pending: BTreeSet<i64>,
+    /// Offsets received and not yet committable, in offset order, each with whether it is
+    /// finished; the front is always unfinished (finished ones are dropped from the front).
+    window: VecDeque<(i64, bool)>,
     /// One past the highest offset received (-1: none yet).
     next: i64,
     /// The last position the broker confirmed for this epoch (-1: none).
     committed: i64,
     running: usize,
     bytes: usize,
-    /// Keys with a running record, and the records queued behind it.
-    busy: HashMap<String, VecDeque<Rec<P>>>,
+    /// Order keys with a running record, and the records queued behind it.
+    busy: FastMap<u64, VecDeque<Rec<P>>>,
     /// Retry records waiting for their time, head first.
     held: VecDeque<Rec<P>>,
     /// Records that arrived while the partition was paused (already fetched before the pause
@@ -77,12 +84,27 @@ impl<P> Part<P> {
         if self.next < 0 {
             return None;
         }
-        Some(self.pending.first().copied().unwrap_or(self.next))
+        Some(self.window.front().map_or(self.next, |(offset, _)| *offset))
+    }
+
+    /// Marks `offset` finished; false if it was not pending.
+    fn finish_offset(&mut self, offset: i64) -> bool {
+        let Ok(i) = self.window.binary_search_by_key(&offset, |(o, _)| *o) else {
+            return false;
+        };
+        match self.window.get_mut(i) {
+            Some((_, done @ false)) => *done = true,
+            _ => return false,
+        }
+        while self.window.front().is_some_and(|(_, done)| *done) {
+            self.window.pop_front();
+        }
+        true
     }
 }
 
 pub struct State<P> {
-    parts: HashMap<Tp, Part<P>>,
+    parts: FastMap<Tp, Part<P>>,
     limits: Limits,
     running: usize,
     bytes: usize,
@@ -101,7 +123,7 @@ pub struct Flow {
 impl<P> State<P> {
     pub fn new(limits: Limits) -> Self {
         Self {
-            parts: HashMap::new(),
+            parts: FastMap::default(),
             limits,
             running: 0,
             bytes: 0,
@@ -129,7 +151,11 @@ impl<P> State<P> {
         topics
             .iter()
             .map(|t| {
-                let n = self.parts.keys().filter(|(topic, _)| topic == t).count();
+                let n = self
+                    .parts
+                    .keys()
+                    .filter(|(topic, _)| &**topic == *t)
+                    .count();
                 ((*t).to_string(), n)
             })
             .collect()
@@ -148,12 +174,12 @@ impl<P> State<P> {
                 Part {
                     epoch: self.epochs,
                     retry,
-                    pending: BTreeSet::new(),
+                    window: VecDeque::new(),
                     next: -1,
                     committed: -1,
                     running: 0,
                     bytes: 0,
-                    busy: HashMap::new(),
+                    busy: FastMap::default(),
                     held: VecDeque::new(),
                     parked: VecDeque::new(),
                     paused: false,
@@ -173,10 +199,10 @@ impl<P> State<P> {
     /// longer) ours, and repeats, are dropped.
     pub fn receive(&mut self, rec: Rec<P>, now_ms: i64) -> Option<Start<P>> {
         let part = self.parts.get_mut(&rec.tp).filter(|p| !p.revoking)?;
-        if part.pending.contains(&rec.offset) || (rec.offset < part.next && part.next >= 0) {
+        if rec.offset < part.next {
             return None;
         }
-        part.pending.insert(rec.offset);
+        part.window.push_back((rec.offset, false));
         part.next = part.next.max(rec.offset + 1);
         part.bytes += rec.bytes;
         self.bytes += rec.bytes;
@@ -201,12 +227,12 @@ impl<P> State<P> {
     }
 
     fn start_or_queue(part: &mut Part<P>, rec: Rec<P>) -> Option<Start<P>> {
-        if let Some(key) = &rec.key {
-            if let Some(queue) = part.busy.get_mut(key) {
+        if let Some(order) = rec.order {
+            if let Some(queue) = part.busy.get_mut(&order) {
                 queue.push_back(rec);
                 return None;
             }
-            part.busy.insert(key.clone(), VecDeque::new());
+            part.busy.insert(order, VecDeque::new());
         }
         part.running += 1;
         Some(Start {
@@ -223,19 +249,19 @@ impl<P> State<P> {
         tp: &Tp,
         epoch: u64,
         offset: i64,
-        key: Option<&str>,
+        order: Option<u64>,
         bytes: usize,
     ) -> Option<Start<P>> {
         let part = self.parts.get_mut(tp).filter(|p| p.epoch == epoch)?;
-        if !part.pending.remove(&offset) {
+        if !part.finish_offset(offset) {
             return None;
         }
         part.running -= 1;
         part.bytes -= bytes;
         self.running -= 1;
         self.bytes -= bytes;
-        let key = key?;
-        let next = part.busy.get_mut(key).and_then(VecDeque::pop_front);
+        let order = order?;
+        let next = part.busy.get_mut(&order).and_then(VecDeque::pop_front);
         match next {
             Some(rec) if !part.revoking => {
                 part.running += 1;
@@ -246,9 +272,18 @@ impl<P> State<P> {
                 })
             }
             Some(_) | None => {
-                part.busy.remove(key);
+                part.busy.remove(&order);
                 None
             }
+        }
+    }
+
+    /// A record of a partition being revoked was aborted before it finished: it no longer
+    /// runs, and its offset stays pending (it will be read again).
+    pub fn abandon(&mut self, tp: &Tp, epoch: u64) {
+        if let Some(part) = self.parts.get_mut(tp).filter(|p| p.epoch == epoch) {
+            part.running -= 1;
+            self.running -= 1;
         }
     }
 
@@ -410,14 +445,18 @@ mod tests {
     };
 
     fn tp(p: i32) -> Tp {
-        ("in".to_string(), p)
+        ("in".into(), p)
+    }
+
+    fn order(key: &str) -> u64 {
+        crate::hash_of(key.as_bytes())
     }
 
     fn rec(p: i32, offset: i64, key: Option<&str>) -> Rec<()> {
         Rec {
             tp: tp(p),
             offset,
-            key: key.map(String::from),
+            order: key.map(order),
             bytes: 10,
             not_before_ms: None,
             payload: (),
@@ -426,9 +465,9 @@ mod tests {
 
     fn retry(offset: i64, not_before: i64) -> Rec<()> {
         Rec {
-            tp: ("in.retry.1".to_string(), 0),
+            tp: ("in.retry.1".into(), 0),
             offset,
-            key: Some(format!("k{offset}")),
+            order: Some(order(&format!("k{offset}"))),
             bytes: 10,
             not_before_ms: Some(not_before),
             payload: (),
@@ -440,7 +479,7 @@ mod tests {
             &start.rec.tp,
             start.epoch,
             start.rec.offset,
-            start.rec.key.as_deref(),
+            start.rec.order,
             start.rec.bytes,
         )
     }
@@ -552,7 +591,7 @@ mod tests {
     #[test]
     fn retry_records_wait_for_their_time_without_holding_in_flight_slots() {
         let mut s = State::new(LIMITS);
-        let rtp: Tp = ("in.retry.1".to_string(), 0);
+        let rtp: Tp = ("in.retry.1".into(), 0);
         s.assign([(tp(0), false), (rtp.clone(), true)]);
         assert!(s.receive(retry(0, 5_000), 1_000).is_none(), "held");
         assert!(

@@ -6,17 +6,16 @@ use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 
 use futures::FutureExt;
-use futures::future::join_all;
-use rdkafka::message::{Message, OwnedMessage};
-use rdkafka::producer::FutureProducer;
+use rdkafka::message::{Message, OwnedHeaders, OwnedMessage};
 use tracing::Instrument;
 
+use super::output::{Outbound, Output};
 use super::routing::{self, Origin, Routing};
 use super::{Incoming, Outgoing, Processor, Route};
 use crate::error::ProcessError;
-use crate::headers::HeaderMap;
-use crate::metrics::{Metrics, TopicLabel};
-use crate::serde::AvroSerde;
+use crate::headers::{self, HeaderMap};
+use crate::metrics::Metrics;
+use crate::serde::Codec;
 use crate::{now_ms, telemetry};
 
 /// How a record ended.
@@ -31,15 +30,14 @@ pub(crate) enum Outcome {
 
 pub(crate) struct Worker<P> {
     pub(crate) processor: P,
-    pub(crate) serde: AvroSerde,
-    pub(crate) producer: FutureProducer,
+    pub(crate) codec: Codec,
+    pub(crate) output: Output,
     pub(crate) route: Route,
     pub(crate) metrics: Arc<Metrics>,
 }
 
 impl<P: Processor> Worker<P> {
     pub(crate) async fn handle(&self, msg: &OwnedMessage) -> Outcome {
-        let key = msg.key().map(|k| String::from_utf8_lossy(k).into_owned());
         let headers = HeaderMap::from_kafka(msg.headers().map(|h| h.as_borrowed()));
         // Only a retry topic's records are on a later attempt; a record on the input topic
         // is a first attempt whatever its headers say (a redriven dead letter, say).
@@ -48,18 +46,24 @@ impl<P: Processor> Worker<P> {
         } else {
             headers.attempt()
         };
-        let span = tracing::info_span!(
-            "record",
-            service = %self.route.service,
-            topic = msg.topic(),
-            partition = msg.partition(),
-            offset = msg.offset(),
-            key = key.as_deref().unwrap_or(""),
-            attempt
-        );
-        telemetry::continue_trace(&span, &headers);
+        // A span per record only when someone follows it: spans are exported, or the record
+        // carries a trace to continue.
+        let span = if telemetry::exporting() || headers.get(headers::TRACEPARENT).is_some() {
+            let span = tracing::info_span!(
+                "record",
+                service = %self.route.service,
+                topic = msg.topic(),
+                partition = msg.partition(),
+                offset = msg.offset(),
+                attempt
+            );
+            telemetry::continue_trace(&span, &headers);
+            span
+        } else {
+            tracing::Span::none()
+        };
         async {
-            let attempt_result = AssertUnwindSafe(self.attempt(msg, key, &headers, attempt))
+            let attempt_result = AssertUnwindSafe(self.attempt(msg, attempt))
                 .catch_unwind()
                 .await
                 .unwrap_or_else(|panic| Err(ProcessError::Panic(panic_message(panic.as_ref()))));
@@ -72,57 +76,42 @@ impl<P: Processor> Worker<P> {
         .await
     }
 
-    async fn attempt(
-        &self,
-        msg: &OwnedMessage,
-        key: Option<String>,
-        headers: &HeaderMap,
-        attempt: u32,
-    ) -> Result<(), ProcessError> {
-        let value = self.serde.decode(msg.payload()).await?;
+    async fn attempt(&self, msg: &OwnedMessage, attempt: u32) -> Result<(), ProcessError> {
+        let value = self.codec.decode(msg.payload()).await?;
+        let key = msg.key().map(String::from_utf8_lossy);
         let incoming = Incoming {
-            topic: msg.topic().to_string(),
+            topic: msg.topic(),
             partition: msg.partition(),
             offset: msg.offset(),
             timestamp_ms: msg.timestamp().to_millis(),
-            key,
+            key: key.as_deref(),
             value,
-            headers: headers.clone(),
+            raw: msg.payload().unwrap_or_default(),
             attempt,
         };
-        let outputs = self.processor.process(&incoming).await?;
+        let outputs = self.processor.process(incoming).await?;
         self.write(outputs).await
     }
 
     /// Encodes every output, sends them all, and waits until the broker acknowledged each.
-    async fn write(&self, outputs: Vec<Outgoing>) -> Result<(), ProcessError> {
-        let mut trace = HeaderMap::default();
-        telemetry::inject_trace(&tracing::Span::current(), &mut trace);
+    async fn write(&self, outputs: Vec<Outgoing<P::Output>>) -> Result<(), ProcessError> {
+        let trace = trace_headers();
         let mut encoded = Vec::with_capacity(outputs.len());
-        for out in outputs {
-            let bytes = self
-                .serde
-                .encode(out.topic.name(), &out.schema, out.value)
-                .await?;
-            encoded.push((out.topic, out.key, bytes));
+        for out in &outputs {
+            encoded.push(out.topic.encode(&self.codec, &out.value).await?);
         }
-        let sends = encoded.iter().map(|(topic, key, bytes)| {
-            crate::producer::send(
-                &self.producer,
-                topic.name(),
-                key.as_deref().map(str::as_bytes),
-                Some(bytes),
-                trace.to_kafka(),
-            )
+        let sends = outputs.iter().zip(&encoded).map(|(out, bytes)| Outbound {
+            topic: out.topic.name(),
+            key: out.key.as_deref().map(str::as_bytes),
+            value: Some(bytes),
+            headers: Some(trace.clone()),
         });
-        for (result, (topic, _, _)) in join_all(sends).await.into_iter().zip(&encoded) {
-            result.map_err(ProcessError::Output)?;
-            self.metrics
-                .records_out
-                .get_or_create(&TopicLabel {
-                    topic: topic.name().to_string(),
-                })
-                .inc();
+        self.output
+            .write_all(sends)
+            .await
+            .map_err(ProcessError::Output)?;
+        for out in &outputs {
+            out.topic.records_out(&self.metrics).inc();
         }
         Ok(())
     }
@@ -160,16 +149,14 @@ impl<P: Processor> Worker<P> {
                 Outcome::DeadLettered(error.class())
             }
         };
-        match crate::producer::send(
-            &self.producer,
-            routing.topic(),
-            msg.key(),
-            msg.payload(),
-            headers.to_kafka(),
-        )
-        .await
-        {
-            Ok(_) => outcome,
+        let send = Outbound {
+            topic: routing.topic(),
+            key: msg.key(),
+            value: msg.payload(),
+            headers: Some(headers.to_kafka()),
+        };
+        match self.output.write_all(std::iter::once(send)).await {
+            Ok(()) => outcome,
             Err(e) => Outcome::Fatal(format!(
                 "cannot route a failed record to {}: {e}",
                 routing.topic()
@@ -178,8 +165,21 @@ impl<P: Processor> Worker<P> {
     }
 }
 
+/// The `traceparent` of a record's outputs: the current span's when the record is traced,
+/// else the start of a new trace.
+fn trace_headers() -> OwnedHeaders {
+    let span = tracing::Span::current();
+    let mut trace = HeaderMap::default();
+    if span.is_disabled() {
+        trace.set(headers::TRACEPARENT, telemetry::root_traceparent());
+    } else {
+        telemetry::inject_trace(&span, &mut trace);
+    }
+    trace.to_kafka()
+}
+
 /// The message a panic carried (`panic!("…")` gives a `&str` or a `String`).
-fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
+pub(crate) fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
     panic
         .downcast_ref::<&str>()
         .map(|s| (*s).to_string())

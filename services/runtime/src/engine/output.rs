@@ -1,0 +1,137 @@
+//! The engine's producer: every output, retry and dead-letter copy of a record is sent with
+//! one shared acknowledgement counter as its delivery opaque. librdkafka's delivery reports
+//! (on the producer's polling thread) count it down; the record's task is woken once, when
+//! the last of its records is acknowledged, instead of once per record through a future each.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use futures::task::AtomicWaker;
+use rdkafka::client::ClientContext;
+use rdkafka::error::KafkaError;
+use rdkafka::message::{Message, OwnedHeaders};
+use rdkafka::producer::{BaseRecord, DeliveryResult, ProducerContext, ThreadedProducer};
+use rdkafka::types::RDKafkaErrorCode;
+
+use crate::kafka::{KafkaError as ClientError, KafkaSettings};
+
+/// The records of one attempt still to be acknowledged, and the first failure.
+#[derive(Default)]
+pub(crate) struct Acks {
+    left: AtomicUsize,
+    failed: OnceLock<String>,
+    waker: AtomicWaker,
+}
+
+impl Acks {
+    fn done(&self, error: Option<String>) {
+        if let Some(e) = error {
+            let _ = self.failed.set(e);
+        }
+        if self.left.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.waker.wake();
+        }
+    }
+}
+
+/// Resolves when every record sent under an [`Acks`] is acknowledged (or failed).
+pub(crate) struct AllAcked(Arc<Acks>);
+
+impl Future for AllAcked {
+    type Output = Result<(), String>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let acks = &self.0;
+        if acks.left.load(Ordering::Acquire) > 0 {
+            acks.waker.register(cx.waker());
+            if acks.left.load(Ordering::Acquire) > 0 {
+                return Poll::Pending;
+            }
+        }
+        Poll::Ready(acks.failed.get().map_or(Ok(()), |e| Err(e.clone())))
+    }
+}
+
+pub(crate) struct Delivery;
+
+impl ClientContext for Delivery {}
+
+impl ProducerContext for Delivery {
+    type DeliveryOpaque = Arc<Acks>;
+
+    fn delivery(&self, result: &DeliveryResult<'_>, acks: Arc<Acks>) {
+        acks.done(
+            result
+                .as_ref()
+                .err()
+                .map(|(e, m)| format!("{}: {e}", m.topic())),
+        );
+    }
+}
+
+/// One record to send: topic, key, value and headers.
+pub(crate) struct Outbound<'a> {
+    pub topic: &'a str,
+    pub key: Option<&'a [u8]>,
+    pub value: Option<&'a [u8]>,
+    pub headers: Option<OwnedHeaders>,
+}
+
+pub(crate) struct Output {
+    producer: ThreadedProducer<Delivery>,
+}
+
+impl Output {
+    pub(crate) fn new(kafka: &KafkaSettings) -> Result<Self, ClientError> {
+        Ok(Self {
+            producer: kafka.producer_config().create_with_context(Delivery)?,
+        })
+    }
+
+    /// Sends every record and waits until the broker acknowledged them all; the first
+    /// failure (a refusal at send or a failed delivery) names the topic.
+    pub(crate) async fn write_all(
+        &self,
+        records: impl ExactSizeIterator<Item = Outbound<'_>>,
+    ) -> Result<(), String> {
+        let acks = Arc::new(Acks::default());
+        acks.left.store(records.len(), Ordering::Release);
+        let mut unsent = records.len();
+        for send in records {
+            let topic = send.topic;
+            let mut record = BaseRecord::with_opaque_to(topic, acks.clone());
+            if let Some(k) = send.key {
+                record = record.key(k);
+            }
+            if let Some(v) = send.value {
+                record = record.payload(v);
+            }
+            if let Some(h) = send.headers {
+                record = record.headers(h);
+            }
+            loop {
+                match self.producer.send(record) {
+                    Ok(()) => break,
+                    Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back)) => {
+                        record = back;
+                        tokio::time::sleep(Duration::from_millis(1)).await;
+                    }
+                    Err((e, _)) => {
+                        // This one and the rest will never be reported; count them as done.
+                        let error = format!("{topic}: {e}");
+                        for _ in 0..unsent {
+                            acks.done(Some(error.clone()));
+                        }
+                        return Err(error);
+                    }
+                }
+            }
+            unsent -= 1;
+        }
+        AllAcked(acks).await
+    }
+}
