@@ -631,12 +631,16 @@ fn trace_context_travels_from_input_to_outputs() {
             .iter()
             .filter_map(|d| d.headers.get("traceparent"))
             .collect();
-        assert_eq!(traced.len(), 2, "every output carries a traceparent");
+        // Spans are not exported here, so only the record that came with a trace is traced:
+        // its decision continues that trace; the other starts none.
+        assert_eq!(
+            traced.len(),
+            1,
+            "{traced:?}: only the traced input's decision"
+        );
         assert!(
-            traced
-                .iter()
-                .any(|t| t.starts_with(&format!("00-{trace_id}-"))
-                    && !t.contains("00f067aa0ba902b7")),
+            traced[0].starts_with(&format!("00-{trace_id}-"))
+                && !traced[0].contains("00f067aa0ba902b7"),
             "{traced:?}: same trace, new span"
         );
     });

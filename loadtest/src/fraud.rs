@@ -26,10 +26,9 @@ use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::message::Message;
 use rdkafka::{Offset, TopicPartitionList};
 use verdict_runtime::kafka::{KafkaSettings, TopicSpec};
-use verdict_runtime::serde::AvroSerde;
 
 use crate::{
-    Pending, acked, bar, bucket_quantile, cpu_seconds, encode_event, encode_events, enqueue, fill,
+    EventEncoder, Pending, acked, bar, bucket_quantile, cpu_seconds, encode_events, enqueue, fill,
     peak_rss_mib, producer, record_buckets, wait_for_records,
 };
 
@@ -54,6 +53,20 @@ pub struct Args {
     /// (`bash loadtest/baseline.sh REV` builds one).
     #[arg(long)]
     baseline: Option<PathBuf>,
+    /// Record a CPU profile of this build's drain with `perf record -e cpu-clock -g` into
+    /// this file (read it with `perf report -i FILE`).
+    #[arg(long)]
+    perf_out: Option<PathBuf>,
+    /// A librdkafka property for this build's clients (`kafka.properties`), kcat-style
+    /// `-X key=value`; repeatable (e.g. `-X linger.ms=10 -X compression.type=lz4`).
+    #[arg(short = 'X', value_parser = parse_property)]
+    property: Vec<(String, String)>,
+}
+
+fn parse_property(s: &str) -> Result<(String, String), String> {
+    s.split_once('=')
+        .map(|(k, v)| (k.trim().to_string(), v.trim().to_string()))
+        .ok_or_else(|| format!("`{s}` is not key=value"))
 }
 
 const CEILING_IN: &str = "ceiling-in";
@@ -74,7 +87,6 @@ pub async fn run(args: Args) {
     );
     let stack = Stack::start_own().await;
     let kafka = stack.broker.kafka();
-    let serde = AvroSerde::new(&stack.registry_url());
     let topics: Vec<TopicSpec> = std::iter::once(CEILING_IN)
         .chain(CEILING_OUT)
         .map(|name| TopicSpec {
@@ -107,14 +119,20 @@ pub async fn run(args: Args) {
         portable_settings: true,
         ..Launch::default()
     };
-    builds.push((
-        "this build".into(),
-        this,
-        apply_topology(&stack, None).await,
-    ));
+    let label = if args.property.is_empty() {
+        "this build".to_string()
+    } else {
+        let props: Vec<String> = args
+            .property
+            .iter()
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect();
+        format!("this build, {}", props.join(" "))
+    };
+    builds.push((label, this, apply_topology(&stack, None).await));
 
     let events = encode_events(
-        &serde,
+        &stack.registry_url(),
         &builds[0].2.topic("transactions"),
         args.events,
         args.accounts,
@@ -133,19 +151,32 @@ pub async fn run(args: Args) {
     let mut drains = Vec::new();
     let mut current = None;
     for (label, launch, topology) in builds {
+        let this = launch.binary.is_none();
         let mut svc = ServiceProcess::launch::<fraud_detector::Spec>(
             &harness::deployment(&stack, &topology, None),
             harness::free_port(),
             &launch,
-            |_| {},
+            |s| {
+                if this {
+                    s.kafka.properties.extend(args.property.iter().cloned());
+                }
+            },
         );
         svc.wait_ready(Duration::from_secs(60)).await;
+        let perf = args
+            .perf_out
+            .as_ref()
+            .filter(|_| this)
+            .map(|out| perf_record(svc.pid(), out));
         let cpu0 = cpu_seconds(svc.pid());
         let start = Instant::now();
         let n = i64::try_from(args.events).unwrap_or(i64::MAX);
         wait_for_records(&kafka, &topology.topic("fraud-decisions"), n, start, &label).await;
         let secs = wait_for_records(&kafka, &topology.topic("audit"), n, start, "audit").await;
         let cpu = cpu_seconds(svc.pid()) - cpu0;
+        if let Some(perf) = perf {
+            stop_perf(perf);
+        }
         drains.push(Drain {
             label,
             events_per_s: args.events as f64 / secs,
@@ -238,6 +269,34 @@ pub async fn run(args: Args) {
     println!("records processed {processed:.0}, dead letters {dead:.0}");
 }
 
+/// `perf record` of process `pid` until [`stop_perf`].
+fn perf_record(pid: u32, out: &std::path::Path) -> std::process::Child {
+    std::process::Command::new("perf")
+        .args([
+            "record",
+            "-e",
+            "cpu-clock",
+            "--call-graph",
+            "dwarf,16384",
+            "-F",
+            "999",
+            "-q",
+            "-p",
+        ])
+        .arg(pid.to_string())
+        .arg("-o")
+        .arg(out)
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .expect("perf (Debian's linux-perf)")
+}
+
+fn stop_perf(mut perf: std::process::Child) {
+    let pid = nix::unistd::Pid::from_raw(i32::try_from(perf.id()).unwrap_or(i32::MAX));
+    let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGINT);
+    let _ = perf.wait();
+}
+
 fn ms(h: &Histogram<u64>, q: f64) -> f64 {
     h.value_at_quantile(q) as f64 / 1000.0
 }
@@ -286,6 +345,12 @@ async fn ceiling(kafka: &KafkaSettings, n: usize) -> f64 {
     let _ = consumer.commit_consumer_state(rdkafka::consumer::CommitMode::Sync);
     pb.finish();
     n as f64 / start.map_or(f64::NAN, |s| s.elapsed().as_secs_f64())
+}
+
+/// What the latency reader needs of a decision.
+#[derive(serde::Deserialize)]
+struct DecisionOf {
+    event_id: String,
 }
 
 /// The shape of a latency phase.
@@ -342,7 +407,7 @@ pub(crate) async fn latency(
     let measured = usize::try_from(load.rate * load.measure.as_secs()).unwrap_or(usize::MAX);
     let reader = {
         let sent_at = sent_at.clone();
-        let serde = AvroSerde::new(registry);
+        let codec = verdict_runtime::serde::Codec::new(registry);
         tokio::spawn(async move {
             let new = || Histogram::<u64>::new_with_bounds(1, 600_000_000, 3).expect("hist");
             let (mut event_time, mut read) = (new(), new());
@@ -354,12 +419,10 @@ pub(crate) async fn latency(
                     continue;
                 };
                 let now = Instant::now();
-                let Ok(v) = serde.decode(m.payload()).await else {
+                let Ok(DecisionOf { event_id }) = codec.decode(m.payload()).await else {
                     continue;
                 };
-                let Some((_, (sent, occurred_at))) =
-                    v["event_id"].as_str().and_then(|id| sent_at.remove(id))
-                else {
+                let Some((_, (sent, occurred_at))) = sent_at.remove(&event_id) else {
                     continue;
                 };
                 let micros = now.duration_since(sent).as_micros();
@@ -374,8 +437,13 @@ pub(crate) async fn latency(
     };
     tokio::time::sleep(Duration::from_secs(1)).await; // the reader is positioned at the end
 
-    let producer = producer(kafka);
-    let serde = AvroSerde::new(registry);
+    // An event producer tuned for latency: each event leaves when it is produced.
+    let producer: rdkafka::producer::FutureProducer = kafka
+        .producer_config()
+        .set("linger.ms", "0")
+        .create()
+        .expect("producer");
+    let encoder = EventEncoder::new(registry, input).await;
     let total = measured + usize::try_from(load.rate * load.warmup.as_secs()).unwrap_or(0);
     let pb = bar(total as u64, &format!("offered {}/s", load.rate));
     let tick = Duration::from_millis(5);
@@ -393,8 +461,7 @@ pub(crate) async fn latency(
         owed += per_tick;
         while owed >= 1.0 && n < total {
             let warm = n < total - measured;
-            let (key, bytes, id, occurred_at) =
-                encode_event(&serde, input, &mut rng, n % load.accounts).await;
+            let (key, bytes, id, occurred_at) = encoder.event(&mut rng, n % load.accounts);
             if !warm {
                 measuring_since.get_or_insert_with(Instant::now);
                 sent_at.insert(id, (Instant::now(), occurred_at));

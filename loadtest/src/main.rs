@@ -21,10 +21,9 @@ use rdkafka::consumer::Consumer;
 use rdkafka::error::KafkaError;
 use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord};
 use rdkafka::types::RDKafkaErrorCode;
-use verdict_cli::records::sample_transaction;
-use verdict_runtime::avro::untyped;
+use verdict_cli::records::sample_event;
 use verdict_runtime::kafka::KafkaSettings;
-use verdict_runtime::serde::{AvroSerde, ValueSchema};
+use verdict_runtime::serde::ValueSchema;
 
 #[derive(Parser)]
 #[command(about = "verdict benchmarks (loopback only, bounded)")]
@@ -106,38 +105,48 @@ pub(crate) fn acked(
     }
 }
 
-/// One sample transaction of account `acct-{i % accounts}`, stamped now:
-/// (key, Confluent-framed Avro, event_id, occurred_at ms).
-pub(crate) async fn encode_event(
-    serde: &AvroSerde,
-    topic: &str,
-    rng: &mut impl rand::Rng,
-    account: usize,
-) -> (String, Vec<u8>, String, i64) {
-    let (_, mut v) = sample_transaction(rng, "tenant-load");
-    let key = format!("acct-{account}");
-    v["account_id"] = serde_json::Value::String(key.clone());
-    let id = v["event_id"].as_str().unwrap_or_default().to_string();
-    let occurred_at = v["occurred_at"].as_i64().unwrap_or_default();
-    let bytes = serde
-        .encode(topic, &ValueSchema::TopicLatest, untyped(&v))
-        .await
-        .expect("encode");
-    (key, bytes, id, occurred_at)
+/// Typed encoding of sample events for `topic` (the engine's encoder; the load generator
+/// must not be the bottleneck of what it measures).
+pub(crate) struct EventEncoder(verdict_runtime::serde::Writer);
+
+impl EventEncoder {
+    pub(crate) async fn new(registry: &str, topic: &str) -> Self {
+        let codec = verdict_runtime::serde::Codec::new(registry);
+        Self(
+            codec
+                .writer(topic, &ValueSchema::TopicLatest)
+                .await
+                .expect("the input topic's schema"),
+        )
+    }
+
+    /// One sample transaction of account `acct-{account}`, stamped now:
+    /// (key, Confluent-framed Avro, event_id, occurred_at ms).
+    pub(crate) fn event(
+        &self,
+        rng: &mut impl rand::Rng,
+        account: usize,
+    ) -> (String, Vec<u8>, String, i64) {
+        let mut event = sample_event(rng, "tenant-load");
+        event.account_id = format!("acct-{account}");
+        let bytes = self.0.encode(&event).expect("encode");
+        (event.account_id, bytes, event.event_id, event.occurred_at)
+    }
 }
 
 /// Pre-encoded events: (key, Confluent-framed Avro, event_id).
 pub(crate) async fn encode_events(
-    serde: &AvroSerde,
+    registry: &str,
     topic: &str,
     n: usize,
     accounts: usize,
 ) -> Vec<(String, Vec<u8>, String)> {
+    let encoder = EventEncoder::new(registry, topic).await;
     let mut rng = rand::rng();
     let pb = bar(n as u64, "encoding");
     let mut out = Vec::with_capacity(n);
     for i in 0..n {
-        let (key, bytes, id, _) = encode_event(serde, topic, &mut rng, i % accounts).await;
+        let (key, bytes, id, _) = encoder.event(&mut rng, i % accounts);
         out.push((key, bytes, id));
         pb.inc(1);
     }

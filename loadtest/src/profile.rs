@@ -4,15 +4,16 @@
 //!
 //! The service drains two backlogs under callgrind, a small one and a large one, each from
 //! start-up to a clean stop; the difference of the two totals over the difference of the
-//! event counts is the cost of one event without start-up and shutdown. The top functions
-//! (self cost) come from the large run. On a broker of its own, loopback only, bounded.
+//! event counts is the cost of one event without start-up and shutdown. The same difference
+//! per function (self cost) names where an event's instructions go. On a broker of its own,
+//! loopback only, bounded.
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
 use harness::{Launch, ServiceProcess, Stack, apply_topology};
-use verdict_runtime::serde::AvroSerde;
 
 use crate::{encode_events, fill, producer, wait_for_records};
 
@@ -61,11 +62,21 @@ pub async fn run(args: ProfileArgs) {
     println!("per event: {per_event:>14.0} Ir (difference / difference)");
     println!();
     println!(
-        "top {} functions by self cost in the large run (share of all its instructions):",
+        "top {} functions by self cost per event (large run minus small run, per event):",
         args.top
     );
-    for (share, function) in top_functions(&out.join("callgrind.large"), args.top) {
-        println!("{share:>6.2} %  {function}");
+    let events = (args.large - args.small) as f64;
+    let small_fns = self_costs(&out.join("callgrind.small"));
+    let mut per_fn: Vec<(f64, String)> = self_costs(&out.join("callgrind.large"))
+        .into_iter()
+        .map(|(function, ir)| {
+            let before = small_fns.get(&function).copied().unwrap_or(0.0);
+            ((ir - before) / events, function)
+        })
+        .collect();
+    per_fn.sort_by(|a, b| b.0.total_cmp(&a.0));
+    for (ir, function) in per_fn.into_iter().take(args.top) {
+        println!("{ir:>9.0} Ir {:>5.1} %  {function}", 100.0 * ir / per_event);
     }
     println!(
         "\ncallgrind files: {} (callgrind_annotate or kcachegrind read them)",
@@ -80,9 +91,8 @@ pub async fn run(args: ProfileArgs) {
 async fn counted(stack: &Stack, args: &ProfileArgs, n: usize, file: &Path) -> f64 {
     let topology = apply_topology(stack, None).await;
     let kafka = stack.broker.kafka();
-    let serde = AvroSerde::new(&stack.registry_url());
     let input = topology.topic("transactions");
-    let events = encode_events(&serde, &input, n, 2_000).await;
+    let events = encode_events(&stack.registry_url(), &input, n, 2_000).await;
     fill(&producer(&kafka), &input, &events).await;
     let launch = Launch {
         binary: args.binary.clone(),
@@ -127,8 +137,8 @@ fn total_instructions(file: &Path) -> f64 {
         .unwrap_or_else(|| panic!("no totals in {}", file.display()))
 }
 
-/// The functions with the highest self cost, from `callgrind_annotate`.
-fn top_functions(file: &Path, n: usize) -> Vec<(f64, String)> {
+/// Self cost (instructions) of every function, from `callgrind_annotate`.
+fn self_costs(file: &Path) -> HashMap<String, f64> {
     let out = Command::new("callgrind_annotate")
         .arg("--inclusive=no")
         .arg("--threshold=100")
@@ -137,12 +147,21 @@ fn top_functions(file: &Path, n: usize) -> Vec<(f64, String)> {
         .expect("callgrind_annotate (from valgrind)");
     let text = String::from_utf8_lossy(&out.stdout);
     // Lines look like: "12,345,678 (12.34%)  file:function [object]".
-    text.lines()
-        .filter_map(|l| {
-            let (_, rest) = l.trim_start().split_once(" (")?;
-            let (pct, function) = rest.split_once("%)")?;
-            Some((pct.trim().parse::<f64>().ok()?, function.trim().to_string()))
-        })
-        .take(n)
-        .collect()
+    let mut costs = HashMap::new();
+    for line in text.lines() {
+        let Some((count, rest)) = line.trim_start().split_once(" (") else {
+            continue;
+        };
+        let Some((_, function)) = rest.split_once("%)") else {
+            continue;
+        };
+        let Ok(ir) = count.replace(',', "").parse::<f64>() else {
+            continue;
+        };
+        let function = function.trim();
+        if function != "PROGRAM TOTALS" {
+            *costs.entry(function.to_string()).or_insert(0.0) += ir;
+        }
+    }
+    costs
 }

@@ -9,7 +9,6 @@ use verdict_cli::groups_cmd::{self, ResetSpec, Scope};
 use verdict_cli::table::Output;
 use verdict_runtime::groups::GroupReader;
 use verdict_runtime::kafka::TopicSpec;
-use verdict_runtime::serde::AvroSerde;
 
 use crate::{cpu_seconds, encode_events, fill, peak_rss_mib, producer};
 
@@ -47,8 +46,7 @@ pub async fn run(args: ReplayArgs) {
     let topology = apply_topology(&stack, None).await;
     let input = topology.topic("transactions");
     let group = topology.group("verdict-fraud-detector");
-    let serde = AvroSerde::new(&stack.registry_url());
-    let events = encode_events(&serde, &input, args.events, 2_000).await;
+    let events = encode_events(&stack.registry_url(), &input, args.events, 2_000).await;
     fill(&producer(&kafka), &input, &events).await;
     let spawn = || {
         ServiceProcess::spawn::<fraud_detector::Spec>(&deployment(&stack, &topology, None), |s| {
@@ -106,7 +104,13 @@ pub async fn run(args: ReplayArgs) {
         }])
         .await
         .expect("topic");
-    let records = encode_events(&serde, &input, args.partitions * 1_000, 10_000).await;
+    let records = encode_events(
+        &stack.registry_url(),
+        &input,
+        args.partitions * 1_000,
+        10_000,
+    )
+    .await;
     fill(&producer(&kafka), topic, &records).await;
     let reader = GroupReader::new(&kafka).expect("reader");
     for g in 0..args.groups {

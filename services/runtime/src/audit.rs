@@ -143,9 +143,10 @@ impl Audit {
     }
 }
 
-/// This process as an actor: `<service>/<pid>`.
+/// This process as an actor: `<service>/<pid>` (the pid read once: it is a system call).
 fn instance(service: &str) -> String {
-    format!("{service}/{}", std::process::id())
+    static PID: std::sync::OnceLock<u32> = std::sync::OnceLock::new();
+    format!("{service}/{}", PID.get_or_init(std::process::id))
 }
 
 /// What a decision service writes: the decision (also to `review` when it needs a person)

@@ -212,7 +212,9 @@ impl Codec {
         };
         let schema = match self.readers.get(&id) {
             Some(s) => s.clone(),
-            None => self.reader(id).await?,
+            // Boxed: the registry call is large, and every record's task would carry its
+            // space although almost none make it.
+            None => Box::pin(self.reader(id)).await?,
         };
         serde_avro_fast::from_datum_slice(datum, &schema)
             .map_err(|e| ProcessError::Decode(format!("schema id {id}: {e}")))

@@ -108,14 +108,3 @@ pub fn continue_trace(span: &tracing::Span, headers: &HeaderMap) {
 pub fn inject_trace(span: &tracing::Span, headers: &mut HeaderMap) {
     TraceContextPropagator::new().inject_context(&span.context(), headers);
 }
-
-/// A `traceparent` that starts a new trace here (random trace and span ids, sampled), for
-/// outputs of a record that came without one when spans are not exported: downstream hops
-/// still share one trace per record, without a span being built for it here.
-pub fn root_traceparent() -> String {
-    use rand::Rng;
-    let mut rng = rand::rng();
-    let trace: u128 = rng.random_range(1..=u128::MAX);
-    let span: u64 = rng.random_range(1..=u64::MAX);
-    format!("00-{trace:032x}-{span:016x}-01")
-}

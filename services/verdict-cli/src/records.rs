@@ -100,8 +100,29 @@ pub async fn read_back(
     Ok(out)
 }
 
-/// A plausible card transaction for the demo and tests.
-pub fn sample_transaction(rng: &mut impl Rng, tenant: &str) -> (String, Json) {
+/// A `TransactionEvent` (schemas/transaction_event.avsc), fields in the schema's order: what
+/// the demo, the tests and the load generator send.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct TransactionEvent {
+    pub event_id: String,
+    pub tenant_id: String,
+    pub occurred_at: i64,
+    pub account_id: String,
+    pub amount: f64,
+    pub currency: &'static str,
+    pub merchant_id: String,
+    pub merchant_category: &'static str,
+    pub country: &'static str,
+    pub channel: &'static str,
+    pub customer_age_years: Option<i32>,
+    pub account_age_months: Option<i32>,
+    pub credit_history: Option<&'static str>,
+    pub employment_years: Option<i32>,
+    pub existing_credits: Option<i32>,
+}
+
+/// A plausible card transaction for the demo, the tests and the load generator, stamped now.
+pub fn sample_event(rng: &mut impl Rng, tenant: &str) -> TransactionEvent {
     const CHANNELS: [&str; 4] = ["CARD_PRESENT", "ONLINE", "TRANSFER", "ATM"];
     const COUNTRIES: [&str; 5] = ["DE", "NL", "FR", "US", "GB"];
     const MCC: [&str; 5] = ["5411", "5812", "5999", "4829", "6011"];
@@ -112,26 +133,30 @@ pub fn sample_transaction(rng: &mut impl Rng, tenant: &str) -> (String, Json) {
         "delayed_previously",
         "critical_account",
     ];
-    let account = format!("acct-{:04}", rng.random_range(0..200));
-    let amount = (rng.random_range(1.0_f64..2_500.0) * 100.0).round() / 100.0;
-    let value = json!({
-        "event_id": uuid::Uuid::new_v4().to_string(),
-        "tenant_id": tenant,
-        "occurred_at": verdict_runtime::now_ms(),
-        "account_id": account,
-        "amount": amount,
-        "currency": "EUR",
-        "merchant_id": format!("m-{:03}", rng.random_range(0..50)),
-        "merchant_category": MCC[rng.random_range(0..MCC.len())],
-        "country": COUNTRIES[rng.random_range(0..COUNTRIES.len())],
-        "channel": CHANNELS[rng.random_range(0..CHANNELS.len())],
-        "customer_age_years": rng.random_range(19..75),
-        "account_age_months": rng.random_range(1..120),
-        "credit_history": HISTORY[rng.random_range(0..HISTORY.len())],
-        "employment_years": rng.random_range(0..30),
-        "existing_credits": rng.random_range(1..4),
-    });
-    (account, value)
+    TransactionEvent {
+        event_id: uuid::Uuid::new_v4().to_string(),
+        tenant_id: tenant.to_string(),
+        occurred_at: verdict_runtime::now_ms(),
+        account_id: format!("acct-{:04}", rng.random_range(0..200)),
+        amount: (rng.random_range(1.0_f64..2_500.0) * 100.0).round() / 100.0,
+        currency: "EUR",
+        merchant_id: format!("m-{:03}", rng.random_range(0..50)),
+        merchant_category: MCC[rng.random_range(0..MCC.len())],
+        country: COUNTRIES[rng.random_range(0..COUNTRIES.len())],
+        channel: CHANNELS[rng.random_range(0..CHANNELS.len())],
+        customer_age_years: Some(rng.random_range(19..75)),
+        account_age_months: Some(rng.random_range(1..120)),
+        credit_history: Some(HISTORY[rng.random_range(0..HISTORY.len())]),
+        employment_years: Some(rng.random_range(0..30)),
+        existing_credits: Some(rng.random_range(1..4)),
+    }
+}
+
+/// [`sample_event`] as JSON, with its account (the record key).
+pub fn sample_transaction(rng: &mut impl Rng, tenant: &str) -> (String, Json) {
+    let event = sample_event(rng, tenant);
+    let value = serde_json::to_value(&event).unwrap_or_default();
+    (event.account_id, value)
 }
 
 /// A record read back from a topic.

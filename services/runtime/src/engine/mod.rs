@@ -120,11 +120,16 @@ impl OutputTopic {
         codec: &Codec,
         value: &T,
     ) -> Result<Vec<u8>, ProcessError> {
-        let writer = self
-            .0
-            .writer
-            .get_or_try_init(|| codec.writer(&self.0.name, &self.0.schema))
-            .await?;
+        if let Some(writer) = self.0.writer.get() {
+            return writer.encode(value);
+        }
+        // Boxed: only the first record of a topic waits for the registry.
+        let writer = Box::pin(
+            self.0
+                .writer
+                .get_or_try_init(|| codec.writer(&self.0.name, &self.0.schema)),
+        )
+        .await?;
         writer.encode(value)
     }
 }

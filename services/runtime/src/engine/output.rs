@@ -118,7 +118,7 @@ impl Output {
                     Ok(()) => break,
                     Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back)) => {
                         record = back;
-                        tokio::time::sleep(Duration::from_millis(1)).await;
+                        Box::pin(tokio::time::sleep(Duration::from_millis(1))).await;
                     }
                     Err((e, _)) => {
                         // This one and the rest will never be reported; count them as done.

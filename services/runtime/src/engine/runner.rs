@@ -370,7 +370,7 @@ impl<P: Processor> Loop<P> {
         } = rec;
         let token = self.tokens.entry(tp.clone()).or_default().clone();
         let worker = self.worker.clone();
-        tasks.push(Box::pin(async move {
+        let task = async move {
             let work = AssertUnwindSafe(worker.handle(&payload)).catch_unwind();
             let outcome = tokio::select! {
                 biased;
@@ -388,7 +388,8 @@ impl<P: Processor> Loop<P> {
                 received,
                 outcome,
             }
-        }));
+        };
+        tasks.push(Box::pin(task));
     }
 
     async fn on_event(&mut self, tasks: &mut Tasks, event: Event) {

@@ -77,6 +77,8 @@ struct Part<P> {
     paused: bool,
     /// Being revoked: nothing new starts.
     revoking: bool,
+    /// Changed since the last [`State::flow`] (and listed in `State::dirty`).
+    dirty: bool,
 }
 
 impl<P> Part<P> {
@@ -111,6 +113,22 @@ pub struct State<P> {
     epochs: u64,
     /// Over a global bound, until below half of it again.
     global_paused: bool,
+    /// Partitions whose running or held records changed since the last [`State::flow`],
+    /// which looks only at these unless a global input (bound, guard) changed.
+    dirty: Vec<Tp>,
+    /// `(holding, global_paused)` as the last [`State::flow`] saw them.
+    last_flow: Option<(bool, bool)>,
+    /// Held and parked records in all: when there are none, there is nothing to release.
+    held: usize,
+    parked: usize,
+}
+
+/// Notes that `part` changed, for the next [`State::flow`].
+fn mark<P>(dirty: &mut Vec<Tp>, tp: &Tp, part: &mut Part<P>) {
+    if !part.dirty {
+        part.dirty = true;
+        dirty.push(tp.clone());
+    }
 }
 
 /// What the partitions should look like now: the ones to pause and the ones to resume.
@@ -129,6 +147,10 @@ impl<P> State<P> {
             bytes: 0,
             epochs: 0,
             global_paused: false,
+            dirty: Vec::new(),
+            last_flow: None,
+            held: 0,
+            parked: 0,
         }
     }
 
@@ -169,6 +191,7 @@ impl<P> State<P> {
                 self.forget(&old);
             }
             self.epochs += 1;
+            self.dirty.push(tp.clone());
             self.parts.insert(
                 tp,
                 Part {
@@ -184,6 +207,7 @@ impl<P> State<P> {
                     parked: VecDeque::new(),
                     paused: false,
                     revoking: false,
+                    dirty: true,
                 },
             );
         }
@@ -192,6 +216,8 @@ impl<P> State<P> {
     fn forget(&mut self, part: &Part<P>) {
         self.running -= part.running;
         self.bytes -= part.bytes;
+        self.held -= part.held.len();
+        self.parked -= part.parked.len();
     }
 
     /// A record arrived. Returns it to start now, or keeps it (parked while its partition is
@@ -202,25 +228,28 @@ impl<P> State<P> {
         if rec.offset < part.next {
             return None;
         }
+        mark(&mut self.dirty, &rec.tp, part);
         part.window.push_back((rec.offset, false));
         part.next = part.next.max(rec.offset + 1);
         part.bytes += rec.bytes;
         self.bytes += rec.bytes;
         if part.paused {
             part.parked.push_back(rec);
+            self.parked += 1;
             return None;
         }
-        let start = Self::admit(part, rec, now_ms);
+        let start = Self::admit(part, rec, now_ms, &mut self.held);
         self.running += usize::from(start.is_some());
         start
     }
 
     /// A record of an unpaused partition: held for its time (retry topics), queued behind its
     /// key, or started.
-    fn admit(part: &mut Part<P>, rec: Rec<P>, now_ms: i64) -> Option<Start<P>> {
+    fn admit(part: &mut Part<P>, rec: Rec<P>, now_ms: i64, held: &mut usize) -> Option<Start<P>> {
         let due = rec.not_before_ms.is_none_or(|t| t <= now_ms);
         if part.retry && (!part.held.is_empty() || !due) {
             part.held.push_back(rec);
+            *held += 1;
             return None;
         }
         Self::start_or_queue(part, rec)
@@ -256,6 +285,7 @@ impl<P> State<P> {
         if !part.finish_offset(offset) {
             return None;
         }
+        mark(&mut self.dirty, tp, part);
         part.running -= 1;
         part.bytes -= bytes;
         self.running -= 1;
@@ -282,6 +312,7 @@ impl<P> State<P> {
     /// runs, and its offset stays pending (it will be read again).
     pub fn abandon(&mut self, tp: &Tp, epoch: u64) {
         if let Some(part) = self.parts.get_mut(tp).filter(|p| p.epoch == epoch) {
+            mark(&mut self.dirty, tp, part);
             part.running -= 1;
             self.running -= 1;
         }
@@ -291,7 +322,11 @@ impl<P> State<P> {
     /// while their partition was paused, once it is not (key order still applies).
     pub fn release_due(&mut self, now_ms: i64) -> Vec<Start<P>> {
         let mut out = Vec::new();
-        for part in self.parts.values_mut().filter(|p| !p.revoking) {
+        if self.held == 0 && self.parked == 0 {
+            return out;
+        }
+        for (tp, part) in self.parts.iter_mut().filter(|(_, p)| !p.revoking) {
+            let before = (part.held.len(), part.parked.len());
             while part
                 .held
                 .front()
@@ -300,13 +335,18 @@ impl<P> State<P> {
                 let Some(rec) = part.held.pop_front() else {
                     break;
                 };
+                self.held -= 1;
                 out.extend(Self::start_or_queue(part, rec));
             }
             while !part.paused {
                 let Some(rec) = part.parked.pop_front() else {
                     break;
                 };
-                out.extend(Self::admit(part, rec, now_ms));
+                self.parked -= 1;
+                out.extend(Self::admit(part, rec, now_ms, &mut self.held));
+            }
+            if (part.held.len(), part.parked.len()) != before {
+                mark(&mut self.dirty, tp, part);
             }
         }
         self.running += out.len();
@@ -315,6 +355,9 @@ impl<P> State<P> {
 
     /// When the next held record falls due.
     pub fn next_due(&self) -> Option<i64> {
+        if self.held == 0 {
+            return None;
+        }
         self.parts
             .values()
             .filter_map(|p| p.held.front()?.not_before_ms)
@@ -331,9 +374,14 @@ impl<P> State<P> {
             self.global_paused = false;
         }
         let mut flow = Flow::default();
-        for (tp, part) in self.parts.iter_mut().filter(|(_, p)| !p.revoking) {
+        let global = self.global_paused;
+        let decide = |tp: &Tp, part: &mut Part<P>, flow: &mut Flow| {
+            part.dirty = false;
+            if part.revoking {
+                return;
+            }
             let want = holding
-                || self.global_paused
+                || global
                 || !part.held.is_empty()
                 || part.running >= l.per_partition
                 || (part.paused && part.running > l.per_partition / 2);
@@ -344,6 +392,19 @@ impl<P> State<P> {
                 } else {
                     flow.resume.push(tp.clone());
                 }
+            }
+        };
+        // Only what changed, unless the guard or a global bound did.
+        if self.last_flow.replace((holding, global)) == Some((holding, global)) {
+            for tp in self.dirty.drain(..) {
+                if let Some(part) = self.parts.get_mut(&tp) {
+                    decide(&tp, part, &mut flow);
+                }
+            }
+        } else {
+            self.dirty.clear();
+            for (tp, part) in &mut self.parts {
+                decide(tp, part, &mut flow);
             }
         }
         flow.pause.sort();
@@ -402,6 +463,8 @@ impl<P> State<P> {
                     .map(|r| r.bytes)
                     .sum();
                 part.busy.values_mut().for_each(VecDeque::clear);
+                self.held -= part.held.len();
+                self.parked -= part.parked.len();
                 part.held.clear();
                 part.parked.clear();
                 part.bytes -= waiting;
@@ -691,5 +754,49 @@ mod tests {
         // if something asks for it.
         assert_eq!(s.flow(false), Flow::default());
         assert_eq!(s.flow(true).pause, vec![tp(0)]);
+    }
+
+    /// `flow` looks only at partitions that changed; after any sequence of events every
+    /// partition is paused exactly when a look at all of them would pause it.
+    #[test]
+    fn incremental_flow_agrees_with_a_full_look() {
+        let limits = Limits {
+            per_partition: 3,
+            total: 7,
+            bytes: 150,
+        };
+        let mut s = State::new(limits);
+        s.assign((0..4).map(|p| (tp(p), false)));
+        let mut running: Vec<Start<()>> = Vec::new();
+        let mut next = [0_i64; 4];
+        let mut seed = 7_u64;
+        for step in 0..5_000_u32 {
+            seed = seed
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            let r = (seed >> 33) as usize;
+            if !r.is_multiple_of(3) || running.is_empty() {
+                let p = r % 4;
+                let key = format!("k{}", (r / 4) % 5);
+                let started = s.receive(rec(p as i32, next[p], Some(&key)), 0);
+                next[p] += 1;
+                running.extend(started);
+            } else {
+                let done_one = running.swap_remove(r % running.len());
+                running.extend(done(&mut s, &done_one));
+            }
+            running.extend(s.release_due(0));
+            let holding = step.is_multiple_of(97);
+            s.flow(holding);
+            let global = s.global_paused;
+            for part in s.parts.values() {
+                let want = holding
+                    || global
+                    || !part.held.is_empty()
+                    || part.running >= limits.per_partition
+                    || (part.paused && part.running > limits.per_partition / 2);
+                assert_eq!(part.paused, want, "step {step}");
+            }
+        }
     }
 }

@@ -69,7 +69,8 @@ impl<P: Processor> Worker<P> {
                 .unwrap_or_else(|panic| Err(ProcessError::Panic(panic_message(panic.as_ref()))));
             match attempt_result {
                 Ok(()) => Outcome::Processed,
-                Err(e) => self.route_failure(msg, headers, attempt, e).await,
+                // Boxed: failures are rare, and every record's task would carry its space.
+                Err(e) => Box::pin(self.route_failure(msg, headers, attempt, e)).await,
             }
         }
         .instrument(span)
@@ -104,7 +105,7 @@ impl<P: Processor> Worker<P> {
             topic: out.topic.name(),
             key: out.key.as_deref().map(str::as_bytes),
             value: Some(bytes),
-            headers: Some(trace.clone()),
+            headers: trace.clone(),
         });
         self.output
             .write_all(sends)
@@ -165,17 +166,16 @@ impl<P: Processor> Worker<P> {
     }
 }
 
-/// The `traceparent` of a record's outputs: the current span's when the record is traced,
-/// else the start of a new trace.
-fn trace_headers() -> OwnedHeaders {
+/// The `traceparent` of a record's outputs: the current span's, when the record is traced
+/// (spans are exported, or it came with a trace); none otherwise, as no one follows it.
+fn trace_headers() -> Option<OwnedHeaders> {
     let span = tracing::Span::current();
-    let mut trace = HeaderMap::default();
     if span.is_disabled() {
-        trace.set(headers::TRACEPARENT, telemetry::root_traceparent());
-    } else {
-        telemetry::inject_trace(&span, &mut trace);
+        return None;
     }
-    trace.to_kafka()
+    let mut trace = HeaderMap::default();
+    telemetry::inject_trace(&span, &mut trace);
+    Some(trace.to_kafka())
 }
 
 /// The message a panic carried (`panic!("…")` gives a `&str` or a `String`).
