@@ -443,3 +443,48 @@ fn a_retried_transaction_counts_once_for_velocity() {
         );
     });
 }
+
+/// Review item 1 of the hardening issue: with the byte bound at its 1 MiB minimum and records
+/// of ~4.2 KB, records that arrived while the bound paused everything waited for a resume
+/// that their own bytes prevented: partitions stopped for good with nothing in flight.
+#[test]
+fn a_tight_byte_bound_never_strands_records() {
+    run(300, async {
+        let stack = Stack::start().await;
+        let topology = apply_topology(&stack, None).await;
+        let producer =
+            AvroProducer::new(&stack.broker.kafka(), &stack.registry_url()).expect("producer");
+        let mut rng = rand::rng();
+        let mut ids = HashSet::new();
+        let padding = "m".repeat(4_000);
+        let sends = (0..3_000).map(|i| {
+            let (_, mut v) = sample_transaction(&mut rng, "tight");
+            let account = format!("tight-acct-{}", i % 300);
+            v["account_id"] = Value::String(account.clone());
+            v["merchant_id"] = Value::String(format!("{padding}{i}"));
+            ids.insert(v["event_id"].as_str().expect("id").to_string());
+            (account, v)
+        });
+        let sends: Vec<(String, Value)> = sends.collect();
+        let input = topology.topic("transactions");
+        futures::future::join_all(
+            sends
+                .iter()
+                .map(|(account, v)| producer.send(&input, account, v)),
+        )
+        .await
+        .into_iter()
+        .for_each(|r| {
+            r.expect("produce");
+        });
+        let mut svc = fraud(&stack, &stack.registry_url(), &topology, |s| {
+            s.engine.max_inflight_bytes = 1 << 20;
+        });
+        svc.wait_ready(Duration::from_secs(60)).await;
+        let got = decisions(&stack, &topology, &ids, Duration::from_secs(120)).await;
+        let decided: HashSet<String> = got.iter().filter_map(event_id).collect();
+        let missing = ids.difference(&decided).count();
+        assert_eq!(missing, 0, "{missing} of 3000 never decided\n{}", svc.log());
+        svc.stop_cleanly();
+    });
+}

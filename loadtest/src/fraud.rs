@@ -49,6 +49,9 @@ pub struct Args {
     /// Distinct accounts (record keys).
     #[arg(long, default_value_t = 2_000)]
     accounts: usize,
+    /// Also drain with this many instances of this build in one group (scale-out); 1: no.
+    #[arg(long, default_value_t = 2)]
+    instances: usize,
     /// An earlier build of the fraud-detector to drain the same backlog first
     /// (`bash loadtest/baseline.sh REV` builds one).
     #[arg(long)]
@@ -78,6 +81,8 @@ struct Drain {
     events_per_s: f64,
     cpu_us_per_event: f64,
     peak_rss_mib: f64,
+    /// Records each instance processed.
+    shares: Vec<f64>,
 }
 
 pub async fn run(args: Args) {
@@ -100,7 +105,7 @@ pub async fn run(args: Args) {
     kafka.create_topics(&topics).await.expect("ceiling topics");
 
     // One topology (and backlog) per build, so each drains the same events from the start.
-    let mut builds: Vec<(String, Launch, Topology)> = Vec::new();
+    let mut builds: Vec<(String, Launch, Topology, usize)> = Vec::new();
     if let Some(binary) = &args.baseline {
         let label = format!(
             "baseline {}",
@@ -113,7 +118,7 @@ pub async fn run(args: Args) {
             portable_settings: true,
             ..Launch::default()
         };
-        builds.push((label, launch, apply_topology(&stack, None).await));
+        builds.push((label, launch, apply_topology(&stack, None).await, 1));
     }
     let this = Launch {
         portable_settings: true,
@@ -129,7 +134,20 @@ pub async fn run(args: Args) {
             .collect();
         format!("this build, {}", props.join(" "))
     };
-    builds.push((label, this, apply_topology(&stack, None).await));
+    builds.push((
+        label.clone(),
+        this.clone(),
+        apply_topology(&stack, None).await,
+        1,
+    ));
+    if args.instances > 1 {
+        builds.push((
+            format!("{label}, {} instances", args.instances),
+            this,
+            apply_topology(&stack, None).await,
+            args.instances,
+        ));
+    }
 
     let events = encode_events(
         &stack.registry_url(),
@@ -140,7 +158,7 @@ pub async fn run(args: Args) {
     .await;
     let producer = producer(&kafka);
     let mut fill_rate = 0.0;
-    for (_, _, topology) in &builds {
+    for (_, _, topology, _) in &builds {
         fill_rate = fill(&producer, &topology.topic("transactions"), &events).await;
     }
     fill(&producer, CEILING_IN, &events).await;
@@ -150,42 +168,57 @@ pub async fn run(args: Args) {
 
     let mut drains = Vec::new();
     let mut current = None;
-    for (label, launch, topology) in builds {
+    for (label, launch, topology, instances) in builds {
         let this = launch.binary.is_none();
-        let mut svc = ServiceProcess::launch::<fraud_detector::Spec>(
-            &harness::deployment(&stack, &topology, None),
-            harness::free_port(),
-            &launch,
-            |s| {
-                if this {
-                    s.kafka.properties.extend(args.property.iter().cloned());
-                }
-            },
-        );
-        svc.wait_ready(Duration::from_secs(60)).await;
+        let mut svcs: Vec<ServiceProcess> = (0..instances)
+            .map(|_| {
+                ServiceProcess::launch::<fraud_detector::Spec>(
+                    &harness::deployment(&stack, &topology, None),
+                    harness::free_port(),
+                    &launch,
+                    |s| {
+                        if this {
+                            s.kafka.properties.extend(args.property.iter().cloned());
+                        }
+                    },
+                )
+            })
+            .collect();
+        svcs[0].wait_ready(Duration::from_secs(60)).await;
         let perf = args
             .perf_out
             .as_ref()
-            .filter(|_| this)
-            .map(|out| perf_record(svc.pid(), out));
-        let cpu0 = cpu_seconds(svc.pid());
+            .filter(|_| this && instances == 1)
+            .map(|out| perf_record(svcs[0].pid(), out));
+        let cpu_of =
+            |svcs: &[ServiceProcess]| svcs.iter().map(|s| cpu_seconds(s.pid())).sum::<f64>();
+        let cpu0 = cpu_of(&svcs);
         let start = Instant::now();
         let n = i64::try_from(args.events).unwrap_or(i64::MAX);
         wait_for_records(&kafka, &topology.topic("fraud-decisions"), n, start, &label).await;
         let secs = wait_for_records(&kafka, &topology.topic("audit"), n, start, "audit").await;
-        let cpu = cpu_seconds(svc.pid()) - cpu0;
+        let cpu = cpu_of(&svcs) - cpu0;
         if let Some(perf) = perf {
             stop_perf(perf);
+        }
+        let mut shares = Vec::new();
+        for svc in &svcs {
+            shares.push(svc.metric("verdict_records_processed_total").await);
         }
         drains.push(Drain {
             label,
             events_per_s: args.events as f64 / secs,
             cpu_us_per_event: cpu * 1e6 / args.events as f64,
-            peak_rss_mib: peak_rss_mib(svc.pid()),
+            peak_rss_mib: svcs
+                .iter()
+                .map(|s| peak_rss_mib(s.pid()))
+                .fold(0.0, f64::max),
+            shares,
         });
-        match current {
-            None if launch.binary.is_none() => current = Some((svc, topology)),
-            _ => svc.stop_cleanly(),
+        if this && instances == 1 && current.is_none() {
+            current = svcs.pop().map(|svc| (svc, topology));
+        } else {
+            svcs.iter_mut().for_each(ServiceProcess::stop_cleanly);
         }
     }
     let (mut svc, topology) = current.expect("this build ran");
@@ -241,11 +274,28 @@ pub async fn run(args: Args) {
             d.peak_rss_mib
         );
     }
-    if let [base, .., this] = drains.as_slice() {
+    let one = drains
+        .iter()
+        .find(|d| d.shares.len() == 1 && d.label.starts_with("this build"));
+    if let (Some(base), Some(this)) = (drains.first().filter(|_| args.baseline.is_some()), one) {
         println!(
             "this build / baseline: {:.2}× the events/s, {:.2}× less CPU per event",
             this.events_per_s / base.events_per_s,
             base.cpu_us_per_event / this.cpu_us_per_event
+        );
+    }
+    if let (Some(one), Some(many)) = (one, drains.iter().find(|d| d.shares.len() > 1)) {
+        let total: f64 = many.shares.iter().sum();
+        let shares: Vec<String> = many
+            .shares
+            .iter()
+            .map(|s| format!("{:.0} %", 100.0 * s / total.max(1.0)))
+            .collect();
+        println!(
+            "scale-out: {} instances give {:.2}× one instance's events/s (records per instance: {})",
+            many.shares.len(),
+            many.events_per_s / one.events_per_s,
+            shares.join(" / ")
         );
     }
     println!("latency after {} s of warm-up at each rate:", args.warmup);

@@ -11,8 +11,10 @@ mod documents;
 mod fraud;
 mod gateway;
 mod kafka_perf;
+mod peers;
 mod profile;
 mod replay;
+mod slow;
 use futures::StreamExt;
 use futures::stream::FuturesUnordered;
 use harness::ServiceProcess;
@@ -40,6 +42,11 @@ enum Bench {
     Documents(documents::DocArgs),
     /// Apache Kafka's own producer-perf-test and consumer-perf-test on a broker of its own.
     Kafka(kafka_perf::PerfArgs),
+    /// A slow model (fixed latency) under each ordering mode: key-ordered parallelism against
+    /// partition-sequential and unordered.
+    Slow(slow::SlowArgs),
+    /// verdict against batched and naive Python confluent-kafka loops doing the same work.
+    Peers(peers::PeersArgs),
     /// Instructions per event of the fraud-detector under callgrind, and its costliest functions.
     Profile(profile::ProfileArgs),
     /// The chaos suite's long forms: lost, duplicated, stray, longest decision gap, stuck.
@@ -297,6 +304,8 @@ async fn main() {
         Bench::Kafka(args) => kafka_perf::run(args).await,
         Bench::Chaos(args) => chaos::run(args).await,
         Bench::Profile(args) => profile::run(args).await,
+        Bench::Peers(args) => peers::run(args).await,
+        Bench::Slow(args) => slow::run(args).await,
         Bench::Replay(args) => replay::run(args).await,
         Bench::Gateway(args) => gateway::run(args).await,
     }

@@ -3,6 +3,7 @@
 use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
+use verdict_runtime::inference::resilience::ProviderSettings;
 use verdict_runtime::settings::{SettingsError, Validate};
 
 #[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
@@ -29,6 +30,35 @@ pub struct FraudSettings {
     pub fail_tenant: String,
     /// How an injected failure fails: `transient` (a retryable error) or `panic`.
     pub fail_mode: FailMode,
+    /// Score with the model served over HTTP (KServe v2 / Open Inference Protocol: the
+    /// model-server, MLServer, KServe) instead of in-process; the in-process model answers,
+    /// marked `degraded`, when the server does not.
+    pub remote_model: Option<RemoteModel>,
+}
+
+/// A scoring model behind KServe v2 (`[service.remote_model]`).
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct RemoteModel {
+    /// Base URL, e.g. `http://127.0.0.1:9470`.
+    pub url: String,
+    /// The served model's name (`/v2/models/{name}/infer`).
+    #[serde(default = "default_remote_name")]
+    pub name: String,
+    /// The output tensor with `[p_good, p_bad]` per row.
+    #[serde(default = "default_remote_output")]
+    pub output: String,
+    /// Timeout, retries, circuit breaker and concurrency of the calls.
+    #[serde(default)]
+    pub provider: ProviderSettings,
+}
+
+fn default_remote_name() -> String {
+    "fraud".into()
+}
+
+fn default_remote_output() -> String {
+    "predict_proba".into()
 }
 
 #[derive(Clone, Copy, Debug, Default, Deserialize, Serialize, PartialEq, Eq)]
@@ -52,6 +82,7 @@ impl Default for FraudSettings {
             fail_first_attempts: 0,
             fail_tenant: String::new(),
             fail_mode: FailMode::Transient,
+            remote_model: None,
         }
     }
 }
@@ -83,6 +114,11 @@ impl Validate for FraudSettings {
         }
         if !(self.amount_limit.is_finite() && self.amount_limit > 0.0) {
             return bad("amount_limit", "must be a positive number".into());
+        }
+        if let Some(remote) = &self.remote_model
+            && !(remote.url.starts_with("http://") || remote.url.starts_with("https://"))
+        {
+            return bad("remote_model.url", "must be an http(s) URL".into());
         }
         if self.velocity_max == 0 || self.velocity_window_ms == 0 {
             return bad(

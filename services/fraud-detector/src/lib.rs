@@ -3,6 +3,7 @@
 
 pub mod config;
 pub mod pipeline;
+pub mod remote;
 pub mod rules;
 
 use verdict_runtime::service::{Deployment, ServiceSettings, ServiceSpec};

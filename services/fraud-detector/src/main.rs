@@ -26,7 +26,7 @@ async fn main() -> ExitCode {
         let model = LogisticModel::load(&ctx.settings.service.model_file).map_err(|e| e.to_string())?;
         tracing::info!(model = %model.name, version = %model.version, sha256 = %model.sha256, "model loaded");
         let topics = DecisionTopics::from_route(ctx.route, review_schema())?;
-        Ok(FraudDetector::new(model, ctx.settings.service.clone(), ctx.metrics, topics))
+        FraudDetector::new(model, ctx.settings.service.clone(), ctx.metrics, topics)
     })
     .await
 }

@@ -16,6 +16,7 @@ use verdict_runtime::now_ms;
 use verdict_runtime::serde::ValueSchema;
 
 use crate::config::{FailMode, FraudSettings};
+use crate::remote::RemoteScorer;
 use crate::rules::Velocity;
 
 pub const SERVICE: &str = "fraud-detector";
@@ -96,6 +97,8 @@ pub struct ModelInfo {
 pub struct FraudDetector {
     model: LogisticModel,
     model_info: Arc<ModelInfo>,
+    /// The served model, when scores come from it (`service.remote_model`).
+    remote: Option<(RemoteScorer, Arc<ModelInfo>)>,
     velocity: Velocity,
     settings: FraudSettings,
     metrics: Arc<Metrics>,
@@ -219,8 +222,23 @@ impl FraudDetector {
         settings: FraudSettings,
         metrics: Arc<Metrics>,
         topics: DecisionTopics,
-    ) -> Self {
-        Self {
+    ) -> Result<Self, String> {
+        let remote = match &settings.remote_model {
+            Some(r) => {
+                let scorer = RemoteScorer::new(r, &model)
+                    .map_err(|e| format!("service.remote_model: {e}"))?;
+                let info = Arc::new(ModelInfo {
+                    name: scorer.model.name.clone(),
+                    version: scorer.model.version.clone(),
+                    provider: "kserve-v2",
+                    prompt_version: None,
+                });
+                Some((scorer, info))
+            }
+            None => None,
+        };
+        Ok(Self {
+            remote,
             topics,
             velocity: Velocity::new(settings.velocity_window_ms, settings.velocity_max),
             model_info: Arc::new(ModelInfo {
@@ -233,7 +251,7 @@ impl FraudDetector {
             settings,
             metrics,
             seen: AtomicU64::new(0),
-        }
+        })
     }
 
     /// Score: the model's probability that this is a bad risk.
@@ -341,14 +359,36 @@ impl Processor for FraudDetector {
         let mut t = StageTimings::new(&self.metrics);
         let tx = t.stage("validate", || validate(&mut input))?;
         let features = t.stage("features", || features(&tx));
-        let scored = t.stage("score", || self.score(input.attempt, &tx, &features))?;
+        let mut scored = t.stage("score", || self.score(input.attempt, &tx, &features))?;
+        let mut model = &self.model_info;
+        let mut degraded = false;
+        if let Some((remote, served)) = &self.remote {
+            // The served model's probability; the in-process one still explains it.
+            let row = self.model.raw_row(&features.to_input());
+            let started = Instant::now();
+            let answer = remote
+                .score(row)
+                .await
+                .map_err(|e| ProcessError::inference("remote_score", &e))?;
+            t.record("remote_score", started.elapsed());
+            scored.probability = answer.probability;
+            degraded = answer.degraded;
+            if !degraded {
+                model = served;
+            }
+        }
         let hits = t.stage("rules", || self.rules(&tx));
-        let decision = t.stage("decide", || self.decide(&tx, &scored, &hits));
+        let mut decision = t.stage("decide", || self.decide(&tx, &scored, &hits));
+        if degraded {
+            decision.reasons.push(
+                "degraded: the served model did not answer; the in-process model scored".into(),
+            );
+        }
 
         let review = decision.outcome == Outcome::Review || decision.low_confidence;
         let audit = Audit::decision(SERVICE, &tx.event_id, &tx.tenant_id, input.raw)
             .outcome(decision.outcome.as_str())
-            .model(&self.model.name, &self.model.version)
+            .model(&model.name, &model.version)
             .latency_since(started)
             .detail("score", format!("{:.6}", scored.probability))
             .detail("model_sha256", &self.model.sha256)
@@ -367,9 +407,9 @@ impl Processor for FraudDetector {
             score: scored.probability,
             confidence: decision.confidence,
             reasons: decision.reasons,
-            model: self.model_info.clone(),
+            model: model.clone(),
             stage_timings: t.stages,
-            degraded: false,
+            degraded,
             cached: false,
         };
         Ok(self.topics.outputs(&key, decision, audit, review))
@@ -402,6 +442,7 @@ mod tests {
             Metrics::new("test"),
             topics,
         )
+        .expect("detector")
     }
 
     fn tx(amount: f64, history: &str) -> Json {

@@ -26,6 +26,8 @@ pub struct App {
     pub heads: Vec<LinearHead>,
     pub fraud_name: String,
     pub fraud: LogisticModel,
+    /// Injected latency of every fraud inference (`fraud.delay_ms`).
+    pub fraud_delay: std::time::Duration,
 }
 
 type AppState = State<Arc<App>>;
@@ -265,6 +267,9 @@ async fn infer(
     };
     let id = req.id.clone().unwrap_or_default();
     if name == app.fraud_name {
+        if !app.fraud_delay.is_zero() {
+            tokio::time::sleep(app.fraud_delay).await;
+        }
         let rows = match rows_of(input) {
             Ok(r) => r,
             Err(e) => return kserve_error(StatusCode::BAD_REQUEST, e),

@@ -48,6 +48,9 @@ pub struct Embeddings {
 pub struct Fraud {
     pub model_file: PathBuf,
     pub name: String,
+    /// Fault injection for benchmarks and drills: every fraud inference answers this much
+    /// later (a slow remote model). 0 in production.
+    pub delay_ms: u64,
 }
 
 impl Default for ModelServerSettings {
@@ -88,6 +91,7 @@ impl Default for Fraud {
         Self {
             model_file: PathBuf::from("models/fraud/model.json"),
             name: "fraud".into(),
+            delay_ms: 0,
         }
     }
 }

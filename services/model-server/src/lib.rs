@@ -101,5 +101,6 @@ pub fn load(settings: &ModelServerSettings) -> Result<Arc<App>, String> {
         heads,
         fraud_name: settings.fraud.name.clone(),
         fraud,
+        fraud_delay: std::time::Duration::from_millis(settings.fraud.delay_ms),
     }))
 }

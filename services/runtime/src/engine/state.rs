@@ -10,9 +10,12 @@
 //! - **Retry time.** A record from a retry topic whose not-before lies ahead is held (not
 //!   running, not counted against the in-flight bound) and its partition is paused until the
 //!   head of the line is due.
-//! - **Backpressure.** Running records are bounded per partition and in all; received bytes
-//!   (running, queued or held) are bounded in all. Over a bound the partitions pause; they
-//!   resume below half of it.
+//! - **Backpressure.** Running records are bounded per partition and in all: a record starts
+//!   only below both bounds, else it waits (parked, in offset order) until a running one
+//!   finishes, so a fetched burst never overshoots. Received bytes (running, waiting or held)
+//!   are bounded in all. Over a bound the partitions pause at the client; they resume below
+//!   half of it. Waiting records start whenever there is room, paused or not, so the records
+//!   that hold the bytes can always finish and the pause always lifts.
 //! - **Epochs.** Every assignment of a partition gets a new epoch; news about an older one
 //!   (a record finishing after its partition was revoked) is ignored.
 
@@ -121,6 +124,9 @@ pub struct State<P> {
     /// Held and parked records in all: when there are none, there is nothing to release.
     held: usize,
     parked: usize,
+    /// The dead-letter guard holds consumption (as the last [`State::flow`] was told):
+    /// nothing new starts.
+    holding: bool,
 }
 
 /// Notes that `part` changed, for the next [`State::flow`].
@@ -151,6 +157,7 @@ impl<P> State<P> {
             last_flow: None,
             held: 0,
             parked: 0,
+            holding: false,
         }
     }
 
@@ -233,7 +240,11 @@ impl<P> State<P> {
         part.next = part.next.max(rec.offset + 1);
         part.bytes += rec.bytes;
         self.bytes += rec.bytes;
-        if part.paused {
+        let room = !self.holding
+            && part.running < self.limits.per_partition
+            && self.running < self.limits.total;
+        // Behind the records already waiting (offset order), or until there is room.
+        if !room || !part.parked.is_empty() {
             part.parked.push_back(rec);
             self.parked += 1;
             return None;
@@ -322,15 +333,21 @@ impl<P> State<P> {
     /// while their partition was paused, once it is not (key order still applies).
     pub fn release_due(&mut self, now_ms: i64) -> Vec<Start<P>> {
         let mut out = Vec::new();
-        if self.held == 0 && self.parked == 0 {
+        if self.held == 0 && self.parked == 0 || self.holding {
             return out;
         }
+        let l = self.limits;
         for (tp, part) in self.parts.iter_mut().filter(|(_, p)| !p.revoking) {
             let before = (part.held.len(), part.parked.len());
-            while part
-                .held
-                .front()
-                .is_some_and(|r| r.not_before_ms.is_none_or(|t| t <= now_ms))
+            // Records start only while the partition and the whole are below their bounds.
+            let room = |part: &Part<P>, out: &Vec<Start<P>>| {
+                part.running < l.per_partition && self.running + out.len() < l.total
+            };
+            while room(part, &out)
+                && part
+                    .held
+                    .front()
+                    .is_some_and(|r| r.not_before_ms.is_none_or(|t| t <= now_ms))
             {
                 let Some(rec) = part.held.pop_front() else {
                     break;
@@ -338,7 +355,7 @@ impl<P> State<P> {
                 self.held -= 1;
                 out.extend(Self::start_or_queue(part, rec));
             }
-            while !part.paused {
+            while room(part, &out) {
                 let Some(rec) = part.parked.pop_front() else {
                     break;
                 };
@@ -367,6 +384,7 @@ impl<P> State<P> {
     /// Which partitions to pause and resume now. `holding`: the dead-letter guard holds
     /// consumption.
     pub fn flow(&mut self, holding: bool) -> Flow {
+        self.holding = holding;
         let l = self.limits;
         if self.running >= l.total || self.bytes >= l.bytes {
             self.global_paused = true;
@@ -549,7 +567,10 @@ mod tests {
 
     #[test]
     fn commits_stop_at_the_first_unfinished_offset() {
-        let mut s = State::new(LIMITS);
+        let mut s = State::new(Limits {
+            per_partition: 8,
+            ..LIMITS
+        });
         s.assign([(tp(0), false)]);
         let started: Vec<Start<()>> = (10..15)
             .filter_map(|o| s.receive(rec(0, o, None), 0))
@@ -798,5 +819,75 @@ mod tests {
                 assert_eq!(part.paused, want, "step {step}");
             }
         }
+    }
+
+    /// A burst larger than the per-partition bound (a fetched batch arrives at once) starts
+    /// only up to the bound; the rest start as running records finish.
+    #[test]
+    fn the_per_partition_bound_holds_for_a_burst() {
+        let mut s = State::new(LIMITS);
+        s.assign([(tp(0), false)]);
+        let started: Vec<Start<()>> = (0..10)
+            .filter_map(|o| s.receive(rec(0, o, None), 0))
+            .collect();
+        assert_eq!(started.len(), 4, "per_partition is 4");
+        assert_eq!(s.running(), 4);
+        done(&mut s, &started[0]);
+        s.flow(false);
+        let next: Vec<i64> = s.release_due(0).iter().map(|st| st.rec.offset).collect();
+        assert_eq!(
+            next,
+            vec![4],
+            "one finished, one more starts, in offset order"
+        );
+    }
+
+    /// Review item 1: a record that arrives while the byte bound pauses everything (fetched
+    /// before the pause took effect) must still start, or the bytes it holds never fall and
+    /// the pause never lifts.
+    #[test]
+    fn records_arriving_under_a_byte_pause_still_start() {
+        let mut s = State::new(Limits {
+            per_partition: 100,
+            total: 100,
+            bytes: 100,
+        });
+        s.assign([(tp(0), false)]);
+        let sized = |o: i64, bytes: usize| Rec {
+            bytes,
+            ..rec(0, o, None)
+        };
+        let a = s.receive(sized(0, 90), 0).expect("starts");
+        let b = s.receive(sized(1, 30), 0).expect("starts");
+        assert_eq!(s.flow(false).pause, vec![tp(0)], "120 bytes: paused");
+        let mut started: Vec<Start<()>> = s.receive(sized(2, 60), 0).into_iter().collect();
+        done(&mut s, &a);
+        done(&mut s, &b);
+        assert_eq!(s.bytes(), 60, "only the late record's bytes are left");
+        s.flow(false);
+        started.extend(s.release_due(0));
+        assert_eq!(started.len(), 1, "the late record runs: it can finish");
+        done(&mut s, &started[0]);
+        assert_eq!(
+            s.flow(false).resume,
+            vec![tp(0)],
+            "and then the pause lifts"
+        );
+    }
+
+    /// Review item 2: a record that arrives after its partition resumed, before the records
+    /// parked during the pause are released, must not overtake them.
+    #[test]
+    fn a_record_after_a_resume_waits_behind_the_parked_ones() {
+        let mut s = State::new(LIMITS);
+        s.assign([(tp(0), false)]);
+        assert_eq!(s.flow(true).pause, vec![tp(0)], "the guard holds");
+        assert!(s.receive(rec(0, 0, Some("a")), 0).is_none(), "parked");
+        assert_eq!(s.flow(false).resume, vec![tp(0)]);
+        // Offset 1 (same key) arrives before the loop released offset 0.
+        let early = s.receive(rec(0, 1, Some("a")), 0);
+        assert!(early.is_none(), "offset 1 must not start before offset 0");
+        let order: Vec<i64> = s.release_due(0).iter().map(|st| st.rec.offset).collect();
+        assert_eq!(order, vec![0], "offset 0 first; 1 waits for it (same key)");
     }
 }
