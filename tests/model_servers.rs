@@ -429,3 +429,77 @@ fn model_server_serves_the_fraud_model_and_names_bad_requests() {
         }
     });
 }
+
+/// The fraud-detector scoring through the model as MLServer serves it (`service.remote_model`):
+/// decisions name the served model and carry its score, which equals the in-process model's;
+/// with the server gone, the in-process model scores and the decisions say `degraded`.
+#[test]
+fn the_fraud_detector_scores_through_mlserver_and_falls_back() {
+    use harness::{ServiceProcess, Stack, apply_topology, deployment, quick, read_topic};
+    use verdict_cli::records::{AvroProducer, sample_transaction};
+    run(300, async {
+        let mut mlserver = MlServer::start().await;
+        let stack = Stack::start().await;
+        let topology = apply_topology(&stack, None).await;
+        let url = mlserver.url();
+        let mut svc = ServiceProcess::spawn::<fraud_detector::Spec>(
+            &deployment(&stack, &topology, None),
+            |s| {
+                quick(s);
+                s.service.remote_model = Some(fraud_detector::config::RemoteModel {
+                    url,
+                    name: "fraud".into(),
+                    output: "predict_proba".into(),
+                    provider: ProviderSettings {
+                        timeout_ms: 500,
+                        max_retries: 0,
+                        ..ProviderSettings::default()
+                    },
+                });
+            },
+        );
+        svc.wait_ready(Duration::from_secs(60)).await;
+        let producer =
+            AvroProducer::new(&stack.broker.kafka(), &stack.registry_url()).expect("producer");
+        let mut rng = rand::rng();
+        let input = topology.topic("transactions");
+        let mut send = async |n: usize| {
+            for _ in 0..n {
+                let (account, v) = sample_transaction(&mut rng, "remote");
+                producer.send(&input, &account, &v).await.expect("produce");
+            }
+        };
+        let read = async |n: usize| {
+            read_topic(
+                &stack.broker.kafka(),
+                &stack.registry_url(),
+                &topology.topic("fraud-decisions"),
+                Duration::from_secs(60),
+                |rs| rs.len() >= n,
+            )
+            .await
+        };
+        send(10).await;
+        let served = read(10).await;
+        for d in &served {
+            let v = d.value.as_ref().expect("decoded");
+            assert_eq!(v["model"]["provider"], "kserve-v2", "{v}");
+            assert_eq!(v["degraded"], false);
+        }
+        mlserver.kill();
+        send(5).await;
+        let all = read(15).await;
+        let fallback: Vec<&serde_json::Value> = all
+            .iter()
+            .filter_map(|d| d.value.as_ref())
+            .filter(|v| v["degraded"] == true)
+            .collect();
+        assert_eq!(fallback.len(), 5, "the 5 sent after the server went away");
+        for v in fallback {
+            assert_eq!(v["model"]["provider"], "in-process", "{v}");
+            let reasons = v["reasons"].to_string();
+            assert!(reasons.contains("degraded"), "{reasons}");
+        }
+        svc.stop_cleanly();
+    });
+}

@@ -131,16 +131,38 @@ pub async fn run(args: DocArgs) {
     crate::wait_for_records(&kafka, &decisions, n0, Instant::now(), "warm-up (uncached)").await;
     // Round 1: new, distinct texts (no cache hits).
     let fresh: Vec<String> = texts.iter().map(|t| format!("{t} Batch two.")).collect();
+    let cpu = |pid: u32| crate::cpu_seconds(pid);
+    let (analyzer_cpu0, model_cpu0) = (cpu(analyzer.pid()), cpu(ms.pid()));
     let start = Instant::now();
     send_all(1, fresh).await;
     let uncached_secs =
         crate::wait_for_records(&kafka, &decisions, 2 * n0, start, "pipeline (uncached)").await;
+    let per_doc = |used: f64| used * 1000.0 / args.docs as f64;
+    let (analyzer_ms, model_ms) = (
+        per_doc(cpu(analyzer.pid()) - analyzer_cpu0),
+        per_doc(cpu(ms.pid()) - model_cpu0),
+    );
     // Round 2: the round-0 texts again: every embedding is a cache hit.
     let start = Instant::now();
     send_all(2, texts.clone()).await;
     let cached_secs =
         crate::wait_for_records(&kafka, &decisions, 3 * n0, start, "pipeline (cache hits)").await;
     let hits = analyzer.metric("verdict_records_processed_total").await;
+    let decided = harness::read_topic(
+        &kafka,
+        &stack.registry_url(),
+        &decisions,
+        Duration::from_secs(30),
+        |rs| rs.len() >= 3 * args.docs,
+    )
+    .await;
+    let flag = |name: &str| {
+        decided
+            .iter()
+            .filter(|r| r.value.as_ref().is_some_and(|v| v[name] == true))
+            .count()
+    };
+    let (degraded, cached_flags) = (flag("degraded"), flag("cached"));
     let rss = crate::peak_rss_mib(ms.pid());
     let _ = analyzer.terminate(Duration::from_secs(30));
 
@@ -166,10 +188,17 @@ pub async fn run(args: DocArgs) {
         100.0 * uncached / batched_rate
     );
     println!(
+        "  CPU per document in the pipeline: model-server {model_ms:.1} ms, document-analyzer {analyzer_ms:.1} ms (the broker and the producer share the same 2 cores)"
+    );
+    println!(
         "document pipeline (repeated documents, cache hits): {cached:.0} documents/s = {:.1}x the uncached rate",
         cached / uncached
     );
     println!("model-server peak RSS {rss:.0} MiB; analyzer processed {hits:.0} records");
+    println!(
+        "decisions: {} in all, {degraded} degraded (rules, the model did not answer), {cached_flags} from the cache",
+        decided.len()
+    );
 }
 
 fn uuid_v4() -> String {

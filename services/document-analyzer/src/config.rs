@@ -15,6 +15,9 @@ pub struct DocumentSettings {
     /// Bearer token for the embeddings API; never logged.
     pub api_key: Secret,
     pub provider: ProviderSettings,
+    /// Embedding requests (batches of up to 32 documents) in flight at once: more documents
+    /// wait and join the next batch, which is how the model server works best.
+    pub embed_batches_in_flight: usize,
     /// Documents larger than this are rejected (bytes of text).
     pub max_bytes: usize,
     /// Documents whose token estimate (chars / 4) exceeds this are rejected.
@@ -45,6 +48,7 @@ impl Default for DocumentSettings {
                 open_ms: 5_000,
                 ..ProviderSettings::default()
             },
+            embed_batches_in_flight: 2,
             max_bytes: 200_000,
             max_tokens: 50_000,
             model_context_tokens: 256,
@@ -65,6 +69,9 @@ impl Validate for DocumentSettings {
                 message: message.into(),
             })
         };
+        if self.embed_batches_in_flight == 0 {
+            return bad("embed_batches_in_flight", "must be at least 1");
+        }
         if !self.embeddings_url.starts_with("http://")
             && !self.embeddings_url.starts_with("https://")
         {

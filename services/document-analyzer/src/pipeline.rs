@@ -212,6 +212,7 @@ impl DocumentAnalyzer {
         let batcher = Arc::new(MicroBatcher::new(
             32,
             Duration::from_millis(5),
+            settings.embed_batches_in_flight,
             Arc::new(move |texts: Vec<String>| {
                 let chain = chain.clone();
                 Box::pin(async move { chain.infer(&texts).await.map(|a| a.outputs) })

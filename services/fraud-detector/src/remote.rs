@@ -55,6 +55,7 @@ impl RemoteScorer {
         let batcher = MicroBatcher::new(
             MAX_BATCH,
             MAX_WAIT,
+            settings.provider.max_concurrency,
             Arc::new(move |rows: Vec<Vec<f64>>| {
                 let chain = chain.clone();
                 Box::pin(async move {

@@ -41,6 +41,8 @@ pub struct Embeddings {
     /// Micro-batching across requests.
     pub max_batch: usize,
     pub max_wait_ms: u64,
+    /// Batches computed at once (the CPU's cores are shared by them).
+    pub batches_in_flight: usize,
 }
 
 #[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
@@ -82,6 +84,7 @@ impl Default for Embeddings {
             max_length: 256,
             max_batch: 32,
             max_wait_ms: 5,
+            batches_in_flight: std::thread::available_parallelism().map_or(2, usize::from),
         }
     }
 }
@@ -120,6 +123,9 @@ impl Validate for ModelServerSettings {
         }
         if !(1..=512).contains(&self.embeddings.max_length) {
             return bad("embeddings.max_length", "must be between 1 and 512".into());
+        }
+        if self.embeddings.batches_in_flight == 0 {
+            return bad("embeddings.batches_in_flight", "must be at least 1".into());
         }
         if self.embeddings.max_batch == 0 {
             return bad("embeddings.max_batch", "must be at least 1".into());

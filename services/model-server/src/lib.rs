@@ -83,6 +83,7 @@ pub fn load(settings: &ModelServerSettings) -> Result<Arc<App>, String> {
     let batcher = MicroBatcher::new(
         e.max_batch,
         Duration::from_millis(e.max_wait_ms),
+        e.batches_in_flight,
         Arc::new(move |texts: Vec<String>| {
             let embedder = embedder.clone();
             Box::pin(async move {

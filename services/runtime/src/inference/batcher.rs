@@ -1,5 +1,7 @@
 //! Micro-batching: single calls are gathered into batches of at most `max_batch`,
-//! waiting at most `max_wait` for a batch to fill.
+//! waiting at most `max_wait` for a batch to fill, with at most `in_flight` batches running:
+//! while they run, calls queue, and the next batch takes what queued (it fills under load
+//! instead of many small batches running at once).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -17,10 +19,15 @@ pub struct MicroBatcher<I, O> {
 }
 
 impl<I: Send + 'static, O: Send + 'static> MicroBatcher<I, O> {
-    pub fn new(max_batch: usize, max_wait: Duration, run: BatchFn<I, O>) -> Self {
-        let (tx, mut rx) = mpsc::channel::<Job<I, O>>(max_batch.max(1) * 4);
+    pub fn new(max_batch: usize, max_wait: Duration, in_flight: usize, run: BatchFn<I, O>) -> Self {
+        let in_flight = in_flight.max(1);
+        let (tx, mut rx) = mpsc::channel::<Job<I, O>>(max_batch.max(1) * (in_flight + 1) * 2);
+        let slots = Arc::new(tokio::sync::Semaphore::new(in_flight));
         tokio::spawn(async move {
             while let Some(first) = rx.recv().await {
+                let Ok(slot) = slots.clone().acquire_owned().await else {
+                    break;
+                };
                 let mut jobs = vec![first];
                 let deadline = tokio::time::Instant::now() + max_wait;
                 while jobs.len() < max_batch {
@@ -32,6 +39,7 @@ impl<I: Send + 'static, O: Send + 'static> MicroBatcher<I, O> {
                 let (inputs, replies): (Vec<I>, Vec<_>) = jobs.into_iter().unzip();
                 let run = run.clone();
                 tokio::spawn(async move {
+                    let _slot = slot;
                     match run(inputs).await {
                         Ok(outputs) if outputs.len() == replies.len() => {
                             for (reply, out) in replies.into_iter().zip(outputs) {
@@ -82,6 +90,7 @@ mod tests {
         let batcher = Arc::new(MicroBatcher::new(
             8,
             Duration::from_millis(20),
+            4,
             Arc::new(move |batch: Vec<u32>| {
                 seen.lock().expect("lock").push(batch.len());
                 Box::pin(async move { Ok(batch.into_iter().map(|x| x + 1).collect()) })
@@ -101,6 +110,45 @@ mod tests {
         assert!(
             sizes.iter().all(|&s| s <= 8) && sizes.len() < 20,
             "batched: {sizes:?}"
+        );
+    }
+
+    #[tokio::test]
+    async fn calls_queue_while_the_batches_in_flight_run_and_fill_the_next() {
+        let sizes = Arc::new(Mutex::new(Vec::new()));
+        let seen = sizes.clone();
+        let batcher = Arc::new(MicroBatcher::new(
+            8,
+            Duration::from_millis(1),
+            1,
+            Arc::new(move |batch: Vec<u32>| {
+                seen.lock().expect("lock").push(batch.len());
+                Box::pin(async move {
+                    tokio::time::sleep(Duration::from_millis(30)).await;
+                    Ok(batch)
+                })
+            }),
+        ));
+        let first = {
+            let b = batcher.clone();
+            tokio::spawn(async move { b.call(0).await })
+        };
+        tokio::time::sleep(Duration::from_millis(5)).await;
+        let rest: Vec<_> = (1..9u32)
+            .map(|i| {
+                let b = batcher.clone();
+                tokio::spawn(async move { b.call(i).await })
+            })
+            .collect();
+        assert_eq!(first.await.expect("task"), Ok(0));
+        for (i, t) in (1..9u32).zip(rest) {
+            assert_eq!(t.await.expect("task"), Ok(i));
+        }
+        let sizes = sizes.lock().expect("lock").clone();
+        assert_eq!(
+            sizes,
+            vec![1, 8],
+            "the 8 calls made while the first batch ran go out as one batch"
         );
     }
 }
