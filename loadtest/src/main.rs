@@ -11,6 +11,7 @@ mod documents;
 mod fraud;
 mod gateway;
 mod kafka_perf;
+mod memory;
 mod peers;
 mod profile;
 mod replay;
@@ -42,6 +43,8 @@ enum Bench {
     Documents(documents::DocArgs),
     /// Apache Kafka's own producer-perf-test and consumer-perf-test on a broker of its own.
     Kafka(kafka_perf::PerfArgs),
+    /// Resident memory of a large backlog and of large documents against the byte bound.
+    Memory(memory::MemoryArgs),
     /// A slow model (fixed latency) under each ordering mode: key-ordered parallelism against
     /// partition-sequential and unordered.
     Slow(slow::SlowArgs),
@@ -306,6 +309,7 @@ async fn main() {
         Bench::Profile(args) => profile::run(args).await,
         Bench::Peers(args) => peers::run(args).await,
         Bench::Slow(args) => slow::run(args).await,
+        Bench::Memory(args) => memory::run(args).await,
         Bench::Replay(args) => replay::run(args).await,
         Bench::Gateway(args) => gateway::run(args).await,
     }

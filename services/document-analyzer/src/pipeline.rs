@@ -288,12 +288,15 @@ impl Processor for DocumentAnalyzer {
         let started = Instant::now();
         let mut t = StageTimings::new(&self.metrics);
         let document = std::mem::take(&mut input.value);
-        let (doc, tokens) = t.stage("validate", || validate(document, &self.settings))?;
+        let (mut doc, tokens) = t.stage("validate", || validate(document, &self.settings))?;
         let Redacted {
             text: redacted,
             kinds: pii,
             count: pii_count,
         } = t.stage("redact", || redact(&doc.text));
+        // Only the redacted text goes on; a large document is not held twice while it waits
+        // for its embedding.
+        drop(std::mem::take(&mut doc.text));
 
         let embed_start = Instant::now();
         let embedded = match self.embed(&redacted).await {

@@ -83,12 +83,37 @@ pub(crate) struct Outbound<'a> {
 
 pub(crate) struct Output {
     producer: ThreadedProducer<Delivery>,
+    /// Bytes handed to the producer and not yet acknowledged (the engine's byte bound
+    /// counts them with the records' own).
+    pub(crate) unacked_bytes: Arc<AtomicUsize>,
+}
+
+/// Resolves when every record of one [`Output::send_all`] is acknowledged; its bytes stop
+/// counting then.
+pub(crate) struct Pending {
+    acked: AllAcked,
+    bytes: usize,
+    unacked: Arc<AtomicUsize>,
+}
+
+impl Pending {
+    pub(crate) async fn acked(self) -> Result<(), String> {
+        let Self {
+            acked,
+            bytes,
+            unacked,
+        } = self;
+        let result = acked.await;
+        unacked.fetch_sub(bytes, Ordering::Relaxed);
+        result
+    }
 }
 
 impl Output {
     pub(crate) fn new(kafka: &KafkaSettings) -> Result<Self, ClientError> {
         Ok(Self {
             producer: kafka.producer_config().create_with_context(Delivery)?,
+            unacked_bytes: Arc::new(AtomicUsize::new(0)),
         })
     }
 
@@ -98,10 +123,21 @@ impl Output {
         &self,
         records: impl ExactSizeIterator<Item = Outbound<'_>>,
     ) -> Result<(), String> {
+        self.send_all(records).await?.acked().await
+    }
+
+    /// Hands every record to the producer (which copies them, so the caller may drop its
+    /// buffers at once); the answer resolves when the broker acknowledged them all.
+    pub(crate) async fn send_all(
+        &self,
+        records: impl ExactSizeIterator<Item = Outbound<'_>>,
+    ) -> Result<Pending, String> {
         let acks = Arc::new(Acks::default());
         acks.left.store(records.len(), Ordering::Release);
         let mut unsent = records.len();
+        let mut bytes = 0;
         for send in records {
+            bytes += send.value.map_or(0, <[u8]>::len) + send.key.map_or(0, <[u8]>::len);
             let topic = send.topic;
             let mut record = BaseRecord::with_opaque_to(topic, acks.clone());
             if let Some(k) = send.key {
@@ -132,6 +168,11 @@ impl Output {
             }
             unsent -= 1;
         }
-        AllAcked(acks).await
+        self.unacked_bytes.fetch_add(bytes, Ordering::Relaxed);
+        Ok(Pending {
+            acked: AllAcked(acks),
+            bytes,
+            unacked: self.unacked_bytes.clone(),
+        })
     }
 }

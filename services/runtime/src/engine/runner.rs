@@ -251,7 +251,14 @@ fn consumer(
             "max.poll.interval.ms",
             settings.max_poll_interval_ms.to_string(),
         )
-        .set("queued.max.messages.kbytes", "16384")
+        // What librdkafka prefetches is outside the engine's byte bound: keep it to a quarter
+        // of the bound (1-16 MiB).
+        .set(
+            "queued.max.messages.kbytes",
+            (settings.max_inflight_bytes / 4 / 1024)
+                .clamp(1024, 16384)
+                .to_string(),
+        )
         // Pausing a partition drops what librdkafka prefetched for it; keep that small.
         .set("max.partition.fetch.bytes", "262144")
         // An idle fetch waits at most this long; under load fetches return with data at once.
@@ -504,7 +511,7 @@ impl<P: Processor> Loop<P> {
     fn on_done(&mut self, tasks: &mut Tasks, done: Done) {
         let Some(outcome) = done.outcome else {
             // Aborted at a revoke or shutdown: not done, so not finished in the state.
-            self.state.abandon(&done.tp, done.epoch);
+            self.state.abandon(&done.tp, done.epoch, done.bytes);
             return;
         };
         self.metrics
@@ -564,6 +571,12 @@ impl<P: Processor> Loop<P> {
     /// Pauses and resumes what the state asks for.
     fn apply_flow(&mut self) {
         let holding = self.guard.holding();
+        self.state.set_output_bytes(
+            self.worker
+                .output
+                .unacked_bytes
+                .load(std::sync::atomic::Ordering::Relaxed),
+        );
         self.metrics.guard_tripped.set(i64::from(holding));
         let flow = self.state.flow(holding);
         for (tps, pause) in [(&flow.pause, true), (&flow.resume, false)] {

@@ -11,7 +11,7 @@ use tracing::Instrument;
 
 use super::output::{Outbound, Output};
 use super::routing::{self, Origin, Routing};
-use super::{Incoming, Outgoing, Processor, Route};
+use super::{Incoming, Outgoing, OutputTopic, Processor, Route};
 use crate::error::ProcessError;
 use crate::headers::{self, HeaderMap};
 use crate::metrics::Metrics;
@@ -95,24 +95,30 @@ impl<P: Processor> Worker<P> {
     }
 
     /// Encodes every output, sends them all, and waits until the broker acknowledged each.
+    /// The values are dropped once encoded, and the encoded bytes once the producer has
+    /// copied them: while the broker acknowledges, a record holds only its input.
     async fn write(&self, outputs: Vec<Outgoing<P::Output>>) -> Result<(), ProcessError> {
         let trace = trace_headers();
         let mut encoded = Vec::with_capacity(outputs.len());
-        for out in &outputs {
-            encoded.push(out.topic.encode(&self.codec, &out.value).await?);
+        for Outgoing { topic, key, value } in outputs {
+            let bytes = topic.encode(&self.codec, &value).await?;
+            encoded.push((topic, key, bytes));
         }
-        let sends = outputs.iter().zip(&encoded).map(|(out, bytes)| Outbound {
-            topic: out.topic.name(),
-            key: out.key.as_deref().map(str::as_bytes),
+        let sends = encoded.iter().map(|(topic, key, bytes)| Outbound {
+            topic: topic.name(),
+            key: key.as_deref().map(str::as_bytes),
             value: Some(bytes),
             headers: trace.clone(),
         });
-        self.output
-            .write_all(sends)
+        let pending = self
+            .output
+            .send_all(sends)
             .await
             .map_err(ProcessError::Output)?;
-        for out in &outputs {
-            out.topic.records_out(&self.metrics).inc();
+        let topics: Vec<OutputTopic> = encoded.into_iter().map(|(topic, ..)| topic).collect();
+        pending.acked().await.map_err(ProcessError::Output)?;
+        for topic in &topics {
+            topic.records_out(&self.metrics).inc();
         }
         Ok(())
     }
