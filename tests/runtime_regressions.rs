@@ -488,3 +488,93 @@ fn a_tight_byte_bound_never_strands_records() {
         svc.stop_cleanly();
     });
 }
+
+/// The headline of the hardening issue: an invalid transaction of ~999,600 bytes is rejected,
+/// and its dead-letter copy (the same bytes plus the failure headers) no longer fits the
+/// producer's `message.max.bytes`. The service exited ("cannot route a failed record") and,
+/// restarted, read the same record and exited again. Now the dead letter is a stub that
+/// points at the record (coordinates, size, hash, reason), the records behind it are decided
+/// and the commits move past it.
+#[test]
+fn an_oversized_record_is_dead_lettered_as_a_stub() {
+    run(240, async {
+        let stack = Stack::start().await;
+        let topology = apply_topology(&stack, None).await;
+        let mut svc = fraud(&stack, &stack.registry_url(), &topology, |_| {});
+        svc.wait_ready(Duration::from_secs(30)).await;
+        let producer =
+            AvroProducer::new(&stack.broker.kafka(), &stack.registry_url()).expect("producer");
+        let input = topology.topic("transactions");
+        let mut rng = rand::rng();
+        let (_, mut big) = sample_transaction(&mut rng, "tenant-big");
+        big["account_id"] = Value::String("acct-big".into());
+        big["amount"] = json!(-1.0);
+        // With the rest of the event, the key and the framing: ~999,800 bytes, under the
+        // producer's 1,000,000-byte message.max.bytes; the failure headers push the copy over.
+        big["merchant_id"] = Value::String("m".repeat(999_700));
+        let big_at = producer
+            .send(&input, "acct-big", &big)
+            .await
+            .expect("the broker takes a record just under its limit");
+        let mut good = HashSet::new();
+        for _ in 0..3 {
+            let (_, mut v) = sample_transaction(&mut rng, "tenant-ok");
+            v["account_id"] = Value::String("acct-big".into());
+            producer.send(&input, "acct-big", &v).await.expect("send");
+            good.insert(v["event_id"].as_str().expect("id").to_string());
+        }
+        let got = decisions(&stack, &topology, &good, Duration::from_secs(60)).await;
+        assert_eq!(
+            got.iter().filter_map(event_id).collect::<HashSet<_>>(),
+            good,
+            "the records behind the oversized one are decided\n{}",
+            svc.log()
+        );
+        let dlq = read_topic(
+            &stack.broker.kafka(),
+            &stack.registry_url(),
+            &topology.topic("transactions.dlq"),
+            Duration::from_secs(30),
+            |rs| !rs.is_empty(),
+        )
+        .await;
+        assert_eq!(dlq.len(), 1, "one dead letter\n{}", svc.log());
+        let stub = &dlq[0];
+        assert_eq!(
+            stub.raw.as_ref().map(Vec::len),
+            None,
+            "a stub carries no value"
+        );
+        assert_eq!(stub.key.as_deref(), Some("acct-big"));
+        assert_eq!(stub.headers.get(headers::ERROR_CLASS), Some("Invalid"));
+        assert_eq!(
+            stub.headers.get(headers::ORIGINAL_OFFSET),
+            Some(big_at.offset.to_string().as_str())
+        );
+        let size: usize = stub
+            .headers
+            .get(headers::ORIGINAL_SIZE)
+            .and_then(|s| s.parse().ok())
+            .expect("the stub says how large the record was");
+        assert!(size > 999_700, "size {size}");
+        assert_eq!(
+            stub.headers.get(headers::ORIGINAL_SHA256).map(str::len),
+            Some(64),
+            "the stub carries the value's sha256 in hex"
+        );
+        let message = stub.headers.get(headers::ERROR_MESSAGE).unwrap_or("");
+        assert!(
+            message.contains("amount") && message.contains("too large"),
+            "the reason names both the failure and why the copy is a stub: {message}"
+        );
+        wait_committed_to_end(
+            &stack.broker.kafka(),
+            &topology.group("verdict-fraud-detector"),
+            &input,
+            Duration::from_secs(30),
+        )
+        .await;
+        assert_eq!(svc.metric("verdict_dead_letter_stubs_total").await, 1.0);
+        svc.stop_cleanly();
+    });
+}

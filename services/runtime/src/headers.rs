@@ -3,7 +3,8 @@
 //! Dead letters keep the original key and value bytes untouched and carry headers
 //! in the style of Kafka Connect's `errors.deadletterqueue.context.headers.enable`,
 //! under the `verdict.errors.` prefix. Retries carry the attempt count, the
-//! not-before time and the same original coordinates.
+//! not-before time and the same original coordinates. A record whose copy does not fit the
+//! topic is dead-lettered as a stub: no value, its size and sha256 in headers.
 
 use rdkafka::message::{BorrowedHeaders, Header, Headers, OwnedHeaders};
 
@@ -20,6 +21,9 @@ pub const ERROR_RETRYABLE: &str = "verdict.errors.retryable";
 pub const ATTEMPTS: &str = "verdict.errors.attempts";
 pub const SERVICE: &str = "verdict.errors.service";
 pub const FAILED_AT: &str = "verdict.errors.failed.at";
+/// On a stub: the failed record's key + value size in bytes, and its value's sha256 (hex).
+pub const ORIGINAL_SIZE: &str = "verdict.errors.original.size";
+pub const ORIGINAL_SHA256: &str = "verdict.errors.original.sha256";
 
 /// A record's headers in order, values as bytes: headers verdict does not know (including
 /// non-UTF-8 ones) travel unchanged to the retry and dead-letter topics.

@@ -53,6 +53,7 @@ pub struct Metrics {
     pub records_out: Family<TopicLabel, Counter>,
     pub processed: Family<OutcomeLabel, Counter>,
     pub dead_letters: Family<ErrorLabel, Counter>,
+    pub dead_letter_stubs: Counter,
     pub stage_seconds: Family<StageLabel, Histogram, fn() -> Histogram>,
     pub record_seconds: Histogram,
     pub inflight: Gauge,
@@ -79,6 +80,7 @@ impl Metrics {
             records_out: Family::default(),
             processed: Family::default(),
             dead_letters: Family::default(),
+            dead_letter_stubs: Counter::default(),
             stage_seconds: Family::new_with_constructor(stage_histogram),
             record_seconds: stage_histogram(),
             inflight: Gauge::default(),
@@ -108,6 +110,11 @@ impl Metrics {
                 "dead_letters",
                 "Records sent to the dead-letter topic, by error class",
                 m.dead_letters.clone(),
+            );
+            r.register(
+                "dead_letter_stubs",
+                "Dead letters written as a stub (coordinates, size, hash, reason): the record's copy did not fit the topic",
+                m.dead_letter_stubs.clone(),
             );
             r.register(
                 "stage_duration_seconds",

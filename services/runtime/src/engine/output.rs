@@ -19,16 +19,35 @@ use rdkafka::types::RDKafkaErrorCode;
 
 use crate::kafka::{KafkaError as ClientError, KafkaSettings};
 
+/// A record the producer refused or the broker did not acknowledge.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("{topic}: {error}")]
+pub(crate) struct SendError {
+    pub topic: String,
+    error: KafkaError,
+}
+
+impl SendError {
+    /// The record is larger than the producer's `message.max.bytes` or the topic's
+    /// `max.message.bytes`: sending it again can never work.
+    pub(crate) fn too_large(&self) -> bool {
+        matches!(
+            self.error.rdkafka_error_code(),
+            Some(RDKafkaErrorCode::MessageSizeTooLarge | RDKafkaErrorCode::MessageBatchTooLarge)
+        )
+    }
+}
+
 /// The records of one attempt still to be acknowledged, and the first failure.
 #[derive(Default)]
 pub(crate) struct Acks {
     left: AtomicUsize,
-    failed: OnceLock<String>,
+    failed: OnceLock<SendError>,
     waker: AtomicWaker,
 }
 
 impl Acks {
-    fn done(&self, error: Option<String>) {
+    fn done(&self, error: Option<SendError>) {
         if let Some(e) = error {
             let _ = self.failed.set(e);
         }
@@ -42,7 +61,7 @@ impl Acks {
 pub(crate) struct AllAcked(Arc<Acks>);
 
 impl Future for AllAcked {
-    type Output = Result<(), String>;
+    type Output = Result<(), SendError>;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let acks = &self.0;
@@ -64,12 +83,10 @@ impl ProducerContext for Delivery {
     type DeliveryOpaque = Arc<Acks>;
 
     fn delivery(&self, result: &DeliveryResult<'_>, acks: Arc<Acks>) {
-        acks.done(
-            result
-                .as_ref()
-                .err()
-                .map(|(e, m)| format!("{}: {e}", m.topic())),
-        );
+        acks.done(result.as_ref().err().map(|(error, m)| SendError {
+            topic: m.topic().to_string(),
+            error: error.clone(),
+        }));
     }
 }
 
@@ -97,7 +114,7 @@ pub(crate) struct Pending {
 }
 
 impl Pending {
-    pub(crate) async fn acked(self) -> Result<(), String> {
+    pub(crate) async fn acked(self) -> Result<(), SendError> {
         let Self {
             acked,
             bytes,
@@ -122,7 +139,7 @@ impl Output {
     pub(crate) async fn write_all(
         &self,
         records: impl ExactSizeIterator<Item = Outbound<'_>>,
-    ) -> Result<(), String> {
+    ) -> Result<(), SendError> {
         self.send_all(records).await?.acked().await
     }
 
@@ -131,7 +148,7 @@ impl Output {
     pub(crate) async fn send_all(
         &self,
         records: impl ExactSizeIterator<Item = Outbound<'_>>,
-    ) -> Result<Pending, String> {
+    ) -> Result<Pending, SendError> {
         let acks = Arc::new(Acks::default());
         acks.left.store(records.len(), Ordering::Release);
         let mut unsent = records.len();
@@ -156,9 +173,12 @@ impl Output {
                         record = back;
                         Box::pin(tokio::time::sleep(Duration::from_millis(1))).await;
                     }
-                    Err((e, _)) => {
+                    Err((error, _)) => {
                         // This one and the rest will never be reported; count them as done.
-                        let error = format!("{topic}: {e}");
+                        let error = SendError {
+                            topic: topic.to_string(),
+                            error,
+                        };
                         for _ in 0..unsent {
                             acks.done(Some(error.clone()));
                         }

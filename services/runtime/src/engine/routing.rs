@@ -88,7 +88,10 @@ pub fn failure_headers(
         origin.timestamp_ms.unwrap_or(-1).to_string(),
     );
     headers.set(headers::ERROR_CLASS, error.class());
-    headers.set(headers::ERROR_MESSAGE, error.to_string());
+    headers.set(
+        headers::ERROR_MESSAGE,
+        truncated(error.to_string(), MAX_ERROR_MESSAGE_CHARS),
+    );
     headers.set(headers::ERROR_RETRYABLE, error.retryable().to_string());
     headers.set(headers::SERVICE, service);
     headers.set(headers::FAILED_AT, now_ms.to_string());
@@ -108,6 +111,51 @@ pub fn failure_headers(
         }
     }
     headers
+}
+
+/// The longest error message a failure header carries (a reason may quote input).
+pub const MAX_ERROR_MESSAGE_CHARS: usize = 1024;
+
+/// `text` cut to at most `max` characters (on a character boundary), marked when cut.
+fn truncated(mut text: String, max: usize) -> String {
+    if let Some((at, _)) = text.char_indices().nth(max) {
+        text.truncate(at);
+        text.push('…');
+    }
+    text
+}
+
+/// The dead-letter headers of a record whose copy does not fit the topic (`why`: the
+/// producer's or the broker's refusal): only the failure headers (the record's own headers
+/// may be what made it too large), the record's key + value size and its value's sha256, and
+/// the reason extended by why the dead letter is a stub. `headers` are the record's dead-letter
+/// headers from [`failure_headers`].
+pub fn stub_headers(
+    headers: HeaderMap,
+    key: Option<&[u8]>,
+    value: Option<&[u8]>,
+    why: &str,
+) -> HeaderMap {
+    let mut stub = HeaderMap(
+        headers
+            .0
+            .into_iter()
+            .filter(|(k, _)| k.starts_with("verdict.errors."))
+            .collect(),
+    );
+    let size = key.map_or(0, <[u8]>::len) + value.map_or(0, <[u8]>::len);
+    stub.set(headers::ORIGINAL_SIZE, size.to_string());
+    stub.set(
+        headers::ORIGINAL_SHA256,
+        crate::models::sha256_hex(value.unwrap_or_default()),
+    );
+    let reason = stub.get(headers::ERROR_MESSAGE).unwrap_or_default();
+    let reason = format!(
+        "{reason}; the record ({size} bytes) is dead-lettered as a stub, its copy was refused: {}",
+        truncated(why.to_string(), 256)
+    );
+    stub.set(headers::ERROR_MESSAGE, reason);
+    stub
 }
 
 #[cfg(test)]
@@ -221,6 +269,54 @@ mod tests {
         assert!(
             h.0.contains(&("custom".to_string(), vec![0xff, 0x00])),
             "unknown headers travel"
+        );
+    }
+
+    #[test]
+    fn error_messages_are_capped_on_a_character_boundary() {
+        let e = ProcessError::invalid("merchant_id", "é".repeat(5_000));
+        let dead = Routing::DeadLetter {
+            topic: "in.dlq".into(),
+            attempts: 1,
+        };
+        let origin = Origin {
+            topic: "in".into(),
+            partition: 0,
+            offset: 1,
+            timestamp_ms: None,
+        };
+        let h = failure_headers(HeaderMap::default(), &origin, &e, "svc", &dead, 0);
+        let message = h.get(headers::ERROR_MESSAGE).unwrap_or_default();
+        assert_eq!(message.chars().count(), MAX_ERROR_MESSAGE_CHARS + 1);
+        assert!(message.ends_with("é…"), "{message}");
+        assert_eq!(truncated("short".into(), 10), "short");
+    }
+
+    #[test]
+    fn a_stub_keeps_only_the_failure_headers_and_says_what_it_stands_for() {
+        let mut h = HeaderMap::default();
+        h.0.push(("huge".into(), vec![b'x'; 10_000]));
+        h.set(headers::ERROR_CLASS, "Invalid");
+        h.set(headers::ERROR_MESSAGE, "amount: -1 is not positive");
+        h.set(headers::ORIGINAL_OFFSET, "7");
+        let stub = stub_headers(h, Some(b"key"), Some(b"abc"), "MessageSizeTooLarge");
+        assert_eq!(
+            stub.get("huge"),
+            None,
+            "the record's own headers are left out"
+        );
+        assert_eq!(stub.get(headers::ORIGINAL_OFFSET), Some("7"));
+        assert_eq!(stub.get(headers::ORIGINAL_SIZE), Some("6"));
+        assert_eq!(
+            stub.get(headers::ORIGINAL_SHA256),
+            Some("ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"),
+            "sha256(\"abc\")"
+        );
+        let message = stub.get(headers::ERROR_MESSAGE).unwrap_or_default();
+        assert!(
+            message.starts_with("amount: -1 is not positive; the record (6 bytes)")
+                && message.ends_with("MessageSizeTooLarge"),
+            "{message}"
         );
     }
 }

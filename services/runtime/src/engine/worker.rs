@@ -18,6 +18,9 @@ use crate::metrics::Metrics;
 use crate::serde::Codec;
 use crate::{now_ms, telemetry};
 
+/// The longest key a dead-letter stub keeps (a longer one is left out; its size counts).
+const MAX_STUB_KEY_BYTES: usize = 4096;
+
 /// How a record ended.
 #[derive(Debug)]
 pub(crate) enum Outcome {
@@ -114,9 +117,12 @@ impl<P: Processor> Worker<P> {
             .output
             .send_all(sends)
             .await
-            .map_err(ProcessError::Output)?;
+            .map_err(|e| ProcessError::Output(e.to_string()))?;
         let topics: Vec<OutputTopic> = encoded.into_iter().map(|(topic, ..)| topic).collect();
-        pending.acked().await.map_err(ProcessError::Output)?;
+        pending
+            .acked()
+            .await
+            .map_err(|e| ProcessError::Output(e.to_string()))?;
         for topic in &topics {
             topic.records_out(&self.metrics).inc();
         }
@@ -144,6 +150,7 @@ impl<P: Processor> Worker<P> {
             offset: msg.offset(),
             timestamp_ms: msg.timestamp().to_millis(),
         };
+        let failed = headers.clone();
         let headers =
             routing::failure_headers(headers, &origin, &error, &self.route.service, &routing, now);
         let outcome = match &routing {
@@ -164,10 +171,51 @@ impl<P: Processor> Worker<P> {
         };
         match self.output.write_all(std::iter::once(send)).await {
             Ok(()) => outcome,
-            Err(e) => Outcome::Fatal(format!(
-                "cannot route a failed record to {}: {e}",
-                routing.topic()
-            )),
+            Err(e) if e.too_large() => {
+                let dead = Routing::DeadLetter {
+                    topic: self.route.dead_letter_topic.clone(),
+                    attempts: attempt,
+                };
+                let headers = routing::failure_headers(
+                    failed,
+                    &origin,
+                    &error,
+                    &self.route.service,
+                    &dead,
+                    now,
+                );
+                self.dead_letter_stub(msg, headers, &e.to_string(), error.class())
+                    .await
+            }
+            Err(e) => Outcome::Fatal(format!("cannot route a failed record to {e}")),
+        }
+    }
+
+    /// A record whose retry or dead-letter copy does not fit its topic goes to the
+    /// dead-letter topic as a stub: no value, only the failure headers, its size and hash
+    /// (the record stays readable at its coordinates until retention removes it).
+    async fn dead_letter_stub(
+        &self,
+        msg: &OwnedMessage,
+        headers: HeaderMap,
+        why: &str,
+        class: &'static str,
+    ) -> Outcome {
+        let topic = &self.route.dead_letter_topic;
+        tracing::warn!(dlq = %topic, %why, "dead-lettering a stub of a record too large to copy");
+        let headers = routing::stub_headers(headers, msg.key(), msg.payload(), why);
+        let send = Outbound {
+            topic,
+            key: msg.key().filter(|k| k.len() <= MAX_STUB_KEY_BYTES),
+            value: None,
+            headers: Some(headers.to_kafka()),
+        };
+        match self.output.write_all(std::iter::once(send)).await {
+            Ok(()) => {
+                self.metrics.dead_letter_stubs.inc();
+                Outcome::DeadLettered(class)
+            }
+            Err(e) => Outcome::Fatal(format!("cannot dead-letter a stub to {e}")),
         }
     }
 }
