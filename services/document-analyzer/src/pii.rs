@@ -9,10 +9,12 @@ use regex::Regex;
 
 #[allow(clippy::unwrap_used)] // constant patterns, checked by the tests
 static IBAN: LazyLock<Regex> =
-    LazyLock::new(|| Regex::new(r"\b[A-Z]{2}[0-9]{2}(?: ?[A-Z0-9]){11,30}\b").unwrap());
+    LazyLock::new(|| Regex::new(r"(?i)\b[A-Z]{2}[0-9]{2}(?: ?[A-Z0-9]){11,30}").unwrap());
+/// No word boundaries: a card number glued to letters (`card:4111…exp`) is still one; where
+/// it may end is decided by [`replace_longest_valid`] (not next to another digit).
 #[allow(clippy::unwrap_used)]
 static CARD: LazyLock<Regex> =
-    LazyLock::new(|| Regex::new(r"\b[0-9](?:[ -]?[0-9]){12,18}\b").unwrap());
+    LazyLock::new(|| Regex::new(r"[0-9](?:[ .-]?[0-9]){12,18}").unwrap());
 #[allow(clippy::unwrap_used)]
 static EMAIL: LazyLock<Regex> = LazyLock::new(|| {
     Regex::new(r"(?i)\b[a-z0-9._%+-]+@[a-z0-9-]+(?:\.[a-z0-9-]+)*\.[a-z]{2,}\b").unwrap()
@@ -61,6 +63,7 @@ pub fn iban_valid(iban: &str) -> bool {
         let v = match c {
             '0'..='9' => c as u32 - '0' as u32,
             'A'..='Z' => c as u32 - 'A' as u32 + 10,
+            'a'..='z' => c as u32 - 'a' as u32 + 10,
             _ => return false,
         };
         rem = if v >= 10 {
@@ -93,15 +96,78 @@ fn replace(
     .into_owned()
 }
 
+/// Like [`replace`], for patterns whose matches may run on past the number (an IBAN followed
+/// by a word, a card by more digits): the longest valid prefix of each match that ends where
+/// `may_follow` accepts the next character is replaced, and scanning goes on after it.
+fn replace_longest_valid(
+    text: &str,
+    re: &Regex,
+    label: &str,
+    may_follow: impl Fn(char) -> bool,
+    valid: impl Fn(&str) -> bool,
+    kinds: &mut BTreeSet<String>,
+    count: &mut usize,
+) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut copied = 0;
+    let mut at = 0;
+    while let Some(m) = re.find_at(text, at) {
+        let ends_well = |end: usize| {
+            text.get(end..)
+                .and_then(|r| r.chars().next())
+                .is_none_or(&may_follow)
+        };
+        let starts_well = text
+            .get(..m.start())
+            .and_then(|before| before.chars().next_back())
+            .is_none_or(&may_follow);
+        // Longest first: the match's end, then every character boundary inside it.
+        let mut ends = std::iter::once(m.end()).chain(
+            m.as_str()
+                .char_indices()
+                .rev()
+                .map(|(i, _)| m.start() + i)
+                .filter(|&end| end > m.start()),
+        );
+        let found = if starts_well {
+            ends.find(|&end| ends_well(end) && text.get(m.start()..end).is_some_and(&valid))
+        } else {
+            None
+        };
+        match found {
+            Some(end) => {
+                out.push_str(text.get(copied..m.start()).unwrap_or_default());
+                out.push_str(&format!("[{label}]"));
+                kinds.insert(label.to_string());
+                *count += 1;
+                copied = end;
+                at = end;
+            }
+            None => at = m.end(),
+        }
+    }
+    out.push_str(text.get(copied..).unwrap_or_default());
+    out
+}
+
 pub fn redact(text: &str) -> Redacted {
     let mut kinds = BTreeSet::new();
     let mut count = 0;
     let digits = |s: &str| s.chars().filter(char::is_ascii_digit).collect::<String>();
-    let t = replace(text, &IBAN, "IBAN", iban_valid, &mut kinds, &mut count);
-    let t = replace(
+    let t = replace_longest_valid(
+        text,
+        &IBAN,
+        "IBAN",
+        |c| !c.is_alphanumeric(),
+        iban_valid,
+        &mut kinds,
+        &mut count,
+    );
+    let t = replace_longest_valid(
         &t,
         &CARD,
         "CARD",
+        |c| !c.is_ascii_digit(),
         |m| luhn_valid(&digits(m)),
         &mut kinds,
         &mut count,
@@ -173,5 +239,31 @@ mod tests {
         );
         assert!(r.text.contains("invoice 2024-17"), "{}", r.text);
         assert_eq!(redact("nothing personal here").count, 0);
+    }
+
+    /// Review item 12 of the hardening issue: card numbers with dots or glued to letters, and
+    /// IBANs in lower case, went through unredacted.
+    #[test]
+    fn cards_with_dots_or_glued_to_words_and_lower_case_ibans_are_redacted() {
+        for (text, secret, kind) in [
+            ("pay 4111.1111.1111.1111 now", "4111.1111.1111.1111", "CARD"),
+            ("card:4111111111111111exp 12/29", "4111111111111111", "CARD"),
+            ("iban de89 3704 0044 0532 0130 00.", "de89 3704", "IBAN"),
+            ("to gb82west12345698765432 please", "gb82west", "IBAN"),
+            (
+                "IBAN DE89 3704 0044 0532 0130 00 please",
+                "DE89 3704",
+                "IBAN",
+            ),
+        ] {
+            let r = redact(text);
+            assert!(!r.text.contains(secret), "{secret} left in: {}", r.text);
+            assert_eq!(r.kinds, vec![kind], "{text} -> {}", r.text);
+        }
+        let r = redact("to gb82west12345698765432 please");
+        assert_eq!(r.text, "to [IBAN] please");
+        // Still not PII: a digit run longer than any card, and part of one.
+        let long = "order 41111111111111111111111111 shipped";
+        assert_eq!(redact(long).count, 0, "{}", redact(long).text);
     }
 }
