@@ -12,7 +12,9 @@ use harness::{
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use serde_json::{Value, json};
 use verdict_cli::records::{AvroProducer, sample_transaction};
+use verdict_runtime::avro::untyped;
 use verdict_runtime::headers;
+use verdict_runtime::serde::ValueSchema;
 
 type FraudSettings = <fraud_detector::Spec as verdict_runtime::service::ServiceSpec>::Settings;
 
@@ -575,6 +577,117 @@ fn an_oversized_record_is_dead_lettered_as_a_stub() {
         )
         .await;
         assert_eq!(svc.metric("verdict_dead_letter_stubs_total").await, 1.0);
+        svc.stop_cleanly();
+    });
+}
+
+/// Review item 4 of the hardening issue: a registry 404 was cached for the life of the
+/// process, so a schema registered after the first miss was never seen and every record of
+/// it was dead-lettered until a restart. The engine's codec answers an unknown id from memory
+/// for 5 s only: a record written with that id after the registration is decided.
+#[test]
+fn a_schema_registered_after_a_miss_is_seen() {
+    run(240, async {
+        let stack = Stack::start().await;
+        let topology = apply_topology(&stack, None).await;
+        let mut svc = fraud(&stack, &stack.registry_url(), &topology, |_| {});
+        svc.wait_ready(Duration::from_secs(30)).await;
+        let registry = stack.registry_url();
+        let http = reqwest::Client::new();
+        // This test's registry gives ids in sequence: the next one is the first it does not know.
+        let mut next_id = 1u32;
+        while http
+            .get(format!("{registry}/schemas/ids/{next_id}"))
+            .send()
+            .await
+            .expect("registry")
+            .status()
+            .is_success()
+        {
+            next_id += 1;
+        }
+        // The transaction schema with one more optional field: a schema of its own (a new id)
+        // whose records carry every field the fraud-detector reads.
+        let mut schema: Value =
+            serde_json::from_str(include_str!("../schemas/transaction_event.avsc")).expect("avsc");
+        schema["fields"].as_array_mut().expect("fields").push(
+            json!({"name": "late_note", "type": ["null", "string"], "default": null,
+                         "doc": "A field only the late schema has."}),
+        );
+        let mut rng = rand::rng();
+        let input = topology.topic("transactions");
+        let producer: FutureProducer = stack
+            .broker
+            .kafka()
+            .producer_config()
+            .create()
+            .expect("producer");
+        let serde = verdict_runtime::serde::AvroSerde::new(&registry);
+        // Encoded as a transaction, then framed with the id to come and given the late
+        // field's null branch (0) at the end.
+        let send = async |tx: Value| {
+            let mut bytes = serde
+                .encode(&input, &ValueSchema::TopicLatest, untyped(&tx))
+                .await
+                .expect("encode");
+            bytes.splice(1..5, next_id.to_be_bytes());
+            bytes.push(0);
+            producer
+                .send(
+                    FutureRecord::to(&input).key("acct-late").payload(&bytes),
+                    Duration::from_secs(10),
+                )
+                .await
+                .expect("produce");
+            tx["event_id"].as_str().expect("id").to_string()
+        };
+        let (_, early) = sample_transaction(&mut rng, "tenant-late");
+        send(early).await;
+        let dlq = read_topic(
+            &stack.broker.kafka(),
+            &registry,
+            &topology.topic("transactions.dlq"),
+            Duration::from_secs(60),
+            |rs| !rs.is_empty(),
+        )
+        .await;
+        assert_eq!(
+            dlq.len(),
+            1,
+            "the record of an unknown id is dead-lettered\n{}",
+            svc.log()
+        );
+        assert_eq!(
+            dlq[0].headers.get(headers::ERROR_CLASS),
+            Some("UnknownSchema")
+        );
+
+        let registered: Value = http
+            .post(format!("{registry}/subjects/late-value/versions"))
+            .json(&json!({"schema": schema.to_string()}))
+            .send()
+            .await
+            .expect("register")
+            .json()
+            .await
+            .expect("registry answer");
+        assert_eq!(
+            registered["id"],
+            json!(next_id),
+            "the id the record was framed with"
+        );
+        // Past the 5 s the codec remembers a miss.
+        tokio::time::sleep(Duration::from_secs(6)).await;
+        let (_, late) = sample_transaction(&mut rng, "tenant-late");
+        let id = send(late).await;
+        let want = HashSet::from([id]);
+        let got = decisions(&stack, &topology, &want, Duration::from_secs(60)).await;
+        assert_eq!(
+            got.len(),
+            1,
+            "the record of the schema registered after the miss is decided\n{}",
+            svc.log()
+        );
         svc.stop_cleanly();
     });
 }
