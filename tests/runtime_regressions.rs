@@ -59,6 +59,18 @@ async fn produce(
     ids
 }
 
+/// The test's dead-letter topic, read until the first dead letter is there (up to 60 s).
+async fn dead_letters(stack: &Stack, topology: &Topology) -> Vec<harness::Record> {
+    read_topic(
+        &stack.broker.kafka(),
+        &stack.registry_url(),
+        &topology.topic("transactions.dlq"),
+        Duration::from_secs(60),
+        |rs| !rs.is_empty(),
+    )
+    .await
+}
+
 fn event_id(r: &harness::Record) -> Option<String> {
     r.value.as_ref()?["event_id"].as_str().map(String::from)
 }
@@ -209,14 +221,7 @@ fn a_panicking_record_is_dead_lettered_and_commits_move_on() {
             "the records around it are decided\n{}",
             svc.log()
         );
-        let dlq = read_topic(
-            &stack.broker.kafka(),
-            &stack.registry_url(),
-            &topology.topic("transactions.dlq"),
-            Duration::from_secs(30),
-            |rs| !rs.is_empty(),
-        )
-        .await;
+        let dlq = dead_letters(&stack, &topology).await;
         assert_eq!(
             dlq.len(),
             1,
@@ -532,14 +537,7 @@ fn an_oversized_record_is_dead_lettered_as_a_stub() {
             "the records behind the oversized one are decided\n{}",
             svc.log()
         );
-        let dlq = read_topic(
-            &stack.broker.kafka(),
-            &stack.registry_url(),
-            &topology.topic("transactions.dlq"),
-            Duration::from_secs(30),
-            |rs| !rs.is_empty(),
-        )
-        .await;
+        let dlq = dead_letters(&stack, &topology).await;
         assert_eq!(dlq.len(), 1, "one dead letter\n{}", svc.log());
         let stub = &dlq[0];
         assert_eq!(
@@ -643,14 +641,7 @@ fn a_schema_registered_after_a_miss_is_seen() {
         };
         let (_, early) = sample_transaction(&mut rng, "tenant-late");
         send(early).await;
-        let dlq = read_topic(
-            &stack.broker.kafka(),
-            &registry,
-            &topology.topic("transactions.dlq"),
-            Duration::from_secs(60),
-            |rs| !rs.is_empty(),
-        )
-        .await;
+        let dlq = dead_letters(&stack, &topology).await;
         assert_eq!(
             dlq.len(),
             1,

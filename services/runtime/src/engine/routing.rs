@@ -128,13 +128,15 @@ fn truncated(mut text: String, max: usize) -> String {
 /// The dead-letter headers of a record whose copy does not fit the topic (`why`: the
 /// producer's or the broker's refusal): only the failure headers (the record's own headers
 /// may be what made it too large), the record's key + value size and its value's sha256, and
-/// the reason extended by why the dead letter is a stub. `headers` are the record's dead-letter
-/// headers from [`failure_headers`].
+/// the reason extended by why the dead letter is a stub. `headers` are the record's failure
+/// headers from [`failure_headers`] (for a retry or a dead letter: the retry headers are left
+/// out with the record's own, and the stub counts `attempts`).
 pub fn stub_headers(
     headers: HeaderMap,
+    attempts: u32,
     key: Option<&[u8]>,
     value: Option<&[u8]>,
-    why: &str,
+    why: &impl std::fmt::Display,
 ) -> HeaderMap {
     let mut stub = HeaderMap(
         headers
@@ -143,6 +145,7 @@ pub fn stub_headers(
             .filter(|(k, _)| k.starts_with("verdict.errors."))
             .collect(),
     );
+    stub.set(headers::ATTEMPTS, attempts.to_string());
     let size = key.map_or(0, <[u8]>::len) + value.map_or(0, <[u8]>::len);
     stub.set(headers::ORIGINAL_SIZE, size.to_string());
     stub.set(
@@ -299,7 +302,14 @@ mod tests {
         h.set(headers::ERROR_CLASS, "Invalid");
         h.set(headers::ERROR_MESSAGE, "amount: -1 is not positive");
         h.set(headers::ORIGINAL_OFFSET, "7");
-        let stub = stub_headers(h, Some(b"key"), Some(b"abc"), "MessageSizeTooLarge");
+        h.set(headers::ATTEMPT, "2");
+        let stub = stub_headers(h, 2, Some(b"key"), Some(b"abc"), &"MessageSizeTooLarge");
+        assert_eq!(
+            stub.get(headers::ATTEMPT),
+            None,
+            "a stub is a dead letter, not a retry"
+        );
+        assert_eq!(stub.get(headers::ATTEMPTS), Some("2"));
         assert_eq!(
             stub.get("huge"),
             None,

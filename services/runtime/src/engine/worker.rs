@@ -150,7 +150,6 @@ impl<P: Processor> Worker<P> {
             offset: msg.offset(),
             timestamp_ms: msg.timestamp().to_millis(),
         };
-        let failed = headers.clone();
         let headers =
             routing::failure_headers(headers, &origin, &error, &self.route.service, &routing, now);
         let outcome = match &routing {
@@ -172,20 +171,8 @@ impl<P: Processor> Worker<P> {
         match self.output.write_all(std::iter::once(send)).await {
             Ok(()) => outcome,
             Err(e) if e.too_large() => {
-                let dead = Routing::DeadLetter {
-                    topic: self.route.dead_letter_topic.clone(),
-                    attempts: attempt,
-                };
-                let headers = routing::failure_headers(
-                    failed,
-                    &origin,
-                    &error,
-                    &self.route.service,
-                    &dead,
-                    now,
-                );
-                self.dead_letter_stub(msg, headers, &e.to_string(), error.class())
-                    .await
+                let headers = routing::stub_headers(headers, attempt, msg.key(), msg.payload(), &e);
+                self.dead_letter_stub(msg, headers, error.class()).await
             }
             Err(e) => Outcome::Fatal(format!("cannot route a failed record to {e}")),
         }
@@ -198,12 +185,10 @@ impl<P: Processor> Worker<P> {
         &self,
         msg: &OwnedMessage,
         headers: HeaderMap,
-        why: &str,
         class: &'static str,
     ) -> Outcome {
         let topic = &self.route.dead_letter_topic;
-        tracing::warn!(dlq = %topic, %why, "dead-lettering a stub of a record too large to copy");
-        let headers = routing::stub_headers(headers, msg.key(), msg.payload(), why);
+        tracing::warn!(dlq = %topic, "dead-lettering a stub of a record too large to copy");
         let send = Outbound {
             topic,
             key: msg.key().filter(|k| k.len() <= MAX_STUB_KEY_BYTES),
