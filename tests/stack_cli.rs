@@ -115,6 +115,19 @@ fn stack_up_apply_demo_status_down() {
         text(&status)
     );
 
+    // Another data dir on the same ports: what answers there is not its stack.
+    let other = tempfile::tempdir().expect("tempdir");
+    let foreign = verdict(other.path(), &["stack", "status"], &ports);
+    assert_eq!(foreign.status.code(), Some(1), "{}", text(&foreign));
+    assert_eq!(
+        text(&foreign)
+            .matches("answers, but not started by this data dir")
+            .count(),
+        2 + verdict_cli::services::SERVICES.len(),
+        "broker, registry and every service: {}",
+        text(&foreign)
+    );
+
     let endpoints = [
         "--bootstrap-servers",
         bootstrap.as_str(),

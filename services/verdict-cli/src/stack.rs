@@ -470,65 +470,91 @@ impl StackOpts {
         Ok(())
     }
 
-    /// Tells what runs where; exit status 0 only when every part answers.
+    /// Tells what runs where; exit status 0 only when every part answers and is this data
+    /// dir's (or external): a stack of another data dir on the same ports does not count.
     pub async fn status(&self) -> Result<(), CliError> {
-        let mut healthy = true;
         let kafka = KafkaSettings::with_bootstrap(self.bootstrap());
         let broker_ok = kafka
             .wait_until_reachable(Duration::from_secs(2))
             .await
             .is_ok();
-        let broker_proc = match (Self::external_bootstrap(), self.running_pid(&BROKER)) {
-            (Some(_), _) => format!("external ({BOOTSTRAP_ENV})"),
-            (None, Some(pid)) => format!(
+        let broker = match (Self::external_bootstrap(), self.running_pid(&BROKER)) {
+            (Some(_), _) => Owner::External(BOOTSTRAP_ENV),
+            (None, Some(pid)) => Owner::Pid(format!(
                 "Apache Kafka {} pid {pid}, data {}, log {}",
                 kafka_version(),
                 self.data_dir.join("broker").display(),
                 self.log_file(&BROKER).display()
-            ),
-            (None, None) => "not started by this data dir".into(),
+            )),
+            (None, None) => Owner::Nobody,
         };
-        println!(
-            "broker          {:<24} {:<10} {broker_proc}",
-            self.bootstrap(),
-            if broker_ok { "answering" } else { "DOWN" }
-        );
-        healthy &= broker_ok;
+        let mut healthy = report("broker", &self.bootstrap(), "answering", broker_ok, broker);
         let reg_ok = wait_for_http(&self.registry_url(), None, Duration::from_secs(2))
             .await
             .is_ok();
-        let reg_proc = match (Self::external_registry(), self.running_pid(&REGISTRY)) {
-            (Some(_), _) => format!("external ({REGISTRY_URL_ENV})"),
-            (None, Some(pid)) => format!("pid {pid}, log {}", self.log_file(&REGISTRY).display()),
-            (None, None) => "not started by this data dir".into(),
+        let registry = match (Self::external_registry(), self.running_pid(&REGISTRY)) {
+            (Some(_), _) => Owner::External(REGISTRY_URL_ENV),
+            (None, Some(pid)) => Owner::Pid(format!(
+                "pid {pid}, log {}",
+                self.log_file(&REGISTRY).display()
+            )),
+            (None, None) => Owner::Nobody,
         };
-        println!(
-            "schema-registry {:<24} {:<10} {reg_proc}",
-            self.registry_url(),
-            if reg_ok { "answering" } else { "DOWN" }
+        healthy &= report(
+            "schema-registry",
+            &self.registry_url(),
+            "answering",
+            reg_ok,
+            registry,
         );
-        healthy &= reg_ok;
         for (i, c) in SERVICES.iter().map(component).enumerate() {
             let url = self.service_url(i);
             let ready = wait_for_ready(&url, None, Duration::from_secs(2))
                 .await
                 .is_ok();
-            let proc_ = match self.running_pid(&c) {
-                Some(pid) => format!("pid {pid}, log {}", self.log_file(&c).display()),
-                None => "not started by this data dir".into(),
+            let owner = match self.running_pid(&c) {
+                Some(pid) => Owner::Pid(format!("pid {pid}, log {}", self.log_file(&c).display())),
+                None => Owner::Nobody,
             };
-            println!(
-                "{:<15} {:<24} {:<10} {proc_}",
-                c.name,
-                url,
-                if ready { "ready" } else { "DOWN" }
-            );
-            healthy &= ready;
+            healthy &= report(c.name, &url, "ready", ready, owner);
         }
         if healthy {
             Ok(())
         } else {
-            Err(CliError::Failed("some parts of the stack are down".into()))
+            Err(CliError::Failed(
+                "some parts of this stack are down or not its own".into(),
+            ))
         }
     }
+}
+
+/// Who runs a part of the stack.
+enum Owner {
+    /// Given by this environment variable; not ours to start or judge.
+    External(&'static str),
+    /// Started by this data dir; what to say of it.
+    Pid(String),
+    Nobody,
+}
+
+/// Prints one line of `stack status` and says whether the part counts as up: it answers and
+/// is this data dir's (or external). What answers without being ours is named, not counted.
+fn report(name: &str, addr: &str, up: &str, answering: bool, owner: Owner) -> bool {
+    let (state, detail, healthy) = match (answering, owner) {
+        (true, Owner::Nobody) => (
+            "FOREIGN",
+            "answers, but not started by this data dir (another stack or program holds the port)"
+                .to_string(),
+            false,
+        ),
+        (false, Owner::Nobody) => ("DOWN", "not started by this data dir".to_string(), false),
+        (answering, Owner::External(var)) => (
+            if answering { up } else { "DOWN" },
+            format!("external ({var})"),
+            answering,
+        ),
+        (answering, Owner::Pid(detail)) => (if answering { up } else { "DOWN" }, detail, answering),
+    };
+    println!("{name:<17} {addr:<24} {state:<10} {detail}");
+    healthy
 }
