@@ -682,3 +682,69 @@ fn a_schema_registered_after_a_miss_is_seen() {
         svc.stop_cleanly();
     });
 }
+
+/// Review item 3 of the hardening issue: rdkafka panics reading a header key that is not
+/// UTF-8 (any client may send one), and the engine read a record's headers outside its guard
+/// (a retry topic's not-before time) or with a panic that stopped the service (the record's
+/// own headers). Such a key is read lossily, as Kafka's Java client reads it: the records are
+/// decided, the service keeps running.
+#[test]
+fn a_header_key_that_is_not_utf8_does_not_stop_the_service() {
+    run(240, async {
+        let stack = Stack::start().await;
+        let topology = apply_topology(&stack, None).await;
+        let mut svc = fraud(&stack, &stack.registry_url(), &topology, |_| {});
+        svc.wait_ready(Duration::from_secs(30)).await;
+        let input = topology.topic("transactions");
+        let producer: FutureProducer = stack
+            .broker
+            .kafka()
+            .producer_config()
+            .create()
+            .expect("producer");
+        let serde = verdict_runtime::serde::AvroSerde::new(&stack.registry_url());
+        let mut rng = rand::rng();
+        let mut want = HashSet::new();
+        // One on the input topic, one on the first retry topic (read for its not-before time).
+        for topic in [input.clone(), topology.topic("transactions.retry.1")] {
+            let (_, tx) = sample_transaction(&mut rng, "tenant-bytes");
+            let bytes = serde
+                .encode(&input, &ValueSchema::TopicLatest, untyped(&tx))
+                .await
+                .expect("encode");
+            let headers = headers::HeaderMap::insert_bytes(
+                rdkafka::message::OwnedHeaders::new(),
+                b"\xffkey\xfe",
+                b"value",
+            );
+            producer
+                .send(
+                    FutureRecord::to(&topic)
+                        .key("acct-bytes")
+                        .payload(&bytes)
+                        .headers(headers),
+                    Duration::from_secs(10),
+                )
+                .await
+                .expect("produce");
+            want.insert(tx["event_id"].as_str().expect("id").to_string());
+        }
+        let got = decisions(&stack, &topology, &want, Duration::from_secs(60)).await;
+        assert_eq!(
+            got.iter().filter_map(event_id).collect::<HashSet<_>>(),
+            want,
+            "both records are decided\n{}",
+            svc.log()
+        );
+        for topic in [input, topology.topic("transactions.retry.1")] {
+            wait_committed_to_end(
+                &stack.broker.kafka(),
+                &topology.group("verdict-fraud-detector"),
+                &topic,
+                Duration::from_secs(30),
+            )
+            .await;
+        }
+        svc.stop_cleanly();
+    });
+}

@@ -6,7 +6,7 @@
 //! not-before time and the same original coordinates. A record whose copy does not fit the
 //! topic is dead-lettered as a stub: no value, its size and sha256 in headers.
 
-use rdkafka::message::{BorrowedHeaders, Header, Headers, OwnedHeaders};
+use rdkafka::message::{BorrowedHeaders, Header, OwnedHeaders};
 
 pub const TRACEPARENT: &str = "traceparent";
 pub const ATTEMPT: &str = "verdict.attempt";
@@ -26,22 +26,15 @@ pub const ORIGINAL_SIZE: &str = "verdict.errors.original.size";
 pub const ORIGINAL_SHA256: &str = "verdict.errors.original.sha256";
 
 /// A record's headers in order, values as bytes: headers verdict does not know (including
-/// non-UTF-8 ones) travel unchanged to the retry and dead-letter topics.
+/// non-UTF-8 values) travel unchanged to the retry and dead-letter topics; a key that is not
+/// UTF-8 travels read lossily.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct HeaderMap(pub Vec<(String, Vec<u8>)>);
 
 impl HeaderMap {
+    /// A key that is not UTF-8 is read lossily (U+FFFD), as Kafka's Java client reads it.
     pub fn from_kafka(headers: Option<&BorrowedHeaders>) -> Self {
-        let mut out = Vec::new();
-        if let Some(h) = headers {
-            for header in h.iter() {
-                out.push((
-                    header.key.to_string(),
-                    header.value.map(<[u8]>::to_vec).unwrap_or_default(),
-                ));
-            }
-        }
-        Self(out)
+        Self(headers.map(native::read).unwrap_or_default())
     }
 
     /// The last value of `key`, if it is UTF-8.
@@ -71,6 +64,13 @@ impl HeaderMap {
         }
     }
 
+    /// Adds a header whose key is any bytes, as other Kafka clients may send (rdkafka's own
+    /// `insert` takes only a `&str` key).
+    pub fn insert_bytes(mut headers: OwnedHeaders, key: &[u8], value: &[u8]) -> OwnedHeaders {
+        native::add(&mut headers, key, value);
+        headers
+    }
+
     pub fn to_kafka(&self) -> OwnedHeaders {
         self.0.iter().fold(
             OwnedHeaders::new_with_capacity(self.0.len()),
@@ -97,8 +97,81 @@ impl HeaderMap {
     }
 }
 
+/// librdkafka's headers read and written by index and length. rdkafka's `Headers::try_get`
+/// unwraps the key's UTF-8 check, so a record whose header key is not UTF-8 (any client may
+/// send one) would panic whatever reads it. Here a key is read lossily, as Kafka's Java client
+/// reads it.
+mod native {
+    #![allow(unsafe_code)]
+
+    use std::ffi::{CStr, c_char, c_void};
+
+    use rdkafka::bindings::{
+        rd_kafka_header_add, rd_kafka_header_get_all, rd_kafka_headers_t, rd_kafka_resp_err_t,
+    };
+    use rdkafka::message::{BorrowedHeaders, OwnedHeaders};
+
+    /// The librdkafka headers behind `h`. rdkafka hands out `&BorrowedHeaders` only as the
+    /// address of a live `rd_kafka_headers_t` (`OwnedHeaders::as_borrowed`, the messages'
+    /// `headers()`), and reads it back the same way (`BorrowedHeaders::as_native_ptr`).
+    fn ptr(h: &BorrowedHeaders) -> *mut rd_kafka_headers_t {
+        std::ptr::from_ref(h).cast_mut().cast()
+    }
+
+    /// Every header as (key, value); a key that is not UTF-8 is read lossily, a null value as
+    /// empty.
+    pub(super) fn read(h: &BorrowedHeaders) -> Vec<(String, Vec<u8>)> {
+        let mut out = Vec::new();
+        for idx in 0.. {
+            let (mut name, mut value, mut size) = (std::ptr::null(), std::ptr::null(), 0usize);
+            // SAFETY: `ptr(h)` is a live headers list for the borrow of `h`; librdkafka writes
+            // the three out-pointers only when `idx` is in range and returns an error past the
+            // end. The name it returns is NUL-terminated (librdkafka copies it with a
+            // terminator); the value is `size` bytes, or null.
+            let err = unsafe {
+                rd_kafka_header_get_all(ptr(h), idx, &raw mut name, &raw mut value, &raw mut size)
+            };
+            if err != rd_kafka_resp_err_t::RD_KAFKA_RESP_ERR_NO_ERROR {
+                break;
+            }
+            // SAFETY: as above; both are copied before `h`'s borrow ends.
+            let (key, bytes) = unsafe {
+                (
+                    CStr::from_ptr(name).to_string_lossy().into_owned(),
+                    if value.is_null() {
+                        Vec::new()
+                    } else {
+                        std::slice::from_raw_parts(value.cast::<u8>(), size).to_vec()
+                    },
+                )
+            };
+            out.push((key, bytes));
+        }
+        out
+    }
+
+    /// Appends a header whose key is any bytes.
+    pub(super) fn add(h: &mut OwnedHeaders, key: &[u8], value: &[u8]) {
+        // SAFETY: an `OwnedHeaders` is a writable list it owns; librdkafka copies the key and
+        // the value (lengths given, so neither needs a terminator) before returning. Lengths
+        // of slices fit in `isize`.
+        let err = unsafe {
+            rd_kafka_header_add(
+                ptr(h.as_borrowed()),
+                key.as_ptr().cast::<c_char>(),
+                key.len().cast_signed(),
+                value.as_ptr().cast::<c_void>(),
+                value.len().cast_signed(),
+            )
+        };
+        debug_assert_eq!(err, rd_kafka_resp_err_t::RD_KAFKA_RESP_ERR_NO_ERROR);
+    }
+}
+
 #[cfg(test)]
 mod tests {
+    use rdkafka::message::Headers;
+
     use super::*;
 
     #[test]
@@ -134,6 +207,31 @@ mod tests {
         assert_eq!(
             values,
             vec![Some(&[0xff_u8, 0xfe, 0x00][..]), Some(&b"a"[..])]
+        );
+    }
+
+    #[test]
+    fn a_key_that_is_not_utf8_is_read_lossily() {
+        let owned = HeaderMap::insert_bytes(
+            OwnedHeaders::new().insert(Header {
+                key: "first",
+                value: Some("1"),
+            }),
+            b"\xffk\xfe",
+            b"v",
+        )
+        .insert(Header {
+            key: "empty",
+            value: None::<&[u8]>,
+        });
+        let h = HeaderMap::from_kafka(Some(owned.as_borrowed()));
+        assert_eq!(
+            h.0,
+            vec![
+                ("first".to_string(), b"1".to_vec()),
+                ("\u{fffd}k\u{fffd}".to_string(), b"v".to_vec()),
+                ("empty".to_string(), Vec::new()),
+            ]
         );
     }
 }
