@@ -11,8 +11,10 @@ use harness::{
 };
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::Message;
+use rdkafka::producer::{FutureProducer, FutureRecord};
 use serde_json::Value;
 use verdict_cli::records::{AvroProducer, read_topic, sample_transaction};
+use verdict_runtime::headers::{self, HeaderMap};
 
 const GROUP: &str = "verdict-fraud-detector";
 
@@ -409,6 +411,7 @@ fn redriven_dead_letters_become_decisions_once() {
             ..
         } = &ops;
         let dlq = topology.topic("transactions.dlq");
+        let topology_file = topology.display().to_string();
         let mut svc = ops.fraud("tenant-broken").await;
         let good = ops.produce(20, "tenant-ok").await;
         let broken = ops.produce(12, "tenant-broken").await;
@@ -427,7 +430,16 @@ fn redriven_dead_letters_become_decisions_once() {
 
         let dry = verdict(
             stack,
-            &["dlq", "redrive", &dlq, "--class", "Panic", "--dry-run"],
+            &[
+                "dlq",
+                "redrive",
+                &dlq,
+                "--class",
+                "Panic",
+                "--dry-run",
+                "--topology",
+                &topology_file,
+            ],
         );
         assert!(
             dry.status.success(),
@@ -439,7 +451,16 @@ fn redriven_dead_letters_become_decisions_once() {
             "{}",
             String::from_utf8_lossy(&dry.stdout)
         );
-        let first = verdict(stack, &["dlq", "redrive", &dlq, "--class", "Panic"]);
+        let redrive = [
+            "dlq",
+            "redrive",
+            &dlq,
+            "--class",
+            "Panic",
+            "--topology",
+            &topology_file,
+        ];
+        let first = verdict(stack, &redrive);
         let stdout = String::from_utf8_lossy(&first.stdout);
         assert!(
             first.status.success(),
@@ -460,7 +481,7 @@ fn redriven_dead_letters_become_decisions_once() {
                 svc.log()
             );
         }
-        let second = verdict(stack, &["dlq", "redrive", &dlq, "--class", "Panic"]);
+        let second = verdict(stack, &redrive);
         let stdout = String::from_utf8_lossy(&second.stdout);
         assert!(second.status.success(), "{stdout}");
         assert!(stdout.contains("redrove 0"), "nothing new: {stdout}");
@@ -915,5 +936,85 @@ fn the_dashboard_shows_a_group_turning_from_ok_to_lagging() {
             out_dir.display()
         );
         monitor.stop_cleanly();
+    });
+}
+
+/// Review item 5 of the hardening issue: a dead letter's origin header is whatever its
+/// producer wrote, and redrive sent each record wherever it pointed (`_schemas`,
+/// `review-resolutions`). Redrive sends only to the topics the topology says the service
+/// behind the dead-letter topic reads, and names what it refused.
+#[test]
+fn redrive_sends_only_to_topics_the_service_reads() {
+    run(180, async {
+        let ops = Ops::start().await;
+        let Ops {
+            stack,
+            topology,
+            input,
+            kafka,
+            ..
+        } = &ops;
+        let dlq = topology.topic("transactions.dlq");
+        let resolutions = topology.topic("review-resolutions");
+        let producer: FutureProducer = kafka.producer_config().create().expect("producer");
+        for (key, origin) in [
+            ("fine", input.as_str()),
+            ("forged-1", resolutions.as_str()),
+            ("forged-2", "_schemas"),
+        ] {
+            let mut h = HeaderMap::default();
+            h.set(headers::ORIGINAL_TOPIC, origin);
+            h.set(headers::ERROR_CLASS, "Panic");
+            h.set(headers::SERVICE, "fraud-detector");
+            producer
+                .send(
+                    FutureRecord::to(&dlq)
+                        .key(key)
+                        .payload("value")
+                        .headers(h.to_kafka()),
+                    Duration::from_secs(10),
+                )
+                .await
+                .expect("produce");
+        }
+        let before = (
+            harness::end_offsets(kafka, &resolutions).await,
+            harness::end_offsets(kafka, "_schemas").await,
+        );
+        let out = verdict(
+            stack,
+            &[
+                "dlq",
+                "redrive",
+                &dlq,
+                "--topology",
+                &topology.display().to_string(),
+            ],
+        );
+        let said = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(out.status.success(), "{said}");
+        assert!(said.contains("redrove 1 of 3"), "{said}");
+        assert!(
+            said.contains("refused 2") && said.contains(&resolutions) && said.contains("_schemas"),
+            "names what it refused and where they pointed: {said}"
+        );
+        assert_eq!(
+            (
+                harness::end_offsets(kafka, &resolutions).await,
+                harness::end_offsets(kafka, "_schemas").await,
+            ),
+            before,
+            "nothing written where the forged headers pointed"
+        );
+        let sent = harness::end_offsets(kafka, input).await;
+        assert_eq!(
+            sent.values().sum::<i64>(),
+            1,
+            "the one true dead letter went back"
+        );
     });
 }

@@ -7,8 +7,12 @@
 //! dead letters with key, value and headers intact plus `verdict.redrive.count`, waits for the
 //! broker's acknowledgements, and only then commits. The same selection run again sends
 //! nothing new; a dead letter is never sent twice by one run.
+//!
+//! A dead letter's origin header is only what its producer wrote: a record goes back only to
+//! a topic the topology says the service behind the dead-letter topic reads (its input and
+//! retry topics). One pointing anywhere else is refused, counted by where it pointed.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
 use serde::Serialize;
@@ -16,6 +20,7 @@ use sha2::Digest;
 use verdict_runtime::groups::GroupReader;
 use verdict_runtime::headers::{self, HeaderMap};
 use verdict_runtime::kafka::KafkaSettings;
+use verdict_runtime::topology::Topology;
 
 use crate::CliError;
 use crate::records::{RawRecord, Scanner};
@@ -239,6 +244,48 @@ pub async fn show(
     Ok(())
 }
 
+/// Where the dead letters of one dead-letter topic may go back to: what the services that
+/// write it read.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Origins {
+    pub services: Vec<String>,
+    topics: BTreeSet<String>,
+}
+
+impl Origins {
+    pub fn of(topology: &Topology, dead_letter_topic: &str) -> Result<Self, CliError> {
+        let writers: Vec<_> = topology
+            .services
+            .values()
+            .filter(|s| s.dead_letter_topic == dead_letter_topic)
+            .collect();
+        if writers.is_empty() {
+            let known: BTreeSet<&str> = topology
+                .services
+                .values()
+                .map(|s| s.dead_letter_topic.as_str())
+                .collect();
+            return Err(CliError::Usage(format!(
+                "{dead_letter_topic} is no service's dead-letter topic in the topology \
+                 (--topology); these are: {}",
+                known.into_iter().collect::<Vec<_>>().join(", ")
+            )));
+        }
+        Ok(Self {
+            services: writers.iter().map(|s| s.name.clone()).collect(),
+            topics: writers
+                .iter()
+                .flat_map(|s| std::iter::once(&s.input).chain(s.retry.iter().map(|r| &r.topic)))
+                .cloned()
+                .collect(),
+        })
+    }
+
+    fn admit(&self, topic: &str) -> bool {
+        self.topics.contains(topic)
+    }
+}
+
 /// What a redrive run did.
 #[derive(Debug, Default, Clone, PartialEq, Serialize)]
 pub struct RedriveReport {
@@ -248,6 +295,8 @@ pub struct RedriveReport {
     pub not_selected: usize,
     /// Selected, but without a `verdict.errors.topic` header to send them back to.
     pub no_origin: usize,
+    /// Selected, but pointing at a topic the service does not read: where they pointed.
+    pub refused: BTreeMap<String, usize>,
     pub by_class: BTreeMap<String, usize>,
 }
 
@@ -255,6 +304,7 @@ pub struct RedriveReport {
 pub async fn redrive(
     kafka: &KafkaSettings,
     topic: &str,
+    origins: &Origins,
     selection: &Selection,
     group: Option<String>,
     dry_run: bool,
@@ -286,6 +336,10 @@ pub async fn redrive(
             report.no_origin += 1;
             continue;
         };
+        if !origins.admit(&origin) {
+            *report.refused.entry(origin).or_default() += 1;
+            continue;
+        }
         report.redriven += 1;
         *report
             .by_class
@@ -401,6 +455,36 @@ mod tests {
         assert_eq!(once.get(REDRIVE_COUNT), Some("1"));
         assert_eq!(redriven_headers(&once).get(REDRIVE_COUNT), Some("2"));
         assert!(once.0.contains(&("binary".into(), vec![0xff, 0x00])));
+    }
+
+    #[test]
+    fn dead_letters_go_back_only_to_what_their_service_reads() {
+        let file =
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../topology/topology.toml");
+        let topology = Topology::load(&file, None).expect("the repository's topology");
+        let origins = Origins::of(&topology, "transactions.dlq").expect("a dead-letter topic");
+        assert_eq!(origins.services, ["fraud-detector"]);
+        for t in [
+            "transactions",
+            "transactions.retry.1",
+            "transactions.retry.2",
+        ] {
+            assert!(origins.admit(t), "{t}");
+        }
+        for t in [
+            "review-resolutions",
+            "_schemas",
+            "document-uploads",
+            "fraud-decisions",
+        ] {
+            assert!(!origins.admit(t), "{t}");
+        }
+        let err = Origins::of(&topology, "audit").expect_err("not a dead-letter topic");
+        assert!(
+            err.to_string()
+                .contains("document-uploads.dlq, transactions.dlq"),
+            "{err}"
+        );
     }
 
     #[test]

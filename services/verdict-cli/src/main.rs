@@ -311,6 +311,10 @@ enum DlqAction {
         /// Count what would be sent; send and commit nothing.
         #[arg(long)]
         dry_run: bool,
+        /// The topology that says which service writes TOPIC and what it reads: a dead
+        /// letter goes back only to one of those topics.
+        #[arg(long, default_value = "topology/topology.toml")]
+        topology: PathBuf,
     },
 }
 
@@ -599,7 +603,9 @@ async fn run(command: Command) -> Result<(), CliError> {
                     to_offset,
                     group,
                     dry_run,
+                    topology,
                 } => {
+                    let origins = dlq::Origins::of(&topology_cmd::check(&topology, None)?, &topic)?;
                     let selection = dlq::Selection {
                         classes: class,
                         service,
@@ -615,12 +621,21 @@ async fn run(command: Command) -> Result<(), CliError> {
                         from_offset,
                         to_offset,
                     };
-                    let r = dlq::redrive(&kafka, &topic, &selection, group, dry_run).await?;
+                    let r =
+                        dlq::redrive(&kafka, &topic, &origins, &selection, group, dry_run).await?;
                     let verb = if dry_run { "would redrive" } else { "redrove" };
                     println!(
                         "{verb} {} of {} dead letter(s) scanned ({} not selected, {} without an original topic) by class {:?}; group {}",
                         r.redriven, r.scanned, r.not_selected, r.no_origin, r.by_class, r.group
                     );
+                    if !r.refused.is_empty() {
+                        println!(
+                            "refused {} whose original topic is not one {} reads, by where they pointed: {:?}",
+                            r.refused.values().sum::<usize>(),
+                            origins.services.join(" or "),
+                            r.refused
+                        );
+                    }
                     Ok(())
                 }
             }
