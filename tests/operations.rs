@@ -1018,3 +1018,111 @@ fn redrive_sends_only_to_topics_the_service_reads() {
         );
     });
 }
+
+/// Review item 14 of the hardening issue: the lag monitor said OK (lag 0) for partitions a
+/// group never committed, and OK for a group with no members and a backlog until its window
+/// filled. A group with lag and no member is STOP at its first poll; a member that never
+/// commits has the whole partition as lag (verdict's services start at the earliest offset)
+/// and turns STALL.
+#[test]
+fn the_lag_monitor_judges_groups_without_members_or_commits() {
+    run(240, async {
+        let ops = Ops::start().await;
+        let Ops {
+            stack,
+            topology,
+            input,
+            kafka,
+            ..
+        } = &ops;
+        ops.produce(30, "tenant-lag").await;
+        let total: i64 = harness::end_offsets(kafka, input).await.values().sum();
+        assert_eq!(total, 30);
+        // A group that read nothing and left: offset 0 committed everywhere, no member.
+        let empty = format!("{input}.empty-group");
+        let partitions = i32::try_from(kafka.partition_count(input).await).expect("count");
+        verdict_runtime::groups::GroupReader::new(kafka)
+            .expect("reader")
+            .commit(
+                &empty,
+                (0..partitions).map(|p| (input.clone(), p, 0)).collect(),
+            )
+            .await
+            .expect("commit");
+        // A member that owns every partition and never commits.
+        let stuck = format!("{input}.stuck-group");
+        let member: BaseConsumer = kafka
+            .consumer_config(&stuck)
+            .set("enable.auto.commit", "false")
+            .create()
+            .expect("consumer");
+        member.subscribe(&[input.as_str()]).expect("subscribe");
+        let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let holder = tokio::task::spawn_blocking({
+            let done = done.clone();
+            move || {
+                let until = std::time::Instant::now() + Duration::from_secs(120);
+                while !done.load(std::sync::atomic::Ordering::Relaxed)
+                    && std::time::Instant::now() < until
+                {
+                    // Polls to stay in the group; reads on, never commits.
+                    let _ = member.poll(Duration::from_millis(200));
+                }
+            }
+        });
+        let mut monitor =
+            ServiceProcess::spawn::<lag_monitor::Spec>(&deployment(stack, topology, None), |s| {
+                s.monitor.groups = vec![empty.clone(), stuck.clone()];
+                s.monitor.poll_interval_ms = 500;
+                s.monitor.window = 4;
+            });
+        monitor.wait_ready(Duration::from_secs(30)).await;
+        let api = harness::Http::json(format!("http://127.0.0.1:{}", monitor.http_port));
+        let group = |snapshot: &Value, name: &str| -> Option<Value> {
+            snapshot["groups"]
+                .as_array()?
+                .iter()
+                .find(|g| g["group"] == name)
+                .cloned()
+        };
+        // The first snapshot that has the group without members already says STOP.
+        let first = loop {
+            let s = api.get("/api/groups").await.body;
+            if let Some(g) = group(&s, &empty) {
+                break g;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        };
+        assert_eq!(first["members"], 0, "{first}");
+        assert_eq!(first["total_lag"], 30, "{first}");
+        assert_eq!(first["status"], "STOP", "at the first poll: {first}");
+
+        let mut seen = Value::Null;
+        for _ in 0..120 {
+            let s = api.get("/api/groups").await.body;
+            if let Some(g) = group(&s, &stuck) {
+                if g["members"] == 1 && g["status"] == "STALL" {
+                    seen = g;
+                    break;
+                }
+                seen = g;
+            }
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+        assert_eq!(seen["status"], "STALL", "{seen}");
+        assert_eq!(
+            seen["total_lag"], 30,
+            "every record is ahead of a member that never committed: {seen}"
+        );
+        let metric = monitor
+            .metric_where(
+                "kafka_consumergroup_group_sum_lag",
+                &format!("group=\"{stuck}\""),
+            )
+            .await;
+        assert!((metric - 30.0).abs() < f64::EPSILON, "{metric}");
+        monitor.stop_cleanly();
+        done.store(true, std::sync::atomic::Ordering::Relaxed);
+        holder.await.expect("the member leaves");
+    });
+}

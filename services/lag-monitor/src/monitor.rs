@@ -14,7 +14,7 @@ use verdict_runtime::groups::{GroupLag, GroupReader};
 use verdict_runtime::metrics::Metrics;
 
 use crate::config::{self, LagMonitorSettings};
-use crate::evaluate::{Sample, Status, evaluate};
+use crate::evaluate::{Owner, Sample, Status, evaluate};
 
 type F64Gauge = Gauge<f64, std::sync::atomic::AtomicU64>;
 
@@ -84,9 +84,11 @@ struct LagMetrics {
 pub struct PartitionView {
     pub topic: String,
     pub partition: i32,
+    /// `None` when the group never committed here.
     pub committed: Option<i64>,
     pub log_end: i64,
-    pub lag: Option<i64>,
+    /// From the committed offset, or from the log start when the group never committed.
+    pub lag: i64,
     pub lag_seconds: Option<f64>,
     pub status: Status,
     pub client_id: Option<String>,
@@ -249,35 +251,42 @@ impl Monitor {
         for g in lags {
             let mut partitions = Vec::with_capacity(g.partitions.len());
             let mut topic_sums: BTreeMap<&str, i64> = BTreeMap::new();
+            let mut committed_sum = 0;
             for p in &g.partitions {
                 let key = (g.group.clone(), p.topic.clone(), p.partition);
                 seen.insert(key.clone());
-                let status = match (p.committed, p.lag) {
-                    (Some(committed), Some(lag)) => {
-                        let t = state.tracks.entry(key).or_default();
-                        if t.last_committed != Some(committed) {
-                            t.last_committed = Some(committed);
-                            t.last_move_ms = g.at_ms;
-                        }
-                        t.window.push_back(Sample {
-                            at_ms: g.at_ms,
-                            committed,
-                            lag,
-                        });
-                        while t.window.len() > window {
-                            t.window.pop_front();
-                        }
-                        let samples: Vec<Sample> = t.window.iter().copied().collect();
-                        evaluate(
-                            &samples,
-                            p.member_id.is_some(),
-                            t.last_move_ms,
-                            g.at_ms,
-                            self.settings.stop_after_ms,
-                        )
-                    }
-                    _ => Status::Ok,
+                // Never committed: verdict's services start at the earliest offset, so all
+                // the partition holds is still ahead of the group.
+                let (committed, lag) = match (p.committed, p.lag) {
+                    (Some(c), Some(l)) => (c, l),
+                    _ => (p.log_start, (p.log_end - p.log_start).max(0)),
                 };
+                let t = state.tracks.entry(key).or_default();
+                if t.last_committed != Some(committed) {
+                    t.last_committed = Some(committed);
+                    t.last_move_ms = g.at_ms;
+                }
+                t.window.push_back(Sample {
+                    at_ms: g.at_ms,
+                    committed,
+                    lag,
+                });
+                while t.window.len() > window {
+                    t.window.pop_front();
+                }
+                let samples: Vec<Sample> = t.window.iter().copied().collect();
+                let owner = match (&p.member_id, g.members.is_empty()) {
+                    (Some(_), _) => Owner::Member,
+                    (None, false) => Owner::Nobody,
+                    (None, true) => Owner::NoMembers,
+                };
+                let status = evaluate(
+                    &samples,
+                    owner,
+                    t.last_move_ms,
+                    g.at_ms,
+                    self.settings.stop_after_ms,
+                );
                 let labels = PartitionLabels {
                     cluster_name: cluster.clone(),
                     group: g.group.clone(),
@@ -290,10 +299,8 @@ impl Monitor {
                 if let Some(c) = p.committed {
                     m.offset.get_or_create(&labels).set(c);
                 }
-                if let Some(l) = p.lag {
-                    m.lag.get_or_create(&labels).set(l);
-                    *topic_sums.entry(&p.topic).or_default() += l;
-                }
+                m.lag.get_or_create(&labels).set(lag);
+                *topic_sums.entry(&p.topic).or_default() += lag;
                 if let Some(s) = p.lag_seconds {
                     m.lag_seconds.get_or_create(&labels).set(s);
                 }
@@ -302,25 +309,26 @@ impl Monitor {
                     partition: p.partition,
                     committed: p.committed,
                     log_end: p.log_end,
-                    lag: p.lag,
+                    lag,
                     lag_seconds: p.lag_seconds,
                     status,
                     client_id: p.client_id.clone(),
                 });
+                committed_sum += committed;
             }
             let status = partitions
                 .iter()
                 .map(|p| p.status)
                 .max()
                 .unwrap_or(Status::Ok);
-            let total_lag = g.total_lag();
+            let total_lag = partitions.iter().map(|p| p.lag).sum();
             let glabels = GroupLabels {
                 cluster_name: cluster.clone(),
                 group: g.group.clone(),
             };
             m.max_lag
                 .get_or_create(&glabels)
-                .set(g.partitions.iter().filter_map(|p| p.lag).max().unwrap_or(0));
+                .set(partitions.iter().map(|p| p.lag).max().unwrap_or(0));
             m.max_lag_seconds
                 .get_or_create(&glabels)
                 .set(g.max_lag_seconds());
@@ -340,7 +348,7 @@ impl Monitor {
                 at_ms: g.at_ms,
                 lag: total_lag,
                 lag_seconds: g.max_lag_seconds(),
-                committed_sum: g.partitions.iter().filter_map(|p| p.committed).sum(),
+                committed_sum,
                 end_sum: g.partitions.iter().map(|p| p.log_end).sum(),
             });
             while history.front().is_some_and(|p| g.at_ms - p.at_ms > keep_ms) {
