@@ -460,6 +460,56 @@ fn bad_submissions_get_specific_errors() {
     });
 }
 
+/// Size discipline (hardening issue): a document that filled its topic to the byte was
+/// accepted and could only end as a dead-letter stub, its copy having no room for the
+/// failure headers. The gateway refuses a record that does not leave that room: 413 naming
+/// the limit; one that does is taken.
+#[test]
+fn a_record_too_large_for_its_topic_is_refused_with_the_limit() {
+    run(120, async {
+        let stack = Stack::start().await;
+        let topology = apply_topology(&stack, None).await;
+        let mut gw = spawn_gateway(&stack, &topology, |s| {
+            s.gateway.max_body_bytes = 1_000_000;
+            s.gateway.default_token_budget = TokenBudget {
+                tokens_per_hour: 2_000_000,
+            };
+        });
+        gw.wait_ready(Duration::from_secs(30)).await;
+        let p = gw.http_port;
+        let doc = |id: &str, chars: usize| {
+            json!({"document_id": id, "text": "x".repeat(chars)}).to_string()
+        };
+        // Under the body limit (1,000,000 bytes of JSON), over the producer's 1,000,000-byte
+        // message.max.bytes less the 8,192 bytes kept for a copy's headers.
+        let r = call(
+            p,
+            "POST",
+            "/v1/documents",
+            Some(KEY_A),
+            &[],
+            Some(doc("big", 995_000)),
+        )
+        .await;
+        assert_error_shape(&r, 413, "payload_too_large");
+        let message = r.body["message"].as_str().unwrap_or("");
+        assert!(
+            message.contains("takes at most 991808 (1000000 less 8192"),
+            "names the limit: {message}"
+        );
+        let r = call(
+            p,
+            "POST",
+            "/v1/documents",
+            Some(KEY_A),
+            &[],
+            Some(doc("fits", 900_000)),
+        )
+        .await;
+        assert_eq!(r.status, 202, "{}", r.body);
+    });
+}
+
 /// One SSE event: id, event name, data.
 type SseEvent = (String, String, String);
 

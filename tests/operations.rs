@@ -521,6 +521,47 @@ fn redriven_dead_letters_become_decisions_once() {
     });
 }
 
+/// Size discipline (hardening issue): `produce` refuses a line whose record would not leave
+/// its topic room for a dead-letter copy's headers, naming the line and the limit, and sends
+/// nothing (or, with `--keep-going`, the others).
+#[test]
+fn produce_refuses_a_record_too_large_for_its_topic() {
+    run(120, async {
+        let stack = Stack::start().await;
+        let topology = apply_topology(&stack, None).await;
+        let topic = topology.topic("document-uploads");
+        let doc = |id: &str, chars: usize| {
+            serde_json::json!({
+                "event_id": uuid::Uuid::new_v4().to_string(), "tenant_id": "tenant-cli",
+                "occurred_at": 0, "document_id": id, "content_type": "text/plain",
+                "filename": null, "text": "x".repeat(chars), "source": "cli",
+                "size_bytes": chars, "language": null,
+            })
+            .to_string()
+        };
+        let dir = tempfile::tempdir().expect("dir");
+        let file = dir.path().join("docs.jsonl");
+        std::fs::write(&file, [doc("small", 100), doc("big", 995_000)].join("\n")).expect("write");
+        let file = file.to_string_lossy().to_string();
+        let refused = verdict(&stack, &["produce", &topic, "-f", &file]);
+        let stderr = String::from_utf8_lossy(&refused.stderr);
+        assert_eq!(refused.status.code(), Some(2), "{stderr}");
+        assert!(
+            stderr.contains("line 2")
+                && stderr.contains("takes at most 991808 (1000000 less 8192")
+                && stderr.contains("nothing was sent"),
+            "{stderr}"
+        );
+        let ends = harness::end_offsets(&stack.broker.kafka(), &topic).await;
+        assert_eq!(ends.values().sum::<i64>(), 0, "nothing half-sent");
+        let sent = verdict(&stack, &["produce", &topic, "-f", &file, "--keep-going"]);
+        let stderr = String::from_utf8_lossy(&sent.stderr);
+        assert!(sent.status.success(), "{stderr}");
+        let ends = harness::end_offsets(&stack.broker.kafka(), &topic).await;
+        assert_eq!(ends.values().sum::<i64>(), 1, "the small one: {stderr}");
+    });
+}
+
 /// `produce` validates every line before sending any (the error names the line and field),
 /// `--keep-going` sends the good ones; `consume` reads them back decoded, with kcat's offsets,
 /// and with `--group` continues where it stopped.

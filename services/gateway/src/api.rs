@@ -59,6 +59,8 @@ pub struct App {
     pub kafka: KafkaSettings,
     pub registry_url: String,
     pub producer: FutureProducer,
+    /// What each topic takes, so a record is refused before it is sent.
+    pub record_limits: verdict_runtime::record_limit::RecordLimits,
     pub serde: AvroSerde,
     pub store: Arc<JobStore>,
     pub limiter: Limiter,
@@ -112,6 +114,27 @@ pub fn parse_wait(s: &str) -> Result<Duration, ApiError> {
 }
 
 impl App {
+    /// Refuses a record of `size` bytes (key, value, headers) that `topic` could not take with
+    /// the headers of a retry or dead-letter copy: 413 with the limit.
+    async fn fits(&self, topic: &str, size: usize) -> Result<(), ApiError> {
+        let limit = self.record_limits.of(topic).await.map_err(|e| {
+            tracing::warn!(error = %e, %topic, "reading the topic's record limit");
+            ApiError::Upstream
+        })?;
+        limit
+            .check(topic, size)
+            .map_err(|e| ApiError::PayloadTooLarge {
+                message: format!(
+                    "the event encodes to {} bytes; the pipeline takes at most {} ({} less {} kept \
+                 for the headers of a retry or dead-letter copy)",
+                    e.size,
+                    e.usable,
+                    e.max,
+                    verdict_runtime::record_limit::DEAD_LETTER_HEADROOM
+                ),
+            })
+    }
+
     /// Authenticates the request and counts it against its tenant's limit; `feeds` (the job
     /// kind a submission feeds) shrinks a `batch` key's limits while that pipeline lags, and
     /// says so.
@@ -443,6 +466,8 @@ async fn submit(
         })?;
     let mut h = HeaderMap::default();
     verdict_runtime::telemetry::inject_trace(&tracing::Span::current(), &mut h);
+    app.fits(&route.topic, key.len() + value.len() + h.byte_len())
+        .await?;
     verdict_runtime::producer::send(
         &app.producer,
         &route.topic,
@@ -764,6 +789,8 @@ pub async fn resolve_review(
             .outcome(&r.outcome)
             .detail("pipeline_outcome", &pipeline_outcome)
             .detail("api_key_id", &caller.key_id);
+            // Both encoded and checked before either is sent.
+            let mut records = Vec::with_capacity(2);
             for (topic, value) in [
                 (app.settings.resolutions_topic.clone(), resolution.clone()),
                 (route.audit.clone(), audit.to_json()),
@@ -776,6 +803,10 @@ pub async fn resolve_review(
                         tracing::warn!(error = %e, %topic, "encoding a review record");
                         ApiError::Upstream
                     })?;
+                app.fits(&topic, id.len() + bytes.len()).await?;
+                records.push((topic, bytes));
+            }
+            for (topic, bytes) in records {
                 verdict_runtime::producer::send(
                     &app.producer,
                     &topic,

@@ -124,6 +124,8 @@ pub fn build(settings: &GatewaySettings) -> Result<(Arc<api::App>, Vec<jobs::Fol
         kafka: settings.kafka.clone(),
         registry_url: settings.registry.url.clone(),
         producer: settings.kafka.producer().map_err(|e| e.to_string())?,
+        record_limits: verdict_runtime::record_limit::RecordLimits::new(&settings.kafka)
+            .map_err(|e| e.to_string())?,
         serde: verdict_runtime::serde::AvroSerde::new(&settings.registry.url),
         store: jobs::JobStore::new(
             g.job_capacity,

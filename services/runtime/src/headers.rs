@@ -64,6 +64,11 @@ impl HeaderMap {
         }
     }
 
+    /// The bytes of every key and value (what the headers add to a record's size).
+    pub fn byte_len(&self) -> usize {
+        self.0.iter().map(|(k, v)| k.len() + v.len()).sum()
+    }
+
     /// Adds a header whose key is any bytes, as other Kafka clients may send (rdkafka's own
     /// `insert` takes only a `&str` key).
     pub fn insert_bytes(mut headers: OwnedHeaders, key: &[u8], value: &[u8]) -> OwnedHeaders {

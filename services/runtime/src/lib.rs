@@ -18,6 +18,7 @@ pub mod kafka;
 pub mod metrics;
 pub mod models;
 pub mod producer;
+pub mod record_limit;
 pub mod registry;
 pub mod serde;
 pub mod service;

@@ -11,6 +11,7 @@ use verdict_runtime::avro::{check_fields, untyped};
 use verdict_runtime::groups::GroupReader;
 use verdict_runtime::headers::HeaderMap;
 use verdict_runtime::kafka::KafkaSettings;
+use verdict_runtime::record_limit::RecordLimits;
 use verdict_runtime::serde::{AvroSerde, ValueSchema};
 
 use crate::CliError;
@@ -54,6 +55,11 @@ pub async fn produce(
             "no schema for {topic}-value in the registry at {registry_url}: {e}"
         ))
     })?;
+    let limit = RecordLimits::new(kafka)?.of(topic).await?;
+    let mut headers = HeaderMap::default();
+    for (k, v) in &opts.headers {
+        headers.0.push((k.clone(), v.clone().into_bytes()));
+    }
     let mut good: Vec<(Option<String>, Vec<u8>)> = Vec::new();
     let mut report = ProduceReport::default();
     for (i, line) in input.lines().enumerate() {
@@ -62,7 +68,13 @@ pub async fn produce(
         if line.trim().is_empty() {
             continue;
         }
-        let checked = check_line(&serde, &schema, topic, &line, opts.key_field.as_deref()).await;
+        let checked = check_line(&serde, &schema, topic, &line, opts.key_field.as_deref())
+            .await
+            .and_then(|(key, bytes)| {
+                let size = key.as_ref().map_or(0, String::len) + bytes.len() + headers.byte_len();
+                limit.check(topic, size).map_err(|e| e.to_string())?;
+                Ok((key, bytes))
+            });
         match checked {
             Ok(record) => good.push(record),
             Err(why) if opts.keep_going => {
@@ -77,10 +89,6 @@ pub async fn produce(
         }
     }
     let producer = kafka.producer()?;
-    let mut headers = HeaderMap::default();
-    for (k, v) in &opts.headers {
-        headers.0.push((k.clone(), v.clone().into_bytes()));
-    }
     let bar = indicatif::ProgressBar::new(good.len() as u64).with_style(
         indicatif::ProgressStyle::with_template("{bar:40} {pos}/{len} records {per_sec} {eta}")
             .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),

@@ -237,6 +237,32 @@ mod tests {
     }
 
     #[test]
+    fn the_failure_headers_fit_in_the_headroom_producers_leave() {
+        // The largest they get: a 249-character topic name (Kafka's longest), a message of
+        // four-byte characters cut at its cap, the retry headers and a trace.
+        let origin = Origin {
+            topic: "t".repeat(249),
+            partition: i32::MAX,
+            offset: i64::MAX,
+            timestamp_ms: Some(i64::MAX),
+        };
+        let e = ProcessError::transient("score", "\u{1d11e}".repeat(5_000));
+        let mut h = HeaderMap::default();
+        h.set(
+            headers::TRACEPARENT,
+            format!("00-{}-{}-01", "a".repeat(32), "b".repeat(16)),
+        );
+        let retry = route(&e, 1, &steps(), "in.dlq", i64::MAX / 2);
+        let h = failure_headers(h, &origin, &e, "document-analyzer", &retry, i64::MAX);
+        // Each header also costs its varint lengths and a count: under 16 bytes.
+        let bytes: usize = h.0.iter().map(|(k, v)| k.len() + v.len() + 16).sum();
+        assert!(
+            bytes + 512 < crate::record_limit::DEAD_LETTER_HEADROOM,
+            "{bytes} bytes of failure headers"
+        );
+    }
+
+    #[test]
     fn dead_letters_keep_the_first_failure_and_drop_retry_headers() {
         let origin = |topic: &str, offset| Origin {
             topic: topic.into(),
