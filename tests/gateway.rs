@@ -412,6 +412,17 @@ fn bad_submissions_get_specific_errors() {
         );
         let r = post_tx(p, KEY_A, "{not json".into()).await;
         assert_error_shape(&r, 400, "validation_failed");
+        // The schema bounds string fields (`maxLength`): an id of 1,000 characters would grow
+        // every job store and velocity map it reaches.
+        let mut tx: Value = serde_json::from_str(&transaction()).expect("json");
+        tx["account_id"] = json!("a".repeat(1_000));
+        let r = post_tx(p, KEY_A, tx.to_string()).await;
+        assert_error_shape(&r, 400, "validation_failed");
+        let message = r.body["message"].as_str().unwrap_or("");
+        assert!(
+            message.contains("account_id") && message.contains("longer than 128"),
+            "{message}"
+        );
         let big = json!({"document_id": "d1", "text": "x".repeat(5_000)}).to_string();
         let r = call(p, "POST", "/v1/documents", Some(KEY_A), &[], Some(big)).await;
         assert_error_shape(&r, 413, "payload_too_large");

@@ -748,3 +748,60 @@ fn a_header_key_that_is_not_utf8_does_not_stop_the_service() {
         svc.stop_cleanly();
     });
 }
+
+/// Review item 6 of the hardening issue: the fraud-detector's velocity map keeps an account
+/// while its newest event is in the window, so an event a year ahead kept its account (and a
+/// 100,000-character account id) for a year; any client can write such records. A
+/// transaction more than 5 minutes ahead of the service's clock, or with an id longer than
+/// the schema's bound, is dead-lettered as Invalid naming the field; the others are decided.
+#[test]
+fn far_future_or_oversized_ids_are_invalid_not_remembered() {
+    run(180, async {
+        let stack = Stack::start().await;
+        let topology = apply_topology(&stack, None).await;
+        let mut svc = fraud(&stack, &stack.registry_url(), &topology, |_| {});
+        svc.wait_ready(Duration::from_secs(30)).await;
+        let producer =
+            AvroProducer::new(&stack.broker.kafka(), &stack.registry_url()).expect("producer");
+        let input = topology.topic("transactions");
+        let mut rng = rand::rng();
+        let (_, mut ahead) = sample_transaction(&mut rng, "tenant-bounds");
+        ahead["occurred_at"] = json!(verdict_runtime::now_ms() + 365 * 86_400_000);
+        let (_, mut long) = sample_transaction(&mut rng, "tenant-bounds");
+        long["account_id"] = Value::String("a".repeat(100_000));
+        let (_, fine) = sample_transaction(&mut rng, "tenant-bounds");
+        for v in [&ahead, &long, &fine] {
+            let key = v["account_id"].as_str().expect("account").to_string();
+            producer.send(&input, &key, v).await.expect("produce");
+        }
+        let want = HashSet::from([fine["event_id"].as_str().expect("id").to_string()]);
+        let got = decisions(&stack, &topology, &want, Duration::from_secs(60)).await;
+        assert_eq!(got.len(), 1, "the good one is decided\n{}", svc.log());
+        let dlq = read_topic(
+            &stack.broker.kafka(),
+            &stack.registry_url(),
+            &topology.topic("transactions.dlq"),
+            Duration::from_secs(60),
+            |rs| rs.len() >= 2,
+        )
+        .await;
+        let reasons: Vec<&str> = dlq
+            .iter()
+            .filter(|r| r.headers.get(headers::ERROR_CLASS) == Some("Invalid"))
+            .filter_map(|r| r.headers.get(headers::ERROR_MESSAGE))
+            .collect();
+        assert_eq!(
+            reasons.len(),
+            2,
+            "{reasons:?} of {} dead letters\n{}",
+            dlq.len(),
+            svc.log()
+        );
+        assert!(
+            reasons.iter().any(|m| m.contains("occurred_at"))
+                && reasons.iter().any(|m| m.contains("account_id")),
+            "{reasons:?}"
+        );
+        svc.stop_cleanly();
+    });
+}

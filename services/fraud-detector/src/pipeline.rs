@@ -117,11 +117,19 @@ pub fn review_schema() -> ValueSchema {
 /// Validate: the event must describe a transaction we can score (it is taken out of the
 /// record).
 pub fn validate(input: &mut Incoming<'_, Transaction>) -> Result<Transaction, ProcessError> {
-    check(std::mem::take(&mut input.value))
+    check(std::mem::take(&mut input.value), verdict_runtime::now_ms())
 }
 
-/// The checks of [`validate`], field by field.
-pub fn check(tx: Transaction) -> Result<Transaction, ProcessError> {
+/// How far ahead of this service's clock an event may say it happened (clocks drift; an
+/// event far ahead would keep its account in the velocity window until then).
+const MAX_CLOCK_AHEAD_MS: i64 = 5 * 60 * 1000;
+/// The schema's `maxLength` of the ids the service keeps in memory (tenant and account):
+/// records from any client reach it, not only those the gateway checked.
+const MAX_TENANT_CHARS: usize = 64;
+const MAX_ACCOUNT_CHARS: usize = 128;
+
+/// The checks of [`validate`], field by field, at `now_ms`.
+pub fn check(tx: Transaction, now_ms: i64) -> Result<Transaction, ProcessError> {
     if uuid::Uuid::parse_str(&tx.event_id).is_err() {
         return Err(ProcessError::invalid("event_id", "must be a UUID"));
     }
@@ -130,6 +138,26 @@ pub fn check(tx: Transaction) -> Result<Transaction, ProcessError> {
     }
     if tx.account_id.trim().is_empty() {
         return Err(ProcessError::invalid("account_id", "must not be empty"));
+    }
+    for (field, value, max) in [
+        ("tenant_id", &tx.tenant_id, MAX_TENANT_CHARS),
+        ("account_id", &tx.account_id, MAX_ACCOUNT_CHARS),
+    ] {
+        if value.chars().count() > max {
+            return Err(ProcessError::invalid(
+                field,
+                format!("longer than {max} characters"),
+            ));
+        }
+    }
+    if tx.occurred_at > now_ms.saturating_add(MAX_CLOCK_AHEAD_MS) {
+        return Err(ProcessError::invalid(
+            "occurred_at",
+            format!(
+                "{} is more than 5 minutes ahead of this service's clock ({now_ms})",
+                tx.occurred_at
+            ),
+        ));
     }
     if !(tx.amount.is_finite() && tx.amount > 0.0 && tx.amount < 1e9) {
         return Err(ProcessError::invalid(
@@ -452,7 +480,22 @@ mod tests {
     }
 
     fn valid(value: Json) -> Result<Transaction, ProcessError> {
-        check(serde_json::from_value(value).expect("a TransactionEvent"))
+        check(serde_json::from_value(value).expect("a TransactionEvent"), 1_000)
+    }
+
+    #[test]
+    fn the_id_bounds_are_the_schemas() {
+        let schema: Json =
+            serde_json::from_str(include_str!("../../../schemas/transaction_event.avsc"))
+                .expect("schema");
+        let bound = |name: &str| {
+            schema["fields"]
+                .as_array()
+                .and_then(|f| f.iter().find(|f| f["name"] == name))
+                .and_then(|f| f["maxLength"].as_u64())
+        };
+        assert_eq!(bound("tenant_id"), Some(MAX_TENANT_CHARS as u64));
+        assert_eq!(bound("account_id"), Some(MAX_ACCOUNT_CHARS as u64));
     }
 
     #[test]
@@ -474,6 +517,22 @@ mod tests {
                     v
                 },
                 "currency",
+            ),
+            (
+                {
+                    let mut v = tx(5.0, "all_paid");
+                    v["account_id"] = json!("a".repeat(129));
+                    v
+                },
+                "account_id",
+            ),
+            (
+                {
+                    let mut v = tx(5.0, "all_paid");
+                    v["occurred_at"] = json!(1_000 + 5 * 60 * 1000 + 1);
+                    v
+                },
+                "occurred_at",
             ),
         ] {
             match valid(value) {

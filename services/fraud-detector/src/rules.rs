@@ -4,6 +4,10 @@
 //! Velocity counts each event once, by its `event_id`: a transaction that comes back (from a
 //! retry topic after a later stage failed, or redelivered after a rebalance) finds itself
 //! already counted and gets the same count as its first time.
+//!
+//! Memory is bounded per account: an account keeps at most `4 × (max + 1)` events (at least
+//! 64), its newest; past that it is over the limit whatever was dropped. Accounts leave when
+//! their newest event leaves the window (events far ahead of the clock are refused before).
 
 use std::collections::VecDeque;
 
@@ -12,6 +16,8 @@ use dashmap::DashMap;
 pub struct Velocity {
     window_ms: i64,
     max: usize,
+    /// Events kept per account.
+    keep: usize,
     seen: DashMap<String, VecDeque<(i64, String)>>,
 }
 
@@ -20,6 +26,7 @@ impl Velocity {
         Self {
             window_ms: i64::try_from(window_ms).unwrap_or(i64::MAX),
             max,
+            keep: max.saturating_add(1).saturating_mul(4).max(64),
             seen: DashMap::new(),
         }
     }
@@ -43,6 +50,9 @@ impl Velocity {
             None => {
                 let pos = times.partition_point(|(t, _)| *t <= at_ms);
                 times.insert(pos, (at_ms, event_id.to_string()));
+                while times.len() > self.keep {
+                    times.pop_front();
+                }
                 at_ms
             }
         };
@@ -77,6 +87,17 @@ mod tests {
         );
         v.evict_idle(10_000);
         assert_eq!(v.observe("a", "e7", 10_000), (1, false));
+    }
+
+    #[test]
+    fn an_account_keeps_a_bounded_number_of_events() {
+        let v = Velocity::new(60_000, 3);
+        for i in 0..10_000 {
+            let (_, over) = v.observe("busy", &format!("e{i}"), i);
+            assert_eq!(over, i >= 3, "event {i}");
+        }
+        let kept = v.seen.get("busy").map(|t| t.len());
+        assert_eq!(kept, Some(64));
     }
 
     #[test]

@@ -64,6 +64,7 @@ pub fn check_fields(schema: &apache_avro::Schema, json: &Json) -> Result<(), Str
             Some(v) => {
                 check_fields(&field.schema, v)
                     .map_err(|e| format!("field `{}`: {e}", field.name))?;
+                check_length(field, v)?;
             }
         }
     }
@@ -77,6 +78,27 @@ pub fn check_fields(schema: &apache_avro::Schema, json: &Json) -> Result<(), Str
                 .map(|f| f.name.as_str())
                 .collect::<Vec<_>>()
                 .join(", ")
+        ));
+    }
+    Ok(())
+}
+
+/// A string field's `maxLength` (a schema attribute of ours, in characters), if it has one.
+fn check_length(field: &apache_avro::schema::RecordField, value: &Json) -> Result<(), String> {
+    let (Some(max), Json::String(text)) = (
+        field
+            .custom_attributes
+            .get("maxLength")
+            .and_then(Json::as_u64),
+        value,
+    ) else {
+        return Ok(());
+    };
+    let chars = text.chars().count();
+    if u64::try_from(chars).unwrap_or(u64::MAX) > max {
+        return Err(format!(
+            "field `{}`: longer than {max} characters ({chars})",
+            field.name
         ));
     }
     Ok(())
@@ -117,6 +139,27 @@ mod tests {
             from_json(&json!({"id":"x"}), &schema).is_err(),
             "missing required fields"
         );
+    }
+
+    #[test]
+    fn strings_are_bounded_by_their_max_length_in_characters() {
+        let schema = Schema::parse_str(
+            r#"{"type":"record","name":"R","fields":[
+                {"name":"id","type":"string","maxLength":3},
+                {"name":"opt","type":["null","string"],"maxLength":2,"default":null}
+            ]}"#,
+        )
+        .expect("schema");
+        assert!(
+            check_fields(&schema, &json!({"id": "äöü"})).is_ok(),
+            "characters, not bytes"
+        );
+        assert_eq!(
+            check_fields(&schema, &json!({"id": "abcd"})),
+            Err("field `id`: longer than 3 characters (4)".into())
+        );
+        assert!(check_fields(&schema, &json!({"id": "a", "opt": null})).is_ok());
+        assert!(check_fields(&schema, &json!({"id": "a", "opt": "abc"})).is_err());
     }
 
     #[test]

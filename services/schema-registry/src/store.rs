@@ -22,8 +22,9 @@ pub struct ParsedSchema {
     pub text: String,
     pub schema: Arc<Schema>,
     /// Identity: Avro Parsing Canonical Form plus the attributes it drops but that
-    /// change how data resolves or is documented (defaults, logical types, aliases,
-    /// precision/scale, docs). Two schemas are "the same" when these are equal.
+    /// change how data resolves, is validated or is documented (defaults, logical types,
+    /// aliases, precision/scale, docs, verdict's `maxLength`). Two schemas are "the same"
+    /// when these are equal.
     pub identity: String,
 }
 
@@ -52,6 +53,7 @@ fn collect_resolution_attributes(v: &Value, out: &mut Vec<Value>) {
         "scale",
         "doc",
         "order",
+        "maxLength",
     ];
     match v {
         Value::Object(map) => {
