@@ -480,7 +480,10 @@ mod tests {
     }
 
     fn valid(value: Json) -> Result<Transaction, ProcessError> {
-        check(serde_json::from_value(value).expect("a TransactionEvent"), 1_000)
+        check(
+            serde_json::from_value(value).expect("a TransactionEvent"),
+            1_000,
+        )
     }
 
     #[test]

@@ -132,8 +132,11 @@ pub struct Gateway {
     pub max_wait_ms: u64,
     /// How long jobs are remembered (and how far back a starting instance reads).
     pub job_ttl_ms: u64,
-    /// At most this many jobs are remembered (the oldest go first).
-    pub job_capacity: usize,
+    /// The job store's memory: past it the least recently changed jobs go first.
+    pub job_store_bytes: usize,
+    /// At most this many records of history (within `job_ttl_ms`) a starting instance reads,
+    /// shared evenly by the partitions it follows, before it says it is ready: the newest.
+    pub catch_up_records: usize,
     /// Largest request body.
     pub max_body_bytes: usize,
     /// Heartbeat comments on an SSE stream while nothing happens.
@@ -156,7 +159,8 @@ impl Default for Gateway {
             adaptive: Adaptive::default(),
             max_wait_ms: 30_000,
             job_ttl_ms: 3_600_000,
-            job_capacity: 100_000,
+            job_store_bytes: 64 << 20,
+            catch_up_records: 100_000,
             max_body_bytes: 1_000_000,
             sse_heartbeat_ms: 15_000,
             webhooks: crate::webhooks::WebhookSettings::default(),
@@ -263,8 +267,11 @@ impl Validate for GatewaySettings {
                 "tokens_per_hour must be at least 1".into(),
             );
         }
-        if g.job_capacity == 0 {
-            return bad("gateway.job_capacity".into(), "must be at least 1".into());
+        if g.job_store_bytes < 1 << 20 {
+            return bad(
+                "gateway.job_store_bytes".into(),
+                "must be at least 1 MiB (1048576)".into(),
+            );
         }
         Ok(())
     }

@@ -2,8 +2,9 @@
 //! review and dead-letter topics itself into a bounded, time-limited store, so any instance
 //! answers for any job without shared memory or a database.
 
-use std::collections::BTreeMap;
-use std::sync::Arc;
+use std::collections::{BTreeMap, VecDeque};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use dashmap::DashMap;
@@ -61,6 +62,11 @@ pub struct Job {
     /// Every status the job went through, numbered from 1 (the SSE event ids).
     #[serde(skip)]
     pub history: Vec<(u64, Status, i64)>,
+    /// The store's number of its last change, and the bytes it was counted as then.
+    #[serde(skip)]
+    change: u64,
+    #[serde(skip)]
+    bytes: usize,
 }
 
 impl Status {
@@ -70,25 +76,108 @@ impl Status {
     }
 }
 
-/// The jobs this instance knows, bounded by count and age.
+/// The jobs this instance knows, bounded by bytes and age.
+///
+/// Every change is queued in order; the front of the queue is the least recently changed
+/// job (or a change since superseded, skipped when reached). Eviction pops the front while
+/// the store is over its bytes or the front is older than the TTL: O(1) a change, however
+/// many jobs there are. (A cache crate's admission and background eviction would not keep
+/// the newest jobs exactly, nor run on the record times the tests give.)
 pub struct JobStore {
     jobs: DashMap<String, Job>,
+    /// (job id, change number, when) of every change, oldest first.
+    changes: Mutex<VecDeque<(String, u64, i64)>>,
+    next_change: AtomicU64,
+    bytes: AtomicUsize,
+    /// Jobs someone waits on (`?wait`, SSE, a webhook): woken only by their own changes.
+    waiters: DashMap<String, Arc<Notify>>,
     /// When the last decision of each kind was read.
     last_decision: DashMap<String, i64>,
-    changed: Notify,
-    capacity: usize,
+    max_bytes: usize,
     ttl_ms: i64,
 }
 
+/// Bytes a job is counted as beyond its JSON: the map entry, the queue entry, the struct.
+const JOB_OVERHEAD: usize = 384;
+
+/// About how much memory a JSON value holds.
+fn json_bytes(v: &Json) -> usize {
+    24 + match v {
+        Json::String(s) => s.len(),
+        Json::Array(a) => a.iter().map(json_bytes).sum(),
+        Json::Object(o) => o.iter().map(|(k, v)| 24 + k.len() + json_bytes(v)).sum(),
+        Json::Null | Json::Bool(_) | Json::Number(_) => 0,
+    }
+}
+
+impl Job {
+    fn weight(&self) -> usize {
+        let json = [
+            &self.decision,
+            &self.dead_letter,
+            &self.review,
+            &self.webhook,
+        ]
+        .into_iter()
+        .flatten()
+        .map(json_bytes)
+        .sum::<usize>();
+        JOB_OVERHEAD
+            + 2 * self.job_id.len()
+            + self.tenant.len()
+            + self.kind.len()
+            + self.reviewed_by.as_ref().map_or(0, String::len)
+            + json
+            + self.history.len() * std::mem::size_of::<(u64, Status, i64)>()
+    }
+}
+
+/// A waiter's interest in one job; the job's entry goes when its last waiter does.
+struct Waiting<'a> {
+    store: &'a JobStore,
+    id: &'a str,
+    notify: Arc<Notify>,
+}
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        // The map's copy and this one: nobody else waits.
+        self.store
+            .waiters
+            .remove_if(self.id, |_, n| Arc::strong_count(n) <= 2);
+    }
+}
+
 impl JobStore {
-    pub fn new(capacity: usize, ttl_ms: i64) -> Arc<Self> {
+    pub fn new(max_bytes: usize, ttl_ms: i64) -> Arc<Self> {
         Arc::new(Self {
             jobs: DashMap::new(),
+            changes: Mutex::new(VecDeque::new()),
+            next_change: AtomicU64::new(0),
+            bytes: AtomicUsize::new(0),
+            waiters: DashMap::new(),
             last_decision: DashMap::new(),
-            changed: Notify::new(),
-            capacity,
+            max_bytes,
             ttl_ms,
         })
+    }
+
+    /// The bytes the jobs are counted as.
+    pub fn bytes(&self) -> usize {
+        self.bytes.load(Ordering::Relaxed)
+    }
+
+    fn waiting<'a>(&'a self, id: &'a str) -> Waiting<'a> {
+        let notify = self
+            .waiters
+            .entry(id.to_string())
+            .or_insert_with(|| Arc::new(Notify::new()))
+            .clone();
+        Waiting {
+            store: self,
+            id,
+            notify,
+        }
     }
 
     pub fn get(&self, id: &str) -> Option<Job> {
@@ -99,6 +188,8 @@ impl JobStore {
     pub fn set_webhook(&self, id: &str, state: Json) {
         if let Some(mut j) = self.jobs.get_mut(id) {
             j.webhook = Some(state);
+            let now = j.updated_at;
+            self.touch(&mut j, now);
         }
     }
 
@@ -181,6 +272,8 @@ impl JobStore {
             review: None,
             webhook: None,
             history: Vec::new(),
+            change: 0,
+            bytes: 0,
         });
         match role {
             Role::Input => {
@@ -217,55 +310,69 @@ impl JobStore {
             let status = job.status;
             job.history.push((seq, status, now_ms));
         }
+        self.touch(&mut job, now_ms);
         drop(job);
         self.evict(now_ms);
-        self.changed.notify_waiters();
+        if let Some(n) = self.waiters.get(id) {
+            n.notify_waiters();
+        }
     }
 
+    /// Counts a changed job's bytes again and queues the change.
+    fn touch(&self, job: &mut Job, now_ms: i64) {
+        let bytes = job.weight();
+        self.bytes.fetch_add(bytes, Ordering::Relaxed);
+        self.bytes.fetch_sub(job.bytes, Ordering::Relaxed);
+        job.bytes = bytes;
+        job.change = self.next_change.fetch_add(1, Ordering::Relaxed) + 1;
+        self.changes
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .push_back((job.job_id.clone(), job.change, now_ms));
+    }
+
+    /// Drops the least recently changed jobs while over the bytes, and every job unchanged
+    /// for the TTL.
     fn evict(&self, now_ms: i64) {
-        if self.jobs.len() <= self.capacity {
-            return;
-        }
-        self.jobs
-            .retain(|_, j| now_ms - j.updated_at <= self.ttl_ms);
-        while self.jobs.len() > self.capacity {
-            let oldest = self
-                .jobs
-                .iter()
-                .min_by_key(|j| j.updated_at)
-                .map(|j| j.key().clone());
-            match oldest {
-                Some(k) => {
-                    self.jobs.remove(&k);
-                }
-                None => break,
+        let mut changes = self.changes.lock().unwrap_or_else(PoisonError::into_inner);
+        while let Some((id, change, at)) = changes.front() {
+            if self.bytes() <= self.max_bytes && now_ms - at <= self.ttl_ms {
+                break;
             }
+            // Only if this is still the job's last change (else a later one is queued).
+            if let Some((_, job)) = self.jobs.remove_if(id, |_, j| j.change == *change) {
+                self.bytes.fetch_sub(job.bytes, Ordering::Relaxed);
+            }
+            changes.pop_front();
         }
     }
 
     /// Waits until the job changes after `seen` (its number of history entries) or `timeout`
     /// passes; returns it as known then.
     pub async fn changed_after(&self, id: &str, seen: usize, timeout: Duration) -> Option<Job> {
-        let deadline = tokio::time::Instant::now() + timeout;
-        loop {
-            let changed = self.changed.notified();
-            let job = self.get(id);
-            if job.as_ref().is_none_or(|j| j.history.len() > seen) {
-                return job;
-            }
-            if tokio::time::timeout_at(deadline, changed).await.is_err() {
-                return self.get(id);
-            }
-        }
+        self.wait_for(id, timeout, |j| j.history.len() > seen).await
     }
 
     /// Waits until the job is no longer `processing` or `timeout` passes; returns it as known.
     pub async fn wait(&self, id: &str, timeout: Duration) -> Option<Job> {
+        self.wait_for(id, timeout, |j| j.status != Status::Processing)
+            .await
+    }
+
+    /// Waits, woken only by this job's changes, until `done` holds for it, it is unknown, or
+    /// `timeout` passes.
+    async fn wait_for(
+        &self,
+        id: &str,
+        timeout: Duration,
+        done: impl Fn(&Job) -> bool,
+    ) -> Option<Job> {
         let deadline = tokio::time::Instant::now() + timeout;
+        let waiting = self.waiting(id);
         loop {
-            let changed = self.changed.notified();
+            let changed = waiting.notify.notified();
             let job = self.get(id);
-            if job.as_ref().is_some_and(|j| j.status != Status::Processing) {
+            if job.as_ref().is_none_or(&done) {
                 return job;
             }
             if tokio::time::timeout_at(deadline, changed).await.is_err() {
@@ -283,14 +390,47 @@ pub struct Followed {
     pub kind: String,
 }
 
-/// Reads `topics` from `lookback_ms` ago onwards into `store`, until the process ends.
+/// How a starting instance caught up with the history.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CatchUp {
+    /// Records between where it started and where the partitions ended at the start.
+    pub records: i64,
+    pub took: Duration,
+}
+
+/// Where to start reading each partition: `lookback` ago, but no further back than its
+/// share of `catch_up` records from its end (the newest), nor before its start.
+fn starts(
+    by_time: &BTreeMap<(String, i32), i64>,
+    watermarks: &BTreeMap<(String, i32), (i64, i64)>,
+    catch_up: usize,
+) -> BTreeMap<(String, i32), i64> {
+    let share = i64::try_from(catch_up / watermarks.len().max(1))
+        .unwrap_or(i64::MAX)
+        .max(1);
+    watermarks
+        .iter()
+        .map(|(tp, &(low, high))| {
+            let since = by_time.get(tp).copied().unwrap_or(low);
+            (tp.clone(), since.max(high - share).max(low).min(high))
+        })
+        .collect()
+}
+
+/// Reads `topics` into `store` until the process ends: from `lookback_ms` ago, but at most
+/// `catch_up` records of history (see [`starts`]); then on. `caught_up` is called once every
+/// partition has been read to where it ended at the start: until then the instance would
+/// not know jobs it should.
 pub async fn follow(
     kafka: &KafkaSettings,
     registry_url: &str,
     topics: Vec<Followed>,
     lookback_ms: i64,
+    catch_up: usize,
     store: Arc<JobStore>,
+    caught_up: impl FnOnce(CatchUp),
 ) -> Result<(), String> {
+    let began = std::time::Instant::now();
     let reader = GroupReader::new(kafka).map_err(|e| e.to_string())?;
     let mut partitions = Vec::new();
     for f in &topics {
@@ -304,23 +444,69 @@ pub async fn follow(
         partitions.extend((0..n).map(|p| (f.topic.clone(), p)));
     }
     let since = verdict_runtime::now_ms() - lookback_ms;
-    let starts: BTreeMap<(String, i32), i64> = reader
+    let by_time = reader
         .offsets_for_time(partitions.clone(), since)
         .await
         .map_err(|e| e.to_string())?;
+    let watermarks = reader
+        .watermarks(partitions)
+        .await
+        .map_err(|e| e.to_string())?;
+    let starts = starts(&by_time, &watermarks, catch_up);
+    // Partition → where it ended at the start, while not read that far.
+    let mut behind: BTreeMap<(String, i32), i64> = starts
+        .iter()
+        .filter_map(|(tp, &at)| {
+            let end = watermarks.get(tp).map_or(at, |w| w.1);
+            (at < end).then(|| (tp.clone(), end))
+        })
+        .collect();
+    let records = behind.iter().map(|(tp, end)| end - starts[tp]).sum();
     let consumer: StreamConsumer = kafka.reader_config().create().map_err(|e| e.to_string())?;
     let mut tpl = TopicPartitionList::new();
-    for (t, p) in &partitions {
-        let at = starts.get(&(t.clone(), *p)).copied().unwrap_or(0);
-        tpl.add_partition_offset(t, *p, Offset::Offset(at))
+    for ((t, p), at) in &starts {
+        tpl.add_partition_offset(t, *p, Offset::Offset(*at))
             .map_err(|e| e.to_string())?;
     }
     consumer.assign(&tpl).map_err(|e| e.to_string())?;
     let serde = AvroSerde::new(registry_url);
     let by_topic: BTreeMap<String, Followed> =
         topics.into_iter().map(|f| (f.topic.clone(), f)).collect();
+    let mut caught_up = Some(caught_up);
+    let mut done = |behind: &BTreeMap<(String, i32), i64>| {
+        if behind.is_empty()
+            && let Some(tell) = caught_up.take()
+        {
+            tell(CatchUp {
+                records,
+                took: began.elapsed(),
+            });
+        }
+    };
+    done(&behind);
+    // Control records (transaction markers) have no message: positions tell those apart.
+    let mut positions = tokio::time::interval(Duration::from_millis(250));
     loop {
-        let m = match consumer.recv().await {
+        let m = tokio::select! {
+            m = consumer.recv() => m,
+            _ = positions.tick(), if !behind.is_empty() => {
+                if let Ok(at) = consumer.position() {
+                    for e in at.elements() {
+                        if let Offset::Offset(o) = e.offset() {
+                            let tp = (e.topic().to_string(), e.partition());
+                            if behind.get(&tp).is_some_and(|end| o >= *end) {
+                                behind.remove(&tp);
+                            }
+                        }
+                    }
+                    done(&behind);
+                }
+                continue;
+            }
+        };
+        // Lets the rest of the process (requests, a shutdown) run while history pours in.
+        tokio::task::coop::consume_budget().await;
+        let m = match m {
             Ok(m) => m,
             Err(e) => {
                 tracing::warn!(error = %e, "reading the job topics");
@@ -328,6 +514,11 @@ pub async fn follow(
                 continue;
             }
         };
+        let tp = (m.topic().to_string(), m.partition());
+        if behind.get(&tp).is_some_and(|end| m.offset() + 1 >= *end) {
+            behind.remove(&tp);
+            done(&behind);
+        }
         let Some(f) = by_topic.get(m.topic()) else {
             continue;
         };
@@ -360,7 +551,7 @@ mod tests {
 
     #[test]
     fn a_job_moves_forward_and_never_back() {
-        let s = JobStore::new(10, 60_000);
+        let s = JobStore::new(usize::MAX, 60_000);
         let input = json!({"event_id": "e1", "tenant_id": "t", "occurred_at": 5});
         s.apply(Role::Input, "transaction", &input, None, 10);
         assert_eq!(s.get("e1").expect("job").status, Status::Processing);
@@ -378,7 +569,7 @@ mod tests {
 
     #[test]
     fn review_and_dead_letters_have_their_status() {
-        let s = JobStore::new(10, 60_000);
+        let s = JobStore::new(usize::MAX, 60_000);
         s.apply(
             Role::Decisions,
             "transaction",
@@ -407,24 +598,92 @@ mod tests {
     }
 
     #[test]
-    fn the_store_keeps_at_most_its_capacity_newest_first() {
-        let s = JobStore::new(2, 1_000_000);
-        for (i, id) in ["a", "b", "c"].iter().enumerate() {
-            s.apply(
-                Role::Input,
-                "t",
-                &json!({"event_id": id}),
-                None,
-                i64::try_from(i).expect("small"),
-            );
-        }
+    fn the_store_keeps_its_bytes_least_recently_changed_out_first() {
+        let one = {
+            let s = JobStore::new(usize::MAX, i64::MAX);
+            s.apply(Role::Input, "t", &json!({"event_id": "a"}), None, 0);
+            s.bytes()
+        };
+        // Room for two jobs of this size.
+        let s = JobStore::new(2 * one + one / 2, i64::MAX);
+        s.apply(Role::Input, "t", &json!({"event_id": "a"}), None, 0);
+        s.apply(Role::Input, "t", &json!({"event_id": "b"}), None, 1);
+        // `a` changes again: now `b` is the least recently changed.
+        s.apply(Role::Input, "t", &json!({"event_id": "a"}), None, 2);
+        s.apply(Role::Input, "t", &json!({"event_id": "c"}), None, 3);
+        assert!(s.get("b").is_none(), "b went first");
+        assert!(s.get("a").is_some() && s.get("c").is_some());
         assert_eq!(s.len(), 2);
-        assert!(s.get("a").is_none() && s.get("c").is_some());
+        assert_eq!(s.bytes(), 2 * one);
+        // A large decision counts: it pushes out both others.
+        let big = json!({"event_id": "d", "outcome": "APPROVE", "reasons": "x".repeat(2 * one)});
+        s.apply(Role::Decisions, "t", &big, None, 4);
+        assert_eq!(s.len(), 0, "d alone is over the bytes too");
+        assert_eq!(s.bytes(), 0);
+    }
+
+    #[test]
+    fn jobs_unchanged_for_the_ttl_go() {
+        let s = JobStore::new(usize::MAX, 100);
+        s.apply(Role::Input, "t", &json!({"event_id": "old"}), None, 0);
+        s.apply(Role::Input, "t", &json!({"event_id": "new"}), None, 150);
+        assert!(s.get("old").is_none() && s.get("new").is_some());
+    }
+
+    #[test]
+    fn catch_up_reads_the_newest_share_of_each_partition_within_the_lookback() {
+        let tp = |p| ("t".to_string(), p);
+        let watermarks = BTreeMap::from([
+            (tp(0), (0, 1_000_000)),
+            (tp(1), (0, 10)),
+            (tp(2), (500, 600)),
+            (tp(3), (0, 0)),
+        ]);
+        // The lookback reaches back to 999,990 on partition 0, to the start elsewhere.
+        let by_time = BTreeMap::from([(tp(0), 999_990), (tp(1), 0)]);
+        let s = starts(&by_time, &watermarks, 400);
+        assert_eq!(s[&tp(0)], 999_990, "the lookback is nearer than the share");
+        assert_eq!(s[&tp(1)], 0);
+        assert_eq!(s[&tp(2)], 500, "never before the log start");
+        assert_eq!(s[&tp(3)], 0);
+        let s = starts(&BTreeMap::new(), &watermarks, 400);
+        assert_eq!(s[&tp(0)], 1_000_000 - 100, "a quarter of 400 each");
+    }
+
+    #[tokio::test]
+    async fn a_change_wakes_only_the_waiters_of_its_job() {
+        let s = JobStore::new(usize::MAX, 60_000);
+        s.apply(Role::Input, "t", &json!({"event_id": "w"}), None, 0);
+        s.apply(Role::Input, "t", &json!({"event_id": "other"}), None, 0);
+        let s2 = s.clone();
+        let waiter = tokio::spawn(async move { s2.wait("w", Duration::from_secs(5)).await });
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        assert_eq!(s.waiters.len(), 1);
+        s.apply(
+            Role::Decisions,
+            "t",
+            &json!({"event_id": "other", "outcome": "APPROVE"}),
+            None,
+            1,
+        );
+        s.apply(
+            Role::Decisions,
+            "t",
+            &json!({"event_id": "w", "outcome": "APPROVE"}),
+            None,
+            2,
+        );
+        let done = waiter.await.expect("join").expect("job");
+        assert_eq!(done.status, Status::Complete);
+        assert!(
+            s.waiters.is_empty(),
+            "the last waiter took its entry with it"
+        );
     }
 
     #[test]
     fn a_resolution_completes_a_review_and_stays() {
-        let s = JobStore::new(10, 60_000);
+        let s = JobStore::new(usize::MAX, 60_000);
         let review = json!({"event_id": "r", "tenant_id": "t", "outcome": "REVIEW"});
         s.apply(Role::Decisions, "transaction", &review, None, 1);
         assert_eq!(s.reviews("t", true).len(), 1);
@@ -441,7 +700,7 @@ mod tests {
 
     #[tokio::test]
     async fn waiting_returns_when_the_decision_arrives_or_at_the_timeout() {
-        let s = JobStore::new(10, 60_000);
+        let s = JobStore::new(usize::MAX, 60_000);
         s.apply(Role::Input, "t", &json!({"event_id": "w"}), None, 0);
         let waited = s.wait("w", Duration::from_millis(50)).await.expect("job");
         assert_eq!(waited.status, Status::Processing);

@@ -128,7 +128,7 @@ pub fn build(settings: &GatewaySettings) -> Result<(Arc<api::App>, Vec<jobs::Fol
             .map_err(|e| e.to_string())?,
         serde: verdict_runtime::serde::AvroSerde::new(&settings.registry.url),
         store: jobs::JobStore::new(
-            g.job_capacity,
+            g.job_store_bytes,
             i64::try_from(g.job_ttl_ms).unwrap_or(i64::MAX),
         ),
         limiter: limits::Limiter::default(),

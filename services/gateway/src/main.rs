@@ -65,14 +65,25 @@ async fn main() -> ExitCode {
         watched,
         std::time::Duration::from_millis(settings.gateway.adaptive.poll_interval_ms),
     );
+    // Ready once the store has caught up with the history it reads: before that a job
+    // decided a moment ago could be reported unknown, an Idempotency-Key not recognised.
+    let metrics = host.metrics.clone();
     let follow = gateway::jobs::follow(
         &settings.kafka,
         &settings.registry.url,
         followed,
         lookback,
+        settings.gateway.catch_up_records,
         app.store.clone(),
+        move |c| {
+            tracing::info!(
+                records = c.records,
+                seconds = c.took.as_secs_f64(),
+                "caught up with the job topics"
+            );
+            metrics.set_ready(true);
+        },
     );
-    host.metrics.set_ready(true);
     host.run(async {
         tokio::select! {
             () = service::shutdown_signal() => Ok(()),
