@@ -167,6 +167,17 @@ fn documents_are_redacted_classified_and_decided() {
         let again = send(&stack, &topology, &[document("doc-invoice-2", invoice)]).await;
         let second = decisions(&stack, &topology, &again).await;
         assert_eq!(second[0].value.as_ref().expect("v")["cached"], true);
+        // Review item 11 of the hardening issue: the cache was shared by every tenant, and
+        // `cached` told another tenant that someone had sent the same text. It is per tenant.
+        let mut other = document("doc-invoice-3", invoice);
+        other["tenant_id"] = json!("tenant-other");
+        let theirs = send(&stack, &topology, &[other]).await;
+        let third = decisions(&stack, &topology, &theirs).await;
+        assert_eq!(
+            third[0].value.as_ref().expect("v")["cached"],
+            false,
+            "another tenant's first sending of the text is not a cache hit"
+        );
 
         // No output topic carries the personal data.
         for topic in ["document-decisions", "audit", "review"] {

@@ -234,10 +234,10 @@ impl DocumentAnalyzer {
         })
     }
 
-    /// Embedding with cache (identical documents) and coalescing (identical
-    /// documents in flight); returns whether it came from the cache.
-    async fn embed(&self, text: &str) -> Result<(Vec<f32>, bool), InferenceError> {
-        let key = cache_key(&self.model, text.as_bytes());
+    /// The embedding of `text` for `tenant` (cached and coalesced per tenant: a hit, or a
+    /// shared call, would tell one tenant what another sent), and whether it was cached.
+    async fn embed(&self, tenant: &str, text: &str) -> Result<(Vec<f32>, bool), InferenceError> {
+        let key = format!("{tenant}\0{}", cache_key(&self.model, text.as_bytes()));
         if let Some(v) = self.cache.get(&key) {
             return Ok((v, true));
         }
@@ -261,7 +261,8 @@ impl DocumentAnalyzer {
                 for c in defaults.iter().take(2) {
                     let mut anchors = Vec::new();
                     for (_, description) in &c.labels {
-                        anchors.push(self.embed(description).await?.0);
+                        // Label descriptions are no tenant's: one shared scope.
+                        anchors.push(self.embed("", description).await?.0);
                     }
                     built.push(ZeroShot::from_anchors(c, anchors));
                 }
@@ -299,7 +300,7 @@ impl Processor for DocumentAnalyzer {
         drop(std::mem::take(&mut doc.text));
 
         let embed_start = Instant::now();
-        let embedded = match self.embed(&redacted).await {
+        let embedded = match self.embed(&doc.tenant_id, &redacted).await {
             Ok(e) => match self.classifiers().await {
                 Ok(c) => Ok((e, c)),
                 Err(err) => Err(err),
