@@ -285,52 +285,6 @@ fn a_submitted_transaction_is_decided_and_any_instance_answers() {
     });
 }
 
-/// Writes `n` transactions of distinct events to `topic` as fast as the broker takes them
-/// (one encoding, a fresh event id spliced into each copy's bytes).
-async fn history(stack: &Stack, topic: &str, n: usize) {
-    use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
-    let serde = verdict_runtime::serde::AvroSerde::new(&stack.registry_url());
-    let (_, tx) = sample_transaction(&mut rand::rng(), "tenant-history");
-    let id = tx["event_id"].as_str().expect("id").to_string();
-    let bytes = serde
-        .encode(
-            topic,
-            &verdict_runtime::serde::ValueSchema::TopicLatest,
-            verdict_runtime::avro::untyped(&tx),
-        )
-        .await
-        .expect("encode");
-    // The id is the first field: framing (5 bytes), its length (1 byte), then 36 characters.
-    assert_eq!(bytes.get(6..42), Some(id.as_bytes()));
-    let producer: BaseProducer = stack
-        .broker
-        .kafka()
-        .producer_config()
-        .set("linger.ms", "20")
-        .set("compression.type", "lz4")
-        .create()
-        .expect("producer");
-    tokio::task::block_in_place(|| {
-        let mut value = bytes.clone();
-        for i in 0..n {
-            value[6..42].copy_from_slice(uuid::Uuid::new_v4().hyphenated().to_string().as_bytes());
-            let key = format!("acct-{}", i % 200);
-            let mut record = BaseRecord::to(topic).key(&key).payload(&value);
-            loop {
-                match producer.send(record) {
-                    Ok(()) => break,
-                    Err((_, r)) => {
-                        record = r;
-                        producer.poll(Duration::from_millis(10));
-                    }
-                }
-            }
-            producer.poll(Duration::ZERO);
-        }
-        producer.flush(Duration::from_secs(120)).expect("flush");
-    });
-}
-
 /// Hardening issue: a gateway started on a cluster with history read it all before anything
 /// new (jobs submitted through it stayed `processing` for minutes although decided within
 /// milliseconds), evicted with a scan per record past its capacity, and did not answer
@@ -342,7 +296,7 @@ fn a_gateway_on_a_cluster_with_history_answers_new_jobs_at_once() {
         let stack = Stack::start().await;
         let topology = apply_topology(&stack, None).await;
         let input = topology.topic("transactions");
-        history(&stack, &input, 400_000).await;
+        harness::write_history(&stack, &input, 400_000).await;
         // The fraud-detector starts at the end: the history was decided before.
         let kafka = stack.broker.kafka();
         let ends = harness::end_offsets(&kafka, &input).await;

@@ -10,6 +10,7 @@ mod chaos;
 mod documents;
 mod fraud;
 mod gateway;
+mod history;
 mod kafka_perf;
 mod memory;
 mod peers;
@@ -58,6 +59,9 @@ enum Bench {
     Replay(replay::ReplayArgs),
     /// Submit → decision through the HTTP gateway against producing straight to Kafka.
     Gateway(gateway::GatewayArgs),
+    /// A gateway started on a million records of history: time to ready, new jobs answered,
+    /// memory, CPU and SIGTERM, against an earlier build.
+    History(history::HistoryArgs),
 }
 
 pub(crate) fn bar(len: u64, what: &str) -> ProgressBar {
@@ -312,5 +316,6 @@ async fn main() {
         Bench::Memory(args) => memory::run(args).await,
         Bench::Replay(args) => replay::run(args).await,
         Bench::Gateway(args) => gateway::run(args).await,
+        Bench::History(args) => history::run(args).await,
     }
 }

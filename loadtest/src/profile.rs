@@ -102,6 +102,7 @@ async fn counted(stack: &Stack, args: &ProfileArgs, n: usize, file: &Path) -> f6
             format!("--callgrind-out-file={}", file.display()),
         ],
         portable_settings: true,
+        ..Launch::default()
     };
     let mut svc = ServiceProcess::launch::<fraud_detector::Spec>(
         &harness::deployment(stack, &topology, None),

@@ -550,6 +550,8 @@ pub struct Launch {
     pub wrapper: Vec<String>,
     /// Write only [`PORTABLE_SECTIONS`], for builds whose settings differ from this one's.
     pub portable_settings: bool,
+    /// Settings (`section.key`) left out of the file, for a build that does not know them.
+    pub without: Vec<&'static str>,
 }
 
 /// The log filter (`RUST_LOG`) of every service process started from now on (the benchmarks
@@ -592,6 +594,13 @@ impl ServiceProcess {
         let mut table = toml::Table::try_from(&settings).expect("settings as TOML");
         if launch.portable_settings {
             table.retain(|section, _| PORTABLE_SECTIONS.contains(&section));
+        }
+        for key in &launch.without {
+            if let Some((section, key)) = key.split_once('.')
+                && let Some(toml::Value::Table(t)) = table.get_mut(section)
+            {
+                t.remove(key);
+            }
         }
         let dir = tempfile::tempdir().expect("tempdir");
         let config = dir.path().join(format!("{}.toml", S::NAME));
@@ -715,21 +724,31 @@ impl ServiceProcess {
         let _ = self.child.wait();
     }
 
-    /// SIGTERM and wait (up to `timeout`) for a clean exit; returns the exit code.
+    /// SIGTERM and wait (up to `timeout`) for a clean exit; returns the exit code. Panics if
+    /// the process is still running then.
     pub fn terminate(&mut self, timeout: Duration) -> Option<i32> {
+        match self.sigterm_within(timeout) {
+            Some(status) => status.code(),
+            None => panic!(
+                "service did not stop within {timeout:?} after SIGTERM\n{}",
+                self.log()
+            ),
+        }
+    }
+
+    /// SIGTERM and wait up to `timeout`: how it exited, or `None` if it is still running
+    /// (it is killed when dropped).
+    pub fn sigterm_within(&mut self, timeout: Duration) -> Option<std::process::ExitStatus> {
         let pid = nix::unistd::Pid::from_raw(i32::try_from(self.child.id()).expect("pid"));
         let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
         let start = std::time::Instant::now();
         while start.elapsed() < timeout {
             if let Ok(Some(status)) = self.child.try_wait() {
-                return status.code();
+                return Some(status);
             }
             std::thread::sleep(Duration::from_millis(50));
         }
-        panic!(
-            "service did not stop within {timeout:?} after SIGTERM\n{}",
-            self.log()
-        );
+        None
     }
 
     /// SIGTERM, and asserts a clean exit (status 0) within 30 s.
@@ -983,6 +1002,53 @@ pub async fn committed(kafka: &KafkaSettings, group: &str, topic: &str) -> BTree
         .into_iter()
         .map(|((_, p), o)| (p, o))
         .collect()
+}
+
+/// Writes `n` transactions of distinct events to `topic` as fast as the broker takes them
+/// (one encoding, a fresh event id spliced into each copy's bytes; 200 accounts): the
+/// history a busy hour leaves.
+pub async fn write_history(stack: &Stack, topic: &str, n: usize) {
+    use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
+    let serde = verdict_runtime::serde::AvroSerde::new(&stack.registry_url());
+    let (_, tx) = verdict_cli::records::sample_transaction(&mut rand::rng(), "tenant-history");
+    let id = tx["event_id"].as_str().expect("id").to_string();
+    let bytes = serde
+        .encode(
+            topic,
+            &verdict_runtime::serde::ValueSchema::TopicLatest,
+            verdict_runtime::avro::untyped(&tx),
+        )
+        .await
+        .expect("encode");
+    // The id is the first field: framing (5 bytes), its length (1 byte), then 36 characters.
+    assert_eq!(bytes.get(6..42), Some(id.as_bytes()));
+    let producer: BaseProducer = stack
+        .broker
+        .kafka()
+        .producer_config()
+        .set("linger.ms", "20")
+        .set("compression.type", "lz4")
+        .create()
+        .expect("producer");
+    tokio::task::block_in_place(|| {
+        let mut value = bytes.clone();
+        for i in 0..n {
+            value[6..42].copy_from_slice(uuid::Uuid::new_v4().hyphenated().to_string().as_bytes());
+            let key = format!("acct-{}", i % 200);
+            let mut record = BaseRecord::to(topic).key(&key).payload(&value);
+            loop {
+                match producer.send(record) {
+                    Ok(()) => break,
+                    Err((_, r)) => {
+                        record = r;
+                        producer.poll(Duration::from_millis(10));
+                    }
+                }
+            }
+            producer.poll(Duration::ZERO);
+        }
+        producer.flush(Duration::from_secs(120)).expect("flush");
+    });
 }
 
 /// The end (high watermark) of each partition of `topic`.
