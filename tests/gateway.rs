@@ -852,13 +852,15 @@ fn a_review_is_resolved_through_the_api() {
         let stack = Stack::start().await;
         let topology = apply_topology(&stack, None).await;
         let mut gw = gateway(&stack, &topology);
+        let mut gw2 = gateway(&stack, &topology);
         let mut fraud = ServiceProcess::spawn::<fraud_detector::Spec>(
             &deployment(&stack, &topology, None),
             |_| {},
         );
         gw.wait_ready(Duration::from_secs(30)).await;
+        gw2.wait_ready(Duration::from_secs(30)).await;
         fraud.wait_ready(Duration::from_secs(30)).await;
-        let p = gw.http_port;
+        let (p, p2) = (gw.http_port, gw2.http_port);
         // Seven transactions of one account within a minute: velocity sends the later ones
         // to review.
         let mut in_review = Vec::new();
@@ -919,15 +921,63 @@ fn a_review_is_resolved_through_the_api() {
                 .unwrap_or("")
                 .contains("APPROVE, DECLINE")
         );
+        // Two people resolve it at once with opposite outcomes on two instances (review item 9
+        // of the hardening issue: both were answered 200). The first resolution on the topic
+        // wins; the other gets 409.
+        for _ in 0..40 {
+            let seen = call(
+                p2,
+                "GET",
+                &format!("/v1/jobs/{job}"),
+                Some(KEY_A),
+                &[],
+                None,
+            )
+            .await;
+            if seen.body["status"] == "in_review" {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
         let body =
             json!({"outcome": "APPROVE", "reviewer": "ana", "note": "known customer"}).to_string();
-        let resolved = call(p, "POST", &path, Some(KEY_A), &[], Some(body.clone())).await;
+        let other = json!({"outcome": "DECLINE", "reviewer": "bo", "note": null}).to_string();
+        let (first, second) = tokio::join!(
+            call(p, "POST", &path, Some(KEY_A), &[], Some(body.clone())),
+            call(p2, "POST", &path, Some(KEY_A), &[], Some(other)),
+        );
+        let (resolved, lost) = if first.status == 200 {
+            (first, second)
+        } else {
+            (second, first)
+        };
         assert_eq!(resolved.status, 200, "{}", resolved.body);
+        assert_error_shape(&lost, 409, "conflict");
         assert_eq!(resolved.body["status"], "complete");
-        assert_eq!(resolved.body["reviewed_by"], "ana");
-        assert_eq!(resolved.body["review"]["outcome"], "APPROVE");
+        let (winner, outcome) = (
+            resolved.body["reviewed_by"]
+                .as_str()
+                .unwrap_or("")
+                .to_string(),
+            resolved.body["review"]["outcome"]
+                .as_str()
+                .unwrap_or("")
+                .to_string(),
+        );
+        assert!(
+            [("ana", "APPROVE"), ("bo", "DECLINE")].contains(&(winner.as_str(), outcome.as_str())),
+            "{}",
+            resolved.body
+        );
+        let job_now = call(p, "GET", &format!("/v1/jobs/{job}"), Some(KEY_A), &[], None).await;
+        assert_eq!(
+            job_now.body["reviewed_by"],
+            winner.as_str(),
+            "{}",
+            job_now.body
+        );
         let again = call(p, "POST", &path, Some(KEY_A), &[], Some(body)).await;
-        assert_error_shape(&again, 400, "validation_failed");
+        assert_error_shape(&again, 409, "conflict");
         let open = call(p, "GET", "/v1/reviews", Some(KEY_A), &[], None).await;
         assert!(
             !open.body.to_string().contains(job.as_str()),
@@ -954,7 +1004,7 @@ fn a_review_is_resolved_through_the_api() {
             |rs| !rs.is_empty(),
         )
         .await;
-        assert_eq!(resolutions.len(), 1);
+        // Both were written; the first on the topic (keyed by the job) is the one that counts.
         let v = resolutions[0].value.as_ref().expect("decoded");
         assert_eq!(
             (
@@ -962,7 +1012,11 @@ fn a_review_is_resolved_through_the_api() {
                 v["outcome"].as_str(),
                 v["reviewer"].as_str()
             ),
-            (Some(job.as_str()), Some("APPROVE"), Some("ana"))
+            (
+                Some(job.as_str()),
+                Some(outcome.as_str()),
+                Some(winner.as_str())
+            )
         );
         assert_eq!(v["pipeline_outcome"], "REVIEW");
         let audits = harness::read_topic(
@@ -985,8 +1039,17 @@ fn a_review_is_resolved_through_the_api() {
             .find(|v| v["action"] == "HUMAN_REVIEW")
             .expect("an audit record of the review");
         assert_eq!(audit["event_id"], job.as_str());
-        assert_eq!(audit["actor"], "ana");
-        assert_eq!(audit["outcome"], "APPROVE");
+        assert_eq!(audit["actor"], winner.as_str());
+        assert_eq!(audit["outcome"], outcome.as_str());
+        assert_eq!(
+            audits
+                .iter()
+                .filter_map(|r| r.value.as_ref())
+                .filter(|v| v["action"] == "HUMAN_REVIEW")
+                .count(),
+            1,
+            "only the resolution that counts is audited"
+        );
     });
 }
 

@@ -733,6 +733,14 @@ pub async fn resolve_review(
                 .get(&id)
                 .filter(|j| j.tenant == caller.tenant)
                 .ok_or(ApiError::NotFound { what: "job" })?;
+            if let (Some(by), Some(review)) = (&job.reviewed_by, &job.review) {
+                return Err(ApiError::Conflict {
+                    message: format!(
+                        "job {id} was already resolved by {by} ({})",
+                        review["outcome"].as_str().unwrap_or("?")
+                    ),
+                });
+            }
             if job.status != Status::InReview {
                 return Err(ApiError::Validation {
                     message: format!(
@@ -806,32 +814,65 @@ pub async fn resolve_review(
                 app.fits(&topic, id.len() + bytes.len()).await?;
                 records.push((topic, bytes));
             }
-            for (topic, bytes) in records {
-                verdict_runtime::producer::send(
-                    &app.producer,
-                    &topic,
-                    Some(id.as_bytes()),
-                    Some(&bytes),
-                    HeaderMap::default().to_kafka(),
-                )
-                .await
-                .map_err(|e| {
-                    tracing::warn!(error = %e, "producing a review record");
-                    ApiError::Upstream
-                })?;
+            // The resolution first. Another person (on this instance or another) may resolve
+            // the same review at the same moment: the first resolution on the topic (keyed by
+            // the job, so in one partition's order) is the one every instance keeps, so the
+            // answer waits until this instance has read which one that is.
+            let mut records = records.into_iter();
+            for (topic, bytes) in records.by_ref().take(1) {
+                send_review_record(&app, &topic, &id, &bytes).await?;
             }
-            app.store.apply(
-                Role::Resolution,
-                &job.kind,
-                &resolution,
-                None,
-                verdict_runtime::now_ms(),
-            );
-            let job = app.store.get(&id).ok_or(ApiError::Upstream)?;
-            Ok(job_response(&job, StatusCode::OK, false))
+            let kept = app
+                .store
+                .reviewed(&id, Duration::from_secs(10))
+                .await
+                .ok_or(ApiError::Upstream)?;
+            let ours = kept.reviewed_by.as_deref() == Some(r.reviewer.as_str())
+                && kept.review.as_ref().is_some_and(|k| {
+                    k["outcome"] == resolution["outcome"]
+                        && k["resolved_at"] == resolution["resolved_at"]
+                });
+            if !ours {
+                return Err(ApiError::Conflict {
+                    message: format!(
+                        "job {id} was resolved by {} ({}) first",
+                        kept.reviewed_by.as_deref().unwrap_or("?"),
+                        kept.review
+                            .as_ref()
+                            .and_then(|k| k["outcome"].as_str())
+                            .unwrap_or("?")
+                    ),
+                });
+            }
+            // Then the audit of the resolution that counts.
+            for (topic, bytes) in records {
+                send_review_record(&app, &topic, &id, &bytes).await?;
+            }
+            Ok(job_response(&kept, StatusCode::OK, false))
         },
     )
     .await
+}
+
+async fn send_review_record(
+    app: &App,
+    topic: &str,
+    id: &str,
+    bytes: &[u8],
+) -> Result<(), ApiError> {
+    verdict_runtime::producer::send(
+        &app.producer,
+        topic,
+        Some(id.as_bytes()),
+        Some(bytes),
+        HeaderMap::default().to_kafka(),
+    )
+    .await
+    .map(|_| ())
+    .map_err(|e| {
+        tracing::warn!(error = %e, "producing a review record");
+        ApiError::Upstream
+    })
 }
 
 /// `GET /v1/health`: the gateway, Kafka, the registry and each pipeline (lag in messages and

@@ -29,6 +29,9 @@ pub enum ApiError {
     PayloadTooLarge { message: String },
     #[error("no such {what}")]
     NotFound { what: &'static str },
+    /// The resource changed under the request (a review resolved by someone else first).
+    #[error("{message}")]
+    Conflict { message: String },
     /// A dependency (Kafka, the registry) did not answer; the details are logged.
     #[error("a dependency is unavailable")]
     Upstream,
@@ -44,6 +47,7 @@ impl ApiError {
             ApiError::TokenBudget { .. } => "token_budget_exceeded",
             ApiError::PayloadTooLarge { .. } => "payload_too_large",
             ApiError::NotFound { .. } => "not_found",
+            ApiError::Conflict { .. } => "conflict",
             ApiError::Upstream => "upstream_unavailable",
         }
     }
@@ -58,6 +62,7 @@ impl ApiError {
             }
             ApiError::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::NotFound { .. } => StatusCode::NOT_FOUND,
+            ApiError::Conflict { .. } => StatusCode::CONFLICT,
             ApiError::Upstream => StatusCode::SERVICE_UNAVAILABLE,
         }
     }
@@ -79,6 +84,7 @@ impl ApiError {
             } => format!("wait {retry_after_secs} s (Retry-After) or send smaller documents"),
             ApiError::PayloadTooLarge { .. } => "send a smaller request".into(),
             ApiError::NotFound { .. } => "check the id; jobs are kept for a limited time".into(),
+            ApiError::Conflict { .. } => "read the job again: it has changed".into(),
             ApiError::Upstream => "retry later with the same Idempotency-Key".into(),
         }
     }

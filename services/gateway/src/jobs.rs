@@ -290,6 +290,9 @@ impl JobStore {
                     job.status = status;
                 }
             }
+            // The first resolution of a review counts; a later one (two people at once) is
+            // ignored, the same way on every instance.
+            Role::Resolution if job.reviewed_by.is_some() => {}
             Role::Resolution => {
                 job.status = status;
                 job.reviewed_by = value["reviewer"].as_str().map(String::from);
@@ -351,6 +354,14 @@ impl JobStore {
     /// passes; returns it as known then.
     pub async fn changed_after(&self, id: &str, seen: usize, timeout: Duration) -> Option<Job> {
         self.wait_for(id, timeout, |j| j.history.len() > seen).await
+    }
+
+    /// Waits until the job's review is resolved (by whichever resolution came first) or
+    /// `timeout` passes; returns it as known.
+    pub async fn reviewed(&self, id: &str, timeout: Duration) -> Option<Job> {
+        self.wait_for(id, timeout, |j| j.review.is_some())
+            .await
+            .filter(|j| j.review.is_some())
     }
 
     /// Waits until the job is no longer `processing` or `timeout` passes; returns it as known.
@@ -689,10 +700,13 @@ mod tests {
         assert_eq!(s.reviews("t", true).len(), 1);
         let resolution = json!({"event_id": "r", "tenant_id": "t", "outcome": "APPROVE", "reviewer": "ana", "note": null, "resolved_at": 5});
         s.apply(Role::Resolution, "transaction", &resolution, None, 2);
-        s.apply(Role::Review, "transaction", &review, None, 3);
+        let later = json!({"event_id": "r", "tenant_id": "t", "outcome": "DECLINE", "reviewer": "bo", "note": null, "resolved_at": 6});
+        s.apply(Role::Resolution, "transaction", &later, None, 3);
+        s.apply(Role::Review, "transaction", &review, None, 4);
         let j = s.get("r").expect("job");
         assert_eq!(j.status, Status::Complete);
-        assert_eq!(j.reviewed_by.as_deref(), Some("ana"));
+        assert_eq!(j.reviewed_by.as_deref(), Some("ana"), "the first resolution counts");
+        assert_eq!(j.review.expect("review")["outcome"], "APPROVE");
         assert!(s.reviews("t", true).is_empty());
         assert_eq!(s.reviews("t", false).len(), 1);
         assert!(s.reviews("other", false).is_empty());

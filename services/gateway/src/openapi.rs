@@ -34,6 +34,8 @@ pub enum Errors {
     Forbidden(ErrorBody),
     #[response(status = 404, description = "not_found")]
     NotFound(ErrorBody),
+    #[response(status = 409, description = "conflict")]
+    Conflict(ErrorBody),
     #[response(status = 413, description = "payload_too_large")]
     TooLarge(ErrorBody),
     #[response(
