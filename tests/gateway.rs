@@ -509,7 +509,13 @@ fn bad_submissions_get_specific_errors() {
         assert_eq!(r.body["kind"], "document");
         let r = call(p, "GET", "/v2/anything", Some(KEY_A), &[], None).await;
         assert_error_shape(&r, 404, "not_found");
-        let health = call(p, "GET", "/v1/health", None, &[], None).await;
+        // Review item 8 of the hardening issue: anyone could read every pipeline's group and
+        // lag. Without a key, only the overall status.
+        let open = call(p, "GET", "/v1/health", None, &[], None).await;
+        assert_eq!(open.status, 200, "{}", open.body);
+        assert!(open.body["status"].is_string(), "{}", open.body);
+        assert!(open.body.get("services").is_none(), "{}", open.body);
+        let health = call(p, "GET", "/v1/health", Some(KEY_READER), &[], None).await;
         assert_eq!(health.status, 200, "{}", health.body);
         assert_eq!(health.body["services"]["kafka"]["status"], "ok");
         assert_eq!(health.body["services"]["registry"]["status"], "ok");
@@ -1160,7 +1166,7 @@ fn adaptive_limits_slow_batch_keys_while_the_pipeline_lags() {
         // Wait until the gateway sees the lag.
         let mut degraded = false;
         for _ in 0..60 {
-            let h = call(p, "GET", "/v1/health", None, &[], None).await;
+            let h = call(p, "GET", "/v1/health", Some(KEY_A), &[], None).await;
             if h.body["services"]["pipelines"]["fraud-detector"]["status"] != "ok"
                 && h.body["services"]["pipelines"]["fraud-detector"]["lag_seconds"].as_f64()
                     > Some(1.0)
@@ -1174,7 +1180,9 @@ fn adaptive_limits_slow_batch_keys_while_the_pipeline_lags() {
         assert!(
             degraded,
             "the gateway sees the fraud-detector's lag: {}\n{}",
-            call(p, "GET", "/v1/health", None, &[], None).await.body,
+            call(p, "GET", "/v1/health", Some(KEY_A), &[], None)
+                .await
+                .body,
             gw.log()
         );
 

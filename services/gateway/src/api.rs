@@ -67,6 +67,8 @@ pub struct App {
     /// For the health checks of the registry.
     pub http: reqwest::Client,
     pub pipelines: Arc<crate::pipelines::Pipelines>,
+    /// The last look at Kafka and the registry, for `/v1/health`.
+    pub probe: tokio::sync::Mutex<Option<Probe>>,
     pub transactions: Route,
     pub documents: Route,
 }
@@ -113,7 +115,45 @@ pub fn parse_wait(s: &str) -> Result<Duration, ApiError> {
         .ok_or_else(bad)
 }
 
+/// Whether Kafka and the registry answered, and when that was asked.
+#[derive(Debug, Clone, Copy)]
+pub struct Probe {
+    kafka: bool,
+    registry: bool,
+    at: tokio::time::Instant,
+}
+
+/// How long a look at Kafka and the registry stands for `/v1/health`.
+pub const PROBE_EVERY: Duration = Duration::from_secs(2);
+
 impl App {
+    /// Kafka and the registry as last seen, asked again when older than [`PROBE_EVERY`];
+    /// concurrent callers wait for the one asking.
+    async fn probe(&self) -> Probe {
+        let mut last = self.probe.lock().await;
+        if let Some(p) = *last
+            && p.at.elapsed() < PROBE_EVERY
+        {
+            return p;
+        }
+        let kafka = self
+            .kafka
+            .wait_until_reachable(Duration::from_secs(2))
+            .await
+            .is_ok();
+        let registry = matches!(
+            self.http.get(format!("{}/subjects", self.registry_url)).send().await,
+            Ok(r) if r.status().is_success()
+        );
+        let p = Probe {
+            kafka,
+            registry,
+            at: tokio::time::Instant::now(),
+        };
+        *last = Some(p);
+        p
+    }
+
     /// Refuses a record of `size` bytes (key, value, headers) that `topic` could not take with
     /// the headers of a retry or dead-letter copy: 413 with the limit.
     async fn fits(&self, topic: &str, size: usize) -> Result<(), ApiError> {
@@ -876,26 +916,30 @@ async fn send_review_record(
 }
 
 /// `GET /v1/health`: the gateway, Kafka, the registry and each pipeline (lag in messages and
-/// seconds, members, age of the last decision) as `ok`, `degraded` or `down`.
+/// seconds, members, age of the last decision) as `ok`, `degraded` or `down`. Without a valid
+/// key (any scope) only the overall status; Kafka and the registry are asked at most once per
+/// [`PROBE_EVERY`] however many ask.
 #[utoipa::path(
     get,
     path = "/v1/health",
-    security(()),
+    security((), ("api_key" = [])),
     responses(
-        (status = 200, description = "ok or degraded, per dependency", body = serde_json::Value),
+        (status = 200, description = "ok or degraded, per dependency with a key", body = serde_json::Value),
         (status = 503, description = "down: Kafka does not answer", body = serde_json::Value),
     )
 )]
-pub async fn health(State(app): State<Arc<App>>) -> Response {
-    let kafka_ok = app
-        .kafka
-        .wait_until_reachable(Duration::from_secs(2))
-        .await
-        .is_ok();
-    let registry_ok = matches!(
-        app.http.get(format!("{}/subjects", app.registry_url)).send().await,
-        Ok(r) if r.status().is_success()
-    );
+pub async fn health(State(app): State<Arc<App>>, headers: HttpHeaders) -> Response {
+    let h = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
+    let detailed = authenticate(
+        &app.settings.keys,
+        presented_key(h(header::AUTHORIZATION.as_str()), h("x-api-key")),
+    )
+    .is_ok();
+    let Probe {
+        kafka: kafka_ok,
+        registry: registry_ok,
+        ..
+    } = app.probe().await;
     let state = |ok: bool| if ok { "ok" } else { "down" };
     let now = verdict_runtime::now_ms();
     let threshold = app.settings.adaptive.lag_threshold_seconds;
@@ -935,6 +979,9 @@ pub async fn health(State(app): State<Arc<App>>) -> Response {
     } else {
         StatusCode::SERVICE_UNAVAILABLE
     };
+    if !detailed {
+        return (code, axum::Json(json!({ "status": status }))).into_response();
+    }
     (
         code,
         axum::Json(json!({

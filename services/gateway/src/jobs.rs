@@ -705,7 +705,11 @@ mod tests {
         s.apply(Role::Review, "transaction", &review, None, 4);
         let j = s.get("r").expect("job");
         assert_eq!(j.status, Status::Complete);
-        assert_eq!(j.reviewed_by.as_deref(), Some("ana"), "the first resolution counts");
+        assert_eq!(
+            j.reviewed_by.as_deref(),
+            Some("ana"),
+            "the first resolution counts"
+        );
         assert_eq!(j.review.expect("review")["outcome"], "APPROVE");
         assert!(s.reviews("t", true).is_empty());
         assert_eq!(s.reviews("t", false).len(), 1);

@@ -139,6 +139,7 @@ pub fn build(settings: &GatewaySettings) -> Result<(Arc<api::App>, Vec<jobs::Fol
             .build()
             .map_err(|e| e.to_string())?,
         pipelines: Arc::default(),
+        probe: tokio::sync::Mutex::new(None),
         transactions,
         documents,
     };
