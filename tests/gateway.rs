@@ -756,6 +756,8 @@ fn decisions_are_delivered_to_signed_webhooks_with_retries() {
         let mut gw = spawn_gateway(&stack, &topology, |s| {
             s.gateway.webhooks.allowed_prefixes =
                 vec![format!("http://127.0.0.1:{hook_port}/hooks/")];
+            // The receiver is on loopback, as nothing in production should be.
+            s.gateway.webhooks.allow_private_addresses = true;
             s.gateway.webhooks.backoff_base_ms = 100;
             s.gateway.webhook_secrets.insert(
                 "tenant-a".into(),
@@ -846,6 +848,58 @@ fn decisions_are_delivered_to_signed_webhooks_with_retries() {
             requests[0].0.get("webhook-id"),
             requests[1].0.get("webhook-id"),
             "a retry keeps its webhook-id (receivers dedupe on it)"
+        );
+    });
+}
+
+/// Review item 10 of the hardening issue: callback URLs were checked by prefix only, so a
+/// name on the allow-list that resolves (or is made to resolve) to 127.0.0.1 or
+/// 169.254.169.254 was called, and every tenant shared one allow-list. Targets must resolve to
+/// public addresses (unless `allow_private_addresses`), and a tenant with a list of its own
+/// may use only that.
+#[test]
+fn webhook_targets_must_be_public_and_the_tenants_own() {
+    run(120, async {
+        let stack = Stack::start().await;
+        let topology = apply_topology(&stack, None).await;
+        let mut gw = spawn_gateway(&stack, &topology, |s| {
+            s.gateway.webhooks.allowed_prefixes = vec![
+                "http://localhost:9/hooks/".into(),
+                "http://127.0.0.1:9/hooks/".into(),
+            ];
+            s.gateway
+                .webhooks
+                .tenant_prefixes
+                .insert("tenant-b".into(), vec!["https://b.example/hooks/".into()]);
+            for tenant in ["tenant-a", "tenant-b"] {
+                s.gateway.webhook_secrets.insert(
+                    tenant.into(),
+                    verdict_runtime::settings::Secret::new(WEBHOOK_SECRET),
+                );
+            }
+        });
+        gw.wait_ready(Duration::from_secs(30)).await;
+        let p = gw.http_port;
+        let with_callback = |url: &str| {
+            let mut tx: Value = serde_json::from_str(&transaction()).expect("json");
+            tx["callback_url"] = json!(url);
+            tx.to_string()
+        };
+        for url in ["http://localhost:9/hooks/x", "http://127.0.0.1:9/hooks/x"] {
+            let r = post_tx(p, KEY_A, with_callback(url)).await;
+            assert_error_shape(&r, 400, "validation_failed");
+            let message = r.body["message"].as_str().unwrap_or("");
+            assert!(message.contains("not a public address"), "{url}: {message}");
+        }
+        let r = post_tx(p, KEY_B, with_callback("http://localhost:9/hooks/x")).await;
+        assert_error_shape(&r, 400, "validation_failed");
+        assert!(
+            r.body["message"]
+                .as_str()
+                .unwrap_or("")
+                .contains("tenant's allow-list"),
+            "{}",
+            r.body
         );
     });
 }

@@ -66,6 +66,8 @@ pub struct App {
     pub limiter: Limiter,
     /// For the health checks of the registry.
     pub http: reqwest::Client,
+    /// For webhook deliveries: public addresses only (see `webhooks`).
+    pub webhook_http: reqwest::Client,
     pub pipelines: Arc<crate::pipelines::Pipelines>,
     /// The last look at Kafka and the registry, for `/v1/health`.
     pub probe: tokio::sync::Mutex<Option<Probe>>,
@@ -404,7 +406,11 @@ async fn submit(
     let callback = match obj.remove("callback_url") {
         None | Some(Json::Null) => None,
         Some(Json::String(url)) => {
-            crate::webhooks::check_url(&url, &app.settings.webhooks.allowed_prefixes)
+            let hooks = &app.settings.webhooks;
+            let parsed = crate::webhooks::check_url(&url, hooks.allowed_for(&caller.tenant))
+                .map_err(|message| ApiError::Validation { message })?;
+            crate::webhooks::check_destination(&parsed, hooks.allow_private_addresses)
+                .await
                 .map_err(|message| ApiError::Validation { message })?;
             let secret = app
                 .settings
@@ -531,7 +537,7 @@ async fn submit(
         tokio::spawn(crate::webhooks::deliver(
             app.store.clone(),
             app.settings.webhooks.clone(),
-            app.http.clone(),
+            app.webhook_http.clone(),
             secret,
             job_id.clone(),
             url,

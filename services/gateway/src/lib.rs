@@ -132,12 +132,11 @@ pub fn build(settings: &GatewaySettings) -> Result<(Arc<api::App>, Vec<jobs::Fol
             i64::try_from(g.job_ttl_ms).unwrap_or(i64::MAX),
         ),
         limiter: limits::Limiter::default(),
-        // Never follow redirects: a callback may only reach an allowed URL.
         http: reqwest::Client::builder()
-            .redirect(reqwest::redirect::Policy::none())
             .timeout(std::time::Duration::from_secs(2))
             .build()
             .map_err(|e| e.to_string())?,
+        webhook_http: g.webhooks.client()?,
         pipelines: Arc::default(),
         probe: tokio::sync::Mutex::new(None),
         transactions,

@@ -1,8 +1,12 @@
 //! Webhooks in the Standard Webhooks convention: `webhook-id`, `webhook-timestamp` and
 //! `webhook-signature: v1,<base64 HMAC-SHA256 of "id.timestamp.body">` with the tenant's
 //! secret (`whsec_<base64 key>`), retried with exponential backoff and full jitter. Callback
-//! URLs must start with a configured prefix, so the gateway never calls arbitrary addresses.
+//! URLs must be under a prefix of the tenant's allow-list and lead to public addresses, when
+//! submitted and when called (a name can be made to resolve elsewhere later), so the gateway
+//! never calls arbitrary or internal addresses.
 
+use std::collections::BTreeMap;
+use std::net::IpAddr;
 use std::time::Duration;
 
 use base64::Engine;
@@ -20,6 +24,11 @@ pub struct WebhookSettings {
     /// Callback URLs must start with one of these (e.g. `https://hooks.example.com/`);
     /// empty = no callbacks accepted.
     pub allowed_prefixes: Vec<String>,
+    /// A tenant's own list, used instead of `allowed_prefixes` for that tenant.
+    pub tenant_prefixes: BTreeMap<String, Vec<String>>,
+    /// Let callbacks reach loopback, private and link-local addresses (local development
+    /// only: a name on the list could otherwise be pointed at 127.0.0.1 or 169.254.169.254).
+    pub allow_private_addresses: bool,
     pub max_attempts: u32,
     pub backoff_base_ms: u64,
     pub backoff_max_ms: u64,
@@ -30,6 +39,8 @@ impl Default for WebhookSettings {
     fn default() -> Self {
         Self {
             allowed_prefixes: Vec::new(),
+            tenant_prefixes: BTreeMap::new(),
+            allow_private_addresses: false,
             max_attempts: 6,
             backoff_base_ms: 500,
             backoff_max_ms: 60_000,
@@ -38,19 +49,131 @@ impl Default for WebhookSettings {
     }
 }
 
-/// Checks a callback URL against the allow-list.
-pub fn check_url(url: &str, allowed: &[String]) -> Result<(), String> {
+/// Checks a callback URL against an allow-list: same scheme, host and port as an entry, and a
+/// path under its path (`https://hooks.example.com` does not admit
+/// `https://hooks.example.com.evil.net/`).
+pub fn check_url(url: &str, allowed: &[String]) -> Result<reqwest::Url, String> {
     let parsed =
         reqwest::Url::parse(url).map_err(|e| format!("callback_url `{url}` is not a URL: {e}"))?;
     if !matches!(parsed.scheme(), "http" | "https") {
         return Err(format!("callback_url `{url}` must be http or https"));
     }
-    if !allowed.iter().any(|p| url.starts_with(p.as_str())) {
+    let admits = |prefix: &String| {
+        reqwest::Url::parse(prefix).is_ok_and(|p| {
+            p.scheme() == parsed.scheme()
+                && p.host() == parsed.host()
+                && p.port_or_known_default() == parsed.port_or_known_default()
+                && parsed.path().starts_with(p.path())
+        })
+    };
+    if !allowed.iter().any(admits) {
         return Err(format!(
-            "callback_url `{url}` is not on the gateway's allow-list (gateway.webhooks.allowed_prefixes)"
+            "callback_url `{url}` is not on the tenant's allow-list \
+             (gateway.webhooks.tenant_prefixes, else allowed_prefixes)"
         ));
     }
-    Ok(())
+    Ok(parsed)
+}
+
+impl WebhookSettings {
+    /// The prefixes `tenant`'s callbacks may use.
+    pub fn allowed_for(&self, tenant: &str) -> &[String] {
+        self.tenant_prefixes
+            .get(tenant)
+            .unwrap_or(&self.allowed_prefixes)
+    }
+
+    /// The client deliveries go through: it connects only to public addresses, so a name on
+    /// the allow-list that resolves (or is made to resolve) elsewhere is not called.
+    pub fn client(&self) -> Result<reqwest::Client, String> {
+        let builder = reqwest::Client::builder()
+            // Never follow redirects: a callback may only reach an allowed URL.
+            .redirect(reqwest::redirect::Policy::none())
+            .timeout(Duration::from_millis(self.timeout_ms));
+        let builder = if self.allow_private_addresses {
+            builder
+        } else {
+            builder.dns_resolver(std::sync::Arc::new(PublicOnly))
+        };
+        builder.build().map_err(|e| e.to_string())
+    }
+}
+
+/// Whether a callback may reach `ip`: not loopback, private (RFC 1918, unique local),
+/// link-local (the cloud metadata address 169.254.169.254 among them), shared (100.64/10),
+/// unspecified, broadcast or multicast.
+pub fn is_public(ip: IpAddr) -> bool {
+    match ip {
+        IpAddr::V4(v4) => {
+            let [a, b, ..] = v4.octets();
+            !(v4.is_loopback()
+                || v4.is_private()
+                || v4.is_link_local()
+                || v4.is_unspecified()
+                || v4.is_broadcast()
+                || v4.is_multicast()
+                || a == 0
+                || (a == 100 && (b & 0xc0) == 64))
+        }
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => is_public(IpAddr::V4(v4)),
+            None => {
+                let first = v6.segments()[0];
+                !(v6.is_loopback()
+                    || v6.is_unspecified()
+                    || v6.is_multicast()
+                    || (first & 0xfe00) == 0xfc00
+                    || (first & 0xffc0) == 0xfe80)
+            }
+        },
+    }
+}
+
+/// Where a callback URL's host leads now: every address must be public (unless allowed).
+pub async fn check_destination(url: &reqwest::Url, allow_private: bool) -> Result<(), String> {
+    if allow_private {
+        return Ok(());
+    }
+    let port = url.port_or_known_default().unwrap_or(443);
+    let host = url.host_str().unwrap_or_default();
+    let literal = host
+        .trim_start_matches('[')
+        .trim_end_matches(']')
+        .parse::<IpAddr>();
+    let addrs: Vec<IpAddr> = match literal {
+        Ok(ip) => vec![ip],
+        Err(_) => tokio::net::lookup_host((host, port))
+            .await
+            .map_err(|e| format!("callback_url: {host} does not resolve: {e}"))?
+            .map(|a| a.ip())
+            .collect(),
+    };
+    match addrs.iter().find(|ip| !is_public(**ip)) {
+        Some(ip) => Err(format!(
+            "callback_url `{url}` leads to {ip}, which is not a public address"
+        )),
+        None if addrs.is_empty() => Err(format!("callback_url `{url}` has no address")),
+        None => Ok(()),
+    }
+}
+
+/// Resolves callback hosts to their public addresses only.
+struct PublicOnly;
+
+impl reqwest::dns::Resolve for PublicOnly {
+    fn resolve(&self, name: reqwest::dns::Name) -> reqwest::dns::Resolving {
+        let host = name.as_str().to_string();
+        Box::pin(async move {
+            let public: Vec<std::net::SocketAddr> = tokio::net::lookup_host((host.as_str(), 0))
+                .await?
+                .filter(|a| is_public(a.ip()))
+                .collect();
+            if public.is_empty() {
+                return Err(format!("{host} resolves to no public address").into());
+            }
+            Ok(Box::new(public.into_iter()) as reqwest::dns::Addrs)
+        })
+    }
 }
 
 fn key_of(secret: &str) -> Result<Vec<u8>, String> {
@@ -222,6 +345,28 @@ mod tests {
         assert!(check_url("https://hooks.example.com.evil.net/", &allowed).is_err());
         assert!(check_url("file:///etc/passwd", &allowed).is_err());
         assert!(check_url("https://hooks.example.com/x", &[]).is_err());
+    }
+
+    #[test]
+    fn only_public_addresses_are_callback_targets() {
+        for ip in [
+            "127.0.0.1",
+            "10.1.2.3",
+            "172.16.0.1",
+            "192.168.1.1",
+            "169.254.169.254",
+            "100.64.0.1",
+            "0.0.0.0",
+            "::1",
+            "fe80::1",
+            "fd00::1",
+            "::ffff:127.0.0.1",
+        ] {
+            assert!(!is_public(ip.parse().expect("ip")), "{ip}");
+        }
+        for ip in ["93.184.216.34", "8.8.8.8", "2606:4700::1111"] {
+            assert!(is_public(ip.parse().expect("ip")), "{ip}");
+        }
     }
 
     #[test]
