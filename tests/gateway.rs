@@ -852,6 +852,67 @@ fn decisions_are_delivered_to_signed_webhooks_with_retries() {
     });
 }
 
+/// Review item 7 of the hardening issue: SSE streams were unlimited per tenant, each holding
+/// a connection and a waiter. Past `max_streams_per_tenant` a tenant gets 429
+/// `too_many_streams`; other tenants are unaffected, and a closed stream frees its place.
+#[test]
+fn sse_streams_are_limited_per_tenant() {
+    run(120, async {
+        let stack = Stack::start().await;
+        let topology = apply_topology(&stack, None).await;
+        let mut gw = spawn_gateway(&stack, &topology, |s| {
+            s.gateway.max_streams_per_tenant = 2;
+        });
+        gw.wait_ready(Duration::from_secs(30)).await;
+        let p = gw.http_port;
+        // No fraud-detector: the jobs stay `processing` and their streams open.
+        let job_of = |key: &'static str| async move {
+            let r = post_tx(p, key, transaction()).await;
+            assert_eq!(r.status, 202, "{}", r.body);
+            r.body["job_id"].as_str().expect("id").to_string()
+        };
+        let (a, b) = (job_of(KEY_A).await, job_of(KEY_B).await);
+        let http = reqwest::Client::new();
+        let open = |key: &'static str, job: String| {
+            let http = http.clone();
+            async move {
+                http.get(format!("http://127.0.0.1:{p}/v1/jobs/{job}/events"))
+                    .bearer_auth(key)
+                    .send()
+                    .await
+                    .expect("request")
+            }
+        };
+        let first = open(KEY_A, a.clone()).await;
+        let second = open(KEY_A, a.clone()).await;
+        assert_eq!(
+            (first.status().as_u16(), second.status().as_u16()),
+            (200, 200)
+        );
+        let third = open(KEY_A, a.clone()).await;
+        assert_eq!(third.status(), 429);
+        let body: Value = third.json().await.expect("json");
+        assert_eq!(body["error"], "too_many_streams", "{body}");
+        assert_eq!(
+            open(KEY_B, b).await.status(),
+            200,
+            "another tenant's stream"
+        );
+        drop(first);
+        let mut reopened = None;
+        for _ in 0..40 {
+            let r = open(KEY_A, a.clone()).await;
+            if r.status() == 200 {
+                reopened = Some(r);
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        assert!(reopened.is_some(), "a closed stream frees its place");
+        drop(second);
+    });
+}
+
 /// Review item 10 of the hardening issue: callback URLs were checked by prefix only, so a
 /// name on the allow-list that resolves (or is made to resolve) to 127.0.0.1 or
 /// 169.254.169.254 was called, and every tenant shared one allow-list. Targets must resolve to

@@ -11,6 +11,7 @@ use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap as HttpHeaders, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
+use dashmap::DashMap;
 use futures::StreamExt;
 use rdkafka::producer::FutureProducer;
 use serde::Deserialize;
@@ -68,6 +69,8 @@ pub struct App {
     pub http: reqwest::Client,
     /// For webhook deliveries: public addresses only (see `webhooks`).
     pub webhook_http: reqwest::Client,
+    /// Open SSE streams by tenant.
+    pub streams: Arc<DashMap<String, usize>>,
     pub pipelines: Arc<crate::pipelines::Pipelines>,
     /// The last look at Kafka and the registry, for `/v1/health`.
     pub probe: tokio::sync::Mutex<Option<Probe>>,
@@ -115,6 +118,39 @@ pub fn parse_wait(s: &str) -> Result<Duration, ApiError> {
         .filter(|x| x.is_finite() && *x >= 0.0)
         .and_then(|x| Duration::try_from_secs_f64(x).ok())
         .ok_or_else(bad)
+}
+
+/// One open SSE stream of a tenant, counted while it lives.
+struct StreamPermit {
+    streams: Arc<DashMap<String, usize>>,
+    tenant: String,
+}
+
+impl StreamPermit {
+    fn take(
+        streams: &Arc<DashMap<String, usize>>,
+        tenant: &str,
+        max: usize,
+    ) -> Result<Self, ApiError> {
+        let mut open = streams.entry(tenant.to_string()).or_default();
+        if *open >= max {
+            return Err(ApiError::TooManyStreams { max });
+        }
+        *open += 1;
+        Ok(Self {
+            streams: streams.clone(),
+            tenant: tenant.to_string(),
+        })
+    }
+}
+
+impl Drop for StreamPermit {
+    fn drop(&mut self) {
+        if let Some(mut open) = self.streams.get_mut(&self.tenant) {
+            *open = open.saturating_sub(1);
+        }
+        self.streams.remove_if(&self.tenant, |_, open| *open == 0);
+    }
 }
 
 /// Whether Kafka and the registry answered, and when that was asked.
@@ -624,60 +660,71 @@ pub async fn job_events(
         .unwrap_or(0);
     let store = app.store.clone();
     let heartbeat = Duration::from_millis(app.settings.sse_heartbeat_ms);
+    let app2 = app.clone();
     admitted(&app, &headers, Scope::JobsRead, None, |caller| async move {
+        let app = app2;
         let job = store
             .get(&id)
             .filter(|j| j.tenant == caller.tenant)
             .ok_or(ApiError::NotFound { what: "job" })?;
+        // Held by the stream: its place is freed when the stream ends or the client goes.
+        let permit = StreamPermit::take(
+            &app.streams,
+            &caller.tenant,
+            app.settings.max_streams_per_tenant,
+        )?;
         // State: how many status events were sent, and whether the stream is over.
         let init = (
-            store,
+            (store, permit),
             id,
             usize::try_from(last_seen)
                 .unwrap_or(usize::MAX)
                 .min(job.history.len()),
             false,
         );
-        let stream = futures::stream::unfold(init, move |(store, id, sent, done)| async move {
-            if done {
-                return None;
-            }
-            let now = store.get(&id)?;
-            let job = if now.history.len() > sent || now.status.is_final() {
-                now
-            } else {
-                store
-                    .changed_after(&id, sent, Duration::from_secs(3600))
-                    .await?
-            };
-            let mut events = Vec::new();
-            for (seq, status, at) in job.history.iter().skip(sent) {
-                let data = json!({"job_id": job.job_id, "status": status, "at": at});
-                events.push(
-                    Event::default()
-                        .id(seq.to_string())
-                        .event("status")
-                        .data(data.to_string()),
-                );
-            }
-            let finished = job.status.is_final();
-            let final_seq = job.history.len() as u64 + 1;
-            if finished && final_seq > last_seen {
-                let body = serde_json::to_string(&job).unwrap_or_default();
-                events.push(
-                    Event::default()
-                        .id(final_seq.to_string())
-                        .event("final")
-                        .data(body),
-                );
-            }
-            let sent = job.history.len();
-            Some((
-                futures::stream::iter(events.into_iter().map(Ok::<_, std::convert::Infallible>)),
-                (store, id, sent, finished),
-            ))
-        })
-        .flatten();
+        let stream =
+            futures::stream::unfold(init, move |((store, permit), id, sent, done)| async move {
+                if done {
+                    return None;
+                }
+                let now = store.get(&id)?;
+                let job = if now.history.len() > sent || now.status.is_final() {
+                    now
+                } else {
+                    store
+                        .changed_after(&id, sent, Duration::from_secs(3600))
+                        .await?
+                };
+                let mut events = Vec::new();
+                for (seq, status, at) in job.history.iter().skip(sent) {
+                    let data = json!({"job_id": job.job_id, "status": status, "at": at});
+                    events.push(
+                        Event::default()
+                            .id(seq.to_string())
+                            .event("status")
+                            .data(data.to_string()),
+                    );
+                }
+                let finished = job.status.is_final();
+                let final_seq = job.history.len() as u64 + 1;
+                if finished && final_seq > last_seen {
+                    let body = serde_json::to_string(&job).unwrap_or_default();
+                    events.push(
+                        Event::default()
+                            .id(final_seq.to_string())
+                            .event("final")
+                            .data(body),
+                    );
+                }
+                let sent = job.history.len();
+                Some((
+                    futures::stream::iter(
+                        events.into_iter().map(Ok::<_, std::convert::Infallible>),
+                    ),
+                    ((store, permit), id, sent, finished),
+                ))
+            })
+            .flatten();
         Ok(Sse::new(stream)
             .keep_alive(KeepAlive::new().interval(heartbeat).text("heartbeat"))
             .into_response())

@@ -141,6 +141,8 @@ pub struct Gateway {
     pub max_body_bytes: usize,
     /// Heartbeat comments on an SSE stream while nothing happens.
     pub sse_heartbeat_ms: u64,
+    /// Open SSE streams a tenant may hold at once (each holds a connection and a waiter).
+    pub max_streams_per_tenant: usize,
     pub webhooks: crate::webhooks::WebhookSettings,
     /// Where resolved reviews go (`POST /v1/reviews/{id}`); must be in the topology.
     pub resolutions_topic: String,
@@ -163,6 +165,7 @@ impl Default for Gateway {
             catch_up_records: 100_000,
             max_body_bytes: 1_000_000,
             sse_heartbeat_ms: 15_000,
+            max_streams_per_tenant: 32,
             webhooks: crate::webhooks::WebhookSettings::default(),
             resolutions_topic: "review-resolutions".into(),
             webhook_secrets: BTreeMap::new(),

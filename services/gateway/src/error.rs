@@ -27,6 +27,8 @@ pub enum ApiError {
     },
     #[error("{message}")]
     PayloadTooLarge { message: String },
+    #[error("this tenant already has {max} open event streams")]
+    TooManyStreams { max: usize },
     #[error("no such {what}")]
     NotFound { what: &'static str },
     /// The resource changed under the request (a review resolved by someone else first).
@@ -46,6 +48,7 @@ impl ApiError {
             ApiError::RateLimited { .. } => "rate_limit_exceeded",
             ApiError::TokenBudget { .. } => "token_budget_exceeded",
             ApiError::PayloadTooLarge { .. } => "payload_too_large",
+            ApiError::TooManyStreams { .. } => "too_many_streams",
             ApiError::NotFound { .. } => "not_found",
             ApiError::Conflict { .. } => "conflict",
             ApiError::Upstream => "upstream_unavailable",
@@ -57,9 +60,9 @@ impl ApiError {
             ApiError::Validation { .. } => StatusCode::BAD_REQUEST,
             ApiError::Unauthorized { .. } => StatusCode::UNAUTHORIZED,
             ApiError::ForbiddenScope { .. } => StatusCode::FORBIDDEN,
-            ApiError::RateLimited { .. } | ApiError::TokenBudget { .. } => {
-                StatusCode::TOO_MANY_REQUESTS
-            }
+            ApiError::RateLimited { .. }
+            | ApiError::TokenBudget { .. }
+            | ApiError::TooManyStreams { .. } => StatusCode::TOO_MANY_REQUESTS,
             ApiError::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::NotFound { .. } => StatusCode::NOT_FOUND,
             ApiError::Conflict { .. } => StatusCode::CONFLICT,
@@ -83,6 +86,9 @@ impl ApiError {
                 retry_after_secs, ..
             } => format!("wait {retry_after_secs} s (Retry-After) or send smaller documents"),
             ApiError::PayloadTooLarge { .. } => "send a smaller request".into(),
+            ApiError::TooManyStreams { .. } => {
+                "close a stream you no longer read, or poll GET /v1/jobs/{id}".into()
+            }
             ApiError::NotFound { .. } => "check the id; jobs are kept for a limited time".into(),
             ApiError::Conflict { .. } => "read the job again: it has changed".into(),
             ApiError::Upstream => "retry later with the same Idempotency-Key".into(),

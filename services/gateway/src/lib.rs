@@ -139,6 +139,7 @@ pub fn build(settings: &GatewaySettings) -> Result<(Arc<api::App>, Vec<jobs::Fol
         webhook_http: g.webhooks.client()?,
         pipelines: Arc::default(),
         probe: tokio::sync::Mutex::new(None),
+        streams: Arc::default(),
         transactions,
         documents,
     };

@@ -40,7 +40,7 @@ pub enum Errors {
     TooLarge(ErrorBody),
     #[response(
         status = 429,
-        description = "rate_limit_exceeded or token_budget_exceeded"
+        description = "rate_limit_exceeded, token_budget_exceeded or too_many_streams"
     )]
     Limited(ErrorBody),
     #[response(status = 503, description = "upstream_unavailable")]
