@@ -18,7 +18,9 @@ pub struct ChaosArgs {
     scale: f64,
 }
 
-const MEMBERSHIPS: [Membership; 4] = [
+/// KIP-848 with static membership is refused at start-up (`engine.group_protocol`): it left
+/// partitions stuck in this run.
+const MEMBERSHIPS: [Membership; 3] = [
     Membership {
         protocol: GroupProtocol::Classic,
         static_ids: false,
@@ -30,10 +32,6 @@ const MEMBERSHIPS: [Membership; 4] = [
     Membership {
         protocol: GroupProtocol::Consumer,
         static_ids: false,
-    },
-    Membership {
-        protocol: GroupProtocol::Consumer,
-        static_ids: true,
     },
 ];
 
