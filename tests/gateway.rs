@@ -852,6 +852,51 @@ fn decisions_are_delivered_to_signed_webhooks_with_retries() {
     });
 }
 
+/// Review item 9 of the hardening issue: concurrent requests with one Idempotency-Key on one
+/// instance all found no job yet and all sent the event. One sends; the others get the job
+/// (`idempotent_replay`) or `409 conflict` while it is being sent; the input topic holds it
+/// once.
+#[test]
+fn concurrent_requests_with_one_idempotency_key_send_once() {
+    run(120, async {
+        let stack = Stack::start().await;
+        let topology = apply_topology(&stack, None).await;
+        let mut gw = gateway(&stack, &topology);
+        gw.wait_ready(Duration::from_secs(30)).await;
+        let p = gw.http_port;
+        let key = [("idempotency-key", "order-concurrent")];
+        let calls = (0..8).map(|_| {
+            call(
+                p,
+                "POST",
+                "/v1/transactions",
+                Some(KEY_A),
+                &key,
+                Some(transaction()),
+            )
+        });
+        let replies = futures::future::join_all(calls).await;
+        let accepted = replies.iter().filter(|r| r.status == 202).count();
+        for r in &replies {
+            assert!(
+                r.status == 202
+                    || (r.status == 200 && r.body["idempotent_replay"] == true)
+                    || (r.status == 409 && r.body["error"] == "conflict"),
+                "{} {}",
+                r.status,
+                r.body
+            );
+        }
+        assert_eq!(accepted, 1, "one request sends");
+        let input = topology.topic("transactions");
+        let sent: i64 = harness::end_offsets(&stack.broker.kafka(), &input)
+            .await
+            .values()
+            .sum();
+        assert_eq!(sent, 1, "the event is on the input once");
+    });
+}
+
 /// Review item 7 of the hardening issue: SSE streams were unlimited per tenant, each holding
 /// a connection and a waiter. Past `max_streams_per_tenant` a tenant gets 429
 /// `too_many_streams`; other tenants are unaffected, and a closed stream frees its place.

@@ -71,6 +71,8 @@ pub struct App {
     pub webhook_http: reqwest::Client,
     /// Open SSE streams by tenant.
     pub streams: Arc<DashMap<String, usize>>,
+    /// Job ids being submitted now (one request at a time per Idempotency-Key).
+    pub sending: Arc<DashMap<String, ()>>,
     pub pipelines: Arc<crate::pipelines::Pipelines>,
     /// The last look at Kafka and the registry, for `/v1/health`.
     pub probe: tokio::sync::Mutex<Option<Probe>>,
@@ -118,6 +120,34 @@ pub fn parse_wait(s: &str) -> Result<Duration, ApiError> {
         .filter(|x| x.is_finite() && *x >= 0.0)
         .and_then(|x| Duration::try_from_secs_f64(x).ok())
         .ok_or_else(bad)
+}
+
+/// A job id claimed by the request submitting it, released when the request ends.
+struct Claim {
+    sending: Arc<DashMap<String, ()>>,
+    id: String,
+}
+
+impl Claim {
+    /// `None` when another request holds it.
+    fn take(sending: &Arc<DashMap<String, ()>>, id: &str) -> Option<Self> {
+        match sending.entry(id.to_string()) {
+            dashmap::Entry::Occupied(_) => None,
+            dashmap::Entry::Vacant(v) => {
+                v.insert(());
+                Some(Self {
+                    sending: sending.clone(),
+                    id: id.to_string(),
+                })
+            }
+        }
+    }
+}
+
+impl Drop for Claim {
+    fn drop(&mut self) {
+        self.sending.remove(&self.id);
+    }
 }
 
 /// One open SSE stream of a tenant, counted while it lives.
@@ -434,11 +464,18 @@ async fn submit(
         Some(k) => idempotent_id(&caller.tenant, k),
         None => uuid::Uuid::new_v4().to_string(),
     };
+    // One request at a time per key on this instance: the others get its job once it is
+    // known, or 409 while it is being sent.
+    let claim = Claim::take(&app.sending, &job_id);
     if let Some(existing) = app.store.get(&job_id)
         && existing.tenant == caller.tenant
     {
         return Ok(job_response(&existing, StatusCode::OK, true));
     }
+    let _claim = claim.ok_or_else(|| ApiError::Conflict {
+        message: "a request with this Idempotency-Key is being sent now; send it again for its job"
+            .into(),
+    })?;
     let callback = match obj.remove("callback_url") {
         None | Some(Json::Null) => None,
         Some(Json::String(url)) => {

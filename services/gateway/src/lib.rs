@@ -140,6 +140,7 @@ pub fn build(settings: &GatewaySettings) -> Result<(Arc<api::App>, Vec<jobs::Fol
         pipelines: Arc::default(),
         probe: tokio::sync::Mutex::new(None),
         streams: Arc::default(),
+        sending: Arc::default(),
         transactions,
         documents,
     };
