@@ -136,6 +136,28 @@ fn transaction() -> String {
     v.to_string()
 }
 
+/// Job `id` (tenant A) as instance `port` tells it, once `until` holds (or after 10 s).
+async fn job_when(port: u16, id: &str, until: impl Fn(&Value) -> bool) -> Value {
+    let mut job = Value::Null;
+    for _ in 0..40 {
+        job = call(
+            port,
+            "GET",
+            &format!("/v1/jobs/{id}"),
+            Some(KEY_A),
+            &[],
+            None,
+        )
+        .await
+        .body;
+        if until(&job) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    job
+}
+
 fn assert_error_shape(r: &Reply, status: u16, code: &str) {
     assert_eq!(r.status, status, "{}", r.body);
     assert_eq!(r.body["error"], code, "{}", r.body);
@@ -298,16 +320,12 @@ fn a_gateway_on_a_cluster_with_history_answers_new_jobs_at_once() {
         let input = topology.topic("transactions");
         harness::write_history(&stack, &input, 400_000).await;
         // The fraud-detector starts at the end: the history was decided before.
-        let kafka = stack.broker.kafka();
-        let ends = harness::end_offsets(&kafka, &input).await;
-        verdict_runtime::groups::GroupReader::new(&kafka)
-            .expect("reader")
-            .commit(
-                &topology.group("verdict-fraud-detector"),
-                ends.iter().map(|(p, o)| (input.clone(), *p, *o)).collect(),
-            )
-            .await
-            .expect("commit");
+        harness::commit_at_end(
+            &stack.broker.kafka(),
+            &topology.group("verdict-fraud-detector"),
+            &input,
+        )
+        .await;
         let mut fraud = ServiceProcess::spawn::<fraud_detector::Spec>(
             &deployment(&stack, &topology, None),
             |_| {},
@@ -1090,21 +1108,7 @@ fn a_review_is_resolved_through_the_api() {
         // Two people resolve it at once with opposite outcomes on two instances (review item 9
         // of the hardening issue: both were answered 200). The first resolution on the topic
         // wins; the other gets 409.
-        for _ in 0..40 {
-            let seen = call(
-                p2,
-                "GET",
-                &format!("/v1/jobs/{job}"),
-                Some(KEY_A),
-                &[],
-                None,
-            )
-            .await;
-            if seen.body["status"] == "in_review" {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(250)).await;
-        }
+        job_when(p2, job, |j| j["status"] == "in_review").await;
         let body =
             json!({"outcome": "APPROVE", "reviewer": "ana", "note": "known customer"}).to_string();
         let other = json!({"outcome": "DECLINE", "reviewer": "bo", "note": null}).to_string();
@@ -1135,13 +1139,10 @@ fn a_review_is_resolved_through_the_api() {
             "{}",
             resolved.body
         );
-        let job_now = call(p, "GET", &format!("/v1/jobs/{job}"), Some(KEY_A), &[], None).await;
-        assert_eq!(
-            job_now.body["reviewed_by"],
-            winner.as_str(),
-            "{}",
-            job_now.body
-        );
+        for port in [p, p2] {
+            let now = job_when(port, job, |j| j["reviewed_by"].is_string()).await;
+            assert_eq!(now["reviewed_by"], winner.as_str(), "every instance: {now}");
+        }
         let again = call(p, "POST", &path, Some(KEY_A), &[], Some(body)).await;
         assert_error_shape(&again, 409, "conflict");
         let open = call(p, "GET", "/v1/reviews", Some(KEY_A), &[], None).await;

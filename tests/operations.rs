@@ -521,6 +521,23 @@ fn redriven_dead_letters_become_decisions_once() {
     });
 }
 
+/// `produce` refused the file (exit 2) naming each of `says`, and sent nothing to `topic`.
+async fn assert_refused_unsent(
+    stack: &Stack,
+    topic: &str,
+    refused: &std::process::Output,
+    says: &[&str],
+) {
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert_eq!(refused.status.code(), Some(2), "{stderr}");
+    assert!(
+        says.iter().all(|s| stderr.contains(s)) && stderr.contains("nothing was sent"),
+        "{stderr}"
+    );
+    let ends = harness::end_offsets(&stack.broker.kafka(), topic).await;
+    assert_eq!(ends.values().sum::<i64>(), 0, "nothing half-sent");
+}
+
 /// Size discipline (hardening issue): `produce` refuses a line whose record would not leave
 /// its topic room for a dead-letter copy's headers, naming the line and the limit, and sends
 /// nothing (or, with `--keep-going`, the others).
@@ -544,16 +561,13 @@ fn produce_refuses_a_record_too_large_for_its_topic() {
         std::fs::write(&file, [doc("small", 100), doc("big", 995_000)].join("\n")).expect("write");
         let file = file.to_string_lossy().to_string();
         let refused = verdict(&stack, &["produce", &topic, "-f", &file]);
-        let stderr = String::from_utf8_lossy(&refused.stderr);
-        assert_eq!(refused.status.code(), Some(2), "{stderr}");
-        assert!(
-            stderr.contains("line 2")
-                && stderr.contains("takes at most 991808 (1000000 less 8192")
-                && stderr.contains("nothing was sent"),
-            "{stderr}"
-        );
-        let ends = harness::end_offsets(&stack.broker.kafka(), &topic).await;
-        assert_eq!(ends.values().sum::<i64>(), 0, "nothing half-sent");
+        assert_refused_unsent(
+            &stack,
+            &topic,
+            &refused,
+            &["line 2", "takes at most 991808 (1000000 less 8192"],
+        )
+        .await;
         let sent = verdict(&stack, &["produce", &topic, "-f", &file, "--keep-going"]);
         let stderr = String::from_utf8_lossy(&sent.stderr);
         assert!(sent.status.success(), "{stderr}");
@@ -587,16 +601,7 @@ fn produce_validates_first_and_consume_reads_back_with_kcat_offsets() {
             &stack,
             &["produce", &topic, "-f", &file, "-k", "account_id"],
         );
-        let stderr = String::from_utf8_lossy(&refused.stderr);
-        assert_eq!(refused.status.code(), Some(2), "{stderr}");
-        assert!(
-            stderr.contains("line 3")
-                && stderr.contains("field `amount`")
-                && stderr.contains("nothing was sent"),
-            "{stderr}"
-        );
-        let ends = harness::end_offsets(&stack.broker.kafka(), &topic).await;
-        assert_eq!(ends.values().sum::<i64>(), 0, "nothing half-sent");
+        assert_refused_unsent(&stack, &topic, &refused, &["line 3", "field `amount`"]).await;
 
         let sent = verdict(
             &stack,

@@ -5,8 +5,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use gateway::auth::{Scope, key_hash};
-use gateway::config::{ApiKey, TenantLimits, Tier};
-use harness::{ServiceProcess, Stack, apply_topology, deployment};
+use gateway::config::{ApiKey, GatewaySettings, TenantLimits, Tier};
+use harness::{ServiceProcess, Stack, Topology, apply_topology, deployment};
 use hdrhistogram::Histogram;
 use verdict_cli::records::sample_transaction;
 
@@ -23,7 +23,26 @@ pub struct GatewayArgs {
     seconds: u64,
 }
 
-const KEY: &str = "bench-key";
+/// The benchmarks' API key (all it needs, no limits to speak of).
+pub(crate) const KEY: &str = "bench-key";
+
+/// A gateway for a benchmark: [`KEY`] for one tenant with limits far above any load, and the
+/// topology's resolutions topic.
+pub(crate) fn bench_settings(s: &mut GatewaySettings, topology: &Topology) {
+    s.gateway.keys = vec![ApiKey {
+        id: "bench".into(),
+        sha256: key_hash(KEY),
+        tenant: "tenant-bench".into(),
+        scopes: vec![Scope::TransactionsWrite, Scope::JobsRead],
+        revoked: false,
+        tier: Tier::Interactive,
+    }];
+    s.gateway.default_limits = TenantLimits {
+        requests_per_minute: 10_000_000,
+        burst: 1_000_000,
+    };
+    s.gateway.resolutions_topic = topology.topic("review-resolutions");
+}
 
 fn ms(h: &Histogram<u64>, q: f64) -> f64 {
     h.value_at_quantile(q) as f64 / 1000.0
@@ -41,19 +60,7 @@ pub async fn run(args: GatewayArgs) {
         ServiceProcess::spawn::<fraud_detector::Spec>(&deployment(&stack, &topology, None), |_| {});
     let mut gw =
         ServiceProcess::spawn::<gateway::Spec>(&deployment(&stack, &topology, None), |s| {
-            s.gateway.keys = vec![ApiKey {
-                id: "bench".into(),
-                sha256: key_hash(KEY),
-                tenant: "tenant-bench".into(),
-                scopes: vec![Scope::TransactionsWrite, Scope::JobsRead],
-                revoked: false,
-                tier: Tier::Interactive,
-            }];
-            s.gateway.default_limits = TenantLimits {
-                requests_per_minute: 10_000_000,
-                burst: 1_000_000,
-            };
-            s.gateway.resolutions_topic = topology.topic("review-resolutions");
+            bench_settings(s, &topology);
         });
     fraud.wait_ready(Duration::from_secs(60)).await;
     gw.wait_ready(Duration::from_secs(60)).await;

@@ -7,11 +7,10 @@
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use gateway::auth::{Scope, key_hash};
-use gateway::config::{ApiKey, TenantLimits, Tier};
 use harness::{Launch, ServiceProcess, Stack, apply_topology, deployment};
 use verdict_cli::records::sample_transaction;
 
+use crate::gateway::{KEY, bench_settings};
 use crate::{cpu_seconds, peak_rss_mib};
 
 #[derive(clap::Args, Clone)]
@@ -27,8 +26,6 @@ pub struct HistoryArgs {
     #[arg(long, default_value_t = 20)]
     jobs: usize,
 }
-
-const KEY: &str = "bench-key";
 
 /// What one build did on the history.
 struct Run {
@@ -54,15 +51,7 @@ pub async fn run(args: HistoryArgs) {
         began.elapsed().as_secs_f64()
     );
     // Decided before: the fraud-detector starts at the end.
-    let ends = harness::end_offsets(&kafka, &input).await;
-    verdict_runtime::groups::GroupReader::new(&kafka)
-        .expect("reader")
-        .commit(
-            &topology.group("verdict-fraud-detector"),
-            ends.iter().map(|(p, o)| (input.clone(), *p, *o)).collect(),
-        )
-        .await
-        .expect("commit");
+    harness::commit_at_end(&kafka, &topology.group("verdict-fraud-detector"), &input).await;
     let mut fraud =
         ServiceProcess::spawn::<fraud_detector::Spec>(&deployment(&stack, &topology, None), |_| {});
     fraud.wait_ready(Duration::from_secs(60)).await;
@@ -84,21 +73,7 @@ pub async fn run(args: HistoryArgs) {
             &deployment(&stack, &topology, None),
             harness::free_port(),
             &launch,
-            |s| {
-                s.gateway.keys = vec![ApiKey {
-                    id: "bench".into(),
-                    sha256: key_hash(KEY),
-                    tenant: "tenant-bench".into(),
-                    scopes: vec![Scope::TransactionsWrite, Scope::JobsRead],
-                    revoked: false,
-                    tier: Tier::Interactive,
-                }];
-                s.gateway.default_limits = TenantLimits {
-                    requests_per_minute: 10_000_000,
-                    burst: 1_000_000,
-                };
-                s.gateway.resolutions_topic = topology.topic("review-resolutions");
-            },
+            |s| bench_settings(s, &topology),
         );
         runs.push(measure(build, &mut gw, args.jobs).await);
     }

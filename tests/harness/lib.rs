@@ -1051,6 +1051,22 @@ pub async fn write_history(stack: &Stack, topic: &str, n: usize) {
     });
 }
 
+/// Commits `group` at the end of every partition of `topic`: what it reads next is what
+/// comes after now (history decided before).
+pub async fn commit_at_end(kafka: &KafkaSettings, group: &str, topic: &str) {
+    let ends = end_offsets(kafka, topic).await;
+    verdict_runtime::groups::GroupReader::new(kafka)
+        .expect("reader")
+        .commit(
+            group,
+            ends.iter()
+                .map(|(p, o)| (topic.to_string(), *p, *o))
+                .collect(),
+        )
+        .await
+        .expect("commit");
+}
+
 /// The end (high watermark) of each partition of `topic`.
 pub async fn end_offsets(kafka: &KafkaSettings, topic: &str) -> BTreeMap<i32, i64> {
     let partitions = i32::try_from(kafka.partition_count(topic).await).unwrap_or(0);
