@@ -186,11 +186,14 @@ impl JobStore {
 
     /// Records the webhook delivery state of a job.
     pub fn set_webhook(&self, id: &str, state: Json) {
-        if let Some(mut j) = self.jobs.get_mut(id) {
-            j.webhook = Some(state);
-            let now = j.updated_at;
-            self.touch(&mut j, now);
-        }
+        let Some(mut j) = self.jobs.get_mut(id) else {
+            return;
+        };
+        j.webhook = Some(state);
+        let now = j.updated_at;
+        let change = self.touch(&mut j);
+        drop(j);
+        self.queue(id, change, now);
     }
 
     /// The tenant's jobs with a review: open (`in_review`) or resolved.
@@ -313,25 +316,32 @@ impl JobStore {
             let status = job.status;
             job.history.push((seq, status, now_ms));
         }
-        self.touch(&mut job, now_ms);
+        let change = self.touch(&mut job);
         drop(job);
+        self.queue(id, change, now_ms);
         self.evict(now_ms);
         if let Some(n) = self.waiters.get(id) {
             n.notify_waiters();
         }
     }
 
-    /// Counts a changed job's bytes again and queues the change.
-    fn touch(&self, job: &mut Job, now_ms: i64) {
+    /// Counts a changed job's bytes again and numbers the change. The change is queued by
+    /// [`Self::queue`] once the job's entry is released: eviction takes the queue's lock and
+    /// then entries', so nothing may take them the other way round.
+    fn touch(&self, job: &mut Job) -> u64 {
         let bytes = job.weight();
         self.bytes.fetch_add(bytes, Ordering::Relaxed);
         self.bytes.fetch_sub(job.bytes, Ordering::Relaxed);
         job.bytes = bytes;
         job.change = self.next_change.fetch_add(1, Ordering::Relaxed) + 1;
+        job.change
+    }
+
+    fn queue(&self, id: &str, change: u64, now_ms: i64) {
         self.changes
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
-            .push_back((job.job_id.clone(), job.change, now_ms));
+            .push_back((id.to_string(), change, now_ms));
     }
 
     /// Drops the least recently changed jobs while over the bytes, and every job unchanged
@@ -631,6 +641,33 @@ mod tests {
         s.apply(Role::Decisions, "t", &big, None, 4);
         assert_eq!(s.len(), 0, "d alone is over the bytes too");
         assert_eq!(s.bytes(), 0);
+    }
+
+    #[test]
+    fn changes_and_evictions_from_many_threads_never_deadlock() {
+        // Over its bytes all the time: every change evicts while others change jobs.
+        let s = JobStore::new(8 * 1024, i64::MAX);
+        let threads: Vec<_> = (0..8)
+            .map(|t| {
+                let s = s.clone();
+                std::thread::spawn(move || {
+                    for i in 0..20_000 {
+                        let id = format!("j{}", (i * 7 + t) % 50);
+                        s.apply(Role::Input, "t", &json!({"event_id": id}), None, i);
+                        s.set_webhook(&id, json!({"attempts": i}));
+                    }
+                })
+            })
+            .collect();
+        let deadline = std::time::Instant::now() + Duration::from_secs(60);
+        for t in threads {
+            while !t.is_finished() {
+                assert!(std::time::Instant::now() < deadline, "deadlocked");
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            t.join().expect("thread");
+        }
+        assert!(s.bytes() <= 8 * 1024);
     }
 
     #[test]
