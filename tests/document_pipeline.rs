@@ -33,9 +33,7 @@ fn analyzer(stack: &Stack, topology: &Topology, model_port: u16) -> ServiceProce
 }
 
 fn document(id: &str, text: &str) -> Value {
-    json!({"event_id": uuid::Uuid::new_v4().to_string(), "tenant_id": "tenant-docs", "occurred_at": 1_700_000_000_000_i64,
-           "document_id": id, "content_type": "text/plain", "filename": null, "text": text, "source": "test",
-           "size_bytes": text.len(), "language": null})
+    verdict_cli::records::sample_document("tenant-docs", id, text)
 }
 
 async fn send(stack: &Stack, topology: &Topology, docs: &[Value]) -> HashSet<String> {

@@ -548,13 +548,7 @@ fn produce_refuses_a_record_too_large_for_its_topic() {
         let topology = apply_topology(&stack, None).await;
         let topic = topology.topic("document-uploads");
         let doc = |id: &str, chars: usize| {
-            serde_json::json!({
-                "event_id": uuid::Uuid::new_v4().to_string(), "tenant_id": "tenant-cli",
-                "occurred_at": 0, "document_id": id, "content_type": "text/plain",
-                "filename": null, "text": "x".repeat(chars), "source": "cli",
-                "size_bytes": chars, "language": null,
-            })
-            .to_string()
+            verdict_cli::records::sample_document("tenant-cli", id, &"x".repeat(chars)).to_string()
         };
         let dir = tempfile::tempdir().expect("dir");
         let file = dir.path().join("docs.jsonl");

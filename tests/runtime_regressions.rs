@@ -277,9 +277,7 @@ fn a_document_with_digits_of_another_script_is_decided() {
         let producer =
             AvroProducer::new(&stack.broker.kafka(), &stack.registry_url()).expect("producer");
         let text = "Transfer to DE\u{966}\u{967}ABCDEFGHIJK please, urgent.";
-        let v = json!({"event_id": uuid::Uuid::new_v4().to_string(), "tenant_id": "tenant-script",
-               "occurred_at": 1_700_000_000_000_i64, "document_id": "doc-script", "content_type": "text/plain",
-               "filename": null, "text": text, "source": "test", "size_bytes": text.len(), "language": null});
+        let v = verdict_cli::records::sample_document("tenant-script", "doc-script", text);
         let uploads = topology.topic("document-uploads");
         producer
             .send(&uploads, "doc-script", &v)

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use harness::{ServiceProcess, Stack, apply_topology};
 use hdrhistogram::Histogram;
 use serde_json::json;
-use verdict_cli::records::AvroProducer;
+use verdict_cli::records::{AvroProducer, sample_document};
 
 #[derive(clap::Args, Clone)]
 pub struct DocArgs {
@@ -118,8 +118,7 @@ pub async fn run(args: DocArgs) {
             futures::stream::iter(texts.into_iter().enumerate())
                 .for_each_concurrent(128, |(i, t)| async move {
                     let id = format!("d{round}-{i}");
-                    let doc = json!({"event_id": uuid_v4(), "tenant_id": "bench", "occurred_at": 0, "document_id": id,
-                        "content_type": "text/plain", "filename": null, "text": t, "source": "bench", "size_bytes": t.len(), "language": null});
+                    let doc = sample_document("bench", &id, &t);
                     producer.send(uploads, &id, &doc).await.expect("send");
                 })
                 .await;
@@ -199,8 +198,4 @@ pub async fn run(args: DocArgs) {
         "decisions: {} in all, {degraded} degraded (rules, the model did not answer), {cached_flags} from the cache",
         decided.len()
     );
-}
-
-fn uuid_v4() -> String {
-    uuid::Uuid::new_v4().to_string()
 }

@@ -6,8 +6,7 @@
 use std::time::{Duration, Instant};
 
 use harness::{ServiceProcess, Stack, apply_topology};
-use serde_json::json;
-use verdict_cli::records::AvroProducer;
+use verdict_cli::records::{AvroProducer, sample_document};
 
 use crate::{encode_events, fill, peak_rss_mib, producer, wait_for_records};
 
@@ -87,10 +86,7 @@ pub async fn run(args: MemoryArgs) {
         let docs = AvroProducer::new(&kafka, &stack.registry_url()).expect("producer");
         for i in 0..args.docs {
             let id = format!("big-{i}");
-            let doc = json!({"event_id": uuid::Uuid::new_v4().to_string(), "tenant_id": "memory",
-                "occurred_at": verdict_runtime::now_ms(), "document_id": id, "content_type": "text/plain",
-                "filename": null, "text": format!("{i} {text}"), "source": "bench",
-                "size_bytes": text.len(), "language": null});
+            let doc = sample_document("memory", &id, &format!("{i} {text}"));
             docs.send(&uploads, &id, &doc).await.expect("send");
         }
         let mut analyzer = ServiceProcess::spawn::<document_analyzer::Spec>(

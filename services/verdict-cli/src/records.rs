@@ -159,6 +159,17 @@ pub fn sample_transaction(rng: &mut impl Rng, tenant: &str) -> (String, Json) {
     (event.account_id, value)
 }
 
+/// A plain-text document upload of `tenant` (schemas/document_uploaded_event.avsc), stamped
+/// now, for the tests and the load generator; its key is `document_id`.
+pub fn sample_document(tenant: &str, document_id: &str, text: &str) -> Json {
+    serde_json::json!({
+        "event_id": uuid::Uuid::new_v4().to_string(), "tenant_id": tenant,
+        "occurred_at": verdict_runtime::now_ms(), "document_id": document_id,
+        "content_type": "text/plain", "filename": null, "text": text, "source": "verdict",
+        "size_bytes": text.len(), "language": null,
+    })
+}
+
 /// A record read back from a topic.
 #[derive(Debug, Clone)]
 pub struct Record {
