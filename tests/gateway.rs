@@ -427,6 +427,13 @@ fn keys_are_checked_with_specific_errors_and_rotate() {
             count("key=\"c-reader\",tenant=\"tenant-c\",status=\"4xx\"").await,
             2.0
         );
+        // Those counters name every tenant and key: the API port does not serve them, nor the
+        // readiness report (it names the registry's address); they are on the admin port.
+        for path in ["/metrics", "/readyz", "/healthz"] {
+            let r = call(p, "GET", path, None, &[], None).await;
+            assert_error_shape(&r, 404, "not_found");
+        }
+        assert_ne!(gw.admin_port, p, "a port of its own");
     });
 }
 

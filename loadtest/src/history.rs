@@ -63,10 +63,19 @@ pub async fn run(args: HistoryArgs) {
         .map(|b| (format!("baseline {}", b.display()), Some(b.clone())))
         .chain([("this build".to_string(), None)]);
     for (build, binary) in builds {
+        // What an earlier gateway does not know; it keeps its own defaults for them (this
+        // build is given all its settings).
+        let without = match binary {
+            Some(_) => vec![
+                "gateway.job_store_bytes",
+                "gateway.catch_up_records",
+                "http.admin_listen",
+            ],
+            None => Vec::new(),
+        };
         let launch = Launch {
             binary,
-            // What an earlier gateway does not know; it keeps its own defaults for them.
-            without: vec!["gateway.job_store_bytes", "gateway.catch_up_records"],
+            without,
             ..Launch::default()
         };
         let mut gw = ServiceProcess::launch::<gateway::Spec>(
@@ -121,7 +130,7 @@ async fn measure(build: String, gw: &mut ServiceProcess, jobs: usize) -> Run {
     let mut ready_after = None;
     while started.elapsed() < Duration::from_secs(300) {
         let ok = http
-            .get(format!("{url}/readyz"))
+            .get(format!("http://127.0.0.1:{}/readyz", gw.admin_port))
             .send()
             .await
             .is_ok_and(|r| r.status().is_success());

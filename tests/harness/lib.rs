@@ -530,7 +530,11 @@ impl Reply {
 /// health/metrics port and a log file; killed on drop.
 pub struct ServiceProcess {
     child: Child,
+    /// Where it serves (its API, and for most services `/metrics`, `/readyz`).
     pub http_port: u16,
+    /// Where it serves `/metrics` and `/readyz`: `http_port` unless its settings name an
+    /// `http.admin_listen` (the gateway's, kept off its API port).
+    pub admin_port: u16,
     log: PathBuf,
     _dir: tempfile::TempDir,
 }
@@ -589,6 +593,7 @@ impl ServiceProcess {
     ) -> Self {
         let mut d = deployment.clone();
         d.http_listen = std::net::SocketAddr::from(([127, 0, 0, 1], http_port));
+        d.admin_listen = std::net::SocketAddr::from(([127, 0, 0, 1], free_port()));
         let mut settings = S::settings(&d);
         tweak(&mut settings);
         let mut table = toml::Table::try_from(&settings).expect("settings as TOML");
@@ -602,6 +607,12 @@ impl ServiceProcess {
                 t.remove(key);
             }
         }
+        let admin_port = table
+            .get("http")
+            .and_then(|h| h.get("admin_listen"))
+            .and_then(toml::Value::as_str)
+            .and_then(|a| a.parse::<std::net::SocketAddr>().ok())
+            .map_or(http_port, |a| a.port());
         let dir = tempfile::tempdir().expect("tempdir");
         let config = dir.path().join(format!("{}.toml", S::NAME));
         std::fs::write(&config, toml::to_string(&table).expect("settings as TOML"))
@@ -629,6 +640,7 @@ impl ServiceProcess {
         Self {
             child,
             http_port,
+            admin_port,
             log,
             _dir: dir,
         }
@@ -644,7 +656,7 @@ impl ServiceProcess {
 
     /// Waits until `/readyz` answers 200 (partitions assigned).
     pub async fn wait_ready(&mut self, timeout: Duration) {
-        let url = format!("http://127.0.0.1:{}/readyz", self.http_port);
+        let url = format!("http://127.0.0.1:{}/readyz", self.admin_port);
         let start = std::time::Instant::now();
         loop {
             if let Ok(r) = reqwest::get(&url).await
@@ -671,7 +683,7 @@ impl ServiceProcess {
 
     /// Sum of a metric's samples whose label set contains `labels` (e.g. `topic="in"`).
     pub async fn metric_where(&self, name: &str, labels: &str) -> f64 {
-        let url = format!("http://127.0.0.1:{}/metrics", self.http_port);
+        let url = format!("http://127.0.0.1:{}/metrics", self.admin_port);
         let text = reqwest::get(&url)
             .await
             .expect("metrics")
@@ -904,6 +916,7 @@ pub fn local_deployment(model_server_port: Option<u16>) -> Deployment {
         topology: repo_root().join("topology/topology.toml"),
         root: repo_root(),
         http_listen: std::net::SocketAddr::from(([127, 0, 0, 1], 0)),
+        admin_listen: std::net::SocketAddr::from(([127, 0, 0, 1], 0)),
         model_server_url: model_server_port
             .map(|p| format!("http://127.0.0.1:{p}"))
             .unwrap_or_default(),

@@ -24,14 +24,18 @@ pub struct GatewaySettings {
 #[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct Http {
-    /// The API (`/v1/...`), `/metrics`, `/healthz`, `/readyz`.
+    /// The API (`/v1/...`) and nothing else.
     pub listen: SocketAddr,
+    /// `/metrics` (every tenant and key id, by volume), `/healthz`, `/readyz` (it names the
+    /// dependencies' addresses): for the operators' network, never the API clients'.
+    pub admin_listen: SocketAddr,
 }
 
 impl Default for Http {
     fn default() -> Self {
         Self {
             listen: SocketAddr::from(([127, 0, 0, 1], 8088)),
+            admin_listen: SocketAddr::from(([127, 0, 0, 1], 9471)),
         }
     }
 }
@@ -177,6 +181,15 @@ impl Validate for GatewaySettings {
     fn validate(&self) -> Result<(), SettingsError> {
         self.kafka.validate()?;
         let bad = |key: String, message: String| Err(SettingsError::Key { key, message });
+        if self.http.admin_listen == self.http.listen && self.http.listen.port() != 0 {
+            return bad(
+                "http.admin_listen".into(),
+                format!(
+                    "must differ from http.listen ({}): the metrics name every tenant and key",
+                    self.http.listen
+                ),
+            );
+        }
         let g = &self.gateway;
         let mut active: BTreeMap<&str, usize> = BTreeMap::new();
         for (i, k) in g.keys.iter().enumerate() {
@@ -277,5 +290,21 @@ impl Validate for GatewaySettings {
             );
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_admin_port_must_not_be_the_api_port() {
+        let mut s = GatewaySettings::default();
+        assert!(s.validate().is_ok(), "the defaults are apart");
+        s.http.admin_listen = s.http.listen;
+        match s.validate() {
+            Err(SettingsError::Key { key, .. }) => assert_eq!(key, "http.admin_listen"),
+            other => panic!("expected http.admin_listen to be refused, got {other:?}"),
+        }
     }
 }

@@ -34,6 +34,7 @@ impl verdict_runtime::service::ServiceSpec for Spec {
         s.registry.url = d.registry_url.clone();
         s.topology.file = d.topology.clone();
         s.http.listen = d.http_listen;
+        s.http.admin_listen = d.admin_listen;
         s
     }
 }

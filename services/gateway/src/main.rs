@@ -23,11 +23,12 @@ async fn main() -> ExitCode {
     if settings.gateway.keys.iter().all(|k| k.revoked) {
         tracing::warn!("no active API keys: every request will be refused (gateway.keys)");
     }
-    let host = match Host::start(
+    // The API on its port, the metrics (every tenant and key) and health on another.
+    let mut host = match Host::start(
         NAME,
-        settings.http.listen,
+        settings.http.admin_listen,
         &settings.telemetry,
-        gateway::api::router(app.clone()),
+        axum::Router::new(),
     )
     .await
     {
@@ -37,6 +38,17 @@ async fn main() -> ExitCode {
             return ExitCode::from(1);
         }
     };
+    if let Err(e) = host
+        .serve_api(
+            "http.listen",
+            settings.http.listen,
+            gateway::api::router(app.clone()),
+        )
+        .await
+    {
+        eprintln!("{NAME}: {e}");
+        return ExitCode::from(1);
+    }
     let usage = app.usage.clone();
     host.metrics.register_external(|r| {
         r.register(

@@ -103,8 +103,6 @@ pub async fn serve(
     routes: Router,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<(SocketAddr, tokio::task::JoinHandle<()>)> {
-    let listener = TcpListener::bind(addr).await?;
-    let bound = listener.local_addr()?;
     let metrics = health.metrics.clone();
     let app = routes
         .route(
@@ -132,12 +130,24 @@ pub async fn serve(
                 (status, body).into_response()
             }),
         );
+    serve_routes(addr, app, shutdown).await
+}
+
+/// Serves `routes` alone on `addr` until `shutdown` resolves (requests in flight then
+/// finish): an API kept apart from the health and metrics routes.
+pub async fn serve_routes(
+    addr: SocketAddr,
+    routes: Router,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> std::io::Result<(SocketAddr, tokio::task::JoinHandle<()>)> {
+    let listener = TcpListener::bind(addr).await?;
+    let bound = listener.local_addr()?;
     let task = tokio::spawn(async move {
-        if let Err(e) = axum::serve(listener, app)
+        if let Err(e) = axum::serve(listener, routes)
             .with_graceful_shutdown(shutdown)
             .await
         {
-            tracing::error!(error = %e, "health/metrics server stopped");
+            tracing::error!(error = %e, %bound, "HTTP server stopped");
         }
     });
     Ok((bound, task))

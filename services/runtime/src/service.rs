@@ -151,8 +151,8 @@ pub struct Host {
     pub metrics: Arc<Metrics>,
     pub health: Arc<Health>,
     pub addr: SocketAddr,
-    stop_http: tokio::sync::oneshot::Sender<()>,
-    http: tokio::task::JoinHandle<()>,
+    stop_http: tokio_util::sync::CancellationToken,
+    http: Vec<tokio::task::JoinHandle<()>>,
     _telemetry: crate::telemetry::TelemetryGuard,
 }
 
@@ -167,10 +167,13 @@ impl Host {
         let guard = crate::telemetry::init_tracing(name, Some(telemetry.otlp_endpoint.as_str()))?;
         let metrics = Metrics::new(name);
         let health = Health::new(metrics.clone());
-        let (stop_http, stopped) = tokio::sync::oneshot::channel::<()>();
-        let (addr, http) = crate::http::serve(listen, health.clone(), routes, async {
-            let _ = stopped.await;
-        })
+        let stop_http = tokio_util::sync::CancellationToken::new();
+        let (addr, http) = crate::http::serve(
+            listen,
+            health.clone(),
+            routes,
+            stop_http.clone().cancelled_owned(),
+        )
         .await
         .map_err(|e| format!("http.listen {listen}: {e}"))?;
         tracing::info!(%addr, "metrics and health at http://{addr}/metrics /healthz /readyz");
@@ -180,9 +183,26 @@ impl Host {
             health,
             addr,
             stop_http,
-            http,
+            http: vec![http],
             _telemetry: guard,
         })
+    }
+
+    /// Serves `routes` alone on `listen` (`key` names the setting in errors), stopped with the
+    /// rest: an API whose port shows nothing of `/metrics` and `/readyz`.
+    pub async fn serve_api(
+        &mut self,
+        key: &str,
+        listen: SocketAddr,
+        routes: axum::Router,
+    ) -> Result<SocketAddr, String> {
+        let (addr, http) =
+            crate::http::serve_routes(listen, routes, self.stop_http.clone().cancelled_owned())
+                .await
+                .map_err(|e| format!("{key} {listen}: {e}"))?;
+        tracing::info!(%addr, "API at http://{addr}");
+        self.http.push(http);
+        Ok(addr)
     }
 
     /// Runs the service's workload to its end (it should end on [`shutdown_signal`]), lets
@@ -191,8 +211,12 @@ impl Host {
     pub async fn run(self, workload: impl Future<Output = Result<(), String>>) -> ExitCode {
         let result = workload.await;
         self.metrics.set_ready(false);
-        let _ = self.stop_http.send(());
-        let _ = tokio::time::timeout(std::time::Duration::from_secs(10), self.http).await;
+        self.stop_http.cancel();
+        let _ = tokio::time::timeout(
+            std::time::Duration::from_secs(10),
+            futures::future::join_all(self.http),
+        )
+        .await;
         match result {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => fail(&self.name, &e),
@@ -325,6 +349,9 @@ pub struct Deployment {
     pub root: PathBuf,
     /// The service's own health/metrics (and API) address.
     pub http_listen: SocketAddr,
+    /// Where a service that keeps `/metrics` and `/readyz` off its API port (the gateway)
+    /// serves them; the others serve everything on `http_listen`.
+    pub admin_listen: SocketAddr,
     /// The model server's base URL, for services that call it.
     pub model_server_url: String,
     /// all-MiniLM-L6-v2's files (the PyPI package's `model/` directory), for the model server.

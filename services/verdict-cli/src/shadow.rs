@@ -512,6 +512,7 @@ async fn run_service(
         topology: std::path::absolute(topology).map_err(|e| CliError::Failed(e.to_string()))?,
         root: root.clone(),
         http_listen: port,
+        admin_listen: std::net::SocketAddr::from(([127, 0, 0, 1], 0)),
         model_server_url: opts.model_server_url.clone(),
         minilm_dir: PathBuf::new(),
     };

@@ -397,6 +397,7 @@ impl StackOpts {
                 .trim_start_matches("http://")
                 .parse()
                 .map_err(|e| CliError::Failed(format!("{listen}: {e}")))?,
+            admin_listen: std::net::SocketAddr::from(([127, 0, 0, 1], 0)),
             model_server_url: model_server,
             minilm_dir: minilm_dir.to_path_buf(),
         })
