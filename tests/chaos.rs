@@ -1,10 +1,11 @@
 //! The chaos suite's short forms (the long ones: `verdict-loadtest chaos`): nothing lost,
 //! nothing stuck, while instances are killed, the broker is killed, the model server goes
-//! away, poison arrives, and instances come and go.
+//! away, poison arrives, instances come and go, and the connections to the broker are reset
+//! or cut (Toxiproxy).
 
 use std::time::Duration;
 
-use harness::chaos::{self, ChaosReport, Membership, Size};
+use harness::chaos::{self, BrokerFault, ChaosReport, Membership, Size};
 use harness::run;
 
 /// The membership the engine uses by default (see the README's chaos table).
@@ -124,5 +125,49 @@ fn a_model_server_outage_degrades_and_recovers() {
             .and_then(|f| f.split_once('/'))
             .expect("n/m");
         assert_eq!(got, of, "the circuit closed after the outage: {r:?}");
+    });
+}
+
+/// Every connection to the broker reset (TCP RST) three times mid-stream, produce requests
+/// in flight included: the idempotent producer and the engine retry, nothing is lost and no
+/// account's decisions come out of order.
+#[test]
+fn broker_connections_reset_mid_produce_lose_nothing_and_keep_key_order() {
+    run(300, async {
+        let r = chaos::broker_fault(
+            Size {
+                events: 3000,
+                rate: 200,
+            },
+            BrokerFault::Reset,
+            3,
+            Duration::from_secs(2),
+        )
+        .await;
+        assert_clean(&r);
+        assert_eq!(r.order_violations, 0, "per-account order: {r:?}");
+    });
+}
+
+/// The broker unreachable for 8 s while records are decided. librdkafka holds a commit while
+/// the coordinator is merely out of reach (a 4 s outage fails none); past the session timeout
+/// it answers "waiting for coordinator": the engine counts the failure, keeps the offsets and
+/// offers them again once the group is rejoined (the input is committed to its end, nothing
+/// lost).
+#[test]
+fn a_failed_commit_is_offered_again() {
+    run(300, async {
+        let r = chaos::broker_fault(
+            Size {
+                events: 2000,
+                rate: 200,
+            },
+            BrokerFault::Unreachable,
+            1,
+            Duration::from_secs(8),
+        )
+        .await;
+        assert_clean(&r);
+        assert!(r.commit_failures > 0.0, "a commit failed: {r:?}");
     });
 }

@@ -18,11 +18,12 @@ use verdict_runtime::avro::untyped;
 use verdict_runtime::engine::GroupProtocol;
 use verdict_runtime::kafka::KafkaSettings;
 use verdict_runtime::serde::{AvroSerde, ValueSchema};
-use verdict_runtime::service::ServiceSpec;
+use verdict_runtime::service::{Deployment, ServiceSpec};
 
+use crate::toxiproxy::{Stream, Toxiproxy};
 use crate::{
-    Record, ServiceProcess, Stack, Topology, apply_topology, deployment, free_port,
-    local_deployment, partitions_behind, quick, read_topic,
+    ExternalListener, Record, ServiceProcess, Stack, Topology, apply_topology, deployment,
+    free_port, local_deployment, partitions_behind, quick, read_topic,
 };
 
 type Fraud = fraud_detector::Spec;
@@ -41,6 +42,8 @@ pub struct ChaosReport {
     pub stuck_partitions: usize,
     /// Accounts whose first decisions came out in another order than their events went in.
     pub order_violations: usize,
+    /// Offset commits the service counted as failed (`verdict_commit_failures_total`).
+    pub commit_failures: f64,
     /// Run-specific findings (dead letters, degraded decisions, …).
     pub notes: Vec<String>,
 }
@@ -343,6 +346,8 @@ pub struct Instance {
     pub name: String,
     port: u16,
     process: Option<ServiceProcess>,
+    /// Where it reaches the broker, when not the stack's own listener (a proxy).
+    kafka: Option<KafkaSettings>,
 }
 
 impl Instance {
@@ -351,6 +356,15 @@ impl Instance {
             name: name.into(),
             port: free_port(),
             process: None,
+            kafka: None,
+        }
+    }
+
+    /// An instance that reaches the broker at `kafka` (through a proxy).
+    pub fn via(name: &str, kafka: KafkaSettings) -> Self {
+        Self {
+            kafka: Some(kafka),
+            ..Self::new(name)
         }
     }
 
@@ -363,8 +377,12 @@ impl Instance {
         tweak: impl FnOnce(&mut FraudSettings),
     ) {
         let name = format!("{}-{}", topology.group("fraud"), self.name);
+        let deployment = Deployment {
+            kafka: self.kafka.clone().unwrap_or_else(|| stack.broker.kafka()),
+            ..deployment(stack, topology, None)
+        };
         self.process = Some(ServiceProcess::spawn_on::<Fraud>(
-            &deployment(stack, topology, None),
+            &deployment,
             self.port,
             |s| {
                 quick(s);
@@ -498,6 +516,93 @@ pub async fn broker_killed(size: Size, down: Duration) -> ChaosReport {
         ..ChaosReport::default()
     };
     settle(&stack, &topology, &sent, FRAUD, &mut report).await;
+    report
+}
+
+/// What happens to the connections between a fraud-detector and the broker, through a proxy.
+#[derive(Debug, Clone, Copy)]
+pub enum BrokerFault {
+    /// Every connection is reset (TCP RST) as soon as it carries data, new ones included.
+    Reset,
+    /// The proxy closes every connection and refuses new ones: the broker is unreachable
+    /// (its commits fail) while it keeps running.
+    Unreachable,
+}
+
+/// One fraud-detector on a broker of the run's own that it reaches only through Toxiproxy
+/// (the broker advertises the proxy, so leader connections pass it too); `fault` is
+/// applied `times` times mid-stream for `each`, `each` apart.
+pub async fn broker_fault(
+    size: Size,
+    fault: BrokerFault,
+    times: u32,
+    each: Duration,
+) -> ChaosReport {
+    let toxiproxy = Toxiproxy::start().await;
+    let external = ExternalListener {
+        port: free_port(),
+        advertised_port: free_port(),
+    };
+    let stack = Stack::start_own_with(external).await;
+    let proxy = toxiproxy
+        .proxy(
+            "kafka",
+            external.advertised_port,
+            &format!("127.0.0.1:{}", external.port),
+        )
+        .await;
+    let topology = apply_topology(&stack, None).await;
+    let mut svc = Instance::via("a", KafkaSettings::with_bootstrap(proxy.listen.clone()));
+    let membership = Membership {
+        protocol: GroupProtocol::Classic,
+        static_ids: false,
+    };
+    svc.start(&stack, &topology, membership, |_| {});
+    if let Some(p) = svc.process() {
+        p.wait_ready(Duration::from_secs(60)).await;
+    }
+    let feed = feed_into(&stack, &topology, size, None);
+    let feed_time = Duration::from_secs_f64(size.events as f64 / size.rate as f64);
+    tokio::time::sleep(feed_time / 5).await;
+    for _ in 0..times {
+        match fault {
+            BrokerFault::Reset => {
+                proxy
+                    .add(
+                        "reset",
+                        "reset_peer",
+                        Stream::Upstream,
+                        json!({"timeout": 0}),
+                    )
+                    .await;
+                tokio::time::sleep(each).await;
+                proxy.remove("reset").await;
+            }
+            BrokerFault::Unreachable => {
+                proxy.set_enabled(false).await;
+                tokio::time::sleep(each).await;
+                proxy.set_enabled(true).await;
+            }
+        }
+        tokio::time::sleep(each).await;
+    }
+    let sent = feed.await.expect("feed");
+    let what = match fault {
+        BrokerFault::Reset => "connections reset",
+        BrokerFault::Unreachable => "unreachable",
+    };
+    let mut report = ChaosReport {
+        run: format!("fraud-detector, broker {what} through Toxiproxy"),
+        faults: format!("{times} × {what} for {:.1} s", each.as_secs_f64()),
+        ..ChaosReport::default()
+    };
+    settle(&stack, &topology, &sent, FRAUD, &mut report).await;
+    if let Some(p) = svc.process() {
+        report.commit_failures = p.metric("verdict_commit_failures_total").await;
+        report
+            .notes
+            .push(format!("{} commits failed", report.commit_failures));
+    }
     report
 }
 

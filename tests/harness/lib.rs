@@ -5,6 +5,7 @@
 //! runs that CI (short) and the loadtest (long) share.
 
 pub mod chaos;
+pub mod toxiproxy;
 
 use std::collections::BTreeMap;
 use std::future::Future;
@@ -14,6 +15,7 @@ use std::process::{Child, Command, Output};
 use std::time::Duration;
 
 use rdkafka::ClientConfig;
+pub use verdict_cli::broker::ExternalListener;
 use verdict_cli::broker::{BrokerConfig, KafkaDist};
 use verdict_cli::stack::{spawn_logged, wait_for_broker};
 use verdict_runtime::kafka::KafkaSettings;
@@ -198,12 +200,19 @@ impl TestBroker {
 
     /// A broker of this test's own, in a temp dir on free ports; killed on drop.
     pub async fn own() -> Self {
+        Self::own_with(None).await
+    }
+
+    /// A broker of this test's own with an `EXTERNAL` listener for clients that connect
+    /// through a proxy ([`ExternalListener`]); [`Self::kafka`] stays on the direct listener.
+    pub async fn own_with(external: Option<ExternalListener>) -> Self {
         let dir = tempfile::tempdir().expect("tempdir");
         let cfg = BrokerConfig {
             dir: dir.path().join("kafka"),
             port: free_port(),
             controller_port: free_port_other_than(&[]),
             heap_mb: 512,
+            external,
         };
         let mut broker = Self {
             bootstrap: cfg.bootstrap(),
@@ -383,6 +392,12 @@ impl Stack {
     /// A broker and a registry of this test's own (to kill or restart the broker).
     pub async fn start_own() -> Self {
         Self::on(TestBroker::own().await).await
+    }
+
+    /// A broker of this test's own whose clients may connect through a proxy
+    /// ([`TestBroker::own_with`]), and a registry.
+    pub async fn start_own_with(external: ExternalListener) -> Self {
+        Self::on(TestBroker::own_with(Some(external)).await).await
     }
 
     async fn on(broker: TestBroker) -> Self {

@@ -58,6 +58,7 @@ pub struct Metrics {
     pub record_seconds: Histogram,
     pub inflight: Gauge,
     pub uncommitted: Family<PartitionLabel, Gauge>,
+    pub commit_failures: Counter,
     pub guard_tripped: Gauge,
     pub assigned_partitions: Family<TopicLabel, Gauge>,
     ready: AtomicBool,
@@ -85,6 +86,7 @@ impl Metrics {
             record_seconds: stage_histogram(),
             inflight: Gauge::default(),
             uncommitted: Family::default(),
+            commit_failures: Counter::default(),
             guard_tripped: Gauge::default(),
             assigned_partitions: Family::default(),
             ready: AtomicBool::new(false),
@@ -135,6 +137,11 @@ impl Metrics {
                 "uncommitted_records",
                 "Consumed records whose offsets are not committed yet, by partition",
                 m.uncommitted.clone(),
+            );
+            r.register(
+                "commit_failures",
+                "Offset commits the broker did not confirm (their offsets are offered again)",
+                m.commit_failures.clone(),
             );
             r.register(
                 "dlq_guard_tripped",

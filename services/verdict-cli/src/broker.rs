@@ -220,6 +220,18 @@ pub struct BrokerConfig {
     pub port: u16,
     pub controller_port: u16,
     pub heap_mb: u32,
+    /// A second client listener for clients that reach the broker through a proxy.
+    pub external: Option<ExternalListener>,
+}
+
+/// A client listener (`EXTERNAL`) on `port` whose metadata sends clients to
+/// `advertised_port`, where a proxy forwards to `port`: every connection a client makes,
+/// including those to the partition leaders, then passes the proxy (fault injection in
+/// tests/faults.rs), while the broker's own traffic stays on `PLAINTEXT`.
+#[derive(Clone, Copy, Debug)]
+pub struct ExternalListener {
+    pub port: u16,
+    pub advertised_port: u16,
 }
 
 impl BrokerConfig {
@@ -243,16 +255,24 @@ impl BrokerConfig {
     /// `server.properties` for one node: loopback listeners, internal topics with
     /// replication 1, no initial rebalance delay, small cleaner buffer for a small heap.
     pub fn server_properties(&self) -> String {
+        let (listener, advertised, protocol) = match self.external {
+            Some(e) => (
+                format!(",EXTERNAL://127.0.0.1:{}", e.port),
+                format!(",EXTERNAL://127.0.0.1:{}", e.advertised_port),
+                ",EXTERNAL:PLAINTEXT",
+            ),
+            None => Default::default(),
+        };
         format!(
             "# Written by verdict on every start; edit the code (services/verdict-cli/src/broker.rs), not this file.
 process.roles=broker,controller
 node.id=1
 controller.quorum.voters=1@127.0.0.1:{controller}
-listeners=PLAINTEXT://127.0.0.1:{port},CONTROLLER://127.0.0.1:{controller}
-advertised.listeners=PLAINTEXT://127.0.0.1:{port}
+listeners=PLAINTEXT://127.0.0.1:{port},CONTROLLER://127.0.0.1:{controller}{listener}
+advertised.listeners=PLAINTEXT://127.0.0.1:{port}{advertised}
 controller.listener.names=CONTROLLER
 inter.broker.listener.name=PLAINTEXT
-listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT
+listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT{protocol}
 log.dirs={logs}
 num.partitions=1
 auto.create.topics.enable=false
@@ -282,7 +302,9 @@ num.io.threads=4
 
     /// Fails naming the port when a listener port is taken by something else.
     pub fn check_ports(&self) -> Result<(), CliError> {
-        for (what, port) in [("broker", self.port), ("controller", self.controller_port)] {
+        let external = self.external.map(|e| ("external listener", e.port));
+        let ports = [("broker", self.port), ("controller", self.controller_port)];
+        for (what, port) in ports.into_iter().chain(external) {
             if let Err(e) = TcpListener::bind(("127.0.0.1", port)) {
                 return Err(CliError::Usage(format!(
                     "the {what} port 127.0.0.1:{port} is not free ({e}): another broker or program holds it; stop it, or choose another port"
@@ -418,12 +440,39 @@ mod tests {
             port: 19092,
             controller_port: 19093,
             heap_mb: 512,
+            external: None,
         };
         let p = cfg.server_properties();
-        assert!(p.contains("listeners=PLAINTEXT://127.0.0.1:19092,CONTROLLER://127.0.0.1:19093"));
+        assert!(p.contains("listeners=PLAINTEXT://127.0.0.1:19092,CONTROLLER://127.0.0.1:19093\n"));
+        assert!(p.contains("advertised.listeners=PLAINTEXT://127.0.0.1:19092\n"));
         assert!(p.contains("controller.quorum.voters=1@127.0.0.1:19093"));
         assert!(p.contains("group.initial.rebalance.delay.ms=0"));
         assert!(p.contains("log.dirs=/tmp/x/data"));
+    }
+
+    #[test]
+    fn an_external_listener_advertises_the_proxy_in_front_of_it() {
+        let cfg = BrokerConfig {
+            dir: PathBuf::from("/tmp/x"),
+            port: 19092,
+            controller_port: 19093,
+            heap_mb: 512,
+            external: Some(ExternalListener {
+                port: 19094,
+                advertised_port: 19095,
+            }),
+        };
+        let p = cfg.server_properties();
+        assert!(p.contains(
+            "listeners=PLAINTEXT://127.0.0.1:19092,CONTROLLER://127.0.0.1:19093,EXTERNAL://127.0.0.1:19094\n"
+        ));
+        assert!(p.contains(
+            "advertised.listeners=PLAINTEXT://127.0.0.1:19092,EXTERNAL://127.0.0.1:19095\n"
+        ));
+        assert!(p.contains("inter.broker.listener.name=PLAINTEXT\n"));
+        assert!(p.contains(
+            "listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT,EXTERNAL:PLAINTEXT\n"
+        ));
     }
 
     #[test]
@@ -435,6 +484,7 @@ mod tests {
             port: 19092,
             controller_port: 19093,
             heap_mb: 512,
+            external: None,
         };
         let dist = KafkaDist {
             libs: PathBuf::from("/opt/kafka/libs"),

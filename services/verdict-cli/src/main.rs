@@ -456,6 +456,7 @@ async fn run(command: Command) -> Result<(), CliError> {
                 port,
                 controller_port,
                 heap_mb,
+                external: None,
             };
             broker::run_while_alive(&cfg, exit_with).await
         }

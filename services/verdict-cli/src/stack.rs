@@ -241,6 +241,7 @@ impl StackOpts {
             port: self.broker_port,
             controller_port: self.controller_port,
             heap_mb: 768,
+            external: None,
         }
     }
 

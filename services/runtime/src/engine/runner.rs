@@ -637,8 +637,14 @@ impl<P: Processor> Loop<P> {
                     .last_commit_ms
                     .store(now_ms(), Ordering::Relaxed);
             }
-            Ok((_, Err(e))) => tracing::warn!(error = %e, "commit failed; will try again"),
-            Err(e) => tracing::warn!(error = %e, "commit task failed; will try again"),
+            Ok((_, Err(e))) => {
+                self.metrics.commit_failures.inc();
+                tracing::warn!(error = %e, "commit failed; will try again");
+            }
+            Err(e) => {
+                self.metrics.commit_failures.inc();
+                tracing::warn!(error = %e, "commit task failed; will try again");
+            }
         }
     }
 
