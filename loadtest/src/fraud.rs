@@ -457,7 +457,10 @@ pub(crate) async fn latency(
     let measured = usize::try_from(load.rate * load.measure.as_secs()).unwrap_or(usize::MAX);
     let reader = {
         let sent_at = sent_at.clone();
-        let codec = verdict_runtime::serde::Codec::new(registry);
+        let codec = verdict_runtime::serde::Codec::new(
+            registry,
+            verdict_runtime::registry::DEFAULT_TIMEOUT,
+        );
         tokio::spawn(async move {
             let new = || Histogram::<u64>::new_with_bounds(1, 600_000_000, 3).expect("hist");
             let (mut event_time, mut read) = (new(), new());

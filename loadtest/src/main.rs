@@ -125,7 +125,10 @@ pub(crate) struct EventEncoder(verdict_runtime::serde::Writer);
 
 impl EventEncoder {
     pub(crate) async fn new(registry: &str, topic: &str) -> Self {
-        let codec = verdict_runtime::serde::Codec::new(registry);
+        let codec = verdict_runtime::serde::Codec::new(
+            registry,
+            verdict_runtime::registry::DEFAULT_TIMEOUT,
+        );
         Self(
             codec
                 .writer(topic, &ValueSchema::TopicLatest)

@@ -10,6 +10,8 @@ use serde_json::json;
 pub const REGISTRY_URL_ENV: &str = "VERDICT_SCHEMA_REGISTRY_URL";
 pub const DEFAULT_REGISTRY_URL: &str = "http://127.0.0.1:8081";
 const CONTENT_TYPE: &str = "application/vnd.schemaregistry.v1+json";
+/// How long one registry call may take (`registry.timeout_ms` for a service's records).
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Registry URL from `VERDICT_SCHEMA_REGISTRY_URL`, else the local default.
 pub fn default_registry_url() -> String {
@@ -49,7 +51,7 @@ impl RegistryClient {
     pub fn new(base: impl Into<String>) -> Result<Self, RegistryError> {
         let base = base.into().trim_end_matches('/').to_string();
         let http = reqwest::Client::builder()
-            .timeout(Duration::from_secs(10))
+            .timeout(DEFAULT_TIMEOUT)
             .build()
             .map_err(|e| RegistryError::Protocol(e.to_string()))?;
         Ok(Self { base, http })

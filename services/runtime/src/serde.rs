@@ -23,6 +23,18 @@ use schema_registry_converter::schema_registry_common::{
 use serde_json::Value as Json;
 
 use crate::error::ProcessError;
+use crate::registry::DEFAULT_TIMEOUT;
+
+/// The converter's settings for `url`, every call bounded by `timeout`. `SrSettings::new` sets
+/// none: a registry that accepts a connection and never answers held a record, and with it
+/// its partition's commits, for good (tests/faults.rs). Building the HTTP client fails only
+/// where `reqwest::Client::new`, which `SrSettings::new` calls, panics (no TLS backend).
+fn converter_settings(url: &str, timeout: Duration) -> SrSettings {
+    SrSettings::new_builder(url.to_string())
+        .set_timeout(timeout)
+        .build()
+        .expect("an HTTP client for the schema registry (a TLS backend is available)")
+}
 
 /// How an output record's schema is found.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
@@ -44,8 +56,8 @@ pub struct AvroSerde {
 impl AvroSerde {
     pub fn new(registry_url: &str) -> Self {
         Self {
-            encoder: AvroEncoder::new(SrSettings::new(registry_url.to_string())),
-            decoder: AvroDecoder::new(SrSettings::new(registry_url.to_string())),
+            encoder: AvroEncoder::new(converter_settings(registry_url, DEFAULT_TIMEOUT)),
+            decoder: AvroDecoder::new(converter_settings(registry_url, DEFAULT_TIMEOUT)),
             resolved: DashMap::new(),
         }
     }
@@ -188,9 +200,10 @@ pub struct Writer {
 }
 
 impl Codec {
-    pub fn new(registry_url: &str) -> Self {
+    /// A codec whose registry calls each give up after `timeout` (a retryable error).
+    pub fn new(registry_url: &str, timeout: Duration) -> Self {
         Self {
-            registry: SrSettings::new(registry_url.to_string()),
+            registry: converter_settings(registry_url, timeout),
             readers: DashMap::new(),
             unknown: DashMap::new(),
         }

@@ -37,12 +37,18 @@ pub struct ServiceSettings<T> {
 #[serde(deny_unknown_fields, default)]
 pub struct RegistrySection {
     pub url: String,
+    /// How long one registry call may take before the record it serves is retried.
+    pub timeout_ms: u64,
 }
 
 impl Default for RegistrySection {
     fn default() -> Self {
         Self {
             url: default_registry_url(),
+            timeout_ms: crate::registry::DEFAULT_TIMEOUT
+                .as_millis()
+                .try_into()
+                .unwrap_or(u64::MAX),
         }
     }
 }
@@ -94,6 +100,12 @@ impl<T: Validate> Validate for ServiceSettings<T> {
             return Err(SettingsError::Key {
                 key: "registry.url".into(),
                 message: "must be an http(s) URL".into(),
+            });
+        }
+        if !(100..=300_000).contains(&self.registry.timeout_ms) {
+            return Err(SettingsError::Key {
+                key: "registry.timeout_ms".into(),
+                message: "must be between 100 and 300000".into(),
             });
         }
         if !self.topology.file.is_file() {
@@ -294,7 +306,7 @@ where
     host.run(async {
         engine::run(
             &settings.kafka,
-            &settings.registry.url,
+            &settings.registry,
             route,
             &settings.engine,
             processor,
@@ -377,6 +389,7 @@ impl<T: Default> ServiceSettings<T> {
             kafka: d.kafka.clone(),
             registry: RegistrySection {
                 url: d.registry_url.clone(),
+                ..RegistrySection::default()
             },
             http: HttpSection {
                 listen: d.http_listen,
@@ -388,6 +401,40 @@ impl<T: Default> ServiceSettings<T> {
             engine: EngineSettings::default(),
             telemetry: TelemetrySection::default(),
             service: T::default(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Default)]
+    struct Nothing;
+
+    impl Validate for Nothing {
+        fn validate(&self) -> Result<(), SettingsError> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn a_registry_timeout_out_of_range_is_refused_naming_the_key() {
+        let d = Deployment {
+            kafka: KafkaSettings::with_bootstrap("127.0.0.1:9092"),
+            registry_url: "http://127.0.0.1:8081".into(),
+            topology: "topology/topology.toml".into(),
+            root: ".".into(),
+            http_listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+            admin_listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+            model_server_url: String::new(),
+            minilm_dir: ".".into(),
+        };
+        for bad in [0, 99, 300_001] {
+            let mut s = ServiceSettings::<Nothing>::for_deployment(&d);
+            s.registry.timeout_ms = bad;
+            let err = s.validate().expect_err("refused").to_string();
+            assert!(err.contains("registry.timeout_ms"), "{bad}: {err}");
         }
     }
 }

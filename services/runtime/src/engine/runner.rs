@@ -32,6 +32,7 @@ use crate::headers::HeaderMap;
 use crate::kafka::KafkaSettings;
 use crate::metrics::{ErrorLabel, Metrics, OutcomeLabel, PartitionLabel, TopicLabel};
 use crate::serde::Codec;
+use crate::service::RegistrySection;
 use crate::{FastMap, now_ms};
 
 type Consumer_ = BaseConsumer<EngineContext>;
@@ -58,7 +59,7 @@ type CommitResult = (Vec<(Tp, u64, i64)>, Result<(), String>);
 /// Runs the engine until `shutdown` resolves or a record can neither be processed nor routed.
 pub async fn run<P: Processor>(
     kafka: &KafkaSettings,
-    registry_url: &str,
+    registry: &RegistrySection,
     route: Route,
     settings: &EngineSettings,
     processor: P,
@@ -82,7 +83,7 @@ pub async fn run<P: Processor>(
     let poller = spawn_poller(consumer.clone(), stop.clone())?;
     let worker = Arc::new(Worker {
         processor,
-        codec: Codec::new(registry_url),
+        codec: Codec::new(&registry.url, Duration::from_millis(registry.timeout_ms)),
         output: Output::new(kafka)?,
         route: route.clone(),
         metrics: metrics.clone(),

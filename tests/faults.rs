@@ -1,0 +1,303 @@
+//! Faults injected by a real proxy (Toxiproxy, `scripts/toxiproxy.sh`) between the
+//! fraud-detector and its dependencies over HTTP: a schema registry that hangs and a model
+//! server that trickles its answers. (Faults between a service and the broker are chaos runs:
+//! tests/chaos.rs.)
+
+use std::time::Duration;
+
+use harness::toxiproxy::{Stream, Toxiproxy};
+use harness::{
+    Http, ServiceProcess, Stack, apply_topology, deployment, free_port, local_deployment,
+    partitions_behind, quick, read_topic, run,
+};
+use serde_json::{Value, json};
+use verdict_cli::records::{AvroProducer, Record, sample_transaction};
+use verdict_runtime::inference::resilience::ProviderSettings;
+use verdict_runtime::service::Deployment;
+
+/// The decided event ids among `records`.
+fn event_ids(records: &[Record]) -> Vec<String> {
+    records
+        .iter()
+        .filter_map(|r| r.value.as_ref()?["event_id"].as_str().map(String::from))
+        .collect()
+}
+
+/// How long a decision spent in `stage` (its `stage_timings`).
+fn stage_ms(decision: &Value, stage: &str) -> Option<f64> {
+    decision["stage_timings"]
+        .as_array()?
+        .iter()
+        .find(|t| t["stage"] == stage)
+        .and_then(|t| t["micros"].as_f64())
+        .map(|us| us / 1000.0)
+}
+
+/// A registry that stops answering (requests swallowed, connections held open) while records
+/// written with a schema the service has not seen yet arrive: the lookup gives up after
+/// `registry.timeout_ms` and the record goes to the retry topic, so the partition's commits
+/// reach its end while the registry still hangs and records of known schemas keep being
+/// decided; once the registry answers again the retried records are decided. Nothing is
+/// dead-lettered. (The converter's client had no timeout: the partition stayed held for good.)
+#[test]
+fn a_hanging_registry_holds_no_partition_and_loses_nothing() {
+    run(300, async {
+        let toxiproxy = Toxiproxy::start().await;
+        let stack = Stack::start().await;
+        // Retries wait 8 s: the first retry comes after the registry is back.
+        let topology = apply_topology(&stack, Some((8_000, 8_000))).await;
+        let upstream = stack.registry_url();
+        let upstream = upstream.trim_start_matches("http://").trim_end_matches('/');
+        let registry = toxiproxy.proxy("registry", free_port(), upstream).await;
+        let mut svc = ServiceProcess::spawn::<fraud_detector::Spec>(
+            &Deployment {
+                registry_url: registry.http_url(),
+                ..deployment(&stack, &topology, None)
+            },
+            |s| {
+                quick(s);
+                s.registry.timeout_ms = 3_000;
+            },
+        );
+        svc.wait_ready(Duration::from_secs(60)).await;
+        let input = topology.topic("transactions");
+        let decisions = topology.topic("fraud-decisions");
+        let read = async |n: usize, secs: u64| {
+            read_topic(
+                &stack.broker.kafka(),
+                &stack.registry_url(),
+                &decisions,
+                Duration::from_secs(secs),
+                |rs| rs.len() >= n,
+            )
+            .await
+        };
+        let known = AvroProducer::new(&stack.broker.kafka(), &stack.registry_url()).expect("p");
+        let mut rng = rand::rng();
+        for _ in 0..5 {
+            let (account, v) = sample_transaction(&mut rng, "tenant-faults");
+            known.send(&input, &account, &v).await.expect("send");
+        }
+        assert_eq!(read(5, 60).await.len(), 5, "decided before the fault");
+
+        // A second version of the input's schema, which the service has not read yet.
+        let subject = format!("{input}-value");
+        let http = Http::new(stack.registry_url());
+        let latest = http
+            .get(&format!("/subjects/{subject}/versions/latest"))
+            .await;
+        let mut schema: Value =
+            serde_json::from_str(latest.body["schema"].as_str().expect("schema")).expect("json");
+        schema["fields"]
+            .as_array_mut()
+            .expect("fields")
+            .push(json!({"name": "faults_note", "type": ["null", "string"], "default": null}));
+        let v2 = http
+            .post(
+                &format!("/subjects/{subject}/versions"),
+                json!({"schema": schema.to_string()}),
+            )
+            .await;
+        assert_eq!(v2.status, 200, "{:?}", v2.body);
+
+        registry
+            .add("hang", "timeout", Stream::Upstream, json!({"timeout": 0}))
+            .await;
+        let hang_began = std::time::Instant::now();
+        let newer = AvroProducer::new(&stack.broker.kafka(), &stack.registry_url()).expect("p");
+        // Accounts of their own: a record waits for the earlier ones of its account.
+        let mut new_ids = Vec::new();
+        for i in 0..5 {
+            let (_, mut v) = sample_transaction(&mut rng, "tenant-faults");
+            v["account_id"] = json!(format!("unseen-{i}"));
+            newer
+                .send(&input, &format!("unseen-{i}"), &v)
+                .await
+                .expect("send");
+            new_ids.push(v["event_id"].as_str().expect("id").to_string());
+            let (_, mut v) = sample_transaction(&mut rng, "tenant-faults");
+            v["account_id"] = json!(format!("known-{i}"));
+            known
+                .send(&input, &format!("known-{i}"), &v)
+                .await
+                .expect("send");
+        }
+        let during = read(10, 30).await;
+        assert_eq!(
+            during.len(),
+            10,
+            "records of the known schema are decided while the registry hangs"
+        );
+        assert!(
+            !event_ids(&during).iter().any(|id| new_ids.contains(id)),
+            "nothing of the unseen schema could be decided yet"
+        );
+        let behind = partitions_behind(
+            &stack.broker.kafka(),
+            &topology.group("verdict-fraud-detector"),
+            &input,
+            Duration::from_secs(45),
+        )
+        .await;
+        assert!(
+            behind.is_empty(),
+            "input partitions {behind:?} still held after {:?} of a hanging registry",
+            hang_began.elapsed()
+        );
+        let held_for = hang_began.elapsed();
+        assert!(
+            held_for < Duration::from_secs(15),
+            "held {held_for:?}, bounded by registry.timeout_ms (3 s)"
+        );
+
+        registry.remove("hang").await;
+        let all = read(15, 120).await;
+        let decided = event_ids(&all);
+        for id in &new_ids {
+            assert!(
+                decided.contains(id),
+                "{id} decided after the registry came back"
+            );
+        }
+        let dlq = read_topic(
+            &stack.broker.kafka(),
+            &stack.registry_url(),
+            &topology.topic("transactions.dlq"),
+            Duration::from_secs(2),
+            |rs| !rs.is_empty(),
+        )
+        .await;
+        assert!(
+            dlq.is_empty(),
+            "nothing dead-lettered: {} records",
+            dlq.len()
+        );
+        println!("input committed to its end {held_for:?} into the registry's hang");
+        svc.stop_cleanly();
+    });
+}
+
+/// A model server that trickles its answers (one byte every 50 ms: a KServe answer takes
+/// seconds): the call's timeout fires, the decisions fall back to the in-process model and say
+/// `degraded`, the circuit opens (later calls fail fast instead of waiting out the timeout),
+/// and once the server answers normally again the half-open probe closes it.
+#[test]
+fn a_trickling_model_server_times_out_opens_the_breaker_and_recovers() {
+    run(300, async {
+        let mut ms = ServiceProcess::spawn::<model_server::Spec>(&local_deployment(None), |_| {});
+        ms.wait_ready(Duration::from_secs(120)).await;
+        let toxiproxy = Toxiproxy::start().await;
+        let model = toxiproxy
+            .proxy("model", free_port(), &format!("127.0.0.1:{}", ms.http_port))
+            .await;
+        let stack = Stack::start().await;
+        let topology = apply_topology(&stack, None).await;
+        let url = model.http_url();
+        let timeout_ms = 500;
+        let mut svc = ServiceProcess::spawn::<fraud_detector::Spec>(
+            &deployment(&stack, &topology, None),
+            |s| {
+                quick(s);
+                s.service.remote_model = Some(fraud_detector::config::RemoteModel {
+                    url,
+                    name: "fraud".into(),
+                    output: "predict_proba".into(),
+                    provider: ProviderSettings {
+                        timeout_ms,
+                        max_retries: 0,
+                        failure_threshold: 3,
+                        open_ms: 3_000,
+                        ..ProviderSettings::default()
+                    },
+                });
+            },
+        );
+        svc.wait_ready(Duration::from_secs(60)).await;
+        let producer = AvroProducer::new(&stack.broker.kafka(), &stack.registry_url()).expect("p");
+        let input = topology.topic("transactions");
+        let decisions = topology.topic("fraud-decisions");
+        let mut rng = rand::rng();
+        let mut send = async |n: usize, gap: Duration| {
+            let mut ids = Vec::new();
+            for _ in 0..n {
+                let (account, v) = sample_transaction(&mut rng, "tenant-faults");
+                producer.send(&input, &account, &v).await.expect("send");
+                ids.push(v["event_id"].as_str().expect("id").to_string());
+                tokio::time::sleep(gap).await;
+            }
+            ids
+        };
+        let read = async |ids: &[String]| -> Vec<Value> {
+            let records = read_topic(
+                &stack.broker.kafka(),
+                &stack.registry_url(),
+                &decisions,
+                Duration::from_secs(60),
+                |rs| {
+                    let got = event_ids(rs);
+                    ids.iter().all(|id| got.contains(id))
+                },
+            )
+            .await;
+            records
+                .into_iter()
+                .filter_map(|r| r.value)
+                .filter(|v| {
+                    v["event_id"]
+                        .as_str()
+                        .is_some_and(|id| ids.iter().any(|i| i == id))
+                })
+                .collect()
+        };
+
+        let before = read(&send(5, Duration::ZERO).await).await;
+        assert_eq!(before.len(), 5);
+        assert!(before.iter().all(|v| v["degraded"] == false), "{before:?}");
+
+        model
+            .add(
+                "trickle",
+                "slicer",
+                Stream::Downstream,
+                json!({"average_size": 1, "size_variation": 0, "delay": 50_000}),
+            )
+            .await;
+        let during = read(&send(20, Duration::from_millis(100)).await).await;
+        assert_eq!(during.len(), 20);
+        for v in &during {
+            assert_eq!(v["degraded"], true, "{v}");
+            assert_eq!(v["model"]["provider"], "in-process", "{v}");
+        }
+        let waits: Vec<f64> = during
+            .iter()
+            .filter_map(|v| stage_ms(v, "remote_score"))
+            .collect();
+        let timeout = timeout_ms as f64;
+        let timed_out = waits.iter().filter(|ms| **ms >= 0.9 * timeout).count();
+        let fast = waits.iter().filter(|ms| **ms < 100.0).count();
+        println!("remote_score during the trickle (ms): {waits:?}");
+        assert!(
+            timed_out >= 1,
+            "the first calls waited out the timeout: {waits:?}"
+        );
+        assert!(
+            waits.iter().all(|ms| *ms < 3.0 * timeout),
+            "no call waited for the trickle: {waits:?}"
+        );
+        assert!(
+            fast >= 10,
+            "with the circuit open the fallback answers at once: {waits:?}"
+        );
+
+        model.remove("trickle").await;
+        tokio::time::sleep(Duration::from_millis(3_500)).await;
+        let after = read(&send(10, Duration::from_millis(200)).await).await;
+        assert_eq!(after.len(), 10);
+        let served = after.iter().filter(|v| v["degraded"] == false).count();
+        assert!(
+            served >= 8,
+            "the probe closed the circuit and the server scores again: {after:?}"
+        );
+        svc.stop_cleanly();
+    });
+}
