@@ -18,6 +18,7 @@ use verdict_runtime::groups::GroupReader;
 use verdict_runtime::headers::{self, HeaderMap};
 use verdict_runtime::kafka::KafkaSettings;
 use verdict_runtime::serde::AvroSerde;
+use verdict_runtime::service::RegistrySection;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
@@ -444,7 +445,7 @@ fn starts(
 /// not know jobs it should.
 pub async fn follow(
     kafka: &KafkaSettings,
-    registry_url: &str,
+    registry: &RegistrySection,
     topics: Vec<Followed>,
     lookback_ms: i64,
     catch_up: usize,
@@ -490,7 +491,10 @@ pub async fn follow(
             .map_err(|e| e.to_string())?;
     }
     consumer.assign(&tpl).map_err(|e| e.to_string())?;
-    let serde = AvroSerde::new(registry_url);
+    let serde = AvroSerde::with_timeout(
+        &registry.url,
+        std::time::Duration::from_millis(registry.timeout_ms),
+    );
     let by_topic: BTreeMap<String, Followed> =
         topics.into_iter().map(|f| (f.topic.clone(), f)).collect();
     let mut caught_up = Some(caught_up);

@@ -127,7 +127,10 @@ pub fn build(settings: &GatewaySettings) -> Result<(Arc<api::App>, Vec<jobs::Fol
         producer: settings.kafka.producer().map_err(|e| e.to_string())?,
         record_limits: verdict_runtime::record_limit::RecordLimits::new(&settings.kafka)
             .map_err(|e| e.to_string())?,
-        serde: verdict_runtime::serde::AvroSerde::new(&settings.registry.url),
+        serde: verdict_runtime::serde::AvroSerde::with_timeout(
+            &settings.registry.url,
+            std::time::Duration::from_millis(settings.registry.timeout_ms),
+        ),
         store: jobs::JobStore::new(
             g.job_store_bytes,
             i64::try_from(g.job_ttl_ms).unwrap_or(i64::MAX),

@@ -82,7 +82,7 @@ async fn main() -> ExitCode {
     let metrics = host.metrics.clone();
     let follow = gateway::jobs::follow(
         &settings.kafka,
-        &settings.registry.url,
+        &settings.registry,
         followed,
         lookback,
         settings.gateway.catch_up_records,

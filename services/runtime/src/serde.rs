@@ -54,10 +54,16 @@ pub struct AvroSerde {
 }
 
 impl AvroSerde {
+    /// Registry calls bounded by [`DEFAULT_TIMEOUT`].
     pub fn new(registry_url: &str) -> Self {
+        Self::with_timeout(registry_url, DEFAULT_TIMEOUT)
+    }
+
+    /// Registry calls bounded by `timeout` (a service's `registry.timeout_ms`).
+    pub fn with_timeout(registry_url: &str, timeout: Duration) -> Self {
         Self {
-            encoder: AvroEncoder::new(converter_settings(registry_url, DEFAULT_TIMEOUT)),
-            decoder: AvroDecoder::new(converter_settings(registry_url, DEFAULT_TIMEOUT)),
+            encoder: AvroEncoder::new(converter_settings(registry_url, timeout)),
+            decoder: AvroDecoder::new(converter_settings(registry_url, timeout)),
             resolved: DashMap::new(),
         }
     }
