@@ -129,8 +129,8 @@ fn a_model_server_outage_degrades_and_recovers() {
 }
 
 /// Every connection to the broker reset (TCP RST) three times mid-stream, produce requests
-/// in flight included: the idempotent producer and the engine retry, nothing is lost and no
-/// account's decisions come out of order.
+/// in flight included: the idempotent producer and the engine retry, nothing is lost, no
+/// account's decisions come out of order, and nothing is decided twice.
 #[test]
 fn broker_connections_reset_mid_produce_lose_nothing_and_keep_key_order() {
     run(300, async {
@@ -146,6 +146,9 @@ fn broker_connections_reset_mid_produce_lose_nothing_and_keep_key_order() {
         .await;
         assert_clean(&r);
         assert_eq!(r.order_violations, 0, "per-account order: {r:?}");
+        // Connections come back within reconnect.backoff.max.ms (1 s), well inside the
+        // session timeout: the member is not evicted, so nothing is read twice.
+        assert_eq!(r.duplicates, 0, "no eviction, nothing read again: {r:?}");
     });
 }
 
