@@ -5,12 +5,13 @@
 
 use std::time::Duration;
 
-use harness::chaos::{self, ChaosReport, Membership, Size};
+use harness::chaos::{self, BrokerFault, ChaosReport, Membership, Size};
 use verdict_runtime::engine::GroupProtocol;
 
 #[derive(clap::Args, Clone)]
 pub struct ChaosArgs {
-    /// Which runs: all, killed, broker, model-server, poison, churn.
+    /// Which runs: all, killed, broker, connections (reset and cut through Toxiproxy),
+    /// model-server, poison, churn.
     #[arg(long, default_value = "all")]
     run: String,
     /// Scale the event counts (1.0 = the README's long forms).
@@ -70,6 +71,14 @@ pub async fn run(args: ChaosArgs) {
             )
             .await,
         );
+    }
+    if wants("connections") {
+        let size = Size {
+            events: n(30_000),
+            rate: 1000,
+        };
+        show(chaos::broker_fault(size, BrokerFault::Reset, 5, Duration::from_secs(2)).await);
+        show(chaos::broker_fault(size, BrokerFault::Unreachable, 2, Duration::from_secs(8)).await);
     }
     if wants("model-server") {
         show(chaos::model_server_down(n(5000), 50, Duration::from_secs(30)).await);
