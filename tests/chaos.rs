@@ -1,5 +1,6 @@
 //! The chaos suite's short forms (the long ones: `verdict-loadtest chaos`): nothing lost,
-//! nothing stuck, while instances are killed, the broker is killed, the model server goes
+//! nothing stuck, while instances are killed, the broker (or a cluster's partition leaders)
+//! is killed, the model server goes
 //! away, poison arrives, instances come and go, and the connections to the broker are reset
 //! or cut (Toxiproxy).
 
@@ -40,6 +41,30 @@ fn killed_instances_lose_nothing() {
         assert!(
             r.faults.starts_with('3') || r.faults.starts_with('4'),
             "{r:?}"
+        );
+    });
+}
+
+#[test]
+fn killed_partition_leaders_of_a_three_broker_cluster_lose_nothing() {
+    run(420, async {
+        let r = chaos::leaders_killed(
+            Size {
+                events: 18_000,
+                rate: 250,
+            },
+            Duration::from_secs(5),
+        )
+        .await;
+        assert_clean(&r);
+        assert_eq!(r.order_violations, 0, "{r:?}");
+        assert!(
+            r.faults.contains("input leader") && r.faults.contains("decisions leader"),
+            "{r:?}"
+        );
+        assert!(
+            !r.faults.contains("feed ended"),
+            "the kills outlasted the load: {r:?}"
         );
     });
 }

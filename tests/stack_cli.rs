@@ -5,7 +5,7 @@ use std::path::Path;
 use std::process::{Command, Output};
 use std::time::Duration;
 
-use harness::{bin, free_port, repo_root, run_command};
+use harness::{bin, free_port, free_port_block, repo_root, run_command};
 
 struct StackGuard<'a> {
     dir: &'a Path,
@@ -152,6 +152,102 @@ fn stack_up_apply_demo_status_down() {
     let status = verdict(dir.path(), &["stack", "status"], &ports);
     assert_eq!(status.status.code(), Some(1), "{}", text(&status));
     assert!(text(&status).contains("DOWN"), "{}", text(&status));
+    drop(guard);
+}
+
+#[test]
+fn stack_up_brokers_3_runs_a_replicated_cluster() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let base = free_port_block(6);
+    let (bp, cp, rp, sp) = (
+        base.to_string(),
+        (base + 1).to_string(),
+        free_port().to_string(),
+        free_port().to_string(),
+    );
+    let ports = [
+        "--broker-port",
+        bp.as_str(),
+        "--controller-port",
+        cp.as_str(),
+        "--registry-port",
+        rp.as_str(),
+        "--services-port",
+        sp.as_str(),
+    ];
+    let too_many = verdict(dir.path(), &["stack", "up", "--brokers", "4"], &ports);
+    assert_eq!(too_many.status.code(), Some(2), "{}", text(&too_many));
+    assert!(
+        text(&too_many).contains("--brokers 4"),
+        "{}",
+        text(&too_many)
+    );
+
+    let guard = StackGuard { dir: dir.path() };
+    let up = verdict(dir.path(), &["stack", "up", "--brokers", "3"], &ports);
+    assert!(up.status.success(), "{}", text(&up));
+    let bootstrap: Vec<String> = (0..3)
+        .map(|i| format!("127.0.0.1:{}", base + 2 * i))
+        .collect();
+    assert!(
+        text(&up).contains(&format!(
+            "broker: answers metadata requests at {} (3 of 3 brokers)",
+            bootstrap.join(",")
+        )),
+        "{}",
+        text(&up)
+    );
+    let pids: Vec<u32> = ["broker.pid", "broker-2.pid", "broker-3.pid"]
+        .iter()
+        .map(|f| {
+            std::fs::read_to_string(dir.path().join(f))
+                .expect("pid file")
+                .trim()
+                .parse()
+                .expect("pid")
+        })
+        .collect();
+
+    // Without --brokers the data dir's cluster is meant; another size is refused.
+    let status = verdict(dir.path(), &["stack", "status"], &ports);
+    assert!(status.status.success(), "{}", text(&status));
+    for node in ["node 1 of 3", "node 2 of 3", "node 3 of 3"] {
+        assert!(text(&status).contains(node), "{}", text(&status));
+    }
+    let other_size = verdict(dir.path(), &["stack", "up", "--brokers", "1"], &ports);
+    assert_eq!(other_size.status.code(), Some(2), "{}", text(&other_size));
+    assert!(
+        text(&other_size).contains("holds a cluster of 3 broker(s)"),
+        "{}",
+        text(&other_size)
+    );
+
+    // The topology's topics take the cluster's replication: 3 replicas, 2 in sync required.
+    let describe = verdict(
+        dir.path(),
+        &[
+            "kafka",
+            "topics",
+            "--describe",
+            "--topic",
+            "transactions",
+            "--bootstrap-server",
+            &bootstrap[1],
+        ],
+        &[],
+    );
+    assert!(describe.status.success(), "{}", text(&describe));
+    let summary = text(&describe);
+    assert!(
+        summary.contains("ReplicationFactor: 3") && summary.contains("min.insync.replicas=2"),
+        "{summary}"
+    );
+
+    let down = verdict(dir.path(), &["stack", "down"], &ports);
+    assert!(down.status.success(), "{}", text(&down));
+    for pid in pids {
+        assert!(!verdict_cli::stack::alive(pid), "pid {pid} stopped");
+    }
     drop(guard);
 }
 

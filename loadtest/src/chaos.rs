@@ -10,8 +10,8 @@ use verdict_runtime::engine::GroupProtocol;
 
 #[derive(clap::Args, Clone)]
 pub struct ChaosArgs {
-    /// Which runs: all, killed, broker, connections (reset and cut through Toxiproxy),
-    /// model-server, poison, churn.
+    /// Which runs: all, killed, broker, leaders (3 brokers, partition leaders killed),
+    /// connections (reset and cut through Toxiproxy), model-server, poison, churn.
     #[arg(long, default_value = "all")]
     run: String,
     /// Scale the event counts (1.0 = the README's long forms).
@@ -66,6 +66,18 @@ pub async fn run(args: ChaosArgs) {
                 Size {
                     events: n(20_000),
                     rate: 1000,
+                },
+                Duration::from_secs(10),
+            )
+            .await,
+        );
+    }
+    if wants("leaders") {
+        show(
+            chaos::leaders_killed(
+                Size {
+                    events: n(40_000),
+                    rate: 500,
                 },
                 Duration::from_secs(10),
             )

@@ -519,6 +519,141 @@ pub async fn broker_killed(size: Size, down: Duration) -> ChaosReport {
     report
 }
 
+/// One fraud-detector on a 3-node KRaft cluster of the run's own (topics replicated three
+/// ways, `min.insync.replicas` 2): mid-stream the leader of the input's partition 0 is
+/// `kill -9`ed and restarted after `down`; once every replica is back in sync, the leader of
+/// the decisions' partition 0 the same way.
+pub async fn leaders_killed(size: Size, down: Duration) -> ChaosReport {
+    let mut stack = Stack::start_own_cluster(3).await;
+    let topology = apply_topology(&stack, None).await;
+    let (input, decisions) = (topology.topic(FRAUD.input), topology.topic(FRAUD.decisions));
+    // The topology asks for the broker's default replication; the cluster's is 3 of 3, 2 in sync.
+    for topic in [&input, &decisions] {
+        let configs = stack
+            .broker
+            .kafka()
+            .topic_configs(topic)
+            .await
+            .expect("describe configs")
+            .unwrap_or_default();
+        assert_eq!(
+            configs.get("min.insync.replicas").map(String::as_str),
+            Some("2"),
+            "{topic}"
+        );
+    }
+    wait_in_sync(&stack, &[&input, &decisions], 3, Duration::from_secs(60)).await;
+    let group = topology.group(FRAUD.group);
+    let mut svc = Instance::new("a");
+    let membership = Membership {
+        protocol: GroupProtocol::Classic,
+        static_ids: false,
+    };
+    // The engine's own session timeout, not the tests' quick one: a killed node that was the
+    // group's coordinator is fenced after Kafka's broker.session.timeout.ms (9 s), and what
+    // the member does meanwhile is what users see.
+    let session = verdict_runtime::engine::EngineSettings::default().session_timeout_ms;
+    svc.start(&stack, &topology, membership, |s| {
+        s.engine.session_timeout_ms = session;
+    });
+    if let Some(p) = svc.process() {
+        p.wait_ready(Duration::from_secs(60)).await;
+    }
+    let feed = feed_into(&stack, &topology, size, None);
+    let feed_time = Duration::from_secs_f64(size.events as f64 / size.rate as f64);
+    tokio::time::sleep(feed_time / 5).await;
+    let mut faults = Vec::new();
+    for topic in [&input, &decisions] {
+        let Some(&(leader, _)) = stack.broker.partition_leaders(topic).get(&0) else {
+            panic!("{topic} has no partition 0");
+        };
+        let node = u32::try_from(leader).unwrap_or_else(|_| panic!("{topic}-0 has no leader"));
+        let killed = Instant::now();
+        stack.broker.kill9_node(node);
+        tokio::time::sleep(down).await;
+        stack.broker.restart_node(node).await;
+        wait_in_sync(&stack, &[&input, &decisions], 3, Duration::from_secs(120)).await;
+        let in_sync = killed.elapsed();
+        // The next kill waits for the group too, so each shows its own recovery.
+        wait_group_stable(&stack, &group, Duration::from_secs(120)).await;
+        faults.push(format!(
+            "{} leader (node {node}) down {} s: replicas in sync {:.1} s, group stable {:.1} s after the kill",
+            if *topic == input { "input" } else { "decisions" },
+            down.as_secs(),
+            in_sync.as_secs_f64(),
+            killed.elapsed().as_secs_f64()
+        ));
+        if feed.is_finished() {
+            faults.push("the feed ended before this kill was over".into());
+        }
+    }
+    let sent = feed.await.expect("feed");
+    let mut report = ChaosReport {
+        run: "fraud-detector, 3 brokers (RF 3, min ISR 2), partition leaders kill -9".into(),
+        faults: faults.join("; "),
+        ..ChaosReport::default()
+    };
+    settle(&stack, &topology, &sent, FRAUD, &mut report).await;
+    report
+}
+
+/// Waits until the consumer group is `Stable` with a member (its partitions assigned).
+async fn wait_group_stable(stack: &Stack, group: &str, timeout: Duration) {
+    use rdkafka::consumer::Consumer;
+    let consumer = stack
+        .broker
+        .kafka()
+        .metadata_consumer()
+        .expect("metadata consumer");
+    let start = Instant::now();
+    loop {
+        let state = consumer
+            .fetch_group_list(Some(group), Duration::from_secs(5))
+            .map(|list| {
+                list.groups()
+                    .iter()
+                    .map(|g| format!("{} with {} member(s)", g.state(), g.members().len()))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            })
+            .unwrap_or_else(|e| e.to_string());
+        if state.starts_with("Stable with") && !state.starts_with("Stable with 0") {
+            return;
+        }
+        assert!(
+            start.elapsed() < timeout,
+            "group {group} not stable after {timeout:?}: {state}"
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
+/// Waits until every partition of `topics` has `replicas` in-sync replicas.
+async fn wait_in_sync(stack: &Stack, topics: &[&String], replicas: usize, timeout: Duration) {
+    let start = Instant::now();
+    loop {
+        let lagging: Vec<String> = topics
+            .iter()
+            .flat_map(|t| {
+                stack
+                    .broker
+                    .partition_leaders(t)
+                    .into_iter()
+                    .filter(|(_, (_, isr))| isr.len() < replicas)
+                    .map(move |(p, (_, isr))| format!("{t}-{p} isr {isr:?}"))
+            })
+            .collect();
+        if lagging.is_empty() {
+            return;
+        }
+        assert!(
+            start.elapsed() < timeout,
+            "replicas not back in sync after {timeout:?}: {lagging:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
 /// What happens to the connections between a fraud-detector and the broker, through a proxy.
 #[derive(Debug, Clone, Copy)]
 pub enum BrokerFault {

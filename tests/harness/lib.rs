@@ -15,8 +15,9 @@ use std::process::{Child, Command, Output};
 use std::time::Duration;
 
 use rdkafka::ClientConfig;
+use rdkafka::consumer::Consumer;
 pub use verdict_cli::broker::ExternalListener;
-use verdict_cli::broker::{BrokerConfig, KafkaDist};
+use verdict_cli::broker::{BrokerConfig, KafkaDist, NodePlace};
 use verdict_cli::stack::{spawn_logged, wait_for_broker};
 use verdict_runtime::kafka::KafkaSettings;
 use verdict_runtime::service::{Deployment, ServiceSettings, ServiceSpec};
@@ -167,7 +168,8 @@ pub fn kafka_tool_table(
 pub const TEST_KAFKA_ENV: &str = "VERDICT_TEST_KAFKA";
 
 /// Apache Kafka for a test: the test run's shared broker ([`TestBroker::shared`]), or one of
-/// the test's own ([`TestBroker::own`]) for tests that kill or restart it.
+/// the test's own ([`TestBroker::own`], [`TestBroker::own_cluster`]) for tests that kill or
+/// restart it.
 pub struct TestBroker {
     bootstrap: String,
     log: PathBuf,
@@ -175,9 +177,23 @@ pub struct TestBroker {
 }
 
 struct OwnBroker {
-    cfg: BrokerConfig,
-    child: Option<Child>,
+    nodes: Vec<OwnNode>,
     _dir: tempfile::TempDir,
+}
+
+struct OwnNode {
+    cfg: BrokerConfig,
+    log: PathBuf,
+    child: Option<Child>,
+}
+
+impl OwnNode {
+    fn kill9(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
 }
 
 impl TestBroker {
@@ -206,54 +222,133 @@ impl TestBroker {
     /// A broker of this test's own with an `EXTERNAL` listener for clients that connect
     /// through a proxy ([`ExternalListener`]); [`Self::kafka`] stays on the direct listener.
     pub async fn own_with(external: Option<ExternalListener>) -> Self {
+        Self::own_nodes(1, external).await
+    }
+
+    /// A KRaft cluster of `n` nodes of this test's own (the stack's `--brokers n`): internal
+    /// and new topics replicated min(n, 3) ways, `min.insync.replicas` 2 of 3.
+    pub async fn own_cluster(n: usize) -> Self {
+        Self::own_nodes(n, None).await
+    }
+
+    async fn own_nodes(n: usize, external: Option<ExternalListener>) -> Self {
         let dir = tempfile::tempdir().expect("tempdir");
-        let cfg = BrokerConfig {
-            dir: dir.path().join("kafka"),
-            port: free_port(),
-            controller_port: free_port_other_than(&[]),
-            heap_mb: 512,
-            external,
-        };
+        let mut taken = Vec::new();
+        let places: Vec<NodePlace> = (1..=n)
+            .map(|id| {
+                let port = free_port_other_than(&taken);
+                taken.push(port);
+                let controller_port = free_port_other_than(&taken);
+                taken.push(controller_port);
+                NodePlace {
+                    dir: dir.path().join(format!("kafka-{id}")),
+                    port,
+                    controller_port,
+                }
+            })
+            .collect();
+        let nodes: Vec<OwnNode> = BrokerConfig::cluster(&places, 512)
+            .into_iter()
+            .map(|mut cfg| {
+                cfg.external = external;
+                OwnNode {
+                    log: dir.path().join(if n == 1 {
+                        "broker.log".to_string()
+                    } else {
+                        format!("broker-{}.log", cfg.node_id)
+                    }),
+                    cfg,
+                    child: None,
+                }
+            })
+            .collect();
         let mut broker = Self {
-            bootstrap: cfg.bootstrap(),
-            log: dir.path().join("broker.log"),
-            own: Some(OwnBroker {
-                cfg,
-                child: None,
-                _dir: dir,
-            }),
+            bootstrap: nodes
+                .iter()
+                .map(|n| n.cfg.bootstrap())
+                .collect::<Vec<_>>()
+                .join(","),
+            log: nodes[0].log.clone(),
+            own: Some(OwnBroker { nodes, _dir: dir }),
         };
         broker.start_own().await;
         broker
     }
 
-    async fn start_own(&mut self) {
-        let own = self
+    fn own_nodes_mut(&mut self) -> &mut Vec<OwnNode> {
+        &mut self
             .own
             .as_mut()
-            .expect("only a test's own broker is restarted");
+            .expect("only a test's own broker is killed or restarted")
+            .nodes
+    }
+
+    /// Starts every node that is not running, then waits until each answers and the
+    /// cluster's metadata lists them all.
+    async fn start_own(&mut self) {
+        let ids: Vec<u32> = self.own_nodes_mut().iter().map(|n| n.cfg.node_id).collect();
+        for id in ids {
+            self.spawn_node(id);
+        }
+        self.wait_for_nodes().await;
+    }
+
+    fn spawn_node(&mut self, id: u32) {
         let dist = KafkaDist::locate().unwrap_or_else(|e| panic!("{e}"));
-        let child = own
-            .cfg
-            .spawn(&dist, &self.log, false)
-            .unwrap_or_else(|e| panic!("{e}"));
-        let pid = child.id();
-        own.child = Some(child);
-        if let Err(e) = wait_for_broker(&self.kafka(), Some(pid), Duration::from_secs(120)).await {
-            panic!("broker did not start: {e}\n{}", self.log());
+        let node = self.node_mut(id);
+        if node.child.is_none() {
+            let child = node
+                .cfg
+                .spawn(&dist, &node.log, false)
+                .unwrap_or_else(|e| panic!("{e}"));
+            node.child = Some(child);
         }
     }
 
-    /// SIGKILL this test's own broker (no clean shutdown).
-    pub fn kill9(&mut self) {
-        let own = self
-            .own
-            .as_mut()
-            .expect("only a test's own broker is killed");
-        if let Some(mut child) = own.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
+    async fn wait_for_nodes(&mut self) {
+        let nodes: Vec<(String, Option<u32>)> = self
+            .own_nodes_mut()
+            .iter()
+            .map(|n| (n.cfg.bootstrap(), n.child.as_ref().map(Child::id)))
+            .collect();
+        for (bootstrap, pid) in &nodes {
+            let kafka = KafkaSettings::with_bootstrap(bootstrap.clone());
+            if let Err(e) = wait_for_broker(&kafka, *pid, Duration::from_secs(120)).await {
+                panic!("broker {bootstrap} did not start: {e}\n{}", self.log());
+            }
         }
+        if let Err(e) = self
+            .kafka()
+            .wait_for_brokers(nodes.len(), Duration::from_secs(120))
+            .await
+        {
+            panic!("the cluster did not form: {e}\n{}", self.log());
+        }
+    }
+
+    fn node_mut(&mut self, id: u32) -> &mut OwnNode {
+        self.own_nodes_mut()
+            .iter_mut()
+            .find(|n| n.cfg.node_id == id)
+            .unwrap_or_else(|| panic!("no node {id} in this cluster"))
+    }
+
+    /// SIGKILL this test's own broker, every node of it (no clean shutdown).
+    pub fn kill9(&mut self) {
+        for node in self.own_nodes_mut() {
+            node.kill9();
+        }
+    }
+
+    /// SIGKILL one node of this test's own cluster.
+    pub fn kill9_node(&mut self, id: u32) {
+        self.node_mut(id).kill9();
+    }
+
+    /// Starts a killed node again (same ports and data) and waits until the cluster lists it.
+    pub async fn restart_node(&mut self, id: u32) {
+        self.spawn_node(id);
+        self.wait_for_nodes().await;
     }
 
     /// Starts this test's own broker again, same ports and data, and waits until it answers.
@@ -270,8 +365,23 @@ impl TestBroker {
         KafkaSettings::with_bootstrap(self.bootstrap())
     }
 
+    /// The broker's log (every node's, one after the other, for a cluster).
     pub fn log(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
+        match &self.own {
+            Some(own) if own.nodes.len() > 1 => own
+                .nodes
+                .iter()
+                .map(|n| {
+                    format!(
+                        "--- node {} ({}):\n{}",
+                        n.cfg.node_id,
+                        n.log.display(),
+                        std::fs::read_to_string(&n.log).unwrap_or_default()
+                    )
+                })
+                .collect(),
+            _ => std::fs::read_to_string(&self.log).unwrap_or_default(),
+        }
     }
 
     /// Consumer settings for tests: unique group, quick joins.
@@ -280,6 +390,20 @@ impl TestBroker {
         cfg.set("session.timeout.ms", "6000")
             .set("heartbeat.interval.ms", "500");
         cfg
+    }
+
+    /// Per partition of `topic`: its leader's node id and its in-sync replicas, as the
+    /// cluster's metadata says now.
+    pub fn partition_leaders(&self, topic: &str) -> BTreeMap<i32, (i32, Vec<i32>)> {
+        let consumer = self.kafka().metadata_consumer().expect("metadata consumer");
+        let md = consumer
+            .fetch_metadata(Some(topic), Duration::from_secs(10))
+            .expect("metadata");
+        md.topics()
+            .iter()
+            .flat_map(|t| t.partitions())
+            .map(|p| (p.id(), (p.leader(), p.isr().to_vec())))
+            .collect()
     }
 }
 
@@ -392,6 +516,12 @@ impl Stack {
     /// A broker and a registry of this test's own (to kill or restart the broker).
     pub async fn start_own() -> Self {
         Self::on(TestBroker::own().await).await
+    }
+
+    /// A KRaft cluster of `n` nodes of this test's own ([`TestBroker::own_cluster`]) and a
+    /// registry.
+    pub async fn start_own_cluster(n: usize) -> Self {
+        Self::on(TestBroker::own_cluster(n).await).await
     }
 
     /// A broker of this test's own whose clients may connect through a proxy

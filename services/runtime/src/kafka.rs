@@ -209,6 +209,16 @@ impl KafkaSettings {
     /// Waits until the cluster answers a metadata request, or fails after `timeout`
     /// naming the address and the last error.
     pub async fn wait_until_reachable(&self, timeout: Duration) -> Result<(), KafkaError> {
+        self.wait_for_brokers(1, timeout).await
+    }
+
+    /// Waits until the cluster's metadata lists at least `brokers` brokers (all nodes of a
+    /// cluster registered, so topics of its replication factor can be created).
+    pub async fn wait_for_brokers(
+        &self,
+        brokers: usize,
+        timeout: Duration,
+    ) -> Result<(), KafkaError> {
         let start = Instant::now();
         let bootstrap = self.bootstrap_servers.clone();
         // Wait for a listening socket first: librdkafka logs every refused connection.
@@ -239,8 +249,8 @@ impl KafkaSettings {
         tokio::task::spawn_blocking(move || {
             loop {
                 let last = match consumer.fetch_metadata(None, Duration::from_millis(1000)) {
-                    Ok(md) if !md.brokers().is_empty() => return Ok(()),
-                    Ok(_) => "no brokers in metadata".to_string(),
+                    Ok(md) if md.brokers().len() >= brokers.max(1) => return Ok(()),
+                    Ok(md) => format!("{} of {brokers} brokers in metadata", md.brokers().len()),
                     Err(e) => e.to_string(),
                 };
                 if start.elapsed() >= timeout {

@@ -56,7 +56,7 @@ struct RawFile {
 struct RawDefaults {
     #[serde(default = "one")]
     partitions: Spanned<i64>,
-    #[serde(default = "one")]
+    #[serde(default = "broker_default")]
     replication_factor: Spanned<i64>,
 }
 
@@ -64,7 +64,7 @@ impl Default for RawDefaults {
     fn default() -> Self {
         Self {
             partitions: one(),
-            replication_factor: one(),
+            replication_factor: broker_default(),
         }
     }
 }
@@ -72,6 +72,15 @@ impl Default for RawDefaults {
 fn one() -> Spanned<i64> {
     Spanned::new(0..0, 1)
 }
+
+/// A replication factor of -1: the broker's `default.replication.factor` (KIP-464), as Kafka
+/// Streams creates its topics, so one topology serves a single node and a cluster.
+fn broker_default() -> Spanned<i64> {
+    Spanned::new(0..0, BROKER_DEFAULT_REPLICATION.into())
+}
+
+/// See [`broker_default`].
+pub const BROKER_DEFAULT_REPLICATION: i32 = -1;
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -181,7 +190,7 @@ impl Topology {
         };
 
         let default_partitions = v.positive_i32("defaults.partitions", &raw.defaults.partitions);
-        let default_rf = v.positive_i32(
+        let default_rf = v.replication(
             "defaults.replication_factor",
             &raw.defaults.replication_factor,
         );
@@ -195,7 +204,7 @@ impl Topology {
                 None => default_partitions,
             };
             let replication_factor = match &t.get_ref().replication_factor {
-                Some(p) => v.positive_i32(&format!("{key}.replication_factor"), p),
+                Some(p) => v.replication(&format!("{key}.replication_factor"), p),
                 None => default_rf,
             };
             let retention_ms = t.get_ref().retention_ms.as_ref().and_then(|r| {
@@ -392,6 +401,21 @@ impl Validator<'_> {
         }
     }
 
+    /// A replication factor: -1 (the broker's default) or 1 to 32767 (Kafka's is an i16).
+    fn replication(&mut self, key: &str, value: &Spanned<i64>) -> i32 {
+        match i32::try_from(*value.get_ref()) {
+            Ok(n) if n == BROKER_DEFAULT_REPLICATION || (1..=i32::from(i16::MAX)).contains(&n) => n,
+            _ => {
+                self.push(
+                    key,
+                    value.span(),
+                    "must be -1 (the broker's default.replication.factor) or between 1 and 32767",
+                );
+                1
+            }
+        }
+    }
+
     fn topic_name(&mut self, key: &str, name: &str, span: std::ops::Range<usize>) {
         let legal = !name.is_empty()
             && name.len() <= 249
@@ -499,6 +523,23 @@ stages = ["a", "b"]
             }]
         );
         assert_eq!(s.stages, vec!["a", "b"]);
+    }
+
+    #[test]
+    fn replication_defaults_to_the_brokers_and_is_checked() {
+        let dir = schemas();
+        let t = Topology::parse(GOOD, dir.path()).expect("valid");
+        assert_eq!(
+            t.topics["in"].spec.replication_factor,
+            BROKER_DEFAULT_REPLICATION
+        );
+        let three = GOOD.replace("[topics.out]\n", "[topics.out]\nreplication_factor = 3\n");
+        let t = Topology::parse(&three, dir.path()).expect("valid");
+        assert_eq!(t.topics["out"].spec.replication_factor, 3);
+        let zero = GOOD.replace("[topics.out]\n", "[topics.out]\nreplication_factor = 0\n");
+        let issues = Topology::parse(&zero, dir.path()).expect_err("0 replicas");
+        assert_eq!(issues[0].key, "topics.out.replication_factor");
+        assert!(issues[0].message.contains("-1"), "{:?}", issues[0]);
     }
 
     #[test]

@@ -34,7 +34,8 @@ impl Default for HttpSettings {
 pub struct StoreSettings {
     /// The compacted topic holding schemas and configs.
     pub topic: String,
-    /// Replication factor used when the registry creates its topic.
+    /// Replication factor used when the registry creates its topic; -1 (the default) takes
+    /// the broker's `default.replication.factor`.
     pub replication_factor: i32,
     /// How long a request waits for the log (watermarks, produce, apply).
     pub timeout_ms: u64,
@@ -44,7 +45,7 @@ impl Default for StoreSettings {
     fn default() -> Self {
         Self {
             topic: "_schemas".into(),
-            replication_factor: 1,
+            replication_factor: -1,
             timeout_ms: 10_000,
         }
     }
@@ -59,10 +60,11 @@ impl Validate for RegistrySettings {
                 message: "must not be empty".into(),
             });
         }
-        if self.store.replication_factor < 1 {
+        if self.store.replication_factor != -1 && self.store.replication_factor < 1 {
             return Err(SettingsError::Key {
                 key: "store.replication_factor".into(),
-                message: "must be at least 1".into(),
+                message: "must be -1 (the broker's default.replication.factor) or at least 1"
+                    .into(),
             });
         }
         if self.store.timeout_ms < 100 {

@@ -1,6 +1,7 @@
 //! Apache Kafka for the local stack, the tests and the benchmarks: its jars (resolved from Maven
-//! Central by `scripts/install.sh`, or an unpacked distribution in `KAFKA_HOME`), a single-node
-//! KRaft broker on loopback, and Kafka's own command-line tools run from the same jars.
+//! Central by `scripts/install.sh`, or an unpacked distribution in `KAFKA_HOME`), KRaft brokers
+//! on loopback (one node, or a cluster of combined broker-controllers), and Kafka's own
+//! command-line tools run from the same jars.
 
 use std::fs;
 use std::net::TcpListener;
@@ -212,8 +213,8 @@ fn write_once(path: &Path, text: &str) -> Result<PathBuf, CliError> {
     Ok(path.to_path_buf())
 }
 
-/// A single-node KRaft broker (combined broker and controller) on 127.0.0.1, its data,
-/// config and log4j2 config in `dir`.
+/// A KRaft node (combined broker and controller) on 127.0.0.1, its data, config and log4j2
+/// config in `dir`: alone ([`Self::single`]) or one of a cluster ([`Self::cluster`]).
 #[derive(Clone, Debug)]
 pub struct BrokerConfig {
     pub dir: PathBuf,
@@ -222,6 +223,21 @@ pub struct BrokerConfig {
     pub heap_mb: u32,
     /// A second client listener for clients that reach the broker through a proxy.
     pub external: Option<ExternalListener>,
+    /// This node's id in the quorum.
+    pub node_id: u32,
+    /// Every node of the cluster, this one included, as (node id, controller port): the
+    /// static controller quorum.
+    pub voters: Vec<(u32, u16)>,
+    /// The cluster id storage is formatted with (all nodes of a cluster share it).
+    pub cluster_id: String,
+}
+
+/// Where one node of a cluster lives: its directory, client port and controller port.
+#[derive(Clone, Debug)]
+pub struct NodePlace {
+    pub dir: PathBuf,
+    pub port: u16,
+    pub controller_port: u16,
 }
 
 /// A client listener (`EXTERNAL`) on `port` whose metadata sends clients to
@@ -235,6 +251,56 @@ pub struct ExternalListener {
 }
 
 impl BrokerConfig {
+    /// A single-node cluster: node 1, the only voter.
+    pub fn single(dir: PathBuf, port: u16, controller_port: u16, heap_mb: u32) -> Self {
+        Self::cluster(
+            &[NodePlace {
+                dir,
+                port,
+                controller_port,
+            }],
+            heap_mb,
+        )
+        .remove(0)
+    }
+
+    /// The nodes of a cluster, ids 1, 2, … in the order given; every node is a voter. The
+    /// cluster id is the one a node's storage was formatted with, if any was, else a new one.
+    pub fn cluster(places: &[NodePlace], heap_mb: u32) -> Vec<Self> {
+        let voters: Vec<(u32, u16)> = (1..)
+            .zip(places.iter().map(|p| p.controller_port))
+            .collect();
+        let cluster_id = places
+            .iter()
+            .find_map(|p| formatted_cluster_id(&p.dir.join("data")))
+            .unwrap_or_else(new_cluster_id);
+        (1..)
+            .zip(places)
+            .map(|(node_id, p)| Self {
+                dir: p.dir.clone(),
+                port: p.port,
+                controller_port: p.controller_port,
+                heap_mb,
+                external: None,
+                node_id,
+                voters: voters.clone(),
+                cluster_id: cluster_id.clone(),
+            })
+            .collect()
+    }
+
+    /// The replication factor of internal topics and the broker's default for new topics:
+    /// the cluster's size, at most 3.
+    pub fn replication_factor(&self) -> usize {
+        self.voters.len().clamp(1, 3)
+    }
+
+    /// `min.insync.replicas` for the replication factor: 2 of 3, else 1, so one node can be
+    /// lost without refusing writes and no acknowledged write lives on one node only.
+    pub fn min_insync_replicas(&self) -> usize {
+        self.replication_factor().saturating_sub(1).max(1)
+    }
+
     pub fn bootstrap(&self) -> String {
         format!("127.0.0.1:{}", self.port)
     }
@@ -252,8 +318,9 @@ impl BrokerConfig {
         self.abs_dir().join("data")
     }
 
-    /// `server.properties` for one node: loopback listeners, internal topics with
-    /// replication 1, no initial rebalance delay, small cleaner buffer for a small heap.
+    /// `server.properties` for one node: loopback listeners, the static quorum, internal and
+    /// default replication from the cluster's size, no initial rebalance delay, small
+    /// cleaner buffer for a small heap.
     pub fn server_properties(&self) -> String {
         let (listener, advertised, protocol) = match self.external {
             Some(e) => (
@@ -266,8 +333,8 @@ impl BrokerConfig {
         format!(
             "# Written by verdict on every start; edit the code (services/verdict-cli/src/broker.rs), not this file.
 process.roles=broker,controller
-node.id=1
-controller.quorum.voters=1@127.0.0.1:{controller}
+node.id={node_id}
+controller.quorum.voters={voters}
 listeners=PLAINTEXT://127.0.0.1:{port},CONTROLLER://127.0.0.1:{controller}{listener}
 advertised.listeners=PLAINTEXT://127.0.0.1:{port}{advertised}
 controller.listener.names=CONTROLLER
@@ -275,15 +342,17 @@ inter.broker.listener.name=PLAINTEXT
 listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT{protocol}
 log.dirs={logs}
 num.partitions=1
+default.replication.factor={rf}
+min.insync.replicas={min_isr}
 auto.create.topics.enable=false
 file.delete.delay.ms=1000
-offsets.topic.replication.factor=1
+offsets.topic.replication.factor={rf}
 offsets.topic.num.partitions=10
-transaction.state.log.replication.factor=1
-transaction.state.log.min.isr=1
+transaction.state.log.replication.factor={rf}
+transaction.state.log.min.isr={min_isr}
 transaction.state.log.num.partitions=4
-share.coordinator.state.topic.replication.factor=1
-share.coordinator.state.topic.min.isr=1
+share.coordinator.state.topic.replication.factor={rf}
+share.coordinator.state.topic.min.isr={min_isr}
 group.initial.rebalance.delay.ms=0
 group.consumer.session.timeout.ms=10000
 group.consumer.min.session.timeout.ms=6000
@@ -294,8 +363,17 @@ log.cleaner.threads=1
 num.network.threads=2
 num.io.threads=4
 ",
+            node_id = self.node_id,
+            voters = self
+                .voters
+                .iter()
+                .map(|(id, port)| format!("{id}@127.0.0.1:{port}"))
+                .collect::<Vec<_>>()
+                .join(","),
             controller = self.controller_port,
             port = self.port,
+            rf = self.replication_factor(),
+            min_isr = self.min_insync_replicas(),
             logs = self.log_dir().display(),
         )
     }
@@ -326,7 +404,7 @@ num.io.threads=4
         }
         let out = dist
             .java("kafka.tools.StorageTool", 256, &self.log4j_file())
-            .args(["format", "-t", &new_cluster_id(), "-c"])
+            .args(["format", "-t", &self.cluster_id, "-c"])
             .arg(self.properties_file())
             .output()
             .map_err(|e| CliError::Failed(format!("cannot run Java: {e}")))?;
@@ -398,6 +476,14 @@ pub async fn run_while_alive(cfg: &BrokerConfig, parent: u32) -> Result<(), CliE
     outcome
 }
 
+/// The `cluster.id` a node's storage in `log_dir` was formatted with, if it was.
+fn formatted_cluster_id(log_dir: &Path) -> Option<String> {
+    let meta = fs::read_to_string(log_dir.join("meta.properties")).ok()?;
+    meta.lines()
+        .find_map(|l| l.strip_prefix("cluster.id="))
+        .map(|id| id.trim().to_string())
+}
+
 /// A new cluster id: 16 random bytes, base64url without padding (Kafka's `Uuid`).
 fn new_cluster_id() -> String {
     base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(uuid::Uuid::new_v4().as_bytes())
@@ -435,32 +521,86 @@ mod tests {
 
     #[test]
     fn properties_bind_loopback_only() {
-        let cfg = BrokerConfig {
-            dir: PathBuf::from("/tmp/x"),
-            port: 19092,
-            controller_port: 19093,
-            heap_mb: 512,
-            external: None,
-        };
+        let cfg = BrokerConfig::single(PathBuf::from("/tmp/x"), 19092, 19093, 512);
         let p = cfg.server_properties();
         assert!(p.contains("listeners=PLAINTEXT://127.0.0.1:19092,CONTROLLER://127.0.0.1:19093\n"));
         assert!(p.contains("advertised.listeners=PLAINTEXT://127.0.0.1:19092\n"));
-        assert!(p.contains("controller.quorum.voters=1@127.0.0.1:19093"));
+        assert!(p.contains("node.id=1\ncontroller.quorum.voters=1@127.0.0.1:19093\n"));
         assert!(p.contains("group.initial.rebalance.delay.ms=0"));
         assert!(p.contains("log.dirs=/tmp/x/data"));
+        assert!(p.contains("default.replication.factor=1\nmin.insync.replicas=1\n"));
+        assert!(p.contains("offsets.topic.replication.factor=1\n"));
+    }
+
+    #[test]
+    fn a_cluster_shares_its_quorum_and_replicates_three_ways() {
+        let places: Vec<NodePlace> = (0..3)
+            .map(|i| NodePlace {
+                dir: PathBuf::from(format!("/tmp/c/broker-{i}")),
+                port: 19092 + 2 * i,
+                controller_port: 19093 + 2 * i,
+            })
+            .collect();
+        let nodes = BrokerConfig::cluster(&places, 512);
+        assert_eq!(nodes.len(), 3);
+        let voters =
+            "controller.quorum.voters=1@127.0.0.1:19093,2@127.0.0.1:19095,3@127.0.0.1:19097\n";
+        for (i, node) in nodes.iter().enumerate() {
+            let p = node.server_properties();
+            assert!(p.contains(&format!("node.id={}\n", i + 1)), "{p}");
+            assert!(p.contains(voters), "{p}");
+            assert!(p.contains(&format!(
+                "listeners=PLAINTEXT://127.0.0.1:{},CONTROLLER://127.0.0.1:{}\n",
+                19092 + 2 * i,
+                19093 + 2 * i
+            )));
+            assert!(p.contains("default.replication.factor=3\nmin.insync.replicas=2\n"));
+            assert!(p.contains("offsets.topic.replication.factor=3\n"));
+            assert!(p.contains("transaction.state.log.min.isr=2\n"));
+            assert_eq!(node.cluster_id, nodes[0].cluster_id);
+        }
+        // Two nodes: losing one must not refuse writes.
+        let two = BrokerConfig::cluster(&places[..2], 512);
+        assert_eq!(
+            (two[0].replication_factor(), two[0].min_insync_replicas()),
+            (2, 1)
+        );
+    }
+
+    #[test]
+    fn a_formatted_node_keeps_its_cluster_id() {
+        let dir = std::env::temp_dir().join(format!("verdict-cluster-id-{}", uuid::Uuid::new_v4()));
+        let data = dir.join("broker-2/data");
+        fs::create_dir_all(&data).expect("mkdir");
+        fs::write(
+            data.join("meta.properties"),
+            "#\nnode.id=2\nversion=1\ncluster.id=AAAAAAAAAAAAAAAAAAAAAA\n",
+        )
+        .expect("meta");
+        let places: Vec<NodePlace> = (1..=3)
+            .map(|i| NodePlace {
+                dir: dir.join(format!("broker-{i}")),
+                port: 1,
+                controller_port: 2,
+            })
+            .collect();
+        let nodes = BrokerConfig::cluster(&places, 512);
+        let _ = fs::remove_dir_all(&dir);
+        assert!(
+            nodes
+                .iter()
+                .all(|n| n.cluster_id == "AAAAAAAAAAAAAAAAAAAAAA")
+        );
     }
 
     #[test]
     fn an_external_listener_advertises_the_proxy_in_front_of_it() {
         let cfg = BrokerConfig {
-            dir: PathBuf::from("/tmp/x"),
-            port: 19092,
-            controller_port: 19093,
-            heap_mb: 512,
             external: Some(ExternalListener {
                 port: 19094,
                 advertised_port: 19095,
             }),
+            ..BrokerConfig::single(PathBuf::from("/tmp/x"), 19092, 19093, 512)
         };
         let p = cfg.server_properties();
         assert!(p.contains(
@@ -479,13 +619,7 @@ mod tests {
     fn a_relative_data_dir_becomes_absolute_paths() {
         // `verdict stack up` defaults to the relative `.verdict`; the broker must find its
         // files whatever its working directory.
-        let cfg = BrokerConfig {
-            dir: PathBuf::from(".verdict/broker"),
-            port: 19092,
-            controller_port: 19093,
-            heap_mb: 512,
-            external: None,
-        };
+        let cfg = BrokerConfig::single(PathBuf::from(".verdict/broker"), 19092, 19093, 512);
         let dist = KafkaDist {
             libs: PathBuf::from("/opt/kafka/libs"),
             java: PathBuf::from("java"),

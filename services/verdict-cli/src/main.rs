@@ -63,7 +63,8 @@ struct TopologyFile {
 
 #[derive(Subcommand)]
 enum Command {
-    /// The local stack: Apache Kafka (single-node KRaft), schema registry and the services.
+    /// The local stack: Apache Kafka (KRaft, one node or a cluster), schema registry and the
+    /// services.
     Stack {
         #[command(subcommand)]
         action: StackAction,
@@ -75,11 +76,16 @@ enum Command {
             global = true
         )]
         data_dir: PathBuf,
+        /// The first broker's client port; further brokers count up by two (9094, 9096).
         #[arg(long, default_value_t = 9092, global = true)]
         broker_port: u16,
-        /// The broker's KRaft controller listener.
+        /// The first broker's KRaft controller listener; further ones count up by two.
         #[arg(long, default_value_t = 9093, global = true)]
         controller_port: u16,
+        /// How many brokers (1 to 3): a cluster of 3 replicates topics three ways with
+        /// min.insync.replicas=2. Default: as many as the data dir holds, else 1.
+        #[arg(long, global = true)]
+        brokers: Option<usize>,
         #[arg(long, default_value_t = 8081, global = true)]
         registry_port: u16,
         /// Health/metrics port of the first service (fraud-detector); others follow.
@@ -418,6 +424,7 @@ async fn run(command: Command) -> Result<(), CliError> {
             data_dir,
             broker_port,
             controller_port,
+            brokers,
             registry_port,
             services_port,
             topology,
@@ -426,6 +433,7 @@ async fn run(command: Command) -> Result<(), CliError> {
                 data_dir,
                 broker_port,
                 controller_port,
+                brokers,
                 registry_port,
                 services_port,
                 topology,
@@ -451,13 +459,7 @@ async fn run(command: Command) -> Result<(), CliError> {
             heap_mb,
             exit_with,
         } => {
-            let cfg = BrokerConfig {
-                dir,
-                port,
-                controller_port,
-                heap_mb,
-                external: None,
-            };
+            let cfg = BrokerConfig::single(dir, port, controller_port, heap_mb);
             broker::run_while_alive(&cfg, exit_with).await
         }
         Command::Topology {

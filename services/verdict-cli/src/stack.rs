@@ -1,5 +1,5 @@
-//! The local stack: a single-node Apache Kafka broker (KRaft) and the schema registry, then
-//! the pipeline's services, started as background processes with pid and log files in a data
+//! The local stack: Apache Kafka (KRaft; one node, or a cluster of up to three with
+//! `--brokers`) and the schema registry, then the pipeline's services, started as background processes with pid and log files in a data
 //! directory. `KAFKA_BOOTSTRAP_SERVERS` / `VERDICT_SCHEMA_REGISTRY_URL` point at an existing
 //! cluster or registry instead; then nothing is started for that part.
 
@@ -15,7 +15,7 @@ use verdict_runtime::kafka::{BOOTSTRAP_ENV, KafkaSettings};
 use verdict_runtime::registry::REGISTRY_URL_ENV;
 
 use crate::CliError;
-use crate::broker::{BrokerConfig, KafkaDist, kafka_version};
+use crate::broker::{BrokerConfig, KafkaDist, NodePlace, kafka_version};
 use crate::services::{Declared, SERVICES};
 use verdict_runtime::service::Deployment;
 
@@ -28,9 +28,12 @@ const BROKER_START_TIMEOUT: Duration = Duration::from_secs(90);
 #[derive(Clone, Debug)]
 pub struct StackOpts {
     pub data_dir: PathBuf,
+    /// The client port of the first broker; the next ones count up by two from it.
     pub broker_port: u16,
-    /// The KRaft controller listener of the broker.
+    /// The KRaft controller listener of the first broker; the next ones count up by two.
     pub controller_port: u16,
+    /// How many brokers (1 to 3); `None`: as many as the data dir holds, else 1.
+    pub brokers: Option<usize>,
     pub registry_port: u16,
     /// Health/metrics port of the first service; the next ones count up from it.
     pub services_port: u16,
@@ -175,20 +178,32 @@ pub fn alive(pid: u32) -> bool {
 
 /// Sends SIGTERM to `pid`, waits up to `grace`, then SIGKILL. Returns whether it had to kill.
 pub fn stop_pid(pid: u32, grace: Duration) -> bool {
-    let Ok(raw) = i32::try_from(pid) else {
-        return false;
-    };
-    let target = Pid::from_raw(raw);
-    let _ = kill(target, Signal::SIGTERM);
+    stop_pids(&[pid], grace).contains(&pid)
+}
+
+/// Sends SIGTERM to every pid at once (the nodes of a cluster stop together, so none waits
+/// for a quorum the others already left), waits up to `grace` for all, then SIGKILLs the
+/// rest. Returns those it had to kill.
+pub fn stop_pids(pids: &[u32], grace: Duration) -> Vec<u32> {
+    let targets: Vec<(u32, Pid)> = pids
+        .iter()
+        .filter_map(|&pid| Some((pid, Pid::from_raw(i32::try_from(pid).ok()?))))
+        .collect();
+    for (_, target) in &targets {
+        let _ = kill(*target, Signal::SIGTERM);
+    }
     let start = Instant::now();
-    while start.elapsed() < grace {
-        if !alive(pid) {
-            return false;
-        }
+    while start.elapsed() < grace && targets.iter().any(|(pid, _)| alive(*pid)) {
         std::thread::sleep(Duration::from_millis(100));
     }
-    let _ = kill(target, Signal::SIGKILL);
-    true
+    targets
+        .into_iter()
+        .filter(|(pid, _)| alive(*pid))
+        .map(|(pid, target)| {
+            let _ = kill(target, Signal::SIGKILL);
+            pid
+        })
+        .collect()
 }
 
 struct Component {
@@ -197,10 +212,24 @@ struct Component {
     program: &'static str,
 }
 
-const BROKER: Component = Component {
-    name: "broker",
-    program: "kafka.Kafka",
-};
+/// The most brokers `--brokers` starts.
+pub const MAX_BROKERS: usize = 3;
+
+/// The nodes of the stack's cluster, by node id - 1; the first is the single node's.
+const BROKERS: [Component; MAX_BROKERS] = [
+    Component {
+        name: "broker",
+        program: "kafka.Kafka",
+    },
+    Component {
+        name: "broker-2",
+        program: "kafka.Kafka",
+    },
+    Component {
+        name: "broker-3",
+        program: "kafka.Kafka",
+    },
+];
 /// A declared service as a process of the stack (its binary has the service's name). Health
 /// ports count up from `services_port` in the declared order.
 fn component(d: &Declared) -> Component {
@@ -235,14 +264,91 @@ impl StackOpts {
         (alive(pid) && String::from_utf8_lossy(&cmdline).contains(c.program)).then_some(pid)
     }
 
-    fn broker_config(&self) -> BrokerConfig {
-        BrokerConfig {
-            dir: self.data_dir.join("broker"),
-            port: self.broker_port,
-            controller_port: self.controller_port,
-            heap_mb: 768,
-            external: None,
+    /// The file that records how many brokers this data dir's cluster has.
+    fn brokers_file(&self) -> PathBuf {
+        self.data_dir.join("brokers")
+    }
+
+    /// How many brokers the data dir's cluster was formatted with, if it was (a data dir of
+    /// a single node from before `--brokers` has no record, only its formatted storage).
+    fn recorded_brokers(&self) -> Option<usize> {
+        fs::read_to_string(self.brokers_file())
+            .ok()
+            .and_then(|s| s.trim().parse().ok())
+            .or_else(|| {
+                self.data_dir
+                    .join("broker/data/meta.properties")
+                    .is_file()
+                    .then_some(1)
+            })
+    }
+
+    /// How many brokers this stack has (see [`Self::brokers`]), for reading: status, down.
+    fn broker_count(&self) -> usize {
+        self.brokers
+            .or_else(|| self.recorded_brokers())
+            .unwrap_or(1)
+            .clamp(1, MAX_BROKERS)
+    }
+
+    /// How many brokers `up` starts; fails naming `--brokers` when out of range, or when
+    /// the data dir holds a cluster of another size (its quorum is fixed in its storage).
+    fn brokers_to_start(&self) -> Result<usize, CliError> {
+        let n = self
+            .brokers
+            .or_else(|| self.recorded_brokers())
+            .unwrap_or(1);
+        if !(1..=MAX_BROKERS).contains(&n) {
+            return Err(CliError::Usage(format!(
+                "--brokers {n}: the local stack runs 1 to {MAX_BROKERS} brokers"
+            )));
         }
+        match self.recorded_brokers() {
+            Some(had) if had != n => Err(CliError::Usage(format!(
+                "--brokers {n}: {} holds a cluster of {had} broker(s), whose quorum is fixed in its storage; use --brokers {had}, or another --data-dir",
+                self.data_dir.display()
+            ))),
+            _ => Ok(n),
+        }
+    }
+
+    /// The cluster's nodes: node 1 in `broker/` on the given ports, node k in `broker-k/`
+    /// on ports two up per node. Fails naming the flags when two listeners would share a port.
+    fn broker_configs(&self, n: usize) -> Result<Vec<BrokerConfig>, CliError> {
+        let mut places = Vec::with_capacity(n);
+        for (i, c) in BROKERS.iter().take(n).enumerate() {
+            let step = u16::try_from(2 * i).unwrap_or(u16::MAX);
+            let (Some(port), Some(controller_port)) = (
+                self.broker_port.checked_add(step),
+                self.controller_port.checked_add(step),
+            ) else {
+                return Err(CliError::Usage(format!(
+                    "--broker-port {} / --controller-port {}: node {} would need a port above 65535",
+                    self.broker_port,
+                    self.controller_port,
+                    i + 1
+                )));
+            };
+            places.push(NodePlace {
+                dir: self.data_dir.join(c.name),
+                port,
+                controller_port,
+            });
+        }
+        let mut ports: Vec<u16> = places
+            .iter()
+            .flat_map(|p| [p.port, p.controller_port])
+            .collect();
+        ports.sort_unstable();
+        if ports.windows(2).any(|w| w[0] == w[1]) {
+            return Err(CliError::Usage(format!(
+                "--broker-port {} / --controller-port {}: with {n} brokers the client ports count up by two from the first and the controller ports too, so they collide; choose ports at least {} apart",
+                self.broker_port,
+                self.controller_port,
+                2 * n
+            )));
+        }
+        Ok(BrokerConfig::cluster(&places, 768))
     }
 
     fn external_bootstrap() -> Option<String> {
@@ -257,8 +363,17 @@ impl StackOpts {
             .filter(|s| !s.trim().is_empty())
     }
 
+    /// The external bootstrap, else every node of the stack's cluster.
     pub fn bootstrap(&self) -> String {
-        Self::external_bootstrap().unwrap_or_else(|| format!("127.0.0.1:{}", self.broker_port))
+        Self::external_bootstrap().unwrap_or_else(|| {
+            (0..self.broker_count())
+                .map(|i| {
+                    let port = usize::from(self.broker_port) + 2 * i;
+                    format!("127.0.0.1:{port}")
+                })
+                .collect::<Vec<_>>()
+                .join(",")
+        })
     }
 
     pub fn registry_url(&self) -> String {
@@ -277,45 +392,27 @@ impl StackOpts {
         fs::create_dir_all(&self.data_dir).map_err(|e| {
             CliError::Failed(format!("cannot create {}: {e}", self.data_dir.display()))
         })?;
+        let brokers = self.brokers_to_start()?;
         let kafka = KafkaSettings::with_bootstrap(self.bootstrap());
         if let Some(bootstrap) = Self::external_bootstrap() {
             println!("broker: using {bootstrap} ({BOOTSTRAP_ENV})");
-        } else if let Some(pid) = self.running_pid(&BROKER) {
-            println!(
-                "broker: already running (pid {pid}) on {}",
-                self.bootstrap()
-            );
         } else {
-            let started = Instant::now();
-            let broker = self.broker_config();
-            let child = broker.spawn(&KafkaDist::locate()?, &self.log_file(&BROKER), true)?;
-            self.write_pid(&BROKER, child.id())?;
-            println!(
-                "broker: started Apache Kafka {} (pid {}) on {}, data in {}",
-                kafka_version(),
-                child.id(),
-                self.bootstrap(),
-                broker.dir.display()
-            );
-            wait_for_broker(&kafka, Some(child.id()), BROKER_START_TIMEOUT)
-                .await
-                .map_err(|e| {
-                    CliError::Failed(format!(
-                        "the broker did not come up: {e}\n--- {} (last lines):\n{}",
-                        self.log_file(&BROKER).display(),
-                        self.tail_log(&BROKER)
-                    ))
-                })?;
-            println!("broker: up in {:.1} s", started.elapsed().as_secs_f64());
+            self.start_brokers(brokers).await?;
         }
-        if let Err(e) = kafka.wait_until_reachable(Duration::from_secs(30)).await {
+        if let Err(e) = kafka
+            .wait_for_brokers(brokers, Duration::from_secs(30))
+            .await
+        {
             return Err(CliError::Failed(format!(
                 "{e}\n--- {}:\n{}",
-                self.log_file(&BROKER).display(),
-                self.tail_log(&BROKER)
+                self.log_file(&BROKERS[0]).display(),
+                self.tail_log(&BROKERS[0])
             )));
         }
-        println!("broker: answers metadata requests at {}", self.bootstrap());
+        println!(
+            "broker: answers metadata requests at {} ({brokers} of {brokers} brokers)",
+            self.bootstrap()
+        );
 
         if let Some(url) = Self::external_registry() {
             println!("schema-registry: using {url} ({REGISTRY_URL_ENV})");
@@ -365,6 +462,60 @@ impl StackOpts {
             report.schemas.len()
         );
         self.start_services().await
+    }
+
+    /// Starts the nodes that are not running and waits until each answers on its own port.
+    async fn start_brokers(&self, n: usize) -> Result<(), CliError> {
+        let nodes = self.broker_configs(n)?;
+        let mut started = Vec::new();
+        let mut dist = None;
+        for (node, c) in nodes.iter().zip(&BROKERS) {
+            if let Some(pid) = self.running_pid(c) {
+                println!(
+                    "{}: already running (pid {pid}) on {}",
+                    c.name,
+                    node.bootstrap()
+                );
+                continue;
+            }
+            let dist = match &dist {
+                Some(d) => d,
+                None => dist.insert(KafkaDist::locate()?),
+            };
+            let child = node.spawn(dist, &self.log_file(c), true)?;
+            self.write_pid(c, child.id())?;
+            println!(
+                "{}: started Apache Kafka {} node {} of {n} (pid {}) on {}, data in {}",
+                c.name,
+                kafka_version(),
+                node.node_id,
+                child.id(),
+                node.bootstrap(),
+                node.dir.display()
+            );
+            started.push((c, node, child.id(), Instant::now()));
+        }
+        fs::write(self.brokers_file(), format!("{n}\n")).map_err(|e| {
+            CliError::Failed(format!(
+                "cannot write {}: {e}",
+                self.brokers_file().display()
+            ))
+        })?;
+        for (c, node, pid, since) in started {
+            let own = KafkaSettings::with_bootstrap(node.bootstrap());
+            wait_for_broker(&own, Some(pid), BROKER_START_TIMEOUT)
+                .await
+                .map_err(|e| {
+                    CliError::Failed(format!(
+                        "the {} did not come up: {e}\n--- {} (last lines):\n{}",
+                        c.name,
+                        self.log_file(c).display(),
+                        self.tail_log(c)
+                    ))
+                })?;
+            println!("{}: up in {:.1} s", c.name, since.elapsed().as_secs_f64());
+        }
+        Ok(())
     }
 
     fn service_url(&self, index: usize) -> String {
@@ -452,45 +603,85 @@ impl StackOpts {
         fs::write(self.pid_file(c), format!("{pid}\n")).map_err(|e| CliError::Failed(e.to_string()))
     }
 
-    /// Stops what this data directory started: services, registry, then the broker.
+    /// Stops what this data directory started: services, registry, then the brokers
+    /// (together, see [`stop_pids`]).
     pub fn down(&self) -> Result<(), CliError> {
         let services: Vec<Component> = SERVICES.iter().rev().map(component).collect();
-        for c in services.iter().chain([&REGISTRY, &BROKER]) {
-            match self.running_pid(c) {
-                Some(pid) => {
-                    let killed = stop_pid(pid, Duration::from_secs(15));
-                    println!(
-                        "{}: stopped pid {pid}{}",
-                        c.name,
-                        if killed { " (SIGKILL after 15 s)" } else { "" }
-                    );
-                }
+        for c in services.iter().chain([&REGISTRY]) {
+            self.stop(&[c]);
+        }
+        // Nodes beyond the first are named only when this data dir has them.
+        let nodes: Vec<&Component> = BROKERS
+            .iter()
+            .enumerate()
+            .filter(|(i, c)| *i == 0 || self.pid_file(c).is_file())
+            .map(|(_, c)| c)
+            .collect();
+        self.stop(&nodes);
+        Ok(())
+    }
+
+    /// Stops these components (started by this data dir) together, and forgets their pids.
+    fn stop(&self, parts: &[&Component]) {
+        let running: Vec<(&Component, u32)> = parts
+            .iter()
+            .filter_map(|c| self.running_pid(c).map(|pid| (*c, pid)))
+            .collect();
+        let pids: Vec<u32> = running.iter().map(|(_, pid)| *pid).collect();
+        let killed = stop_pids(&pids, Duration::from_secs(15));
+        for c in parts {
+            match running.iter().find(|(r, _)| r.name == c.name) {
+                Some((_, pid)) => println!(
+                    "{}: stopped pid {pid}{}",
+                    c.name,
+                    if killed.contains(pid) {
+                        " (SIGKILL after 15 s)"
+                    } else {
+                        ""
+                    }
+                ),
                 None => println!("{}: not running", c.name),
             }
             let _ = fs::remove_file(self.pid_file(c));
         }
-        Ok(())
     }
 
     /// Tells what runs where; exit status 0 only when every part answers and is this data
     /// dir's (or external): a stack of another data dir on the same ports does not count.
     pub async fn status(&self) -> Result<(), CliError> {
-        let kafka = KafkaSettings::with_bootstrap(self.bootstrap());
-        let broker_ok = kafka
-            .wait_until_reachable(Duration::from_secs(2))
-            .await
-            .is_ok();
-        let broker = match (Self::external_bootstrap(), self.running_pid(&BROKER)) {
-            (Some(_), _) => Owner::External(BOOTSTRAP_ENV),
-            (None, Some(pid)) => Owner::Pid(format!(
-                "Apache Kafka {} pid {pid}, data {}, log {}",
-                kafka_version(),
-                self.data_dir.join("broker").display(),
-                self.log_file(&BROKER).display()
-            )),
-            (None, None) => Owner::Nobody,
-        };
-        let mut healthy = report("broker", &self.bootstrap(), "answering", broker_ok, broker);
+        let mut healthy = true;
+        if Self::external_bootstrap().is_some() {
+            let ok = KafkaSettings::with_bootstrap(self.bootstrap())
+                .wait_until_reachable(Duration::from_secs(2))
+                .await
+                .is_ok();
+            healthy &= report(
+                "broker",
+                &self.bootstrap(),
+                "answering",
+                ok,
+                Owner::External(BOOTSTRAP_ENV),
+            );
+        } else {
+            let n = self.broker_count();
+            for (node, c) in self.broker_configs(n)?.iter().zip(&BROKERS) {
+                let ok = KafkaSettings::with_bootstrap(node.bootstrap())
+                    .wait_until_reachable(Duration::from_secs(2))
+                    .await
+                    .is_ok();
+                let owner = match self.running_pid(c) {
+                    Some(pid) => Owner::Pid(format!(
+                        "Apache Kafka {} node {} of {n}, pid {pid}, data {}, log {}",
+                        kafka_version(),
+                        node.node_id,
+                        node.dir.display(),
+                        self.log_file(c).display()
+                    )),
+                    None => Owner::Nobody,
+                };
+                healthy &= report(c.name, &node.bootstrap(), "answering", ok, owner);
+            }
+        }
         let reg_ok = wait_for_http(&self.registry_url(), None, Duration::from_secs(2))
             .await
             .is_ok();
