@@ -76,7 +76,7 @@ pub async fn run(args: ChaosArgs) {
         show(
             chaos::leaders_killed(
                 Size {
-                    events: n(40_000),
+                    events: n(60_000),
                     rate: 500,
                 },
                 Duration::from_secs(10),
