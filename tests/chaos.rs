@@ -1,8 +1,7 @@
 //! The chaos suite's short forms (the long ones: `verdict-loadtest chaos`): nothing lost,
 //! nothing stuck, while instances are killed, the broker (or a cluster's partition leaders)
-//! is killed, the model server goes
-//! away, poison arrives, instances come and go, and the connections to the broker are reset
-//! or cut (Toxiproxy).
+//! is killed, the model server goes away, poison arrives, instances come and go, and the
+//! connections to the broker are reset, cut or slowed (Toxiproxy).
 
 use std::time::Duration;
 
@@ -182,6 +181,26 @@ fn broker_connections_reset_mid_produce_lose_nothing_and_keep_key_order() {
 /// it answers "waiting for coordinator": the engine counts the failure, keeps the offsets and
 /// offers them again once the group is rejoined (the input is committed to its end, nothing
 /// lost).
+#[test]
+fn a_slow_narrow_broker_link_loses_nothing_and_keeps_key_order() {
+    run(300, async {
+        let r = chaos::broker_fault(
+            Size {
+                events: 3000,
+                rate: 200,
+            },
+            BrokerFault::Slow,
+            2,
+            Duration::from_secs(4),
+        )
+        .await;
+        assert_clean(&r);
+        assert_eq!(r.order_violations, 0, "per-account order: {r:?}");
+        // Slow, not gone: heartbeats still arrive within the session timeout.
+        assert_eq!(r.duplicates, 0, "no eviction, nothing read again: {r:?}");
+    });
+}
+
 #[test]
 fn a_failed_commit_is_offered_again() {
     run(300, async {

@@ -11,7 +11,7 @@ use verdict_runtime::engine::GroupProtocol;
 #[derive(clap::Args, Clone)]
 pub struct ChaosArgs {
     /// Which runs: all, killed, broker, leaders (3 brokers, partition leaders killed),
-    /// connections (reset and cut through Toxiproxy), model-server, poison, churn.
+    /// connections (reset, cut and slowed through Toxiproxy), model-server, poison, churn.
     #[arg(long, default_value = "all")]
     run: String,
     /// Scale the event counts (1.0 = the README's long forms).
@@ -91,6 +91,7 @@ pub async fn run(args: ChaosArgs) {
         };
         show(chaos::broker_fault(size, BrokerFault::Reset, 5, Duration::from_secs(2)).await);
         show(chaos::broker_fault(size, BrokerFault::Unreachable, 2, Duration::from_secs(8)).await);
+        show(chaos::broker_fault(size, BrokerFault::Slow, 3, Duration::from_secs(5)).await);
     }
     if wants("model-server") {
         show(chaos::model_server_down(n(5000), 50, Duration::from_secs(30)).await);

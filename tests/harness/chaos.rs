@@ -662,6 +662,9 @@ pub enum BrokerFault {
     /// The proxy closes every connection and refuses new ones: the broker is unreachable
     /// (its commits fail) while it keeps running.
     Unreachable,
+    /// A slow, narrow link: 300 ms (± 100 ms) added each way and the broker's answers
+    /// (fetches, acks) limited to 64 KB/s, below what the feed needs.
+    Slow,
 }
 
 /// One fraud-detector on a broker of the run's own that it reaches only through Toxiproxy
@@ -718,6 +721,27 @@ pub async fn broker_fault(
                 tokio::time::sleep(each).await;
                 proxy.set_enabled(true).await;
             }
+            BrokerFault::Slow => {
+                let latency = json!({"latency": 300, "jitter": 100});
+                proxy
+                    .add("up", "latency", Stream::Upstream, latency.clone())
+                    .await;
+                proxy
+                    .add("down", "latency", Stream::Downstream, latency)
+                    .await;
+                proxy
+                    .add(
+                        "narrow",
+                        "bandwidth",
+                        Stream::Downstream,
+                        json!({"rate": 64}),
+                    )
+                    .await;
+                tokio::time::sleep(each).await;
+                for toxic in ["up", "down", "narrow"] {
+                    proxy.remove(toxic).await;
+                }
+            }
         }
         tokio::time::sleep(each).await;
     }
@@ -725,6 +749,7 @@ pub async fn broker_fault(
     let what = match fault {
         BrokerFault::Reset => "connections reset",
         BrokerFault::Unreachable => "unreachable",
+        BrokerFault::Slow => "slow (300 ± 100 ms each way, 64 KB/s down)",
     };
     let mut report = ChaosReport {
         run: format!("fraud-detector, broker {what} through Toxiproxy"),
