@@ -3,6 +3,7 @@
 //! message, path or stack: those go to the log.
 
 use axum::Json;
+use axum::extract::rejection::{PathRejection, QueryRejection};
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde_json::json;
@@ -92,6 +93,28 @@ impl ApiError {
             ApiError::NotFound { .. } => "check the id; jobs are kept for a limited time".into(),
             ApiError::Conflict { .. } => "read the job again: it has changed".into(),
             ApiError::Upstream => "retry later with the same Idempotency-Key".into(),
+        }
+    }
+}
+
+/// A query string axum could not read (`api::extract::Query`).
+impl From<QueryRejection> for ApiError {
+    fn from(r: QueryRejection) -> Self {
+        ApiError::Validation {
+            message: r.body_text(),
+        }
+    }
+}
+
+/// A path parameter axum could not read (`api::extract::Path`). A handler reading a parameter
+/// its route lacks is a bug of ours: logged, and still answered in the one shape.
+impl From<PathRejection> for ApiError {
+    fn from(r: PathRejection) -> Self {
+        if r.status().is_server_error() {
+            tracing::error!(rejection = %r.body_text(), "a handler reads a path parameter its route lacks");
+        }
+        ApiError::Validation {
+            message: r.body_text(),
         }
     }
 }
