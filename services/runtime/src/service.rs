@@ -108,6 +108,22 @@ impl<T: Validate> Validate for ServiceSettings<T> {
                 message: "must be between 100 and 300000".into(),
             });
         }
+        // A reconnect wait that outlasts the session evicts the member after a few connection
+        // resets, and its partitions are read again (the reset chaos run showed it).
+        if let Some(v) = self.kafka.properties.get("reconnect.backoff.max.ms")
+            && !v
+                .trim()
+                .parse::<u64>()
+                .is_ok_and(|ms| ms < u64::from(self.engine.session_timeout_ms))
+        {
+            return Err(SettingsError::Key {
+                key: "kafka.properties.reconnect.backoff.max.ms".into(),
+                message: format!(
+                    "`{v}`: must be a number of ms below engine.session_timeout_ms ({}); a longer wait between reconnects outlasts the session after a few connection resets, and the member is evicted and its records read again",
+                    self.engine.session_timeout_ms
+                ),
+            });
+        }
         if !self.topology.file.is_file() {
             return Err(SettingsError::Key {
                 key: "topology.file".into(),
@@ -418,9 +434,8 @@ mod tests {
         }
     }
 
-    #[test]
-    fn a_registry_timeout_out_of_range_is_refused_naming_the_key() {
-        let d = Deployment {
+    fn deployment() -> Deployment {
+        Deployment {
             kafka: KafkaSettings::with_bootstrap("127.0.0.1:9092"),
             registry_url: "http://127.0.0.1:8081".into(),
             topology: "topology/topology.toml".into(),
@@ -429,12 +444,41 @@ mod tests {
             admin_listen: SocketAddr::from(([127, 0, 0, 1], 0)),
             model_server_url: String::new(),
             minilm_dir: ".".into(),
-        };
+        }
+    }
+
+    #[test]
+    fn a_registry_timeout_out_of_range_is_refused_naming_the_key() {
+        let d = deployment();
         for bad in [0, 99, 300_001] {
             let mut s = ServiceSettings::<Nothing>::for_deployment(&d);
             s.registry.timeout_ms = bad;
             let err = s.validate().expect_err("refused").to_string();
             assert!(err.contains("registry.timeout_ms"), "{bad}: {err}");
         }
+    }
+
+    #[test]
+    fn a_reconnect_wait_past_the_session_is_refused_naming_the_key() {
+        let d = deployment();
+        let key = "kafka.properties.reconnect.backoff.max.ms";
+        for bad in ["10000", "60000", "soon"] {
+            let mut s = ServiceSettings::<Nothing>::for_deployment(&d);
+            s.kafka
+                .properties
+                .insert("reconnect.backoff.max.ms".into(), bad.into());
+            let err = s.validate().expect_err("refused").to_string();
+            assert!(err.contains(key) && err.contains("10000"), "{bad}: {err}");
+        }
+        let mut s = ServiceSettings::<Nothing>::for_deployment(&d);
+        s.kafka
+            .properties
+            .insert("reconnect.backoff.max.ms".into(), "2000".into());
+        // Fails later, on the topology file this test does not have, not on the property.
+        assert!(
+            s.validate()
+                .err()
+                .is_none_or(|e| !e.to_string().contains(key))
+        );
     }
 }
