@@ -1,6 +1,6 @@
 //! The local stack: Apache Kafka (KRaft; one node, or a cluster of up to three with
-//! `--brokers`) and the schema registry, then the pipeline's services, started as background processes with pid and log files in a data
-//! directory. `KAFKA_BOOTSTRAP_SERVERS` / `VERDICT_SCHEMA_REGISTRY_URL` point at an existing
+//! `--brokers`) and the schema registry, then the pipeline's services, started as background
+//! processes with pid and log files in a data directory. `KAFKA_BOOTSTRAP_SERVERS` / `VERDICT_SCHEMA_REGISTRY_URL` point at an existing
 //! cluster or registry instead; then nothing is started for that part.
 
 use std::fs;
@@ -269,18 +269,16 @@ impl StackOpts {
         self.data_dir.join("brokers")
     }
 
-    /// How many brokers the data dir's cluster was formatted with, if it was (a data dir of
-    /// a single node from before `--brokers` has no record, only its formatted storage).
+    /// How many brokers the data dir's cluster was formatted with, if it was: the record
+    /// once node 1's storage exists (a single node from before `--brokers` has none: 1).
     fn recorded_brokers(&self) -> Option<usize> {
-        fs::read_to_string(self.brokers_file())
-            .ok()
-            .and_then(|s| s.trim().parse().ok())
-            .or_else(|| {
-                self.data_dir
-                    .join("broker/data/meta.properties")
-                    .is_file()
-                    .then_some(1)
-            })
+        let formatted = self.data_dir.join("broker/data/meta.properties").is_file();
+        formatted.then(|| {
+            fs::read_to_string(self.brokers_file())
+                .ok()
+                .and_then(|s| s.trim().parse().ok())
+                .unwrap_or(1)
+        })
     }
 
     /// How many brokers this stack has (see [`Self::brokers`]), for reading: status, down.
@@ -467,6 +465,13 @@ impl StackOpts {
     /// Starts the nodes that are not running and waits until each answers on its own port.
     async fn start_brokers(&self, n: usize) -> Result<(), CliError> {
         let nodes = self.broker_configs(n)?;
+        // Recorded before any storage is formatted; it counts once node 1's is.
+        fs::write(self.brokers_file(), format!("{n}\n")).map_err(|e| {
+            CliError::Failed(format!(
+                "cannot write {}: {e}",
+                self.brokers_file().display()
+            ))
+        })?;
         let mut started = Vec::new();
         let mut dist = None;
         for (node, c) in nodes.iter().zip(&BROKERS) {
@@ -495,12 +500,6 @@ impl StackOpts {
             );
             started.push((c, node, child.id(), Instant::now()));
         }
-        fs::write(self.brokers_file(), format!("{n}\n")).map_err(|e| {
-            CliError::Failed(format!(
-                "cannot write {}: {e}",
-                self.brokers_file().display()
-            ))
-        })?;
         for (c, node, pid, since) in started {
             let own = KafkaSettings::with_bootstrap(node.bootstrap());
             wait_for_broker(&own, Some(pid), BROKER_START_TIMEOUT)
