@@ -14,6 +14,9 @@ cargo build --workspace --bins --tests --locked
 echo; echo "==> lint"
 cargo fmt --all --check
 cargo clippy --workspace --all-targets --locked -- -D warnings
+# The fuzz targets are not workspace members (nightly, instrumented, their own lock file);
+# checking them on stable keeps them compiling with the code they call.
+cargo check --manifest-path tests/fuzz/Cargo.toml --locked
 echo; echo "==> tests"
 tests_began=$SECONDS
 cargo nextest run --workspace --locked --no-fail-fast

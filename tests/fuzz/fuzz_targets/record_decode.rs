@@ -8,6 +8,9 @@ use std::sync::LazyLock;
 
 use libfuzzer_sys::fuzz_target;
 
+/// The service's clock for the checks (2026-12-01): fixed, so a finding replays the same.
+const NOW_MS: i64 = 1_796_083_200_000;
+
 static SCHEMA: LazyLock<serde_avro_fast::Schema> = LazyLock::new(|| {
     include_str!("../../../schemas/transaction_event.avsc")
         .parse()
@@ -22,6 +25,6 @@ fuzz_target!(|data: &[u8]| {
     if let Ok(tx) = serde_avro_fast::from_datum_slice::<fraud_detector::pipeline::Transaction>(
         datum, &SCHEMA,
     ) {
-        let _ = fraud_detector::pipeline::check(tx);
+        let _ = fraud_detector::pipeline::check(tx, NOW_MS);
     }
 });
