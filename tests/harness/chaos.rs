@@ -414,6 +414,21 @@ impl Instance {
     }
 }
 
+/// Notes how many records the instance sent to a retry topic (a retried record is decided
+/// after later ones of its key, the README's ordering section) and how often its dead-letter
+/// guard paused every partition: what can explain accounts out of order.
+async fn note_retries(svc: &mut Instance, report: &mut ChaosReport) {
+    if let Some(p) = svc.process() {
+        let retried = p
+            .metric_where("verdict_records_processed_total", "outcome=\"retried\"")
+            .await;
+        let trips = p.log().matches("DEAD-LETTER GUARD TRIPPED").count();
+        report
+            .notes
+            .push(format!("{retried} retried, guard tripped {trips}×"));
+    }
+}
+
 /// Sizes of a run: the short forms run in CI, the long ones in `verdict-loadtest chaos`.
 #[derive(Debug, Clone, Copy)]
 pub struct Size {
@@ -516,6 +531,7 @@ pub async fn broker_killed(size: Size, down: Duration) -> ChaosReport {
         ..ChaosReport::default()
     };
     settle(&stack, &topology, &sent, FRAUD, &mut report).await;
+    note_retries(&mut svc, &mut report).await;
     report
 }
 
@@ -594,6 +610,7 @@ pub async fn leaders_killed(size: Size, down: Duration) -> ChaosReport {
         ..ChaosReport::default()
     };
     settle(&stack, &topology, &sent, FRAUD, &mut report).await;
+    note_retries(&mut svc, &mut report).await;
     report
 }
 
@@ -757,6 +774,7 @@ pub async fn broker_fault(
         ..ChaosReport::default()
     };
     settle(&stack, &topology, &sent, FRAUD, &mut report).await;
+    note_retries(&mut svc, &mut report).await;
     if let Some(p) = svc.process() {
         report.commit_failures = p.metric("verdict_commit_failures_total").await;
         report
@@ -788,6 +806,7 @@ pub async fn poison(size: Size, every: usize) -> ChaosReport {
         ..ChaosReport::default()
     };
     settle(&stack, &topology, &sent, FRAUD, &mut report).await;
+    note_retries(&mut svc, &mut report).await;
     let poison = size.events / every;
     report.faults = format!("{poison} poison records");
     let dlq = read_topic(
