@@ -343,10 +343,12 @@ impl EngineSettings {
         if self.group_protocol == GroupProtocol::Consumer && !self.group_instance_id.is_empty() {
             return bad(
                 "group_protocol",
-                "`consumer` (KIP-848) with static membership (engine.group_instance_id) left \
-                 partitions assigned to no one for good under kill -9 churn (6 partitions, \
-                 9,097 events undecided; README, Reliability): set engine.group_instance_id = \"\" \
-                 to use `consumer`, or keep `classic`",
+                "`consumer` (KIP-848) with static membership (engine.group_instance_id): an \
+                 instance restarted within its session timeout is refused by the broker \
+                 (UNRELEASED_INSTANCE_ID), which librdkafka 2.12 treats as fatal, so after a \
+                 kill -9 and restart its partitions can stay assigned to no one for good \
+                 (reproduced without verdict: loadtest/repro/kip848-static): set \
+                 engine.group_instance_id = \"\" to use `consumer`, or keep `classic`",
             );
         }
         if !(self.guard.max_dead_letter_ratio > 0.0 && self.guard.max_dead_letter_ratio <= 1.0) {
