@@ -130,7 +130,8 @@ pub async fn feed_transactions(
                 .send_result(FutureRecord::to(topic).key(&key).payload(&bytes))
                 .map_err(|(e, _)| e)
                 .expect("enqueue");
-            pending.push(async move { (delivery.await, key, event_id, now) });
+            let seq = i;
+            pending.push(async move { (delivery.await, key, event_id, now, seq) });
             i += 1;
         }
         while let Some(Some(done)) = futures::FutureExt::now_or_never(pending.next()) {
@@ -140,7 +141,10 @@ pub async fn feed_transactions(
     while let Some(done) = pending.next().await {
         acked(done, &mut sent);
     }
-    sent
+    // In produce order: `FuturesUnordered` yields in wake order, which is not delivery
+    // order (see the test below), and the order check compares against this.
+    sent.sort_unstable_by_key(|(seq, _)| *seq);
+    sent.into_iter().map(|(_, s)| s).collect()
 }
 
 type Delivery = (
@@ -151,17 +155,21 @@ type Delivery = (
     String,
     Option<String>,
     i64,
+    usize,
 );
 
-fn acked((result, key, event_id, occurred_at): Delivery, sent: &mut Vec<Sent>) {
+fn acked((result, key, event_id, occurred_at, seq): Delivery, sent: &mut Vec<(usize, Sent)>) {
     match result {
         Ok(Ok(_)) => {
             if let Some(event_id) = event_id {
-                sent.push(Sent {
-                    key,
-                    event_id,
-                    occurred_at,
-                });
+                sent.push((
+                    seq,
+                    Sent {
+                        key,
+                        event_id,
+                        occurred_at,
+                    },
+                ));
             }
         }
         Ok(Err((e, _))) => panic!("delivery failed: {e}"),
@@ -980,4 +988,37 @@ pub async fn model_server_down(docs: usize, rate: u64, down: Duration) -> ChaosR
         tail.len()
     ));
     report
+}
+
+#[cfg(test)]
+mod tests {
+    use futures::StreamExt;
+    use futures::channel::oneshot;
+    use futures::stream::FuturesUnordered;
+
+    /// Why the feed sorts what was acknowledged by its produce sequence: a delivery that was
+    /// still pending when first polled is queued again only when it completes, behind a later
+    /// one pushed (and queued) meanwhile, so acknowledgements in order can come out of
+    /// `FuturesUnordered` reordered. One poison run counted 34 accounts "out of order" this way.
+    #[tokio::test]
+    async fn futures_unordered_yields_in_wake_order_not_completion_order() {
+        let mut pending = FuturesUnordered::new();
+        let (first_tx, first_rx) = oneshot::channel::<()>();
+        pending.push(Box::pin(async move {
+            let _ = first_rx.await;
+            1
+        })
+            as std::pin::Pin<Box<dyn std::future::Future<Output = i32> + Send>>);
+        assert!(futures::FutureExt::now_or_never(pending.next()).is_none());
+        let (second_tx, second_rx) = oneshot::channel::<()>();
+        pending.push(Box::pin(async move {
+            let _ = second_rx.await;
+            2
+        }));
+        // Acknowledged in order: the first, then the second.
+        let _ = first_tx.send(());
+        let _ = second_tx.send(());
+        let order: Vec<i32> = pending.collect().await;
+        assert_eq!(order, vec![2, 1]);
+    }
 }
