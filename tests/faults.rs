@@ -1,11 +1,11 @@
 //! Faults injected by a real proxy (Toxiproxy, `scripts/toxiproxy.sh`) between the
 //! fraud-detector and its dependencies over HTTP: a schema registry that hangs and a model
-//! server that trickles its answers. (Faults between a service and the broker are chaos runs:
-//! tests/chaos.rs.)
+//! server that trickles its answers or restarts behind connections held open. (Faults between
+//! a service and the broker are chaos runs: tests/chaos.rs.)
 
 use std::time::Duration;
 
-use harness::toxiproxy::{Stream, Toxiproxy};
+use harness::toxiproxy::{Proxy, Stream, Toxiproxy};
 use harness::{
     Http, ServiceProcess, Stack, apply_topology, deployment, free_port, local_deployment,
     partitions_behind, quick, read_topic, run,
@@ -31,6 +31,118 @@ fn stage_ms(decision: &Value, stage: &str) -> Option<f64> {
         .find(|t| t["stage"] == stage)
         .and_then(|t| t["micros"].as_f64())
         .map(|us| us / 1000.0)
+}
+
+/// The remote model's call timeout in the model-server fault tests.
+const REMOTE_TIMEOUT_MS: u64 = 500;
+
+/// A model server's port behind a Toxiproxy proxy, and a fraud-detector on the run's broker
+/// that scores through the proxy: one call of at most [`REMOTE_TIMEOUT_MS`], no retries, the
+/// circuit open for 3 s after 3 failures, the in-process model as its fallback.
+struct RemoteScoring {
+    model: Proxy,
+    svc: ServiceProcess,
+    producer: AvroProducer,
+    input: String,
+    decisions: String,
+    _topology: harness::Topology,
+    stack: Stack,
+    _toxiproxy: Toxiproxy,
+}
+
+impl RemoteScoring {
+    async fn through_proxy_to(model_port: u16) -> Self {
+        let toxiproxy = Toxiproxy::start().await;
+        let model = toxiproxy
+            .proxy("model", free_port(), &format!("127.0.0.1:{model_port}"))
+            .await;
+        let stack = Stack::start().await;
+        let topology = apply_topology(&stack, None).await;
+        let svc = harness::remote_scored_fraud_detector(
+            &stack,
+            &topology,
+            model.http_url(),
+            ProviderSettings {
+                timeout_ms: REMOTE_TIMEOUT_MS,
+                max_retries: 0,
+                failure_threshold: 3,
+                open_ms: 3_000,
+                ..ProviderSettings::default()
+            },
+        )
+        .await;
+        Self {
+            model,
+            svc,
+            producer: AvroProducer::new(&stack.broker.kafka(), &stack.registry_url()).expect("p"),
+            input: topology.topic("transactions"),
+            decisions: topology.topic("fraud-decisions"),
+            _topology: topology,
+            stack,
+            _toxiproxy: toxiproxy,
+        }
+    }
+
+    /// Once the circuit's open time is over, the probe gets through and the server scores
+    /// (nearly) everything again.
+    async fn assert_scored_again(&self) {
+        tokio::time::sleep(Duration::from_millis(3_500)).await;
+        let after = self.decide(10, Duration::from_millis(200)).await;
+        assert_eq!(after.len(), 10);
+        let served = after.iter().filter(|v| v["degraded"] == false).count();
+        assert!(
+            served >= 8,
+            "the probe closed the circuit and the server scores again: {after:?}"
+        );
+    }
+
+    /// Sends `n` transactions, `gap` apart, and returns their decisions.
+    async fn decide(&self, n: usize, gap: Duration) -> Vec<Value> {
+        let ids = send_transactions(&self.producer, &self.input, n, gap).await;
+        decisions_of(&self.stack, &self.decisions, &ids).await
+    }
+}
+
+/// Sends `n` transactions to `input`, `gap` apart; returns their event ids.
+async fn send_transactions(
+    producer: &AvroProducer,
+    input: &str,
+    n: usize,
+    gap: Duration,
+) -> Vec<String> {
+    let mut rng = rand::rng();
+    let mut ids = Vec::new();
+    for _ in 0..n {
+        let (account, v) = sample_transaction(&mut rng, "tenant-faults");
+        producer.send(input, &account, &v).await.expect("send");
+        ids.push(v["event_id"].as_str().expect("id").to_string());
+        tokio::time::sleep(gap).await;
+    }
+    ids
+}
+
+/// The decisions of `ids` on `decisions`, waiting up to a minute for all of them.
+async fn decisions_of(stack: &Stack, decisions: &str, ids: &[String]) -> Vec<Value> {
+    let records = read_topic(
+        &stack.broker.kafka(),
+        &stack.registry_url(),
+        decisions,
+        Duration::from_secs(60),
+        |rs| {
+            let got = event_ids(rs);
+            ids.iter().all(|id| got.contains(id))
+        },
+    )
+    .await;
+    records
+        .into_iter()
+        .filter_map(|r| r.value)
+        .filter(|v| {
+            v["event_id"]
+                .as_str()
+                .is_some_and(|id| ids.iter().any(|i| i == id))
+        })
+        .collect()
 }
 
 /// A registry that stops answering (requests swallowed, connections held open) while records
@@ -186,75 +298,12 @@ fn a_trickling_model_server_times_out_opens_the_breaker_and_recovers() {
     run(300, async {
         let mut ms = ServiceProcess::spawn::<model_server::Spec>(&local_deployment(None), |_| {});
         ms.wait_ready(Duration::from_secs(120)).await;
-        let toxiproxy = Toxiproxy::start().await;
-        let model = toxiproxy
-            .proxy("model", free_port(), &format!("127.0.0.1:{}", ms.http_port))
-            .await;
-        let stack = Stack::start().await;
-        let topology = apply_topology(&stack, None).await;
-        let url = model.http_url();
-        let timeout_ms = 500;
-        let mut svc = ServiceProcess::spawn::<fraud_detector::Spec>(
-            &deployment(&stack, &topology, None),
-            |s| {
-                quick(s);
-                s.service.remote_model = Some(fraud_detector::config::RemoteModel {
-                    url,
-                    name: "fraud".into(),
-                    output: "predict_proba".into(),
-                    provider: ProviderSettings {
-                        timeout_ms,
-                        max_retries: 0,
-                        failure_threshold: 3,
-                        open_ms: 3_000,
-                        ..ProviderSettings::default()
-                    },
-                });
-            },
-        );
-        svc.wait_ready(Duration::from_secs(60)).await;
-        let producer = AvroProducer::new(&stack.broker.kafka(), &stack.registry_url()).expect("p");
-        let input = topology.topic("transactions");
-        let decisions = topology.topic("fraud-decisions");
-        let mut rng = rand::rng();
-        let mut send = async |n: usize, gap: Duration| {
-            let mut ids = Vec::new();
-            for _ in 0..n {
-                let (account, v) = sample_transaction(&mut rng, "tenant-faults");
-                producer.send(&input, &account, &v).await.expect("send");
-                ids.push(v["event_id"].as_str().expect("id").to_string());
-                tokio::time::sleep(gap).await;
-            }
-            ids
-        };
-        let read = async |ids: &[String]| -> Vec<Value> {
-            let records = read_topic(
-                &stack.broker.kafka(),
-                &stack.registry_url(),
-                &decisions,
-                Duration::from_secs(60),
-                |rs| {
-                    let got = event_ids(rs);
-                    ids.iter().all(|id| got.contains(id))
-                },
-            )
-            .await;
-            records
-                .into_iter()
-                .filter_map(|r| r.value)
-                .filter(|v| {
-                    v["event_id"]
-                        .as_str()
-                        .is_some_and(|id| ids.iter().any(|i| i == id))
-                })
-                .collect()
-        };
-
-        let before = read(&send(5, Duration::ZERO).await).await;
+        let mut run = RemoteScoring::through_proxy_to(ms.http_port).await;
+        let before = run.decide(5, Duration::ZERO).await;
         assert_eq!(before.len(), 5);
         assert!(before.iter().all(|v| v["degraded"] == false), "{before:?}");
 
-        model
+        run.model
             .add(
                 "trickle",
                 "slicer",
@@ -262,7 +311,7 @@ fn a_trickling_model_server_times_out_opens_the_breaker_and_recovers() {
                 json!({"average_size": 1, "size_variation": 0, "delay": 50_000}),
             )
             .await;
-        let during = read(&send(20, Duration::from_millis(100)).await).await;
+        let during = run.decide(20, Duration::from_millis(100)).await;
         assert_eq!(during.len(), 20);
         for v in &during {
             assert_eq!(v["degraded"], true, "{v}");
@@ -272,7 +321,7 @@ fn a_trickling_model_server_times_out_opens_the_breaker_and_recovers() {
             .iter()
             .filter_map(|v| stage_ms(v, "remote_score"))
             .collect();
-        let timeout = timeout_ms as f64;
+        let timeout = REMOTE_TIMEOUT_MS as f64;
         let timed_out = waits.iter().filter(|ms| **ms >= 0.9 * timeout).count();
         let fast = waits.iter().filter(|ms| **ms < 100.0).count();
         println!("remote_score during the trickle (ms): {waits:?}");
@@ -289,15 +338,57 @@ fn a_trickling_model_server_times_out_opens_the_breaker_and_recovers() {
             "with the circuit open the fallback answers at once: {waits:?}"
         );
 
-        model.remove("trickle").await;
-        tokio::time::sleep(Duration::from_millis(3_500)).await;
-        let after = read(&send(10, Duration::from_millis(200)).await).await;
-        assert_eq!(after.len(), 10);
-        let served = after.iter().filter(|v| v["degraded"] == false).count();
+        run.model.remove("trickle").await;
+        run.assert_scored_again().await;
+        run.svc.stop_cleanly();
+    });
+}
+
+/// A model server killed and started again while the proxy keeps the fraud-detector's pooled
+/// connections looking open for 5 s after the server's side closed (Toxiproxy `slow_close`):
+/// calls on those half-dead connections end at the call timeout, decided degraded, none stuck;
+/// once the server is back and the circuit's probe gets through, it scores them again.
+#[test]
+fn a_model_server_restart_behind_a_slow_close_degrades_and_recovers() {
+    run(300, async {
+        let port = free_port();
+        let start_model_server = || {
+            ServiceProcess::spawn_on::<model_server::Spec>(&local_deployment(None), port, |_| {})
+        };
+        let mut ms = start_model_server();
+        ms.wait_ready(Duration::from_secs(120)).await;
+        let mut run = RemoteScoring::through_proxy_to(port).await;
+        let before = run.decide(5, Duration::from_millis(100)).await;
+        assert!(before.iter().all(|v| v["degraded"] == false), "{before:?}");
+
+        run.model
+            .add(
+                "slow-close",
+                "slow_close",
+                Stream::Downstream,
+                json!({"delay": 5_000}),
+            )
+            .await;
+        ms.kill9();
+        let during = run.decide(10, Duration::from_millis(100)).await;
+        assert_eq!(during.len(), 10);
+        let waits: Vec<f64> = during
+            .iter()
+            .filter_map(|v| stage_ms(v, "remote_score"))
+            .collect();
+        println!("remote_score while the server is gone (ms): {waits:?}");
+        for v in &during {
+            assert_eq!(v["degraded"], true, "{v}");
+        }
         assert!(
-            served >= 8,
-            "the probe closed the circuit and the server scores again: {after:?}"
+            waits.iter().all(|ms| *ms < 3.0 * REMOTE_TIMEOUT_MS as f64),
+            "no call waited for the held-open connection: {waits:?}"
         );
-        svc.stop_cleanly();
+
+        let mut ms = start_model_server();
+        ms.wait_ready(Duration::from_secs(120)).await;
+        run.assert_scored_again().await;
+        run.svc.stop_cleanly();
+        ms.stop_cleanly();
     });
 }

@@ -435,30 +435,24 @@ fn model_server_serves_the_fraud_model_and_names_bad_requests() {
 /// with the server gone, the in-process model scores and the decisions say `degraded`.
 #[test]
 fn the_fraud_detector_scores_through_mlserver_and_falls_back() {
-    use harness::{ServiceProcess, Stack, apply_topology, deployment, quick, read_topic};
+    use harness::{Stack, apply_topology, read_topic};
     use verdict_cli::records::{AvroProducer, sample_transaction};
     run(300, async {
         let mut mlserver = MlServer::start().await;
         let stack = Stack::start().await;
         let topology = apply_topology(&stack, None).await;
         let url = mlserver.url();
-        let mut svc = ServiceProcess::spawn::<fraud_detector::Spec>(
-            &deployment(&stack, &topology, None),
-            |s| {
-                quick(s);
-                s.service.remote_model = Some(fraud_detector::config::RemoteModel {
-                    url,
-                    name: "fraud".into(),
-                    output: "predict_proba".into(),
-                    provider: ProviderSettings {
-                        timeout_ms: 500,
-                        max_retries: 0,
-                        ..ProviderSettings::default()
-                    },
-                });
+        let mut svc = harness::remote_scored_fraud_detector(
+            &stack,
+            &topology,
+            url,
+            ProviderSettings {
+                timeout_ms: 500,
+                max_retries: 0,
+                ..ProviderSettings::default()
             },
-        );
-        svc.wait_ready(Duration::from_secs(60)).await;
+        )
+        .await;
         let producer =
             AvroProducer::new(&stack.broker.kafka(), &stack.registry_url()).expect("producer");
         let mut rng = rand::rng();

@@ -69,12 +69,10 @@ pub async fn run(args: SlowArgs) {
                 if let Some(b) = bound {
                     s.engine.max_inflight_per_partition = b;
                 }
-                s.service.remote_model = Some(fraud_detector::config::RemoteModel {
-                    url: url.clone(),
-                    name: "fraud".into(),
-                    output: "predict_proba".into(),
-                    provider: Default::default(),
-                });
+                s.service.remote_model = Some(fraud_detector::config::RemoteModel::at(
+                    url.clone(),
+                    Default::default(),
+                ));
             },
         );
         svc.wait_ready(Duration::from_secs(60)).await;

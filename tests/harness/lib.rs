@@ -1038,6 +1038,23 @@ fn minilm_dir() -> PathBuf {
     .clone()
 }
 
+/// A fraud-detector on `topology` (quick group settings) that scores through the KServe v2
+/// model at `url` with `provider`'s timeout, retries and circuit, ready to consume.
+pub async fn remote_scored_fraud_detector(
+    stack: &Stack,
+    topology: &Topology,
+    url: String,
+    provider: verdict_runtime::inference::resilience::ProviderSettings,
+) -> ServiceProcess {
+    let mut svc =
+        ServiceProcess::spawn::<fraud_detector::Spec>(&deployment(stack, topology, None), |s| {
+            quick(s);
+            s.service.remote_model = Some(fraud_detector::config::RemoteModel::at(url, provider));
+        });
+    svc.wait_ready(Duration::from_secs(60)).await;
+    svc
+}
+
 /// Where the declared services run in a test: this test's broker, registry and topology, the
 /// repository's models, and a model server at `model_server_port` if the test starts one.
 pub fn deployment(

@@ -53,6 +53,19 @@ pub struct RemoteModel {
     pub provider: ProviderSettings,
 }
 
+impl RemoteModel {
+    /// The model at `url` under its default name and output (`fraud`, `predict_proba`, as
+    /// the model-server and MLServer serve it).
+    pub fn at(url: impl Into<String>, provider: ProviderSettings) -> Self {
+        Self {
+            url: url.into(),
+            name: default_remote_name(),
+            output: default_remote_output(),
+            provider,
+        }
+    }
+}
+
 fn default_remote_name() -> String {
     "fraud".into()
 }
