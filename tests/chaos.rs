@@ -201,8 +201,14 @@ fn a_slow_narrow_broker_link_loses_nothing_and_keeps_key_order() {
     });
 }
 
+/// The broker out of reach past the session timeout: the member is evicted and rejoins, and
+/// every partition is committed to its end after. Whether a commit fails on the way depends on
+/// timing: librdkafka holds a commit while the coordinator is out of reach, and with every
+/// connection cut, records whose outputs cannot be written are not done, so there may be
+/// nothing to commit (`commit_failures` is reported, 0 or more; CI saw both). That a failed
+/// commit is offered again is `engine::state::tests::a_failed_commit_is_offered_again`.
 #[test]
-fn a_failed_commit_is_offered_again() {
+fn the_broker_out_of_reach_past_the_session_loses_nothing_and_commits_to_the_end() {
     run(300, async {
         let r = chaos::broker_fault(
             Size {
@@ -215,6 +221,5 @@ fn a_failed_commit_is_offered_again() {
         )
         .await;
         assert_clean(&r);
-        assert!(r.commit_failures > 0.0, "a commit failed: {r:?}");
     });
 }
