@@ -48,8 +48,9 @@ fn killed_instances_lose_nothing() {
 fn killed_partition_leaders_of_a_three_broker_cluster_lose_nothing() {
     run(420, async {
         let r = chaos::leaders_killed(
+            // A cap: the feed runs until both kills are over.
             Size {
-                events: 18_000,
+                events: 100_000,
                 rate: 250,
             },
             Duration::from_secs(5),

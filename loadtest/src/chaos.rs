@@ -75,8 +75,9 @@ pub async fn run(args: ChaosArgs) {
     if wants("leaders") {
         show(
             chaos::leaders_killed(
+                // A cap: the feed runs until both kills are over.
                 Size {
-                    events: n(60_000),
+                    events: n(200_000),
                     rate: 500,
                 },
                 Duration::from_secs(10),

@@ -81,7 +81,11 @@ pub struct Sent {
 /// Produces `n` transactions over `accounts` accounts at `rate` per second into `topic`,
 /// pipelined (deliveries awaited in the background, retried by the idempotent producer
 /// through broker outages). `poison_every`: every n-th record is not Avro (a poison record).
-/// Returns what was acknowledged, in produce order.
+/// Stops early once `stop` is set. Returns what was acknowledged, in produce order.
+#[expect(
+    clippy::too_many_arguments,
+    reason = "a load generator's knobs, each named at the call"
+)]
 pub async fn feed_transactions(
     kafka: &KafkaSettings,
     registry_url: &str,
@@ -90,6 +94,7 @@ pub async fn feed_transactions(
     rate: u64,
     accounts: usize,
     poison_every: Option<usize>,
+    stop: Option<&AtomicBool>,
 ) -> Vec<Sent> {
     let producer: FutureProducer = kafka
         .producer_config()
@@ -106,7 +111,7 @@ pub async fn feed_transactions(
     let mut interval = tokio::time::interval(tick);
     interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
     let mut i = 0;
-    while i < n {
+    while i < n && !stop.is_some_and(|s| s.load(Ordering::Relaxed)) {
         interval.tick().await;
         owed += per_tick;
         while owed >= 1.0 && i < n {
@@ -493,6 +498,17 @@ fn feed_into(
     size: Size,
     poison_every: Option<usize>,
 ) -> tokio::task::JoinHandle<Vec<Sent>> {
+    feed_until(stack, topology, size, poison_every, None)
+}
+
+/// Like [`feed_into`], ending early once `stop` is set (`size.events` is then a cap).
+fn feed_until(
+    stack: &Stack,
+    topology: &Topology,
+    size: Size,
+    poison_every: Option<usize>,
+    stop: Option<Arc<AtomicBool>>,
+) -> tokio::task::JoinHandle<Vec<Sent>> {
     let (kafka, registry, topic) = (
         stack.broker.kafka(),
         stack.registry_url(),
@@ -507,6 +523,7 @@ fn feed_into(
             size.rate,
             500,
             poison_every,
+            stop.as_deref(),
         )
         .await
     })
@@ -583,7 +600,10 @@ pub async fn leaders_killed(size: Size, down: Duration) -> ChaosReport {
     if let Some(p) = svc.process() {
         p.wait_ready(Duration::from_secs(60)).await;
     }
-    let feed = feed_into(&stack, &topology, size, None);
+    // The load runs until both kills are over (and 5 s more), however long they take;
+    // `size.events` only caps it.
+    let stop = Arc::new(AtomicBool::new(false));
+    let feed = feed_until(&stack, &topology, size, None, Some(stop.clone()));
     let feed_time = Duration::from_secs_f64(size.events as f64 / size.rate as f64);
     tokio::time::sleep(feed_time / 5).await;
     let mut faults = Vec::new();
@@ -611,6 +631,8 @@ pub async fn leaders_killed(size: Size, down: Duration) -> ChaosReport {
             faults.push("the feed ended before this kill was over".into());
         }
     }
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    stop.store(true, Ordering::Relaxed);
     let sent = feed.await.expect("feed");
     let mut report = ChaosReport {
         run: "fraud-detector, 3 brokers (RF 3, min ISR 2), partition leaders kill -9".into(),
