@@ -37,25 +37,26 @@ fn text(o: &Output) -> String {
     )
 }
 
+/// The stack's port flags: the first broker's, its controller's and the registry's ports as
+/// given, the services on free ports.
+fn stack_ports(broker: u16, controller: u16, registry: u16) -> Vec<String> {
+    [
+        ("--broker-port", broker),
+        ("--controller-port", controller),
+        ("--registry-port", registry),
+        ("--services-port", free_port()),
+    ]
+    .into_iter()
+    .flat_map(|(flag, port)| [flag.to_string(), port.to_string()])
+    .collect()
+}
+
 #[test]
 fn stack_up_apply_demo_status_down() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let (bp, cp, rp, sp) = (
-        free_port().to_string(),
-        free_port().to_string(),
-        free_port().to_string(),
-        free_port().to_string(),
-    );
-    let ports = [
-        "--broker-port",
-        bp.as_str(),
-        "--controller-port",
-        cp.as_str(),
-        "--registry-port",
-        rp.as_str(),
-        "--services-port",
-        sp.as_str(),
-    ];
+    let (bp, cp, rp) = (free_port(), free_port(), free_port());
+    let ports = stack_ports(bp, cp, rp);
+    let ports: Vec<&str> = ports.iter().map(String::as_str).collect();
     let guard = StackGuard { dir: dir.path() };
     let bootstrap = format!("127.0.0.1:{bp}");
     let registry = format!("http://127.0.0.1:{rp}");
@@ -159,22 +160,8 @@ fn stack_up_apply_demo_status_down() {
 fn stack_up_brokers_3_runs_a_replicated_cluster() {
     let dir = tempfile::tempdir().expect("tempdir");
     let base = free_port_block(6);
-    let (bp, cp, rp, sp) = (
-        base.to_string(),
-        (base + 1).to_string(),
-        free_port().to_string(),
-        free_port().to_string(),
-    );
-    let ports = [
-        "--broker-port",
-        bp.as_str(),
-        "--controller-port",
-        cp.as_str(),
-        "--registry-port",
-        rp.as_str(),
-        "--services-port",
-        sp.as_str(),
-    ];
+    let ports = stack_ports(base, base + 1, free_port());
+    let ports: Vec<&str> = ports.iter().map(String::as_str).collect();
     let too_many = verdict(dir.path(), &["stack", "up", "--brokers", "4"], &ports);
     assert_eq!(too_many.status.code(), Some(2), "{}", text(&too_many));
     assert!(
