@@ -1183,13 +1183,19 @@ pub async fn committed(kafka: &KafkaSettings, group: &str, topic: &str) -> BTree
 /// (one encoding, a fresh event id spliced into each copy's bytes; 200 accounts): the
 /// history a busy hour leaves.
 pub async fn write_history(stack: &Stack, topic: &str, n: usize) {
+    write_history_as(stack, topic, topic, n).await;
+}
+
+/// [`write_history`] to `topic`, encoded with the latest schema of `schema_topic`'s value
+/// (history on a topic of another schema, e.g. a decisions topic, that readers still decode).
+pub async fn write_history_as(stack: &Stack, schema_topic: &str, topic: &str, n: usize) {
     use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
     let serde = verdict_runtime::serde::AvroSerde::new(&stack.registry_url());
     let (_, tx) = verdict_cli::records::sample_transaction(&mut rand::rng(), "tenant-history");
     let id = tx["event_id"].as_str().expect("id").to_string();
     let bytes = serde
         .encode(
-            topic,
+            schema_topic,
             &verdict_runtime::serde::ValueSchema::TopicLatest,
             verdict_runtime::avro::untyped(&tx),
         )

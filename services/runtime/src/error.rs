@@ -88,6 +88,17 @@ impl ProcessError {
         }
     }
 
+    /// Every name [`Self::class`] gives.
+    pub const CLASSES: [&'static str; 7] = [
+        "Decode",
+        "UnknownSchema",
+        "Invalid",
+        "Panic",
+        "Registry",
+        "Transient",
+        "Output",
+    ];
+
     /// A stable class name for headers and metrics labels.
     pub fn class(&self) -> &'static str {
         match self {
@@ -105,6 +116,21 @@ impl ProcessError {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn every_class_is_listed() {
+        for e in [
+            ProcessError::Decode(String::new()),
+            ProcessError::UnknownSchema(String::new()),
+            ProcessError::invalid("a", "b"),
+            ProcessError::Panic(String::new()),
+            ProcessError::Registry(String::new()),
+            ProcessError::transient("a", "b"),
+            ProcessError::Output(String::new()),
+        ] {
+            assert!(ProcessError::CLASSES.contains(&e.class()), "{}", e.class());
+        }
+    }
 
     #[test]
     fn poison_is_not_retryable_and_outages_are() {

@@ -63,7 +63,7 @@ pub const TOOLS: &[(&str, &str)] = &[
         "metadata-quorum",
         "org.apache.kafka.tools.MetadataQuorumCommand",
     ),
-    ("configs", "kafka.admin.ConfigCommand"),
+    ("configs", "org.apache.kafka.tools.ConfigCommand"),
     ("storage", "kafka.tools.StorageTool"),
 ];
 

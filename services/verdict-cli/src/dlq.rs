@@ -31,6 +31,21 @@ pub const REDRIVE_COUNT: &str = "verdict.redrive.count";
 
 const STALL: Duration = Duration::from_secs(30);
 
+/// The engine's name of an error class given in any case (`invalid` → `Invalid`); a name
+/// that is none of them is refused with the list, rather than matching nothing.
+pub fn error_class(name: &str) -> Result<String, CliError> {
+    verdict_runtime::error::ProcessError::CLASSES
+        .iter()
+        .find(|c| c.eq_ignore_ascii_case(name))
+        .map(|c| (*c).to_string())
+        .ok_or_else(|| {
+            CliError::Usage(format!(
+                "--class `{name}` is no error class; the services write: {}",
+                verdict_runtime::error::ProcessError::CLASSES.join(", ")
+            ))
+        })
+}
+
 /// Which dead letters a redrive sends (every condition given must hold).
 #[derive(Debug, Clone, Default, PartialEq, Serialize)]
 pub struct Selection {
@@ -149,13 +164,8 @@ async fn ranges(
     topic: &str,
     from: &BTreeMap<(String, i32), i64>,
 ) -> Result<BTreeMap<i32, (i64, i64)>, CliError> {
-    let n = kafka.partition_count(topic).await;
-    if n == 0 {
-        return Err(CliError::Usage(format!("topic {topic} does not exist")));
-    }
-    let parts: Vec<(String, i32)> = (0..i32::try_from(n).unwrap_or(i32::MAX))
-        .map(|p| (topic.to_string(), p))
-        .collect();
+    let n = crate::partitions_of(kafka, topic).await?;
+    let parts: Vec<(String, i32)> = (0..n).map(|p| (topic.to_string(), p)).collect();
     let marks = reader.watermarks(parts).await?;
     Ok(marks
         .into_iter()
@@ -180,10 +190,16 @@ async fn read_all(
 }
 
 /// `verdict dlq list TOPIC`.
-pub async fn list(kafka: &KafkaSettings, topic: &str, output: Output) -> Result<(), CliError> {
+pub async fn list(
+    kafka: &KafkaSettings,
+    topic: &str,
+    selection: &Selection,
+    output: Output,
+) -> Result<(), CliError> {
     let reader = GroupReader::new(kafka)?;
     let ranges = ranges(&reader, kafka, topic, &BTreeMap::new()).await?;
-    let records = read_all(kafka, topic, &ranges).await?;
+    let mut records = read_all(kafka, topic, &ranges).await?;
+    records.retain(|r| selection.matches(r));
     let rows = summarize(&records);
     let mut t = Table::new([
         "CLASS",
@@ -219,6 +235,31 @@ pub async fn show(
     partition: i32,
     offset: i64,
 ) -> Result<(), CliError> {
+    let partitions = crate::partitions_of(kafka, topic).await?;
+    if !(0..partitions).contains(&partition) {
+        return Err(CliError::Usage(format!(
+            "{topic} has no partition {partition} (it has {partitions})"
+        )));
+    }
+    // Asked for an offset outside the log, a consumer starts where its reset policy says:
+    // refuse it here, naming what the partition holds (as kcat's "offset out of range").
+    let marks = GroupReader::new(kafka)?
+        .watermarks(vec![(topic.to_string(), partition)])
+        .await?;
+    let (low, high) = marks
+        .get(&(topic.to_string(), partition))
+        .copied()
+        .unwrap_or((0, 0));
+    if !(low..high).contains(&offset) {
+        let holds = if low < high {
+            format!("holds offsets {low} to {}", high - 1)
+        } else {
+            format!("is empty (next offset {high})")
+        };
+        return Err(CliError::Usage(format!(
+            "{topic} partition {partition} has no offset {offset}: it {holds}"
+        )));
+    }
     let ranges = BTreeMap::from([(partition, (offset, offset + 1))]);
     let mut scanner = Scanner::new(kafka, topic, &ranges)?;
     let Some(r) = scanner.next(Duration::from_secs(10)).await.ok().flatten() else {
@@ -237,11 +278,7 @@ pub async fn show(
         "headers": r.headers.0.iter().map(|(k, v)| (k.clone(), String::from_utf8_lossy(v).into_owned())).collect::<BTreeMap<_, _>>(),
         "value": value,
     });
-    println!(
-        "{}",
-        serde_json::to_string_pretty(&shown).map_err(|e| CliError::Failed(e.to_string()))?
-    );
-    Ok(())
+    crate::table::print_json(&shown)
 }
 
 /// Where the dead letters of one dead-letter topic may go back to: what the services that
@@ -311,7 +348,7 @@ pub async fn redrive(
 ) -> Result<RedriveReport, CliError> {
     let reader = GroupReader::new(kafka)?;
     let group = group.unwrap_or_else(|| selection.group(topic));
-    let n = i32::try_from(kafka.partition_count(topic).await).unwrap_or(0);
+    let n = crate::partitions_of(kafka, topic).await?;
     let parts: Vec<(String, i32)> = (0..n).map(|p| (topic.to_string(), p)).collect();
     let done = reader.committed(&group, parts).await?;
     let ranges = ranges(&reader, kafka, topic, &done).await?;

@@ -65,20 +65,20 @@ impl FromStr for TopicSelection {
     }
 }
 
-/// Parses `--to-datetime` as Kafka does: `YYYY-MM-DDTHH:mm:SS.sss` with an optional zone
+/// Parses a time flag (`--to-datetime`, `--since`, …; named in errors) as Kafka does: `YYYY-MM-DDTHH:mm:SS.sss` with an optional zone
 /// (`Z`, `+01:00`); without one, the machine's local time zone.
-pub fn parse_datetime(s: &str) -> Result<i64, CliError> {
+pub fn parse_datetime(flag: &str, s: &str) -> Result<i64, CliError> {
     if let Ok(ts) = jiff::Timestamp::from_str(s) {
         return Ok(ts.as_millisecond());
     }
     let civil = jiff::civil::DateTime::from_str(s).map_err(|e| {
         CliError::Usage(format!(
-            "--to-datetime `{s}`: {e} (expected YYYY-MM-DDTHH:mm:SS.sss, optionally with Z or +hh:mm)"
+            "{flag} `{s}`: {e} (expected YYYY-MM-DDTHH:mm:SS.sss, optionally with Z or +hh:mm)"
         ))
     })?;
     let zoned = civil
         .to_zoned(jiff::tz::TimeZone::system())
-        .map_err(|e| CliError::Usage(format!("--to-datetime `{s}`: {e}")))?;
+        .map_err(|e| CliError::Usage(format!("{flag} `{s}`: {e}")))?;
     Ok(zoned.timestamp().as_millisecond())
 }
 
@@ -175,9 +175,26 @@ pub async fn list(kafka: &KafkaSettings, output: Output) -> Result<(), CliError>
     output.print(&t, &groups)
 }
 
+/// A group the cluster knows: with members, or with committed offsets.
+fn exists(lag: &GroupLag) -> bool {
+    !lag.members.is_empty()
+        || lag.state != "Dead"
+        || lag.partitions.iter().any(|p| p.committed.is_some())
+}
+
+fn no_such_group(group: &str) -> CliError {
+    CliError::Usage(format!(
+        "group {group} does not exist: no members and no committed offsets (`verdict groups list` \
+         shows the groups; the services' are named in the topology, e.g. verdict-fraud-detector)"
+    ))
+}
+
 /// `verdict groups describe GROUP`.
 pub async fn describe(kafka: &KafkaSettings, group: &str, output: Output) -> Result<(), CliError> {
     let lag = GroupReader::new(kafka)?.describe(group).await?;
+    if !exists(&lag) {
+        return Err(no_such_group(group));
+    }
     let dash = |o: Option<String>| o.unwrap_or_else(|| "-".into());
     let mut t = Table::new([
         "TOPIC",
@@ -228,6 +245,11 @@ pub async fn replay(
 ) -> Result<(), CliError> {
     let reader = GroupReader::new(kafka)?;
     let lag = reader.describe(group).await?;
+    // Kafka's tool positions a group that does not exist yet on named topics; with
+    // --all-topics there is nothing to position.
+    if matches!(scope, Scope::AllTopics) && !exists(&lag) {
+        return Err(no_such_group(group));
+    }
     let partitions = selected_partitions(kafka, &lag, scope).await?;
     if partitions.is_empty() {
         return Err(CliError::Usage(format!(
@@ -431,15 +453,15 @@ mod tests {
     #[test]
     fn datetimes_and_durations_parse_as_kafka_writes_them() {
         assert_eq!(
-            parse_datetime("2026-12-02T06:00:00.000Z").expect("ok"),
+            parse_datetime("--to-datetime", "2026-12-02T06:00:00.000Z").expect("ok"),
             1_796_191_200_000
         );
         assert_eq!(
-            parse_datetime("2026-12-02T07:00:00.000+01:00").expect("ok"),
+            parse_datetime("--to-datetime", "2026-12-02T07:00:00.000+01:00").expect("ok"),
             1_796_191_200_000
         );
-        assert!(parse_datetime("2026-12-02T07:00:00").is_ok());
-        assert!(parse_datetime("yesterday").is_err());
+        assert!(parse_datetime("--to-datetime", "2026-12-02T07:00:00").is_ok());
+        assert!(parse_datetime("--to-datetime", "yesterday").is_err());
         assert_eq!(parse_duration("PT1H30M").expect("ok"), 5_400_000);
         assert_eq!(parse_duration("P1DT1S").expect("ok"), 86_401_000);
         assert!(parse_duration("soon").is_err());

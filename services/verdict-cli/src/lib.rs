@@ -50,3 +50,24 @@ impl From<verdict_runtime::registry::RegistryError> for CliError {
         CliError::Failed(e.to_string())
     }
 }
+
+/// How many partitions `topic` has: an unreachable broker is named as such (exit 1), a topic
+/// the cluster does not know as no such topic (exit 2). The two look alike in metadata that
+/// never arrived.
+pub async fn partitions_of(
+    kafka: &verdict_runtime::kafka::KafkaSettings,
+    topic: &str,
+) -> Result<i32, CliError> {
+    let topics = kafka.topic_partitions().await.map_err(|e| {
+        CliError::Failed(format!(
+            "cannot reach Kafka at {} ({e}); is the broker running? (`verdict stack status`)",
+            kafka.bootstrap_servers
+        ))
+    })?;
+    match topics.get(topic) {
+        Some(n) => Ok(i32::try_from(*n).unwrap_or(i32::MAX)),
+        None => Err(CliError::Usage(format!(
+            "topic {topic} does not exist (`verdict kafka topics --list` shows the topics)"
+        ))),
+    }
+}

@@ -12,7 +12,7 @@ use verdict_cli::broker::{self, BrokerConfig, KafkaDist};
 use verdict_cli::dlq;
 use verdict_cli::groups_cmd::{self, ResetSpec, Scope, TopicSelection};
 use verdict_cli::produce_consume::{self, Position};
-use verdict_cli::records::{AvroProducer, Record, read_back, read_topic, sample_transaction};
+use verdict_cli::records::{self, AvroProducer, read_back, sample_transaction};
 use verdict_cli::shadow;
 use verdict_cli::stack::StackOpts;
 use verdict_cli::table::Output;
@@ -96,7 +96,7 @@ enum Command {
         topology: PathBuf,
     },
     /// Run one of Apache Kafka's command-line tools from the installed jars, e.g.
-    /// `verdict kafka consumer-groups --describe --group fraud-detector`.
+    /// `verdict kafka consumer-groups --describe --group verdict-fraud-detector`.
     /// `--bootstrap-server` defaults to KAFKA_BOOTSTRAP_SERVERS or 127.0.0.1:9092.
     Kafka {
         /// topics, consumer-groups, console-consumer, console-producer, producer-perf-test,
@@ -182,6 +182,10 @@ enum Command {
         /// Skip lines that do not fit the schema (reported) instead of sending nothing.
         #[arg(long)]
         keep_going: bool,
+        /// `tenant_id` of lines that leave it out. A line without `event_id` gets a new
+        /// UUID, one without `occurred_at` the time it is read (ms since the epoch).
+        #[arg(long)]
+        tenant: Option<String>,
         #[command(flatten)]
         endpoints: Endpoints,
     },
@@ -280,7 +284,11 @@ enum Command {
 #[derive(Subcommand)]
 enum DlqAction {
     /// Dead letters grouped by error class, service and original topic, with time range.
-    List { topic: String },
+    List {
+        topic: String,
+        #[command(flatten)]
+        select: SelectionArgs,
+    },
     /// One dead letter with all its headers and its decoded value.
     Show {
         topic: String,
@@ -293,24 +301,8 @@ enum DlqAction {
     /// plus verdict.redrive.count). The same selection run again sends nothing new.
     Redrive {
         topic: String,
-        /// Only this error class (repeatable), e.g. Panic, Decode, Inference.
-        #[arg(long)]
-        class: Vec<String>,
-        #[arg(long)]
-        service: Option<String>,
-        /// Failed at or after this time (YYYY-MM-DDTHH:mm:SS.sss[Z]).
-        #[arg(long)]
-        since: Option<String>,
-        /// Failed before this time.
-        #[arg(long)]
-        until: Option<String>,
-        #[arg(long)]
-        partition: Option<i32>,
-        #[arg(long)]
-        from_offset: Option<i64>,
-        /// Inclusive.
-        #[arg(long)]
-        to_offset: Option<i64>,
+        #[command(flatten)]
+        select: SelectionArgs,
         /// The group that remembers what was redriven (default: one per topic and selection).
         #[arg(long)]
         group: Option<String>,
@@ -322,6 +314,51 @@ enum DlqAction {
         #[arg(long, default_value = "topology/topology.toml")]
         topology: PathBuf,
     },
+}
+
+/// Which dead letters `dlq list` counts and `dlq redrive` sends (every condition given holds).
+#[derive(clap::Args)]
+struct SelectionArgs {
+    /// Only this error class (repeatable, any case): Decode, UnknownSchema, Invalid, Panic,
+    /// Registry, Transient, Output.
+    #[arg(long)]
+    class: Vec<String>,
+    #[arg(long)]
+    service: Option<String>,
+    /// Failed at or after this time (YYYY-MM-DDTHH:mm:SS.sss[Z]).
+    #[arg(long)]
+    since: Option<String>,
+    /// Failed before this time.
+    #[arg(long)]
+    until: Option<String>,
+    #[arg(long, short)]
+    partition: Option<i32>,
+    #[arg(long)]
+    from_offset: Option<i64>,
+    /// Inclusive.
+    #[arg(long)]
+    to_offset: Option<i64>,
+}
+
+impl SelectionArgs {
+    fn selection(self) -> Result<dlq::Selection, CliError> {
+        let time = |flag: &str, t: Option<String>| {
+            t.map(|t| groups_cmd::parse_datetime(flag, &t)).transpose()
+        };
+        Ok(dlq::Selection {
+            classes: self
+                .class
+                .iter()
+                .map(|c| dlq::error_class(c))
+                .collect::<Result<_, _>>()?,
+            service: self.service,
+            since_ms: time("--since", self.since)?,
+            until_ms: time("--until", self.until)?,
+            partition: self.partition,
+            from_offset: self.from_offset,
+            to_offset: self.to_offset,
+        })
+    }
 }
 
 #[derive(Subcommand)]
@@ -366,7 +403,7 @@ impl ResetArgs {
         } else if let Some(n) = self.shift_by {
             ResetSpec::ShiftBy(n)
         } else if let Some(d) = &self.to_datetime {
-            ResetSpec::ToDatetime(groups_cmd::parse_datetime(d)?)
+            ResetSpec::ToDatetime(groups_cmd::parse_datetime("--to-datetime", d)?)
         } else if let Some(d) = &self.by_duration {
             ResetSpec::ByDuration(groups_cmd::parse_duration(d)?)
         } else {
@@ -446,8 +483,13 @@ async fn run(command: Command) -> Result<(), CliError> {
         }
         Command::Kafka { tool, mut args } => {
             let dist = KafkaDist::locate()?;
+            // First: every tool takes it there, and metadata-quorum only before its
+            // subcommand.
             if tool != "storage" && !args.iter().any(|a| a.starts_with("--bootstrap-server")) {
-                args.extend(["--bootstrap-server".to_string(), default_bootstrap()]);
+                args.splice(
+                    0..0,
+                    ["--bootstrap-server".to_string(), default_bootstrap()],
+                );
             }
             let err = dist.tool(&tool, &args)?.exec();
             Err(CliError::Failed(format!("cannot run Java: {err}")))
@@ -536,6 +578,7 @@ async fn run(command: Command) -> Result<(), CliError> {
             rate,
             headers,
             keep_going,
+            tenant,
             endpoints,
         } => {
             let kafka = KafkaSettings::with_bootstrap(endpoints.bootstrap_servers);
@@ -544,6 +587,7 @@ async fn run(command: Command) -> Result<(), CliError> {
                 rate,
                 headers,
                 keep_going,
+                tenant,
             };
             let input: Box<dyn std::io::BufRead> = match file {
                 Some(f) => Box::new(std::io::BufReader::new(std::fs::File::open(&f).map_err(
@@ -589,7 +633,9 @@ async fn run(command: Command) -> Result<(), CliError> {
         } => {
             let kafka = KafkaSettings::with_bootstrap(endpoints.bootstrap_servers);
             match action {
-                DlqAction::List { topic } => dlq::list(&kafka, &topic, output).await,
+                DlqAction::List { topic, select } => {
+                    dlq::list(&kafka, &topic, &select.selection()?, output).await
+                }
                 DlqAction::Show {
                     topic,
                     partition,
@@ -597,35 +643,18 @@ async fn run(command: Command) -> Result<(), CliError> {
                 } => dlq::show(&kafka, &endpoints.registry_url, &topic, partition, offset).await,
                 DlqAction::Redrive {
                     topic,
-                    class,
-                    service,
-                    since,
-                    until,
-                    partition,
-                    from_offset,
-                    to_offset,
+                    select,
                     group,
                     dry_run,
                     topology,
                 } => {
                     let origins = dlq::Origins::of(&topology_cmd::check(&topology, None)?, &topic)?;
-                    let selection = dlq::Selection {
-                        classes: class,
-                        service,
-                        since_ms: since
-                            .as_deref()
-                            .map(groups_cmd::parse_datetime)
-                            .transpose()?,
-                        until_ms: until
-                            .as_deref()
-                            .map(groups_cmd::parse_datetime)
-                            .transpose()?,
-                        partition,
-                        from_offset,
-                        to_offset,
-                    };
+                    let selection = select.selection()?;
                     let r =
                         dlq::redrive(&kafka, &topic, &origins, &selection, group, dry_run).await?;
+                    if output == Output::Json {
+                        return verdict_cli::table::print_json(&r);
+                    }
                     let verb = if dry_run { "would redrive" } else { "redrove" };
                     println!(
                         "{verb} {} of {} dead letter(s) scanned ({} not selected, {} without an original topic) by class {:?}; group {}",
@@ -666,10 +695,10 @@ async fn run(command: Command) -> Result<(), CliError> {
                     to: to_offset,
                 },
                 (None, Some(s)) => shadow::Range::Time {
-                    since: groups_cmd::parse_datetime(&s)?,
+                    since: groups_cmd::parse_datetime("--since", &s)?,
                     until: until
                         .as_deref()
-                        .map(groups_cmd::parse_datetime)
+                        .map(|t| groups_cmd::parse_datetime("--until", t))
                         .transpose()?,
                 },
                 (None, None) => {
@@ -719,6 +748,16 @@ async fn demo(
 ) -> Result<(), CliError> {
     let kafka = KafkaSettings::with_bootstrap(endpoints.bootstrap_servers);
     let producer = AvroProducer::new(&kafka, &endpoints.registry_url)?;
+    // Decisions are read from where their topics end now: a used stack's history is not
+    // read again.
+    let decisions_from = match decisions_topic {
+        "" => None,
+        t => Some(records::ends(&kafka, t).await?),
+    };
+    let documents_from = match documents {
+        0 => None,
+        _ => Some(records::ends(&kafka, DOCUMENT_DECISIONS).await?),
+    };
     let mut rng = rand::rng();
     let mut sent = Vec::with_capacity(count);
     for _ in 0..count {
@@ -737,9 +776,11 @@ async fn demo(
     .await?;
     let mut matched = 0;
     for d in &got {
-        let same = sent
-            .iter()
-            .any(|s| s.partition == d.partition && s.offset == d.offset && s.value == d.value);
+        let same = sent.iter().any(|s| {
+            s.partition == d.partition
+                && s.offset == d.offset
+                && records::same_fields(&s.value, &d.value)
+        });
         matched += usize::from(same);
         println!(
             "{topic}/{}@{} key={} event_id={} amount={} {} {}",
@@ -758,13 +799,14 @@ async fn demo(
         )));
     }
     println!("round trip: {matched}/{count} events read back and decoded identically");
-    if decisions_topic.is_empty() {
+    let Some(decisions_from) = decisions_from else {
         return Ok(());
-    }
+    };
     show_decisions(
         &kafka,
         &endpoints.registry_url,
         decisions_topic,
+        &decisions_from,
         &sent,
         |v| {
             format!(
@@ -778,9 +820,9 @@ async fn demo(
         },
     )
     .await?;
-    if documents == 0 {
+    let Some(documents_from) = documents_from else {
         return Ok(());
-    }
+    };
 
     // Documents through the document-analyzer.
     let mut sent_docs = Vec::with_capacity(documents);
@@ -801,7 +843,8 @@ async fn demo(
     show_decisions(
         &kafka,
         &endpoints.registry_url,
-        "document-decisions",
+        DOCUMENT_DECISIONS,
+        &documents_from,
         &sent_docs,
         |v| {
             format!(
@@ -825,6 +868,8 @@ async fn demo(
     .await
 }
 
+const DOCUMENT_DECISIONS: &str = "document-decisions";
+
 const SAMPLE_DOCUMENTS: [&str; 4] = [
     "Invoice 2024-17: please pay the amount due of 1,250.00 EUR to IBAN DE89 3704 0044 0532 0130 00 within 30 days.",
     "This is unacceptable! My order never arrived and I want a refund. Reach me at jane.doe@example.com or +49 30 1234567.",
@@ -832,11 +877,13 @@ const SAMPLE_DOCUMENTS: [&str; 4] = [
     "Curriculum vitae: ten years of experience as a data engineer, education in mathematics, skills in Rust and SQL.",
 ];
 
-/// Waits for the pipeline's decision on each sent event and prints it.
+/// Waits for the pipeline's decision on each sent event (reading `topic` from `from`) and
+/// prints it.
 async fn show_decisions(
     kafka: &KafkaSettings,
     registry_url: &str,
     topic: &str,
+    from: &std::collections::BTreeMap<i32, i64>,
     sent: &[verdict_cli::records::Delivered],
     describe: impl Fn(&serde_json::Value) -> String,
 ) -> Result<(), CliError> {
@@ -844,42 +891,36 @@ async fn show_decisions(
         .iter()
         .filter_map(|d| d.value["event_id"].as_str().map(String::from))
         .collect();
-    let event_id = |r: &Record| {
-        r.value
-            .as_ref()
-            .and_then(|v| v["event_id"].as_str().map(String::from))
-    };
-    let decisions = read_topic(kafka, registry_url, topic, Duration::from_secs(60), |rs| {
-        let seen: HashSet<String> = rs.iter().filter_map(event_id).collect();
-        ids.iter().all(|id| seen.contains(id))
-    })
-    .await;
     let mut shown = HashSet::new();
-    for d in &decisions {
-        let Some(v) = d
-            .value
-            .as_ref()
-            .filter(|_| event_id(d).is_some_and(|id| ids.contains(&id)))
-        else {
-            continue;
-        };
-        if !shown.insert(v["event_id"].as_str().unwrap_or("").to_string()) {
-            continue;
-        }
-        let occurred = sent
-            .iter()
-            .find(|s| s.value["event_id"] == v["event_id"])
-            .and_then(|s| s.value["occurred_at"].as_i64());
-        let took = match (occurred, v["decided_at"].as_i64()) {
-            (Some(o), Some(d)) => format!("{:>5} ms", d - o),
-            _ => String::new(),
-        };
-        println!(
-            "decision {} {took} {}",
-            v["event_id"].as_str().unwrap_or("?"),
-            describe(v)
-        );
-    }
+    records::read_from(
+        kafka,
+        registry_url,
+        topic,
+        from,
+        Duration::from_secs(60),
+        |d| {
+            let Some(v) = d.value.as_ref() else {
+                return false;
+            };
+            let Some(id) = v["event_id"].as_str().filter(|id| ids.contains(*id)) else {
+                return false;
+            };
+            if !shown.insert(id.to_string()) {
+                return false;
+            }
+            let occurred = sent
+                .iter()
+                .find(|s| s.value["event_id"] == v["event_id"])
+                .and_then(|s| s.value["occurred_at"].as_i64());
+            let took = match (occurred, v["decided_at"].as_i64()) {
+                (Some(o), Some(d)) => format!("{:>5} ms", d - o),
+                _ => String::new(),
+            };
+            println!("decision {id} {took} {}", describe(v));
+            shown.len() == ids.len()
+        },
+    )
+    .await?;
     if shown.len() == ids.len() {
         println!(
             "pipeline: {}/{} events decided on {topic}",

@@ -30,6 +30,8 @@ pub struct ProduceOpts {
     pub rate: u32,
     pub headers: Vec<(String, String)>,
     pub keep_going: bool,
+    /// `tenant_id` of the lines that leave it out.
+    pub tenant: Option<String>,
 }
 
 /// Parses `-H key=value`.
@@ -49,6 +51,7 @@ pub async fn produce(
     input: impl BufRead,
     opts: &ProduceOpts,
 ) -> Result<ProduceReport, CliError> {
+    crate::partitions_of(kafka, topic).await?;
     let serde = AvroSerde::new(registry_url);
     let schema = serde.latest_schema(topic).await.map_err(|e| {
         CliError::Usage(format!(
@@ -68,7 +71,7 @@ pub async fn produce(
         if line.trim().is_empty() {
             continue;
         }
-        let checked = check_line(&serde, &schema, topic, &line, opts.key_field.as_deref())
+        let checked = check_line(&serde, &schema, topic, &line, opts)
             .await
             .and_then(|(key, bytes)| {
                 let size = key.as_ref().map_or(0, String::len) + bytes.len() + headers.byte_len();
@@ -150,11 +153,12 @@ async fn check_line(
     schema: &apache_avro::Schema,
     topic: &str,
     line: &str,
-    key_field: Option<&str>,
+    opts: &ProduceOpts,
 ) -> Result<(Option<String>, Vec<u8>), String> {
-    let value: Json = serde_json::from_str(line).map_err(|e| format!("not JSON: {e}"))?;
+    let mut value: Json = serde_json::from_str(line).map_err(|e| format!("not JSON: {e}"))?;
+    fill_envelope(schema, &mut value, opts.tenant.as_deref())?;
     check_fields(schema, &value)?;
-    let key = match key_field {
+    let key = match opts.key_field.as_deref() {
         None => None,
         Some(f) => Some(match &value[f] {
             Json::String(s) => s.clone(),
@@ -167,6 +171,37 @@ async fn check_line(
         .await
         .map_err(|e| e.to_string())?;
     Ok((key, bytes))
+}
+
+/// Fills what a line leaves out of verdict's event envelope, where the schema has the field:
+/// `event_id` (a new UUID), `occurred_at` (now, ms since the epoch) and `tenant_id` (from
+/// `--tenant`; without it, a line that has none is refused).
+fn fill_envelope(
+    schema: &apache_avro::Schema,
+    value: &mut Json,
+    tenant: Option<&str>,
+) -> Result<(), String> {
+    let (apache_avro::Schema::Record(record), Json::Object(obj)) = (schema, value) else {
+        return Ok(()); // check_fields names what is wrong
+    };
+    let has = |f: &str| record.lookup.contains_key(f);
+    if has("event_id") {
+        obj.entry("event_id")
+            .or_insert_with(|| Json::String(uuid::Uuid::new_v4().to_string()));
+    }
+    if has("occurred_at") {
+        obj.entry("occurred_at")
+            .or_insert_with(|| Json::from(verdict_runtime::now_ms()));
+    }
+    if has("tenant_id") && !obj.contains_key("tenant_id") {
+        let Some(tenant) = tenant else {
+            return Err(
+                "field `tenant_id` is missing: give it on the line or with --tenant".into(),
+            );
+        };
+        obj.insert("tenant_id".into(), Json::String(tenant.into()));
+    }
+    Ok(())
 }
 
 /// Where `consume` starts and stops, in kcat's `-o` vocabulary.
@@ -247,10 +282,7 @@ pub async fn consume(
     opts: &ConsumeOpts,
 ) -> Result<usize, CliError> {
     let reader = GroupReader::new(kafka)?;
-    let n = i32::try_from(kafka.partition_count(topic).await).unwrap_or(0);
-    if n == 0 {
-        return Err(CliError::Usage(format!("topic {topic} does not exist")));
-    }
+    let n = crate::partitions_of(kafka, topic).await?;
     let partitions: Vec<(String, i32)> = (0..n)
         .filter(|p| opts.partition.is_none_or(|want| want == *p))
         .map(|p| (topic.to_string(), p))
@@ -315,13 +347,20 @@ pub async fn consume(
     let mut printed = 0usize;
     let mut next: BTreeMap<i32, i64> = BTreeMap::new();
     let limit = opts.count.unwrap_or(usize::MAX);
+    // Ctrl-C or SIGTERM (how a following consume is stopped) ends the loop, and what was
+    // printed is committed below, as kcat and Kafka's console consumer do on exit.
+    let mut stop = std::pin::pin!(stop_signal());
     while printed < limit {
         let stall = if follow {
             Duration::from_secs(3600)
         } else {
             Duration::from_secs(30)
         };
-        let record = match scanner.next(stall).await {
+        let got = tokio::select! {
+            got = scanner.next(stall) => got,
+            () = &mut stop => break,
+        };
+        let record = match got {
             Ok(Some(r)) => r,
             Ok(None) => break,
             Err(_) if follow => continue,
@@ -347,6 +386,22 @@ pub async fn consume(
         commit(&reader, g, topic, &next).await?;
     }
     Ok(printed)
+}
+
+/// Resolves on Ctrl-C (SIGINT) or SIGTERM.
+async fn stop_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    match signal(SignalKind::terminate()) {
+        Ok(mut term) => {
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = term.recv() => {}
+            }
+        }
+        Err(_) => {
+            let _ = tokio::signal::ctrl_c().await;
+        }
+    }
 }
 
 async fn commit(

@@ -1,7 +1,7 @@
 //! Producing and reading Avro records in the Confluent wire format, with the schemas of the
 //! registry (`<topic>-value`), through the runtime's one Avro serde and client factory.
 
-use std::collections::HashSet;
+use std::collections::{BTreeMap, HashSet};
 use std::time::Duration;
 
 use rand::Rng;
@@ -67,7 +67,8 @@ impl AvroProducer {
     }
 }
 
-/// Reads the records at the given `(partition, offset)`s back and decodes them.
+/// Reads the records at the given `(partition, offset)`s back and decodes them: only the
+/// range between them in each partition is read, however much the topic holds.
 pub async fn read_back(
     kafka: &KafkaSettings,
     registry_url: &str,
@@ -75,22 +76,31 @@ pub async fn read_back(
     wanted: &[(i32, i64)],
     timeout: Duration,
 ) -> Result<Vec<Delivered>, CliError> {
+    let mut ranges: BTreeMap<i32, (i64, i64)> = BTreeMap::new();
+    for (p, o) in wanted {
+        let r = ranges.entry(*p).or_insert((*o, *o + 1));
+        *r = (r.0.min(*o), r.1.max(*o + 1));
+    }
     let wanted: HashSet<(i32, i64)> = wanted.iter().copied().collect();
-    let is_wanted = |r: &Record| wanted.contains(&(r.partition, r.offset));
-    let records = read_topic(kafka, registry_url, topic, timeout, |rs| {
-        rs.iter().filter(|r| is_wanted(r)).count() >= wanted.len()
-    })
-    .await;
+    let mut scanner = Scanner::new(kafka, topic, &ranges)?;
+    let serde = AvroSerde::new(registry_url);
     let mut out = Vec::with_capacity(wanted.len());
-    for r in records.into_iter().filter(|r| is_wanted(r)) {
-        let value = r.value.ok_or_else(|| {
+    while let Some(r) = scanner.next(timeout).await? {
+        if !wanted.contains(&(r.partition, r.offset)) {
+            continue;
+        }
+        let value = serde.decode(r.value.as_deref()).await.map_err(|e| {
             CliError::Failed(format!(
-                "{topic}/{}@{} does not decode through the registry",
+                "{topic}/{}@{} does not decode through the registry: {e}",
                 r.partition, r.offset
             ))
         })?;
         out.push(Delivered {
-            key: r.key.unwrap_or_default(),
+            key: r
+                .key
+                .as_deref()
+                .map(|k| String::from_utf8_lossy(k).into_owned())
+                .unwrap_or_default(),
             partition: r.partition,
             offset: r.offset,
             value,
@@ -98,6 +108,68 @@ pub async fn read_back(
     }
     out.sort_by_key(|d| (d.partition, d.offset));
     Ok(out)
+}
+
+/// The end (next offset) of every partition of `topic` now: where a reader of what comes
+/// next starts.
+pub async fn ends(kafka: &KafkaSettings, topic: &str) -> Result<BTreeMap<i32, i64>, CliError> {
+    let n = crate::partitions_of(kafka, topic).await?;
+    let marks = verdict_runtime::groups::GroupReader::new(kafka)?
+        .watermarks((0..n).map(|p| (topic.to_string(), p)).collect())
+        .await?;
+    Ok(marks
+        .into_iter()
+        .map(|((_, p), (_, end))| (p, end))
+        .collect())
+}
+
+/// Reads `topic` from the offsets `from` on, decoding each record and offering it to `keep`
+/// until `keep` says it has all it needs (returns true) or `timeout` passes; returns whether
+/// it had.
+pub async fn read_from(
+    kafka: &KafkaSettings,
+    registry_url: &str,
+    topic: &str,
+    from: &BTreeMap<i32, i64>,
+    timeout: Duration,
+    mut keep: impl FnMut(Record) -> bool,
+) -> Result<bool, CliError> {
+    let ranges = from.iter().map(|(p, o)| (*p, (*o, i64::MAX))).collect();
+    let mut scanner = Scanner::new(kafka, topic, &ranges)?;
+    let serde = AvroSerde::new(registry_url);
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        let Ok(Some(r)) = scanner.next(left).await else {
+            return Ok(false);
+        };
+        let value = match r.value.as_deref() {
+            Some(bytes) if verdict_runtime::serde::schema_id(bytes).is_some() => {
+                serde.decode(Some(bytes)).await.ok()
+            }
+            _ => None,
+        };
+        let record = Record {
+            partition: r.partition,
+            offset: r.offset,
+            key: r.key.map(|k| String::from_utf8_lossy(&k).into_owned()),
+            raw: r.value,
+            value,
+            headers: r.headers,
+        };
+        if keep(record) {
+            return Ok(true);
+        }
+    }
+}
+
+/// True when every field of `sent` has the same value in `got`: a record read back with a
+/// newer compatible schema has more fields (their defaults), and is still the one sent.
+pub fn same_fields(sent: &Json, got: &Json) -> bool {
+    match (sent, got) {
+        (Json::Object(s), Json::Object(g)) => s.iter().all(|(k, v)| g.get(k) == Some(v)),
+        _ => sent == got,
+    }
 }
 
 /// A `TransactionEvent` (schemas/transaction_event.avsc), fields in the schema's order: what

@@ -17,14 +17,20 @@ impl Output {
     pub fn print(self, table: &Table, data: &impl Serialize) -> Result<(), CliError> {
         match self {
             Output::Table => print!("{}", table.render()),
-            Output::Json => println!(
-                "{}",
-                serde_json::to_string_pretty(data)
-                    .map_err(|e| CliError::Failed(format!("writing JSON: {e}")))?
-            ),
+            Output::Json => print_json(data)?,
         }
         Ok(())
     }
+}
+
+/// Prints `data` as pretty JSON.
+pub fn print_json(data: &impl Serialize) -> Result<(), CliError> {
+    println!(
+        "{}",
+        serde_json::to_string_pretty(data)
+            .map_err(|e| CliError::Failed(format!("writing JSON: {e}")))?
+    );
+    Ok(())
 }
 
 pub struct Table {

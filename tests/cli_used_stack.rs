@@ -1,0 +1,374 @@
+//! The operations CLI as a user meets it on a stack that has been used: history on the
+//! topics, groups that do not exist, offsets past the end, processes stopped with a signal.
+//! Each test here began as a report of a command that did something other than the README
+//! says (issue 17).
+
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use harness::{
+    Stack, apply_topology, bin, committed, end_offsets, repo_root, run, verdict, write_history,
+};
+use serde_json::Value;
+
+fn text(o: &std::process::Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
+
+/// Asserts `verdict ARGS` exits with `code` and says each of `says`.
+fn assert_exit(stack: &Stack, args: &[&str], code: i32, says: &[&str]) -> String {
+    let out = verdict(stack, args);
+    let all = text(&out);
+    assert_eq!(out.status.code(), Some(code), "verdict {args:?}: {all}");
+    for s in says {
+        assert!(all.contains(s), "verdict {args:?} should say {s:?}: {all}");
+    }
+    all
+}
+
+/// `consume -G` following a topic is stopped the only way it can be, with a signal; what it
+/// printed is committed then (as kcat and Kafka's console consumer do), so the same group
+/// continues after it. Before: nothing was committed unless 1,000 records went by.
+#[test]
+fn consume_stopped_by_a_signal_commits_what_it_printed() {
+    run(180, async {
+        let stack = Stack::start().await;
+        let topology = apply_topology(&stack, None).await;
+        let topic = topology.topic("transactions");
+        write_history(&stack, &topic, 40).await;
+        let ends = end_offsets(&stack.broker.kafka(), &topic).await;
+        for (i, signal) in ["TERM", "INT"].into_iter().enumerate() {
+            let group = topology.group(&format!("reader-{i}"));
+            let mut child = Command::new(bin("verdict"))
+                .args(["consume", &topic, "-G", &group])
+                .current_dir(repo_root())
+                .env("KAFKA_BOOTSTRAP_SERVERS", stack.broker.bootstrap())
+                .env("VERDICT_SCHEMA_REGISTRY_URL", stack.registry_url())
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .spawn()
+                .expect("spawn verdict consume");
+            let stdout = child.stdout.take().expect("stdout");
+            let printed = tokio::task::spawn_blocking(move || {
+                BufReader::new(stdout)
+                    .lines()
+                    .take(40)
+                    .map_while(Result::ok)
+                    .count()
+            })
+            .await
+            .expect("reader");
+            assert_eq!(printed, 40, "consume printed the history");
+            let status = Command::new("kill")
+                .args([&format!("-{signal}"), &child.id().to_string()])
+                .status()
+                .expect("kill");
+            assert!(status.success());
+            let started = Instant::now();
+            let exit = loop {
+                if let Some(s) = child.try_wait().expect("wait") {
+                    break s;
+                }
+                assert!(
+                    started.elapsed() < Duration::from_secs(20),
+                    "consume did not stop on SIG{signal}"
+                );
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            };
+            assert!(exit.success(), "SIG{signal}: {exit:?}");
+            let with_records: std::collections::BTreeMap<i32, i64> = ends
+                .iter()
+                .filter(|(_, e)| **e > 0)
+                .map(|(p, e)| (*p, *e))
+                .collect();
+            assert_eq!(
+                committed(&stack.broker.kafka(), &group, &topic).await,
+                with_records,
+                "SIG{signal}: the group committed what was printed"
+            );
+            let again = verdict(&stack, &["consume", &topic, "-G", &group, "-e"]);
+            assert!(again.status.success(), "{}", text(&again));
+            assert_eq!(
+                again.stdout.len(),
+                0,
+                "the group continues where it stopped"
+            );
+        }
+    });
+}
+
+/// `dlq show` of an offset the partition does not hold is refused (exit 2), naming what the
+/// partition holds. Before: it showed the record at offset 0 and exited 0.
+#[test]
+fn dlq_show_refuses_an_offset_the_partition_does_not_hold() {
+    run(120, async {
+        let stack = Stack::start().await;
+        let topology = apply_topology(&stack, None).await;
+        let topic = topology.topic("transactions");
+        write_history(&stack, &topic, 10).await;
+        let ends = end_offsets(&stack.broker.kafka(), &topic).await;
+        let (p, end) = ends
+            .iter()
+            .find(|(_, e)| **e > 0)
+            .expect("a partition with records");
+        let (p, end) = (p.to_string(), end.to_string());
+        assert_exit(
+            &stack,
+            &["dlq", "show", &topic, "-p", &p, "-o", "42"],
+            2,
+            &[
+                "offset 42",
+                &format!("holds offsets 0 to {}", end.parse::<i64>().unwrap_or(0) - 1),
+            ],
+        );
+        assert_exit(
+            &stack,
+            &["dlq", "show", &topic, "-p", "99", "-o", "0"],
+            2,
+            &["no partition 99"],
+        );
+        let shown = verdict(&stack, &["dlq", "show", &topic, "-p", &p, "-o", "0"]);
+        assert!(shown.status.success(), "{}", text(&shown));
+        let v: Value = serde_json::from_slice(&shown.stdout).expect("JSON");
+        assert_eq!(v["offset"], 0);
+    });
+}
+
+/// A group name that does not exist is an error (as `kafka-consumer-groups` says "does not
+/// exist"), not a healthy-looking "Dead, 0 members, lag 0" table.
+#[test]
+fn groups_describe_of_a_group_that_does_not_exist_says_so() {
+    run(120, async {
+        let stack = Stack::start().await;
+        assert_exit(
+            &stack,
+            &["groups", "describe", "fraud-detector"],
+            2,
+            &["group fraud-detector does not exist", "verdict groups list"],
+        );
+        assert_exit(
+            &stack,
+            &["replay", "fraud-detector", "--to-earliest", "--all-topics"],
+            2,
+            &["group fraud-detector does not exist"],
+        );
+    });
+}
+
+/// `verdict kafka` puts `--bootstrap-server` where every tool takes it, before a
+/// subcommand (metadata-quorum), and runs `configs` (its class moved in Kafka 4).
+#[test]
+fn kafka_tools_run_as_the_readme_shows() {
+    run(120, async {
+        let stack = Stack::start().await;
+        let topology = apply_topology(&stack, None).await;
+        let topic = topology.topic("transactions");
+        let out = assert_exit(
+            &stack,
+            &["kafka", "metadata-quorum", "describe", "--status"],
+            0,
+            &["LeaderId"],
+        );
+        assert!(!out.contains("Exception"), "{out}");
+        assert_exit(
+            &stack,
+            &[
+                "kafka",
+                "configs",
+                "--describe",
+                "--entity-type",
+                "topics",
+                "--entity-name",
+                &topic,
+            ],
+            0,
+            &["cleanup.policy"],
+        );
+    });
+}
+
+/// `produce` fills what a line leaves out of the envelope: `event_id` (a new UUID),
+/// `occurred_at` (now) and `tenant_id` (`--tenant`); a topic that does not exist is named as
+/// such, not as a registry failure.
+#[test]
+fn produce_fills_the_envelope_and_names_a_missing_topic() {
+    run(120, async {
+        let stack = Stack::start().await;
+        let topology = apply_topology(&stack, None).await;
+        let topic = topology.topic("transactions");
+        let dir = tempfile::tempdir().expect("dir");
+        let file = dir.path().join("tx.jsonl");
+        std::fs::write(
+            &file,
+            r#"{"account_id":"acct-1","amount":12.5,"currency":"EUR","merchant_id":"m-1","merchant_category":"5411","country":"DE","channel":"ONLINE"}"#,
+        )
+        .expect("write");
+        let file = file.to_string_lossy().to_string();
+        assert_exit(
+            &stack,
+            &["produce", &topic, "-f", &file],
+            2,
+            &["line 1", "tenant_id", "--tenant"],
+        );
+        let before = verdict_runtime::now_ms();
+        assert_exit(
+            &stack,
+            &[
+                "produce",
+                &topic,
+                "-f",
+                &file,
+                "--tenant",
+                "tenant-cli",
+                "-k",
+                "account_id",
+            ],
+            0,
+            &["produced 1 record(s)"],
+        );
+        let out = verdict(&stack, &["consume", &topic, "-e"]);
+        assert!(out.status.success(), "{}", text(&out));
+        let v: Value = serde_json::from_slice(&out.stdout).expect("one JSON line");
+        assert_eq!(v["value"]["tenant_id"], "tenant-cli");
+        assert!(
+            uuid::Uuid::parse_str(v["value"]["event_id"].as_str().unwrap_or("")).is_ok(),
+            "{v}"
+        );
+        let at = v["value"]["occurred_at"].as_i64().unwrap_or(0);
+        assert!(at >= before && at <= verdict_runtime::now_ms(), "{v}");
+        assert_eq!(v["key"], "acct-1");
+
+        let typo = format!("{topic}s");
+        assert_exit(
+            &stack,
+            &["produce", &typo, "-f", &file, "--tenant", "t"],
+            2,
+            &[&format!("topic {typo} does not exist")],
+        );
+    });
+}
+
+/// `dlq redrive --class` takes the classes the engine writes in any case, and refuses a name
+/// that is none of them instead of matching nothing.
+#[test]
+fn redrive_classes_are_checked() {
+    run(120, async {
+        let stack = Stack::start().await;
+        let topology = apply_topology(&stack, None).await;
+        let dlq = topology.topic("transactions.dlq");
+        let topo = topology.to_string_lossy().to_string();
+        assert_exit(
+            &stack,
+            &[
+                "dlq",
+                "redrive",
+                &dlq,
+                "--class",
+                "invalid",
+                "--dry-run",
+                "--topology",
+                &topo,
+            ],
+            0,
+            &["would redrive 0"],
+        );
+        assert_exit(
+            &stack,
+            &[
+                "dlq",
+                "redrive",
+                &dlq,
+                "--class",
+                "Bogus",
+                "--dry-run",
+                "--topology",
+                &topo,
+            ],
+            2,
+            &["Bogus", "Decode", "Panic"],
+        );
+        assert_exit(
+            &stack,
+            &[
+                "dlq",
+                "redrive",
+                &dlq,
+                "--since",
+                "yesterday",
+                "--dry-run",
+                "--topology",
+                &topo,
+            ],
+            2,
+            &["--since"],
+        );
+    });
+}
+
+/// `verdict demo` on a used stack (history on its input and decisions topics) reads only the
+/// records it produced and the decisions after them: it finishes in seconds, not minutes.
+#[test]
+fn demo_on_a_used_stack_reads_only_its_own_events() {
+    run(300, async {
+        let stack = Stack::start().await;
+        let topology = apply_topology(&stack, None).await;
+        let input = topology.topic("transactions");
+        let decisions = topology.topic("fraud-decisions");
+        write_history(&stack, &input, 200_000).await;
+        harness::write_history_as(&stack, &input, &decisions, 200_000).await;
+        // A compatible change of the input's schema (a field with a default): the demo's
+        // events come back with it and are still the events it sent.
+        let subject = format!("{input}-value");
+        let mut schema: Value = serde_json::from_str(
+            &std::fs::read_to_string(repo_root().join("schemas/transaction_event.avsc"))
+                .expect("schema"),
+        )
+        .expect("avsc is JSON");
+        schema["fields"]
+            .as_array_mut()
+            .expect("fields")
+            .push(serde_json::json!({"name": "note", "type": ["null", "string"], "default": null}));
+        let registered = harness::Http::json(stack.registry_url())
+            .post(
+                &format!("/subjects/{subject}/versions"),
+                serde_json::json!({"schema": schema.to_string()}),
+            )
+            .await;
+        assert_eq!(registered.status, 200, "{}", registered.body);
+        harness::commit_at_end(
+            &stack.broker.kafka(),
+            &topology.group("verdict-fraud-detector"),
+            &input,
+        )
+        .await;
+        let mut fraud = harness::ServiceProcess::spawn::<fraud_detector::Spec>(
+            &harness::deployment(&stack, &topology, None),
+            |_| {},
+        );
+        fraud.wait_ready(Duration::from_secs(60)).await;
+        let started = Instant::now();
+        let out = verdict(
+            &stack,
+            &[
+                "demo",
+                "--topic",
+                &input,
+                "--decisions-topic",
+                &decisions,
+                "--documents",
+                "0",
+            ],
+        );
+        let took = started.elapsed();
+        let all = text(&out);
+        assert!(out.status.success(), "{all}");
+        assert!(all.contains("round trip: 10/10"), "{all}");
+        assert!(all.contains("pipeline: 10/10 events decided"), "{all}");
+        assert!(took < Duration::from_secs(60), "demo took {took:?}: {all}");
+    });
+}
