@@ -250,6 +250,50 @@ fn produce_fills_the_envelope_and_names_a_missing_topic() {
             2,
             &[&format!("topic {typo} does not exist")],
         );
+
+        // A topic without a registered schema takes the lines as they are when asked to.
+        let plain = topology.topic("plain");
+        assert_exit(
+            &stack,
+            &[
+                "kafka",
+                "topics",
+                "--create",
+                "--topic",
+                &plain,
+                "--partitions",
+                "1",
+            ],
+            0,
+            &[],
+        );
+        assert_exit(
+            &stack,
+            &["produce", &plain, "-f", &file],
+            2,
+            &["no schema", "--value-format json"],
+        );
+        assert_exit(
+            &stack,
+            &[
+                "produce",
+                &plain,
+                "-f",
+                &file,
+                "--value-format",
+                "json",
+                "-k",
+                "account_id",
+            ],
+            0,
+            &["produced 1 record(s)"],
+        );
+        let out = verdict(&stack, &["consume", &plain, "-e"]);
+        let v: Value = serde_json::from_slice(&out.stdout).expect("one JSON line");
+        assert_eq!(v["key"], "acct-1");
+        let sent: Value =
+            serde_json::from_str(v["value"].as_str().expect("the line as text")).expect("JSON");
+        assert_eq!(sent["amount"], 12.5);
     });
 }
 
@@ -370,5 +414,74 @@ fn demo_on_a_used_stack_reads_only_its_own_events() {
         assert!(all.contains("round trip: 10/10"), "{all}");
         assert!(all.contains("pipeline: 10/10 events decided"), "{all}");
         assert!(took < Duration::from_secs(60), "demo took {took:?}: {all}");
+    });
+}
+
+/// Runs `verdict ARGS` against a broker and a registry given by address; returns exit code
+/// and stderr.
+fn verdict_at(bootstrap: &str, registry: &str, args: &[&str]) -> (Option<i32>, String) {
+    let out = harness::run_command(
+        Command::new(bin("verdict"))
+            .args(args)
+            .current_dir(repo_root())
+            .env("KAFKA_BOOTSTRAP_SERVERS", bootstrap)
+            .env("VERDICT_SCHEMA_REGISTRY_URL", registry)
+            .env_remove("RUST_LOG"),
+        Duration::from_secs(60),
+    );
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// With the broker or the registry out of reach, every command says which one and where, in
+/// a line or two (exit 1), instead of "topic does not exist", librdkafka's log, or base64.
+#[test]
+fn an_unreachable_broker_or_registry_is_named() {
+    run(300, async {
+        let stack = Stack::start().await;
+        let topology = apply_topology(&stack, None).await;
+        let topic = topology.topic("transactions");
+        write_history(&stack, &topic, 3).await;
+        let dir = tempfile::tempdir().expect("dir");
+        let file = dir.path().join("tx.jsonl");
+        let (_, tx) = verdict_cli::records::sample_transaction(&mut rand::rng(), "t");
+        std::fs::write(&file, tx.to_string()).expect("write");
+        let file = file.to_string_lossy().to_string();
+        let nobody = format!("127.0.0.1:{}", harness::free_port());
+        let registry = stack.registry_url();
+        let commands: [&[&str]; 4] = [
+            &["consume", &topic, "-e"],
+            &["produce", &topic, "-f", &file],
+            &["dlq", "list", &topic],
+            &["groups", "list"],
+        ];
+        for args in commands {
+            let (code, stderr) = verdict_at(&nobody, &registry, args);
+            assert_eq!(code, Some(1), "{args:?} with the broker down: {stderr}");
+            assert!(
+                stderr.contains(&format!("cannot reach Kafka at {nobody}")),
+                "{args:?}: {stderr}"
+            );
+            assert!(stderr.lines().count() <= 2, "{args:?}: {stderr}");
+            assert!(!stderr.contains('\u{1b}'), "no terminal colours: {stderr}");
+        }
+        let no_registry = format!("http://{nobody}");
+        let commands: [&[&str]; 2] = [
+            &["consume", &topic, "-e"],
+            &["produce", &topic, "-f", &file],
+        ];
+        for args in commands {
+            let (code, stderr) = verdict_at(&stack.broker.bootstrap(), &no_registry, args);
+            assert_eq!(code, Some(1), "{args:?} with the registry down: {stderr}");
+            assert!(
+                stderr.contains(&format!(
+                    "cannot reach the schema registry at {no_registry}"
+                )),
+                "{args:?}: {stderr}"
+            );
+            assert!(stderr.lines().count() <= 2, "{args:?}: {stderr}");
+        }
     });
 }

@@ -36,6 +36,20 @@ pub fn init_logging() {
         .try_init();
 }
 
+/// Logging for a command-line tool: warnings and errors of its own to stderr (`RUST_LOG`
+/// overrides), librdkafka's log only when asked for (`RUST_LOG=librdkafka=info,rdkafka=info`):
+/// the command names the failure once, in the user's terms. Colours only on a terminal.
+pub fn init_cli_logging() {
+    use std::io::IsTerminal;
+    let filter = EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| EnvFilter::new("warn,librdkafka=off,rdkafka=off"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(std::io::stderr().is_terminal())
+        .with_writer(std::io::stderr)
+        .try_init();
+}
+
 /// Keeps the tracer provider alive; flushes spans on drop.
 pub struct TelemetryGuard {
     provider: Option<SdkTracerProvider>,

@@ -59,10 +59,8 @@ pub async fn partitions_of(
     topic: &str,
 ) -> Result<i32, CliError> {
     let topics = kafka.topic_partitions().await.map_err(|e| {
-        CliError::Failed(format!(
-            "cannot reach Kafka at {} ({e}); is the broker running? (`verdict stack status`)",
-            kafka.bootstrap_servers
-        ))
+        tracing::debug!(error = %e, "metadata");
+        unreachable_kafka(kafka)
     })?;
     match topics.get(topic) {
         Some(n) => Ok(i32::try_from(*n).unwrap_or(i32::MAX)),
@@ -70,4 +68,37 @@ pub async fn partitions_of(
             "topic {topic} does not exist (`verdict kafka topics --list` shows the topics)"
         ))),
     }
+}
+
+/// The broker did not answer: said in the user's terms, the client's words at debug level.
+pub fn unreachable_kafka(kafka: &verdict_runtime::kafka::KafkaSettings) -> CliError {
+    CliError::Failed(format!(
+        "cannot reach Kafka at {}: is the broker running? (`verdict stack status`)",
+        kafka.bootstrap_servers
+    ))
+}
+
+/// Settings for the broker at `bootstrap`, once it has answered: a command against a broker
+/// that is down stops here, naming its address, before any client logs or waits.
+pub async fn reach_kafka(
+    bootstrap: String,
+) -> Result<verdict_runtime::kafka::KafkaSettings, CliError> {
+    let kafka = verdict_runtime::kafka::KafkaSettings::with_bootstrap(bootstrap);
+    kafka.topic_partitions().await.map_err(|e| {
+        tracing::debug!(error = %e, "metadata");
+        unreachable_kafka(&kafka)
+    })?;
+    Ok(kafka)
+}
+
+/// Checks the schema registry at `url` answers (its subject list), naming it when it does not.
+pub async fn reach_registry(url: &str) -> Result<(), CliError> {
+    let client = verdict_runtime::registry::RegistryClient::new(url)?;
+    client.subjects().await.map_err(|e| {
+        tracing::debug!(error = %e, "registry");
+        CliError::Failed(format!(
+            "cannot reach the schema registry at {url}: is it running? (`verdict stack status`)"
+        ))
+    })?;
+    Ok(())
 }

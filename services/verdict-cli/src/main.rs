@@ -51,6 +51,15 @@ struct Endpoints {
     registry_url: String,
 }
 
+impl Endpoints {
+    /// The broker's settings, once the broker and the registry have both answered.
+    async fn reach(&self) -> Result<KafkaSettings, CliError> {
+        let kafka = verdict_cli::reach_kafka(self.bootstrap_servers.clone()).await?;
+        verdict_cli::reach_registry(&self.registry_url).await?;
+        Ok(kafka)
+    }
+}
+
 #[derive(clap::Args, Clone)]
 struct TopologyFile {
     /// The topology file.
@@ -186,6 +195,10 @@ enum Command {
         /// UUID, one without `occurred_at` the time it is read (ms since the epoch).
         #[arg(long)]
         tenant: Option<String>,
+        /// avro: with the topic's registered schema (the line's fields checked first); json or
+        /// string: the line as it is, for topics without a schema.
+        #[arg(long, value_enum, default_value = "avro")]
+        value_format: produce_consume::ValueFormat,
         #[command(flatten)]
         endpoints: Endpoints,
     },
@@ -443,7 +456,7 @@ enum TopologyAction {
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    telemetry::init_logging();
+    telemetry::init_cli_logging();
     let cli = Cli::parse();
     match run(cli.command).await {
         Ok(()) => ExitCode::SUCCESS,
@@ -524,7 +537,7 @@ async fn run(command: Command) -> Result<(), CliError> {
                     fail_on_drift,
                 },
         } => {
-            let kafka = KafkaSettings::with_bootstrap(endpoints.bootstrap_servers);
+            let kafka = endpoints.reach().await?;
             let registry = RegistryClient::new(endpoints.registry_url)?;
             let report =
                 topology_cmd::apply(&file.file, file.schemas.as_deref(), &kafka, &registry).await?;
@@ -542,7 +555,7 @@ async fn run(command: Command) -> Result<(), CliError> {
             bootstrap_servers,
             output,
         } => {
-            let kafka = KafkaSettings::with_bootstrap(bootstrap_servers);
+            let kafka = verdict_cli::reach_kafka(bootstrap_servers).await?;
             match action {
                 GroupsAction::List => groups_cmd::list(&kafka, output).await,
                 GroupsAction::Describe { group } => {
@@ -568,7 +581,7 @@ async fn run(command: Command) -> Result<(), CliError> {
                     ));
                 }
             };
-            let kafka = KafkaSettings::with_bootstrap(bootstrap_servers);
+            let kafka = verdict_cli::reach_kafka(bootstrap_servers).await?;
             groups_cmd::replay(&kafka, &group, &spec.spec()?, &scope, execute, output).await
         }
         Command::Produce {
@@ -579,15 +592,17 @@ async fn run(command: Command) -> Result<(), CliError> {
             headers,
             keep_going,
             tenant,
+            value_format,
             endpoints,
         } => {
-            let kafka = KafkaSettings::with_bootstrap(endpoints.bootstrap_servers);
+            let kafka = endpoints.reach().await?;
             let opts = produce_consume::ProduceOpts {
                 key_field,
                 rate,
                 headers,
                 keep_going,
                 tenant,
+                value_format,
             };
             let input: Box<dyn std::io::BufRead> = match file {
                 Some(f) => Box::new(std::io::BufReader::new(std::fs::File::open(&f).map_err(
@@ -613,7 +628,7 @@ async fn run(command: Command) -> Result<(), CliError> {
             partition,
             endpoints,
         } => {
-            let kafka = KafkaSettings::with_bootstrap(endpoints.bootstrap_servers);
+            let kafka = endpoints.reach().await?;
             let opts = produce_consume::ConsumeOpts {
                 offsets,
                 exit_at_end: exit,
@@ -631,7 +646,7 @@ async fn run(command: Command) -> Result<(), CliError> {
             endpoints,
             output,
         } => {
-            let kafka = KafkaSettings::with_bootstrap(endpoints.bootstrap_servers);
+            let kafka = verdict_cli::reach_kafka(endpoints.bootstrap_servers).await?;
             match action {
                 DlqAction::List { topic, select } => {
                     dlq::list(&kafka, &topic, &select.selection()?, output).await
@@ -640,7 +655,10 @@ async fn run(command: Command) -> Result<(), CliError> {
                     topic,
                     partition,
                     offset,
-                } => dlq::show(&kafka, &endpoints.registry_url, &topic, partition, offset).await,
+                } => {
+                    verdict_cli::reach_registry(&endpoints.registry_url).await?;
+                    dlq::show(&kafka, &endpoints.registry_url, &topic, partition, offset).await
+                }
                 DlqAction::Redrive {
                     topic,
                     select,
@@ -708,7 +726,7 @@ async fn run(command: Command) -> Result<(), CliError> {
                     ));
                 }
             };
-            let kafka = KafkaSettings::with_bootstrap(endpoints.bootstrap_servers);
+            let kafka = endpoints.reach().await?;
             let opts = shadow::ShadowOpts {
                 service,
                 name,
@@ -746,7 +764,7 @@ async fn demo(
     decisions_topic: &str,
     documents: usize,
 ) -> Result<(), CliError> {
-    let kafka = KafkaSettings::with_bootstrap(endpoints.bootstrap_servers);
+    let kafka = endpoints.reach().await?;
     let producer = AvroProducer::new(&kafka, &endpoints.registry_url)?;
     // Decisions are read from where their topics end now: a used stack's history is not
     // read again.

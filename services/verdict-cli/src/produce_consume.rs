@@ -32,6 +32,19 @@ pub struct ProduceOpts {
     pub keep_going: bool,
     /// `tenant_id` of the lines that leave it out.
     pub tenant: Option<String>,
+    pub value_format: ValueFormat,
+}
+
+/// How `produce` writes each line, as Confluent's tools name it (`--value-format`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum ValueFormat {
+    /// Avro with the topic's latest registered schema, Confluent-framed.
+    #[default]
+    Avro,
+    /// The line's JSON as it is (checked to be JSON), for topics without a schema.
+    Json,
+    /// The line's text as it is.
+    String,
 }
 
 /// Parses `-H key=value`.
@@ -53,11 +66,17 @@ pub async fn produce(
 ) -> Result<ProduceReport, CliError> {
     crate::partitions_of(kafka, topic).await?;
     let serde = AvroSerde::new(registry_url);
-    let schema = serde.latest_schema(topic).await.map_err(|e| {
-        CliError::Usage(format!(
-            "no schema for {topic}-value in the registry at {registry_url}: {e}"
-        ))
-    })?;
+    let schema = match opts.value_format {
+        ValueFormat::Avro => Some(serde.latest_schema(topic).await.map_err(|e| {
+            tracing::debug!(error = %e, "latest schema");
+            CliError::Usage(format!(
+                "topic {topic} has no schema in the registry at {registry_url} (subject \
+                 {topic}-value): register one (`verdict topology apply`), or send the lines \
+                 as they are with --value-format json|string"
+            ))
+        })?),
+        ValueFormat::Json | ValueFormat::String => None,
+    };
     let limit = RecordLimits::new(kafka)?.of(topic).await?;
     let mut headers = HeaderMap::default();
     for (k, v) in &opts.headers {
@@ -71,7 +90,7 @@ pub async fn produce(
         if line.trim().is_empty() {
             continue;
         }
-        let checked = check_line(&serde, &schema, topic, &line, opts)
+        let checked = encode_line(&serde, schema.as_deref(), topic, &line, opts)
             .await
             .and_then(|(key, bytes)| {
                 let size = key.as_ref().map_or(0, String::len) + bytes.len() + headers.byte_len();
@@ -148,16 +167,32 @@ async fn finish_one<F: Future<Output = Result<(i32, i64), String>>>(
     Ok(())
 }
 
-async fn check_line(
+/// One line as the record to send (key, value bytes) in the chosen format, or why not.
+async fn encode_line(
     serde: &AvroSerde,
-    schema: &apache_avro::Schema,
+    schema: Option<&apache_avro::Schema>,
     topic: &str,
     line: &str,
     opts: &ProduceOpts,
 ) -> Result<(Option<String>, Vec<u8>), String> {
+    if opts.value_format == ValueFormat::String {
+        if opts.key_field.is_some() {
+            return Err("--key-field needs JSON lines (--value-format json or avro)".into());
+        }
+        return Ok((None, line.as_bytes().to_vec()));
+    }
     let mut value: Json = serde_json::from_str(line).map_err(|e| format!("not JSON: {e}"))?;
-    fill_envelope(schema, &mut value, opts.tenant.as_deref())?;
-    check_fields(schema, &value)?;
+    let bytes = match schema {
+        Some(schema) => {
+            fill_envelope(schema, &mut value, opts.tenant.as_deref())?;
+            check_fields(schema, &value)?;
+            serde
+                .encode(topic, &ValueSchema::TopicLatest, untyped(&value))
+                .await
+                .map_err(|e| e.to_string())?
+        }
+        None => line.trim().as_bytes().to_vec(),
+    };
     let key = match opts.key_field.as_deref() {
         None => None,
         Some(f) => Some(match &value[f] {
@@ -166,10 +201,6 @@ async fn check_line(
             other => other.to_string(),
         }),
     };
-    let bytes = serde
-        .encode(topic, &ValueSchema::TopicLatest, untyped(&value))
-        .await
-        .map_err(|e| e.to_string())?;
     Ok((key, bytes))
 }
 
