@@ -122,7 +122,7 @@ fn stack_up_apply_demo_status_down() {
     assert_eq!(foreign.status.code(), Some(1), "{}", text(&foreign));
     assert_eq!(
         text(&foreign)
-            .matches("answers, but not started by this data dir")
+            .matches("holds the port, not started by this data dir")
             .count(),
         2 + verdict_cli::services::SERVICES.len(),
         "broker, registry and every service: {}",
@@ -328,4 +328,93 @@ fn stack_up_names_what_failed() {
             .success()
     );
     drop(guard);
+}
+
+/// `stack status` judges a part by who listens on its port, not by its pid file: a service
+/// whose process lives but does not hold the port (it failed to bind: another program
+/// answers there) is FOREIGN, naming that program's pid; `stack down` stops the service and
+/// says it left the other program running.
+#[test]
+fn stack_status_trusts_the_listener_not_the_pid_file() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let port = free_port_block(4);
+    // Another program answering 200 on the fraud-detector's port.
+    let mut foreign = KillOnDrop(
+        Command::new("python3")
+            .args([
+                "-c",
+                "import http.server as h,sys\n\
+             class H(h.BaseHTTPRequestHandler):\n \
+             def do_GET(s): s.send_response(200); s.end_headers(); s.wfile.write(b'ok')\n \
+             def log_message(s,*a): pass\n\
+             h.HTTPServer(('127.0.0.1', int(sys.argv[1])), H).serve_forever()",
+                &port.to_string(),
+            ])
+            .spawn()
+            .expect("python3"),
+    );
+    // The stack's fraud-detector: alive, named as the service, listening nowhere.
+    let fake = dir.path().join("fraud-detector");
+    std::os::unix::fs::symlink("/bin/sleep", &fake).expect("symlink");
+    let mut ours = KillOnDrop(Command::new(&fake).arg("120").spawn().expect("sleep"));
+    std::fs::write(
+        dir.path().join("fraud-detector.pid"),
+        ours.0.id().to_string(),
+    )
+    .expect("pid");
+    let ports = stack_ports(free_port(), free_port(), free_port());
+    let mut ports: Vec<&str> = ports.iter().map(String::as_str).collect();
+    let services = port.to_string();
+    let at = ports
+        .iter()
+        .position(|p| *p == "--services-port")
+        .expect("flag");
+    ports[at + 1] = &services;
+    let answers = (0..100).any(|_| {
+        std::thread::sleep(Duration::from_millis(100));
+        std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
+    });
+    assert!(answers, "the foreign server listens");
+
+    let status = verdict(dir.path(), &["stack", "status"], &ports);
+    let line = text(&status)
+        .lines()
+        .find(|l| l.starts_with("fraud-detector"))
+        .map(String::from)
+        .unwrap_or_else(|| panic!("no fraud-detector line: {}", text(&status)));
+    assert!(!status.status.success());
+    assert!(
+        line.contains("FOREIGN") && line.contains(&format!("pid {}", foreign.0.id())),
+        "{line}"
+    );
+
+    let down = verdict(dir.path(), &["stack", "down"], &ports);
+    let said = text(&down);
+    assert!(
+        said.contains(&format!("fraud-detector: stopped pid {}", ours.0.id())),
+        "{said}"
+    );
+    assert!(
+        said.contains(&format!("pid {} holds port {port}", foreign.0.id()))
+            && said.contains("left running"),
+        "{said}"
+    );
+    assert!(
+        ours.0.try_wait().expect("wait").is_some(),
+        "our process stopped"
+    );
+    assert!(
+        foreign.0.try_wait().expect("wait").is_none(),
+        "the other program still runs"
+    );
+}
+
+/// A child process stopped (by its pid) when the test ends, however it ends.
+struct KillOnDrop(std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
 }

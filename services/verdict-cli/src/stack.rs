@@ -176,6 +176,53 @@ pub fn alive(pid: u32) -> bool {
         .unwrap_or(true)
 }
 
+/// The process listening on TCP `port` (any local address), from `/proc/net/tcp{,6}` and
+/// the sockets in `/proc/<pid>/fd`; `None` when nothing listens or the holder is not ours to
+/// see (another user's process).
+pub fn listener_pid(port: u16) -> Option<u32> {
+    let inodes: Vec<String> = ["/proc/net/tcp", "/proc/net/tcp6"]
+        .iter()
+        .filter_map(|f| fs::read_to_string(f).ok())
+        .flat_map(|table| {
+            table
+                .lines()
+                .skip(1)
+                .filter_map(|line| listening_inode(line, port))
+                .collect::<Vec<_>>()
+        })
+        .collect();
+    if inodes.is_empty() {
+        return None;
+    }
+    let wanted: Vec<String> = inodes.iter().map(|i| format!("socket:[{i}]")).collect();
+    fs::read_dir("/proc").ok()?.flatten().find_map(|entry| {
+        let pid: u32 = entry.file_name().to_str()?.parse().ok()?;
+        let fds = fs::read_dir(entry.path().join("fd")).ok()?;
+        fds.flatten()
+            .filter_map(|fd| fs::read_link(fd.path()).ok())
+            .any(|target| wanted.iter().any(|w| target.as_os_str() == w.as_str()))
+            .then_some(pid)
+    })
+}
+
+/// The socket inode of a `/proc/net/tcp` line when it listens (state 0A) on `port`.
+fn listening_inode(line: &str, port: u16) -> Option<String> {
+    let fields: Vec<&str> = line.split_whitespace().collect();
+    let local = fields.get(1)?;
+    let (_, hex_port) = local.rsplit_once(':')?;
+    let listening = fields.get(3) == Some(&"0A");
+    (listening && u16::from_str_radix(hex_port, 16).ok()? == port)
+        .then(|| fields.get(9).map(|i| (*i).to_string()))
+        .flatten()
+}
+
+/// A process's command line for display (arguments joined by spaces, at most 80 characters).
+fn command_of(pid: u32) -> String {
+    let raw = fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+    let text = String::from_utf8_lossy(&raw).replace('\0', " ");
+    text.trim().chars().take(80).collect()
+}
+
 /// Sends SIGTERM to `pid`, waits up to `grace`, then SIGKILL. Returns whether it had to kill.
 pub fn stop_pid(pid: u32, grace: Duration) -> bool {
     stop_pids(&[pid], grace).contains(&pid)
@@ -617,7 +664,55 @@ impl StackOpts {
             .map(|(_, c)| c)
             .collect();
         self.stop(&nodes);
+        let mut ports: Vec<(&str, u16)> = SERVICES
+            .iter()
+            .enumerate()
+            .filter_map(|(i, d)| Some((d.name, self.service_port(i)?)))
+            .collect();
+        if Self::external_registry().is_none() {
+            ports.push((REGISTRY.name, self.registry_port));
+        }
+        if Self::external_bootstrap().is_none() {
+            for (i, c) in nodes.iter().enumerate() {
+                ports.extend(self.broker_port_of(i).map(|p| (c.name, p)));
+            }
+        }
+        Self::report_held(&ports);
         Ok(())
+    }
+
+    /// The client port of node `index` (0-based).
+    fn broker_port_of(&self, index: usize) -> Option<u16> {
+        u16::try_from(usize::from(self.broker_port) + 2 * index).ok()
+    }
+
+    /// The health port of the `index`th declared service.
+    fn service_port(&self, index: usize) -> Option<u16> {
+        u16::try_from(usize::from(self.services_port) + index).ok()
+    }
+
+    /// Who holds `port` for component `c`: this data dir's process (described by `detail`),
+    /// another process, or nobody.
+    fn owner(&self, c: &Component, port: u16, detail: impl FnOnce(u32) -> String) -> Owner {
+        let ours = self.running_pid(c);
+        match (listener_pid(port), ours) {
+            (Some(holder), _) if Some(holder) != ours => Owner::Foreign { holder, ours },
+            (_, Some(pid)) => Owner::Pid(detail(pid)),
+            (_, None) => Owner::Nobody,
+        }
+    }
+
+    /// Says which of these ports another process holds after `down`: it is not this
+    /// stack's, and is left running.
+    fn report_held(ports: &[(&str, u16)]) {
+        for (name, port) in ports {
+            if let Some(holder) = listener_pid(*port) {
+                println!(
+                    "{name}: pid {holder} holds port {port} ({}), not this stack's: left running",
+                    command_of(holder)
+                );
+            }
+        }
     }
 
     /// Stops these components (started by this data dir) together, and forgets their pids.
@@ -668,29 +763,26 @@ impl StackOpts {
                     .wait_until_reachable(Duration::from_secs(2))
                     .await
                     .is_ok();
-                let owner = match self.running_pid(c) {
-                    Some(pid) => Owner::Pid(format!(
+                let owner = self.owner(c, node.port, |pid| {
+                    format!(
                         "Apache Kafka {} node {} of {n}, pid {pid}, data {}, log {}",
                         kafka_version(),
                         node.node_id,
                         node.dir.display(),
                         self.log_file(c).display()
-                    )),
-                    None => Owner::Nobody,
-                };
+                    )
+                });
                 healthy &= report(c.name, &node.bootstrap(), "answering", ok, owner);
             }
         }
         let reg_ok = wait_for_http(&self.registry_url(), None, Duration::from_secs(2))
             .await
             .is_ok();
-        let registry = match (Self::external_registry(), self.running_pid(&REGISTRY)) {
-            (Some(_), _) => Owner::External(REGISTRY_URL_ENV),
-            (None, Some(pid)) => Owner::Pid(format!(
-                "pid {pid}, log {}",
-                self.log_file(&REGISTRY).display()
-            )),
-            (None, None) => Owner::Nobody,
+        let registry = match Self::external_registry() {
+            Some(_) => Owner::External(REGISTRY_URL_ENV),
+            None => self.owner(&REGISTRY, self.registry_port, |pid| {
+                format!("pid {pid}, log {}", self.log_file(&REGISTRY).display())
+            }),
         };
         healthy &= report(
             "schema-registry",
@@ -704,8 +796,10 @@ impl StackOpts {
             let ready = wait_for_ready(&url, None, Duration::from_secs(2))
                 .await
                 .is_ok();
-            let owner = match self.running_pid(&c) {
-                Some(pid) => Owner::Pid(format!("pid {pid}, log {}", self.log_file(&c).display())),
+            let owner = match self.service_port(i) {
+                Some(port) => self.owner(&c, port, |pid| {
+                    format!("pid {pid}, log {}", self.log_file(&c).display())
+                }),
                 None => Owner::Nobody,
             };
             healthy &= report(c.name, &url, "ready", ready, owner);
@@ -724,8 +818,13 @@ impl StackOpts {
 enum Owner {
     /// Given by this environment variable; not ours to start or judge.
     External(&'static str),
-    /// Started by this data dir; what to say of it.
+    /// Started by this data dir (and no other process holds its port); what to say of it.
     Pid(String),
+    /// Another process holds the port; `ours` is this data dir's process, if it lives.
+    Foreign {
+        holder: u32,
+        ours: Option<u32>,
+    },
     Nobody,
 }
 
@@ -740,6 +839,16 @@ fn report(name: &str, addr: &str, up: &str, answering: bool, owner: Owner) -> bo
             false,
         ),
         (false, Owner::Nobody) => ("DOWN", "not started by this data dir".to_string(), false),
+        (_, Owner::Foreign { holder, ours }) => (
+            "FOREIGN",
+            format!(
+                "pid {holder} ({}) holds the port, not started by this data dir{}",
+                command_of(holder),
+                ours.map(|p| format!("; this data dir's pid {p} does not hold it (see its log)"))
+                    .unwrap_or_default()
+            ),
+            false,
+        ),
         (answering, Owner::External(var)) => (
             if answering { up } else { "DOWN" },
             format!("external ({var})"),
@@ -749,4 +858,30 @@ fn report(name: &str, addr: &str, up: &str, answering: bool, owner: Owner) -> bo
     };
     println!("{name:<17} {addr:<24} {state:<10} {detail}");
     healthy
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn listening_sockets_are_found_by_port_and_state() {
+        // Lines of /proc/net/tcp: 127.0.0.1:8081 listening, then an established connection
+        // from port 8081.
+        let listen = "   0: 0100007F:1F91 00000000:0000 0A 00000000:00000000 00:00000000 00000000  1000        0 424242 1 0000000000000000 100 0 0 10 0";
+        let established = "   1: 0100007F:1F91 0100007F:D2F0 01 00000000:00000000 00:00000000 00000000  1000        0 434343 1 0000000000000000 20 4 30 10 -1";
+        assert_eq!(listening_inode(listen, 8081), Some("424242".into()));
+        assert_eq!(listening_inode(listen, 8082), None);
+        assert_eq!(listening_inode(established, 8081), None);
+        assert_eq!(listening_inode("garbage", 8081), None);
+    }
+
+    #[test]
+    fn a_port_of_this_process_is_found_as_its_own() {
+        let socket = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let port = socket.local_addr().expect("addr").port();
+        assert_eq!(listener_pid(port), Some(std::process::id()));
+        drop(socket);
+        assert_eq!(listener_pid(port), None);
+    }
 }
