@@ -485,3 +485,57 @@ fn an_unreachable_broker_or_registry_is_named() {
         }
     });
 }
+
+/// `verdict shadow` checks the shadow service's settings before it creates a topic or copies
+/// an event: a model file that does not exist (the README's old example) or an unknown key is
+/// refused at once, naming the key. Before: 13 topics were created and the whole range copied
+/// first, and the reason was left in a temporary log.
+#[test]
+fn shadow_refuses_bad_settings_before_touching_the_cluster() {
+    run(180, async {
+        let stack = Stack::start().await;
+        let topology = apply_topology(&stack, None).await;
+        let topo = topology.to_string_lossy().to_string();
+        let input = topology.topic("transactions");
+        write_history(&stack, &input, 100).await;
+        let cases: [(&str, &[&str]); 2] = [
+            (
+                "service.model_file=models/fraud/model-v2.json",
+                &["service.model_file", "model-v2.json does not exist"],
+            ),
+            ("service.no_such_key=1", &["no_such_key"]),
+        ];
+        for (set, says) in cases {
+            assert_exit(
+                &stack,
+                &[
+                    "shadow",
+                    "--service",
+                    "fraud-detector",
+                    "--name",
+                    "bad",
+                    "--topology",
+                    &topo,
+                    "--from-offset",
+                    "0",
+                    "--keep-topics",
+                    "--set",
+                    set,
+                ],
+                2,
+                says,
+            );
+            let topics = stack
+                .broker
+                .kafka()
+                .topic_partitions()
+                .await
+                .expect("topics");
+            let created: Vec<&String> = topics
+                .keys()
+                .filter(|t| t.starts_with("shadow-bad."))
+                .collect();
+            assert!(created.is_empty(), "{set}: created {created:?}");
+        }
+    });
+}

@@ -149,25 +149,34 @@ where
 {
     let mut args = std::env::args().skip(1);
     let mut file = std::env::var_os("VERDICT_CONFIG").map(PathBuf::from);
+    let mut check_only = false;
     while let Some(arg) = args.next() {
         match arg.as_str() {
             "--config" => file = args.next().map(PathBuf::from),
+            "--check-config" => check_only = true,
             "--help" | "-h" => {
                 println!(
-                    "{service} [--config FILE]\nSettings: defaults < FILE (TOML) < VERDICT__SECTION__KEY environment variables."
+                    "{service} [--config FILE] [--check-config]\nSettings: defaults < FILE (TOML) < VERDICT__SECTION__KEY environment variables.\n--check-config: load and validate the settings, say what is wrong (exit 2) or ok (exit 0), start nothing."
                 );
                 return Err(ExitCode::SUCCESS);
             }
             other => {
-                eprintln!("{service}: unknown argument `{other}` (only --config FILE)");
+                eprintln!(
+                    "{service}: unknown argument `{other}` (only --config FILE and --check-config)"
+                );
                 return Err(ExitCode::from(2));
             }
         }
     }
-    crate::settings::load(file.as_deref()).map_err(|e| {
+    let settings = crate::settings::load(file.as_deref()).map_err(|e| {
         eprintln!("{service}: {e}");
         ExitCode::from(2)
-    })
+    })?;
+    if check_only {
+        println!("{service}: settings ok");
+        return Err(ExitCode::SUCCESS);
+    }
+    Ok(settings)
 }
 
 /// What every service process shares, whatever it runs (a record processor, a model server,

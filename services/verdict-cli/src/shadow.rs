@@ -70,6 +70,13 @@ pub struct ShadowReport {
     /// `"OLD -> NEW"` → count (equal outcomes included).
     pub transitions: BTreeMap<String, usize>,
     pub models: BTreeMap<String, usize>,
+    /// Models of the production decisions compared with: more than one means the range
+    /// spans a rollout, and some changes are the rollout's.
+    pub production_models: BTreeMap<String, usize>,
+    /// Changes where a history-dependent rule (velocity) fired on one side only: the shadow
+    /// service starts with empty per-account state and production's state depends on its
+    /// restarts, so these say nothing about the change under test.
+    pub history_dependent_changes: usize,
     pub score_shift: Option<ShiftStats>,
     pub top_changes: Vec<Change>,
 }
@@ -117,6 +124,14 @@ fn reasons(v: &Json) -> Vec<String> {
         .unwrap_or_default()
 }
 
+/// The reason a rule that depends on earlier events of the same account gives
+/// (fraud-detector's velocity rule).
+const HISTORY_RULE: &str = "transactions of this account within";
+
+fn history_rule_fired(reasons: &[String]) -> bool {
+    reasons.iter().any(|r| r.contains(HISTORY_RULE))
+}
+
 fn model(v: &Json) -> String {
     format!(
         "{}@{}",
@@ -145,6 +160,7 @@ pub fn compare(shadow: &[Json], production: &[Json], top: usize) -> ShadowReport
             continue;
         };
         r.compared += 1;
+        *r.production_models.entry(model(old)).or_default() += 1;
         let (o, n) = (outcome(old), outcome(new));
         *r.transitions.entry(format!("{o} -> {n}")).or_default() += 1;
         let (os, ns) = (old["score"].as_f64(), new["score"].as_f64());
@@ -153,6 +169,10 @@ pub fn compare(shadow: &[Json], production: &[Json], top: usize) -> ShadowReport
         }
         if o != n {
             r.changed += 1;
+            let (or, nr) = (reasons(old), reasons(new));
+            if history_rule_fired(&or) != history_rule_fired(&nr) {
+                r.history_dependent_changes += 1;
+            }
             changes.push(Change {
                 event_id: new["event_id"].as_str().unwrap_or("?").to_string(),
                 old_outcome: o,
@@ -238,6 +258,7 @@ impl ShadowReport {
         for (t, n) in &self.transitions {
             s.push_str(&format!("| {t} | {n} |\n"));
         }
+        s.push_str(&self.trust());
         if let Some(st) = &self.score_shift {
             s.push_str(&format!(
                 "\n## Score shift (shadow − production)\n\nmean {:+.4}, min {:+.4}, p50 {:+.4}, p95 {:+.4}, max {:+.4}\n\n| shift | count |\n|---|---|\n",
@@ -268,6 +289,41 @@ impl ShadowReport {
             ));
         }
         s
+    }
+}
+
+impl ShadowReport {
+    /// What limits the comparison, in numbers: changes that turn on per-account history,
+    /// production decisions of several models, events production never decided.
+    fn trust(&self) -> String {
+        let models = self
+            .production_models
+            .iter()
+            .map(|(m, n)| format!("`{m}` ({n})"))
+            .collect::<Vec<_>>()
+            .join(", ");
+        format!(
+            "\n## How far to trust this\n\n\
+             - {} of the {} changes turn on the velocity rule firing on one side only. The shadow \
+             service starts with no per-account history (and production's depends on its \
+             restarts), so these are not caused by the change under test; {} are not.\n\
+             - Production decided with {}{}.\n\
+             - {} shadow decisions have no production decision to compare with.\n",
+            self.history_dependent_changes,
+            self.changed,
+            self.changed - self.history_dependent_changes,
+            if models.is_empty() {
+                "no compared decision".to_string()
+            } else {
+                models
+            },
+            if self.production_models.len() > 1 {
+                ": the range spans a rollout, and some changes are the rollout's"
+            } else {
+                ""
+            },
+            self.without_production_decision,
+        )
     }
 }
 
@@ -363,6 +419,14 @@ pub async fn run(kafka: &KafkaSettings, opts: &ShadowOpts) -> Result<ShadowRepor
         toml::to_string(&doc).map_err(|e| CliError::Failed(e.to_string()))?,
     )
     .map_err(|e| CliError::Failed(format!("{}: {e}", shadow_file.display())))?;
+    // The shadow service's settings are checked before any topic is created or event copied.
+    let settings = match ServiceSettings::write(kafka, opts, spec, &shadow_file) {
+        Ok(s) => s,
+        Err(e) => {
+            let _ = std::fs::remove_file(&shadow_file);
+            return Err(e);
+        }
+    };
     let registry = RegistryClient::new(opts.registry_url.clone())?;
     let applied = crate::topology_cmd::apply(&shadow_file, None, kafka, &registry).await;
     let result = async {
@@ -373,15 +437,7 @@ pub async fn run(kafka: &KafkaSettings, opts: &ShadowOpts) -> Result<ShadowRepor
             "copied {events} events of {} into {shadow_input}",
             svc.input
         );
-        run_service(
-            kafka,
-            opts,
-            spec,
-            &shadow_file,
-            &shadow_group,
-            &shadow_input,
-        )
-        .await?;
+        run_service(kafka, opts, spec, &settings, &shadow_group, &shadow_input).await?;
         let reader = GroupReader::new(kafka)?;
         let serde = AvroSerde::new(&opts.registry_url);
         let new = read_decoded(kafka, &reader, &serde, &shadow_decisions).await?;
@@ -491,49 +547,87 @@ async fn copy_range(
     Ok(n)
 }
 
+/// The shadow service's settings file, written and checked (`--check-config`) before the
+/// run: a bad `--set` or a model file that does not exist is refused naming the key.
+struct ServiceSettings {
+    work: PathBuf,
+    config: PathBuf,
+    log: PathBuf,
+}
+
+impl ServiceSettings {
+    fn write(
+        kafka: &KafkaSettings,
+        opts: &ShadowOpts,
+        spec: &crate::services::Declared,
+        topology: &Path,
+    ) -> Result<Self, CliError> {
+        // Models and other repository files are found from the working directory, as with
+        // `verdict stack`.
+        let root = std::env::current_dir().map_err(|e| CliError::Failed(e.to_string()))?;
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .map_err(|e| CliError::Failed(format!("no free port: {e}")))?;
+        let deployment = Deployment {
+            kafka: kafka.clone(),
+            registry_url: opts.registry_url.clone(),
+            topology: std::path::absolute(topology).map_err(|e| CliError::Failed(e.to_string()))?,
+            root,
+            http_listen: port,
+            admin_listen: std::net::SocketAddr::from(([127, 0, 0, 1], 0)),
+            model_server_url: opts.model_server_url.clone(),
+            minilm_dir: PathBuf::new(),
+        };
+        let mut doc: toml::Table = spec
+            .config(&deployment)?
+            .parse()
+            .map_err(|e| CliError::Failed(format!("settings of {}: {e}", spec.name)))?;
+        for (k, v) in &opts.overrides {
+            set_override(&mut doc, k, v)?;
+        }
+        let work = tempfile_dir()?;
+        let settings = Self {
+            config: work.join(format!("{}.toml", spec.name)),
+            log: work.join(format!("{}.log", spec.name)),
+            work,
+        };
+        std::fs::write(
+            &settings.config,
+            toml::to_string(&doc).map_err(|e| CliError::Failed(e.to_string()))?,
+        )
+        .map_err(|e| CliError::Failed(e.to_string()))?;
+        let checked = std::process::Command::new(crate::stack::sibling_binary(spec.name)?)
+            .arg("--config")
+            .arg(&settings.config)
+            .arg("--check-config")
+            .output()
+            .map_err(|e| CliError::Failed(format!("cannot run {}: {e}", spec.name)))?;
+        if !checked.status.success() {
+            let _ = std::fs::remove_dir_all(&settings.work);
+            let why = String::from_utf8_lossy(&checked.stderr);
+            return Err(CliError::Usage(format!(
+                "the shadow {}'s settings (with --set) are refused, nothing was created: {}",
+                spec.name,
+                why.trim()
+            )));
+        }
+        Ok(settings)
+    }
+}
+
 /// Runs the service on the shadow topology until its group committed the whole shadow input.
 async fn run_service(
     kafka: &KafkaSettings,
     opts: &ShadowOpts,
     spec: &crate::services::Declared,
-    topology: &Path,
+    settings: &ServiceSettings,
     group: &str,
     input: &str,
 ) -> Result<(), CliError> {
-    // Models and other repository files are found from the working directory, as with
-    // `verdict stack`.
-    let root = std::env::current_dir().map_err(|e| CliError::Failed(e.to_string()))?;
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map_err(|e| CliError::Failed(format!("no free port: {e}")))?;
-    let deployment = Deployment {
-        kafka: kafka.clone(),
-        registry_url: opts.registry_url.clone(),
-        topology: std::path::absolute(topology).map_err(|e| CliError::Failed(e.to_string()))?,
-        root: root.clone(),
-        http_listen: port,
-        admin_listen: std::net::SocketAddr::from(([127, 0, 0, 1], 0)),
-        model_server_url: opts.model_server_url.clone(),
-        minilm_dir: PathBuf::new(),
-    };
-    let mut doc: toml::Table = spec
-        .config(&deployment)?
-        .parse()
-        .map_err(|e| CliError::Failed(format!("settings of {}: {e}", spec.name)))?;
-    for (k, v) in &opts.overrides {
-        set_override(&mut doc, k, v)?;
-    }
-    let work = tempfile_dir()?;
-    let config = work.join(format!("{}.toml", spec.name));
-    let log = work.join(format!("{}.log", spec.name));
-    std::fs::write(
-        &config,
-        toml::to_string(&doc).map_err(|e| CliError::Failed(e.to_string()))?,
-    )
-    .map_err(|e| CliError::Failed(e.to_string()))?;
+    let ServiceSettings { work, config, log } = settings;
     let mut cmd = std::process::Command::new(crate::stack::sibling_binary(spec.name)?);
-    cmd.arg("--config").arg(&config).env("RUST_LOG", "warn");
-    let mut child = crate::stack::spawn_logged(cmd, &log, false)?;
+    cmd.arg("--config").arg(config).env("RUST_LOG", "warn");
+    let mut child = crate::stack::spawn_logged(cmd, log, false)?;
     let pid = child.id();
     let reader = GroupReader::new(kafka)?;
     let n = i32::try_from(kafka.partition_count(input).await).unwrap_or(0);
@@ -581,7 +675,7 @@ async fn run_service(
     crate::stack::stop_pid(pid, Duration::from_secs(30));
     let _ = child.wait();
     if outcome.is_ok() {
-        let _ = std::fs::remove_dir_all(&work);
+        let _ = std::fs::remove_dir_all(work);
     }
     outcome
 }
@@ -634,6 +728,32 @@ mod tests {
             "{s:?}"
         );
         assert!(r.markdown().contains("| APPROVE -> DECLINE | 1 |"));
+    }
+
+    #[test]
+    fn changes_that_turn_on_per_account_history_are_counted_apart() {
+        let velocity = "rule: 6 transactions of this account within 60000 ms (limit 5)";
+        let mut reviewed = decision("a", "REVIEW", 0.2, "1");
+        reviewed["reasons"] = json!([velocity]);
+        let prod = vec![
+            reviewed,
+            decision("b", "APPROVE", 0.3, "1"),
+            decision("c", "APPROVE", 0.3, "0.9"),
+        ];
+        let shadow = vec![
+            decision("a", "APPROVE", 0.2, "1"),
+            decision("b", "REVIEW", 0.5, "1"),
+            decision("c", "APPROVE", 0.3, "1"),
+        ];
+        let r = compare(&shadow, &prod, 10);
+        assert_eq!((r.changed, r.history_dependent_changes), (2, 1));
+        assert_eq!(r.production_models.len(), 2);
+        let md = r.markdown();
+        assert!(
+            md.contains("1 of the 2 changes turn on the velocity rule"),
+            "{md}"
+        );
+        assert!(md.contains("the range spans a rollout"), "{md}");
     }
 
     #[test]
