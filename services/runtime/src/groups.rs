@@ -4,9 +4,12 @@
 //! 0 when caught up). `verdict groups`, `verdict replay` and the lag monitor read groups
 //! only through [`GroupReader`].
 //!
-//! Limits: the group listing and member assignments come from ListGroups/DescribeGroups,
-//! which describe classic groups (verdict's default); a KIP-848 (`group.protocol=consumer`)
-//! group shows its state and committed offsets but no members.
+//! Groups, states, members and assignments come from librdkafka's ListConsumerGroups and
+//! DescribeConsumerGroups ([`crate::groups_admin`]), which describe classic groups (verdict's
+//! default) and KIP-848 (`group.protocol=consumer`) groups alike. A group the broker does not
+//! know is reported as `Dead`; with no committed offsets either it does not exist
+//! ([`GroupLag::exists`]). Limits: librdkafka names the KIP-848 states Assigning, Reconciling
+//! and NotReady `Unknown`; groups of other protocol types (Connect, …) are not listed.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex};
@@ -18,6 +21,7 @@ use rdkafka::message::Message;
 use rdkafka::{Offset, TopicPartitionList};
 use serde::Serialize;
 
+use crate::groups_admin::{GroupDescription, describe_groups, list_groups};
 use crate::kafka::{KafkaError, KafkaSettings};
 
 const TIMEOUT: Duration = Duration::from_secs(10);
@@ -27,7 +31,11 @@ const TIMEOUT: Duration = Duration::from_secs(10);
 pub struct GroupSummary {
     pub group: String,
     pub state: String,
+    /// `consumer` (classic consumer groups and KIP-848 groups), or empty for a group that only
+    /// has committed offsets.
     pub protocol_type: String,
+    /// The group protocol: `Classic`, `Consumer` (KIP-848) or `Unknown` (brokers before 3.8).
+    pub group_type: String,
     pub members: usize,
 }
 
@@ -44,7 +52,13 @@ pub struct Member {
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct GroupLag {
     pub group: String,
+    /// librdkafka's state name; `Dead` for a group the broker does not know.
     pub state: String,
+    /// `Classic`, `Consumer` (KIP-848) or `Unknown`.
+    pub group_type: String,
+    /// False when the broker does not know the group and it has no committed offsets
+    /// (Kafka's tool: "Consumer group 'X' does not exist.").
+    pub exists: bool,
     pub members: Vec<Member>,
     pub partitions: Vec<PartitionLag>,
     /// When the offsets were read (ms since the epoch).
@@ -81,9 +95,11 @@ impl GroupLag {
             .fold(0.0, f64::max)
     }
 
-    /// True when no member is in the group (offsets may be reset).
+    /// True when no member is in the group (offsets may be reset): no members, and a state
+    /// that agrees (a group between states, e.g. a KIP-848 one librdkafka calls `Unknown`,
+    /// counts as active).
     pub fn is_inactive(&self) -> bool {
-        matches!(self.state.as_str(), "Empty" | "Dead" | "")
+        self.members.is_empty() && matches!(self.state.as_str(), "Empty" | "Dead" | "")
     }
 }
 
@@ -109,19 +125,29 @@ impl GroupReader {
         })
     }
 
-    /// Every group the cluster knows, sorted by name.
+    /// Every consumer group the cluster knows (classic and KIP-848), sorted by name. State,
+    /// type and member count come from describing the listed groups; a group gone between
+    /// the two requests is `Dead` with no members.
     pub async fn list(&self) -> Result<Vec<GroupSummary>, KafkaError> {
         let meta = self.meta.clone();
         blocking(move || {
-            let list = meta.fetch_group_list(None, TIMEOUT)?;
-            let mut out: Vec<GroupSummary> = list
-                .groups()
-                .iter()
-                .map(|g| GroupSummary {
-                    group: g.name().to_string(),
-                    state: g.state().to_string(),
-                    protocol_type: g.protocol_type().to_string(),
-                    members: g.members().len(),
+            let listed = list_groups(meta.client(), TIMEOUT)?;
+            let names: Vec<String> = listed.iter().map(|l| l.group.clone()).collect();
+            let described: BTreeMap<String, _> = describe_groups(meta.client(), &names, TIMEOUT)?
+                .into_iter()
+                .map(|d| (d.group.clone(), d))
+                .collect();
+            let mut out: Vec<GroupSummary> = listed
+                .into_iter()
+                .map(|l| {
+                    let d = described.get(&l.group);
+                    GroupSummary {
+                        state: d.map_or(l.state, |d| d.state.clone()),
+                        protocol_type: if l.simple { "" } else { "consumer" }.to_string(),
+                        group_type: d.map_or(l.group_type, |d| d.group_type.clone()),
+                        members: d.map_or(0, |d| d.members.len()),
+                        group: l.group,
+                    }
                 })
                 .collect();
             out.sort_by(|a, b| a.group.cmp(&b.group));
@@ -131,8 +157,8 @@ impl GroupReader {
     }
 
     /// The group's state, members and, for every partition it owns or has committed,
-    /// its offsets and lag. A group that does not exist is reported as state `Dead`
-    /// with no partitions (as Kafka's tool does).
+    /// its offsets and lag. A group the broker does not know is reported as state `Dead`;
+    /// without committed offsets it does not exist (`exists` false, no partitions).
     pub async fn describe(&self, group: &str) -> Result<GroupLag, KafkaError> {
         let mut all = self.describe_many(&[group.to_string()]).await?;
         all.pop()
@@ -140,33 +166,18 @@ impl GroupReader {
     }
 
     /// [`Self::describe`] for many groups at once, sharing the requests that do not depend
-    /// on the group: one group listing, one metadata request, one batched watermark request
-    /// and one read of the records at the lagging offsets; then one committed-offsets
-    /// request per group.
+    /// on the group: one DescribeConsumerGroups call (librdkafka asks each group's
+    /// coordinator), one metadata request, one batched watermark request and one read of the
+    /// records at the lagging offsets; then one committed-offsets request per group.
     pub async fn describe_many(&self, groups: &[String]) -> Result<Vec<GroupLag>, KafkaError> {
         let meta = self.meta.clone();
+        let names = groups.to_vec();
         let (described, all) = blocking(move || {
-            let list = meta.fetch_group_list(None, TIMEOUT)?;
-            let described: BTreeMap<String, (String, Vec<Member>)> = list
-                .groups()
-                .iter()
-                .map(|g| {
-                    let members = g
-                        .members()
-                        .iter()
-                        .map(|m| Member {
-                            member_id: m.id().to_string(),
-                            client_id: m.client_id().to_string(),
-                            host: m.client_host().trim_start_matches('/').to_string(),
-                            assignment: m
-                                .assignment()
-                                .and_then(parse_assignment)
-                                .unwrap_or_default(),
-                        })
-                        .collect::<Vec<_>>();
-                    (g.name().to_string(), (g.state().to_string(), members))
-                })
-                .collect();
+            let described: BTreeMap<String, GroupDescription> =
+                describe_groups(meta.client(), &names, TIMEOUT)?
+                    .into_iter()
+                    .map(|d| (d.group.clone(), d))
+                    .collect();
             // Every partition in the cluster: a group's topics are not known otherwise
             // once it has no members.
             let md = meta.fetch_metadata(None, TIMEOUT)?;
@@ -196,22 +207,28 @@ impl GroupReader {
         let mut keys: BTreeSet<(String, i32)> = BTreeSet::new();
         for f in fetched {
             let (g, committed) = f?;
-            let (state, members) = described
+            let d = described
                 .get(g)
                 .cloned()
-                .unwrap_or_else(|| ("Dead".to_string(), Vec::new()));
+                .unwrap_or_else(|| GroupDescription {
+                    group: g.clone(),
+                    state: "Dead".to_string(),
+                    group_type: "Unknown".to_string(),
+                    members: Vec::new(),
+                    not_found: true,
+                });
             keys.extend(committed.keys().cloned());
-            for m in &members {
+            for m in &d.members {
                 keys.extend(m.assignment.iter().cloned());
             }
-            per_group.push((g, state, members, committed));
+            per_group.push((d, committed));
         }
         let watermarks = self.watermarks(keys.into_iter().collect()).await?;
         let at_ms = crate::now_ms();
         let mut out = Vec::with_capacity(per_group.len());
         let mut behind: BTreeSet<(String, i32, i64)> = BTreeSet::new();
-        for (group, state, members, committed) in per_group {
-            let lag = assemble(group, state, members, &committed, &watermarks, at_ms);
+        for (d, committed) in per_group {
+            let lag = assemble(d, &committed, &watermarks, at_ms);
             for p in &lag.partitions {
                 if let (Some(c), Some(l)) = (p.committed, p.lag)
                     && l > 0
@@ -472,16 +489,27 @@ type Round = Vec<((String, i32), Vec<i64>)>;
 /// Wanted offsets of one partition this close together are read in one forward scan.
 const MAX_SCAN_GAP: i64 = 5_000;
 
-/// A group's partitions from its committed offsets, its members' assignments and the
-/// watermarks (pure; lag in seconds is filled in later, 0 where caught up).
+/// Whether a group exists: the broker knows it, or it has committed offsets (a group whose
+/// members all left and whose state the coordinator dropped still has its offsets).
+fn group_exists(not_found: bool, committed: &BTreeMap<(String, i32), i64>) -> bool {
+    !not_found || !committed.is_empty()
+}
+
+/// A group's partitions from its description, committed offsets and the watermarks (pure;
+/// lag in seconds is filled in later, 0 where caught up).
 fn assemble(
-    group: &str,
-    state: String,
-    members: Vec<Member>,
+    d: GroupDescription,
     committed: &BTreeMap<(String, i32), i64>,
     watermarks: &BTreeMap<(String, i32), (i64, i64)>,
     at_ms: i64,
 ) -> GroupLag {
+    let GroupDescription {
+        group,
+        state,
+        group_type,
+        members,
+        not_found,
+    } = d;
     let mut owners: BTreeMap<(String, i32), &Member> = BTreeMap::new();
     for m in &members {
         for tp in &m.assignment {
@@ -510,8 +538,10 @@ fn assemble(
         })
         .collect();
     GroupLag {
-        group: group.to_string(),
+        exists: group_exists(not_found, committed),
+        group,
         state,
+        group_type,
         members,
         partitions,
         at_ms,
@@ -553,90 +583,9 @@ pub fn seconds_between(from_ms: i64, to_ms: i64) -> f64 {
     s
 }
 
-/// Decodes a classic consumer-protocol assignment (`ConsumerProtocolAssignment`, any
-/// version): int16 version, then an array of (topic string, int32 partitions), then user
-/// data. `None` when the bytes are not one.
-pub fn parse_assignment(bytes: &[u8]) -> Option<Vec<(String, i32)>> {
-    let mut r = Reader(bytes);
-    let _version = r.i16()?;
-    let topics = r.i32()?;
-    let mut out = Vec::new();
-    for _ in 0..topics.max(0) {
-        let len = usize::try_from(r.i16()?).ok()?;
-        let topic = String::from_utf8(r.take(len)?.to_vec()).ok()?;
-        let partitions = r.i32()?;
-        for _ in 0..partitions.max(0) {
-            out.push((topic.clone(), r.i32()?));
-        }
-    }
-    out.sort();
-    Some(out)
-}
-
-struct Reader<'a>(&'a [u8]);
-
-impl<'a> Reader<'a> {
-    fn take(&mut self, n: usize) -> Option<&'a [u8]> {
-        if n > self.0.len() {
-            return None;
-        }
-        let (head, rest) = self.0.split_at(n);
-        self.0 = rest;
-        Some(head)
-    }
-
-    fn i16(&mut self) -> Option<i16> {
-        let b: [u8; 2] = self.take(2)?.try_into().ok()?;
-        Some(i16::from_be_bytes(b))
-    }
-
-    fn i32(&mut self) -> Option<i32> {
-        let b: [u8; 4] = self.take(4)?.try_into().ok()?;
-        Some(i32::from_be_bytes(b))
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn assignment(version: i16, topics: &[(&str, &[i32])]) -> Vec<u8> {
-        let mut b = version.to_be_bytes().to_vec();
-        b.extend(i32::try_from(topics.len()).expect("ok").to_be_bytes());
-        for (t, ps) in topics {
-            b.extend(i16::try_from(t.len()).expect("ok").to_be_bytes());
-            b.extend(t.as_bytes());
-            b.extend(i32::try_from(ps.len()).expect("ok").to_be_bytes());
-            for p in *ps {
-                b.extend(p.to_be_bytes());
-            }
-        }
-        b.extend((-1_i32).to_be_bytes()); // no user data
-        b
-    }
-
-    #[test]
-    fn assignments_decode_whatever_the_version() {
-        let bytes = assignment(3, &[("transactions", &[2, 0]), ("x", &[5])]);
-        assert_eq!(
-            parse_assignment(&bytes),
-            Some(vec![
-                ("transactions".to_string(), 0),
-                ("transactions".to_string(), 2),
-                ("x".to_string(), 5)
-            ])
-        );
-        assert_eq!(parse_assignment(&assignment(0, &[])), Some(vec![]));
-    }
-
-    #[test]
-    fn truncated_or_garbage_assignments_are_none_not_a_panic() {
-        let bytes = assignment(1, &[("transactions", &[1, 2, 3])]);
-        for cut in 0..bytes.len() - 4 {
-            assert_eq!(parse_assignment(&bytes[..cut]), None, "cut at {cut}");
-        }
-        assert_eq!(parse_assignment(&[0, 0, 0x7f, 0xff, 0xff, 0xff]), None);
-    }
 
     #[test]
     fn partitions_come_from_commits_and_assignments() {
@@ -652,7 +601,14 @@ mod tests {
             (("t".to_string(), 1), (0, 4)),
             (("u".to_string(), 0), (2, 3)),
         ]);
-        let g = assemble("g", "Stable".into(), vec![member], &committed, &marks, 1);
+        let d = GroupDescription {
+            group: "g".into(),
+            state: "Stable".into(),
+            group_type: "Consumer".into(),
+            members: vec![member],
+            not_found: false,
+        };
+        let g = assemble(d, &committed, &marks, 1);
         let row = |t: &str, p: i32| {
             g.partitions
                 .iter()
@@ -669,6 +625,59 @@ mod tests {
         );
         assert_eq!(row("u", 0).member_id, None);
         assert_eq!(g.total_lag(), 3);
+        assert!(g.exists && !g.is_inactive());
+        assert_eq!(g.group_type, "Consumer");
+    }
+
+    #[test]
+    fn a_group_exists_when_the_broker_knows_it_or_it_has_offsets() {
+        let unknown = |committed: &BTreeMap<(String, i32), i64>| {
+            assemble(
+                GroupDescription {
+                    group: "g".into(),
+                    state: "Dead".into(),
+                    group_type: "Classic".into(),
+                    members: Vec::new(),
+                    not_found: true,
+                },
+                committed,
+                &BTreeMap::new(),
+                1,
+            )
+        };
+        let none = unknown(&BTreeMap::new());
+        assert!(!none.exists && none.partitions.is_empty() && none.is_inactive());
+        let with_offsets = unknown(&BTreeMap::from([(("t".to_string(), 0), 5)]));
+        assert!(with_offsets.exists && with_offsets.is_inactive());
+        assert!(group_exists(false, &BTreeMap::new()));
+    }
+
+    #[test]
+    fn only_a_group_without_members_in_an_idle_state_is_inactive() {
+        let lag = |state: &str, members: usize| GroupLag {
+            group: "g".into(),
+            state: state.into(),
+            group_type: "Consumer".into(),
+            exists: true,
+            members: (0..members)
+                .map(|i| Member {
+                    member_id: format!("m-{i}"),
+                    client_id: "c".into(),
+                    host: "h".into(),
+                    assignment: Vec::new(),
+                })
+                .collect(),
+            partitions: Vec::new(),
+            at_ms: 0,
+        };
+        assert!(lag("Empty", 0).is_inactive());
+        assert!(lag("Dead", 0).is_inactive());
+        assert!(lag("", 0).is_inactive());
+        // KIP-848 Assigning/Reconciling come from librdkafka as Unknown.
+        assert!(!lag("Unknown", 1).is_inactive());
+        assert!(!lag("Unknown", 0).is_inactive());
+        assert!(!lag("Stable", 2).is_inactive());
+        assert!(!lag("Empty", 1).is_inactive());
     }
 
     #[test]

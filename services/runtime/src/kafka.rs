@@ -42,6 +42,20 @@ pub enum KafkaError {
     DeleteTopic { topic: String, code: String },
     #[error("background task failed: {0}")]
     Join(String),
+    /// A consumer-group admin request (ListConsumerGroups, DescribeConsumerGroups) failed.
+    #[error("{request}: {message} ({code:?})")]
+    GroupAdmin {
+        request: &'static str,
+        code: RDKafkaErrorCode,
+        message: String,
+    },
+    /// The description of one group failed (librdkafka's error for that group).
+    #[error("describing consumer group {group}: {message} ({code:?})")]
+    DescribeGroup {
+        group: String,
+        code: RDKafkaErrorCode,
+        message: String,
+    },
 }
 
 /// Connection settings shared by every Kafka client of a service.

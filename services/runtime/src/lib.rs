@@ -10,6 +10,7 @@ pub mod avro;
 pub mod engine;
 pub mod error;
 pub mod groups;
+pub mod groups_admin;
 pub mod guard;
 pub mod headers;
 pub mod http;
