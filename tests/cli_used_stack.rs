@@ -539,3 +539,81 @@ fn shadow_refuses_bad_settings_before_touching_the_cluster() {
         }
     });
 }
+
+/// A group on the KIP-848 protocol (`group.protocol=consumer`) with a live member is
+/// described with its member and assignment, listed with its type, and `replay --execute`
+/// on it is refused (exit 4). Before: it showed as Dead with 0 members and the reset went
+/// to the broker, which rejected it (exit 1).
+#[test]
+fn a_kip848_group_is_described_with_its_members_and_not_reset_under_them() {
+    run(180, async {
+        let stack = Stack::start().await;
+        let topology = apply_topology(&stack, None).await;
+        let topic = topology.topic("transactions");
+        write_history(&stack, &topic, 100).await;
+        let group = topology.group("kip848-reader");
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let member = {
+            use rdkafka::consumer::{BaseConsumer, Consumer};
+            let consumer: BaseConsumer = rdkafka::ClientConfig::new()
+                .set("bootstrap.servers", stack.broker.bootstrap())
+                .set("group.id", &group)
+                .set("group.protocol", "consumer")
+                .set("client.id", "kip848-member")
+                .create()
+                .expect("consumer");
+            consumer.subscribe(&[topic.as_str()]).expect("subscribe");
+            let stop = stop.clone();
+            std::thread::spawn(move || {
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    let _ = consumer.poll(Duration::from_millis(100));
+                }
+                let _ = consumer.commit_consumer_state(rdkafka::consumer::CommitMode::Sync);
+            })
+        };
+        // The member joins and is assigned every partition.
+        let started = Instant::now();
+        let described = loop {
+            let out = verdict(&stack, &["groups", "describe", &group, "--output", "json"]);
+            let v: Value = serde_json::from_slice(&out.stdout).unwrap_or(Value::Null);
+            let assigned = v["members"][0]["assignment"].as_array().map_or(0, Vec::len);
+            if assigned > 0 {
+                break v;
+            }
+            assert!(
+                started.elapsed() < Duration::from_secs(60),
+                "no member with an assignment: {}",
+                text(&out)
+            );
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        };
+        assert_eq!(described["group_type"], "Consumer", "{described}");
+        assert_eq!(described["state"], "Stable", "{described}");
+        assert_eq!(described["members"][0]["client_id"], "kip848-member");
+        let listed = verdict(&stack, &["groups", "list"]);
+        let line = String::from_utf8_lossy(&listed.stdout)
+            .lines()
+            .find(|l| l.starts_with(&group))
+            .map(String::from)
+            .unwrap_or_default();
+        assert!(
+            line.contains("Consumer") && line.contains("Stable"),
+            "{line}"
+        );
+        assert_exit(
+            &stack,
+            &[
+                "replay",
+                &group,
+                "--to-earliest",
+                "--topic",
+                &topic,
+                "--execute",
+            ],
+            4,
+            &["active member", "kip848-member"],
+        );
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        member.join().expect("member");
+    });
+}

@@ -163,23 +163,18 @@ pub fn plan(
 /// `verdict groups list`.
 pub async fn list(kafka: &KafkaSettings, output: Output) -> Result<(), CliError> {
     let groups = GroupReader::new(kafka)?.list().await?;
-    let mut t = Table::new(["GROUP", "STATE", "PROTOCOL-TYPE", "MEMBERS"]);
+    // TYPE as `kafka-consumer-groups --list --type` says it: Classic or Consumer (KIP-848).
+    let mut t = Table::new(["GROUP", "TYPE", "STATE", "PROTOCOL-TYPE", "MEMBERS"]);
     for g in &groups {
         t.row([
             g.group.clone(),
+            g.group_type.clone(),
             g.state.clone(),
             g.protocol_type.clone(),
             g.members.to_string(),
         ]);
     }
     output.print(&t, &groups)
-}
-
-/// A group the cluster knows: with members, or with committed offsets.
-fn exists(lag: &GroupLag) -> bool {
-    !lag.members.is_empty()
-        || lag.state != "Dead"
-        || lag.partitions.iter().any(|p| p.committed.is_some())
 }
 
 fn no_such_group(group: &str) -> CliError {
@@ -192,7 +187,7 @@ fn no_such_group(group: &str) -> CliError {
 /// `verdict groups describe GROUP`.
 pub async fn describe(kafka: &KafkaSettings, group: &str, output: Output) -> Result<(), CliError> {
     let lag = GroupReader::new(kafka)?.describe(group).await?;
-    if !exists(&lag) {
+    if !lag.exists {
         return Err(no_such_group(group));
     }
     let dash = |o: Option<String>| o.unwrap_or_else(|| "-".into());
@@ -222,8 +217,9 @@ pub async fn describe(kafka: &KafkaSettings, group: &str, output: Output) -> Res
     }
     if output == Output::Table {
         println!(
-            "group {} state {} members {} total lag {} max lag {:.1} s\n",
+            "group {} type {} state {} members {} total lag {} max lag {:.1} s\n",
             lag.group,
+            lag.group_type,
             lag.state,
             lag.members.len(),
             lag.total_lag(),
@@ -247,7 +243,7 @@ pub async fn replay(
     let lag = reader.describe(group).await?;
     // Kafka's tool positions a group that does not exist yet on named topics; with
     // --all-topics there is nothing to position.
-    if matches!(scope, Scope::AllTopics) && !exists(&lag) {
+    if matches!(scope, Scope::AllTopics) && !lag.exists {
         return Err(no_such_group(group));
     }
     let partitions = selected_partitions(kafka, &lag, scope).await?;
