@@ -617,3 +617,66 @@ fn a_kip848_group_is_described_with_its_members_and_not_reset_under_them() {
         member.join().expect("member");
     });
 }
+
+/// A dead letter goes back once, whatever selections ask for it: widening a selection after
+/// a narrower one sends only what the narrower one did not. Before: progress was kept per
+/// selection, so the wider run sent the Panic letters again, each still tagged
+/// `verdict.redrive.count=1`.
+#[test]
+fn a_dead_letter_is_redriven_once_whatever_the_selection() {
+    use rdkafka::producer::{FutureProducer, FutureRecord};
+    use verdict_runtime::headers::{self, HeaderMap};
+    run(180, async {
+        let stack = Stack::start().await;
+        let topology = apply_topology(&stack, None).await;
+        let kafka = stack.broker.kafka();
+        let input = topology.topic("transactions");
+        let dlq = topology.topic("transactions.dlq");
+        let topo = topology.to_string_lossy().to_string();
+        let producer: FutureProducer = kafka.producer_config().create().expect("producer");
+        for (i, class) in ["Panic", "Panic", "Panic", "Decode", "Decode"]
+            .iter()
+            .enumerate()
+        {
+            let mut h = HeaderMap::default();
+            h.set(headers::ORIGINAL_TOPIC, &input);
+            h.set(headers::ERROR_CLASS, *class);
+            h.set(headers::SERVICE, "fraud-detector");
+            producer
+                .send(
+                    FutureRecord::to(&dlq)
+                        .key(&format!("letter-{i}"))
+                        .payload("value")
+                        .headers(h.to_kafka()),
+                    Duration::from_secs(10),
+                )
+                .await
+                .expect("produce");
+        }
+        let redrive = |extra: &[&str]| {
+            let mut args = vec!["dlq", "redrive", dlq.as_str(), "--topology", topo.as_str()];
+            args.extend(extra);
+            assert_exit(&stack, &args, 0, &[])
+        };
+        assert!(redrive(&["--class", "Panic"]).contains("redrove 3 of 5"));
+        let wider = redrive(&[]);
+        assert!(wider.contains("redrove 2 of 5"), "{wider}");
+        assert!(wider.contains("3 redriven before"), "{wider}");
+        assert!(redrive(&[]).contains("redrove 0 of 5"));
+
+        let out = verdict(&stack, &["consume", &input, "-e"]);
+        let sent: Vec<Value> = String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .map(|l| serde_json::from_str(l).expect("JSON line"))
+            .collect();
+        let mut keys: Vec<&str> = sent.iter().filter_map(|r| r["key"].as_str()).collect();
+        keys.sort_unstable();
+        assert_eq!(
+            keys,
+            ["letter-0", "letter-1", "letter-2", "letter-3", "letter-4"]
+        );
+        for r in &sent {
+            assert_eq!(r["headers"]["verdict.redrive.count"], "1", "{r}");
+        }
+    });
+}

@@ -362,7 +362,20 @@ impl KafkaSettings {
                 }
             }
         }
-        Ok(())
+        // The broker answering metadata may learn of a new topic a moment after the
+        // controller made it: wait (bounded) so that what comes next finds it.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let known = self.topic_partitions().await?;
+            if topics.iter().all(|t| known.contains_key(&t.name)) {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                tracing::warn!("new topics are not yet in the brokers' metadata after 10 s");
+                return Ok(());
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
     }
 }
 

@@ -1,12 +1,14 @@
 //! `verdict dlq list|show|redrive`: dead letters grouped by error class and service, one
 //! shown with all its headers, and redrive back to the topic each was first read from.
 //!
-//! A redrive run remembers what it sent in a consumer group of its own on the dead-letter
-//! topic (`verdict-redrive-<hash of topic and selection>`, or `--group`): it reads from that
-//! group's committed offsets to the topic's end as it was at the start, sends the selected
-//! dead letters with key, value and headers intact plus `verdict.redrive.count`, waits for the
-//! broker's acknowledgements, and only then commits. The same selection run again sends
-//! nothing new; a dead letter is never sent twice by one run.
+//! A redrive remembers each dead letter it sent, not how far a selection got: the topology
+//! gives every dead-letter topic a compacted ledger, `<topic>.redriven`, with one record per
+//! letter sent back (key `partition@offset`). A run reads the ledger, scans the dead-letter
+//! topic to its end as it was at the start, sends the selected letters not in the ledger with
+//! key, value and headers intact plus `verdict.redrive.count`, waits for the broker's
+//! acknowledgements, and only then writes them to the ledger. Whatever the selections, a
+//! letter goes back once; a run stopped between its sends and its ledger write sends those
+//! letters again (at least once).
 //!
 //! A dead letter's origin header is only what its producer wrote: a record goes back only to
 //! a topic the topology says the service behind the dead-letter topic reads (its input and
@@ -16,7 +18,6 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
 use serde::Serialize;
-use sha2::Digest;
 use verdict_runtime::groups::GroupReader;
 use verdict_runtime::headers::{self, HeaderMap};
 use verdict_runtime::kafka::KafkaSettings;
@@ -76,18 +77,46 @@ impl Selection {
             && self.from_offset.is_none_or(|o| r.offset >= o)
             && self.to_offset.is_none_or(|o| r.offset <= o)
     }
+}
 
-    /// The redrive group of this selection on `topic`: the same selection finds what it
-    /// already sent.
-    pub fn group(&self, topic: &str) -> String {
-        let text = format!(
-            "{topic}\n{}",
-            serde_json::to_string(self).unwrap_or_default()
-        );
-        let digest = sha2::Sha256::digest(text.as_bytes());
-        let hex: String = digest.iter().take(6).map(|b| format!("{b:02x}")).collect();
-        format!("verdict-redrive-{hex}")
+/// The ledger of what was redriven from `dead_letter_topic` (declared in the topology).
+pub fn ledger_topic(dead_letter_topic: &str) -> String {
+    format!("{dead_letter_topic}.redriven")
+}
+
+/// A ledger key: the dead letter's place in its topic.
+fn ledger_key(partition: i32, offset: i64) -> String {
+    format!("{partition}@{offset}")
+}
+
+fn parse_ledger_key(key: &[u8]) -> Option<(i32, i64)> {
+    let (p, o) = std::str::from_utf8(key).ok()?.split_once('@')?;
+    Some((p.parse().ok()?, o.parse().ok()?))
+}
+
+/// The dead letters the ledger says were sent back.
+async fn read_ledger(
+    reader: &GroupReader,
+    kafka: &KafkaSettings,
+    ledger: &str,
+) -> Result<BTreeSet<(i32, i64)>, CliError> {
+    crate::partitions_of(kafka, ledger)
+        .await
+        .map_err(|e| match e {
+            CliError::Usage(_) => CliError::Usage(format!(
+                "the redrive ledger {ledger} does not exist: `verdict topology apply` creates it"
+            )),
+            other => other,
+        })?;
+    let ranges = ranges(reader, kafka, ledger, &BTreeMap::new()).await?;
+    let mut scanner = Scanner::new(kafka, ledger, &ranges)?;
+    let mut sent = BTreeSet::new();
+    while let Some(r) = scanner.next(STALL).await? {
+        if let Some(k) = r.key.as_deref().and_then(parse_ledger_key) {
+            sent.insert(k);
+        }
     }
+    Ok(sent)
 }
 
 /// When the record failed: its `verdict.errors.failed.at` header, else its timestamp.
@@ -326,10 +355,13 @@ impl Origins {
 /// What a redrive run did.
 #[derive(Debug, Default, Clone, PartialEq, Serialize)]
 pub struct RedriveReport {
-    pub group: String,
+    /// Where the letters sent back are remembered.
+    pub ledger: String,
     pub scanned: usize,
     pub redriven: usize,
     pub not_selected: usize,
+    /// Selected, but sent back by an earlier run (in the ledger).
+    pub redriven_before: usize,
     /// Selected, but without a `verdict.errors.topic` header to send them back to.
     pub no_origin: usize,
     /// Selected, but pointing at a topic the service does not read: where they pointed.
@@ -343,22 +375,19 @@ pub async fn redrive(
     topic: &str,
     origins: &Origins,
     selection: &Selection,
-    group: Option<String>,
     dry_run: bool,
 ) -> Result<RedriveReport, CliError> {
     let reader = GroupReader::new(kafka)?;
-    let group = group.unwrap_or_else(|| selection.group(topic));
-    let n = crate::partitions_of(kafka, topic).await?;
-    let parts: Vec<(String, i32)> = (0..n).map(|p| (topic.to_string(), p)).collect();
-    let done = reader.committed(&group, parts).await?;
-    let ranges = ranges(&reader, kafka, topic, &done).await?;
+    let ledger = ledger_topic(topic);
+    let before = read_ledger(&reader, kafka, &ledger).await?;
+    let ranges = ranges(&reader, kafka, topic, &BTreeMap::new()).await?;
     let producer = if dry_run {
         None
     } else {
         Some(kafka.producer()?)
     };
     let mut report = RedriveReport {
-        group: group.clone(),
+        ledger: ledger.clone(),
         ..RedriveReport::default()
     };
     let mut scanner = Scanner::new(kafka, topic, &ranges)?;
@@ -367,6 +396,10 @@ pub async fn redrive(
         report.scanned += 1;
         if !selection.matches(&r) {
             report.not_selected += 1;
+            continue;
+        }
+        if before.contains(&(r.partition, r.offset)) {
+            report.redriven_before += 1;
             continue;
         }
         let Some(origin) = r.headers.get(headers::ORIGINAL_TOPIC).map(String::from) else {
@@ -398,24 +431,45 @@ pub async fn redrive(
                     redriven_headers(&r.headers).to_kafka(),
                 )
                 .await
+                .map(|_| (r.partition, r.offset, origin))
             });
         }
     }
-    if dry_run {
+    let Some(producer) = producer else {
         return Ok(report);
-    }
+    };
+    let mut sent = Vec::with_capacity(sends.len());
     for result in futures::future::join_all(sends).await {
+        sent.push(result.map_err(|e| {
+            CliError::Failed(format!(
+                "redrive stopped, nothing remembered (a new run sends the selection again): {e}"
+            ))
+        })?);
+    }
+    let at = verdict_runtime::now_ms();
+    let remembered = sent.into_iter().map(|(p, o, to)| {
+        let value = serde_json::json!({"redriven_at": at, "to": to}).to_string();
+        let producer = producer.clone();
+        let ledger = ledger.clone();
+        async move {
+            verdict_runtime::producer::send(
+                &producer,
+                &ledger,
+                Some(ledger_key(p, o).as_bytes()),
+                Some(value.as_bytes()),
+                rdkafka::message::OwnedHeaders::new(),
+            )
+            .await
+        }
+    });
+    for result in futures::future::join_all(remembered).await {
         result.map_err(|e| {
             CliError::Failed(format!(
-                "redrive stopped, nothing committed (a new run sends the selection again): {e}"
+                "the letters were sent back, but not all written to {ledger}: a new run sends \
+                 those again: {e}"
             ))
         })?;
     }
-    let ends: Vec<(String, i32, i64)> = ranges
-        .iter()
-        .map(|(p, (_, end))| (topic.to_string(), *p, *end))
-        .collect();
-    reader.commit(&group, ends).await?;
     Ok(report)
 }
 
@@ -525,13 +579,12 @@ mod tests {
     }
 
     #[test]
-    fn the_same_selection_finds_its_group_again() {
-        let a = Selection {
-            classes: vec!["Panic".into()],
-            ..Selection::default()
-        };
-        assert_eq!(a.group("t.dlq"), a.group("t.dlq"));
-        assert_ne!(a.group("t.dlq"), Selection::default().group("t.dlq"));
-        assert_ne!(a.group("t.dlq"), a.group("u.dlq"));
+    fn ledger_keys_round_trip_and_garbage_is_none() {
+        assert_eq!(
+            parse_ledger_key(ledger_key(3, 42).as_bytes()),
+            Some((3, 42))
+        );
+        assert_eq!(parse_ledger_key(b"3@x"), None);
+        assert_eq!(parse_ledger_key(&[0xff, b'@', b'1']), None);
     }
 }

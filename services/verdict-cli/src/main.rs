@@ -311,14 +311,12 @@ enum DlqAction {
         offset: i64,
     },
     /// Re-publish selected dead letters to their original topic (key, value, headers intact,
-    /// plus verdict.redrive.count). The same selection run again sends nothing new.
+    /// plus verdict.redrive.count). Each letter goes back once, whatever the selections: the
+    /// topic's ledger (`TOPIC.redriven`) remembers what was sent.
     Redrive {
         topic: String,
         #[command(flatten)]
         select: SelectionArgs,
-        /// The group that remembers what was redriven (default: one per topic and selection).
-        #[arg(long)]
-        group: Option<String>,
         /// Count what would be sent; send and commit nothing.
         #[arg(long)]
         dry_run: bool,
@@ -662,21 +660,25 @@ async fn run(command: Command) -> Result<(), CliError> {
                 DlqAction::Redrive {
                     topic,
                     select,
-                    group,
                     dry_run,
                     topology,
                 } => {
                     let origins = dlq::Origins::of(&topology_cmd::check(&topology, None)?, &topic)?;
                     let selection = select.selection()?;
-                    let r =
-                        dlq::redrive(&kafka, &topic, &origins, &selection, group, dry_run).await?;
+                    let r = dlq::redrive(&kafka, &topic, &origins, &selection, dry_run).await?;
                     if output == Output::Json {
                         return verdict_cli::table::print_json(&r);
                     }
                     let verb = if dry_run { "would redrive" } else { "redrove" };
                     println!(
-                        "{verb} {} of {} dead letter(s) scanned ({} not selected, {} without an original topic) by class {:?}; group {}",
-                        r.redriven, r.scanned, r.not_selected, r.no_origin, r.by_class, r.group
+                        "{verb} {} of {} dead letter(s) scanned ({} not selected, {} redriven before, {} without an original topic) by class {:?}; remembered in {}",
+                        r.redriven,
+                        r.scanned,
+                        r.not_selected,
+                        r.redriven_before,
+                        r.no_origin,
+                        r.by_class,
+                        r.ledger
                     );
                     if !r.refused.is_empty() {
                         println!(
