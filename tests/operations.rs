@@ -129,22 +129,6 @@ fn json_of(out: &std::process::Output) -> Value {
         .unwrap_or_else(|e| panic!("not JSON ({e}): {}", String::from_utf8_lossy(&out.stdout)))
 }
 
-/// Waits until the group has no members (a clean stop of a dynamic member leaves at once,
-/// but the coordinator may take a moment to say so).
-async fn wait_empty(stack: &Stack, group: &str) {
-    for _ in 0..100 {
-        let d = json_of(&verdict(
-            stack,
-            &["groups", "describe", group, "--output", "json"],
-        ));
-        if d["state"] == "Empty" {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-    panic!("group {group} never became Empty");
-}
-
 /// The timestamp of the record at each `(partition, offset)` of `topic`, read directly.
 async fn timestamps(stack: &Stack, topic: &str, at: &BTreeMap<i32, i64>) -> BTreeMap<i32, i64> {
     let reader: BaseConsumer = stack
@@ -220,7 +204,7 @@ fn replay_to_datetime_reprocesses_exactly_the_records_since_then() {
         );
 
         svc.stop_cleanly();
-        wait_empty(stack, group).await;
+        harness::wait_empty_group(kafka, group).await;
 
         // Stopped: new events are lag, in messages and in seconds.
         let late = ops.produce(25, "tenant-late").await;

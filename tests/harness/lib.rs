@@ -1180,8 +1180,8 @@ pub async fn committed(kafka: &KafkaSettings, group: &str, topic: &str) -> BTree
 }
 
 /// Writes `n` transactions of distinct events to `topic` as fast as the broker takes them
-/// (one encoding, a fresh event id spliced into each copy's bytes; 200 accounts): the
-/// history a busy hour leaves.
+/// (200 accounts, one encoding each, a fresh event id spliced into each copy's bytes; keyed by
+/// account): the history a busy hour leaves.
 pub async fn write_history(stack: &Stack, topic: &str, n: usize) {
     write_history_as(stack, topic, topic, n).await;
 }
@@ -1191,18 +1191,25 @@ pub async fn write_history(stack: &Stack, topic: &str, n: usize) {
 pub async fn write_history_as(stack: &Stack, schema_topic: &str, topic: &str, n: usize) {
     use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
     let serde = verdict_runtime::serde::AvroSerde::new(&stack.registry_url());
-    let (_, tx) = verdict_cli::records::sample_transaction(&mut rand::rng(), "tenant-history");
-    let id = tx["event_id"].as_str().expect("id").to_string();
-    let bytes = serde
-        .encode(
-            schema_topic,
-            &verdict_runtime::serde::ValueSchema::TopicLatest,
-            verdict_runtime::avro::untyped(&tx),
-        )
-        .await
-        .expect("encode");
-    // The id is the first field: framing (5 bytes), its length (1 byte), then 36 characters.
-    assert_eq!(bytes.get(6..42), Some(id.as_bytes()));
+    let mut rng = rand::rng();
+    let mut accounts = Vec::with_capacity(200);
+    for a in 0..200 {
+        let (_, mut tx) = verdict_cli::records::sample_transaction(&mut rng, "tenant-history");
+        let account = format!("acct-{a:04}");
+        tx["account_id"] = serde_json::Value::String(account.clone());
+        let id = tx["event_id"].as_str().expect("id").to_string();
+        let bytes = serde
+            .encode(
+                schema_topic,
+                &verdict_runtime::serde::ValueSchema::TopicLatest,
+                verdict_runtime::avro::untyped(&tx),
+            )
+            .await
+            .expect("encode");
+        // The id is the first field: framing (5 bytes), its length (1 byte), then 36 characters.
+        assert_eq!(bytes.get(6..42), Some(id.as_bytes()));
+        accounts.push((account, bytes));
+    }
     let producer: BaseProducer = stack
         .broker
         .kafka()
@@ -1212,11 +1219,12 @@ pub async fn write_history_as(stack: &Stack, schema_topic: &str, topic: &str, n:
         .create()
         .expect("producer");
     tokio::task::block_in_place(|| {
-        let mut value = bytes.clone();
         for i in 0..n {
+            let (key, value) = &mut accounts[i % 200];
             value[6..42].copy_from_slice(uuid::Uuid::new_v4().hyphenated().to_string().as_bytes());
-            let key = format!("acct-{}", i % 200);
-            let mut record = BaseRecord::to(topic).key(&key).payload(&value);
+            let mut record = BaseRecord::to(topic)
+                .key(key.as_str())
+                .payload(value.as_slice());
             loop {
                 match producer.send(record) {
                     Ok(()) => break,
@@ -1230,6 +1238,22 @@ pub async fn write_history_as(stack: &Stack, schema_topic: &str, topic: &str, n:
         }
         producer.flush(Duration::from_secs(120)).expect("flush");
     });
+}
+
+/// Waits until `group` has no members (its last member left); panics after 20 s.
+pub async fn wait_empty_group(kafka: &KafkaSettings, group: &str) {
+    let reader = verdict_runtime::groups::GroupReader::new(kafka).expect("reader");
+    for _ in 0..100 {
+        if reader
+            .describe(group)
+            .await
+            .is_ok_and(|g| g.members.is_empty())
+        {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    panic!("group {group} still has members after 20 s");
 }
 
 /// Commits `group` at the end of every partition of `topic`: what it reads next is what

@@ -107,6 +107,8 @@ enum Command {
     /// Run one of Apache Kafka's command-line tools from the installed jars, e.g.
     /// `verdict kafka consumer-groups --describe --group verdict-fraud-detector`.
     /// `--bootstrap-server` defaults to KAFKA_BOOTSTRAP_SERVERS or 127.0.0.1:9092.
+    /// `verdict kafka TOOL --help` is the tool's own help; this one is `verdict help kafka`.
+    #[command(disable_help_flag = true)]
     Kafka {
         /// topics, consumer-groups, console-consumer, console-producer, producer-perf-test,
         /// consumer-perf-test, get-offsets, delete-records, metadata-quorum, configs, storage
