@@ -251,6 +251,34 @@ fn produce_fills_the_envelope_and_names_a_missing_topic() {
             &[&format!("topic {typo} does not exist")],
         );
 
+        // Each bad line is named with its field, in the user's terms.
+        let bad = dir.path().join("bad.jsonl");
+        std::fs::write(&bad, BAD_LINES).expect("write");
+        let said = assert_exit(
+            &stack,
+            &[
+                "produce",
+                &topic,
+                "-f",
+                &bad.to_string_lossy(),
+                "--tenant",
+                "t",
+                "--keep-going",
+            ],
+            0,
+            &[
+                "line 1: field `amount`",
+                "line 2: field `channel`",
+                "line 3: field `customer_age_years`",
+                "line 4: field `extra`",
+                "line 5: not JSON",
+                "produced 0 record(s)",
+            ],
+        );
+        for internal in ["Value::", "Schema::", "Record(", "Union(", "SRCError"] {
+            assert!(!said.contains(internal), "{internal} in: {said}");
+        }
+
         // A topic without a registered schema takes the lines as they are when asked to.
         let plain = topology.topic("plain");
         assert_exit(
@@ -680,3 +708,12 @@ fn a_dead_letter_is_redriven_once_whatever_the_selection() {
         }
     });
 }
+
+/// Lines a user gets wrong: a number as a string, a value outside an enum, a wrong type in
+/// an optional field, a field the schema does not have, a cut-off line.
+const BAD_LINES: &str = r#"{"account_id":"acct-1","amount":"12","currency":"EUR","merchant_id":"m-7","merchant_category":"5411","country":"DE","channel":"ONLINE"}
+{"account_id":"acct-1","amount":12,"currency":"EUR","merchant_id":"m-7","merchant_category":"5411","country":"DE","channel":"BOAT"}
+{"account_id":"acct-1","amount":12,"currency":"EUR","merchant_id":"m-7","merchant_category":"5411","country":"DE","channel":"ONLINE","customer_age_years":"old"}
+{"account_id":"acct-1","amount":12,"currency":"EUR","merchant_id":"m-7","merchant_category":"5411","country":"DE","channel":"ONLINE","extra":1}
+{"account_id":"acct-1","amount":12,"currency":"EUR"
+"#;

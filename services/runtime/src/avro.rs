@@ -44,10 +44,13 @@ pub fn datum_to_json(schema: &Schema, datum: &[u8]) -> Result<Json, String> {
 /// field the schema does not have.
 pub fn check_fields(schema: &apache_avro::Schema, json: &Json) -> Result<(), String> {
     let apache_avro::Schema::Record(record) = schema else {
-        return untyped(json)
-            .resolve(schema)
-            .map(|_| ())
-            .map_err(|e| e.to_string());
+        return untyped(json).resolve(schema).map(|_| ()).map_err(|_| {
+            format!(
+                "expected {}, got {}",
+                describe_schema(schema),
+                describe_json(json)
+            )
+        });
     };
     let Json::Object(map) = json else {
         return Err(format!("expected a JSON object for record {}", record.name));
@@ -81,6 +84,47 @@ pub fn check_fields(schema: &apache_avro::Schema, json: &Json) -> Result<(), Str
         ));
     }
     Ok(())
+}
+
+/// What a schema takes, in a JSON writer's terms (for error messages).
+fn describe_schema(schema: &apache_avro::Schema) -> String {
+    use apache_avro::Schema as S;
+    match schema {
+        S::Null => "null".into(),
+        S::Boolean => "true or false".into(),
+        S::Int | S::Long => "a whole number".into(),
+        S::Float | S::Double => "a number".into(),
+        S::String | S::Uuid(_) => "a string".into(),
+        S::Bytes | S::Fixed(_) => "bytes".into(),
+        S::TimestampMillis | S::TimestampMicros | S::LocalTimestampMillis => {
+            "a time (a whole number of ms since the epoch)".into()
+        }
+        S::Date => "a date (a whole number of days since the epoch)".into(),
+        S::Enum(e) => format!("one of {}", e.symbols.join(", ")),
+        S::Union(u) => u
+            .variants()
+            .iter()
+            .map(describe_schema)
+            .collect::<Vec<_>>()
+            .join(" or "),
+        S::Array(_) => "a list".into(),
+        S::Map(_) | S::Record(_) => "an object".into(),
+        S::Ref { name } => format!("a {}", name.name()),
+        other => format!("{other:?}").chars().take(40).collect(),
+    }
+}
+
+/// A JSON value as an error message shows it: its kind and (shortened) text.
+fn describe_json(json: &Json) -> String {
+    let text: String = json.to_string().chars().take(40).collect();
+    match json {
+        Json::Null => "null".into(),
+        Json::Bool(_) => text,
+        Json::Number(_) => format!("the number {text}"),
+        Json::String(_) => format!("the string {text}"),
+        Json::Array(_) => "a list".into(),
+        Json::Object(_) => "an object".into(),
+    }
 }
 
 /// A string field's `maxLength` (a schema attribute of ours, in characters), if it has one.
@@ -178,7 +222,16 @@ mod tests {
         let missing = check_fields(&schema, &json!({"amount": 1.5})).expect_err("fails");
         assert!(missing.starts_with("field `id`: missing"), "{missing}");
         let wrong = check_fields(&schema, &json!({"id": "a", "amount": "x"})).expect_err("fails");
-        assert!(wrong.starts_with("field `amount`:"), "{wrong}");
+        assert_eq!(
+            wrong,
+            "field `amount`: expected a number, got the string \"x\""
+        );
+        let wrong =
+            check_fields(&schema, &json!({"id": "a", "amount": 1, "note": 5})).expect_err("fails");
+        assert_eq!(
+            wrong,
+            "field `note`: expected null or a string, got the number 5"
+        );
         let extra =
             check_fields(&schema, &json!({"id": "a", "amount": 1, "x": 1})).expect_err("fails");
         assert!(extra.starts_with("field `x`: not in schema"), "{extra}");
