@@ -691,6 +691,33 @@ fn a_dead_letter_is_redriven_once_whatever_the_selection() {
         assert!(wider.contains("redrove 2 of 5"), "{wider}");
         assert!(wider.contains("3 redriven before"), "{wider}");
         assert!(redrive(&[]).contains("redrove 0 of 5"));
+        assert_exit(
+            &stack,
+            &["dlq", "list", &dlq, "--class", "decode"],
+            0,
+            &["Decode", "2 dead letter(s)"],
+        );
+        let json = verdict(
+            &stack,
+            &[
+                "dlq",
+                "redrive",
+                &dlq,
+                "--topology",
+                &topo,
+                "--dry-run",
+                "--output",
+                "json",
+            ],
+        );
+        let report: Value = serde_json::from_slice(&json.stdout).expect("a JSON report");
+        assert_eq!(
+            (
+                report["redriven"].as_u64(),
+                report["redriven_before"].as_u64()
+            ),
+            (Some(0), Some(5))
+        );
 
         let out = verdict(&stack, &["consume", &input, "-e"]);
         let sent: Vec<Value> = String::from_utf8_lossy(&out.stdout)

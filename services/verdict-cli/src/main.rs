@@ -595,7 +595,11 @@ async fn run(command: Command) -> Result<(), CliError> {
             value_format,
             endpoints,
         } => {
-            let kafka = endpoints.reach().await?;
+            // Lines sent as they are need no registry.
+            let kafka = match value_format {
+                produce_consume::ValueFormat::Avro => endpoints.reach().await?,
+                _ => verdict_cli::reach_kafka(endpoints.bootstrap_servers.clone()).await?,
+            };
             let opts = produce_consume::ProduceOpts {
                 key_field,
                 rate,
