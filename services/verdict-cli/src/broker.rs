@@ -485,13 +485,32 @@ fn formatted_cluster_id(log_dir: &Path) -> Option<String> {
 }
 
 /// A new cluster id: 16 random bytes, base64url without padding (Kafka's `Uuid`).
+/// A new cluster id as Kafka's `Uuid.randomUuid` makes one: base64url of a random UUID, drawn
+/// again when it starts with '-' (which `kafka-storage format -t` would read as a flag).
 fn new_cluster_id() -> String {
-    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(uuid::Uuid::new_v4().as_bytes())
+    loop {
+        let id = base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .encode(uuid::Uuid::new_v4().as_bytes());
+        if !id.starts_with('-') {
+            return id;
+        }
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn cluster_ids_never_read_as_a_flag() {
+        // One base64url id in 64 starts with '-', which kafka-storage's argument parser takes
+        // for an option (Kafka's own Uuid.randomUuid draws again then).
+        for _ in 0..10_000 {
+            let id = new_cluster_id();
+            assert!(!id.starts_with('-'), "{id}");
+            assert_eq!(id.len(), 22);
+        }
+    }
 
     #[test]
     fn version_comes_from_the_pom() {
