@@ -169,6 +169,13 @@ fn a_hanging_registry_holds_no_partition_and_loses_nothing() {
             |s| {
                 quick(s);
                 s.registry.timeout_ms = 3_000;
+                // Only velocity sends to review (an account's second transaction): none of
+                // the records decided before the fault needs the review topic's schema, one
+                // decided during it does.
+                s.service.review_threshold = 0.99;
+                s.service.decline_threshold = 1.0;
+                s.service.low_confidence_margin = 0.0;
+                s.service.velocity_max = 1;
             },
         );
         svc.wait_ready(Duration::from_secs(60)).await;
@@ -186,9 +193,13 @@ fn a_hanging_registry_holds_no_partition_and_loses_nothing() {
         };
         let known = AvroProducer::new(&stack.broker.kafka(), &stack.registry_url()).expect("p");
         let mut rng = rand::rng();
-        for _ in 0..5 {
-            let (account, v) = sample_transaction(&mut rng, "tenant-faults");
-            known.send(&input, &account, &v).await.expect("send");
+        for i in 0..5 {
+            let (_, mut v) = sample_transaction(&mut rng, "tenant-faults");
+            v["account_id"] = json!(format!("before-{i}"));
+            known
+                .send(&input, &format!("before-{i}"), &v)
+                .await
+                .expect("send");
         }
         assert_eq!(read(5, 60).await.len(), 5, "decided before the fault");
 
@@ -234,11 +245,22 @@ fn a_hanging_registry_holds_no_partition_and_loses_nothing() {
                 .await
                 .expect("send");
         }
-        let during = read(10, 30).await;
+        // known-0's second transaction: REVIEW by velocity, a copy on the review topic.
+        let (_, mut v) = sample_transaction(&mut rng, "tenant-faults");
+        v["account_id"] = json!("known-0");
+        known.send(&input, "known-0", &v).await.expect("send");
+        let during = read(11, 30).await;
+        assert!(
+            during
+                .iter()
+                .any(|r| r.value.as_ref().is_some_and(|v| v["outcome"] == "REVIEW")),
+            "a review among them"
+        );
         assert_eq!(
             during.len(),
-            10,
-            "records of the known schema are decided while the registry hangs"
+            11,
+            "records of the known schema are decided while the registry hangs; the service's log:\n{}",
+            svc.log()
         );
         assert!(
             !event_ids(&during).iter().any(|id| new_ids.contains(id)),
@@ -263,7 +285,7 @@ fn a_hanging_registry_holds_no_partition_and_loses_nothing() {
         );
 
         registry.remove("hang").await;
-        let all = read(15, 120).await;
+        let all = read(16, 120).await;
         let decided = event_ids(&all);
         for id in &new_ids {
             assert!(

@@ -282,6 +282,10 @@ impl Processor for DocumentAnalyzer {
     type Input = Document;
     type Output = DecisionOutput<DocumentDecision>;
 
+    fn outputs(&self) -> Vec<verdict_runtime::engine::OutputTopic> {
+        self.topics.all()
+    }
+
     async fn process(
         &self,
         mut input: Incoming<'_, Document>,

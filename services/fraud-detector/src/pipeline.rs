@@ -379,6 +379,10 @@ impl Processor for FraudDetector {
     type Input = Transaction;
     type Output = DecisionOutput<FraudDecision>;
 
+    fn outputs(&self) -> Vec<verdict_runtime::engine::OutputTopic> {
+        self.topics.all()
+    }
+
     async fn process(
         &self,
         mut input: Incoming<'_, Transaction>,

@@ -114,6 +114,15 @@ impl OutputTopic {
         Self::new(&self.0.name, schema)
     }
 
+    /// Fetches this topic's writer schema now, if not yet fetched.
+    pub(crate) async fn warm(&self, codec: &Codec) -> Result<(), ProcessError> {
+        self.0
+            .writer
+            .get_or_try_init(|| codec.writer(&self.0.name, &self.0.schema))
+            .await
+            .map(|_| ())
+    }
+
     /// `value` encoded for this topic.
     pub(crate) async fn encode<T: Serialize>(
         &self,
@@ -153,6 +162,13 @@ pub trait Processor: Send + Sync + 'static {
         &self,
         input: Incoming<'_, Self::Input>,
     ) -> impl Future<Output = Result<Vec<Outgoing<Self::Output>>, ProcessError>> + Send;
+
+    /// The topics this processor may write. The engine fetches their schemas before the
+    /// first record, so a registry that fails later stops no record of a known schema (an
+    /// output written for the first time then would wait for it).
+    fn outputs(&self) -> Vec<OutputTopic> {
+        Vec::new()
+    }
 }
 
 /// Where a service reads and writes, from the topology.
@@ -213,6 +229,15 @@ pub struct DecisionTopics {
 }
 
 impl DecisionTopics {
+    /// Every topic, for [`Processor::outputs`].
+    pub fn all(&self) -> Vec<OutputTopic> {
+        vec![
+            self.decisions.clone(),
+            self.audit.clone(),
+            self.review.clone(),
+        ]
+    }
+
     /// The topology's outputs of `route`; the review topic carries the decision under
     /// `review` (a `<topic>-<record>` subject, since that topic holds several record types).
     pub fn from_route(route: &Route, review: ValueSchema) -> Result<Self, String> {

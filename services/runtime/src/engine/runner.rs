@@ -88,6 +88,14 @@ pub async fn run<P: Processor>(
         route: route.clone(),
         metrics: metrics.clone(),
     });
+    // All at once: a registry that is down at start delays it by one registry timeout.
+    let outputs = worker.processor.outputs();
+    let warmed = futures::future::join_all(outputs.iter().map(|t| t.warm(&worker.codec))).await;
+    for (topic, result) in outputs.iter().zip(warmed) {
+        if let Err(e) = result {
+            tracing::warn!(topic = topic.name(), error = %e, "output schema not fetched yet; it is at the first record written there");
+        }
+    }
     let outcome = |label: &str| {
         metrics
             .processed
