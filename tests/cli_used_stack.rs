@@ -8,7 +8,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use harness::{
-    Stack, apply_topology, bin, committed, end_offsets, repo_root, run, verdict, write_history,
+    Stack, apply_topology, committed, end_offsets, repo_root, run, verdict, write_history,
 };
 use serde_json::Value;
 
@@ -44,15 +44,15 @@ fn consume_stopped_by_a_signal_commits_what_it_printed() {
         let ends = end_offsets(&stack.broker.kafka(), &topic).await;
         for (i, signal) in ["TERM", "INT"].into_iter().enumerate() {
             let group = topology.group(&format!("reader-{i}"));
-            let mut child = Command::new(bin("verdict"))
-                .args(["consume", &topic, "-G", &group])
-                .current_dir(repo_root())
-                .env("KAFKA_BOOTSTRAP_SERVERS", stack.broker.bootstrap())
-                .env("VERDICT_SCHEMA_REGISTRY_URL", stack.registry_url())
-                .stdout(Stdio::piped())
-                .stderr(Stdio::piped())
-                .spawn()
-                .expect("spawn verdict consume");
+            let mut child = harness::verdict_command(
+                &stack.broker.bootstrap(),
+                &stack.registry_url(),
+                &["consume", &topic, "-G", &group],
+            )
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn verdict consume");
             let stdout = child.stdout.take().expect("stdout");
             let printed = tokio::task::spawn_blocking(move || {
                 BufReader::new(stdout)
@@ -449,12 +449,7 @@ fn demo_on_a_used_stack_reads_only_its_own_events() {
 /// and stderr.
 fn verdict_at(bootstrap: &str, registry: &str, args: &[&str]) -> (Option<i32>, String) {
     let out = harness::run_command(
-        Command::new(bin("verdict"))
-            .args(args)
-            .current_dir(repo_root())
-            .env("KAFKA_BOOTSTRAP_SERVERS", bootstrap)
-            .env("VERDICT_SCHEMA_REGISTRY_URL", registry)
-            .env_remove("RUST_LOG"),
+        harness::verdict_command(bootstrap, registry, args).env_remove("RUST_LOG"),
         Duration::from_secs(60),
     );
     (

@@ -115,13 +115,20 @@ pub fn run_command(cmd: &mut Command, timeout: Duration) -> Output {
 /// Runs `verdict ARGS…` against the stack's broker and registry; returns its output.
 pub fn verdict(stack: &Stack, args: &[&str]) -> Output {
     run_command(
-        Command::new(bin("verdict"))
-            .args(args)
-            .current_dir(repo_root())
-            .env("KAFKA_BOOTSTRAP_SERVERS", stack.broker.bootstrap())
-            .env("VERDICT_SCHEMA_REGISTRY_URL", stack.registry_url()),
+        &mut verdict_command(&stack.broker.bootstrap(), &stack.registry_url(), args),
         Duration::from_secs(120),
     )
+}
+
+/// `verdict ARGS…` against the broker at `bootstrap` and the registry at `registry`, from the
+/// repository root, not started yet.
+pub fn verdict_command(bootstrap: &str, registry: &str, args: &[&str]) -> Command {
+    let mut cmd = Command::new(bin("verdict"));
+    cmd.args(args)
+        .current_dir(repo_root())
+        .env("KAFKA_BOOTSTRAP_SERVERS", bootstrap)
+        .env("VERDICT_SCHEMA_REGISTRY_URL", registry);
+    cmd
 }
 
 /// Runs one of Kafka's own tools (`verdict kafka TOOL ARGS…`), asserts it succeeded, and

@@ -114,13 +114,17 @@ impl OutputTopic {
         Self::new(&self.0.name, schema)
     }
 
-    /// Fetches this topic's writer schema now, if not yet fetched.
-    pub(crate) async fn warm(&self, codec: &Codec) -> Result<(), ProcessError> {
+    /// This topic's writer, its schema fetched from the registry the first time.
+    async fn writer(&self, codec: &Codec) -> Result<&Writer, ProcessError> {
         self.0
             .writer
             .get_or_try_init(|| codec.writer(&self.0.name, &self.0.schema))
             .await
-            .map(|_| ())
+    }
+
+    /// Fetches this topic's writer schema now, if not yet fetched.
+    pub(crate) async fn warm(&self, codec: &Codec) -> Result<(), ProcessError> {
+        self.writer(codec).await.map(|_| ())
     }
 
     /// `value` encoded for this topic.
@@ -133,13 +137,7 @@ impl OutputTopic {
             return writer.encode(value);
         }
         // Boxed: only the first record of a topic waits for the registry.
-        let writer = Box::pin(
-            self.0
-                .writer
-                .get_or_try_init(|| codec.writer(&self.0.name, &self.0.schema)),
-        )
-        .await?;
-        writer.encode(value)
+        Box::pin(self.writer(codec)).await?.encode(value)
     }
 }
 
