@@ -113,7 +113,7 @@ fn every_event_gets_a_decision_and_an_audit_in_key_order() {
                 .iter()
                 .filter_map(|s| s["stage"].as_str())
                 .collect();
-            assert_eq!(stages, ["validate", "features", "score", "rules", "decide"]);
+            assert_eq!(stages, ["validate", "features", "rules", "score", "decide"]);
             assert!(
                 ["APPROVE", "REVIEW", "DECLINE"].contains(&v["outcome"].as_str().unwrap_or(""))
             );

@@ -23,6 +23,10 @@ pub struct FraudSettings {
     /// `velocity_window_ms` sends the transaction to review.
     pub velocity_window_ms: u64,
     pub velocity_max: usize,
+    /// How far a transaction's `occurred_at` may lie from its record's Kafka timestamp
+    /// before velocity counts it at the nearest allowed time (the decision says so). Keep it
+    /// well under the window: a client can move its transactions by this much.
+    pub velocity_max_skew_ms: u64,
     /// Fault injection for tests and drills: the score stage fails (retryably) on
     /// the first N attempts of every record. 0 in production.
     pub fail_first_attempts: u32,
@@ -92,6 +96,7 @@ impl Default for FraudSettings {
             amount_limit: 10_000.0,
             velocity_window_ms: 60_000,
             velocity_max: 5,
+            velocity_max_skew_ms: 30_000,
             fail_first_attempts: 0,
             fail_tenant: String::new(),
             fail_mode: FailMode::Transient,

@@ -1,14 +1,14 @@
 //! fraud-detector
 //!
 //! transactions (+ retry topics)
-//!   → validate → features → score (credit-risk model) → rules (amount, velocity) → decide
+//!   → validate → features → rules (amount, velocity on its state store) → score (credit-risk
+//!     model) → decide
 //!   → fraud-decisions, audit, review (reviews and low-confidence decisions)
 //!   failures → transactions.retry.N / transactions.dlq
 
 use std::process::ExitCode;
 
-use fraud_detector::pipeline::{FraudDetector, SERVICE, review_schema};
-use verdict_runtime::engine::DecisionTopics;
+use fraud_detector::pipeline::{FraudDetector, SERVICE};
 use verdict_runtime::models::LogisticModel;
 use verdict_runtime::service::{self, ServiceSpec};
 
@@ -25,8 +25,7 @@ async fn main() -> ExitCode {
     service::run(SERVICE, settings, |ctx| {
         let model = LogisticModel::load(&ctx.settings.service.model_file).map_err(|e| e.to_string())?;
         tracing::info!(model = %model.name, version = %model.version, sha256 = %model.sha256, "model loaded");
-        let topics = DecisionTopics::from_route(ctx.route, review_schema())?;
-        FraudDetector::new(model, ctx.settings.service.clone(), ctx.metrics, topics)
+        FraudDetector::new(model, ctx.settings.service.clone(), ctx.metrics, ctx.route)
     })
     .await
 }

@@ -1,14 +1,17 @@
-//! The fraud-detection pipeline: validate → features → score → rules → decide.
+//! The fraud-detection pipeline: validate → features → rules → score → decide.
+//! Rules run before the model: the velocity rule counts a transaction on its first attempt
+//! (state lives with the input partition), whatever fails after it.
 //! Each record yields a decision on `fraud-decisions`, an audit record on `audit`,
 //! and, for reviews and low-confidence decisions, a copy on `review`.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
 
 use serde::{Deserialize, Serialize};
 use verdict_runtime::audit::{Audit, DecisionOutput};
-use verdict_runtime::engine::{DecisionTopics, Incoming, Outgoing, Processor};
+use verdict_runtime::engine::{
+    DecisionTopics, Incoming, Outgoing, Processor, RecordState, Route, Store,
+};
 use verdict_runtime::error::ProcessError;
 use verdict_runtime::metrics::{Metrics, StageTiming, StageTimings};
 use verdict_runtime::models::{LogisticModel, ModelInput, Scored};
@@ -17,7 +20,7 @@ use verdict_runtime::serde::ValueSchema;
 
 use crate::config::{FailMode, FraudSettings};
 use crate::remote::RemoteScorer;
-use crate::rules::Velocity;
+use crate::rules::{AccountWindow, Velocity, VelocityHit};
 
 pub const SERVICE: &str = "fraud-detector";
 const DECISION_SCHEMA: &str = include_str!("../../../schemas/fraud_decision.avsc");
@@ -58,7 +61,7 @@ impl Outcome {
 
 pub struct RuleHits {
     pub over_amount_limit: bool,
-    pub velocity: (usize, bool),
+    pub velocity: VelocityHit,
 }
 
 pub struct Decision {
@@ -103,7 +106,6 @@ pub struct FraudDetector {
     settings: FraudSettings,
     metrics: Arc<Metrics>,
     topics: DecisionTopics,
-    seen: AtomicU64,
 }
 
 /// The review topic's subject for fraud decisions (`review-dev.verdict.v1.FraudDecision`).
@@ -245,12 +247,15 @@ impl Features<'_> {
 }
 
 impl FraudDetector {
+    /// The detector of `route`'s outputs and `velocity` store.
     pub fn new(
         model: LogisticModel,
         settings: FraudSettings,
         metrics: Arc<Metrics>,
-        topics: DecisionTopics,
+        route: &Route,
     ) -> Result<Self, String> {
+        let topics = DecisionTopics::from_route(route, review_schema())?;
+        let store: Store<AccountWindow> = route.store(crate::rules::STORE)?;
         let remote = match &settings.remote_model {
             Some(r) => {
                 let scorer = RemoteScorer::new(r, &model)
@@ -268,7 +273,12 @@ impl FraudDetector {
         Ok(Self {
             remote,
             topics,
-            velocity: Velocity::new(settings.velocity_window_ms, settings.velocity_max),
+            velocity: Velocity::new(
+                store,
+                settings.velocity_window_ms,
+                settings.velocity_max,
+                settings.velocity_max_skew_ms,
+            ),
             model_info: Arc::new(ModelInfo {
                 name: model.name.clone(),
                 version: model.version.clone(),
@@ -278,7 +288,6 @@ impl FraudDetector {
             model,
             settings,
             metrics,
-            seen: AtomicU64::new(0),
         })
     }
 
@@ -304,21 +313,17 @@ impl FraudDetector {
             .score_with(|f| features.numeric(f), |f| features.categorical(f)))
     }
 
-    /// Rules: amount limit and per-account velocity.
-    fn rules(&self, tx: &Transaction) -> RuleHits {
-        if self
-            .seen
-            .fetch_add(1, Ordering::Relaxed)
-            .is_multiple_of(10_000)
-        {
-            self.velocity.evict_idle(tx.occurred_at);
-        }
-        RuleHits {
+    /// Rules: amount limit and per-account velocity (on the record's state).
+    fn rules(&self, tx: &Transaction, state: &RecordState<'_>) -> Result<RuleHits, ProcessError> {
+        Ok(RuleHits {
             over_amount_limit: tx.amount > self.settings.amount_limit,
-            velocity: self
-                .velocity
-                .observe(&tx.account_id, &tx.event_id, tx.occurred_at),
-        }
+            velocity: self.velocity.observe(
+                state,
+                &tx.tenant_id,
+                &tx.account_id,
+                tx.occurred_at,
+            )?,
+        })
     }
 
     /// Decide: rules first, then the score against the thresholds.
@@ -332,12 +337,13 @@ impl FraudDetector {
                 tx.amount, tx.currency, s.amount_limit
             ));
         }
-        if hits.velocity.1 {
+        if hits.velocity.over {
             reasons.push(format!(
                 "rule: {} transactions of this account within {} ms (limit {})",
-                hits.velocity.0, s.velocity_window_ms, s.velocity_max
+                hits.velocity.count, s.velocity_window_ms, s.velocity_max
             ));
         }
+        reasons.extend(hits.velocity.notes.iter().cloned());
         let mut drivers: Vec<&(&str, f64)> = scored
             .contributions
             .iter()
@@ -353,7 +359,7 @@ impl FraudDetector {
 
         let outcome = if hits.over_amount_limit || p >= s.decline_threshold {
             Outcome::Decline
-        } else if p >= s.review_threshold || hits.velocity.1 {
+        } else if p >= s.review_threshold || hits.velocity.over {
             Outcome::Review
         } else {
             Outcome::Approve
@@ -391,6 +397,7 @@ impl Processor for FraudDetector {
         let mut t = StageTimings::new(&self.metrics);
         let tx = t.stage("validate", || validate(&mut input))?;
         let features = t.stage("features", || features(&tx));
+        let hits = t.stage("rules", || self.rules(&tx, input.state))?;
         let mut scored = t.stage("score", || self.score(input.attempt, &tx, &features))?;
         let mut model = &self.model_info;
         let mut degraded = false;
@@ -409,7 +416,6 @@ impl Processor for FraudDetector {
                 model = served;
             }
         }
-        let hits = t.stage("rules", || self.rules(&tx));
         let mut decision = t.stage("decide", || self.decide(&tx, &scored, &hits));
         if degraded {
             decision.reasons.push(
@@ -466,15 +472,23 @@ mod tests {
                 .into_iter()
                 .map(|(role, topic)| (role.to_string(), topic.to_string()))
                 .collect(),
+            stores: verdict_runtime::engine::Stores::declared(
+                [(
+                    crate::rules::STORE.to_string(),
+                    "g-velocity-changelog".to_string(),
+                )]
+                .into(),
+            ),
         };
-        let topics = DecisionTopics::from_route(&route, review_schema()).expect("topics");
-        FraudDetector::new(
+        let d = FraudDetector::new(
             model,
             FraudSettings::default(),
             Metrics::new("test"),
-            topics,
+            &route,
         )
-        .expect("detector")
+        .expect("detector");
+        d.velocity.store().open_empty(0);
+        d
     }
 
     fn tx(amount: f64, history: &str) -> Json {
@@ -565,7 +579,9 @@ mod tests {
 
         let big = valid(tx(50_000.0, "critical_account")).expect("valid");
         let scored = d.score(1, &big, &features(&big)).expect("scores");
-        let hits = d.rules(&big);
+        let hits = d
+            .rules(&big, &RecordState::detached(0, 0, None))
+            .expect("rules");
         let decision = d.decide(&big, &scored, &hits);
         assert_eq!(decision.outcome, Outcome::Decline);
         assert!(

@@ -1,6 +1,6 @@
 //! Prometheus metrics of a service, in the OpenMetrics text format at `/metrics`.
 
-use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -38,6 +38,17 @@ pub struct PartitionLabel {
     pub partition: i32,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct StoreLabel {
+    pub store: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct StorePartitionLabel {
+    pub store: String,
+    pub partition: i32,
+}
+
 fn stage_histogram() -> Histogram {
     // 50 µs … ~3.3 s
     Histogram::new(exponential_buckets(0.000_05, 2.0, 17))
@@ -61,6 +72,10 @@ pub struct Metrics {
     pub commit_failures: Counter,
     pub guard_tripped: Gauge,
     pub assigned_partitions: Family<TopicLabel, Gauge>,
+    pub state_restored_records: Family<StoreLabel, Counter>,
+    pub state_restore_seconds: Family<StoreLabel, Counter<f64, AtomicU64>>,
+    pub state_restore_remaining: Family<StorePartitionLabel, Gauge>,
+    pub state_keys: Family<StoreLabel, Gauge>,
     ready: AtomicBool,
     pub last_commit_ms: AtomicI64,
 }
@@ -89,6 +104,10 @@ impl Metrics {
             commit_failures: Counter::default(),
             guard_tripped: Gauge::default(),
             assigned_partitions: Family::default(),
+            state_restored_records: Family::default(),
+            state_restore_seconds: Family::default(),
+            state_restore_remaining: Family::default(),
+            state_keys: Family::default(),
             ready: AtomicBool::new(false),
             last_commit_ms: AtomicI64::new(0),
         };
@@ -152,6 +171,26 @@ impl Metrics {
                 "assigned_partitions",
                 "Partitions assigned to this instance",
                 m.assigned_partitions.clone(),
+            );
+            r.register(
+                "state_restored_records",
+                "Changelog records read back into a state store, by store",
+                m.state_restored_records.clone(),
+            );
+            r.register(
+                "state_restore_seconds",
+                "Time spent restoring state stores from their changelogs, by store",
+                m.state_restore_seconds.clone(),
+            );
+            r.register(
+                "state_restore_remaining_records",
+                "Changelog records still to read by a restore in progress (its lag), by store and partition",
+                m.state_restore_remaining.clone(),
+            );
+            r.register(
+                "state_keys",
+                "Keys a state store holds in memory, by store",
+                m.state_keys.clone(),
             );
         }
         Arc::new(m)

@@ -105,6 +105,10 @@ struct RawService {
     retry: Vec<Spanned<RawRetry>>,
     dead_letter_topic: Spanned<String>,
     stages: Spanned<Vec<String>>,
+    /// Store name → its changelog topic (`<consumer_group>-<store>-changelog`, compacted, as
+    /// many partitions as the input).
+    #[serde(default)]
+    stores: BTreeMap<String, Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -140,6 +144,14 @@ pub struct Service {
     pub retry: Vec<RetryStep>,
     pub dead_letter_topic: String,
     pub stages: Vec<String>,
+    /// State store name → its changelog topic.
+    pub stores: BTreeMap<String, String>,
+}
+
+/// The changelog topic of `store` of the service in consumer group `group`, as Kafka Streams
+/// names them (`<application.id>-<store>-changelog`).
+pub fn changelog_topic(group: &str, store: &str) -> String {
+    format!("{group}-{store}-changelog")
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -335,6 +347,44 @@ impl Topology {
                     delay_ms: delay.max(0) as u64,
                 });
             }
+            for (store, t) in &s_ref.stores {
+                let sk = format!("{key}.stores.{store}");
+                v.known_topic(&raw, &sk, t);
+                let want = changelog_topic(group, store);
+                if t.get_ref() != &want {
+                    v.push(
+                        &sk,
+                        t.span(),
+                        &format!("the changelog topic must be named `{want}`"),
+                    );
+                    continue;
+                }
+                let Some(topic) = topics.get(t.get_ref()) else {
+                    continue;
+                };
+                if !topic.spec.cleanup_policy.starts_with("compact") {
+                    v.push(
+                        &sk,
+                        t.span(),
+                        &format!(
+                            "`{want}` must have cleanup_policy = \"compact\" or \"compact,delete\""
+                        ),
+                    );
+                }
+                // A store is scoped to an input partition: partition p of the changelog
+                // holds the state of partition p of the input.
+                let input_partitions = topics.get(s_ref.input.get_ref()).map(|t| t.spec.partitions);
+                if input_partitions.is_some_and(|n| n != topic.spec.partitions) {
+                    v.push(
+                        &sk,
+                        t.span(),
+                        &format!(
+                            "`{want}` needs the partition count of the input `{}`",
+                            s_ref.input.get_ref()
+                        ),
+                    );
+                }
+            }
             if s_ref.stages.get_ref().is_empty() {
                 v.push(
                     &format!("{key}.stages"),
@@ -356,6 +406,11 @@ impl Topology {
                     retry,
                     dead_letter_topic: s_ref.dead_letter_topic.get_ref().clone(),
                     stages: s_ref.stages.get_ref().clone(),
+                    stores: s_ref
+                        .stores
+                        .iter()
+                        .map(|(store, t)| (store.clone(), t.get_ref().clone()))
+                        .collect(),
                 },
             );
         }
@@ -523,6 +578,58 @@ stages = ["a", "b"]
             }]
         );
         assert_eq!(s.stages, vec!["a", "b"]);
+    }
+
+    #[test]
+    fn a_store_needs_a_compacted_changelog_named_for_it_with_the_inputs_partitions() {
+        let dir = schemas();
+        let with = |topic: &str, store_topic: &str| {
+            GOOD.replace(
+                "[services.svc]",
+                &format!("{topic}\n[services.svc]\nstores = {{ counts = \"{store_topic}\" }}"),
+            )
+        };
+        let good = with(
+            "[topics.\"g-counts-changelog\"]\ncleanup_policy = \"compact\"",
+            "g-counts-changelog",
+        );
+        let t = Topology::parse(&good, dir.path()).expect("valid");
+        assert_eq!(
+            t.service("svc").map(|s| s.stores.clone()),
+            Some(BTreeMap::from([(
+                "counts".into(),
+                "g-counts-changelog".into()
+            )]))
+        );
+        assert_eq!(changelog_topic("g", "counts"), "g-counts-changelog");
+
+        let misnamed = with(
+            "[topics.elsewhere]\ncleanup_policy = \"compact\"",
+            "elsewhere",
+        );
+        let errs = Topology::parse(&misnamed, dir.path()).expect_err("misnamed");
+        assert!(
+            errs.iter().any(|e| e.key == "services.svc.stores.counts"
+                && e.message.contains("`g-counts-changelog`")),
+            "{errs:?}"
+        );
+
+        let not_compacted = with("[topics.\"g-counts-changelog\"]", "g-counts-changelog");
+        let errs = Topology::parse(&not_compacted, dir.path()).expect_err("delete policy");
+        assert!(
+            errs.iter().any(|e| e.message.contains("compact")),
+            "{errs:?}"
+        );
+
+        let fewer = with(
+            "[topics.\"g-counts-changelog\"]\ncleanup_policy = \"compact\"\npartitions = 1",
+            "g-counts-changelog",
+        );
+        let errs = Topology::parse(&fewer, dir.path()).expect_err("partitions");
+        assert!(
+            errs.iter().any(|e| e.message.contains("partition count")),
+            "{errs:?}"
+        );
     }
 
     #[test]

@@ -154,8 +154,10 @@ pub fn namespace(doc: &mut toml::Table, ns: &str) -> Vec<String> {
             for key in ["input", "consumer_group", "dead_letter_topic"] {
                 svc.get_mut(key).map(rename);
             }
-            if let Some(Value::Table(outputs)) = svc.get_mut("outputs") {
-                outputs.iter_mut().for_each(|(_, v)| rename(v));
+            for table in ["outputs", "stores"] {
+                if let Some(Value::Table(t)) = svc.get_mut(table) {
+                    t.iter_mut().for_each(|(_, v)| rename(v));
+                }
             }
             if let Some(Value::Array(steps)) = svc.get_mut("retry") {
                 for step in steps.iter_mut().filter_map(Value::as_table_mut) {

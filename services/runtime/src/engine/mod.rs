@@ -22,6 +22,7 @@ mod rebalance;
 pub mod routing;
 mod runner;
 pub mod state;
+pub mod store;
 mod worker;
 
 use std::collections::BTreeMap;
@@ -39,6 +40,7 @@ use crate::settings::SettingsError;
 use crate::topology::{RetryStep, Service};
 
 pub use runner::run;
+pub use store::{RecordState, Store, StoreValue, Stores};
 
 /// An input record, its value decoded into the processor's type.
 #[derive(Debug)]
@@ -54,6 +56,8 @@ pub struct Incoming<'a, T> {
     pub raw: &'a [u8],
     /// 1 for a record from the input topic, n for its n-th attempt from a retry topic.
     pub attempt: u32,
+    /// The record's access to state stores, and what its earlier attempts remembered.
+    pub state: &'a RecordState<'a>,
 }
 
 /// A topic the topology lets this service write, and the schema its values are written
@@ -179,6 +183,8 @@ pub struct Route {
     pub dead_letter_topic: String,
     /// Role → topic, from the topology.
     pub outputs: BTreeMap<String, String>,
+    /// The state stores the topology declares for the service.
+    pub stores: Stores,
 }
 
 impl From<&Service> for Route {
@@ -190,6 +196,7 @@ impl From<&Service> for Route {
             retry: s.retry.clone(),
             dead_letter_topic: s.dead_letter_topic.clone(),
             outputs: s.outputs.clone(),
+            stores: Stores::declared(s.stores.clone()),
         }
     }
 }
@@ -208,6 +215,12 @@ impl Route {
                     self.outputs.keys().cloned().collect::<Vec<_>>().join(", ")
                 )
             })
+    }
+
+    /// The state store `name` the topology declares for this service (restored by the
+    /// engine when a partition is assigned); asked for once, at start-up.
+    pub fn store<V: StoreValue>(&self, name: &str) -> Result<Store<V>, String> {
+        self.stores.open(&self.service, name)
     }
 
     /// Every topic the engine subscribes to: the input, then the retry topics.
@@ -297,6 +310,9 @@ pub struct EngineSettings {
     pub drain_timeout_ms: u64,
     /// How often done offsets are committed.
     pub commit_interval_ms: u64,
+    /// How long restoring the state of newly assigned partitions may take before the engine
+    /// stops (records of every partition wait while a restore runs).
+    pub restore_timeout_ms: u64,
     /// Consumer group session timeout (classic protocol; the broker decides for `consumer`).
     pub session_timeout_ms: u32,
     /// librdkafka's `max.poll.interval.ms`; the drain must fit well inside it.
@@ -319,6 +335,7 @@ impl Default for EngineSettings {
             max_inflight_bytes: 256 << 20,
             drain_timeout_ms: 10_000,
             commit_interval_ms: 200,
+            restore_timeout_ms: 300_000,
             session_timeout_ms: 10_000,
             max_poll_interval_ms: 300_000,
             // Measured with the chaos suite (README): classic + static membership gave the
@@ -362,6 +379,9 @@ impl EngineSettings {
         }
         if self.commit_interval_ms == 0 {
             return bad("commit_interval_ms", "must be at least 1");
+        }
+        if self.restore_timeout_ms < 1_000 {
+            return bad("restore_timeout_ms", "must be at least 1000");
         }
         if self.group_protocol == GroupProtocol::Consumer && !self.group_instance_id.is_empty() {
             return bad(
@@ -411,6 +431,7 @@ mod tests {
             retry: vec![],
             dead_letter_topic: "in.dlq".into(),
             outputs: BTreeMap::from([("decisions".to_string(), "out".to_string())]),
+            stores: Stores::default(),
         };
         assert_eq!(
             route.output("decisions").map(|t| t.name().to_string()),

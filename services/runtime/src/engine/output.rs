@@ -90,9 +90,11 @@ impl ProducerContext for Delivery {
     }
 }
 
-/// One record to send: topic, key, value and headers.
+/// One record to send: topic, partition (the partitioner's choice if none), key, value and
+/// headers.
 pub(crate) struct Outbound<'a> {
     pub topic: &'a str,
+    pub partition: Option<i32>,
     pub key: Option<&'a [u8]>,
     pub value: Option<&'a [u8]>,
     pub headers: Option<OwnedHeaders>,
@@ -157,6 +159,9 @@ impl Output {
             bytes += send.value.map_or(0, <[u8]>::len) + send.key.map_or(0, <[u8]>::len);
             let topic = send.topic;
             let mut record = BaseRecord::with_opaque_to(topic, acks.clone());
+            if let Some(p) = send.partition {
+                record = record.partition(p);
+            }
             if let Some(k) = send.key {
                 record = record.key(k);
             }

@@ -25,12 +25,13 @@ use tokio_util::sync::CancellationToken;
 use super::output::Output;
 use super::rebalance::{EngineContext, Event};
 use super::state::{Limits, Rec, Start, State, Tp};
+use super::store::{self, Restorable};
 use super::worker::{Outcome, Worker, panic_message};
 use super::{EngineError, EngineSettings, GroupProtocol, Processor, Route};
 use crate::guard::DeadLetterGuard;
 use crate::headers::HeaderMap;
 use crate::kafka::KafkaSettings;
-use crate::metrics::{ErrorLabel, Metrics, OutcomeLabel, PartitionLabel, TopicLabel};
+use crate::metrics::{ErrorLabel, Metrics, OutcomeLabel, PartitionLabel, StoreLabel, TopicLabel};
 use crate::serde::Codec;
 use crate::service::RegistrySection;
 use crate::{FastMap, now_ms};
@@ -96,6 +97,14 @@ pub async fn run<P: Processor>(
             tracing::warn!(topic = topic.name(), error = %e, "output schema not fetched yet; it is at the first record written there");
         }
     }
+    let stores = route.stores.opened();
+    if !stores.is_empty() && settings.ordering == super::Ordering::None {
+        return Err(EngineError::Fatal(
+            "engine.ordering = \"none\" with state stores: a key's records must run in offset \
+             order for its state to be deterministic (use \"key\" or \"partition\")"
+                .into(),
+        ));
+    }
     let outcome = |label: &str| {
         metrics
             .processed
@@ -142,6 +151,9 @@ pub async fn run<P: Processor>(
         fatal: None,
         stopping: false,
         route,
+        kafka: kafka.clone(),
+        stores,
+        restore_timeout: Duration::from_millis(settings.restore_timeout_ms),
     };
     let mut tasks = Tasks::new();
     let mut commit: Option<tokio::task::JoinHandle<CommitResult>> = None;
@@ -163,6 +175,7 @@ pub async fn run<P: Processor>(
             .inflight
             .set(i64::try_from(engine.state.running()).unwrap_or(i64::MAX));
         if commit.is_none() && last_commit.elapsed() >= engine.commit_every {
+            engine.report_keys();
             commit = engine.start_commit();
             last_commit = Instant::now();
         }
@@ -367,6 +380,10 @@ struct Loop<P> {
     /// Shutting down: nothing new starts (what does not start stays uncommitted).
     stopping: bool,
     route: Route,
+    kafka: KafkaSettings,
+    /// The state stores the processor opened, restored when an input partition is assigned.
+    stores: Vec<Arc<dyn Restorable>>,
+    restore_timeout: Duration,
 }
 
 impl<P: Processor> Loop<P> {
@@ -439,6 +456,14 @@ impl<P: Processor> Loop<P> {
                 }
             }
             Event::Assigned(tps) => {
+                // The state of new input partitions first: their records queue behind this
+                // in the channel, so none runs before its state is back.
+                let inputs: Vec<i32> = tps
+                    .iter()
+                    .filter(|tp| *tp.0 == *self.route.input)
+                    .map(|tp| tp.1)
+                    .collect();
+                self.restore(&inputs).await;
                 let tps: Vec<(Tp, bool)> = tps
                     .into_iter()
                     .map(|tp| {
@@ -502,6 +527,11 @@ impl<P: Processor> Loop<P> {
         }
         for tp in &tps {
             self.tokens.remove(tp);
+            if *tp.0 == *self.route.input {
+                for store in &self.stores {
+                    store.close(tp.1);
+                }
+            }
         }
         let positions = self.state.finish_revoke(&tps);
         self.report_assignment();
@@ -515,6 +545,46 @@ impl<P: Processor> Loop<P> {
                 .set(0);
         }
         let _ = reply.send(if lost { Vec::new() } else { positions });
+    }
+
+    /// Restores the stores' state of input `partitions`; a restore that fails or outlasts
+    /// `engine.restore_timeout_ms` stops the engine (deciding without state is not an option).
+    async fn restore(&mut self, partitions: &[i32]) {
+        if self.stores.is_empty() || partitions.is_empty() {
+            return;
+        }
+        match store::restore(
+            &self.kafka,
+            &self.stores,
+            partitions,
+            self.restore_timeout,
+            &self.metrics,
+        )
+        .await
+        {
+            Ok(restored) => {
+                for (store, r) in restored {
+                    tracing::info!(%store, ?partitions, records = r.records, seconds = r.seconds, "state restored");
+                }
+                self.report_keys();
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "state restore failed");
+                self.fatal
+                    .get_or_insert(format!("state restore failed: {e}"));
+            }
+        }
+    }
+
+    fn report_keys(&self) {
+        for store in &self.stores {
+            self.metrics
+                .state_keys
+                .get_or_create(&StoreLabel {
+                    store: store.name().to_string(),
+                })
+                .set(store.keys());
+        }
     }
 
     fn on_done(&mut self, tasks: &mut Tasks, done: Done) {

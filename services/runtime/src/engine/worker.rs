@@ -9,8 +9,9 @@ use futures::FutureExt;
 use rdkafka::message::{Message, OwnedHeaders, OwnedMessage};
 use tracing::Instrument;
 
-use super::output::{Outbound, Output};
+use super::output::{Outbound, Output, SendError};
 use super::routing::{self, Origin, Routing};
+use super::store::{ChangelogWrite, RecordState};
 use super::{Incoming, Outgoing, OutputTopic, Processor, Route};
 use crate::error::ProcessError;
 use crate::headers::{self, HeaderMap};
@@ -66,21 +67,38 @@ impl<P: Processor> Worker<P> {
             tracing::Span::none()
         };
         async {
-            let attempt_result = AssertUnwindSafe(self.attempt(msg, attempt))
+            let state = RecordState::new(
+                msg.partition(),
+                msg.offset(),
+                msg.timestamp().to_millis(),
+                attempt == 1,
+                &headers,
+            );
+            let attempt_result = AssertUnwindSafe(self.attempt(msg, attempt, &state))
                 .catch_unwind()
                 .await
                 .unwrap_or_else(|panic| Err(ProcessError::Panic(panic_message(panic.as_ref()))));
             match attempt_result {
                 Ok(()) => Outcome::Processed,
                 // Boxed: failures are rare, and every record's task would carry its space.
-                Err(e) => Box::pin(self.route_failure(msg, headers, attempt, e)).await,
+                Err(e) => {
+                    let memo = state.memo();
+                    let changes = state.take_writes();
+                    drop(state);
+                    Box::pin(self.route_failure(msg, headers, memo, changes, attempt, e)).await
+                }
             }
         }
         .instrument(span)
         .await
     }
 
-    async fn attempt(&self, msg: &OwnedMessage, attempt: u32) -> Result<(), ProcessError> {
+    async fn attempt(
+        &self,
+        msg: &OwnedMessage,
+        attempt: u32,
+        state: &RecordState<'_>,
+    ) -> Result<(), ProcessError> {
         let value = self.codec.decode(msg.payload()).await?;
         let key = msg.key().map(String::from_utf8_lossy);
         let incoming = Incoming {
@@ -92,15 +110,21 @@ impl<P: Processor> Worker<P> {
             value,
             raw: msg.payload().unwrap_or_default(),
             attempt,
+            state,
         };
         let outputs = self.processor.process(incoming).await?;
-        self.write(outputs).await
+        self.write(outputs, state.take_writes()).await
     }
 
-    /// Encodes every output, sends them all, and waits until the broker acknowledged each.
-    /// The values are dropped once encoded, and the encoded bytes once the producer has
-    /// copied them: while the broker acknowledges, a record holds only its input.
-    async fn write(&self, outputs: Vec<Outgoing<P::Output>>) -> Result<(), ProcessError> {
+    /// Encodes every output, sends them all with the record's state changes, and waits until
+    /// the broker acknowledged each. The values are dropped once encoded, and the encoded
+    /// bytes once the producer has copied them: while the broker acknowledges, a record holds
+    /// only its input.
+    async fn write(
+        &self,
+        outputs: Vec<Outgoing<P::Output>>,
+        changes: Vec<ChangelogWrite>,
+    ) -> Result<(), ProcessError> {
         let trace = trace_headers();
         let mut encoded = Vec::with_capacity(outputs.len());
         for Outgoing { topic, key, value } in outputs {
@@ -109,33 +133,44 @@ impl<P: Processor> Worker<P> {
         }
         let sends = encoded.iter().map(|(topic, key, bytes)| Outbound {
             topic: topic.name(),
+            partition: None,
             key: key.as_deref().map(str::as_bytes),
             value: Some(bytes),
             headers: trace.clone(),
         });
-        let pending = self
-            .output
-            .send_all(sends)
-            .await
-            .map_err(|e| ProcessError::Output(e.to_string()))?;
+        let output_error = |e: SendError| ProcessError::Output(e.to_string());
+        let pending = self.output.send_all(sends).await.map_err(output_error)?;
+        let state = if changes.is_empty() {
+            None
+        } else {
+            let sends = changes.iter().map(ChangelogWrite::outbound);
+            Some(self.output.send_all(sends).await.map_err(output_error)?)
+        };
         let topics: Vec<OutputTopic> = encoded.into_iter().map(|(topic, ..)| topic).collect();
-        pending
-            .acked()
-            .await
-            .map_err(|e| ProcessError::Output(e.to_string()))?;
+        pending.acked().await.map_err(output_error)?;
+        if let Some(state) = state {
+            state.acked().await.map_err(output_error)?;
+        }
         for topic in &topics {
             topic.records_out(&self.metrics).inc();
         }
         Ok(())
     }
 
+    /// Sends a failed record to its retry or dead-letter topic, with what the attempt
+    /// remembered (`memo`) and its state changes (the record happened, whatever became of it).
     async fn route_failure(
         &self,
         msg: &OwnedMessage,
-        headers: HeaderMap,
+        mut headers: HeaderMap,
+        memo: Vec<(String, String)>,
+        changes: Vec<ChangelogWrite>,
         attempt: u32,
         error: ProcessError,
     ) -> Outcome {
+        for (name, value) in memo {
+            headers.set(&name, value);
+        }
         let now = now_ms();
         let routing = routing::route(
             &error,
@@ -164,15 +199,17 @@ impl<P: Processor> Worker<P> {
         };
         let send = Outbound {
             topic: routing.topic(),
+            partition: None,
             key: msg.key(),
             value: msg.payload(),
             headers: Some(headers.to_kafka()),
         };
-        match self.output.write_all(std::iter::once(send)).await {
+        match self.output.write_all(with_changes(send, &changes)).await {
             Ok(()) => outcome,
             Err(e) if e.too_large() => {
                 let headers = routing::stub_headers(headers, attempt, msg.key(), msg.payload(), &e);
-                self.dead_letter_stub(msg, headers, error.class()).await
+                self.dead_letter_stub(msg, headers, &changes, error.class())
+                    .await
             }
             Err(e) => Outcome::Fatal(format!("cannot route a failed record to {e}")),
         }
@@ -185,17 +222,19 @@ impl<P: Processor> Worker<P> {
         &self,
         msg: &OwnedMessage,
         headers: HeaderMap,
+        changes: &[ChangelogWrite],
         class: &'static str,
     ) -> Outcome {
         let topic = &self.route.dead_letter_topic;
         tracing::warn!(dlq = %topic, "dead-lettering a stub of a record too large to copy");
         let send = Outbound {
             topic,
+            partition: None,
             key: msg.key().filter(|k| k.len() <= MAX_STUB_KEY_BYTES),
             value: None,
             headers: Some(headers.to_kafka()),
         };
-        match self.output.write_all(std::iter::once(send)).await {
+        match self.output.write_all(with_changes(send, changes)).await {
             Ok(()) => {
                 self.metrics.dead_letter_stubs.inc();
                 Outcome::DeadLettered(class)
@@ -203,6 +242,16 @@ impl<P: Processor> Worker<P> {
             Err(e) => Outcome::Fatal(format!("cannot dead-letter a stub to {e}")),
         }
     }
+}
+
+/// A failed record's copy and its state changes, sent together.
+fn with_changes<'a>(
+    send: Outbound<'a>,
+    changes: &'a [ChangelogWrite],
+) -> std::vec::IntoIter<Outbound<'a>> {
+    let mut sends: Vec<Outbound<'a>> = changes.iter().map(ChangelogWrite::outbound).collect();
+    sends.push(send);
+    sends.into_iter()
 }
 
 /// The `traceparent` of a record's outputs: the current span's, when the record is traced

@@ -1,0 +1,248 @@
+//! State stores against the real broker: the fraud-detector's velocity rule keeps its
+//! per-account windows in a store backed by a changelog topic, so a restart, a kill -9 or a
+//! partition moving to another instance does not give an account a fresh window; accounts are
+//! per tenant; and a replay decides every transaction as the first run did.
+
+use std::collections::{BTreeMap, HashSet};
+use std::time::Duration;
+
+use harness::{
+    Record, ServiceProcess, Stack, Topology, apply_topology, deployment, quick, read_topic, run,
+    verdict, wait_empty_group,
+};
+use serde_json::Value;
+use verdict_cli::records::{AvroProducer, sample_transaction};
+
+type Fraud = fraud_detector::Spec;
+
+/// The velocity limit of these tests: an account's 6th transaction within the minute is
+/// over it.
+const MAX: usize = 5;
+const RULE: &str = "transactions of this account within";
+
+fn fraud(stack: &Stack, topology: &Topology) -> ServiceProcess {
+    ServiceProcess::spawn::<Fraud>(&deployment(stack, topology, None), |s| {
+        quick(s);
+        s.service.velocity_max = MAX;
+        s.service.velocity_window_ms = 600_000;
+    })
+}
+
+/// Sends one transaction of `tenant`'s `account` (keyed by the account); returns its id.
+async fn send(producer: &AvroProducer, topology: &Topology, tenant: &str, account: &str) -> String {
+    let (_, mut value) = sample_transaction(&mut rand::rng(), tenant);
+    value["account_id"] = Value::String(account.into());
+    // Small and ordinary: only the velocity rule can send it to review.
+    value["amount"] = Value::from(25.0);
+    producer
+        .send(&topology.topic("transactions"), account, &value)
+        .await
+        .expect("produce");
+    value["event_id"].as_str().expect("id").to_string()
+}
+
+/// The decisions of `ids` (waits until each has one), by event id; the first of each.
+async fn decided(stack: &Stack, topology: &Topology, ids: &[String]) -> BTreeMap<String, Record> {
+    let want: HashSet<&String> = ids.iter().collect();
+    let records = read_topic(
+        &stack.broker.kafka(),
+        &stack.registry_url(),
+        &topology.topic("fraud-decisions"),
+        Duration::from_secs(90),
+        |rs| {
+            let got: HashSet<&str> = rs.iter().filter_map(event_id).collect();
+            want.iter().all(|id| got.contains(id.as_str()))
+        },
+    )
+    .await;
+    let mut by_id = BTreeMap::new();
+    for r in records {
+        if let Some(id) = event_id(&r).map(String::from)
+            && want.contains(&id)
+        {
+            by_id.entry(id).or_insert(r);
+        }
+    }
+    assert_eq!(by_id.len(), ids.len(), "every transaction decided");
+    by_id
+}
+
+fn event_id(r: &Record) -> Option<&str> {
+    r.value.as_ref()?["event_id"].as_str()
+}
+
+fn reasons(r: &Record) -> String {
+    r.value
+        .as_ref()
+        .map(|v| v["reasons"].to_string())
+        .unwrap_or_default()
+}
+
+fn outcome(r: &Record) -> String {
+    r.value
+        .as_ref()
+        .map(|v| v["outcome"].to_string())
+        .unwrap_or_default()
+}
+
+/// The 6th transaction of an account is over the limit however the instance deciding its
+/// first five went away: stopped and restarted, killed and restarted, or its partitions moved
+/// to another instance. Tenant b's account of the same id is another account.
+#[test]
+fn an_accounts_sixth_transaction_is_reviewed_across_restart_kill_and_rebalance() {
+    run(420, async {
+        let stack = Stack::start().await;
+        let topology = apply_topology(&stack, None).await;
+        let producer =
+            AvroProducer::new(&stack.broker.kafka(), &stack.registry_url()).expect("producer");
+        let mut svc = fraud(&stack, &topology);
+        svc.wait_ready(Duration::from_secs(30)).await;
+
+        let accounts = ["restarted", "killed", "moved"];
+        let mut first_five = Vec::new();
+        for account in accounts {
+            for _ in 0..MAX {
+                first_five.push(send(&producer, &topology, "tenant-a", account).await);
+            }
+        }
+        let before = decided(&stack, &topology, &first_five).await;
+        for (id, r) in &before {
+            assert!(
+                !reasons(r).contains(RULE),
+                "{id} is within the limit: {}",
+                reasons(r)
+            );
+        }
+
+        let sixth = |account: &'static str| {
+            let (producer, topology) = (&producer, &topology);
+            async move { send(producer, topology, "tenant-a", account).await }
+        };
+        let mut verdicts = Vec::new();
+
+        // Stopped (SIGTERM) and started again.
+        svc.stop_cleanly();
+        let mut svc = fraud(&stack, &topology);
+        svc.wait_ready(Duration::from_secs(30)).await;
+        verdicts.push(("restarted", sixth("restarted").await));
+        decided(&stack, &topology, &[verdicts[0].1.clone()]).await;
+
+        // Killed and started again.
+        svc.kill9();
+        let mut svc = fraud(&stack, &topology);
+        svc.wait_ready(Duration::from_secs(30)).await;
+        verdicts.push(("killed", sixth("killed").await));
+        decided(&stack, &topology, &[verdicts[1].1.clone()]).await;
+
+        // Another instance joins, and this one leaves: every partition moves to it.
+        let mut other = fraud(&stack, &topology);
+        other.wait_ready(Duration::from_secs(30)).await;
+        svc.stop_cleanly();
+        verdicts.push(("moved", sixth("moved").await));
+
+        // The same account id under another tenant: its first transaction.
+        let tenant_b = send(&producer, &topology, "tenant-b", "restarted").await;
+
+        let ids: Vec<String> = verdicts.iter().map(|(_, id)| id.clone()).collect();
+        let after = decided(&stack, &topology, &ids).await;
+        for (how, id) in &verdicts {
+            let r = &after[id];
+            assert!(
+                reasons(r).contains(&format!("rule: {} {RULE}", MAX + 1)),
+                "the 6th transaction of the {how} instance's account is over the limit: {} {}\n{}",
+                outcome(r),
+                reasons(r),
+                other.log()
+            );
+            assert!(outcome(r).contains("REVIEW") || outcome(r).contains("DECLINE"));
+        }
+        let b = decided(&stack, &topology, std::slice::from_ref(&tenant_b)).await;
+        assert!(
+            !reasons(&b[&tenant_b]).contains(RULE),
+            "tenant b's account counts apart from tenant a's: {}",
+            reasons(&b[&tenant_b])
+        );
+        let restored = other.metric("verdict_state_restored_records_total").await;
+        assert!(
+            restored >= 16.0,
+            "the other instance restored the windows: {restored}"
+        );
+    });
+}
+
+/// `verdict replay --to-earliest` of a stopped fraud-detector decides every transaction again
+/// with the outcome and reasons of the first run.
+#[test]
+fn a_replay_decides_every_transaction_as_the_first_run_did() {
+    run(300, async {
+        let stack = Stack::start().await;
+        let topology = apply_topology(&stack, None).await;
+        let producer =
+            AvroProducer::new(&stack.broker.kafka(), &stack.registry_url()).expect("producer");
+        let mut svc = fraud(&stack, &topology);
+        svc.wait_ready(Duration::from_secs(30)).await;
+        let mut ids = Vec::new();
+        for i in 0..120 {
+            let account = format!("acct-{}", i % 12);
+            ids.push(send(&producer, &topology, "tenant-r", &account).await);
+        }
+        let first = decided(&stack, &topology, &ids).await;
+        let over = first.values().filter(|r| reasons(r).contains(RULE)).count();
+        assert_eq!(
+            over,
+            120 - 12 * MAX,
+            "each account's transactions past the 5th"
+        );
+
+        svc.stop_cleanly();
+        let group = topology.group("verdict-fraud-detector");
+        wait_empty_group(&stack.broker.kafka(), &group).await;
+        let out = verdict(
+            &stack,
+            &[
+                "replay",
+                &group,
+                "--to-earliest",
+                "--all-topics",
+                "--execute",
+            ],
+        );
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let mut svc = fraud(&stack, &topology);
+        svc.wait_ready(Duration::from_secs(30)).await;
+
+        // Every transaction decided twice now: the second decision as the first.
+        let want: HashSet<&String> = ids.iter().collect();
+        let records = read_topic(
+            &stack.broker.kafka(),
+            &stack.registry_url(),
+            &topology.topic("fraud-decisions"),
+            Duration::from_secs(90),
+            |rs| {
+                rs.iter()
+                    .filter(|r| event_id(r).is_some_and(|id| want.contains(&id.to_string())))
+                    .count()
+                    >= 2 * ids.len()
+            },
+        )
+        .await;
+        let mut runs: BTreeMap<&str, Vec<(String, String)>> = BTreeMap::new();
+        for r in &records {
+            if let Some(id) = event_id(r) {
+                runs.entry(id).or_default().push((outcome(r), reasons(r)));
+            }
+        }
+        for id in &ids {
+            let got = &runs[id.as_str()];
+            assert!(got.len() >= 2, "{id} decided again: {got:?}\n{}", svc.log());
+            assert!(
+                got.iter().all(|d| d == &got[0]),
+                "{id} decided differently on replay: {got:?}"
+            );
+        }
+    });
+}
