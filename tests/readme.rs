@@ -198,6 +198,15 @@ fn expectation(cmd: &str) -> Option<Expect> {
                 );
             })
         }
+        "verdict consume fraud-decisions -o -5 -e --isolation read_uncommitted" => {
+            runs_and(0, &[], |out| {
+                assert_eq!(
+                    json_lines(out).len(),
+                    5 * PARTITIONS,
+                    "the last 5 of each partition"
+                );
+            })
+        }
         "verdict groups list" => runs(0, &["verdict-fraud-detector", "Classic", "my-reader"]),
         "verdict groups describe verdict-fraud-detector" => runs(
             0,

@@ -246,3 +246,76 @@ fn a_replay_decides_every_transaction_as_the_first_run_did() {
         }
     });
 }
+
+/// `verdict shadow` of the production settings on a range that starts mid-stream changes no
+/// decision: the shadow service replays the events before the range into its state first, so
+/// an account's transactions past the 5th are over the limit there as in production.
+#[test]
+fn a_shadow_run_of_unchanged_settings_mid_stream_changes_nothing() {
+    run(400, async {
+        let stack = Stack::start().await;
+        let topology = apply_topology(&stack, None).await;
+        let producer =
+            AvroProducer::new(&stack.broker.kafka(), &stack.registry_url()).expect("producer");
+        // The shipped settings, as the shadow run uses them.
+        let mut svc = ServiceProcess::spawn::<Fraud>(&deployment(&stack, &topology, None), quick);
+        svc.wait_ready(Duration::from_secs(30)).await;
+        let mut ids = Vec::new();
+        for i in 0..240 {
+            let account = format!("acct-{}", i % 12);
+            ids.push(send(&producer, &topology, "tenant-s", &account).await);
+        }
+        let decisions = decided(&stack, &topology, &ids).await;
+        svc.stop_cleanly();
+        let reviewed = decisions
+            .values()
+            .filter(|r| reasons(r).contains(RULE))
+            .count();
+        assert_eq!(
+            reviewed,
+            240 - 12 * MAX,
+            "each account's transactions past the 5th"
+        );
+
+        let dir = tempfile::tempdir().expect("dir");
+        let json = dir.path().join("shadow.json");
+        let name = harness::unique("same");
+        let out = verdict(
+            &stack,
+            &[
+                "shadow",
+                "--service",
+                "fraud-detector",
+                "--name",
+                &name,
+                "--topology",
+                &topology.to_string_lossy(),
+                "--from-offset",
+                "15",
+                "--json",
+                &json.to_string_lossy(),
+            ],
+        );
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success(),
+            "{stdout}{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let report: Value =
+            serde_json::from_str(&std::fs::read_to_string(&json).expect("report")).expect("json");
+        assert!(report["warmup_events"].as_u64() > Some(0), "{report}");
+        assert!(stdout.contains("seeded by replaying"), "{stdout}");
+        let in_range = report["compared"].as_u64().unwrap_or(0);
+        assert_eq!(Some(in_range), report["events"].as_u64(), "{report}");
+        assert!(in_range > 100, "a range with history before it: {report}");
+        let over = report["transitions"]["REVIEW -> REVIEW"]
+            .as_u64()
+            .unwrap_or(0)
+            + report["transitions"]["DECLINE -> DECLINE"]
+                .as_u64()
+                .unwrap_or(0);
+        assert!(over > 0, "velocity fires in the range: {report}");
+        assert_eq!(report["changed"], 0, "{stdout}");
+    });
+}

@@ -17,6 +17,7 @@ mod peers;
 mod profile;
 mod replay;
 mod slow;
+mod state;
 use futures::StreamExt;
 use futures::stream::FuturesUnordered;
 use harness::ServiceProcess;
@@ -62,6 +63,9 @@ enum Bench {
     /// A gateway started on a million records of history: time to ready, new jobs answered,
     /// memory, CPU and SIGTERM, against an earlier build.
     History(history::HistoryArgs),
+    /// Restore of the fraud-detector's velocity store (1M accounts) from its changelog,
+    /// against Kafka's consumer-perf-test on the same changelog.
+    State(state::StateArgs),
 }
 
 pub(crate) fn bar(len: u64, what: &str) -> ProgressBar {
@@ -320,5 +324,6 @@ async fn main() {
         Bench::Replay(args) => replay::run(args).await,
         Bench::Gateway(args) => gateway::run(args).await,
         Bench::History(args) => history::run(args).await,
+        Bench::State(args) => state::run(args).await,
     }
 }

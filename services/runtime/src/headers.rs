@@ -22,6 +22,9 @@ pub const ATTEMPTS: &str = "verdict.errors.attempts";
 pub const SERVICE: &str = "verdict.errors.service";
 pub const FAILED_AT: &str = "verdict.errors.failed.at";
 /// On a stub: the failed record's key + value size in bytes, and its value's sha256 (hex).
+/// On a record of a shadow run's input: replayed only to build state (see
+/// `engine.shadow_warmup`), decided by no one.
+pub const SHADOW_WARMUP: &str = "verdict.shadow.warmup";
 pub const ORIGINAL_SIZE: &str = "verdict.errors.original.size";
 pub const ORIGINAL_SHA256: &str = "verdict.errors.original.sha256";
 

@@ -191,11 +191,13 @@ impl KafkaSettings {
     }
 
     /// A consumer that reads without a group of its own to speak of: a throwaway group id,
-    /// no commits, short fetch waits. For tools, tests and the registry's tailer, which
-    /// assign partitions themselves.
+    /// no commits, short fetch waits, records of committed transactions only (librdkafka's
+    /// default, said here; `isolation.level` in the properties changes it). For tools, tests
+    /// and the registry's tailer, which assign partitions themselves.
     pub fn reader_config(&self) -> ClientConfig {
         let mut cfg = self.consumer_config(&format!("verdict-reader-{}", uuid::Uuid::new_v4()));
-        cfg.set("fetch.wait.max.ms", "50");
+        cfg.set("fetch.wait.max.ms", "50")
+            .set("isolation.level", "read_committed");
         self.apply_properties(&mut cfg);
         cfg
     }

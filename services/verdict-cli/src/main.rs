@@ -221,6 +221,9 @@ enum Command {
         count: Option<usize>,
         #[arg(short = 'p', long)]
         partition: Option<i32>,
+        /// Records of committed transactions only (the default), or every record.
+        #[arg(long, value_enum, default_value = "read_committed")]
+        isolation: produce_consume::Isolation,
         #[command(flatten)]
         endpoints: Endpoints,
     },
@@ -260,6 +263,10 @@ enum Command {
         overrides: Vec<(String, String)>,
         #[arg(long, default_value = "http://127.0.0.1:9465")]
         model_server_url: String,
+        /// How far before the range the shadow service replays events into its state only,
+        /// so it starts from production's state (ISO-8601; `PT0S`: start empty).
+        #[arg(long, default_value = "PT10M")]
+        warmup: String,
         /// Give up after this many seconds.
         #[arg(long, default_value_t = 900)]
         timeout: u64,
@@ -630,9 +637,10 @@ async fn run(command: Command) -> Result<(), CliError> {
             group,
             count,
             partition,
+            isolation,
             endpoints,
         } => {
-            let kafka = endpoints.reach().await?;
+            let kafka = isolation.apply(&endpoints.reach().await?);
             let opts = produce_consume::ConsumeOpts {
                 offsets,
                 exit_at_end: exit,
@@ -709,12 +717,14 @@ async fn run(command: Command) -> Result<(), CliError> {
             overrides,
             model_server_url,
             timeout,
+            warmup,
             keep_topics,
             report,
             json,
             top,
             endpoints,
         } => {
+            let warmup_ms = groups_cmd::parse_duration(&warmup)?;
             let range = match (from_offset, since) {
                 (Some(from), _) => shadow::Range::Offsets {
                     from,
@@ -745,6 +755,7 @@ async fn run(command: Command) -> Result<(), CliError> {
                 model_server_url,
                 timeout: Duration::from_secs(timeout),
                 keep_topics,
+                warmup_ms,
                 report_md: report,
                 report_json: json,
                 top,

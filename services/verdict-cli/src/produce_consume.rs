@@ -47,6 +47,32 @@ pub enum ValueFormat {
     String,
 }
 
+/// Which records `consume` reads, as Kafka's consumers name it (`isolation.level`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+#[value(rename_all = "snake_case")]
+pub enum Isolation {
+    /// Only records of committed transactions (and records written outside transactions).
+    #[default]
+    ReadCommitted,
+    /// Every record, including those of open and aborted transactions.
+    ReadUncommitted,
+}
+
+impl Isolation {
+    /// `kafka` reading with this isolation level.
+    pub fn apply(self, kafka: &KafkaSettings) -> KafkaSettings {
+        let mut kafka = kafka.clone();
+        let level = match self {
+            Isolation::ReadCommitted => "read_committed",
+            Isolation::ReadUncommitted => "read_uncommitted",
+        };
+        kafka
+            .properties
+            .insert("isolation.level".into(), level.into());
+        kafka
+    }
+}
+
 /// Parses `-H key=value`.
 pub fn parse_key_value(s: &str) -> Result<(String, String), String> {
     s.split_once('=')

@@ -47,6 +47,9 @@ pub struct ShadowOpts {
     /// Give up when the shadow service has not finished after this long.
     pub timeout: Duration,
     pub keep_topics: bool,
+    /// How far before the range the shadow service replays events into its state only
+    /// (ms; 0: it starts with empty state).
+    pub warmup_ms: i64,
     pub report_md: Option<PathBuf>,
     pub report_json: Option<PathBuf>,
     pub top: usize,
@@ -62,6 +65,10 @@ pub struct ShadowReport {
     pub shadow_decisions_topic: String,
     pub production_decisions_topic: String,
     pub events: usize,
+    /// Events before the range replayed into the shadow service's state only, and over
+    /// how long a time before it (ms).
+    pub warmup_events: usize,
+    pub warmup_ms: i64,
     pub shadow_decided: usize,
     /// Shadow decisions with a production decision for the same event id.
     pub compared: usize,
@@ -73,9 +80,9 @@ pub struct ShadowReport {
     /// Models of the production decisions compared with: more than one means the range
     /// spans a rollout, and some changes are the rollout's.
     pub production_models: BTreeMap<String, usize>,
-    /// Changes where a history-dependent rule (velocity) fired on one side only: the shadow
-    /// service starts with empty per-account state and production's state depends on its
-    /// restarts, so these say nothing about the change under test.
+    /// Changes where a history-dependent rule (velocity) fired on one side only: with state
+    /// seeded from the warm-up these are the change under test's only if it changes the rule;
+    /// else the warm-up was too short for the window.
     pub history_dependent_changes: usize,
     pub score_shift: Option<ShiftStats>,
     pub top_changes: Vec<Change>,
@@ -302,11 +309,24 @@ impl ShadowReport {
             .map(|(m, n)| format!("`{m}` ({n})"))
             .collect::<Vec<_>>()
             .join(", ");
+        let seeded = if self.warmup_ms > 0 {
+            format!(
+                "The shadow service's state was seeded by replaying the {} events of the {} s \
+                 before the range into its state only (no decisions), as production's state \
+                 had them",
+                self.warmup_events,
+                self.warmup_ms / 1000
+            )
+        } else {
+            "The shadow service started with empty state (`--warmup PT0S`), unlike production"
+                .to_string()
+        };
         format!(
             "\n## How far to trust this\n\n\
-             - {} of the {} changes turn on the velocity rule firing on one side only. The shadow \
-             service starts with no per-account history (and production's depends on its \
-             restarts), so these are not caused by the change under test; {} are not.\n\
+             - {seeded}.\n\
+             - {} of the {} changes turn on the velocity rule firing on one side only: the \
+             change under test's if it touches that rule, else a sign the warm-up was shorter \
+             than the rule's window; {} do not.\n\
              - Production decided with {}{}.\n\
              - {} shadow decisions have no production decision to compare with.\n",
             self.history_dependent_changes,
@@ -432,10 +452,11 @@ pub async fn run(kafka: &KafkaSettings, opts: &ShadowOpts) -> Result<ShadowRepor
     let result = async {
         let report = applied?;
         eprintln!("shadow topology: {} topics created", report.created.len());
-        let events = copy_range(kafka, &svc.input, &shadow_input, opts.range).await?;
+        let copied =
+            copy_range(kafka, &svc.input, &shadow_input, opts.range, opts.warmup_ms).await?;
         eprintln!(
-            "copied {events} events of {} into {shadow_input}",
-            svc.input
+            "copied {} events of {} into {shadow_input}, after {} warm-up events for its state",
+            copied.range, svc.input, copied.warmup
         );
         run_service(kafka, opts, spec, &settings, &shadow_group, &shadow_input).await?;
         let reader = GroupReader::new(kafka)?;
@@ -449,7 +470,9 @@ pub async fn run(kafka: &KafkaSettings, opts: &ShadowOpts) -> Result<ShadowRepor
         report.shadow_input_topic = shadow_input.clone();
         report.shadow_decisions_topic = shadow_decisions.clone();
         report.production_decisions_topic = decisions.clone();
-        report.events = events;
+        report.events = copied.range;
+        report.warmup_events = copied.warmup;
+        report.warmup_ms = opts.warmup_ms;
         Ok::<_, CliError>(report)
     }
     .await;
@@ -472,14 +495,24 @@ pub async fn run(kafka: &KafkaSettings, opts: &ShadowOpts) -> Result<ShadowRepor
     Ok(report)
 }
 
-/// Copies the range of `from` into `to` (same partition, key, value, headers); returns how
-/// many records.
+/// How many events a shadow copy holds: the range, and the warm-up before it.
+#[derive(Debug, Clone, Copy, Default)]
+struct Copied {
+    range: usize,
+    warmup: usize,
+}
+
+/// Copies the range of `from` into `to` (same partition, key, value, headers and
+/// timestamp). Before it, per partition, the records of the `warmup_ms` before the range's
+/// first record are copied marked `verdict.shadow.warmup`: the shadow service replays them
+/// into its state only, so it starts from the state production had.
 async fn copy_range(
     kafka: &KafkaSettings,
     from: &str,
     to: &str,
     range: Range,
-) -> Result<usize, CliError> {
+    warmup_ms: i64,
+) -> Result<Copied, CliError> {
     let reader = GroupReader::new(kafka)?;
     let n = i32::try_from(kafka.partition_count(from).await).unwrap_or(0);
     let parts: Vec<(String, i32)> = (0..n).map(|p| (from.to_string(), p)).collect();
@@ -511,23 +544,92 @@ async fn copy_range(
             (k.1, (start, end))
         })
         .collect();
+    let warmups = if warmup_ms > 0 {
+        warmup_ranges(kafka, &reader, from, &ranges, &marks, warmup_ms).await?
+    } else {
+        BTreeMap::new()
+    };
     let producer = kafka.producer()?;
-    let mut scanner = Scanner::new(kafka, from, &ranges)?;
+    Ok(Copied {
+        warmup: copy_records(kafka, &producer, from, to, &warmups, true).await?,
+        range: copy_records(kafka, &producer, from, to, &ranges, false).await?,
+    })
+}
+
+/// Per partition, the offsets of the `warmup_ms` before the first record of its range (by
+/// that record's timestamp).
+async fn warmup_ranges(
+    kafka: &KafkaSettings,
+    reader: &GroupReader,
+    topic: &str,
+    ranges: &BTreeMap<i32, (i64, i64)>,
+    marks: &BTreeMap<(String, i32), (i64, i64)>,
+    warmup_ms: i64,
+) -> Result<BTreeMap<i32, (i64, i64)>, CliError> {
+    let firsts: BTreeMap<i32, (i64, i64)> = ranges
+        .iter()
+        .filter(|(_, (start, end))| start < end)
+        .map(|(p, (start, _))| (*p, (*start, start + 1)))
+        .collect();
+    let mut scanner = Scanner::new(kafka, topic, &firsts)?;
+    let mut warmups = BTreeMap::new();
+    while let Some(first) = scanner.next(Duration::from_secs(30)).await? {
+        let Some(ts) = first.timestamp_ms else {
+            continue;
+        };
+        let p = first.partition;
+        let since = reader
+            .offsets_for_time(vec![(topic.to_string(), p)], ts.saturating_sub(warmup_ms))
+            .await?;
+        let low = marks.get(&(topic.to_string(), p)).map_or(0, |m| m.0);
+        let from = since
+            .get(&(topic.to_string(), p))
+            .copied()
+            .unwrap_or(low)
+            .clamp(low, first.offset);
+        if from < first.offset {
+            warmups.insert(p, (from, first.offset));
+        }
+    }
+    Ok(warmups)
+}
+
+/// Copies `ranges` of `from` into the same partitions of `to`, in order; `warmup` marks them
+/// as warm-up. Returns how many records.
+async fn copy_records(
+    kafka: &KafkaSettings,
+    producer: &rdkafka::producer::FutureProducer,
+    from: &str,
+    to: &str,
+    ranges: &BTreeMap<i32, (i64, i64)>,
+    warmup: bool,
+) -> Result<usize, CliError> {
+    if ranges.is_empty() {
+        return Ok(0);
+    }
+    let mut scanner = Scanner::new(kafka, from, ranges)?;
     let mut sends = Vec::new();
     while let Some(RawRecord {
         partition,
         key,
         value,
-        headers,
+        mut headers,
+        timestamp_ms,
         ..
     }) = scanner.next(Duration::from_secs(30)).await?
     {
+        if warmup {
+            headers.set(verdict_runtime::headers::SHADOW_WARMUP, "1");
+        }
         let p = producer.clone();
         let to = to.to_string();
         sends.push(async move {
             let mut record = rdkafka::producer::FutureRecord::<[u8], [u8]>::to(&to)
                 .partition(partition)
                 .headers(headers.to_kafka());
+            if let Some(ts) = timestamp_ms {
+                record = record.timestamp(ts);
+            }
             if let Some(k) = key.as_deref() {
                 record = record.key(k);
             }
@@ -582,6 +684,8 @@ impl ServiceSettings {
             .config(&deployment)?
             .parse()
             .map_err(|e| CliError::Failed(format!("settings of {}: {e}", spec.name)))?;
+        // Warm-up records build state only (see `copy_range`).
+        set_override(&mut doc, "engine.shadow_warmup", "true")?;
         for (k, v) in &opts.overrides {
             set_override(&mut doc, k, v)?;
         }

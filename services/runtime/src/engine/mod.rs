@@ -313,6 +313,10 @@ pub struct EngineSettings {
     /// How long restoring the state of newly assigned partitions may take before the engine
     /// stops (records of every partition wait while a restore runs).
     pub restore_timeout_ms: u64,
+    /// Set by `verdict shadow` only: a first-attempt record with the `verdict.shadow.warmup`
+    /// header updates state and writes nothing else, so a shadow run starts from the state
+    /// production had. Never in production: such a record would get no decision.
+    pub shadow_warmup: bool,
     /// Consumer group session timeout (classic protocol; the broker decides for `consumer`).
     pub session_timeout_ms: u32,
     /// librdkafka's `max.poll.interval.ms`; the drain must fit well inside it.
@@ -336,6 +340,7 @@ impl Default for EngineSettings {
             drain_timeout_ms: 10_000,
             commit_interval_ms: 200,
             restore_timeout_ms: 300_000,
+            shadow_warmup: false,
             session_timeout_ms: 10_000,
             max_poll_interval_ms: 300_000,
             // Measured with the chaos suite (README): classic + static membership gave the

@@ -88,6 +88,7 @@ pub async fn run<P: Processor>(
         output: Output::new(kafka)?,
         route: route.clone(),
         metrics: metrics.clone(),
+        shadow_warmup: settings.shadow_warmup,
     });
     // All at once: a registry that is down at start delays it by one registry timeout.
     let outputs = worker.processor.outputs();

@@ -141,6 +141,11 @@ impl<'a> RecordState<'a> {
         }
     }
 
+    /// Whether the record carries header `name`.
+    pub(crate) fn carries(&self, name: &str) -> bool {
+        self.headers.get(name).is_some()
+    }
+
     /// What an earlier attempt of this record remembered under `name`.
     pub fn recall(&self, name: &str) -> Option<&str> {
         self.headers.get(&format!("{MEMO_HEADER_PREFIX}{name}"))
@@ -518,10 +523,24 @@ fn restore_store(
     let topic = store.changelog();
     let mut fills = BTreeMap::new();
     let mut tpl = TopicPartitionList::new();
+    // Broker trouble (a leader moving, a broker restarting) is waited out up to the deadline.
+    let late = |what: String| {
+        format!(
+            "restoring store `{}` from {topic} took longer than {deadline:?}: {what}",
+            store.name()
+        )
+    };
     for (p, gauge) in partitions.iter().zip(gauges) {
-        let (low, high) = consumer
-            .fetch_watermarks(topic, *p, Duration::from_secs(10))
-            .map_err(|e| format!("changelog {topic}/{p}: {e}"))?;
+        let (low, high) = loop {
+            match consumer.fetch_watermarks(topic, *p, Duration::from_secs(5)) {
+                Ok(marks) => break marks,
+                Err(e) if started.elapsed() < deadline => {
+                    tracing::warn!(error = %e, %topic, partition = p, "changelog end not known yet; asking again");
+                    std::thread::sleep(Duration::from_millis(200));
+                }
+                Err(e) => return Err(late(format!("the end of partition {p}: {e}"))),
+            }
+        };
         let fill = store.begin(*p);
         if high <= low {
             fill.open();
@@ -538,11 +557,10 @@ fn restore_store(
         consumer.assign(&tpl).map_err(|e| e.to_string())?;
         while !fills.is_empty() {
             if started.elapsed() > deadline {
-                return Err(format!(
-                    "restoring store `{}` from {topic} took longer than {deadline:?} ({records} records read); partitions left: {:?}",
-                    store.name(),
+                return Err(late(format!(
+                    "{records} records read; partitions left: {:?}",
                     fills.keys().collect::<Vec<_>>()
-                ));
+                )));
             }
             match consumer.poll(Duration::from_millis(100)) {
                 None => {}
@@ -562,7 +580,11 @@ fn restore_store(
                     }
                 }
                 Some(Err(KafkaError::PartitionEOF(p))) => finish(&mut fills, p),
-                Some(Err(e)) => return Err(format!("changelog {topic}: {e}")),
+                // librdkafka retries fetches itself; the deadline bounds the wait.
+                Some(Err(e)) => {
+                    tracing::warn!(error = %e, %topic, "changelog read error; going on");
+                    std::thread::sleep(Duration::from_millis(100));
+                }
             }
         }
         consumer

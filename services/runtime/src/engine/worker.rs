@@ -38,6 +38,8 @@ pub(crate) struct Worker<P> {
     pub(crate) output: Output,
     pub(crate) route: Route,
     pub(crate) metrics: Arc<Metrics>,
+    /// `engine.shadow_warmup`.
+    pub(crate) shadow_warmup: bool,
 }
 
 impl<P: Processor> Worker<P> {
@@ -113,6 +115,10 @@ impl<P: Processor> Worker<P> {
             state,
         };
         let outputs = self.processor.process(incoming).await?;
+        if self.shadow_warmup && attempt == 1 && state.carries(headers::SHADOW_WARMUP) {
+            // Replayed to build a shadow run's state: its changes, no decision.
+            return self.write(Vec::new(), state.take_writes()).await;
+        }
         self.write(outputs, state.take_writes()).await
     }
 
