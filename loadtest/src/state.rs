@@ -90,15 +90,9 @@ pub async fn run(args: StateArgs) {
     let started = Instant::now();
     let mut svc =
         ServiceProcess::spawn::<fraud_detector::Spec>(&deployment(&stack, &topology, None), quick);
-    let deadline = Instant::now() + Duration::from_secs(600);
-    let mut restored = 0.0;
-    while Instant::now() < deadline {
-        restored = svc.metric("verdict_state_restored_records_total").await;
-        if restored >= args.keys as f64 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    // Ready once its partitions are assigned, which is after their state is restored.
+    svc.wait_ready(Duration::from_secs(600)).await;
+    let restored = svc.metric("verdict_state_restored_records_total").await;
     let wall = started.elapsed().as_secs_f64();
     let seconds = svc.metric("verdict_state_restore_seconds_total").await;
     let keys = svc.metric("verdict_state_keys").await;
