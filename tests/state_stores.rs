@@ -14,6 +14,7 @@ use serde_json::Value;
 use verdict_cli::records::{AvroProducer, sample_transaction};
 
 type Fraud = fraud_detector::Spec;
+type FraudSettings = <Fraud as verdict_runtime::service::ServiceSpec>::Settings;
 
 /// The velocity limit of these tests: an account's 6th transaction within the minute is
 /// over it.
@@ -26,6 +27,17 @@ fn fraud(stack: &Stack, topology: &Topology) -> ServiceProcess {
         s.service.velocity_max = MAX;
         s.service.velocity_window_ms = 600_000;
     })
+}
+
+/// A stack with the topology applied, a producer, and a fraud-detector ready.
+async fn started() -> (Stack, Topology, AvroProducer, ServiceProcess) {
+    let stack = Stack::start().await;
+    let topology = apply_topology(&stack, None).await;
+    let producer =
+        AvroProducer::new(&stack.broker.kafka(), &stack.registry_url()).expect("producer");
+    let mut svc = fraud(&stack, &topology);
+    svc.wait_ready(Duration::from_secs(30)).await;
+    (stack, topology, producer, svc)
 }
 
 /// Sends one transaction of `tenant`'s `account` (keyed by the account); returns its id.
@@ -91,12 +103,7 @@ fn outcome(r: &Record) -> String {
 #[test]
 fn an_accounts_sixth_transaction_is_reviewed_across_restart_kill_and_rebalance() {
     run(420, async {
-        let stack = Stack::start().await;
-        let topology = apply_topology(&stack, None).await;
-        let producer =
-            AvroProducer::new(&stack.broker.kafka(), &stack.registry_url()).expect("producer");
-        let mut svc = fraud(&stack, &topology);
-        svc.wait_ready(Duration::from_secs(30)).await;
+        let (stack, topology, producer, mut svc) = started().await;
 
         let accounts = ["restarted", "killed", "moved"];
         let mut first_five = Vec::new();
@@ -175,12 +182,7 @@ fn an_accounts_sixth_transaction_is_reviewed_across_restart_kill_and_rebalance()
 #[test]
 fn a_replay_decides_every_transaction_as_the_first_run_did() {
     run(300, async {
-        let stack = Stack::start().await;
-        let topology = apply_topology(&stack, None).await;
-        let producer =
-            AvroProducer::new(&stack.broker.kafka(), &stack.registry_url()).expect("producer");
-        let mut svc = fraud(&stack, &topology);
-        svc.wait_ready(Duration::from_secs(30)).await;
+        let (stack, topology, producer, mut svc) = started().await;
         let mut ids = Vec::new();
         for i in 0..120 {
             let account = format!("acct-{}", i % 12);
@@ -317,5 +319,168 @@ fn a_shadow_run_of_unchanged_settings_mid_stream_changes_nothing() {
                 .unwrap_or(0);
         assert!(over > 0, "velocity fires in the range: {report}");
         assert_eq!(report["changed"], 0, "{stdout}");
+    });
+}
+
+/// Under `engine.guarantee = "exactly_once"`, what an instance wrote in a transaction it did
+/// not commit (killed between producing and committing) is never seen by a `read_committed`
+/// reader; restarted with the same static id, it fences the killed incarnation, whose
+/// transaction is aborted, and decides every transaction exactly once.
+#[test]
+fn a_transaction_killed_before_its_commit_leaves_nothing_visible() {
+    run(300, async {
+        let stack = Stack::start().await;
+        let topology = apply_topology(&stack, None).await;
+        let producer =
+            AvroProducer::new(&stack.broker.kafka(), &stack.registry_url()).expect("producer");
+        let exactly_once = |commit_every_ms: u64| {
+            move |s: &mut FraudSettings| {
+                quick(s);
+                s.engine.guarantee = verdict_runtime::engine::Guarantee::ExactlyOnce;
+                s.engine.group_instance_id = "eos-abort".into();
+                s.engine.commit_interval_ms = commit_every_ms;
+                s.engine.transaction_timeout_ms = 120_000;
+            }
+        };
+        let deployment = deployment(&stack, &topology, None);
+        // A commit a minute: the transaction is still open when it is killed.
+        let mut svc = ServiceProcess::spawn::<Fraud>(&deployment, exactly_once(60_000));
+        svc.wait_ready(Duration::from_secs(30)).await;
+        let mut ids = Vec::new();
+        for i in 0..40 {
+            ids.push(send(&producer, &topology, "tenant-x", &format!("acct-{}", i % 8)).await);
+        }
+        svc.wait_metric(
+            "verdict_records_processed_total",
+            "",
+            |n| n >= 40.0,
+            Duration::from_secs(60),
+            "all 40 decided in the open transaction",
+        )
+        .await;
+        let decisions = topology.topic("fraud-decisions");
+        let mut uncommitted = stack.broker.kafka();
+        uncommitted
+            .properties
+            .insert("isolation.level".into(), "read_uncommitted".into());
+        let written = read_topic(
+            &uncommitted,
+            &stack.registry_url(),
+            &decisions,
+            Duration::from_secs(30),
+            |rs| rs.len() >= 40,
+        )
+        .await;
+        assert_eq!(written.len(), 40, "written, in the open transaction");
+        svc.kill9();
+
+        let visible = read_topic(
+            &stack.broker.kafka(),
+            &stack.registry_url(),
+            &decisions,
+            Duration::from_secs(5),
+            |_| false,
+        )
+        .await;
+        assert!(
+            visible.is_empty(),
+            "{} decisions of an uncommitted transaction seen",
+            visible.len()
+        );
+
+        let mut svc = ServiceProcess::spawn::<Fraud>(&deployment, exactly_once(200));
+        svc.wait_ready(Duration::from_secs(30)).await;
+        for topic in ["fraud-decisions", "audit"] {
+            let records = read_topic(
+                &stack.broker.kafka(),
+                &stack.registry_url(),
+                &topology.topic(topic),
+                Duration::from_secs(60),
+                |rs| rs.len() >= 40,
+            )
+            .await;
+            // A little longer: a duplicate would come after.
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            let again = read_topic(
+                &stack.broker.kafka(),
+                &stack.registry_url(),
+                &topology.topic(topic),
+                Duration::from_secs(3),
+                |_| false,
+            )
+            .await;
+            let got: Vec<&str> = again.iter().filter_map(event_id).collect();
+            let unique: HashSet<&str> = got.iter().copied().collect();
+            assert_eq!(
+                records.len().max(got.len()),
+                40,
+                "{topic}: once each\n{}",
+                svc.log()
+            );
+            assert_eq!(unique.len(), 40, "{topic}: every transaction");
+        }
+    });
+}
+
+/// Exactly-once while partitions move: a second instance joins mid-stream (the first commits
+/// its transaction before it lets partitions go), then the first stops. Every transaction
+/// is decided exactly once.
+#[test]
+fn exactly_once_holds_while_partitions_move() {
+    run(300, async {
+        let stack = Stack::start().await;
+        let topology = apply_topology(&stack, None).await;
+        let exactly_once = |id: &'static str| {
+            move |s: &mut FraudSettings| {
+                quick(s);
+                s.engine.guarantee = verdict_runtime::engine::Guarantee::ExactlyOnce;
+                s.engine.group_instance_id = id.into();
+            }
+        };
+        let deployment = deployment(&stack, &topology, None);
+        let mut a = ServiceProcess::spawn::<Fraud>(&deployment, exactly_once("eos-a"));
+        a.wait_ready(Duration::from_secs(30)).await;
+        let (kafka, registry, input) = (
+            stack.broker.kafka(),
+            stack.registry_url(),
+            topology.topic("transactions"),
+        );
+        let feed = tokio::spawn(async move {
+            harness::chaos::feed_transactions(
+                &kafka, &registry, &input, 3_000, 300, 100, None, None,
+            )
+            .await
+        });
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        let mut b = ServiceProcess::spawn::<Fraud>(&deployment, exactly_once("eos-b"));
+        b.wait_ready(Duration::from_secs(60)).await;
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        a.stop_cleanly();
+        let sent = feed.await.expect("feed");
+        let ids: Vec<String> = sent.iter().map(|s| s.event_id.clone()).collect();
+        decided(&stack, &topology, &ids).await;
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        let all = read_topic(
+            &stack.broker.kafka(),
+            &stack.registry_url(),
+            &topology.topic("fraud-decisions"),
+            Duration::from_secs(5),
+            |_| false,
+        )
+        .await;
+        let mut counts: BTreeMap<&str, usize> = BTreeMap::new();
+        for r in &all {
+            if let Some(id) = event_id(r) {
+                *counts.entry(id).or_default() += 1;
+            }
+        }
+        let twice: Vec<_> = counts.iter().filter(|(_, n)| **n > 1).collect();
+        assert_eq!(counts.len(), ids.len(), "every transaction decided");
+        assert!(
+            twice.is_empty(),
+            "decided more than once: {:?}\n{}",
+            &twice[..twice.len().min(5)],
+            b.log()
+        );
     });
 }

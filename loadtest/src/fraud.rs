@@ -64,6 +64,10 @@ pub struct Args {
     /// `-X key=value`; repeatable (e.g. `-X linger.ms=10 -X compression.type=lz4`).
     #[arg(short = 'X', value_parser = parse_property)]
     property: Vec<(String, String)>,
+    /// This build with `engine.guarantee = "exactly_once"` (with `--baseline
+    /// target/release/fraud-detector`, at-least-once against exactly-once in one run).
+    #[arg(long)]
+    exactly_once: bool,
 }
 
 fn parse_property(s: &str) -> Result<(String, String), String> {
@@ -116,17 +120,30 @@ pub async fn run(args: Args) {
         let launch = Launch {
             binary: Some(binary.clone()),
             portable_settings: true,
+            // Settings newer than state stores' build.
+            without: vec![
+                "service.velocity_max_skew_ms",
+                "engine.restore_timeout_ms",
+                "engine.shadow_warmup",
+            ],
             ..Launch::default()
         };
         let topology = apply_topology(&stack, None).await;
-        without_stores(&topology);
+        // A build of an earlier revision (`baseline.sh` names it fraud-detector-REV) may
+        // predate state stores; this tree's own binary does not.
+        if binary.file_name().is_some_and(|n| n != "fraud-detector") {
+            without_stores(&topology);
+        }
         builds.push((label, launch, topology, 1));
     }
     let this = Launch {
-        portable_settings: true,
+        // The engine section too, when it carries the guarantee.
+        portable_settings: !args.exactly_once,
         ..Launch::default()
     };
-    let label = if args.property.is_empty() {
+    let label = if args.exactly_once {
+        "this build, exactly-once".to_string()
+    } else if args.property.is_empty() {
         "this build".to_string()
     } else {
         let props: Vec<String> = args
@@ -181,6 +198,10 @@ pub async fn run(args: Args) {
                     |s| {
                         if this {
                             s.kafka.properties.extend(args.property.iter().cloned());
+                            if args.exactly_once {
+                                s.engine.guarantee =
+                                    verdict_runtime::engine::Guarantee::ExactlyOnce;
+                            }
                         }
                     },
                 )

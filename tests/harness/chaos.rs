@@ -46,6 +46,11 @@ pub struct ChaosReport {
     pub commit_failures: f64,
     /// Run-specific findings (dead letters, degraded decisions, …).
     pub notes: Vec<String>,
+    /// Exactly-once runs: the audit topic's lost and duplicated records, and decisions whose
+    /// velocity count differs from a recount over the input.
+    pub audit_lost: usize,
+    pub audit_duplicates: usize,
+    pub state_mismatches: usize,
 }
 
 impl ChaosReport {
@@ -454,16 +459,137 @@ pub struct Size {
 pub async fn instances_killed(size: Size, every: Duration, membership: Membership) -> ChaosReport {
     let stack = Stack::start().await;
     let topology = apply_topology(&stack, None).await;
+    let (mut report, sent) =
+        kill_instances(&stack, &topology, size, every, membership, |_| {}).await;
+    settle(&stack, &topology, &sent, FRAUD, &mut report).await;
+    report
+}
+
+/// [`instances_killed`] under `engine.guarantee = "exactly_once"` (static members, so a
+/// restarted instance fences its killed incarnation): every decision and audit record read
+/// `read_committed` exactly once, and every velocity count equal to a recount over the
+/// input in partition order.
+pub async fn exactly_once_instances_killed(size: Size, every: Duration) -> ChaosReport {
+    let stack = Stack::start().await;
+    let topology = apply_topology(&stack, None).await;
+    let membership = Membership {
+        protocol: GroupProtocol::Classic,
+        static_ids: true,
+    };
+    let (mut report, sent) = kill_instances(&stack, &topology, size, every, membership, |s| {
+        s.engine.guarantee = verdict_runtime::engine::Guarantee::ExactlyOnce;
+        s.engine.commit_interval_ms = 100;
+        s.engine.drain_timeout_ms = 5_000;
+        s.engine.transaction_timeout_ms = 15_000;
+    })
+    .await;
+    report.run = format!("{} exactly-once", report.run);
+    let decisions = settle(&stack, &topology, &sent, FRAUD, &mut report).await;
+    let mut audit = ChaosReport::default();
+    count(
+        &stack,
+        &topology.topic("audit"),
+        &sent,
+        Duration::from_secs(120),
+        &mut audit,
+    )
+    .await;
+    report.audit_lost = audit.lost;
+    report.audit_duplicates = audit.duplicates;
+    report.state_mismatches = velocity_mismatches(&stack, &topology, &decisions, sent.len()).await;
+    report
+}
+
+/// Decisions whose velocity rule disagrees with a recount over the input: per partition in
+/// offset order, an account's earlier transactions less than the window (60 s) apart, plus
+/// itself, over the limit (5) or not, and the count itself up to what an account keeps (64).
+async fn velocity_mismatches(
+    stack: &Stack,
+    topology: &Topology,
+    decisions: &[Record],
+    events: usize,
+) -> usize {
+    let input = read_topic(
+        &stack.broker.kafka(),
+        &stack.registry_url(),
+        &topology.topic("transactions"),
+        Duration::from_secs(120),
+        |rs| rs.len() >= events,
+    )
+    .await;
+    let mut by_partition: BTreeMap<i32, Vec<&Record>> = BTreeMap::new();
+    for r in &input {
+        by_partition.entry(r.partition).or_default().push(r);
+    }
+    let mut expected: HashMap<String, usize> = HashMap::new();
+    for records in by_partition.values_mut() {
+        records.sort_by_key(|r| r.offset);
+        let mut seen: HashMap<(String, String), Vec<i64>> = HashMap::new();
+        for r in records.iter() {
+            let Some(v) = r.value.as_ref() else { continue };
+            let (Some(id), Some(at)) = (v["event_id"].as_str(), v["occurred_at"].as_i64()) else {
+                continue;
+            };
+            let account = (
+                v["tenant_id"].as_str().unwrap_or_default().to_string(),
+                v["account_id"].as_str().unwrap_or_default().to_string(),
+            );
+            let times = seen.entry(account).or_default();
+            let n = times.iter().filter(|t| t.abs_diff(at) < 60_000).count() + 1;
+            times.push(at);
+            expected.insert(id.to_string(), n);
+        }
+    }
+    let mut mismatches = 0;
+    for d in decisions {
+        let Some(v) = d.value.as_ref() else { continue };
+        let Some(n) = v["event_id"].as_str().and_then(|id| expected.get(id)) else {
+            continue;
+        };
+        let fired = v["reasons"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|r| r.as_str()?.strip_prefix("rule: "))
+            .find_map(|r| {
+                r.split_once(" transactions of this account")?
+                    .0
+                    .parse::<usize>()
+                    .ok()
+            });
+        let agrees = match fired {
+            Some(got) => *n > 5 && (got == *n || *n > 64),
+            None => *n <= 5,
+        };
+        if !agrees {
+            mismatches += 1;
+        }
+    }
+    mismatches
+}
+
+/// Two fraud-detectors of `topology`, one `kill -9`ed every `every` and restarted a second
+/// later, alternating, while `size.events` are fed; returns the report so far and what was
+/// sent.
+async fn kill_instances(
+    stack: &Stack,
+    topology: &Topology,
+    size: Size,
+    every: Duration,
+    membership: Membership,
+    tweak: impl Fn(&mut FraudSettings),
+) -> (ChaosReport, Vec<Sent>) {
+    let (stack, topology) = (stack, topology);
     let mut instances = [Instance::new("a"), Instance::new("b")];
     for i in &mut instances {
-        i.start(&stack, &topology, membership, |_| {});
+        i.start(stack, topology, membership, &tweak);
     }
     for i in &mut instances {
         if let Some(p) = i.process() {
             p.wait_ready(Duration::from_secs(60)).await;
         }
     }
-    let feed = feed_into(&stack, &topology, size, None);
+    let feed = feed_into(stack, topology, size, None);
     let mut kills = 0;
     let mut which = 0;
     while !feed.is_finished() {
@@ -474,11 +600,11 @@ pub async fn instances_killed(size: Size, every: Duration, membership: Membershi
         instances[which].kill9();
         kills += 1;
         tokio::time::sleep(Duration::from_secs(1)).await;
-        instances[which].start(&stack, &topology, membership, |_| {});
+        instances[which].start(stack, topology, membership, &tweak);
         which = 1 - which;
     }
     let sent = feed.await.expect("feed");
-    let mut report = ChaosReport {
+    let report = ChaosReport {
         run: format!(
             "fraud-detector ×2, one kill -9 every {} s ({})",
             every.as_secs(),
@@ -487,8 +613,7 @@ pub async fn instances_killed(size: Size, every: Duration, membership: Membershi
         faults: format!("{kills} kill -9 + restart"),
         ..ChaosReport::default()
     };
-    settle(&stack, &topology, &sent, FRAUD, &mut report).await;
-    report
+    (report, sent)
 }
 
 /// Feeds the run's transactions topic in the background.

@@ -18,6 +18,7 @@
 //! commit is offered again until the broker confirms it.
 
 mod output;
+pub mod progress;
 mod rebalance;
 pub mod routing;
 mod runner;
@@ -285,6 +286,20 @@ impl Ordering {
     }
 }
 
+/// What a record's outputs and its offset commit promise.
+#[derive(Clone, Copy, Debug, Default, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum Guarantee {
+    /// Outputs are acknowledged before the offset is committed: after a crash a record may
+    /// be decided again (its outputs written twice).
+    #[default]
+    AtLeastOnce,
+    /// Outputs (decisions, audit, review, retry and dead-letter copies), state changes and
+    /// offsets are committed in one Kafka transaction: a `read_committed` reader sees each
+    /// record's outputs exactly once.
+    ExactlyOnce,
+}
+
 /// The consumer group protocol.
 #[derive(Clone, Copy, Debug, Deserialize, Serialize, PartialEq, Eq)]
 #[serde(rename_all = "lowercase")]
@@ -313,6 +328,12 @@ pub struct EngineSettings {
     /// How long restoring the state of newly assigned partitions may take before the engine
     /// stops (records of every partition wait while a restore runs).
     pub restore_timeout_ms: u64,
+    /// `at_least_once` or `exactly_once` (Kafka transactions; see [`Guarantee`]).
+    pub guarantee: Guarantee,
+    /// Exactly-once: how long the broker keeps a transaction of a process that died open
+    /// before it aborts it (until then `read_committed` readers wait at it). A restarted
+    /// instance with the same static id aborts it at once.
+    pub transaction_timeout_ms: u64,
     /// Set by `verdict shadow` only: a first-attempt record with the `verdict.shadow.warmup`
     /// header updates state and writes nothing else, so a shadow run starts from the state
     /// production had. Never in production: such a record would get no decision.
@@ -341,6 +362,8 @@ impl Default for EngineSettings {
             commit_interval_ms: 200,
             restore_timeout_ms: 300_000,
             shadow_warmup: false,
+            guarantee: Guarantee::AtLeastOnce,
+            transaction_timeout_ms: 30_000,
             session_timeout_ms: 10_000,
             max_poll_interval_ms: 300_000,
             // Measured with the chaos suite (README): classic + static membership gave the
@@ -387,6 +410,17 @@ impl EngineSettings {
         }
         if self.restore_timeout_ms < 1_000 {
             return bad("restore_timeout_ms", "must be at least 1000");
+        }
+        if self.guarantee == Guarantee::ExactlyOnce
+            && self.transaction_timeout_ms
+                < self
+                    .commit_interval_ms
+                    .saturating_add(self.drain_timeout_ms)
+        {
+            return bad(
+                "transaction_timeout_ms",
+                "must be at least engine.commit_interval_ms + engine.drain_timeout_ms: a transaction stays open that long",
+            );
         }
         if self.group_protocol == GroupProtocol::Consumer && !self.group_instance_id.is_empty() {
             return bad(
@@ -459,6 +493,25 @@ mod tests {
         let err = s.validate().expect_err("too long");
         assert!(err.to_string().contains("engine.drain_timeout_ms"), "{err}");
         assert!(EngineSettings::default().validate().is_ok());
+    }
+
+    #[test]
+    fn an_exactly_once_transaction_must_outlast_a_commit_interval_and_a_drain() {
+        let s = EngineSettings {
+            guarantee: Guarantee::ExactlyOnce,
+            transaction_timeout_ms: 5_000,
+            ..EngineSettings::default()
+        };
+        let err = s
+            .validate()
+            .expect_err("shorter than the drain")
+            .to_string();
+        assert!(err.contains("engine.transaction_timeout_ms"), "{err}");
+        let ok = EngineSettings {
+            guarantee: Guarantee::ExactlyOnce,
+            ..EngineSettings::default()
+        };
+        assert!(ok.validate().is_ok());
     }
 
     #[test]

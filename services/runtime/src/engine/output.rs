@@ -14,7 +14,7 @@ use futures::task::AtomicWaker;
 use rdkafka::client::ClientContext;
 use rdkafka::error::KafkaError;
 use rdkafka::message::{Message, OwnedHeaders};
-use rdkafka::producer::{BaseRecord, DeliveryResult, ProducerContext, ThreadedProducer};
+use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, ThreadedProducer};
 use rdkafka::types::RDKafkaErrorCode;
 
 use crate::kafka::{KafkaError as ClientError, KafkaSettings};
@@ -134,6 +134,34 @@ impl Output {
             producer: kafka.producer_config().create_with_context(Delivery)?,
             unacked_bytes: Arc::new(AtomicUsize::new(0)),
         })
+    }
+
+    /// A transactional producer (`transactional.id`): its earlier incarnations are fenced and
+    /// their open transaction aborted, and a first transaction is begun.
+    pub(crate) fn transactional(
+        kafka: &KafkaSettings,
+        id: &str,
+        timeout: Duration,
+    ) -> Result<Self, ClientError> {
+        let mut cfg = kafka.producer_config();
+        let timeout_ms = timeout.as_millis().to_string();
+        // librdkafka wants a delivery to time out no later than its transaction.
+        cfg.set("transactional.id", id)
+            .set("transaction.timeout.ms", &timeout_ms)
+            .set("delivery.timeout.ms", &timeout_ms);
+        kafka.apply_properties(&mut cfg);
+        let producer: ThreadedProducer<Delivery> = cfg.create_with_context(Delivery)?;
+        producer.init_transactions(Duration::from_secs(30))?;
+        producer.begin_transaction()?;
+        Ok(Self {
+            producer,
+            unacked_bytes: Arc::new(AtomicUsize::new(0)),
+        })
+    }
+
+    /// The producer, for its transactions.
+    pub(crate) fn producer(&self) -> &ThreadedProducer<Delivery> {
+        &self.producer
     }
 
     /// Sends every record and waits until the broker acknowledged them all; the first

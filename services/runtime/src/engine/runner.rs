@@ -17,6 +17,7 @@ use futures::{FutureExt, StreamExt};
 use prometheus_client::metrics::counter::Counter;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
 use rdkafka::message::{Message, OwnedMessage};
+use rdkafka::producer::Producer;
 use rdkafka::{Offset, TopicPartitionList};
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinError;
@@ -28,6 +29,7 @@ use super::state::{Limits, Rec, Start, State, Tp};
 use super::store::{self, Restorable};
 use super::worker::{Outcome, Worker, panic_message};
 use super::{EngineError, EngineSettings, GroupProtocol, Processor, Route};
+use super::{Guarantee, progress};
 use crate::guard::DeadLetterGuard;
 use crate::headers::HeaderMap;
 use crate::kafka::KafkaSettings;
@@ -85,7 +87,18 @@ pub async fn run<P: Processor>(
     let worker = Arc::new(Worker {
         processor,
         codec: Codec::new(&registry.url, Duration::from_millis(registry.timeout_ms)),
-        output: Output::new(kafka)?,
+        output: match settings.guarantee {
+            Guarantee::AtLeastOnce => Output::new(kafka)?,
+            Guarantee::ExactlyOnce => {
+                let id = transactional_id(&route.group, &settings.group_instance_id);
+                tracing::info!(transactional_id = %id, "exactly-once: transactional producer");
+                let timeout = Duration::from_millis(settings.transaction_timeout_ms);
+                let kafka = kafka.clone();
+                tokio::task::spawn_blocking(move || Output::transactional(&kafka, &id, timeout))
+                    .await
+                    .map_err(|e| EngineError::Fatal(e.to_string()))??
+            }
+        },
         route: route.clone(),
         metrics: metrics.clone(),
         shadow_warmup: settings.shadow_warmup,
@@ -155,6 +168,8 @@ pub async fn run<P: Processor>(
         kafka: kafka.clone(),
         stores,
         restore_timeout: Duration::from_millis(settings.restore_timeout_ms),
+        exactly_once: settings.guarantee == Guarantee::ExactlyOnce,
+        done_since_commit: 0,
     };
     let mut tasks = Tasks::new();
     let mut commit: Option<tokio::task::JoinHandle<CommitResult>> = None;
@@ -177,8 +192,25 @@ pub async fn run<P: Processor>(
             .set(i64::try_from(engine.state.running()).unwrap_or(i64::MAX));
         if commit.is_none() && last_commit.elapsed() >= engine.commit_every {
             engine.report_keys();
-            commit = engine.start_commit();
-            last_commit = Instant::now();
+            if !engine.exactly_once {
+                commit = engine.start_commit();
+                last_commit = Instant::now();
+            } else if engine.done_since_commit == 0 {
+                last_commit = Instant::now();
+            } else {
+                // Nothing new starts; the transaction commits once nothing runs.
+                engine.state.set_barrier();
+                if engine.state.running() == 0 {
+                    commit = engine.start_transaction_commit();
+                    last_commit = Instant::now();
+                    if commit.is_none() {
+                        // Not now (see `start_transaction_commit`): work goes on.
+                        for start in engine.state.lift_barrier() {
+                            engine.start(&mut tasks, start, Instant::now());
+                        }
+                    }
+                }
+            }
         }
         let next = engine.next_wake(last_commit, commit.is_some());
         if next != wake_at {
@@ -199,13 +231,13 @@ pub async fn run<P: Processor>(
             }
             finished = async { commit.as_mut().expect("guarded").await }, if commit.is_some() => {
                 commit = None;
-                engine.on_commit(finished);
+                engine.on_commit(&mut tasks, finished);
             }
             event = events.recv() => match event {
                 Some(event) => {
-                    engine.on_event(&mut tasks, event).await;
+                    engine.on_event(&mut tasks, &mut commit, event).await;
                     while let Ok(event) = events.try_recv() {
-                        engine.on_event(&mut tasks, event).await;
+                        engine.on_event(&mut tasks, &mut commit, event).await;
                     }
                 }
                 None => break Err(EngineError::Fatal("the consumer's polling thread stopped".into())),
@@ -227,19 +259,31 @@ pub async fn run<P: Processor>(
         tokio::select! {
             done = tasks.next() => if let Some(done) = done { engine.on_done(&mut tasks, done) },
             event = events.recv() => match event {
-                Some(Event::Revoked { tps, lost, reply }) => engine.revoke(&mut tasks, tps, lost, reply, Duration::ZERO).await,
+                Some(Event::Revoked { tps, lost, reply }) => engine.revoke(&mut tasks, &mut commit, tps, lost, reply, Duration::ZERO).await,
                 Some(_) => {}
                 None => break,
             },
             () = tokio::time::sleep_until(deadline.into()) => break,
         }
     }
+    let drained = tasks.is_empty();
     engine.abort_all(&mut tasks).await;
     if let Some(pending) = commit.take() {
-        engine.on_commit(pending.await);
+        engine.on_commit(&mut tasks, pending.await);
     }
-    if let Some(final_commit) = engine.start_commit() {
-        engine.on_commit(final_commit.await);
+    if engine.exactly_once {
+        // Records aborted mid-way may have written into the transaction: then it is
+        // aborted, and they are decided again after the restart.
+        engine.state.set_barrier();
+        if drained && engine.fatal.is_none() {
+            if let Some(last) = engine.start_transaction_commit() {
+                engine.on_commit(&mut tasks, last.await);
+            }
+        } else {
+            engine.abort_transaction().await;
+        }
+    } else if let Some(final_commit) = engine.start_commit() {
+        engine.on_commit(&mut tasks, final_commit.await);
     }
     let left = engine.state.to_commit().len();
     if left > 0 {
@@ -258,6 +302,18 @@ pub async fn run<P: Processor>(
     metrics.set_ready(false);
     tracing::info!("engine stopped");
     result
+}
+
+/// The transactional id of an instance: its group and static member id, so a restarted
+/// instance fences its earlier incarnation (and aborts what it left open); a random one
+/// without static membership (then a killed instance's transaction stays open until
+/// `engine.transaction_timeout_ms`).
+fn transactional_id(group: &str, instance: &str) -> String {
+    if instance.is_empty() {
+        format!("{group}-{}", uuid::Uuid::new_v4())
+    } else {
+        format!("{group}-{instance}")
+    }
 }
 
 /// The consumer: group and commit settings from the factory, the engine's own, then the
@@ -385,6 +441,10 @@ struct Loop<P> {
     /// The state stores the processor opened, restored when an input partition is assigned.
     stores: Vec<Arc<dyn Restorable>>,
     restore_timeout: Duration,
+    /// `engine.guarantee = "exactly_once"`: commits are transactions behind a barrier.
+    exactly_once: bool,
+    /// Records finished since the last commit (a transaction with none is not committed).
+    done_since_commit: usize,
 }
 
 impl<P: Processor> Loop<P> {
@@ -426,7 +486,12 @@ impl<P: Processor> Loop<P> {
         tasks.push(Box::pin(task));
     }
 
-    async fn on_event(&mut self, tasks: &mut Tasks, event: Event) {
+    async fn on_event(
+        &mut self,
+        tasks: &mut Tasks,
+        commit: &mut Option<tokio::task::JoinHandle<CommitResult>>,
+        event: Event,
+    ) {
         match event {
             Event::Records(batch) => {
                 let (now, received) = (now_ms(), Instant::now());
@@ -473,13 +538,17 @@ impl<P: Processor> Loop<P> {
                         (tp, retry)
                     })
                     .collect();
+                let assigned: Vec<Tp> = tps.iter().map(|(tp, _)| tp.clone()).collect();
                 self.state.assign(tps);
+                if self.exactly_once {
+                    self.skip_finished(&assigned).await;
+                }
                 self.report_assignment();
                 self.metrics.set_ready(true);
             }
             Event::Revoked { tps, lost, reply } => {
                 let drain = self.drain;
-                self.revoke(tasks, tps, lost, reply, drain).await;
+                self.revoke(tasks, commit, tps, lost, reply, drain).await;
             }
             Event::Fatal(reason) => {
                 self.fatal.get_or_insert(reason);
@@ -492,11 +561,17 @@ impl<P: Processor> Loop<P> {
     async fn revoke(
         &mut self,
         tasks: &mut Tasks,
+        commit: &mut Option<tokio::task::JoinHandle<CommitResult>>,
         tps: Vec<Tp>,
         lost: bool,
         reply: oneshot::Sender<Vec<(Tp, i64)>>,
         drain: Duration,
     ) {
+        if self.exactly_once {
+            return self
+                .revoke_in_transaction(tasks, commit, tps, lost, reply, drain)
+                .await;
+        }
         self.state.revoke(&tps);
         let deadline = Instant::now() + if lost { Duration::ZERO } else { drain };
         while self.state.running_in(&tps) > 0 && Instant::now() < deadline {
@@ -526,16 +601,7 @@ impl<P: Processor> Loop<P> {
                 }
             }
         }
-        for tp in &tps {
-            self.tokens.remove(tp);
-            if *tp.0 == *self.route.input {
-                for store in &self.stores {
-                    store.close(tp.1);
-                }
-            }
-        }
-        let positions = self.state.finish_revoke(&tps);
-        self.report_assignment();
+        let positions = self.let_go(&tps);
         for (topic, partition) in tps {
             self.metrics
                 .uncommitted
@@ -546,6 +612,205 @@ impl<P: Processor> Loop<P> {
                 .set(0);
         }
         let _ = reply.send(if lost { Vec::new() } else { positions });
+    }
+
+    /// Revoked partitions go: their cancel tokens and their stores' state are dropped.
+    /// Returns the positions to commit for them.
+    fn let_go(&mut self, tps: &[Tp]) -> Vec<(Tp, i64)> {
+        for tp in tps {
+            self.tokens.remove(tp);
+            if *tp.0 == *self.route.input {
+                for store in &self.stores {
+                    store.close(tp.1);
+                }
+            }
+        }
+        let positions = self.state.finish_revoke(tps);
+        self.report_assignment();
+        positions
+    }
+
+    /// Exactly-once: offsets an earlier owner finished beyond its committed position (the
+    /// commit's metadata) are skipped when they arrive.
+    async fn skip_finished(&mut self, tps: &[Tp]) {
+        let mut tpl = TopicPartitionList::new();
+        for (topic, partition) in tps {
+            tpl.add_partition(topic, *partition);
+        }
+        let consumer = self.consumer.clone();
+        let committed = tokio::task::spawn_blocking(move || {
+            consumer.committed_offsets(tpl, Duration::from_secs(30))
+        })
+        .await;
+        let committed = match committed {
+            Ok(Ok(c)) => c,
+            Ok(Err(e)) => {
+                self.fatal
+                    .get_or_insert(format!("cannot read the committed offsets: {e}"));
+                return;
+            }
+            Err(e) => {
+                self.fatal.get_or_insert(e.to_string());
+                return;
+            }
+        };
+        for e in committed.elements() {
+            let Offset::Offset(position) = e.offset() else {
+                continue;
+            };
+            match progress::decode(position, e.metadata()) {
+                Ok(done) if done.is_empty() => {}
+                Ok(done) => {
+                    tracing::info!(
+                        topic = e.topic(),
+                        partition = e.partition(),
+                        position,
+                        skipped = done.len(),
+                        "offsets finished beyond the committed position are skipped"
+                    );
+                    self.state.skip(&(e.topic().into(), e.partition()), done);
+                }
+                Err(why) => {
+                    tracing::warn!(topic = e.topic(), partition = e.partition(), %why, "offset metadata ignored");
+                }
+            }
+        }
+    }
+
+    /// Exactly-once: commits the open transaction with every partition's position and the
+    /// offsets finished beyond it, and begins the next one. Called behind the barrier with
+    /// nothing running. `None` when the offsets do not fit the commit's metadata yet (the
+    /// barrier lifts; the next commit tries again).
+    fn start_transaction_commit(&mut self) -> Option<tokio::task::JoinHandle<CommitResult>> {
+        let progress = self.state.progress();
+        let mut tpl = TopicPartitionList::new();
+        let mut positions = Vec::with_capacity(progress.len());
+        for ((topic, partition), epoch, position, done) in progress {
+            let Some(metadata) = progress::encode(position, &done) else {
+                tracing::warn!(%topic, partition, outstanding = done.len(), "too many offsets finished beyond the position to commit now");
+                return None;
+            };
+            let mut elem = tpl.add_partition(&topic, partition);
+            if let Err(e) = elem.set_offset(Offset::Offset(position)) {
+                self.fatal.get_or_insert(e.to_string());
+                return None;
+            }
+            elem.set_metadata(metadata);
+            positions.push(((topic, partition), epoch, position));
+        }
+        let Some(group) = self.consumer.group_metadata() else {
+            self.fatal
+                .get_or_insert("the consumer has no group metadata for the transaction".into());
+            return None;
+        };
+        self.done_since_commit = 0;
+        let worker = self.worker.clone();
+        Some(tokio::task::spawn_blocking(move || {
+            let producer = worker.output.producer();
+            let timeout = Duration::from_secs(30);
+            let result = (!tpl.elements().is_empty())
+                .then(|| producer.send_offsets_to_transaction(&tpl, &group, timeout))
+                .transpose()
+                .and_then(|_| producer.commit_transaction(timeout))
+                .and_then(|()| producer.begin_transaction())
+                .map_err(|e| e.to_string());
+            (positions, result)
+        }))
+    }
+
+    fn on_transaction_commit(
+        &mut self,
+        tasks: &mut Tasks,
+        finished: Result<CommitResult, JoinError>,
+    ) {
+        match finished {
+            Ok((positions, Ok(()))) => {
+                self.state.committed(&positions);
+                self.metrics
+                    .last_commit_ms
+                    .store(now_ms(), Ordering::Relaxed);
+                for start in self.state.lift_barrier() {
+                    self.start(tasks, start, Instant::now());
+                }
+            }
+            Ok((_, Err(e))) => {
+                self.metrics.commit_failures.inc();
+                // Its outputs are invisible to read_committed readers; the engine stops, and
+                // the records since the last commit are decided again after the restart.
+                self.fatal
+                    .get_or_insert(format!("the transaction did not commit: {e}"));
+            }
+            Err(e) => {
+                self.fatal
+                    .get_or_insert(format!("the transaction's commit task failed: {e}"));
+            }
+        }
+    }
+
+    /// Aborts the open transaction (its outputs stay invisible to `read_committed` readers).
+    async fn abort_transaction(&mut self) {
+        let worker = self.worker.clone();
+        let aborted = tokio::task::spawn_blocking(move || {
+            worker
+                .output
+                .producer()
+                .abort_transaction(Duration::from_secs(30))
+        })
+        .await;
+        match aborted {
+            Ok(Ok(())) => tracing::warn!("transaction aborted; its records will be decided again"),
+            Ok(Err(e)) => {
+                tracing::warn!(error = %e, "aborting the transaction failed; the broker aborts it after engine.transaction_timeout_ms")
+            }
+            Err(e) => tracing::warn!(error = %e, "the abort task failed"),
+        }
+    }
+
+    /// Exactly-once revocation: every running record finishes (within `drain`), then the open
+    /// transaction commits with the revoked partitions' positions before they go. A record
+    /// still running at the deadline, or partitions already lost, abort the transaction and
+    /// stop the engine (what it wrote is invisible; the partitions' next owner decides it).
+    async fn revoke_in_transaction(
+        &mut self,
+        tasks: &mut Tasks,
+        commit: &mut Option<tokio::task::JoinHandle<CommitResult>>,
+        tps: Vec<Tp>,
+        lost: bool,
+        reply: oneshot::Sender<Vec<(Tp, i64)>>,
+        drain: Duration,
+    ) {
+        if let Some(pending) = commit.take() {
+            self.on_commit(tasks, pending.await);
+        }
+        self.state.set_barrier();
+        self.state.revoke(&tps);
+        let deadline = Instant::now() + if lost { Duration::ZERO } else { drain };
+        while self.state.running() > 0 && Instant::now() < deadline {
+            tokio::select! {
+                done = tasks.next() => match done {
+                    Some(done) => self.on_done(tasks, done),
+                    None => break,
+                },
+                () = tokio::time::sleep_until(deadline.into()) => break,
+            }
+        }
+        if lost || self.state.running() > 0 || self.fatal.is_some() {
+            self.abort_transaction().await;
+            self.fatal.get_or_insert(if lost {
+                "partitions were lost (the group moved on): the open transaction is aborted".into()
+            } else {
+                "records still running when revoked partitions had to go: the open transaction is aborted".into()
+            });
+        } else if let Some(pending) = self.start_transaction_commit() {
+            self.on_commit(tasks, pending.await);
+        } else {
+            self.abort_transaction().await;
+            self.fatal
+                .get_or_insert("the revoked partitions' offsets could not be committed".into());
+        }
+        let _ = self.let_go(&tps);
+        // Committed in the transaction: nothing for the callback to commit.
+        let _ = reply.send(Vec::new());
     }
 
     /// Restores the stores' state of input `partitions`; a restore that fails or outlasts
@@ -589,6 +854,7 @@ impl<P: Processor> Loop<P> {
     }
 
     fn on_done(&mut self, tasks: &mut Tasks, done: Done) {
+        self.done_since_commit += 1;
         let Some(outcome) = done.outcome else {
             // Aborted at a revoke or shutdown: not done, so not finished in the state.
             self.state.abandon(&done.tp, done.epoch, done.bytes);
@@ -709,7 +975,10 @@ impl<P: Processor> Loop<P> {
         }))
     }
 
-    fn on_commit(&mut self, finished: Result<CommitResult, JoinError>) {
+    fn on_commit(&mut self, tasks: &mut Tasks, finished: Result<CommitResult, JoinError>) {
+        if self.exactly_once {
+            return self.on_transaction_commit(tasks, finished);
+        }
         match finished {
             Ok((positions, Ok(()))) => {
                 self.state.committed(&positions);

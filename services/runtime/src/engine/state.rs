@@ -18,8 +18,11 @@
 //!   that hold the bytes can always finish and the pause always lifts.
 //! - **Epochs.** Every assignment of a partition gets a new epoch; news about an older one
 //!   (a record finishing after its partition was revoked) is ignored.
+//! - **Barrier** (exactly-once): while a transaction commits, nothing new starts; running
+//!   records finish. Offsets finished beyond a position ([`State::progress`]) are committed
+//!   with it, and a new owner of the partition skips them ([`State::skip`]).
 
-use std::collections::VecDeque;
+use std::collections::{BTreeSet, VecDeque};
 use std::sync::Arc;
 
 use crate::FastMap;
@@ -82,6 +85,9 @@ struct Part<P> {
     paused: bool,
     /// Being revoked: nothing new starts.
     revoking: bool,
+    /// Offsets already finished by an earlier owner (from the commit's metadata): skipped
+    /// when they arrive.
+    skip: BTreeSet<i64>,
     /// Changed since the last [`State::flow`] (and listed in `State::dirty`).
     dirty: bool,
 }
@@ -135,6 +141,10 @@ pub struct State<P> {
     /// Bytes of the records running: processing a record takes a few times its size, so at
     /// most a quarter of the byte bound runs at once (and always at least one record).
     running_bytes: usize,
+    /// A transaction is committing: nothing new starts.
+    barrier: bool,
+    /// Keys whose next record was due to start while the barrier stood.
+    stalled: Vec<(Tp, u64)>,
 }
 
 /// Notes that `part` changed, for the next [`State::flow`].
@@ -168,6 +178,8 @@ impl<P> State<P> {
             holding: false,
             output_bytes: 0,
             running_bytes: 0,
+            barrier: false,
+            stalled: Vec::new(),
         }
     }
 
@@ -225,6 +237,7 @@ impl<P> State<P> {
                     parked: VecDeque::new(),
                     paused: false,
                     revoking: false,
+                    skip: BTreeSet::new(),
                     dirty: true,
                 },
             );
@@ -248,11 +261,20 @@ impl<P> State<P> {
             return None;
         }
         mark(&mut self.dirty, &rec.tp, part);
+        if part.skip.remove(&rec.offset) {
+            // Finished by an earlier owner, its outputs committed with it.
+            part.next = rec.offset + 1;
+            if !part.window.is_empty() {
+                part.window.push_back((rec.offset, true));
+            }
+            return None;
+        }
         part.window.push_back((rec.offset, false));
         part.next = part.next.max(rec.offset + 1);
         part.bytes += rec.bytes;
         self.bytes += rec.bytes;
         let room = !self.holding
+            && !self.barrier
             && part.running < self.limits.per_partition
             && self.running < self.limits.total
             && (self.running_bytes == 0 || self.running_bytes + rec.bytes <= self.limits.bytes / 4);
@@ -321,6 +343,11 @@ impl<P> State<P> {
         self.running_bytes -= bytes;
         self.bytes -= bytes;
         let order = order?;
+        if self.barrier && !part.revoking && part.busy.get(&order).is_some_and(|q| !q.is_empty()) {
+            // Started when the barrier lifts.
+            self.stalled.push((tp.clone(), order));
+            return None;
+        }
         let next = part.busy.get_mut(&order).and_then(VecDeque::pop_front);
         match next {
             Some(rec) if !part.revoking => {
@@ -356,7 +383,7 @@ impl<P> State<P> {
     /// while their partition was paused, once it is not (key order still applies).
     pub fn release_due(&mut self, now_ms: i64) -> Vec<Start<P>> {
         let mut out = Vec::new();
-        if self.held == 0 && self.parked == 0 || self.holding {
+        if self.held == 0 && self.parked == 0 || self.holding || self.barrier {
             return out;
         }
         let l = self.limits;
@@ -460,6 +487,76 @@ impl<P> State<P> {
         flow.pause.sort();
         flow.resume.sort();
         flow
+    }
+
+    /// A transaction is about to commit: nothing starts until [`State::lift_barrier`].
+    pub fn set_barrier(&mut self) {
+        self.barrier = true;
+    }
+
+    pub fn barrier(&self) -> bool {
+        self.barrier
+    }
+
+    /// The transaction committed: records stalled behind their key start now (the loop
+    /// releases parked ones with [`State::release_due`]).
+    pub fn lift_barrier(&mut self) -> Vec<Start<P>> {
+        self.barrier = false;
+        let mut out = Vec::new();
+        for (tp, order) in std::mem::take(&mut self.stalled) {
+            let Some(part) = self.parts.get_mut(&tp).filter(|p| !p.revoking) else {
+                continue;
+            };
+            match part.busy.get_mut(&order).map(VecDeque::pop_front) {
+                Some(Some(rec)) => {
+                    part.running += 1;
+                    part.running_bytes += rec.bytes;
+                    out.push(Start {
+                        rec,
+                        epoch: part.epoch,
+                    });
+                }
+                Some(None) => {
+                    part.busy.remove(&order);
+                }
+                None => {}
+            }
+            mark(&mut self.dirty, &tp, part);
+        }
+        self.running += out.len();
+        self.running_bytes += out.iter().map(|s| s.rec.bytes).sum::<usize>();
+        out
+    }
+
+    /// Offsets of `tp` an earlier owner finished beyond its committed position.
+    pub fn skip(&mut self, tp: &Tp, offsets: impl IntoIterator<Item = i64>) {
+        if let Some(part) = self.parts.get_mut(tp) {
+            part.skip.extend(offsets);
+        }
+    }
+
+    /// Every partition's commit position with the offsets finished beyond it (its own and
+    /// those still to skip), for a transaction's offset commit.
+    pub fn progress(&self) -> Vec<(Tp, u64, i64, Vec<i64>)> {
+        let mut out: Vec<(Tp, u64, i64, Vec<i64>)> = self
+            .parts
+            .iter()
+            .filter(|(_, p)| !p.revoking || p.running == 0)
+            .filter_map(|(tp, p)| {
+                let pos = p.position()?;
+                let mut done: Vec<i64> = p
+                    .window
+                    .iter()
+                    .filter(|(_, d)| *d)
+                    .map(|(o, _)| *o)
+                    .chain(p.skip.iter().copied().filter(|o| *o > pos))
+                    .collect();
+                done.sort_unstable();
+                Some((tp.clone(), p.epoch, pos, done))
+            })
+            .collect();
+        out.sort();
+        out
     }
 
     /// Positions that moved past what the broker confirmed, with their epoch.
@@ -620,6 +717,62 @@ mod tests {
         s.committed(&[(tp(0), 1, 15)]);
         assert!(s.to_commit().is_empty());
         assert_eq!((s.running(), s.bytes()), (0, 0));
+    }
+
+    #[test]
+    fn nothing_starts_behind_a_barrier_and_stalled_keys_start_when_it_lifts() {
+        let mut s = State::new(LIMITS);
+        s.assign([(tp(0), false)]);
+        let a = s.receive(rec(0, 0, Some("k")), 0).expect("start");
+        assert!(
+            s.receive(rec(0, 1, Some("k")), 0).is_none(),
+            "behind its key"
+        );
+        s.set_barrier();
+        assert!(done(&mut s, &a).is_none(), "stalled: the barrier stands");
+        assert!(s.receive(rec(0, 2, Some("j")), 0).is_none(), "parked");
+        assert!(s.release_due(0).is_empty());
+        assert_eq!(s.running(), 0, "the transaction can commit");
+        assert_eq!(s.progress(), vec![(tp(0), 1, 1, vec![])]);
+        let next = s.lift_barrier();
+        assert_eq!(
+            next.iter().map(|st| st.rec.offset).collect::<Vec<_>>(),
+            vec![1]
+        );
+        let parked = s.release_due(0);
+        assert_eq!(
+            parked.iter().map(|st| st.rec.offset).collect::<Vec<_>>(),
+            vec![2]
+        );
+        assert_eq!(s.running(), 2);
+    }
+
+    #[test]
+    fn offsets_finished_beyond_the_position_are_committed_and_skipped_by_the_next_owner() {
+        let mut s = State::new(LIMITS);
+        s.assign([(tp(0), false)]);
+        let a = s.receive(rec(0, 4, Some("slow")), 0).expect("start");
+        let b = s.receive(rec(0, 5, Some("fast")), 0).expect("start");
+        done(&mut s, &b);
+        assert_eq!(s.progress(), vec![(tp(0), 1, 4, vec![5])]);
+
+        // The next owner starts at 4 and skips 5.
+        let mut next = State::new(LIMITS);
+        next.assign([(tp(0), false)]);
+        next.skip(&tp(0), [5]);
+        let again = next
+            .receive(rec(0, 4, Some("slow")), 0)
+            .expect("runs again");
+        assert!(
+            next.receive(rec(0, 5, Some("fast")), 0).is_none(),
+            "skipped"
+        );
+        assert_eq!(next.progress(), vec![(tp(0), 1, 4, vec![5])], "still named");
+        let c = next.receive(rec(0, 6, None), 0).expect("start");
+        done(&mut next, &again);
+        done(&mut next, &c);
+        assert_eq!(next.progress(), vec![(tp(0), 1, 7, vec![])]);
+        done(&mut s, &a);
     }
 
     #[test]
