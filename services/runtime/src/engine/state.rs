@@ -494,10 +494,6 @@ impl<P> State<P> {
         self.barrier = true;
     }
 
-    pub fn barrier(&self) -> bool {
-        self.barrier
-    }
-
     /// The transaction committed: records stalled behind their key start now (the loop
     /// releases parked ones with [`State::release_due`]).
     pub fn lift_barrier(&mut self) -> Vec<Start<P>> {

@@ -82,7 +82,8 @@ pub struct RecordState<'a> {
     local: bool,
     headers: &'a HeaderMap,
     writes: Mutex<Vec<ChangelogWrite>>,
-    memo: Mutex<Vec<(String, String)>>,
+    /// Names and values remembered; made headers only if the record fails.
+    memo: Mutex<Vec<(&'static str, String)>>,
 }
 
 impl fmt::Debug for RecordState<'_> {
@@ -135,9 +136,9 @@ impl<'a> RecordState<'a> {
 
     /// Keeps `value` under `name` for this record's later attempts (a header of its retry
     /// and dead-letter copies).
-    pub fn remember(&self, name: &str, value: impl Into<String>) {
+    pub fn remember(&self, name: &'static str, value: impl Into<String>) {
         if let Ok(mut memo) = self.memo.lock() {
-            memo.push((format!("{MEMO_HEADER_PREFIX}{name}"), value.into()));
+            memo.push((name, value.into()));
         }
     }
 
@@ -161,7 +162,14 @@ impl<'a> RecordState<'a> {
 
     /// The remembered values, as headers.
     pub(crate) fn memo(&self) -> Vec<(String, String)> {
-        self.memo.lock().map(|m| m.clone()).unwrap_or_default()
+        self.memo
+            .lock()
+            .map(|m| {
+                m.iter()
+                    .map(|(name, value)| (format!("{MEMO_HEADER_PREFIX}{name}"), value.clone()))
+                    .collect()
+            })
+            .unwrap_or_default()
     }
 }
 
@@ -432,10 +440,6 @@ impl Stores {
 
     pub(crate) fn opened(&self) -> Vec<Arc<dyn Restorable>> {
         self.0.opened.lock().map(|o| o.clone()).unwrap_or_default()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.0.declared.is_empty()
     }
 }
 
