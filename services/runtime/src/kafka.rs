@@ -14,6 +14,9 @@ use serde::{Deserialize, Serialize};
 
 use crate::settings::{SettingsError, Validate};
 
+mod security;
+pub use security::{Protocol, SaslMechanism, Secret, Security, parse_java_properties};
+
 /// Environment variable that points every verdict tool at another cluster.
 pub const BOOTSTRAP_ENV: &str = "KAFKA_BOOTSTRAP_SERVERS";
 pub const DEFAULT_BOOTSTRAP: &str = "127.0.0.1:9092";
@@ -64,8 +67,10 @@ pub enum KafkaError {
 pub struct KafkaSettings {
     /// `bootstrap.servers`, comma separated host:port.
     pub bootstrap_servers: String,
-    /// Extra librdkafka properties (security.protocol, sasl.*, …), passed through.
+    /// Extra librdkafka properties, passed through.
     pub properties: BTreeMap<String, String>,
+    /// TLS and SASL, applied to every client after the properties.
+    pub security: Security,
 }
 
 impl Default for KafkaSettings {
@@ -73,6 +78,7 @@ impl Default for KafkaSettings {
         Self {
             bootstrap_servers: default_bootstrap(),
             properties: BTreeMap::new(),
+            security: Security::default(),
         }
     }
 }
@@ -130,7 +136,7 @@ impl Validate for KafkaSettings {
                 });
             }
         }
-        Ok(())
+        self.security.validate(&self.properties)
     }
 }
 
@@ -139,10 +145,12 @@ impl KafkaSettings {
         Self {
             bootstrap_servers: bootstrap.into(),
             properties: BTreeMap::new(),
+            security: Security::default(),
         }
     }
 
-    /// A client config with the bootstrap servers and pass-through properties set.
+    /// A client config with the bootstrap servers, the pass-through properties and the
+    /// security settings set.
     pub fn client_config(&self) -> ClientConfig {
         let mut cfg = ClientConfig::new();
         cfg.set("bootstrap.servers", &self.bootstrap_servers);
@@ -152,9 +160,7 @@ impl KafkaSettings {
         // cap it at 1 s.
         cfg.set("reconnect.backoff.max.ms", "1000");
         cfg.set_log_level(RDKafkaLogLevel::Warning);
-        for (k, v) in &self.properties {
-            cfg.set(k, v);
-        }
+        self.apply_properties(&mut cfg);
         cfg
     }
 
@@ -202,12 +208,13 @@ impl KafkaSettings {
         cfg
     }
 
-    /// Re-applies the pass-through properties over `cfg`, so that what the user
-    /// configured wins over the defaults a component sets.
+    /// Re-applies the pass-through properties and then the security settings over `cfg`, so
+    /// that what the user configured wins over the defaults a component sets.
     pub fn apply_properties(&self, cfg: &mut ClientConfig) {
         for (k, v) in &self.properties {
             cfg.set(k, v);
         }
+        self.security.apply(cfg);
     }
 
     pub fn admin(&self) -> Result<AdminClient<DefaultClientContext>, KafkaError> {

@@ -143,6 +143,15 @@ impl KafkaDist {
     }
 }
 
+/// The flag a Kafka tool takes its client properties file with.
+pub fn client_config_flag(tool: &str) -> &'static str {
+    match tool {
+        "console-consumer" | "consumer-perf-test" => "--consumer.config",
+        "console-producer" | "producer-perf-test" => "--producer.config",
+        _ => "--command-config",
+    }
+}
+
 /// Where `scripts/install.sh` puts the jars of [`kafka_version`].
 pub fn installed_dir() -> PathBuf {
     let home = std::env::var_os("HOME").map_or_else(|| PathBuf::from("."), PathBuf::from);

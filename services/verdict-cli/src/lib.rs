@@ -78,12 +78,64 @@ pub fn unreachable_kafka(kafka: &verdict_runtime::kafka::KafkaSettings) -> CliEr
     ))
 }
 
-/// Settings for the broker at `bootstrap`, once it has answered: a command against a broker
-/// that is down stops here, naming its address, before any client logs or waits.
+/// What every Kafka client of a command is given besides its bootstrap servers: the Kafka
+/// tools' `--command-config` file and kcat's `-X key=value` (which win over the file).
+#[derive(Clone, Debug, Default)]
+pub struct ClientOptions {
+    /// The file, kept to hand to Kafka's own tools (`verdict kafka …`).
+    pub command_config: Option<std::path::PathBuf>,
+    pub security: verdict_runtime::kafka::Security,
+    pub properties: std::collections::BTreeMap<String, String>,
+}
+
+impl ClientOptions {
+    pub fn load(
+        command_config: Option<&std::path::Path>,
+        overrides: &[(String, String)],
+    ) -> Result<Self, CliError> {
+        let mut props = match command_config {
+            Some(path) => verdict_runtime::kafka::parse_java_properties(
+                &std::fs::read_to_string(path).map_err(|e| {
+                    CliError::Usage(format!("--command-config {}: {e}", path.display()))
+                })?,
+            ),
+            None => Default::default(),
+        };
+        props.extend(overrides.iter().cloned());
+        let (security, properties) = verdict_runtime::kafka::Security::from_java_properties(&props)
+            .map_err(|e| {
+                CliError::Usage(format!("client properties (--command-config, -X): {e}"))
+            })?;
+        let options = Self {
+            command_config: command_config.map(std::path::Path::to_path_buf),
+            security,
+            properties,
+        };
+        use verdict_runtime::settings::Validate;
+        options
+            .settings(verdict_runtime::kafka::DEFAULT_BOOTSTRAP)
+            .validate()
+            .map_err(|e| {
+                CliError::Usage(format!("client properties (--command-config, -X): {e}"))
+            })?;
+        Ok(options)
+    }
+
+    /// Settings for the cluster at `bootstrap` with these options.
+    pub fn settings(&self, bootstrap: impl Into<String>) -> verdict_runtime::kafka::KafkaSettings {
+        verdict_runtime::kafka::KafkaSettings {
+            properties: self.properties.clone(),
+            security: self.security.clone(),
+            ..verdict_runtime::kafka::KafkaSettings::with_bootstrap(bootstrap)
+        }
+    }
+}
+
+/// `kafka`, once the broker has answered: a command against a broker that is down stops
+/// here, naming its address, before any client logs or waits.
 pub async fn reach_kafka(
-    bootstrap: String,
+    kafka: verdict_runtime::kafka::KafkaSettings,
 ) -> Result<verdict_runtime::kafka::KafkaSettings, CliError> {
-    let kafka = verdict_runtime::kafka::KafkaSettings::with_bootstrap(bootstrap);
     kafka.topic_partitions().await.map_err(|e| {
         tracing::debug!(error = %e, "metadata");
         unreachable_kafka(&kafka)

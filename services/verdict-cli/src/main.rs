@@ -16,7 +16,7 @@ use verdict_cli::records::{self, AvroProducer, read_back, sample_transaction};
 use verdict_cli::shadow;
 use verdict_cli::stack::StackOpts;
 use verdict_cli::table::Output;
-use verdict_cli::{CliError, topology_cmd};
+use verdict_cli::{CliError, ClientOptions, topology_cmd};
 use verdict_runtime::kafka::{KafkaSettings, default_bootstrap};
 use verdict_runtime::registry::RegistryClient;
 use verdict_runtime::telemetry;
@@ -31,6 +31,27 @@ use verdict_runtime::telemetry;
 struct Cli {
     #[command(subcommand)]
     command: Command,
+    #[command(flatten)]
+    client: ClientArgs,
+}
+
+/// How the command's Kafka clients connect, for a secured cluster (TLS, SASL).
+#[derive(clap::Args, Clone)]
+struct ClientArgs {
+    /// A client properties file, as Kafka's tools take it (`security.protocol`,
+    /// `sasl.mechanism`, `sasl.jaas.config`, a PEM `ssl.truststore.location`, or librdkafka's
+    /// names). `verdict stack up --secure` writes one for its admin.
+    #[arg(
+        long,
+        env = "VERDICT_COMMAND_CONFIG",
+        global = true,
+        value_name = "FILE"
+    )]
+    command_config: Option<PathBuf>,
+    /// A client property, as kcat takes it (`-X security.protocol=SASL_SSL`); repeatable, wins
+    /// over --command-config.
+    #[arg(short = 'X', global = true, value_name = "KEY=VALUE", value_parser = produce_consume::parse_key_value)]
+    property: Vec<(String, String)>,
 }
 
 #[derive(clap::Args, Clone)]
@@ -53,8 +74,9 @@ struct Endpoints {
 
 impl Endpoints {
     /// The broker's settings, once the broker and the registry have both answered.
-    async fn reach(&self) -> Result<KafkaSettings, CliError> {
-        let kafka = verdict_cli::reach_kafka(self.bootstrap_servers.clone()).await?;
+    async fn reach(&self, client: &ClientOptions) -> Result<KafkaSettings, CliError> {
+        let kafka =
+            verdict_cli::reach_kafka(client.settings(self.bootstrap_servers.clone())).await?;
         verdict_cli::reach_registry(&self.registry_url).await?;
         Ok(kafka)
     }
@@ -465,7 +487,12 @@ enum TopologyAction {
 async fn main() -> ExitCode {
     telemetry::init_cli_logging();
     let cli = Cli::parse();
-    match run(cli.command).await {
+    let outcome =
+        match ClientOptions::load(cli.client.command_config.as_deref(), &cli.client.property) {
+            Ok(client) => run(cli.command, &client).await,
+            Err(e) => Err(e),
+        };
+    match outcome {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("verdict: {e}");
@@ -474,7 +501,7 @@ async fn main() -> ExitCode {
     }
 }
 
-async fn run(command: Command) -> Result<(), CliError> {
+async fn run(command: Command, client: &ClientOptions) -> Result<(), CliError> {
     match command {
         Command::Stack {
             action,
@@ -511,6 +538,12 @@ async fn run(command: Command) -> Result<(), CliError> {
                     ["--bootstrap-server".to_string(), default_bootstrap()],
                 );
             }
+            if let Some(file) = &client.command_config {
+                let flag = broker::client_config_flag(&tool);
+                if !args.iter().any(|a| a.starts_with(flag)) {
+                    args.extend([flag.to_string(), file.display().to_string()]);
+                }
+            }
             let err = dist.tool(&tool, &args)?.exec();
             Err(CliError::Failed(format!("cannot run Java: {err}")))
         }
@@ -544,7 +577,7 @@ async fn run(command: Command) -> Result<(), CliError> {
                     fail_on_drift,
                 },
         } => {
-            let kafka = endpoints.reach().await?;
+            let kafka = endpoints.reach(client).await?;
             let registry = RegistryClient::new(endpoints.registry_url)?;
             let report =
                 topology_cmd::apply(&file.file, file.schemas.as_deref(), &kafka, &registry).await?;
@@ -562,7 +595,7 @@ async fn run(command: Command) -> Result<(), CliError> {
             bootstrap_servers,
             output,
         } => {
-            let kafka = verdict_cli::reach_kafka(bootstrap_servers).await?;
+            let kafka = verdict_cli::reach_kafka(client.settings(bootstrap_servers)).await?;
             match action {
                 GroupsAction::List => groups_cmd::list(&kafka, output).await,
                 GroupsAction::Describe { group } => {
@@ -588,7 +621,7 @@ async fn run(command: Command) -> Result<(), CliError> {
                     ));
                 }
             };
-            let kafka = verdict_cli::reach_kafka(bootstrap_servers).await?;
+            let kafka = verdict_cli::reach_kafka(client.settings(bootstrap_servers)).await?;
             groups_cmd::replay(&kafka, &group, &spec.spec()?, &scope, execute, output).await
         }
         Command::Produce {
@@ -604,8 +637,11 @@ async fn run(command: Command) -> Result<(), CliError> {
         } => {
             // Lines sent as they are need no registry.
             let kafka = match value_format {
-                produce_consume::ValueFormat::Avro => endpoints.reach().await?,
-                _ => verdict_cli::reach_kafka(endpoints.bootstrap_servers.clone()).await?,
+                produce_consume::ValueFormat::Avro => endpoints.reach(client).await?,
+                _ => {
+                    verdict_cli::reach_kafka(client.settings(endpoints.bootstrap_servers.clone()))
+                        .await?
+                }
             };
             let opts = produce_consume::ProduceOpts {
                 key_field,
@@ -640,7 +676,7 @@ async fn run(command: Command) -> Result<(), CliError> {
             isolation,
             endpoints,
         } => {
-            let kafka = isolation.apply(&endpoints.reach().await?);
+            let kafka = isolation.apply(&endpoints.reach(client).await?);
             let opts = produce_consume::ConsumeOpts {
                 offsets,
                 exit_at_end: exit,
@@ -658,7 +694,8 @@ async fn run(command: Command) -> Result<(), CliError> {
             endpoints,
             output,
         } => {
-            let kafka = verdict_cli::reach_kafka(endpoints.bootstrap_servers).await?;
+            let kafka =
+                verdict_cli::reach_kafka(client.settings(endpoints.bootstrap_servers)).await?;
             match action {
                 DlqAction::List { topic, select } => {
                     dlq::list(&kafka, &topic, &select.selection()?, output).await
@@ -744,7 +781,7 @@ async fn run(command: Command) -> Result<(), CliError> {
                     ));
                 }
             };
-            let kafka = endpoints.reach().await?;
+            let kafka = endpoints.reach(client).await?;
             let opts = shadow::ShadowOpts {
                 service,
                 name,
@@ -770,7 +807,17 @@ async fn run(command: Command) -> Result<(), CliError> {
             topic,
             decisions_topic,
             documents,
-        } => demo(endpoints, count, &topic, &decisions_topic, documents).await,
+        } => {
+            demo(
+                endpoints,
+                client,
+                count,
+                &topic,
+                &decisions_topic,
+                documents,
+            )
+            .await
+        }
     }
 }
 
@@ -778,12 +825,13 @@ async fn run(command: Command) -> Result<(), CliError> {
 /// then shows the pipeline's decision for each.
 async fn demo(
     endpoints: Endpoints,
+    client: &ClientOptions,
     count: usize,
     topic: &str,
     decisions_topic: &str,
     documents: usize,
 ) -> Result<(), CliError> {
-    let kafka = endpoints.reach().await?;
+    let kafka = endpoints.reach(client).await?;
     let producer = AvroProducer::new(&kafka, &endpoints.registry_url)?;
     // Decisions are read from where their topics end now: a used stack's history is not
     // read again.
