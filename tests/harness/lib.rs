@@ -18,6 +18,7 @@ use rdkafka::ClientConfig;
 use rdkafka::consumer::Consumer;
 pub use verdict_cli::broker::ExternalListener;
 use verdict_cli::broker::{BrokerConfig, KafkaDist, NodePlace};
+use verdict_cli::secure::Secrets;
 use verdict_cli::stack::{spawn_logged, wait_for_broker};
 use verdict_runtime::kafka::KafkaSettings;
 use verdict_runtime::service::{Deployment, ServiceSettings, ServiceSpec};
@@ -113,11 +114,13 @@ pub fn run_command(cmd: &mut Command, timeout: Duration) -> Output {
 }
 
 /// Runs `verdict ARGS…` against the stack's broker and registry; returns its output.
+/// On a secured broker it connects as `admin` (`VERDICT_COMMAND_CONFIG`).
 pub fn verdict(stack: &Stack, args: &[&str]) -> Output {
-    run_command(
-        &mut verdict_command(&stack.broker.bootstrap(), &stack.registry_url(), args),
-        Duration::from_secs(120),
-    )
+    let mut cmd = verdict_command(&stack.broker.bootstrap(), &stack.registry_url(), args);
+    if let Some(secrets) = &stack.broker.secrets {
+        cmd.env("VERDICT_COMMAND_CONFIG", secrets.admin_properties());
+    }
+    run_command(&mut cmd, Duration::from_secs(120))
 }
 
 /// `verdict ARGS…` against the broker at `bootstrap` and the registry at `registry`, from the
@@ -181,6 +184,8 @@ pub struct TestBroker {
     bootstrap: String,
     log: PathBuf,
     own: Option<OwnBroker>,
+    /// A secured broker's users and certificates ([`TestBroker::own_secure`]).
+    secrets: Option<Secrets>,
 }
 
 struct OwnBroker {
@@ -218,6 +223,7 @@ impl TestBroker {
             bootstrap,
             log,
             own: None,
+            secrets: None,
         }
     }
 
@@ -229,17 +235,41 @@ impl TestBroker {
     /// A broker of this test's own with an `EXTERNAL` listener for clients that connect
     /// through a proxy ([`ExternalListener`]); [`Self::kafka`] stays on the direct listener.
     pub async fn own_with(external: Option<ExternalListener>) -> Self {
-        Self::own_nodes(1, external).await
+        Self::own_nodes(1, external, None).await
+    }
+
+    /// A broker of this test's own as `verdict stack up --secure` runs it: SASL_SSL
+    /// (SCRAM-SHA-512) with a CA of its own, ACLs enforced and nothing allowed without one,
+    /// `admin` the super user; `users` besides. [`Self::kafka`] connects as `admin`.
+    pub async fn own_secure(users: &[&str]) -> Self {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let secrets =
+            Secrets::ensure(&dir.path().join("secure"), users).unwrap_or_else(|e| panic!("{e}"));
+        Self::own_nodes(1, None, Some((secrets, dir))).await
+    }
+
+    /// The secured broker's users and certificates.
+    pub fn secrets(&self) -> &Secrets {
+        self.secrets
+            .as_ref()
+            .expect("a secured broker (own_secure)")
     }
 
     /// A KRaft cluster of `n` nodes of this test's own (the stack's `--brokers n`): internal
     /// and new topics replicated min(n, 3) ways, `min.insync.replicas` 2 of 3.
     pub async fn own_cluster(n: usize) -> Self {
-        Self::own_nodes(n, None).await
+        Self::own_nodes(n, None, None).await
     }
 
-    async fn own_nodes(n: usize, external: Option<ExternalListener>) -> Self {
-        let dir = tempfile::tempdir().expect("tempdir");
+    async fn own_nodes(
+        n: usize,
+        external: Option<ExternalListener>,
+        secure: Option<(Secrets, tempfile::TempDir)>,
+    ) -> Self {
+        let (secrets, dir) = match secure {
+            Some((secrets, dir)) => (Some(secrets), dir),
+            None => (None, tempfile::tempdir().expect("tempdir")),
+        };
         let mut taken = Vec::new();
         let places: Vec<NodePlace> = (1..=n)
             .map(|id| {
@@ -258,6 +288,9 @@ impl TestBroker {
             .into_iter()
             .map(|mut cfg| {
                 cfg.external = external;
+                if let Some(secrets) = &secrets {
+                    cfg = cfg.secured(secrets).unwrap_or_else(|e| panic!("{e}"));
+                }
                 OwnNode {
                     log: dir.path().join(if n == 1 {
                         "broker.log".to_string()
@@ -277,6 +310,7 @@ impl TestBroker {
                 .join(","),
             log: nodes[0].log.clone(),
             own: Some(OwnBroker { nodes, _dir: dir }),
+            secrets,
         };
         broker.start_own().await;
         broker
@@ -313,15 +347,18 @@ impl TestBroker {
     }
 
     async fn wait_for_nodes(&mut self) {
-        let nodes: Vec<(String, Option<u32>)> = self
+        let nodes: Vec<(KafkaSettings, Option<u32>)> = self
             .own_nodes_mut()
             .iter()
-            .map(|n| (n.cfg.bootstrap(), n.child.as_ref().map(Child::id)))
+            .map(|n| (n.cfg.admin_settings(), n.child.as_ref().map(Child::id)))
             .collect();
-        for (bootstrap, pid) in &nodes {
-            let kafka = KafkaSettings::with_bootstrap(bootstrap.clone());
-            if let Err(e) = wait_for_broker(&kafka, *pid, Duration::from_secs(120)).await {
-                panic!("broker {bootstrap} did not start: {e}\n{}", self.log());
+        for (kafka, pid) in &nodes {
+            if let Err(e) = wait_for_broker(kafka, *pid, Duration::from_secs(120)).await {
+                panic!(
+                    "broker {} did not start: {e}\n{}",
+                    kafka.bootstrap_servers,
+                    self.log()
+                );
             }
         }
         if let Err(e) = self
@@ -368,8 +405,19 @@ impl TestBroker {
         self.bootstrap.clone()
     }
 
+    /// Settings for this broker: as `admin` when it is secured.
     pub fn kafka(&self) -> KafkaSettings {
-        KafkaSettings::with_bootstrap(self.bootstrap())
+        self.kafka_as(verdict_cli::secure::ADMIN)
+    }
+
+    /// Settings for this broker as `user` (one of a secured broker's; a plain broker ignores
+    /// it).
+    pub fn kafka_as(&self, user: &str) -> KafkaSettings {
+        let mut kafka = KafkaSettings::with_bootstrap(self.bootstrap());
+        if let Some(secrets) = &self.secrets {
+            kafka.security = secrets.security(user);
+        }
+        kafka
     }
 
     /// The broker's log (every node's, one after the other, for a cluster).
@@ -529,6 +577,12 @@ impl Stack {
     /// registry.
     pub async fn start_own_cluster(n: usize) -> Self {
         Self::on(TestBroker::own_cluster(n).await).await
+    }
+
+    /// A secured broker of this test's own ([`TestBroker::own_secure`]) and a registry that
+    /// connects to it as `admin`.
+    pub async fn start_own_secure(users: &[&str]) -> Self {
+        Self::on(TestBroker::own_secure(users).await).await
     }
 
     /// A broker of this test's own whose clients may connect through a proxy

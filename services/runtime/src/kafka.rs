@@ -196,8 +196,9 @@ impl KafkaSettings {
         Ok(self.producer_config().create()?)
     }
 
-    /// A consumer that reads without a group of its own to speak of: a throwaway group id,
-    /// no commits, short fetch waits, records of committed transactions only (librdkafka's
+    /// A consumer that reads without a group of its own to speak of: a throwaway group id
+    /// `verdict-reader-<uuid>` (librdkafka's consumer needs one; on a secured cluster it asks
+    /// for the group's coordinator, which needs DESCRIBE on the group), no commits, short fetch waits, records of committed transactions only (librdkafka's
     /// default, said here; `isolation.level` in the properties changes it). For tools, tests
     /// and the registry's tailer, which assign partitions themselves.
     pub fn reader_config(&self) -> ClientConfig {

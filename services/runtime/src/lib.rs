@@ -5,6 +5,7 @@
 //! and health ([`metrics`], [`http`]), tracing ([`telemetry`]), the declarative
 //! topology ([`topology`]) and a registry admin client ([`registry`]).
 
+pub mod acls;
 pub mod audit;
 pub mod avro;
 pub mod engine;

@@ -11,7 +11,10 @@ use std::sync::OnceLock;
 
 use base64::Engine;
 
+use verdict_runtime::kafka::KafkaSettings;
+
 use crate::CliError;
+use crate::secure::Secrets;
 use crate::stack::spawn_logged;
 
 /// `scripts/kafka/pom.xml`: the one place the Kafka version is written down.
@@ -64,6 +67,7 @@ pub const TOOLS: &[(&str, &str)] = &[
         "org.apache.kafka.tools.MetadataQuorumCommand",
     ),
     ("configs", "org.apache.kafka.tools.ConfigCommand"),
+    ("acls", "org.apache.kafka.tools.AclCommand"),
     ("storage", "kafka.tools.StorageTool"),
 ];
 
@@ -239,6 +243,16 @@ pub struct BrokerConfig {
     pub voters: Vec<(u32, u16)>,
     /// The cluster id storage is formatted with (all nodes of a cluster share it).
     pub cluster_id: String,
+    /// TLS, SASL/SCRAM and ACLs instead of plaintext ([`Self::secured`]).
+    pub secure: Option<Secured>,
+}
+
+/// What a secured node adds: its listeners' settings and the users to format storage with.
+#[derive(Clone, Debug)]
+pub struct Secured {
+    pub secrets: Secrets,
+    listeners: String,
+    scram_args: Vec<String>,
 }
 
 /// Where one node of a cluster lives: its directory, client port and controller port.
@@ -294,6 +308,7 @@ impl BrokerConfig {
                 node_id,
                 voters: voters.clone(),
                 cluster_id: cluster_id.clone(),
+                secure: None,
             })
             .collect()
     }
@@ -314,6 +329,26 @@ impl BrokerConfig {
         format!("127.0.0.1:{}", self.port)
     }
 
+    /// This node with TLS and SASL/SCRAM on its listeners and ACLs enforced (see
+    /// [`Secrets::server_properties`]).
+    pub fn secured(mut self, secrets: &Secrets) -> Result<Self, CliError> {
+        self.secure = Some(Secured {
+            listeners: secrets.server_properties(self.port, self.controller_port)?,
+            scram_args: secrets.scram_format_args()?,
+            secrets: secrets.clone(),
+        });
+        Ok(self)
+    }
+
+    /// Client settings for this node: its admin's when it is secured.
+    pub fn admin_settings(&self) -> KafkaSettings {
+        let mut kafka = KafkaSettings::with_bootstrap(self.bootstrap());
+        if let Some(s) = &self.secure {
+            kafka.security = s.secrets.security(crate::secure::ADMIN);
+        }
+        kafka
+    }
+
     /// The directory as an absolute path: the broker runs with another working directory.
     fn abs_dir(&self) -> PathBuf {
         std::path::absolute(&self.dir).unwrap_or_else(|_| self.dir.clone())
@@ -331,25 +366,35 @@ impl BrokerConfig {
     /// default replication from the cluster's size, no initial rebalance delay, small
     /// cleaner buffer for a small heap.
     pub fn server_properties(&self) -> String {
-        let (listener, advertised, protocol) = match self.external {
-            Some(e) => (
-                format!(",EXTERNAL://127.0.0.1:{}", e.port),
-                format!(",EXTERNAL://127.0.0.1:{}", e.advertised_port),
-                ",EXTERNAL:PLAINTEXT",
-            ),
-            None => Default::default(),
+        let listeners = match (&self.secure, self.external) {
+            (Some(secured), _) => secured.listeners.clone(),
+            (None, external) => {
+                let (listener, advertised, protocol) = match external {
+                    Some(e) => (
+                        format!(",EXTERNAL://127.0.0.1:{}", e.port),
+                        format!(",EXTERNAL://127.0.0.1:{}", e.advertised_port),
+                        ",EXTERNAL:PLAINTEXT",
+                    ),
+                    None => Default::default(),
+                };
+                format!(
+                    "listeners=PLAINTEXT://127.0.0.1:{port},CONTROLLER://127.0.0.1:{controller}{listener}
+advertised.listeners=PLAINTEXT://127.0.0.1:{port}{advertised}
+controller.listener.names=CONTROLLER
+inter.broker.listener.name=PLAINTEXT
+listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT{protocol}
+",
+                    controller = self.controller_port,
+                    port = self.port,
+                )
+            }
         };
         format!(
             "# Written by verdict on every start; edit the code (services/verdict-cli/src/broker.rs), not this file.
 process.roles=broker,controller
 node.id={node_id}
 controller.quorum.voters={voters}
-listeners=PLAINTEXT://127.0.0.1:{port},CONTROLLER://127.0.0.1:{controller}{listener}
-advertised.listeners=PLAINTEXT://127.0.0.1:{port}{advertised}
-controller.listener.names=CONTROLLER
-inter.broker.listener.name=PLAINTEXT
-listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT{protocol}
-log.dirs={logs}
+{listeners}log.dirs={logs}
 num.partitions=1
 default.replication.factor={rf}
 min.insync.replicas={min_isr}
@@ -379,8 +424,6 @@ num.io.threads=4
                 .map(|(id, port)| format!("{id}@127.0.0.1:{port}"))
                 .collect::<Vec<_>>()
                 .join(","),
-            controller = self.controller_port,
-            port = self.port,
             rf = self.replication_factor(),
             min_isr = self.min_insync_replicas(),
             logs = self.log_dir().display(),
@@ -407,6 +450,12 @@ num.io.threads=4
         fs::create_dir_all(&self.dir)
             .map_err(|e| CliError::Failed(format!("cannot create {}: {e}", self.dir.display())))?;
         write_once(&self.properties_file(), &self.server_properties())?;
+        if self.secure.is_some() {
+            // It holds the admin's password.
+            use std::os::unix::fs::PermissionsExt;
+            fs::set_permissions(self.properties_file(), fs::Permissions::from_mode(0o600))
+                .map_err(|e| CliError::Failed(format!("cannot restrict server.properties: {e}")))?;
+        }
         write_once(&self.log4j_file(), BROKER_LOG4J)?;
         if self.log_dir().join("meta.properties").is_file() {
             return Ok(());
@@ -415,6 +464,7 @@ num.io.threads=4
             .java("kafka.tools.StorageTool", 256, &self.log4j_file())
             .args(["format", "-t", &self.cluster_id, "-c"])
             .arg(self.properties_file())
+            .args(self.secure.iter().flat_map(|s| s.scram_args.iter()))
             .output()
             .map_err(|e| CliError::Failed(format!("cannot run Java: {e}")))?;
         if out.status.success() {

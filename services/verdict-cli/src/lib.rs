@@ -5,6 +5,7 @@ pub mod dlq;
 pub mod groups_cmd;
 pub mod produce_consume;
 pub mod records;
+pub mod secure;
 pub mod services;
 pub mod shadow;
 pub mod stack;

@@ -481,6 +481,32 @@ enum TopologyAction {
         #[arg(long)]
         fail_on_drift: bool,
     },
+    /// The ACLs each service needs and nothing more (READ on its input, retry topics,
+    /// changelogs and group; WRITE on its outputs, retry and dead-letter topics), printed as
+    /// `kafka-acls` commands; --apply adds them with Kafka's own tool.
+    Acls {
+        #[command(flatten)]
+        file: TopologyFile,
+        /// Only this service (repeatable; default: every service).
+        #[arg(long)]
+        service: Vec<String>,
+        /// The principal a service runs as, `service=User:name` (repeatable; default
+        /// `User:<service>`).
+        #[arg(long, value_parser = produce_consume::parse_key_value)]
+        principal: Vec<(String, String)>,
+        /// The services run with engine.guarantee = "exactly_once": add their transactional ids.
+        #[arg(long)]
+        exactly_once: bool,
+        /// Add them to the cluster (with the admin's --command-config on a secured one).
+        #[arg(long)]
+        apply: bool,
+        #[arg(
+            long,
+            env = "KAFKA_BOOTSTRAP_SERVERS",
+            default_value = "127.0.0.1:9092"
+        )]
+        bootstrap_servers: String,
+    },
 }
 
 #[tokio::main]
@@ -587,6 +613,36 @@ async fn run(command: Command, client: &ClientOptions) -> Result<(), CliError> {
                     "{} topic setting(s) differ from the file",
                     report.drift.len()
                 )));
+            }
+            Ok(())
+        }
+        Command::Topology {
+            action:
+                TopologyAction::Acls {
+                    file,
+                    service,
+                    principal,
+                    exactly_once,
+                    apply,
+                    bootstrap_servers,
+                },
+        } => {
+            let topology = topology_cmd::check(&file.file, file.schemas.as_deref())?;
+            let acls = topology_cmd::acls(&topology, &service, &principal, exactly_once)?;
+            let mut connection = vec!["--bootstrap-server".to_string(), bootstrap_servers];
+            if let Some(f) = &client.command_config {
+                connection.extend(["--command-config".to_string(), f.display().to_string()]);
+            }
+            if apply {
+                topology_cmd::apply_acls(&acls, &connection)?;
+                println!("added {} ACL(s) with kafka-acls", acls.len());
+                return Ok(());
+            }
+            for a in &acls {
+                println!("# {a}");
+            }
+            for args in verdict_runtime::acls::tool_commands(&acls) {
+                println!("kafka-acls {} {}", connection.join(" "), args.join(" "));
             }
             Ok(())
         }

@@ -1,4 +1,4 @@
-//! `verdict topology check|apply`.
+//! `verdict topology check|apply|acls`.
 //!
 //! `apply` validates the whole file and checks every schema against the registry
 //! before it changes anything; then it creates missing topics and registers schemas.
@@ -7,6 +7,7 @@
 use std::path::Path;
 use std::time::Duration;
 
+use verdict_runtime::acls::{Acl, service_acls, tool_commands};
 use verdict_runtime::kafka::KafkaSettings;
 use verdict_runtime::registry::RegistryClient;
 use verdict_runtime::topology::Topology;
@@ -21,6 +22,63 @@ pub struct ApplyReport {
     pub drift: Vec<String>,
     /// `(subject, schema id)` for every registered value schema.
     pub schemas: Vec<(String, u32)>,
+}
+
+/// The least-privilege ACLs of the `services` named (all when none is), each running as
+/// `User:<service>` unless `principals` maps it to another principal.
+pub fn acls(
+    topology: &Topology,
+    services: &[String],
+    principals: &[(String, String)],
+    exactly_once: bool,
+) -> Result<Vec<Acl>, CliError> {
+    for name in services.iter().chain(principals.iter().map(|(s, _)| s)) {
+        if topology.service(name).is_none() {
+            return Err(CliError::Usage(format!(
+                "no service `{name}` in the topology; it has {}",
+                topology
+                    .services
+                    .keys()
+                    .cloned()
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )));
+        }
+    }
+    let principal = |name: &str| {
+        principals
+            .iter()
+            .find(|(s, _)| s == name)
+            .map_or_else(|| format!("User:{name}"), |(_, p)| p.clone())
+    };
+    Ok(topology
+        .services
+        .values()
+        .filter(|s| services.is_empty() || services.contains(&s.name))
+        .flat_map(|s| service_acls(s, &principal(&s.name), exactly_once))
+        .collect())
+}
+
+/// Adds `acls` with Kafka's own `kafka-acls` (one run per command of [`tool_commands`]);
+/// `connection` is its `--bootstrap-server` and, for a secured cluster, `--command-config`.
+pub fn apply_acls(acls: &[Acl], connection: &[String]) -> Result<(), CliError> {
+    let dist = crate::broker::KafkaDist::locate()?;
+    for args in tool_commands(acls) {
+        let args: Vec<String> = connection.iter().cloned().chain(args).collect();
+        let out = dist
+            .tool("acls", &args)?
+            .output()
+            .map_err(|e| CliError::Failed(format!("cannot run Java: {e}")))?;
+        if !out.status.success() {
+            return Err(CliError::Failed(format!(
+                "kafka-acls {} failed: {}{}",
+                args.join(" "),
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            )));
+        }
+    }
+    Ok(())
 }
 
 pub fn check(file: &Path, schemas: Option<&Path>) -> Result<Topology, CliError> {

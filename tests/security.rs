@@ -1,0 +1,160 @@
+//! verdict on a secured Apache Kafka: SASL_SSL (SCRAM-SHA-512) with a CA of the test's own,
+//! ACLs enforced by the StandardAuthorizer and nothing allowed without one — the broker
+//! `verdict stack up --secure` runs. Each service runs as its own principal with exactly the
+//! ACLs `verdict topology acls` derives from the topology.
+
+use std::time::Duration;
+
+use harness::{
+    Record, ServiceProcess, Stack, apply_topology, deployment, quick, read_topic, run, verdict,
+    verdict_command,
+};
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::error::KafkaError;
+use rdkafka::types::RDKafkaErrorCode;
+use rdkafka::{Offset, TopicPartitionList};
+use verdict_cli::records::{AvroProducer, sample_transaction};
+use verdict_runtime::kafka::KafkaSettings;
+
+type Fraud = fraud_detector::Spec;
+
+fn event_id(r: &Record) -> Option<&str> {
+    r.value.as_ref()?.get("event_id")?.as_str()
+}
+
+/// What `kafka` gets when it reads partition 0 of `topic` from the start: a record, or
+/// TOPIC_AUTHORIZATION_FAILED. (The reader's throwaway group is refused too, which does not
+/// stop it reading: that error is passed over.)
+fn first_read(kafka: &KafkaSettings, topic: &str) -> Result<(), RDKafkaErrorCode> {
+    let consumer: BaseConsumer = kafka.reader_config().create().expect("consumer");
+    let mut tpl = TopicPartitionList::new();
+    tpl.add_partition_offset(topic, 0, Offset::Beginning)
+        .expect("partition");
+    consumer.assign(&tpl).expect("assign");
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while std::time::Instant::now() < deadline {
+        match consumer.poll(Duration::from_millis(500)) {
+            Some(Ok(_)) => return Ok(()),
+            Some(Err(KafkaError::MessageConsumption(
+                RDKafkaErrorCode::GroupAuthorizationFailed,
+            ))) => {}
+            Some(Err(KafkaError::MessageConsumption(code))) => return Err(code),
+            Some(Err(e)) => panic!("unexpected error: {e}"),
+            None => {}
+        }
+    }
+    panic!("neither a record nor a refusal from {topic} within 20 s");
+}
+
+/// What the cluster's metadata says of `topic` to `kafka`: known, or the topic's error
+/// (TOPIC_AUTHORIZATION_FAILED without DESCRIBE, which READ and WRITE imply).
+fn described(kafka: &KafkaSettings, topic: &str) -> Result<(), RDKafkaErrorCode> {
+    let consumer = kafka.metadata_consumer().expect("consumer");
+    let md = consumer
+        .fetch_metadata(Some(topic), Duration::from_secs(15))
+        .expect("metadata");
+    match md.topics().first().and_then(|t| t.error()) {
+        None => Ok(()),
+        Some(e) => Err(e.into()),
+    }
+}
+
+#[test]
+fn the_fraud_detector_decides_on_sasl_ssl_with_only_the_acls_the_topology_gives_it() {
+    run(300, async {
+        let stack = Stack::start_own_secure(&["fraud-detector", "intruder"]).await;
+        let topology = apply_topology(&stack, None).await;
+        let secrets = stack.broker.secrets().clone();
+        let file = topology.display().to_string();
+
+        // The ACLs as derived, added with Kafka's own kafka-acls by the admin.
+        let out = verdict(
+            &stack,
+            &[
+                "topology",
+                "acls",
+                "--file",
+                &file,
+                "--service",
+                "fraud-detector",
+                "--apply",
+            ],
+        );
+        assert!(
+            out.status.success(),
+            "acls --apply: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+
+        let mut svc = ServiceProcess::spawn::<Fraud>(&deployment(&stack, &topology, None), |s| {
+            quick(s);
+            s.kafka.security = secrets.security("fraud-detector");
+        });
+        svc.wait_ready(Duration::from_secs(60)).await;
+
+        let producer =
+            AvroProducer::new(&stack.broker.kafka(), &stack.registry_url()).expect("producer");
+        let (key, value) = sample_transaction(&mut rand::rng(), "acme");
+        let id = value["event_id"].as_str().expect("id").to_string();
+        producer
+            .send(&topology.topic("transactions"), &key, &value)
+            .await
+            .expect("produce as admin");
+        let decisions = read_topic(
+            &stack.broker.kafka(),
+            &stack.registry_url(),
+            &topology.topic("fraud-decisions"),
+            Duration::from_secs(90),
+            |rs| rs.iter().any(|r| event_id(r) == Some(&id)),
+        )
+        .await;
+        assert!(
+            decisions.iter().any(|r| event_id(r) == Some(&id)),
+            "decided on SASL_SSL as User:fraud-detector\n{}",
+            svc.log()
+        );
+
+        // Another principal sees none of it: not the decisions, not the dead letters (not
+        // even that they exist), not the group's offsets.
+        let intruder = stack.broker.kafka_as("intruder");
+        for topic in ["fraud-decisions", "transactions.dlq"] {
+            assert_eq!(
+                described(&intruder, &topology.topic(topic)),
+                Err(RDKafkaErrorCode::TopicAuthorizationFailed),
+                "{topic}"
+            );
+        }
+        let props = tempfile::NamedTempFile::new().expect("file");
+        std::fs::write(
+            props.path(),
+            secrets.java_properties("intruder").expect("props"),
+        )
+        .expect("write");
+        let group = topology.group("verdict-fraud-detector");
+        let out = harness::run_command(
+            &mut verdict_command(
+                &stack.broker.bootstrap(),
+                &stack.registry_url(),
+                &[
+                    "--command-config",
+                    &props.path().display().to_string(),
+                    "groups",
+                    "describe",
+                    &group,
+                ],
+            ),
+            Duration::from_secs(60),
+        );
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "the intruder described {group}");
+        assert!(stderr.contains("GroupAuthorizationFailed"), "{stderr}");
+        // The service itself may not read what it only writes.
+        let own = stack.broker.kafka_as("fraud-detector");
+        assert_eq!(
+            first_read(&own, &topology.topic("transactions.dlq")),
+            Err(RDKafkaErrorCode::TopicAuthorizationFailed)
+        );
+        svc.stop_cleanly();
+    });
+}
