@@ -155,6 +155,73 @@ fn the_fraud_detector_decides_on_sasl_ssl_with_only_the_acls_the_topology_gives_
             first_read(&own, &topology.topic("transactions.dlq")),
             Err(RDKafkaErrorCode::TopicAuthorizationFailed)
         );
+        // Nothing it does on its own is refused (a reader in a group it may not describe was).
+        let log = svc.log();
+        assert!(!log.contains("AuthorizationFailed"), "{log}");
         svc.stop_cleanly();
+    });
+}
+
+#[test]
+fn a_service_missing_one_acl_fails_at_start_up_naming_the_topic_and_the_operation() {
+    run(240, async {
+        let stack = Stack::start_own_secure(&["fraud-detector"]).await;
+        let topology = apply_topology(&stack, None).await;
+        let secrets = stack.broker.secrets().clone();
+        let file = topology.display().to_string();
+        let out = verdict(
+            &stack,
+            &[
+                "topology",
+                "acls",
+                "--file",
+                &file,
+                "--service",
+                "fraud-detector",
+                "--apply",
+            ],
+        );
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        // One WRITE taken away: the audit topic.
+        let audit = topology.topic("audit");
+        let out = verdict(
+            &stack,
+            &[
+                "kafka",
+                "acls",
+                "--remove",
+                "--force",
+                "--allow-principal",
+                "User:fraud-detector",
+                "--operation",
+                "Write",
+                "--topic",
+                &audit,
+            ],
+        );
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+
+        let mut svc = ServiceProcess::spawn::<Fraud>(&deployment(&stack, &topology, None), |s| {
+            quick(s);
+            s.kafka.security = secrets.security("fraud-detector");
+        });
+        let status = svc.wait_exit(Duration::from_secs(60)).await;
+        let log = svc.log();
+        assert!(
+            status.is_some_and(|s| !s.success()),
+            "a service without WRITE on {audit} must stop at start-up, not run: {status:?}\n{log}"
+        );
+        assert!(
+            log.contains(&format!("WRITE on topic {audit}")),
+            "the log names the topic and the operation\n{log}"
+        );
     });
 }

@@ -882,6 +882,18 @@ impl ServiceProcess {
         }
     }
 
+    /// Waits up to `timeout` for the process to exit by itself: how it exited, or `None`.
+    pub async fn wait_exit(&mut self, timeout: Duration) -> Option<std::process::ExitStatus> {
+        let start = std::time::Instant::now();
+        while start.elapsed() < timeout {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return Some(status);
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        None
+    }
+
     /// Sum of a metric's samples on `/metrics` (all label sets).
     pub async fn metric(&self, name: &str) -> f64 {
         self.metric_where(name, "").await

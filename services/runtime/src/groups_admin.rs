@@ -19,7 +19,7 @@
 //! (offsets only); Connect and other groups are left out.
 
 use std::collections::BTreeSet;
-use std::ffi::{CString, c_int};
+use std::ffi::CString;
 use std::time::Duration;
 
 use rdkafka::client::{Client, ClientContext};
@@ -142,11 +142,6 @@ struct Answer {
     error: Option<(RDKafkaErrorCode, String)>,
 }
 
-/// The request timeout librdkafka accepts (0..=1 h), in ms.
-fn timeout_ms(timeout: Duration) -> c_int {
-    c_int::try_from(timeout.as_millis().min(3_600_000)).unwrap_or(3_600_000)
-}
-
 /// Group names as C strings; a name with a NUL byte cannot be a group.
 fn c_names(groups: &[&String]) -> Result<Vec<CString>, KafkaError> {
     groups
@@ -164,156 +159,18 @@ fn c_names(groups: &[&String]) -> Result<Vec<CString>, KafkaError> {
 mod native {
     #![allow(unsafe_code)]
 
-    use std::ffi::{CStr, c_char};
+    use std::ffi::c_char;
     use std::ptr;
     use std::time::Duration;
 
     use rdkafka::bindings as rd;
-    use rdkafka::bindings::rd_kafka_resp_err_t::RD_KAFKA_RESP_ERR_NO_ERROR;
     use rdkafka::client::{Client, ClientContext};
     use rdkafka::types::RDKafkaErrorCode;
 
-    use super::{Answer, GroupListing, c_names, timeout_ms};
+    use super::{Answer, GroupListing, c_names};
+    use crate::admin_ffi::{admin_error, elements, error_of, request, string};
     use crate::groups::Member;
     use crate::kafka::KafkaError;
-
-    /// Extra wait for the result event beyond the request timeout: librdkafka posts a
-    /// timed-out result itself once the request timeout passes.
-    const POLL_MARGIN: Duration = Duration::from_secs(2);
-
-    struct Queue(*mut rd::rd_kafka_queue_t);
-    impl Drop for Queue {
-        fn drop(&mut self) {
-            // SAFETY: created by rd_kafka_queue_new (non-null, checked), destroyed once here.
-            unsafe { rd::rd_kafka_queue_destroy(self.0) }
-        }
-    }
-
-    struct Options(*mut rd::rd_kafka_AdminOptions_t);
-    impl Drop for Options {
-        fn drop(&mut self) {
-            // SAFETY: created by rd_kafka_AdminOptions_new (non-null, checked), destroyed once;
-            // librdkafka copies the options into each request.
-            unsafe { rd::rd_kafka_AdminOptions_destroy(self.0) }
-        }
-    }
-
-    struct Event(*mut rd::rd_kafka_event_t);
-    impl Drop for Event {
-        fn drop(&mut self) {
-            // SAFETY: returned by rd_kafka_queue_poll (non-null, checked), destroyed once. Every
-            // pointer read from it is copied before this runs.
-            unsafe { rd::rd_kafka_event_destroy(self.0) }
-        }
-    }
-
-    fn admin_error(request: &'static str, code: RDKafkaErrorCode, message: String) -> KafkaError {
-        KafkaError::GroupAdmin {
-            request,
-            code,
-            message,
-        }
-    }
-
-    /// A copy of a C string; null is empty.
-    fn string(p: *const c_char) -> String {
-        if p.is_null() {
-            return String::new();
-        }
-        // SAFETY: librdkafka's strings are NUL-terminated and live as long as the object
-        // (event, description) they come from, which outlives this copy.
-        unsafe { CStr::from_ptr(p) }.to_string_lossy().into_owned()
-    }
-
-    /// Creates the queue and options, calls `send`, waits for the result event and checks its
-    /// error. The client borrow keeps the handle alive throughout.
-    fn request<C: ClientContext>(
-        client: &Client<C>,
-        request: &'static str,
-        op: rd::rd_kafka_admin_op_t,
-        timeout: Duration,
-        send: impl FnOnce(
-            *mut rd::rd_kafka_t,
-            *const rd::rd_kafka_AdminOptions_t,
-            *mut rd::rd_kafka_queue_t,
-        ),
-    ) -> Result<Event, KafkaError> {
-        let rk = client.native_ptr();
-        // SAFETY: `rk` is the live handle of `client`.
-        let queue = Queue(unsafe { rd::rd_kafka_queue_new(rk) });
-        if queue.0.is_null() {
-            return Err(admin_error(
-                request,
-                RDKafkaErrorCode::Fail,
-                "no queue".into(),
-            ));
-        }
-        // SAFETY: as above; `op` is a valid admin operation.
-        let options = Options(unsafe { rd::rd_kafka_AdminOptions_new(rk, op) });
-        if options.0.is_null() {
-            return Err(admin_error(
-                request,
-                RDKafkaErrorCode::Fail,
-                "no admin options".into(),
-            ));
-        }
-        let mut errstr = [0 as c_char; 256];
-        // SAFETY: `options` is live; `errstr` is writable for its length and librdkafka
-        // NUL-terminates what it writes.
-        let err = unsafe {
-            rd::rd_kafka_AdminOptions_set_request_timeout(
-                options.0,
-                timeout_ms(timeout),
-                errstr.as_mut_ptr(),
-                errstr.len(),
-            )
-        };
-        if err != RD_KAFKA_RESP_ERR_NO_ERROR {
-            return Err(admin_error(request, err.into(), string(errstr.as_ptr())));
-        }
-        send(rk, options.0, queue.0);
-        let wait = timeout.saturating_add(POLL_MARGIN);
-        // SAFETY: `queue` is live; the event returned is ours to destroy.
-        let event = unsafe { rd::rd_kafka_queue_poll(queue.0, timeout_ms(wait)) };
-        if event.is_null() {
-            return Err(admin_error(
-                request,
-                RDKafkaErrorCode::OperationTimedOut,
-                format!("no answer within {wait:?}"),
-            ));
-        }
-        let event = Event(event);
-        // SAFETY: `event` is live.
-        let err = unsafe { rd::rd_kafka_event_error(event.0) };
-        if err != RD_KAFKA_RESP_ERR_NO_ERROR {
-            // SAFETY: `event` is live; the string is owned by it and copied here.
-            let message = string(unsafe { rd::rd_kafka_event_error_string(event.0) });
-            return Err(admin_error(request, err.into(), message));
-        }
-        Ok(event)
-    }
-
-    /// The `(code, text)` of a librdkafka error object; `None` for null.
-    fn error_of(e: *const rd::rd_kafka_error_t) -> Option<(RDKafkaErrorCode, String)> {
-        if e.is_null() {
-            return None;
-        }
-        // SAFETY: `e` is a live error owned by the description or result it came from.
-        let (code, text) = unsafe { (rd::rd_kafka_error_code(e), rd::rd_kafka_error_string(e)) };
-        Some((code.into(), string(text)))
-    }
-
-    /// `len` pointers from a librdkafka result array; none when the array is null.
-    ///
-    /// # Safety
-    /// `array` must be null or point to `len` readable pointers that outlive the returned slice.
-    unsafe fn elements<'a, T>(array: *mut *const T, len: usize) -> &'a [*const T] {
-        if array.is_null() || len == 0 {
-            return &[];
-        }
-        // SAFETY: by the caller's contract.
-        unsafe { std::slice::from_raw_parts(array.cast_const(), len) }
-    }
 
     pub(super) fn list<C: ClientContext>(
         client: &Client<C>,
@@ -325,6 +182,7 @@ mod native {
             REQUEST,
             rd::rd_kafka_admin_op_t::RD_KAFKA_ADMIN_OP_LISTCONSUMERGROUPS,
             timeout,
+            false,
             // SAFETY: all three are live for the call; librdkafka copies the options.
             |rk, options, queue| unsafe { rd::rd_kafka_ListConsumerGroups(rk, options, queue) },
         )?;
@@ -403,6 +261,7 @@ mod native {
             REQUEST,
             rd::rd_kafka_admin_op_t::RD_KAFKA_ADMIN_OP_DESCRIBECONSUMERGROUPS,
             timeout,
+            false,
             // SAFETY: `ptrs` holds `ptrs.len()` NUL-terminated names alive in `names` for the
             // call (librdkafka copies them); the other three are live.
             |rk, options, queue| unsafe {
@@ -531,12 +390,6 @@ mod tests {
             outcome(Some(C::GroupAuthorizationFailed), "Stable", 0),
             Outcome::Failed
         );
-    }
-
-    #[test]
-    fn timeouts_stay_in_librdkafkas_range() {
-        assert_eq!(timeout_ms(Duration::from_millis(1500)), 1500);
-        assert_eq!(timeout_ms(Duration::from_secs(u64::MAX)), 3_600_000);
     }
 
     #[test]

@@ -6,7 +6,9 @@
 //! topology ([`topology`]) and a registry admin client ([`registry`]).
 
 pub mod acls;
+mod admin_ffi;
 pub mod audit;
+pub mod authorization;
 pub mod avro;
 pub mod engine;
 pub mod error;

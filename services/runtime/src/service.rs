@@ -328,7 +328,11 @@ where
         Err(e) => return fail(name, &e),
     };
     let metrics = host.metrics.clone();
+    let exactly_once = settings.engine.guarantee == engine::Guarantee::ExactlyOnce;
     host.run(async {
+        crate::authorization::check(&settings.kafka, service, exactly_once)
+            .await
+            .map_err(|e| e.to_string())?;
         engine::run(
             &settings.kafka,
             &settings.registry,
