@@ -225,3 +225,62 @@ fn a_service_missing_one_acl_fails_at_start_up_naming_the_topic_and_the_operatio
         );
     });
 }
+
+/// `verdict groups list` with these client properties (none: a plaintext client).
+fn groups_list(stack: &Stack, properties: Option<&str>) -> (bool, String) {
+    let file = tempfile::NamedTempFile::new().expect("file");
+    let mut args = vec!["groups", "list"];
+    let path = file.path().display().to_string();
+    if let Some(p) = properties {
+        std::fs::write(file.path(), p).expect("write");
+        args.splice(0..0, ["--command-config", path.as_str()]);
+    }
+    let mut cmd = verdict_command(&stack.broker.bootstrap(), &stack.registry_url(), &args);
+    let out = harness::run_command(&mut cmd, Duration::from_secs(60));
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn a_wrong_password_an_unknown_ca_and_a_plaintext_client_are_told_what_is_wrong() {
+    run(240, async {
+        let stack = Stack::start_own_secure(&["fraud-detector"]).await;
+        let secrets = stack.broker.secrets().clone();
+        let good = secrets.java_properties("fraud-detector").expect("props");
+        assert!(
+            groups_list(&stack, Some(&good)).0,
+            "the right settings work"
+        );
+
+        let password = secrets.password("fraud-detector").expect("password");
+        let (ok, stderr) = groups_list(&stack, Some(&good.replace(&password, "not-it")));
+        assert!(!ok);
+        assert!(
+            stderr.contains("refused the credentials") && stderr.contains("SCRAM-SHA-512"),
+            "{stderr}"
+        );
+        assert!(!stderr.contains(&password), "no secret printed: {stderr}");
+
+        // The system's CAs do not know this cluster's.
+        let unknown_ca: String = good
+            .lines()
+            .filter(|l| !l.starts_with("ssl.truststore"))
+            .map(|l| format!("{l}\n"))
+            .collect();
+        let (ok, stderr) = groups_list(&stack, Some(&unknown_ca));
+        assert!(!ok);
+        assert!(
+            stderr.contains("TLS") && stderr.contains("certificate verify failed"),
+            "{stderr}"
+        );
+
+        let (ok, stderr) = groups_list(&stack, None);
+        assert!(!ok);
+        assert!(
+            stderr.contains("security.protocol") && stderr.contains("--command-config"),
+            "{stderr}"
+        );
+    });
+}

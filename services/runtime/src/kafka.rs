@@ -230,6 +230,16 @@ impl KafkaSettings {
         Ok(cfg.create()?)
     }
 
+    /// A metadata consumer that keeps librdkafka's last error, to say why a cluster did not
+    /// answer.
+    fn diagnosed_consumer(&self) -> Result<(BaseConsumer<Diagnosis>, Diagnosis), KafkaError> {
+        let mut cfg = self.client_config();
+        cfg.set("group.id", "verdict-metadata")
+            .set("enable.auto.commit", "false");
+        let diagnosis = Diagnosis::default();
+        Ok((cfg.create_with_context(diagnosis.clone())?, diagnosis))
+    }
+
     /// Waits until the cluster answers a metadata request, or fails after `timeout`
     /// naming the address and the last error.
     pub async fn wait_until_reachable(&self, timeout: Duration) -> Result<(), KafkaError> {
@@ -269,15 +279,15 @@ impl KafkaSettings {
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
-        let consumer = self.metadata_consumer()?;
+        let (consumer, diagnosis) = self.diagnosed_consumer()?;
         tokio::task::spawn_blocking(move || {
             loop {
                 let last = match consumer.fetch_metadata(None, Duration::from_millis(1000)) {
                     Ok(md) if md.brokers().len() >= brokers.max(1) => return Ok(()),
                     Ok(md) => format!("{} of {brokers} brokers in metadata", md.brokers().len()),
-                    Err(e) => e.to_string(),
+                    Err(e) => diagnosis.after(&consumer, &e),
                 };
-                if start.elapsed() >= timeout {
+                if start.elapsed() >= timeout || diagnosis.is_final() {
                     return Err(KafkaError::Unreachable {
                         bootstrap,
                         waited: timeout,
@@ -292,10 +302,30 @@ impl KafkaSettings {
     }
 
     /// Partition counts of the named topics that exist (missing ones are absent).
+    /// A cluster that does not answer is [`KafkaError::Unreachable`], with librdkafka's last
+    /// word on why (refused credentials, a failed TLS handshake, a plaintext client at a TLS
+    /// listener).
     pub async fn topic_partitions(&self) -> Result<BTreeMap<String, usize>, KafkaError> {
-        let consumer = self.metadata_consumer()?;
+        const WAIT: Duration = Duration::from_secs(10);
+        let (consumer, diagnosis) = self.diagnosed_consumer()?;
+        let bootstrap = self.bootstrap_servers.clone();
         tokio::task::spawn_blocking(move || {
-            let md = consumer.fetch_metadata(None, Duration::from_secs(10))?;
+            let start = Instant::now();
+            let md = loop {
+                match consumer.fetch_metadata(None, Duration::from_secs(1)) {
+                    Ok(md) => break md,
+                    Err(e) => {
+                        let last = diagnosis.after(&consumer, &e);
+                        if start.elapsed() >= WAIT || diagnosis.is_final() {
+                            return Err(KafkaError::Unreachable {
+                                bootstrap,
+                                waited: start.elapsed(),
+                                last,
+                            });
+                        }
+                    }
+                }
+            };
             Ok(md
                 .topics()
                 .iter()
@@ -412,6 +442,60 @@ impl KafkaSettings {
         Ok(())
     }
 }
+
+/// librdkafka's last word on a failed broker connection, which says why a cluster did not
+/// answer better than the request that timed out.
+#[derive(Clone, Default)]
+struct Diagnosis(std::sync::Arc<std::sync::Mutex<Option<String>>>);
+
+impl Diagnosis {
+    fn last(&self) -> Option<String> {
+        self.0.lock().ok().and_then(|l| l.clone())
+    }
+
+    /// What to say after `consumer`'s request failed with `error`: librdkafka's last word
+    /// on its connections (its logs arrive with a poll, made here), else the error.
+    fn after(
+        &self,
+        consumer: &BaseConsumer<Diagnosis>,
+        error: &rdkafka::error::KafkaError,
+    ) -> String {
+        // A poll serves one queued event (a log line among them); this client's queue holds
+        // a few per failed connection.
+        for _ in 0..32 {
+            let _ = consumer.poll(Duration::ZERO);
+        }
+        self.last().unwrap_or_else(|| error.to_string())
+    }
+
+    /// The cluster refused this client's credentials or its TLS handshake: waiting longer
+    /// does not help.
+    fn is_final(&self) -> bool {
+        self.last().is_some_and(|l| {
+            l.contains("SASL authentication error") || l.contains("SSL handshake failed")
+        })
+    }
+}
+
+impl rdkafka::ClientContext for Diagnosis {
+    // librdkafka says why a broker connection failed in a log line of facility FAIL.
+    fn log(&self, level: RDKafkaLogLevel, fac: &str, log_message: &str) {
+        tracing::debug!(?level, fac, log_message, "librdkafka");
+        if (level as i32) <= (RDKafkaLogLevel::Error as i32)
+            && fac == "FAIL"
+            && let Ok(mut last) = self.0.lock()
+        {
+            // Without librdkafka's thread name: `[thrd:…]: `.
+            let message = log_message
+                .strip_prefix("[thrd:")
+                .and_then(|m| m.split_once("]: "))
+                .map_or(log_message, |(_, m)| m);
+            *last = Some(message.to_string());
+        }
+    }
+}
+
+impl rdkafka::consumer::ConsumerContext for Diagnosis {}
 
 /// What a topic should look like.
 #[derive(Clone, Debug, PartialEq)]

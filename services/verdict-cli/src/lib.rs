@@ -59,10 +59,10 @@ pub async fn partitions_of(
     kafka: &verdict_runtime::kafka::KafkaSettings,
     topic: &str,
 ) -> Result<i32, CliError> {
-    let topics = kafka.topic_partitions().await.map_err(|e| {
-        tracing::debug!(error = %e, "metadata");
-        unreachable_kafka(kafka)
-    })?;
+    let topics = kafka
+        .topic_partitions()
+        .await
+        .map_err(|e| unreachable_kafka(kafka, &e))?;
     match topics.get(topic) {
         Some(n) => Ok(i32::try_from(*n).unwrap_or(i32::MAX)),
         None => Err(CliError::Usage(format!(
@@ -71,12 +71,56 @@ pub async fn partitions_of(
     }
 }
 
-/// The broker did not answer: said in the user's terms, the client's words at debug level.
-pub fn unreachable_kafka(kafka: &verdict_runtime::kafka::KafkaSettings) -> CliError {
-    CliError::Failed(format!(
-        "cannot reach Kafka at {}: is the broker running? (`verdict stack status`)",
-        kafka.bootstrap_servers
-    ))
+/// The broker did not answer: said in the user's terms, with what to do. Refused
+/// credentials, a failed TLS handshake and a client whose protocol the listener does not speak
+/// are told apart from a broker that is down; the client's own words at debug level.
+pub fn unreachable_kafka(
+    kafka: &verdict_runtime::kafka::KafkaSettings,
+    error: &verdict_runtime::kafka::KafkaError,
+) -> CliError {
+    tracing::debug!(%error, "metadata");
+    let at = &kafka.bootstrap_servers;
+    let last = match error {
+        verdict_runtime::kafka::KafkaError::Unreachable { last, .. } => last.as_str(),
+        _ => "",
+    };
+    let security = &kafka.security;
+    CliError::Failed(if last.contains("SASL authentication error") {
+        format!(
+            "Kafka at {at} refused the credentials of {} ({}): {last}",
+            security.username.as_deref().unwrap_or("?"),
+            security.sasl_mechanism.map_or("SASL", |m| m.as_str()),
+        )
+    } else if last.contains("SSL handshake failed") {
+        format!(
+            "TLS with Kafka at {at} failed: {last} (the CA: ssl.truststore.location or ssl.ca.location in --command-config)"
+        )
+    } else if last.contains("security.protocol") {
+        format!(
+            "Kafka at {at} does not speak {} with this client: {last}. A secured cluster needs its client settings: --command-config FILE or -X security.protocol=…",
+            security.protocol.as_str()
+        )
+    } else if answers_tcp(at) {
+        // librdkafka gives no reason when a TLS listener drops a plaintext client's request.
+        format!(
+            "Kafka at {at} accepts connections but does not answer this {} client: is it a TLS or SASL listener? A secured cluster needs its client settings: --command-config FILE or -X security.protocol=…",
+            security.protocol.as_str()
+        )
+    } else {
+        format!("cannot reach Kafka at {at}: is the broker running? (`verdict stack status`)")
+    })
+}
+
+/// Whether any of the bootstrap servers accepts a TCP connection within a second.
+fn answers_tcp(bootstrap: &str) -> bool {
+    use std::net::ToSocketAddrs;
+    bootstrap
+        .split(',')
+        .filter_map(|s| s.trim().to_socket_addrs().ok())
+        .flatten()
+        .any(|addr| {
+            std::net::TcpStream::connect_timeout(&addr, std::time::Duration::from_secs(1)).is_ok()
+        })
 }
 
 /// What every Kafka client of a command is given besides its bootstrap servers: the Kafka
@@ -137,10 +181,10 @@ impl ClientOptions {
 pub async fn reach_kafka(
     kafka: verdict_runtime::kafka::KafkaSettings,
 ) -> Result<verdict_runtime::kafka::KafkaSettings, CliError> {
-    kafka.topic_partitions().await.map_err(|e| {
-        tracing::debug!(error = %e, "metadata");
-        unreachable_kafka(&kafka)
-    })?;
+    kafka
+        .topic_partitions()
+        .await
+        .map_err(|e| unreachable_kafka(&kafka, &e))?;
     Ok(kafka)
 }
 
