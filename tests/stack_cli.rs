@@ -418,3 +418,92 @@ impl Drop for KillOnDrop {
         let _ = self.0.wait();
     }
 }
+
+#[test]
+fn stack_up_secure_runs_every_service_as_its_own_principal() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (bp, cp, rp) = (free_port(), free_port(), free_port());
+    let ports = stack_ports(bp, cp, rp);
+    let ports: Vec<&str> = ports.iter().map(String::as_str).collect();
+    let guard = StackGuard { dir: dir.path() };
+    let endpoints = [
+        format!("--bootstrap-servers=127.0.0.1:{bp}"),
+        format!("--registry-url=http://127.0.0.1:{rp}"),
+    ];
+    let endpoints: Vec<&str> = endpoints.iter().map(String::as_str).collect();
+
+    let up = verdict(dir.path(), &["stack", "up", "--secure"], &ports);
+    assert!(up.status.success(), "{}", text(&up));
+    assert!(
+        text(&up).contains("security: SASL_SSL (SCRAM-SHA-512)"),
+        "{}",
+        text(&up)
+    );
+    for service in ["fraud-detector", "document-analyzer", "lag-monitor"] {
+        assert!(
+            text(&up).contains(&format!("{service}: ready")),
+            "{}",
+            text(&up)
+        );
+    }
+    let admin = dir.path().join("secure/admin.properties");
+    let admin_flag = format!("--command-config={}", admin.display());
+
+    // The CLI as the admin: the demo through the whole pipeline, Kafka's own tool too.
+    let demo = verdict(
+        dir.path(),
+        &[&admin_flag, "demo", "--count", "3", "--documents", "0"],
+        &endpoints,
+    );
+    assert!(demo.status.success(), "{}", text(&demo));
+    assert!(
+        text(&demo).contains("pipeline: 3/3 events decided on fraud-decisions"),
+        "{}",
+        text(&demo)
+    );
+    let groups = verdict(
+        dir.path(),
+        &[&admin_flag, "kafka", "consumer-groups", "--list"],
+        &[&format!("--bootstrap-server=127.0.0.1:{bp}")],
+    );
+    assert!(
+        text(&groups).contains("verdict-fraud-detector"),
+        "{}",
+        text(&groups)
+    );
+    // Without the settings the CLI says what is missing.
+    let plain = verdict(dir.path(), &["groups", "list"], &endpoints[..1]);
+    assert_eq!(plain.status.code(), Some(1), "{}", text(&plain));
+    assert!(
+        text(&plain).contains("--command-config"),
+        "{}",
+        text(&plain)
+    );
+
+    // No secret in what the stack prints, and none in the services' settings files.
+    let status = verdict(dir.path(), &["stack", "status"], &ports);
+    assert!(status.status.success(), "{}", text(&status));
+    for user in ["admin", "fraud-detector", "schema-registry", "lag-monitor"] {
+        let password = std::fs::read_to_string(dir.path().join(format!("secure/{user}.password")))
+            .expect("password");
+        for (what, said) in [
+            ("up", text(&up)),
+            ("status", text(&status)),
+            ("demo", text(&demo)),
+        ] {
+            assert!(
+                !said.contains(password.trim()),
+                "{user}'s password in {what}"
+            );
+        }
+        let settings =
+            std::fs::read_to_string(dir.path().join("fraud-detector.toml")).expect("settings");
+        assert!(
+            !settings.contains(password.trim()),
+            "{user}'s password in settings"
+        );
+    }
+    let down = verdict(dir.path(), &["stack", "down"], &ports);
+    assert!(down.status.success(), "{}", text(&down));
+    drop(guard);
+}

@@ -22,4 +22,11 @@ impl verdict_runtime::service::ServiceSpec for Spec {
             ..config::LagMonitorSettings::default()
         }
     }
+
+    fn acls(
+        topology: &verdict_runtime::topology::Topology,
+        principal: &str,
+    ) -> Vec<verdict_runtime::acls::Acl> {
+        verdict_runtime::acls::monitor_acls(topology, principal)
+    }
 }

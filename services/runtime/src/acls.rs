@@ -28,6 +28,8 @@ pub enum PatternType {
 pub enum Operation {
     Read,
     Write,
+    Create,
+    Describe,
     DescribeConfigs,
 }
 
@@ -37,6 +39,8 @@ impl Operation {
         match self {
             Operation::Read => "Read",
             Operation::Write => "Write",
+            Operation::Create => "Create",
+            Operation::Describe => "Describe",
             Operation::DescribeConfigs => "DescribeConfigs",
         }
     }
@@ -186,6 +190,98 @@ pub fn service_acls(service: &Service, principal: &str, exactly_once: bool) -> V
     acls.dedup_by(|a, b| {
         (a.resource_type, &a.resource, a.operation) == (b.resource_type, &b.resource, b.operation)
     });
+    acls
+}
+
+/// One ALLOW rule on a literal resource name (`*` is Kafka's wildcard).
+pub fn allow(
+    principal: &str,
+    resource_type: ResourceType,
+    resource: &str,
+    operation: Operation,
+    why: &'static str,
+) -> Acl {
+    Acl {
+        principal: principal.to_string(),
+        resource_type,
+        pattern_type: PatternType::Literal,
+        resource: resource.to_string(),
+        operation,
+        why,
+    }
+}
+
+/// The prefix of the throwaway groups of readers that assign partitions themselves
+/// ([`crate::kafka::KafkaSettings::reader_config`]): librdkafka asks for their coordinator.
+pub const READER_GROUP_PREFIX: &str = "verdict-reader-";
+
+/// The reader groups' rule: READ on groups named `verdict-reader-…` (prefixed).
+pub fn reader_groups(principal: &str) -> Acl {
+    Acl {
+        pattern_type: PatternType::Prefixed,
+        ..allow(
+            principal,
+            ResourceType::Group,
+            READER_GROUP_PREFIX,
+            Operation::Read,
+            "its readers' throwaway groups (no commits)",
+        )
+    }
+}
+
+/// The schema registry's: its compacted topic (created at start when missing, read to its
+/// end, written) and its reader's group.
+pub fn registry_acls(topic: &str, principal: &str) -> Vec<Acl> {
+    let mut acls: Vec<Acl> = [
+        (Operation::Create, "created at start when missing"),
+        (Operation::Read, "schemas read at start and followed"),
+        (Operation::Write, "schemas registered"),
+        (
+            Operation::DescribeConfigs,
+            "its max.message.bytes bounds a record",
+        ),
+    ]
+    .into_iter()
+    .map(|(op, why)| allow(principal, ResourceType::Topic, topic, op, why))
+    .collect();
+    acls.push(reader_groups(principal));
+    acls
+}
+
+/// A lag monitor's: it describes every group and topic (lag of any group) and reads the
+/// records at a group's committed offsets of the topology's inputs and retry topics (their
+/// timestamps give lag in seconds).
+pub fn monitor_acls(topology: &Topology, principal: &str) -> Vec<Acl> {
+    let mut acls = vec![
+        allow(
+            principal,
+            ResourceType::Group,
+            "*",
+            Operation::Describe,
+            "lag of every group",
+        ),
+        allow(
+            principal,
+            ResourceType::Topic,
+            "*",
+            Operation::Describe,
+            "offsets of every topic",
+        ),
+        reader_groups(principal),
+    ];
+    for service in topology.services.values() {
+        for topic in std::iter::once(&service.input).chain(service.retry.iter().map(|r| &r.topic)) {
+            acls.push(allow(
+                principal,
+                ResourceType::Topic,
+                topic,
+                Operation::Read,
+                "record timestamps give lag in seconds",
+            ));
+        }
+    }
+    acls.sort();
+    acls.dedup();
     acls
 }
 

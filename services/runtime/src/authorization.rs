@@ -122,6 +122,8 @@ pub async fn check(
                 match a.operation {
                     Operation::Read => "READ",
                     Operation::Write => "WRITE",
+                    Operation::Create => "CREATE",
+                    Operation::Describe => "DESCRIBE",
                     Operation::DescribeConfigs => "DESCRIBE_CONFIGS",
                 },
                 match a.resource_type {

@@ -409,6 +409,14 @@ pub trait ServiceSpec {
     const AFTER: &'static [&'static str] = &[];
     type Settings: Serialize;
     fn settings(deployment: &Deployment) -> Self::Settings;
+    /// The ACLs it needs on a secured cluster, running as `principal`: by default its
+    /// topology entry's ([`crate::acls::service_acls`]), none without one.
+    fn acls(topology: &Topology, principal: &str) -> Vec<crate::acls::Acl> {
+        topology
+            .service(Self::NAME)
+            .map(|s| crate::acls::service_acls(s, principal, false))
+            .unwrap_or_default()
+    }
 }
 
 impl<T: Default> ServiceSettings<T> {

@@ -457,7 +457,13 @@ impl ResetArgs {
 #[derive(Subcommand)]
 enum StackAction {
     /// Start what is not running and wait until it answers.
-    Up,
+    Up {
+        /// A secured cluster: SASL_SSL (SCRAM-SHA-512) with certificates made in the data
+        /// dir, ACLs enforced, each service its own principal with the ACLs the topology
+        /// gives it, `admin` for the CLI. A data dir made so stays so.
+        #[arg(long)]
+        secure: bool,
+    },
     /// Stop what `up` started (by pid).
     Down,
     /// Tell what runs where.
@@ -547,9 +553,10 @@ async fn run(command: Command, client: &ClientOptions) -> Result<(), CliError> {
                 registry_port,
                 services_port,
                 topology,
+                secure: matches!(action, StackAction::Up { secure: true }),
             };
             match action {
-                StackAction::Up => stack.up().await,
+                StackAction::Up { .. } => stack.up().await,
                 StackAction::Down => stack.down(),
                 StackAction::Status => stack.status().await,
             }

@@ -5,7 +5,9 @@
 
 use std::path::Path;
 
+use verdict_runtime::acls::Acl;
 use verdict_runtime::service::{Deployment, ServiceSpec};
+use verdict_runtime::topology::Topology;
 
 use crate::CliError;
 
@@ -15,6 +17,8 @@ pub struct Declared {
     pub name: &'static str,
     pub after: &'static [&'static str],
     config: fn(&Deployment) -> Result<String, String>,
+    /// Its ACLs on a secured cluster ([`ServiceSpec::acls`]).
+    pub acls: fn(&Topology, &str) -> Vec<Acl>,
 }
 
 impl Declared {
@@ -23,6 +27,7 @@ impl Declared {
             name: S::NAME,
             after: S::AFTER,
             config: config_of::<S>,
+            acls: S::acls,
         }
     }
 

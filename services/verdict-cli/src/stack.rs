@@ -16,6 +16,7 @@ use verdict_runtime::registry::REGISTRY_URL_ENV;
 
 use crate::CliError;
 use crate::broker::{BrokerConfig, KafkaDist, NodePlace, kafka_version};
+use crate::secure::{ADMIN, Secrets};
 use crate::services::{Declared, SERVICES};
 use verdict_runtime::service::Deployment;
 
@@ -39,6 +40,8 @@ pub struct StackOpts {
     pub services_port: u16,
     /// The topology `up` applies before it starts the services.
     pub topology: PathBuf,
+    /// TLS, SASL/SCRAM and ACLs (`up --secure`); a data dir made so stays so.
+    pub secure: bool,
 }
 
 /// Starts `cmd` with stdout and stderr appended to `log`. A `detached` process gets
@@ -393,7 +396,60 @@ impl StackOpts {
                 2 * n
             )));
         }
-        Ok(BrokerConfig::cluster(&places, 768))
+        let nodes = BrokerConfig::cluster(&places, 768);
+        match self.secrets()? {
+            Some(secrets) => nodes.into_iter().map(|n| n.secured(&secrets)).collect(),
+            None => Ok(nodes),
+        }
+    }
+
+    fn secrets_dir(&self) -> PathBuf {
+        self.data_dir.join("secure")
+    }
+
+    /// The secured stack's users and certificates (made on its first `up --secure`), or
+    /// `None` for a plaintext stack. A broker formatted without them cannot be secured later.
+    fn secrets(&self) -> Result<Option<Secrets>, CliError> {
+        let dir = self.secrets_dir();
+        if !self.secure && !dir.is_dir() {
+            return Ok(None);
+        }
+        if !dir.is_dir() && self.recorded_brokers().is_some() {
+            return Err(CliError::Usage(format!(
+                "--secure: {} holds a cluster made without it (its users are formatted into its storage); `verdict stack down` and use another --data-dir",
+                self.data_dir.display()
+            )));
+        }
+        let users: Vec<&str> = SERVICES
+            .iter()
+            .map(|d| d.name)
+            .chain([REGISTRY.name])
+            .collect();
+        Secrets::ensure(&dir, &users).map(Some)
+    }
+
+    /// Client settings for the stack's cluster: as `user` when it is secured.
+    fn kafka_as(&self, user: &str) -> Result<KafkaSettings, CliError> {
+        let mut kafka = KafkaSettings::with_bootstrap(self.bootstrap());
+        if let Some(secrets) = self.secrets()? {
+            kafka.security = secrets.security(user);
+        }
+        Ok(kafka)
+    }
+
+    /// Adds `acls` with the admin's settings (a secured stack only).
+    fn apply_acls(
+        &self,
+        secrets: &Secrets,
+        acls: &[verdict_runtime::acls::Acl],
+    ) -> Result<(), CliError> {
+        let connection = [
+            "--bootstrap-server".to_string(),
+            self.bootstrap(),
+            "--command-config".to_string(),
+            secrets.admin_properties().display().to_string(),
+        ];
+        crate::topology_cmd::apply_acls(acls, &connection)
     }
 
     fn external_bootstrap() -> Option<String> {
@@ -438,7 +494,8 @@ impl StackOpts {
             CliError::Failed(format!("cannot create {}: {e}", self.data_dir.display()))
         })?;
         let brokers = self.brokers_to_start()?;
-        let kafka = KafkaSettings::with_bootstrap(self.bootstrap());
+        let secrets = self.secrets()?;
+        let kafka = self.kafka_as(ADMIN)?;
         if let Some(bootstrap) = Self::external_bootstrap() {
             println!("broker: using {bootstrap} ({BOOTSTRAP_ENV})");
         } else {
@@ -458,6 +515,28 @@ impl StackOpts {
             "broker: answers metadata requests at {} ({brokers} of {brokers} brokers)",
             self.bootstrap()
         );
+        let topology = crate::topology_cmd::check(&self.topology, None)?;
+        if let Some(secrets) = &secrets {
+            let registry = verdict_runtime::acls::registry_acls(
+                &verdict_schema_registry::config::RegistrySettings::default()
+                    .store
+                    .topic,
+                &format!("User:{}", REGISTRY.name),
+            );
+            let services = SERVICES
+                .iter()
+                .flat_map(|d| (d.acls)(&topology, &format!("User:{}", d.name)));
+            let acls: Vec<_> = registry.into_iter().chain(services).collect();
+            self.apply_acls(secrets, &acls)?;
+            println!(
+                "security: SASL_SSL (SCRAM-SHA-512) with the CA {}, ACLs enforced; {} ACLs from the topology for {} principals, admin settings in {} (export VERDICT_COMMAND_CONFIG={} for verdict and Kafka's tools)",
+                secrets.ca_file().display(),
+                acls.len(),
+                SERVICES.len() + 1,
+                secrets.admin_properties().display(),
+                secrets.admin_properties().display(),
+            );
+        }
 
         if let Some(url) = Self::external_registry() {
             println!("schema-registry: using {url} ({REGISTRY_URL_ENV})");
@@ -473,6 +552,21 @@ impl StackOpts {
                 format!("127.0.0.1:{}", self.registry_port),
             )
             .env("VERDICT__KAFKA__BOOTSTRAP_SERVERS", self.bootstrap());
+            if let Some(secrets) = &secrets {
+                let s = secrets.security(REGISTRY.name);
+                let file = |p: &Option<PathBuf>| p.as_ref().map(|p| p.display().to_string());
+                cmd.env("VERDICT__KAFKA__SECURITY__PROTOCOL", s.protocol.as_str())
+                    .env("VERDICT__KAFKA__SECURITY__SASL_MECHANISM", "SCRAM-SHA-512")
+                    .env("VERDICT__KAFKA__SECURITY__USERNAME", REGISTRY.name)
+                    .env(
+                        "VERDICT__KAFKA__SECURITY__PASSWORD_FILE",
+                        file(&s.password_file).unwrap_or_default(),
+                    )
+                    .env(
+                        "VERDICT__KAFKA__SECURITY__CA_FILE",
+                        file(&s.ca_file).unwrap_or_default(),
+                    );
+            }
             let child = spawn_logged(cmd, &self.log_file(&REGISTRY), true)?;
             self.write_pid(&REGISTRY, child.id())?;
             println!(
@@ -548,7 +642,7 @@ impl StackOpts {
             started.push((c, node, child.id(), Instant::now()));
         }
         for (c, node, pid, since) in started {
-            let own = KafkaSettings::with_bootstrap(node.bootstrap());
+            let own = node.admin_settings();
             wait_for_broker(&own, Some(pid), BROKER_START_TIMEOUT)
                 .await
                 .map_err(|e| {
@@ -586,7 +680,7 @@ impl StackOpts {
             .unwrap_or_default();
         let listen = self.service_url(index);
         Ok(Deployment {
-            kafka: KafkaSettings::with_bootstrap(self.bootstrap()),
+            kafka: self.kafka_as(SERVICES.get(index).map_or(ADMIN, |d| d.name))?,
             registry_url: self.registry_url(),
             topology: std::path::absolute(&self.topology)
                 .map_err(|e| CliError::Failed(e.to_string()))?,
@@ -745,7 +839,8 @@ impl StackOpts {
     pub async fn status(&self) -> Result<(), CliError> {
         let mut healthy = true;
         if Self::external_bootstrap().is_some() {
-            let ok = KafkaSettings::with_bootstrap(self.bootstrap())
+            let ok = self
+                .kafka_as(ADMIN)?
                 .wait_until_reachable(Duration::from_secs(2))
                 .await
                 .is_ok();
@@ -759,7 +854,8 @@ impl StackOpts {
         } else {
             let n = self.broker_count();
             for (node, c) in self.broker_configs(n)?.iter().zip(&BROKERS) {
-                let ok = KafkaSettings::with_bootstrap(node.bootstrap())
+                let ok = node
+                    .admin_settings()
                     .wait_until_reachable(Duration::from_secs(2))
                     .await
                     .is_ok();
