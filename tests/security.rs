@@ -6,8 +6,8 @@
 use std::time::Duration;
 
 use harness::{
-    Record, ServiceProcess, Stack, apply_topology, deployment, quick, read_topic, run, verdict,
-    verdict_command,
+    Record, ServiceProcess, Stack, apply_topology, deployment, grant_acls, quick, read_topic, run,
+    verdict, verdict_command,
 };
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::KafkaError;
@@ -65,27 +65,8 @@ fn the_fraud_detector_decides_on_sasl_ssl_with_only_the_acls_the_topology_gives_
         let stack = Stack::start_own_secure(&["fraud-detector", "intruder"]).await;
         let topology = apply_topology(&stack, None).await;
         let secrets = stack.broker.secrets().clone();
-        let file = topology.display().to_string();
-
         // The ACLs as derived, added with Kafka's own kafka-acls by the admin.
-        let out = verdict(
-            &stack,
-            &[
-                "topology",
-                "acls",
-                "--file",
-                &file,
-                "--service",
-                "fraud-detector",
-                "--apply",
-            ],
-        );
-        assert!(
-            out.status.success(),
-            "acls --apply: {}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
+        grant_acls(&stack, &topology, "fraud-detector");
 
         let mut svc = ServiceProcess::spawn::<Fraud>(&deployment(&stack, &topology, None), |s| {
             quick(s);
@@ -168,24 +149,7 @@ fn a_service_missing_one_acl_fails_at_start_up_naming_the_topic_and_the_operatio
         let stack = Stack::start_own_secure(&["fraud-detector"]).await;
         let topology = apply_topology(&stack, None).await;
         let secrets = stack.broker.secrets().clone();
-        let file = topology.display().to_string();
-        let out = verdict(
-            &stack,
-            &[
-                "topology",
-                "acls",
-                "--file",
-                &file,
-                "--service",
-                "fraud-detector",
-                "--apply",
-            ],
-        );
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        grant_acls(&stack, &topology, "fraud-detector");
         // One WRITE taken away: the audit topic.
         let audit = topology.topic("audit");
         let out = verdict(

@@ -16,6 +16,7 @@ mod memory;
 mod peers;
 mod profile;
 mod replay;
+mod security;
 mod slow;
 mod state;
 use futures::StreamExt;
@@ -66,6 +67,9 @@ enum Bench {
     /// Restore of the fraud-detector's velocity store (1M accounts) from its changelog,
     /// against Kafka's consumer-perf-test on the same changelog.
     State(state::StateArgs),
+    /// The fraud pipeline on a plaintext broker against a secured one (SASL_SSL, ACLs): drain
+    /// and latency in one run.
+    Security(security::SecurityArgs),
 }
 
 pub(crate) fn bar(len: u64, what: &str) -> ProgressBar {
@@ -325,5 +329,6 @@ async fn main() {
         Bench::Gateway(args) => gateway::run(args).await,
         Bench::History(args) => history::run(args).await,
         Bench::State(args) => state::run(args).await,
+        Bench::Security(args) => security::run(args).await,
     }
 }

@@ -1080,6 +1080,30 @@ impl Topology {
     }
 }
 
+/// Adds the ACLs `service` needs on `topology` for its principal `User:<service>` on a secured
+/// stack, as a user does: `verdict topology acls --service S --apply` as the admin.
+pub fn grant_acls(stack: &Stack, topology: &Topology, service: &str) {
+    let file = topology.display().to_string();
+    let out = verdict(
+        stack,
+        &[
+            "topology",
+            "acls",
+            "--file",
+            &file,
+            "--service",
+            service,
+            "--apply",
+        ],
+    );
+    assert!(
+        out.status.success(),
+        "topology acls --apply: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 /// Creates the repository's topology on `stack` (topics and schemas) in a namespace of this
 /// test (see [`Topology`]). `delays` rewrites retry delays (ms) for quick tests.
 pub async fn apply_topology(stack: &Stack, delays: Option<(u64, u64)>) -> Topology {
