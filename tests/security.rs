@@ -65,8 +65,25 @@ fn the_fraud_detector_decides_on_sasl_ssl_with_only_the_acls_the_topology_gives_
         let stack = Stack::start_own_secure(&["fraud-detector", "intruder"]).await;
         let topology = apply_topology(&stack, None).await;
         let secrets = stack.broker.secrets().clone();
-        // The ACLs as derived, added with Kafka's own kafka-acls by the admin.
+        // The ACLs as derived, added with Kafka's own kafka-acls by the admin: exactly those.
         grant_acls(&stack, &topology, "fraud-detector");
+        let file = topology.display().to_string();
+        let check = [
+            "topology",
+            "acls",
+            "--file",
+            &file,
+            "--service",
+            "fraud-detector",
+            "--check",
+        ];
+        let out = verdict(&stack, &check);
+        assert!(
+            out.status.success(),
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
 
         let mut svc = ServiceProcess::spawn::<Fraud>(&deployment(&stack, &topology, None), |s| {
             quick(s);
@@ -171,6 +188,55 @@ fn a_service_missing_one_acl_fails_at_start_up_naming_the_topic_and_the_operatio
             out.status.success(),
             "{}",
             String::from_utf8_lossy(&out.stderr)
+        );
+
+        // And one granted beyond need: reading its own dead letters.
+        let dlq = topology.topic("transactions.dlq");
+        let out = verdict(
+            &stack,
+            &[
+                "kafka",
+                "acls",
+                "--add",
+                "--allow-principal",
+                "User:fraud-detector",
+                "--operation",
+                "Read",
+                "--topic",
+                &dlq,
+            ],
+        );
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        // `--check` sees both, and says it with exit status 3.
+        let file = topology.display().to_string();
+        let check = [
+            "topology",
+            "acls",
+            "--file",
+            &file,
+            "--service",
+            "fraud-detector",
+            "--check",
+        ];
+        let out = verdict(&stack, &check);
+        let said = String::from_utf8_lossy(&out.stdout);
+        assert_eq!(
+            out.status.code(),
+            Some(3),
+            "{said}{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(
+            said.contains(&format!("MISSING User:fraud-detector Write Topic:{audit}")),
+            "{said}"
+        );
+        assert!(
+            said.contains(&format!("EXTRA   User:fraud-detector Read Topic:{dlq}")),
+            "{said}"
         );
 
         let mut svc = ServiceProcess::spawn::<Fraud>(&deployment(&stack, &topology, None), |s| {

@@ -99,7 +99,7 @@ pub async fn run(args: SecurityArgs) {
 
     println!();
     println!(
-        "== the fraud pipeline, plaintext against SASL_SSL (SCRAM-SHA-512, TLS 1.3, ACLs) on Apache Kafka {} (single-node KRaft, loopback, 2 cores shared)",
+        "== the fraud pipeline, plaintext against SASL_SSL (SCRAM-SHA-512 over TLS, ACLs) on Apache Kafka {} (single-node KRaft, loopback, 2 cores shared)",
         verdict_cli::broker::kafka_version()
     );
     println!(

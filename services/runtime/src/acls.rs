@@ -285,6 +285,79 @@ pub fn monitor_acls(topology: &Topology, principal: &str) -> Vec<Acl> {
     acls
 }
 
+/// An ACL as the cluster holds it (DescribeAcls), in the terms of [`Acl`] where it can be.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+pub struct Binding {
+    pub principal: String,
+    pub host: String,
+    /// `None`: a resource type verdict does not use (CLUSTER…).
+    pub resource_type: Option<ResourceType>,
+    pub pattern_type: PatternType,
+    pub resource: String,
+    /// `None`: ALL operations; other operations verdict does not use are left out.
+    pub operation: Option<Operation>,
+    pub allow: bool,
+}
+
+impl Binding {
+    /// Whether it applies to `acl`'s principal, resource and operation from any host.
+    fn covers(&self, acl: &Acl) -> bool {
+        let resource = match self.pattern_type {
+            PatternType::Literal => self.resource == "*" || self.resource == acl.resource,
+            PatternType::Prefixed => acl.resource.starts_with(&self.resource),
+        };
+        self.principal == acl.principal
+            && self.host == "*"
+            && self.resource_type == Some(acl.resource_type)
+            && self.operation.is_none_or(|op| op == acl.operation)
+            && resource
+    }
+}
+
+/// How the cluster's ACLs differ from what the services need.
+#[derive(Debug, Default, PartialEq, Serialize)]
+pub struct Drift {
+    /// Needed and not allowed (or denied).
+    pub missing: Vec<Acl>,
+    /// Allowed to one of these principals without being needed.
+    pub extra: Vec<Binding>,
+}
+
+/// What `existing` lacks of `needed`, and what it grants their principals beyond it.
+pub fn drift(needed: &[Acl], existing: &[Binding]) -> Drift {
+    let missing = needed
+        .iter()
+        .filter(|a| {
+            let allowed = existing.iter().any(|b| b.allow && b.covers(a));
+            let denied = existing.iter().any(|b| !b.allow && b.covers(a));
+            !allowed || denied
+        })
+        .cloned()
+        .collect();
+    let principals: std::collections::BTreeSet<&str> =
+        needed.iter().map(|a| a.principal.as_str()).collect();
+    let extra = existing
+        .iter()
+        .filter(|b| b.allow && principals.contains(b.principal.as_str()))
+        .filter(|b| !needed.iter().any(|a| b == &&exact(a)))
+        .cloned()
+        .collect();
+    Drift { missing, extra }
+}
+
+/// The binding that grants exactly `acl`.
+fn exact(acl: &Acl) -> Binding {
+    Binding {
+        principal: acl.principal.clone(),
+        host: "*".to_string(),
+        resource_type: Some(acl.resource_type),
+        pattern_type: acl.pattern_type,
+        resource: acl.resource.clone(),
+        operation: Some(acl.operation),
+        allow: true,
+    }
+}
+
 /// Every declared service's ACLs, each running as `User:<service name>` unless `principal`
 /// says otherwise.
 pub fn topology_acls(
@@ -366,6 +439,57 @@ stages = ["score"]
         assert_eq!(tx.len(), 1);
         assert_eq!(tx[0].resource, "g-");
         assert_eq!(tx[0].pattern_type, PatternType::Prefixed);
+    }
+
+    #[test]
+    fn drift_is_what_is_missing_denied_or_granted_beyond_need() {
+        let t = topology();
+        let needed = service_acls(t.service("scorer").expect("scorer"), "User:s", false);
+        let mut existing: Vec<Binding> = needed.iter().map(exact).collect();
+        assert_eq!(drift(&needed, &existing), Drift::default());
+        // One taken away, one denied, one granted beyond need.
+        let write_out = existing
+            .iter()
+            .position(|b| b.resource == "out" && b.operation == Some(Operation::Write))
+            .expect("write out");
+        existing.remove(write_out);
+        existing.push(Binding {
+            allow: false,
+            ..exact(&needed[0])
+        });
+        let extra = Binding {
+            resource: "in.dlq".into(),
+            operation: Some(Operation::Read),
+            ..exact(&needed[0])
+        };
+        existing.push(extra.clone());
+        let d = drift(&needed, &existing);
+        let missing: Vec<(&str, Operation)> = d
+            .missing
+            .iter()
+            .map(|a| (a.resource.as_str(), a.operation))
+            .collect();
+        assert_eq!(
+            missing,
+            vec![
+                (needed[0].resource.as_str(), needed[0].operation),
+                ("out", Operation::Write)
+            ]
+        );
+        assert_eq!(d.extra, vec![extra]);
+        // A wildcard or a prefix covers, ALL covers every operation.
+        let broad = vec![Binding {
+            resource: "*".into(),
+            operation: None,
+            resource_type: Some(ResourceType::Topic),
+            ..exact(&needed[0])
+        }];
+        assert!(
+            drift(&needed, &broad)
+                .missing
+                .iter()
+                .all(|a| a.resource_type != ResourceType::Topic)
+        );
     }
 
     #[test]

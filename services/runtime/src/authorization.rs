@@ -147,6 +147,18 @@ pub async fn check(
     }
 }
 
+/// Every ACL of the cluster (DescribeAcls, any resource, principal and operation); needs
+/// DESCRIBE on the cluster (the admin).
+pub async fn describe_acls(kafka: &KafkaSettings) -> Result<Vec<crate::acls::Binding>, KafkaError> {
+    let kafka = kafka.clone();
+    tokio::task::spawn_blocking(move || {
+        let admin = kafka.admin()?;
+        native::acls(admin.inner(), Duration::from_secs(10))
+    })
+    .await
+    .map_err(|e| KafkaError::Join(e.to_string()))?
+}
+
 /// The answer for one resource: its error, or the operations librdkafka listed (`None` when
 /// the broker did not say).
 fn granted(error: Option<RDKafkaErrorCode>, ops: Option<Vec<i32>>) -> Granted {
@@ -191,6 +203,7 @@ mod native {
     use rdkafka::types::RDKafkaErrorCode;
 
     use super::{Granted, granted};
+    use crate::acls::{Binding, Operation, PatternType, ResourceType};
     use crate::admin_ffi::{admin_error, elements, error_of, request, string};
     use crate::kafka::KafkaError;
 
@@ -294,6 +307,118 @@ mod native {
             out.insert(string(name), granted(error, operations(ops, ops_cnt)));
         }
         Ok(out)
+    }
+
+    pub(super) fn acls<C: ClientContext>(
+        client: &Client<C>,
+        timeout: Duration,
+    ) -> Result<Vec<Binding>, KafkaError> {
+        const REQUEST: &str = "DescribeAcls";
+        let mut errstr = [0 as c_char; 256];
+        // SAFETY: the pointers are null (any) or valid; `errstr` is writable for its length.
+        let filter = unsafe {
+            rd::rd_kafka_AclBindingFilter_new(
+                rd::rd_kafka_ResourceType_t::RD_KAFKA_RESOURCE_ANY,
+                std::ptr::null(),
+                rd::rd_kafka_ResourcePatternType_t::RD_KAFKA_RESOURCE_PATTERN_ANY,
+                std::ptr::null(),
+                std::ptr::null(),
+                rd::rd_kafka_AclOperation_t::RD_KAFKA_ACL_OPERATION_ANY,
+                rd::rd_kafka_AclPermissionType_t::RD_KAFKA_ACL_PERMISSION_TYPE_ANY,
+                errstr.as_mut_ptr(),
+                errstr.len(),
+            )
+        };
+        if filter.is_null() {
+            return Err(admin_error(
+                REQUEST,
+                RDKafkaErrorCode::InvalidArgument,
+                string(errstr.as_ptr()),
+            ));
+        }
+        let filter = Filter(filter);
+        let event = request(
+            client,
+            REQUEST,
+            rd::rd_kafka_admin_op_t::RD_KAFKA_ADMIN_OP_DESCRIBEACLS,
+            timeout,
+            false,
+            // SAFETY: all four are live for the call; librdkafka copies the filter.
+            |rk, options, queue| unsafe { rd::rd_kafka_DescribeAcls(rk, filter.0, options, queue) },
+        )?;
+        // SAFETY: `event` is live; null when it is not a DescribeAcls result.
+        let result = unsafe { rd::rd_kafka_event_DescribeAcls_result(event.0) };
+        if result.is_null() {
+            return Err(admin_error(
+                REQUEST,
+                RDKafkaErrorCode::Fail,
+                "unexpected event".into(),
+            ));
+        }
+        let mut cnt = 0usize;
+        // SAFETY: `result` lives as long as `event`; the array holds `cnt` pointers owned by it.
+        let bindings = unsafe {
+            elements(
+                rd::rd_kafka_DescribeAcls_result_acls(result, &raw mut cnt),
+                cnt,
+            )
+        };
+        let mut out = Vec::with_capacity(bindings.len());
+        for &b in bindings.iter().filter(|b| !b.is_null()) {
+            // SAFETY: `b` is a live binding owned by `result`; its strings are copied here.
+            let (restype, name, pattern, principal, host, operation, permission) = unsafe {
+                (
+                    rd::rd_kafka_AclBinding_restype(b),
+                    rd::rd_kafka_AclBinding_name(b),
+                    rd::rd_kafka_AclBinding_resource_pattern_type(b),
+                    rd::rd_kafka_AclBinding_principal(b),
+                    rd::rd_kafka_AclBinding_host(b),
+                    rd::rd_kafka_AclBinding_operation(b),
+                    rd::rd_kafka_AclBinding_permission_type(b),
+                )
+            };
+            use rd::rd_kafka_AclOperation_t as Op;
+            use rd::rd_kafka_ResourceType_t as Rt;
+            out.push(Binding {
+                principal: string(principal),
+                host: string(host),
+                resource_type: match restype {
+                    Rt::RD_KAFKA_RESOURCE_TOPIC => Some(ResourceType::Topic),
+                    Rt::RD_KAFKA_RESOURCE_GROUP => Some(ResourceType::Group),
+                    Rt::RD_KAFKA_RESOURCE_TRANSACTIONAL_ID => Some(ResourceType::TransactionalId),
+                    _ => None,
+                },
+                pattern_type: if pattern
+                    == rd::rd_kafka_ResourcePatternType_t::RD_KAFKA_RESOURCE_PATTERN_PREFIXED
+                {
+                    PatternType::Prefixed
+                } else {
+                    PatternType::Literal
+                },
+                resource: string(name),
+                operation: match operation {
+                    Op::RD_KAFKA_ACL_OPERATION_ALL => None,
+                    Op::RD_KAFKA_ACL_OPERATION_READ => Some(Operation::Read),
+                    Op::RD_KAFKA_ACL_OPERATION_WRITE => Some(Operation::Write),
+                    Op::RD_KAFKA_ACL_OPERATION_CREATE => Some(Operation::Create),
+                    Op::RD_KAFKA_ACL_OPERATION_DESCRIBE => Some(Operation::Describe),
+                    Op::RD_KAFKA_ACL_OPERATION_DESCRIBE_CONFIGS => Some(Operation::DescribeConfigs),
+                    // Operations verdict never needs: kept out of the comparison.
+                    _ => continue,
+                },
+                allow: permission
+                    == rd::rd_kafka_AclPermissionType_t::RD_KAFKA_ACL_PERMISSION_TYPE_ALLOW,
+            });
+        }
+        Ok(out)
+    }
+
+    struct Filter(*mut rd::rd_kafka_AclBindingFilter_t);
+    impl Drop for Filter {
+        fn drop(&mut self) {
+            // SAFETY: made by rd_kafka_AclBindingFilter_new (non-null, checked), destroyed once.
+            unsafe { rd::rd_kafka_AclBinding_destroy(self.0) }
+        }
     }
 
     pub(super) fn group<C: ClientContext>(

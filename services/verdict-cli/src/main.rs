@@ -504,8 +504,12 @@ enum TopologyAction {
         #[arg(long)]
         exactly_once: bool,
         /// Add them to the cluster (with the admin's --command-config on a secured one).
-        #[arg(long)]
+        #[arg(long, conflicts_with = "check")]
         apply: bool,
+        /// Compare them with the cluster's ACLs: what is missing or denied, and what these
+        /// principals are granted beyond them; exit 3 on any difference.
+        #[arg(long)]
+        check: bool,
         #[arg(
             long,
             env = "KAFKA_BOOTSTRAP_SERVERS",
@@ -631,11 +635,16 @@ async fn run(command: Command, client: &ClientOptions) -> Result<(), CliError> {
                     principal,
                     exactly_once,
                     apply,
+                    check,
                     bootstrap_servers,
                 },
         } => {
             let topology = topology_cmd::check(&file.file, file.schemas.as_deref())?;
             let acls = topology_cmd::acls(&topology, &service, &principal, exactly_once)?;
+            if check {
+                let kafka = verdict_cli::reach_kafka(client.settings(bootstrap_servers)).await?;
+                return topology_cmd::check_acls(&kafka, &acls).await;
+            }
             let mut connection = vec!["--bootstrap-server".to_string(), bootstrap_servers];
             if let Some(f) = &client.command_config {
                 connection.extend(["--command-config".to_string(), f.display().to_string()]);

@@ -81,6 +81,44 @@ pub fn apply_acls(acls: &[Acl], connection: &[String]) -> Result<(), CliError> {
     Ok(())
 }
 
+/// Compares `acls` with the cluster's: prints what is missing (or denied) and what their
+/// principals are granted beyond them, and fails with drift (exit 3) on any difference.
+pub async fn check_acls(kafka: &KafkaSettings, acls: &[Acl]) -> Result<(), CliError> {
+    let existing = verdict_runtime::authorization::describe_acls(kafka).await?;
+    let drift = verdict_runtime::acls::drift(acls, &existing);
+    for a in &drift.missing {
+        println!("MISSING {a}");
+    }
+    for b in &drift.extra {
+        println!(
+            "EXTRA   {} {} {}:{}{} (not needed)",
+            b.principal,
+            b.operation.map_or("All", |o| o.tool_name()),
+            b.resource_type
+                .map_or("?".to_string(), |t| format!("{t:?}")),
+            b.resource,
+            if b.pattern_type == verdict_runtime::acls::PatternType::Prefixed {
+                "*"
+            } else {
+                ""
+            },
+        );
+    }
+    if drift.missing.is_empty() && drift.extra.is_empty() {
+        println!(
+            "ACLs: the cluster grants the {} needed, nothing more",
+            acls.len()
+        );
+        Ok(())
+    } else {
+        Err(CliError::Drift(format!(
+            "ACLs differ: {} missing, {} extra",
+            drift.missing.len(),
+            drift.extra.len()
+        )))
+    }
+}
+
 pub fn check(file: &Path, schemas: Option<&Path>) -> Result<Topology, CliError> {
     Topology::load(file, schemas).map_err(|e| CliError::Usage(e.to_string()))
 }
