@@ -67,17 +67,7 @@ fn the_fraud_detector_decides_on_sasl_ssl_with_only_the_acls_the_topology_gives_
         let secrets = stack.broker.secrets().clone();
         // The ACLs as derived, added with Kafka's own kafka-acls by the admin: exactly those.
         grant_acls(&stack, &topology, "fraud-detector");
-        let file = topology.display().to_string();
-        let check = [
-            "topology",
-            "acls",
-            "--file",
-            &file,
-            "--service",
-            "fraud-detector",
-            "--check",
-        ];
-        let out = verdict(&stack, &check);
+        let out = check_acls(&stack, &topology);
         assert!(
             out.status.success(),
             "{}{}",
@@ -212,17 +202,7 @@ fn a_service_missing_one_acl_fails_at_start_up_naming_the_topic_and_the_operatio
             String::from_utf8_lossy(&out.stderr)
         );
         // `--check` sees both, and says it with exit status 3.
-        let file = topology.display().to_string();
-        let check = [
-            "topology",
-            "acls",
-            "--file",
-            &file,
-            "--service",
-            "fraud-detector",
-            "--check",
-        ];
-        let out = verdict(&stack, &check);
+        let out = check_acls(&stack, &topology);
         let said = String::from_utf8_lossy(&out.stdout);
         assert_eq!(
             out.status.code(),
@@ -254,6 +234,23 @@ fn a_service_missing_one_acl_fails_at_start_up_naming_the_topic_and_the_operatio
             "the log names the topic and the operation\n{log}"
         );
     });
+}
+
+/// `verdict topology acls --service fraud-detector --check` as the admin.
+fn check_acls(stack: &Stack, topology: &harness::Topology) -> std::process::Output {
+    let file = topology.display().to_string();
+    verdict(
+        stack,
+        &[
+            "topology",
+            "acls",
+            "--file",
+            &file,
+            "--service",
+            "fraud-detector",
+            "--check",
+        ],
+    )
 }
 
 /// `verdict groups list` with these client properties (none: a plaintext client).

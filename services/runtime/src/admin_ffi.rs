@@ -174,6 +174,41 @@ pub(crate) unsafe fn elements<'a, T>(array: *mut *const T, len: usize) -> &'a [*
     unsafe { std::slice::from_raw_parts(array.cast_const(), len) }
 }
 
+/// `cnt` operations from librdkafka's array; `None` when it gave none (not asked for, or
+/// the broker did not say).
+pub(crate) fn operations(ops: *const rd::rd_kafka_AclOperation_t, cnt: usize) -> Option<Vec<i32>> {
+    if ops.is_null() || cnt == 0 {
+        return None;
+    }
+    // SAFETY: librdkafka's array of `cnt` operations, owned by the description it came
+    // from, which outlives this copy.
+    let ops = unsafe { std::slice::from_raw_parts(ops, cnt) };
+    Some(ops.iter().map(|op| *op as i32).collect())
+}
+
+/// The array a result event of one request carries (DescribeTopics' topics, DescribeAcls'
+/// bindings…): `result_of` reads the typed result (null when the event is another), `array_of`
+/// its array. The pointers live as long as `event`.
+pub(crate) fn result_array<'e, R, T>(
+    event: &'e Event,
+    request: &'static str,
+    result_of: unsafe extern "C" fn(*mut rd::rd_kafka_event_t) -> *const R,
+    array_of: unsafe extern "C" fn(*const R, *mut usize) -> *mut *const T,
+) -> Result<&'e [*const T], KafkaError> {
+    // SAFETY: `event` is live; `result_of` is librdkafka's accessor for its result type.
+    let result = unsafe { result_of(event.0) };
+    if result.is_null() {
+        return Err(admin_error(
+            request,
+            RDKafkaErrorCode::Fail,
+            "unexpected event".into(),
+        ));
+    }
+    let mut cnt = 0usize;
+    // SAFETY: `result` lives as long as `event`; the array holds `cnt` pointers owned by it.
+    Ok(unsafe { elements(array_of(result, &raw mut cnt), cnt) })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

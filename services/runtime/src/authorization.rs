@@ -98,10 +98,11 @@ pub async fn check(
         let admin = kafka.admin()?;
         // Short: a cluster that is not up yet is waited for by the engine, not here.
         let timeout = Duration::from_secs(5);
-        Ok((
-            native::topics(admin.inner(), &topics, timeout)?,
-            native::group(admin.inner(), &group, timeout)?,
-        ))
+        Ok((native::topics(admin.inner(), &topics, timeout)?, {
+            let (error, ops) =
+                crate::groups_admin::authorized_operations(admin.inner(), &group, timeout)?;
+            granted(error, ops)
+        }))
     })
     .await;
     let (topics, group) = match answers {
@@ -204,20 +205,8 @@ mod native {
 
     use super::{Granted, granted};
     use crate::acls::{Binding, Operation, PatternType, ResourceType};
-    use crate::admin_ffi::{admin_error, elements, error_of, request, string};
+    use crate::admin_ffi::{admin_error, error_of, operations, request, result_array, string};
     use crate::kafka::KafkaError;
-
-    /// `cnt` operations from librdkafka's array; `None` when it gave none (not asked for, or
-    /// the broker did not say).
-    fn operations(ops: *const rd::rd_kafka_AclOperation_t, cnt: usize) -> Option<Vec<i32>> {
-        if ops.is_null() || cnt == 0 {
-            return None;
-        }
-        // SAFETY: librdkafka's array of `cnt` operations, owned by the description it came
-        // from, which outlives this copy.
-        let ops = unsafe { std::slice::from_raw_parts(ops, cnt) };
-        Some(ops.iter().map(|op| *op as i32).collect())
-    }
 
     fn c_string(request: &'static str, s: &str) -> Result<CString, KafkaError> {
         CString::new(s.as_bytes()).map_err(|_| {
@@ -275,23 +264,12 @@ mod native {
                 rd::rd_kafka_DescribeTopics(rk, collection.0, options, queue);
             },
         )?;
-        // SAFETY: `event` is live; null when it is not a DescribeTopics result.
-        let result = unsafe { rd::rd_kafka_event_DescribeTopics_result(event.0) };
-        if result.is_null() {
-            return Err(admin_error(
-                REQUEST,
-                RDKafkaErrorCode::Fail,
-                "unexpected event".into(),
-            ));
-        }
-        let mut cnt = 0usize;
-        // SAFETY: `result` lives as long as `event`; the array holds `cnt` pointers owned by it.
-        let descs = unsafe {
-            elements(
-                rd::rd_kafka_DescribeTopics_result_topics(result, &raw mut cnt),
-                cnt,
-            )
-        };
+        let descs = result_array(
+            &event,
+            REQUEST,
+            rd::rd_kafka_event_DescribeTopics_result,
+            rd::rd_kafka_DescribeTopics_result_topics,
+        )?;
         let mut out = BTreeMap::new();
         for &d in descs.iter().filter(|d| !d.is_null()) {
             let mut ops_cnt = 0usize;
@@ -346,23 +324,12 @@ mod native {
             // SAFETY: all four are live for the call; librdkafka copies the filter.
             |rk, options, queue| unsafe { rd::rd_kafka_DescribeAcls(rk, filter.0, options, queue) },
         )?;
-        // SAFETY: `event` is live; null when it is not a DescribeAcls result.
-        let result = unsafe { rd::rd_kafka_event_DescribeAcls_result(event.0) };
-        if result.is_null() {
-            return Err(admin_error(
-                REQUEST,
-                RDKafkaErrorCode::Fail,
-                "unexpected event".into(),
-            ));
-        }
-        let mut cnt = 0usize;
-        // SAFETY: `result` lives as long as `event`; the array holds `cnt` pointers owned by it.
-        let bindings = unsafe {
-            elements(
-                rd::rd_kafka_DescribeAcls_result_acls(result, &raw mut cnt),
-                cnt,
-            )
-        };
+        let bindings = result_array(
+            &event,
+            REQUEST,
+            rd::rd_kafka_event_DescribeAcls_result,
+            rd::rd_kafka_DescribeAcls_result_acls,
+        )?;
         let mut out = Vec::with_capacity(bindings.len());
         for &b in bindings.iter().filter(|b| !b.is_null()) {
             // SAFETY: `b` is a live binding owned by `result`; its strings are copied here.
@@ -419,58 +386,6 @@ mod native {
             // SAFETY: made by rd_kafka_AclBindingFilter_new (non-null, checked), destroyed once.
             unsafe { rd::rd_kafka_AclBinding_destroy(self.0) }
         }
-    }
-
-    pub(super) fn group<C: ClientContext>(
-        client: &Client<C>,
-        name: &str,
-        timeout: Duration,
-    ) -> Result<Granted, KafkaError> {
-        const REQUEST: &str = "DescribeConsumerGroups";
-        let c_name = c_string(REQUEST, name)?;
-        let mut ptrs = [c_name.as_ptr()];
-        let event = request(
-            client,
-            REQUEST,
-            rd::rd_kafka_admin_op_t::RD_KAFKA_ADMIN_OP_DESCRIBECONSUMERGROUPS,
-            timeout,
-            true,
-            // SAFETY: `ptrs` holds one NUL-terminated name alive in `c_name` (librdkafka copies
-            // it); the other three are live.
-            |rk, options, queue| unsafe {
-                rd::rd_kafka_DescribeConsumerGroups(rk, ptrs.as_mut_ptr(), 1, options, queue);
-            },
-        )?;
-        // SAFETY: `event` is live; null when it is not a DescribeConsumerGroups result.
-        let result = unsafe { rd::rd_kafka_event_DescribeConsumerGroups_result(event.0) };
-        if result.is_null() {
-            return Err(admin_error(
-                REQUEST,
-                RDKafkaErrorCode::Fail,
-                "unexpected event".into(),
-            ));
-        }
-        let mut cnt = 0usize;
-        // SAFETY: `result` lives as long as `event`; the array holds `cnt` pointers owned by it.
-        let descs = unsafe {
-            elements(
-                rd::rd_kafka_DescribeConsumerGroups_result_groups(result, &raw mut cnt),
-                cnt,
-            )
-        };
-        let Some(&d) = descs.iter().find(|d| !d.is_null()) else {
-            return Ok(Granted::Unknown);
-        };
-        let mut ops_cnt = 0usize;
-        // SAFETY: `d` is a live description owned by `result`.
-        let (error, ops) = unsafe {
-            (
-                rd::rd_kafka_ConsumerGroupDescription_error(d),
-                rd::rd_kafka_ConsumerGroupDescription_authorized_operations(d, &raw mut ops_cnt),
-            )
-        };
-        let error = error_of(error).map(|(code, _)| code);
-        Ok(granted(error, operations(ops, ops_cnt)))
     }
 }
 

@@ -82,7 +82,7 @@ pub fn describe_groups<C: ClientContext>(
         // librdkafka fails a request without groups.
         return Ok(Vec::new());
     }
-    let answers = native::describe(client, &unique, timeout)?;
+    let answers = native::describe(client, &unique, timeout, false)?;
     let mut out = Vec::with_capacity(answers.len());
     for a in answers {
         match outcome(a.error.as_ref().map(|e| e.0), &a.state, a.members.len()) {
@@ -140,6 +140,25 @@ struct Answer {
     group_type: String,
     members: Vec<Member>,
     error: Option<(RDKafkaErrorCode, String)>,
+    /// The caller's operations on the group, when asked for and the broker said.
+    authorized_operations: Option<Vec<i32>>,
+}
+
+/// What the caller's principal may do with `group` (librdkafka's operation codes), or the
+/// group's error (GROUP_AUTHORIZATION_FAILED without DESCRIBE); `None` when the broker does
+/// not say.
+pub(crate) fn authorized_operations<C: ClientContext>(
+    client: &Client<C>,
+    group: &str,
+    timeout: Duration,
+) -> Result<(Option<RDKafkaErrorCode>, Option<Vec<i32>>), KafkaError> {
+    let group = group.to_string();
+    let answer = native::describe(client, &[&group], timeout, true)?
+        .into_iter()
+        .next();
+    Ok(answer.map_or((None, None), |a| {
+        (a.error.map(|(code, _)| code), a.authorized_operations)
+    }))
 }
 
 /// Group names as C strings; a name with a NUL byte cannot be a group.
@@ -168,7 +187,9 @@ mod native {
     use rdkafka::types::RDKafkaErrorCode;
 
     use super::{Answer, GroupListing, c_names};
-    use crate::admin_ffi::{admin_error, elements, error_of, request, string};
+    use crate::admin_ffi::{
+        admin_error, elements, error_of, operations, request, result_array, string,
+    };
     use crate::groups::Member;
     use crate::kafka::KafkaError;
 
@@ -252,6 +273,7 @@ mod native {
         client: &Client<C>,
         groups: &[&String],
         timeout: Duration,
+        authorized_operations: bool,
     ) -> Result<Vec<Answer>, KafkaError> {
         const REQUEST: &str = "DescribeConsumerGroups";
         let names = c_names(groups)?;
@@ -261,7 +283,7 @@ mod native {
             REQUEST,
             rd::rd_kafka_admin_op_t::RD_KAFKA_ADMIN_OP_DESCRIBECONSUMERGROUPS,
             timeout,
-            false,
+            authorized_operations,
             // SAFETY: `ptrs` holds `ptrs.len()` NUL-terminated names alive in `names` for the
             // call (librdkafka copies them); the other three are live.
             |rk, options, queue| unsafe {
@@ -274,27 +296,17 @@ mod native {
                 );
             },
         )?;
-        // SAFETY: `event` is live; null when it is not a DescribeConsumerGroups result.
-        let result = unsafe { rd::rd_kafka_event_DescribeConsumerGroups_result(event.0) };
-        if result.is_null() {
-            return Err(admin_error(
-                REQUEST,
-                RDKafkaErrorCode::Fail,
-                "unexpected event".into(),
-            ));
-        }
-        let mut cnt = 0usize;
-        // SAFETY: `result` lives as long as `event`; the array holds `cnt` pointers owned by it.
-        let descs = unsafe {
-            elements(
-                rd::rd_kafka_DescribeConsumerGroups_result_groups(result, &raw mut cnt),
-                cnt,
-            )
-        };
+        let descs = result_array(
+            &event,
+            REQUEST,
+            rd::rd_kafka_event_DescribeConsumerGroups_result,
+            rd::rd_kafka_DescribeConsumerGroups_result_groups,
+        )?;
         let mut out = Vec::with_capacity(descs.len());
         for &d in descs.iter().filter(|d| !d.is_null()) {
             // SAFETY: `d` is a live description owned by `result`.
-            let (id, error, state, kind, count) = unsafe {
+            let mut ops_cnt = 0usize;
+            let (id, error, state, kind, count, ops) = unsafe {
                 (
                     rd::rd_kafka_ConsumerGroupDescription_group_id(d),
                     rd::rd_kafka_ConsumerGroupDescription_error(d),
@@ -305,6 +317,10 @@ mod native {
                         rd::rd_kafka_ConsumerGroupDescription_type(d),
                     ),
                     rd::rd_kafka_ConsumerGroupDescription_member_count(d),
+                    rd::rd_kafka_ConsumerGroupDescription_authorized_operations(
+                        d,
+                        &raw mut ops_cnt,
+                    ),
                 )
             };
             let members = (0..count)
@@ -319,6 +335,7 @@ mod native {
                 group_type: name_or_unknown(kind),
                 members,
                 error: error_of(error),
+                authorized_operations: operations(ops, ops_cnt),
             });
         }
         Ok(out)
