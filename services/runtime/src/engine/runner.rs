@@ -821,7 +821,6 @@ impl<P: Processor> Loop<P> {
         }
         match store::restore(
             &self.kafka,
-            &self.route.group,
             &self.stores,
             partitions,
             self.restore_timeout,

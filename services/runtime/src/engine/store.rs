@@ -455,7 +455,6 @@ pub struct Restored {
 /// `deadline` (the engine stops rather than decide without its state).
 pub(crate) async fn restore(
     kafka: &KafkaSettings,
-    group: &str,
     stores: &[Arc<dyn Restorable>],
     partitions: &[i32],
     deadline: Duration,
@@ -465,10 +464,7 @@ pub(crate) async fn restore(
         return Ok(Vec::new());
     }
     let mut cfg = kafka.reader_config();
-    // The service's own group, which it may describe, though this reader never joins it nor
-    // commits: a throwaway group would need an ACL of its own on a secured cluster.
-    cfg.set("group.id", group)
-        .set("enable.partition.eof", "true")
+    cfg.set("enable.partition.eof", "true")
         .set("isolation.level", "read_committed")
         .set("fetch.wait.max.ms", "10");
     kafka.apply_properties(&mut cfg);
