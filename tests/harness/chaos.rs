@@ -459,9 +459,10 @@ pub struct Size {
 pub async fn instances_killed(size: Size, every: Duration, membership: Membership) -> ChaosReport {
     let stack = Stack::start().await;
     let topology = apply_topology(&stack, None).await;
-    let (mut report, sent) =
+    let (mut report, sent, instances) =
         kill_instances(&stack, &topology, size, every, membership, |_| {}).await;
     settle(&stack, &topology, &sent, FRAUD, &mut report).await;
+    drop(instances);
     report
 }
 
@@ -476,13 +477,14 @@ pub async fn exactly_once_instances_killed(size: Size, every: Duration) -> Chaos
         protocol: GroupProtocol::Classic,
         static_ids: true,
     };
-    let (mut report, sent) = kill_instances(&stack, &topology, size, every, membership, |s| {
-        s.engine.guarantee = verdict_runtime::engine::Guarantee::ExactlyOnce;
-        s.engine.commit_interval_ms = 100;
-        s.engine.drain_timeout_ms = 5_000;
-        s.engine.transaction_timeout_ms = 15_000;
-    })
-    .await;
+    let (mut report, sent, instances) =
+        kill_instances(&stack, &topology, size, every, membership, |s| {
+            s.engine.guarantee = verdict_runtime::engine::Guarantee::ExactlyOnce;
+            s.engine.commit_interval_ms = 100;
+            s.engine.drain_timeout_ms = 5_000;
+            s.engine.transaction_timeout_ms = 15_000;
+        })
+        .await;
     report.run = format!("{} exactly-once", report.run);
     let decisions = settle(&stack, &topology, &sent, FRAUD, &mut report).await;
     let mut audit = ChaosReport::default();
@@ -497,6 +499,7 @@ pub async fn exactly_once_instances_killed(size: Size, every: Duration) -> Chaos
     report.audit_lost = audit.lost;
     report.audit_duplicates = audit.duplicates;
     report.state_mismatches = velocity_mismatches(&stack, &topology, &decisions, sent.len()).await;
+    drop(instances);
     report
 }
 
@@ -569,8 +572,9 @@ async fn velocity_mismatches(
 }
 
 /// Two fraud-detectors of `topology`, one `kill -9`ed every `every` and restarted a second
-/// later, alternating, while `size.events` are fed; returns the report so far and what was
-/// sent.
+/// later, alternating, while `size.events` are fed; returns the report so far, what was
+/// sent, and the two instances still running: the caller keeps them until what it counts
+/// has settled (dropping one kills it, and what it had not yet decided would be lost).
 async fn kill_instances(
     stack: &Stack,
     topology: &Topology,
@@ -578,7 +582,7 @@ async fn kill_instances(
     every: Duration,
     membership: Membership,
     tweak: impl Fn(&mut FraudSettings),
-) -> (ChaosReport, Vec<Sent>) {
+) -> (ChaosReport, Vec<Sent>, [Instance; 2]) {
     let (stack, topology) = (stack, topology);
     let mut instances = [Instance::new("a"), Instance::new("b")];
     for i in &mut instances {
@@ -613,7 +617,7 @@ async fn kill_instances(
         faults: format!("{kills} kill -9 + restart"),
         ..ChaosReport::default()
     };
-    (report, sent)
+    (report, sent, instances)
 }
 
 /// Feeds the run's transactions topic in the background.
