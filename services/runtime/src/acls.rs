@@ -177,8 +177,8 @@ pub fn service_acls(service: &Service, principal: &str, exactly_once: bool) -> V
         why: "joins and commits its consumer group",
     });
     if !service.stores.is_empty() {
-        // The restore reads in a throwaway group: one in the service's own group stalled
-        // exactly-once runs (the chaos test lost 20,151 decisions with it).
+        // The state restore reads its changelogs in a throwaway group of its own
+        // (`KafkaSettings::reader_config`), which it never joins or commits.
         acls.push(reader_groups(principal));
     }
     if exactly_once {
