@@ -24,6 +24,7 @@ pub mod models;
 pub mod producer;
 pub mod record_limit;
 pub mod registry;
+pub mod secret;
 pub mod serde;
 pub mod service;
 pub mod settings;

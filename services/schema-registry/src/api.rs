@@ -12,6 +12,7 @@ use axum::routing::{get, post};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
+use crate::auth::{self, Users};
 use crate::compat::Level;
 use crate::error::ApiError;
 use crate::log::{Plan, SchemaLog};
@@ -23,7 +24,8 @@ type App = State<Arc<SchemaLog>>;
 type Params = Query<HashMap<String, String>>;
 type ApiResult = Result<Response, ApiError>;
 
-pub fn router(log: Arc<SchemaLog>) -> Router {
+/// The API, behind `users`' basic auth when there are any.
+pub fn router(log: Arc<SchemaLog>, users: Arc<Users>) -> Router {
     Router::new()
         .route(
             "/",
@@ -80,6 +82,7 @@ pub fn router(log: Arc<SchemaLog>) -> Router {
             post(check_version),
         )
         .fallback(|| async { ApiError::NoRoute })
+        .layer(axum::middleware::from_fn_with_state(users, auth::authorize))
         .with_state(log)
 }
 

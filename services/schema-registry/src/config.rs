@@ -6,12 +6,15 @@ use serde::{Deserialize, Serialize};
 use verdict_runtime::kafka::KafkaSettings;
 use verdict_runtime::settings::{SettingsError, Validate};
 
+use crate::auth::{AuthSettings, Users};
+
 #[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct RegistrySettings {
     pub http: HttpSettings,
     pub kafka: KafkaSettings,
     pub store: StoreSettings,
+    pub auth: AuthSettings,
 }
 
 #[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
@@ -54,6 +57,7 @@ impl Default for StoreSettings {
 impl Validate for RegistrySettings {
     fn validate(&self) -> Result<(), SettingsError> {
         self.kafka.validate()?;
+        Users::new(&self.auth)?;
         if self.store.topic.trim().is_empty() {
             return Err(SettingsError::Key {
                 key: "store.topic".into(),

@@ -1,6 +1,6 @@
 //! API errors with Confluent Schema Registry's status and `error_code` values.
 
-use axum::http::StatusCode;
+use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde_json::json;
 
@@ -50,6 +50,14 @@ pub enum ApiError {
     Store(String),
     #[error("Operation timed out")]
     Timeout,
+    /// No credentials, or wrong ones (`[auth]`).
+    #[error("Unauthorized")]
+    Unauthorized,
+    #[error("User {user} is denied this operation: it needs the {} role", needs.as_str())]
+    Forbidden {
+        user: String,
+        needs: crate::auth::Role,
+    },
 }
 
 impl ApiError {
@@ -73,6 +81,8 @@ impl ApiError {
             MalformedJson(_) => (StatusCode::BAD_REQUEST, 400),
             Store(_) => (StatusCode::INTERNAL_SERVER_ERROR, 50001),
             Timeout => (StatusCode::INTERNAL_SERVER_ERROR, 50002),
+            Unauthorized => (StatusCode::UNAUTHORIZED, 401),
+            Forbidden { .. } => (StatusCode::FORBIDDEN, 40301),
         }
     }
 }
@@ -83,9 +93,16 @@ impl IntoResponse for ApiError {
         if let ApiError::Store(detail) = &self {
             tracing::error!(%detail, "schema store error");
         }
-        json_response(
+        let mut response = json_response(
             status,
             json!({ "error_code": code, "message": self.to_string() }),
-        )
+        );
+        if let ApiError::Unauthorized = self {
+            response.headers_mut().insert(
+                header::WWW_AUTHENTICATE,
+                HeaderValue::from_static("Basic realm=\"verdict-schema-registry\""),
+            );
+        }
+        response
     }
 }

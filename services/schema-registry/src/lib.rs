@@ -2,6 +2,7 @@
 //! and keeps its state in a compacted Kafka topic (`_schemas`).
 
 pub mod api;
+pub mod auth;
 pub mod compat;
 pub mod config;
 pub mod error;
@@ -15,6 +16,7 @@ use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
+pub use auth::Users;
 pub use config::RegistrySettings;
 pub use log::SchemaLog;
 
@@ -22,6 +24,8 @@ pub use log::SchemaLog;
 pub enum StartError {
     #[error(transparent)]
     Kafka(#[from] verdict_runtime::kafka::KafkaError),
+    #[error(transparent)]
+    Settings(#[from] verdict_runtime::settings::SettingsError),
     #[error("cannot listen on {addr}: {source}")]
     Bind {
         addr: SocketAddr,
@@ -36,13 +40,15 @@ pub async fn bind(addr: SocketAddr) -> Result<TcpListener, StartError> {
         .map_err(|source| StartError::Bind { addr, source })
 }
 
-/// Serves the API on `listener` until `shutdown` resolves.
+/// Serves the API on `listener`, to `users` (anyone when there are none), until `shutdown`
+/// resolves.
 pub async fn serve(
     listener: TcpListener,
     log: Arc<SchemaLog>,
+    users: Arc<Users>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    axum::serve(listener, api::router(log))
+    axum::serve(listener, api::router(log, users))
         .with_graceful_shutdown(shutdown)
         .await
 }
@@ -63,9 +69,10 @@ impl RunningRegistry {
             addr: settings.http.listen,
             source,
         })?;
+        let users = Arc::new(Users::new(&settings.auth)?);
         let log = Arc::new(SchemaLog::open(&settings.kafka, &settings.store).await?);
         let (tx, rx) = oneshot::channel::<()>();
-        let task = tokio::spawn(serve(listener, log, async {
+        let task = tokio::spawn(serve(listener, log, users, async {
             let _ = rx.await;
         }));
         Ok(Self {

@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use clap::Parser;
 use verdict_runtime::{settings, telemetry};
-use verdict_schema_registry::{RegistrySettings, SchemaLog, bind, serve};
+use verdict_schema_registry::{RegistrySettings, SchemaLog, Users, bind, serve};
 
 /// Confluent-compatible schema registry (Avro) backed by a compacted Kafka topic.
 #[derive(Parser)]
@@ -25,6 +25,10 @@ async fn main() -> ExitCode {
         Ok(s) => s,
         Err(e) => return fail(&e),
     };
+    let users = match Users::new(&settings.auth) {
+        Ok(users) => Arc::new(users),
+        Err(e) => return fail(&e),
+    };
     let listener = match bind(settings.http.listen).await {
         Ok(l) => l,
         Err(e) => return fail(&e),
@@ -33,8 +37,21 @@ async fn main() -> ExitCode {
         Ok(log) => Arc::new(log),
         Err(e) => return fail(&e),
     };
-    tracing::info!(listen = %settings.http.listen, topic = %settings.store.topic, "schema registry ready");
-    match serve(listener, log, verdict_runtime::service::shutdown_signal()).await {
+    tracing::info!(
+        listen = %settings.http.listen,
+        topic = %settings.store.topic,
+        users = users.len(),
+        "schema registry ready{}",
+        if users.is_empty() { " (open: no [auth] users)" } else { " (basic auth)" }
+    );
+    match serve(
+        listener,
+        log,
+        users,
+        verdict_runtime::service::shutdown_signal(),
+    )
+    .await
+    {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => fail(&e),
     }

@@ -7,12 +7,12 @@
 //! settings hold their source, and a password written inline is never shown by `Debug`.
 
 use std::collections::BTreeMap;
-use std::fmt;
 use std::path::{Path, PathBuf};
 
 use rdkafka::ClientConfig;
 use serde::{Deserialize, Serialize};
 
+pub use crate::secret::Secret;
 use crate::settings::SettingsError;
 
 /// `security.protocol`.
@@ -93,27 +93,6 @@ impl SaslMechanism {
         ]
         .into_iter()
         .find(|m| m.as_str().eq_ignore_ascii_case(s.trim()))
-    }
-}
-
-/// A secret written inline in the settings: kept as given, never shown by `Debug`.
-#[derive(Clone, Deserialize, Serialize, PartialEq, Eq)]
-#[serde(transparent)]
-pub struct Secret(String);
-
-impl Secret {
-    pub fn new(s: impl Into<String>) -> Self {
-        Self(s.into())
-    }
-
-    pub fn expose(&self) -> &str {
-        &self.0
-    }
-}
-
-impl fmt::Debug for Secret {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("\"***\"")
     }
 }
 
@@ -283,29 +262,12 @@ impl Security {
 
     /// The password from exactly one of its three sources, or the key and what is wrong.
     fn password_value(&self) -> Result<String, (&'static str, String)> {
-        match (&self.password, &self.password_file, &self.password_env) {
-            (Some(p), None, None) => Ok(p.expose().to_string()),
-            (None, Some(path), None) => std::fs::read_to_string(path)
-                .map(|s| s.trim().to_string())
-                .map_err(|e| {
-                    (
-                        "password_file",
-                        format!("cannot read {}: {e}", path.display()),
-                    )
-                }),
-            (None, None, Some(var)) => std::env::var(var)
-                .ok()
-                .filter(|v| !v.is_empty())
-                .ok_or_else(|| ("password_env", format!("the variable {var} is not set"))),
-            (None, None, None) => Err((
-                "password_file",
-                "SASL needs a password: password_file, password_env or password".into(),
-            )),
-            _ => Err((
-                "password",
-                "set only one of password, password_file and password_env".into(),
-            )),
-        }
+        crate::secret::password(
+            self.password.as_ref(),
+            self.password_file.as_deref(),
+            self.password_env.as_deref(),
+            "SASL",
+        )
     }
 
     /// Sets the librdkafka properties of these settings on `cfg` (nothing when unconfigured,
