@@ -39,7 +39,7 @@ fn document(id: &str, text: &str) -> Value {
 async fn send(stack: &Stack, topology: &Topology, docs: &[Value]) -> HashSet<String> {
     let uploads = topology.topic("document-uploads");
     let producer =
-        AvroProducer::new(&stack.broker.kafka(), &stack.registry_url()).expect("producer");
+        AvroProducer::new(&stack.broker.kafka(), stack.registry_url()).expect("producer");
     let mut ids = HashSet::new();
     for d in docs {
         producer

@@ -74,7 +74,7 @@ impl RemoteScoring {
         Self {
             model,
             svc,
-            producer: AvroProducer::new(&stack.broker.kafka(), &stack.registry_url()).expect("p"),
+            producer: AvroProducer::new(&stack.broker.kafka(), stack.registry_url()).expect("p"),
             input: topology.topic("transactions"),
             decisions: topology.topic("fraud-decisions"),
             _topology: topology,
@@ -164,6 +164,7 @@ fn a_hanging_registry_holds_no_partition_and_loses_nothing() {
         let mut svc = ServiceProcess::spawn::<fraud_detector::Spec>(
             &Deployment {
                 registry_url: registry.http_url(),
+                registry_user: None,
                 ..deployment(&stack, &topology, None)
             },
             |s| {
@@ -191,7 +192,7 @@ fn a_hanging_registry_holds_no_partition_and_loses_nothing() {
             )
             .await
         };
-        let known = AvroProducer::new(&stack.broker.kafka(), &stack.registry_url()).expect("p");
+        let known = AvroProducer::new(&stack.broker.kafka(), stack.registry_url()).expect("p");
         let mut rng = rand::rng();
         for i in 0..5 {
             let (_, mut v) = sample_transaction(&mut rng, "tenant-faults");
@@ -227,7 +228,7 @@ fn a_hanging_registry_holds_no_partition_and_loses_nothing() {
             .add("hang", "timeout", Stream::Upstream, json!({"timeout": 0}))
             .await;
         let hang_began = std::time::Instant::now();
-        let newer = AvroProducer::new(&stack.broker.kafka(), &stack.registry_url()).expect("p");
+        let newer = AvroProducer::new(&stack.broker.kafka(), stack.registry_url()).expect("p");
         // Accounts of their own: a record waits for the earlier ones of its account.
         let mut new_ids = Vec::new();
         for i in 0..5 {

@@ -39,7 +39,7 @@ async fn produce(
 ) -> Vec<(String, String)> {
     let transactions = topology.topic("transactions");
     let producer =
-        AvroProducer::new(&stack.broker.kafka(), &stack.registry_url()).expect("producer");
+        AvroProducer::new(&stack.broker.kafka(), stack.registry_url()).expect("producer");
     let mut rng = rand::rng();
     let mut sent = Vec::with_capacity(n);
     for i in 0..n {
@@ -190,7 +190,7 @@ fn poison_records_are_dead_lettered_and_the_partition_keeps_flowing() {
 
         let kafka = stack.broker.kafka();
         let raw: FutureProducer = kafka.producer().expect("producer");
-        let avro = AvroProducer::new(&kafka, &stack.registry_url()).expect("avro");
+        let avro = AvroProducer::new(&kafka, stack.registry_url()).expect("avro");
         let mut rng = rand::rng();
         let good = |rng: &mut rand::rngs::ThreadRng| {
             let (_, mut v) = sample_transaction(rng, "tenant-p");
@@ -681,4 +681,73 @@ fn bad_settings_fail_at_start_up_naming_the_key() {
             "{key}={value} names `{named}`: {stderr}"
         );
     }
+}
+
+/// Issue 19: a fraud-detector signs in to a schema registry behind basic auth
+/// (`registry.username` and `registry.password_file`) and decides as before. It needs the
+/// write role (it registers the `review` topic's record schema on first use): as a `read`
+/// user, or with a wrong password, it stops at start-up saying the registry refused it,
+/// instead of retrying and dead-lettering every record that needs the schema.
+#[test]
+fn the_fraud_detector_signs_in_to_an_authenticated_registry() {
+    run(150, async {
+        const WRONG: &str = "not-the-writers-password-7f3a";
+        let stack = Stack::start().await;
+        let topology = apply_topology(&stack, None).await;
+        let registry = stack.authenticated_registry().await;
+        let dir = tempfile::tempdir().expect("tempdir");
+        let signed_in = verdict_runtime::service::Deployment {
+            registry_url: registry.url(),
+            ..deployment(&stack, &topology, None)
+        };
+        let as_user = |name: &str, password: &str| {
+            let file = dir.path().join(format!("{name}.password"));
+            std::fs::write(&file, format!("{password}\n")).expect("password file");
+            let name = name.to_string();
+            ServiceProcess::spawn::<Fraud>(&signed_in, move |s| {
+                quick(s);
+                s.registry.username = Some(name);
+                s.registry.password_file = Some(file);
+            })
+        };
+        let password = |name: &str| {
+            harness::REGISTRY_USERS
+                .iter()
+                .find(|(n, ..)| *n == name)
+                .map(|(_, _, p)| *p)
+                .expect("a registry user")
+        };
+
+        for (user, pw, said) in [
+            ("reader", password("reader"), "it needs the write role"),
+            ("writer", WRONG, "401 Unauthorized"),
+        ] {
+            let mut refused = as_user(user, pw);
+            let status = refused.wait_exit(Duration::from_secs(60)).await;
+            assert!(
+                status.is_some_and(|s| !s.success()),
+                "{user} stops at start-up\n{}",
+                refused.log()
+            );
+            let log = refused.log();
+            assert!(
+                log.contains("the schema registry refused this service") && log.contains(said),
+                "{user}: {log}"
+            );
+            assert!(!log.contains(WRONG), "the password is never logged");
+        }
+
+        let mut svc = as_user("writer", password("writer"));
+        svc.wait_ready(Duration::from_secs(60)).await;
+        let sent = produce(&stack, &topology, 30, 7).await;
+        let want: HashSet<String> = sent.into_iter().map(|(_, id)| id).collect();
+        let decisions = decisions_for(&stack, &topology, &want, Duration::from_secs(60)).await;
+        assert!(
+            want.is_subset(&event_ids(&decisions)),
+            "every event decided through the authenticated registry\n{}",
+            svc.log()
+        );
+        drop(svc);
+        registry.stop().await;
+    });
 }

@@ -45,7 +45,7 @@ fn describe(stack: &Stack, group: &str, topic: &str) -> BTreeMap<i32, Row> {
 
 async fn produce(stack: &Stack, topology: &Topology, n: usize) -> BTreeMap<i32, i64> {
     let producer =
-        AvroProducer::new(&stack.broker.kafka(), &stack.registry_url()).expect("producer");
+        AvroProducer::new(&stack.broker.kafka(), stack.registry_url()).expect("producer");
     let mut rng = rand::rng();
     let mut per_partition: BTreeMap<i32, i64> = BTreeMap::new();
     for _ in 0..n {

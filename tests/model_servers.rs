@@ -454,7 +454,7 @@ fn the_fraud_detector_scores_through_mlserver_and_falls_back() {
         )
         .await;
         let producer =
-            AvroProducer::new(&stack.broker.kafka(), &stack.registry_url()).expect("producer");
+            AvroProducer::new(&stack.broker.kafka(), stack.registry_url()).expect("producer");
         let mut rng = rand::rng();
         let input = topology.topic("transactions");
         let mut send = async |n: usize| {

@@ -78,7 +78,7 @@ fn fraud(stack: &Stack, topology: &Topology, fail_tenant: &str) -> ServiceProces
 /// Produces `n` transactions of `tenant`; returns their event ids.
 async fn produce(stack: &Stack, topology: &Topology, n: usize, tenant: &str) -> Vec<String> {
     let producer =
-        AvroProducer::new(&stack.broker.kafka(), &stack.registry_url()).expect("producer");
+        AvroProducer::new(&stack.broker.kafka(), stack.registry_url()).expect("producer");
     let mut rng = rand::rng();
     let mut ids = Vec::with_capacity(n);
     for _ in 0..n {

@@ -341,6 +341,7 @@ fn deployment(stack: &Stack) -> Deployment {
     Deployment {
         kafka: stack.broker.kafka(),
         registry_url: stack.registry_url(),
+        registry_user: None,
         ..local_deployment(None)
     }
 }
@@ -388,7 +389,7 @@ fn every_command_of_the_readme_runs_as_written_on_a_used_stack() {
         let mut fraud = fraud_detector(&stack);
         fraud.wait_ready(Duration::from_secs(60)).await;
         let mut rng = rand::rng();
-        let producer = verdict_cli::records::AvroProducer::new(&kafka, &stack.registry_url())
+        let producer = verdict_cli::records::AvroProducer::new(&kafka, stack.registry_url())
             .expect("producer");
         for _ in 0..DEAD_LETTERS {
             let (key, value) = verdict_cli::records::sample_transaction(&mut rng, "tenant-broken");

@@ -88,7 +88,7 @@ fn avro_records_through_the_broker() {
             .await;
         assert_eq!(reg.status, 200);
 
-        let producer = AvroProducer::new(&kafka, &stack.registry_url()).expect("producer");
+        let producer = AvroProducer::new(&kafka, stack.registry_url()).expect("producer");
         let mut rng = rand::rng();
         let mut sent = Vec::new();
         for _ in 0..20 {
@@ -131,6 +131,46 @@ fn avro_records_through_the_broker() {
 
 #[test]
 fn confluent_python_client_round_trip() {
+    run(120, async {
+        let stack = Stack::start().await;
+        python_round_trip(stack.registry_url(), &[]).await;
+    });
+}
+
+/// Issue 19: Confluent's Python client signs in with `basic.auth.user.info` (as the admin:
+/// the script sets compatibility levels); without credentials it is refused (401), as the
+/// read-only user it reads but may not register (403).
+#[test]
+fn confluent_python_client_signs_in_to_an_authenticated_registry() {
+    run(120, async {
+        let stack = Stack::start().await;
+        let registry = stack.authenticated_registry().await;
+        let user_info = |name: &str| {
+            harness::REGISTRY_USERS
+                .iter()
+                .find(|(n, ..)| *n == name)
+                .map(|(n, _, p)| format!("{n}:{p}"))
+                .expect("a registry user")
+        };
+        let out = python_round_trip(
+            registry.url(),
+            &[
+                ("BASIC_AUTH_USER_INFO", user_info("admin")),
+                ("READ_ONLY_USER_INFO", user_info("reader")),
+            ],
+        )
+        .await;
+        assert!(
+            out.contains("a client without credentials is HTTP 401")
+                && out.contains("registering as the read-only user is HTTP 403"),
+            "{out}"
+        );
+        registry.stop().await;
+    });
+}
+
+/// Runs tests/python/sr_client_roundtrip.py against `url` with `env`; its stdout.
+async fn python_round_trip(url: String, env: &[(&str, String)]) -> String {
     let python = std::env::var("VERDICT_PYTHON")
         .map(std::path::PathBuf::from)
         .unwrap_or_else(|_| repo_root().join(".venv/bin/python"));
@@ -139,26 +179,28 @@ fn confluent_python_client_round_trip() {
         "{} missing: run scripts/install.sh (creates .venv with confluent-kafka)",
         python.display()
     );
-    run(120, async move {
-        let stack = Stack::start().await;
-        let url = stack.registry_url();
-        let out = tokio::task::spawn_blocking(move || {
-            run_command(
-                Command::new(python)
-                    .arg(repo_root().join("tests/python/sr_client_roundtrip.py"))
-                    .env("SCHEMA_REGISTRY_URL", url)
-                    .env("SUBJECT_PREFIX", unique("py")),
-                Duration::from_secs(90),
-            )
-        })
-        .await
-        .expect("join");
-        let stdout = String::from_utf8_lossy(&out.stdout);
-        let stderr = String::from_utf8_lossy(&out.stderr);
-        assert!(
-            out.status.success(),
-            "python client failed\nstdout:\n{stdout}\nstderr:\n{stderr}"
-        );
-        assert!(stdout.contains("python client round trip: OK"), "{stdout}");
-    });
+    let env: Vec<(String, String)> = env
+        .iter()
+        .map(|(k, v)| ((*k).to_string(), v.clone()))
+        .collect();
+    let out = tokio::task::spawn_blocking(move || {
+        run_command(
+            Command::new(python)
+                .arg(repo_root().join("tests/python/sr_client_roundtrip.py"))
+                .env("SCHEMA_REGISTRY_URL", url)
+                .env("SUBJECT_PREFIX", unique("py"))
+                .envs(env),
+            Duration::from_secs(90),
+        )
+    })
+    .await
+    .expect("join");
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success(),
+        "python client failed\nstdout:\n{stdout}\nstderr:\n{stderr}"
+    );
+    assert!(stdout.contains("python client round trip: OK"), "{stdout}");
+    stdout
 }

@@ -43,7 +43,7 @@ async fn produce(
     accounts: usize,
 ) -> Vec<String> {
     let producer =
-        AvroProducer::new(&stack.broker.kafka(), &stack.registry_url()).expect("producer");
+        AvroProducer::new(&stack.broker.kafka(), stack.registry_url()).expect("producer");
     let mut rng = rand::rng();
     let mut ids = Vec::new();
     for i in 0..n {
@@ -198,7 +198,7 @@ fn a_panicking_record_is_dead_lettered_and_commits_move_on() {
         });
         svc.wait_ready(Duration::from_secs(30)).await;
         let producer =
-            AvroProducer::new(&stack.broker.kafka(), &stack.registry_url()).expect("producer");
+            AvroProducer::new(&stack.broker.kafka(), stack.registry_url()).expect("producer");
         let input = topology.topic("transactions");
         let mut rng = rand::rng();
         // One account, so one partition: the panicking record sits between good ones.
@@ -275,7 +275,7 @@ fn a_document_with_digits_of_another_script_is_decided() {
         });
         svc.wait_ready(Duration::from_secs(30)).await;
         let producer =
-            AvroProducer::new(&stack.broker.kafka(), &stack.registry_url()).expect("producer");
+            AvroProducer::new(&stack.broker.kafka(), stack.registry_url()).expect("producer");
         let text = "Transfer to DE\u{966}\u{967}ABCDEFGHIJK please, urgent.";
         let v = verdict_cli::records::sample_document("tenant-script", "doc-script", text);
         let uploads = topology.topic("document-uploads");
@@ -458,7 +458,7 @@ fn a_tight_byte_bound_never_strands_records() {
         let stack = Stack::start().await;
         let topology = apply_topology(&stack, None).await;
         let producer =
-            AvroProducer::new(&stack.broker.kafka(), &stack.registry_url()).expect("producer");
+            AvroProducer::new(&stack.broker.kafka(), stack.registry_url()).expect("producer");
         let mut rng = rand::rng();
         let mut ids = HashSet::new();
         let padding = "m".repeat(4_000);
@@ -508,7 +508,7 @@ fn an_oversized_record_is_dead_lettered_as_a_stub() {
         let mut svc = fraud(&stack, &stack.registry_url(), &topology, |_| {});
         svc.wait_ready(Duration::from_secs(30)).await;
         let producer =
-            AvroProducer::new(&stack.broker.kafka(), &stack.registry_url()).expect("producer");
+            AvroProducer::new(&stack.broker.kafka(), stack.registry_url()).expect("producer");
         let input = topology.topic("transactions");
         let mut rng = rand::rng();
         let (_, mut big) = sample_transaction(&mut rng, "tenant-big");
@@ -700,7 +700,7 @@ fn a_header_key_that_is_not_utf8_does_not_stop_the_service() {
             .producer_config()
             .create()
             .expect("producer");
-        let serde = verdict_runtime::serde::AvroSerde::new(&stack.registry_url());
+        let serde = verdict_runtime::serde::AvroSerde::new(stack.registry_url());
         let mut rng = rand::rng();
         let mut want = HashSet::new();
         // One on the input topic, one on the first retry topic (read for its not-before time).
@@ -760,7 +760,7 @@ fn far_future_or_oversized_ids_are_invalid_not_remembered() {
         let mut svc = fraud(&stack, &stack.registry_url(), &topology, |_| {});
         svc.wait_ready(Duration::from_secs(30)).await;
         let producer =
-            AvroProducer::new(&stack.broker.kafka(), &stack.registry_url()).expect("producer");
+            AvroProducer::new(&stack.broker.kafka(), stack.registry_url()).expect("producer");
         let input = topology.topic("transactions");
         let mut rng = rand::rng();
         let (_, mut ahead) = sample_transaction(&mut rng, "tenant-bounds");

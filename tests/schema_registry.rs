@@ -626,3 +626,135 @@ fn two_instances_agree() {
         second.stop().await;
     });
 }
+
+/// Issue 19: with `[auth]` users the registry signs every request in (HTTP basic auth) and
+/// holds each user to its role; Confluent's status and error codes, and a challenge on 401.
+#[test]
+fn basic_auth_signs_users_in_and_holds_them_to_their_roles() {
+    run(90, async {
+        let stack = Stack::start().await;
+        let registry = stack.authenticated_registry().await;
+        let client = reqwest::Client::new();
+        let password = |name: &str| {
+            harness::REGISTRY_USERS
+                .iter()
+                .find(|(n, ..)| *n == name)
+                .map_or("", |(_, _, p)| *p)
+        };
+        let schema = body(&record(A));
+        let level = json!({"compatibility": "FULL"});
+        let none = Value::Null;
+        // In order: what a user may do, then what the writer registered read back.
+        type Case<'a> = (&'a str, &'a str, Option<(&'a str, &'a str)>, &'a Value, u16);
+        let cases: [Case; 13] = [
+            ("GET", "/", None, &none, 200),
+            ("GET", "/subjects", None, &none, 401),
+            ("GET", "/subjects", Some(("nobody", "x")), &none, 401),
+            (
+                "GET",
+                "/subjects",
+                Some(("writer", password("reader"))),
+                &none,
+                401,
+            ),
+            (
+                "POST",
+                "/subjects/authz-value/versions",
+                Some(("reader", password("reader"))),
+                &schema,
+                403,
+            ),
+            (
+                "POST",
+                "/subjects/authz-value/versions",
+                Some(("writer", password("writer"))),
+                &schema,
+                200,
+            ),
+            (
+                "GET",
+                "/subjects/authz-value/versions",
+                Some(("reader", password("reader"))),
+                &none,
+                200,
+            ),
+            (
+                "GET",
+                "/subjects/authz-value/versions",
+                Some(("admin", password("admin"))),
+                &none,
+                200,
+            ),
+            (
+                "POST",
+                "/subjects/authz-value",
+                Some(("reader", password("reader"))),
+                &schema,
+                200,
+            ),
+            (
+                "POST",
+                "/compatibility/subjects/authz-value/versions/latest",
+                Some(("reader", password("reader"))),
+                &schema,
+                200,
+            ),
+            (
+                "PUT",
+                "/config/authz-value",
+                Some(("writer", password("writer"))),
+                &level,
+                403,
+            ),
+            (
+                "DELETE",
+                "/subjects/authz-value",
+                Some(("reader", password("reader"))),
+                &none,
+                403,
+            ),
+            // The admin's password holds a colon.
+            (
+                "PUT",
+                "/config/authz-value",
+                Some(("admin", password("admin"))),
+                &level,
+                200,
+            ),
+        ];
+        for (method, path, user, payload, want) in cases {
+            let method = reqwest::Method::from_bytes(method.as_bytes()).expect("method");
+            let mut req = client
+                .request(method.clone(), format!("{}{path}", registry.url()))
+                .header("Content-Type", "application/vnd.schemaregistry.v1+json");
+            if !payload.is_null() {
+                req = req.body(payload.to_string());
+            }
+            if let Some((u, p)) = user {
+                req = req.basic_auth(u, Some(p));
+            }
+            let r = req.send().await.expect("request");
+            let status = r.status().as_u16();
+            let challenge = r.headers().get("www-authenticate").cloned();
+            let got: Value = r.json().await.unwrap_or(Value::Null);
+            let who = user.map(|(u, _)| u);
+            assert_eq!(status, want, "{method} {path} as {who:?}: {got}");
+            match want {
+                401 => {
+                    assert_eq!(got["error_code"], 401, "{got}");
+                    assert_eq!(
+                        challenge.as_ref().and_then(|c| c.to_str().ok()),
+                        Some("Basic realm=\"verdict-schema-registry\"")
+                    );
+                }
+                403 => {
+                    assert_eq!(got["error_code"], 40301, "{got}");
+                    let message = got["message"].as_str().unwrap_or("");
+                    assert!(message.contains(who.unwrap_or("?")), "{got}");
+                }
+                _ => {}
+            }
+        }
+        registry.stop().await;
+    });
+}

@@ -82,7 +82,7 @@ fn the_fraud_detector_decides_on_sasl_ssl_with_only_the_acls_the_topology_gives_
         svc.wait_ready(Duration::from_secs(60)).await;
 
         let producer =
-            AvroProducer::new(&stack.broker.kafka(), &stack.registry_url()).expect("producer");
+            AvroProducer::new(&stack.broker.kafka(), stack.registry_url()).expect("producer");
         let (key, value) = sample_transaction(&mut rand::rng(), "acme");
         let id = value["event_id"].as_str().expect("id").to_string();
         producer

@@ -38,13 +38,18 @@ fn text(o: &Output) -> String {
 }
 
 /// The stack's port flags: the first broker's, its controller's and the registry's ports as
-/// given, the services on free ports.
+/// given, the services on a block of free ports (they count up from the first).
 fn stack_ports(broker: u16, controller: u16, registry: u16) -> Vec<String> {
     [
         ("--broker-port", broker),
         ("--controller-port", controller),
         ("--registry-port", registry),
-        ("--services-port", free_port()),
+        (
+            "--services-port",
+            free_port_block(
+                u16::try_from(verdict_cli::services::SERVICES.len()).expect("a few services"),
+            ),
+        ),
     ]
     .into_iter()
     .flat_map(|(flag, port)| [flag.to_string(), port.to_string()])
@@ -470,6 +475,37 @@ fn stack_up_secure_runs_every_service_as_its_own_principal() {
         text(&groups).contains("verdict-fraud-detector"),
         "{}",
         text(&groups)
+    );
+    // The registry asks who: with the admin's Kafka settings but not its registry user, the
+    // CLI says the registry refused it.
+    let kafka_only = dir.path().join("kafka-only.properties");
+    let properties = std::fs::read_to_string(&admin).expect("admin.properties");
+    std::fs::write(
+        &kafka_only,
+        properties
+            .lines()
+            .filter(|l| !l.starts_with("basic.auth."))
+            .collect::<Vec<_>>()
+            .join("\n"),
+    )
+    .expect("kafka-only properties");
+    let anonymous = verdict(
+        dir.path(),
+        &[
+            &format!("--command-config={}", kafka_only.display()),
+            "demo",
+            "--count",
+            "1",
+            "--documents",
+            "0",
+        ],
+        &endpoints,
+    );
+    assert!(!anonymous.status.success(), "{}", text(&anonymous));
+    assert!(
+        text(&anonymous).contains("refused a client without credentials"),
+        "{}",
+        text(&anonymous)
     );
     // Without the settings the CLI says what is missing.
     let plain = verdict(dir.path(), &["groups", "list"], &endpoints[..1]);

@@ -34,7 +34,7 @@ async fn started() -> (Stack, Topology, AvroProducer, ServiceProcess) {
     let stack = Stack::start().await;
     let topology = apply_topology(&stack, None).await;
     let producer =
-        AvroProducer::new(&stack.broker.kafka(), &stack.registry_url()).expect("producer");
+        AvroProducer::new(&stack.broker.kafka(), stack.registry_url()).expect("producer");
     let mut svc = fraud(&stack, &topology);
     svc.wait_ready(Duration::from_secs(30)).await;
     (stack, topology, producer, svc)
@@ -258,7 +258,7 @@ fn a_shadow_run_of_unchanged_settings_mid_stream_changes_nothing() {
         let stack = Stack::start().await;
         let topology = apply_topology(&stack, None).await;
         let producer =
-            AvroProducer::new(&stack.broker.kafka(), &stack.registry_url()).expect("producer");
+            AvroProducer::new(&stack.broker.kafka(), stack.registry_url()).expect("producer");
         // The shipped settings, as the shadow run uses them.
         let mut svc = ServiceProcess::spawn::<Fraud>(&deployment(&stack, &topology, None), quick);
         svc.wait_ready(Duration::from_secs(30)).await;
@@ -332,7 +332,7 @@ fn a_transaction_killed_before_its_commit_leaves_nothing_visible() {
         let stack = Stack::start().await;
         let topology = apply_topology(&stack, None).await;
         let producer =
-            AvroProducer::new(&stack.broker.kafka(), &stack.registry_url()).expect("producer");
+            AvroProducer::new(&stack.broker.kafka(), stack.registry_url()).expect("producer");
         let exactly_once = |commit_every_ms: u64| {
             move |s: &mut FraudSettings| {
                 quick(s);

@@ -109,7 +109,7 @@ pub async fn run(args: DocArgs) {
     );
     analyzer.wait_ready(Duration::from_secs(60)).await;
     let kafka = stack.broker.kafka();
-    let producer = AvroProducer::new(&kafka, &stack.registry_url()).expect("producer");
+    let producer = AvroProducer::new(&kafka, stack.registry_url()).expect("producer");
     // Documents are sent 128 at a time, so the producer is not what is measured.
     let send_all = |round: usize, texts: Vec<String>| {
         let (producer, uploads) = (&producer, &uploads);

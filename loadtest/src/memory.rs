@@ -83,7 +83,7 @@ pub async fn run(args: MemoryArgs) {
     for bound in &args.bounds_mib {
         let topology = apply_topology(&stack, None).await;
         let uploads = topology.topic("document-uploads");
-        let docs = AvroProducer::new(&kafka, &stack.registry_url()).expect("producer");
+        let docs = AvroProducer::new(&kafka, stack.registry_url()).expect("producer");
         for i in 0..args.docs {
             let id = format!("big-{i}");
             let doc = sample_document("memory", &id, &format!("{i} {text}"));

@@ -1060,7 +1060,7 @@ pub async fn model_server_down(docs: usize, rate: u64, down: Duration) -> ChaosR
     );
     analyzer.wait_ready(Duration::from_secs(60)).await;
     let producer =
-        verdict_cli::records::AvroProducer::new(&stack.broker.kafka(), &stack.registry_url())
+        verdict_cli::records::AvroProducer::new(&stack.broker.kafka(), stack.registry_url())
             .expect("producer");
     let uploads = topology.topic("document-uploads");
     let outage = Arc::new(AtomicBool::new(false));

@@ -49,11 +49,15 @@ pub fn free_port() -> u16 {
         .expect("free port")
 }
 
-/// The first of `n` consecutive free loopback ports (for tools that count up
-/// from a base port).
+/// The first of `n` consecutive free loopback ports (for tools that count up from a base
+/// port), below the kernel's ephemeral range (32768–60999 here): a port after one the
+/// kernel handed out can be taken meanwhile as an outgoing connection's source port (the
+/// stack test's lag monitor once found its port so taken).
 pub fn free_port_block(n: u16) -> u16 {
+    use rand::Rng;
+    let mut rng = rand::rng();
     for _ in 0..200 {
-        let base = free_port();
+        let base = rng.random_range(20_000..32_000u16);
         let all_free = (0..n).all(|i| {
             base.checked_add(i)
                 .is_some_and(|p| TcpListener::bind(("127.0.0.1", p)).is_ok())
@@ -555,6 +559,16 @@ fn new_registry_settings(broker: &TestBroker) -> RegistrySettings {
     s
 }
 
+/// The users of [`Stack::authenticated_registry`]: name, role, password.
+pub const REGISTRY_USERS: [(&str, verdict_schema_registry::auth::Role, &str); 3] = {
+    use verdict_schema_registry::auth::Role;
+    [
+        ("reader", Role::Read, "reader-secret"),
+        ("writer", Role::Write, "writer-secret"),
+        ("admin", Role::Admin, "admin:secret"),
+    ]
+};
+
 /// A broker plus a registry on it.
 pub struct Stack {
     registry: Option<RunningRegistry>,
@@ -614,6 +628,26 @@ impl Stack {
     /// or a restart after [`Stack::stop_registry`]).
     pub fn registry_settings(&self) -> RegistrySettings {
         self.registry_settings.clone()
+    }
+
+    /// A second registry on this stack's `_schemas`, behind basic auth for
+    /// [`REGISTRY_USERS`] (the stack's own registry stays open for the topology's schemas).
+    pub async fn authenticated_registry(&self) -> RunningRegistry {
+        use verdict_schema_registry::auth::UserSettings;
+        let mut s = self.registry_settings();
+        s.auth.users = REGISTRY_USERS
+            .iter()
+            .map(|(name, role, password)| UserSettings {
+                name: (*name).into(),
+                role: *role,
+                password: Some(verdict_runtime::secret::Secret::new(*password)),
+                password_file: None,
+                password_env: None,
+            })
+            .collect();
+        RunningRegistry::start(&s)
+            .await
+            .expect("authenticated registry starts")
     }
 
     pub async fn stop_registry(&mut self) {
@@ -1162,6 +1196,7 @@ pub fn deployment(
     Deployment {
         kafka: stack.broker.kafka(),
         registry_url: stack.registry_url(),
+        registry_user: None,
         topology: topology.to_path_buf(),
         ..local_deployment(model_server_port)
     }
@@ -1172,6 +1207,7 @@ pub fn local_deployment(model_server_port: Option<u16>) -> Deployment {
     Deployment {
         kafka: KafkaSettings::with_bootstrap("127.0.0.1:9"),
         registry_url: "http://127.0.0.1:9".into(),
+        registry_user: None,
         topology: repo_root().join("topology/topology.toml"),
         root: repo_root(),
         http_listen: std::net::SocketAddr::from(([127, 0, 0, 1], 0)),
@@ -1287,7 +1323,7 @@ pub async fn write_history(stack: &Stack, topic: &str, n: usize) {
 /// (history on a topic of another schema, e.g. a decisions topic, that readers still decode).
 pub async fn write_history_as(stack: &Stack, schema_topic: &str, topic: &str, n: usize) {
     use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
-    let serde = verdict_runtime::serde::AvroSerde::new(&stack.registry_url());
+    let serde = verdict_runtime::serde::AvroSerde::new(stack.registry_url());
     let mut rng = rand::rng();
     let mut accounts = Vec::with_capacity(200);
     for a in 0..200 {

@@ -11,6 +11,11 @@ Needs only the registry (no Kafka):
 
 SUBJECT_PREFIX keeps the subjects of one run apart from every other run; the script
 deletes its subject at the end unless KEEP_SUBJECTS=1.
+
+A registry behind basic auth: BASIC_AUTH_USER_INFO=user:password signs every client in
+(an admin: the script changes compatibility levels); READ_ONLY_USER_INFO, if set, names a
+user with the read role, and the script also checks that a client without credentials is
+refused (401) and the read-only user may read but not register (403).
 Prints one line per check; exits 1 with a message on the first failure.
 """
 
@@ -52,10 +57,25 @@ def canonical(schema_str):
     return to_parsing_canonical_form(parse_schema(json.loads(schema_str), named_schemas={}))
 
 
-def client(url):
+def client(url, user_info=None):
     # No retries: a conforming registry answers every call here on the first attempt,
     # and retries on 5xx would hide server errors.
-    return SchemaRegistryClient({"url": url, "max.retries": 0, "timeout": 15})
+    conf = {"url": url, "max.retries": 0, "timeout": 15}
+    user_info = user_info if user_info is not None else os.environ.get("BASIC_AUTH_USER_INFO")
+    if user_info:
+        conf["basic.auth.user.info"] = user_info
+    return SchemaRegistryClient(conf)
+
+
+def refused(what, fn, status, code):
+    try:
+        fn()
+    except SchemaRegistryError as e:
+        check(e.http_status_code == status and e.error_code == code,
+              f"{what} is HTTP {status} with error_code {code}",
+              f"http={e.http_status_code} code={e.error_code} message={e.error_message}")
+        return
+    fail(f"{what} succeeded; expected HTTP {status}")
 
 
 def evolve(schema_str, field):
@@ -189,6 +209,15 @@ def main():
         check(e.http_status_code == 404 and e.error_code == 40401,
               "unknown subject is HTTP 404 with error_code 40401",
               f"http={e.http_status_code} code={e.error_code} message={e.error_message}")
+
+    read_only = os.environ.get("READ_ONLY_USER_INFO")
+    if read_only:
+        refused("a client without credentials", client(url, "").get_subjects, 401, 401)
+        reader = client(url, read_only)
+        listed = call("get_subjects (read-only user)", reader.get_subjects)
+        check(subject in listed, "the read-only user lists the subject")
+        refused("registering as the read-only user",
+                lambda: reader.register_schema(subject, Schema(optional_added, "AVRO")), 403, 40301)
 
     if os.environ.get("KEEP_SUBJECTS") != "1":
         soft = call("delete_subject", c.delete_subject, subject)

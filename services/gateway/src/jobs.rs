@@ -492,7 +492,7 @@ pub async fn follow(
     }
     consumer.assign(&tpl).map_err(|e| e.to_string())?;
     let serde = AvroSerde::with_timeout(
-        &registry.url,
+        registry.endpoint(),
         std::time::Duration::from_millis(registry.timeout_ms),
     );
     let by_topic: BTreeMap<String, Followed> =

@@ -31,7 +31,7 @@ impl verdict_runtime::service::ServiceSpec for Spec {
             kafka: d.kafka.clone(),
             ..GatewaySettings::default()
         };
-        s.registry.url = d.registry_url.clone();
+        s.registry = verdict_runtime::service::RegistrySection::for_deployment(d);
         s.topology.file = d.topology.clone();
         s.http.listen = d.http_listen;
         s.http.admin_listen = d.admin_listen;
@@ -123,12 +123,12 @@ pub fn build(settings: &GatewaySettings) -> Result<(Arc<api::App>, Vec<jobs::Fol
         usage: prometheus_client::metrics::family::Family::default(),
         settings: g.clone(),
         kafka: settings.kafka.clone(),
-        registry_url: settings.registry.url.clone(),
+        registry: settings.registry.endpoint(),
         producer: settings.kafka.producer().map_err(|e| e.to_string())?,
         record_limits: verdict_runtime::record_limit::RecordLimits::new(&settings.kafka)
             .map_err(|e| e.to_string())?,
         serde: verdict_runtime::serde::AvroSerde::with_timeout(
-            &settings.registry.url,
+            settings.registry.endpoint(),
             std::time::Duration::from_millis(settings.registry.timeout_ms),
         ),
         store: jobs::JobStore::new(

@@ -57,11 +57,8 @@ async fn main() -> ExitCode {
             usage,
         );
     });
-    host.health.depends_on(
-        "schema registry",
-        &format!("{}/subjects", settings.registry.url),
-        true,
-    );
+    host.health
+        .depends_on_registry(&settings.registry.endpoint(), true);
     let lookback = i64::try_from(settings.gateway.job_ttl_ms).unwrap_or(i64::MAX);
     let watched = [&app.transactions, &app.documents]
         .iter()

@@ -19,6 +19,8 @@ use crate::metrics::Metrics;
 struct Dependency {
     name: String,
     url: String,
+    /// Who the GET signs in as (a schema registry behind basic auth).
+    registry: Option<crate::registry::Registry>,
     /// Unready without it; otherwise it only shows as `degraded`.
     required: bool,
 }
@@ -45,12 +47,28 @@ impl Health {
     /// Adds a dependency: `/readyz` GETs `url` and wants a 2xx. Without a `required` one the
     /// service is not ready; without another one it is ready but says it is degraded.
     pub fn depends_on(&self, name: &str, url: &str, required: bool) {
+        self.add(Dependency {
+            name: name.into(),
+            url: url.into(),
+            registry: None,
+            required,
+        });
+    }
+
+    /// Adds the schema registry as a dependency: `GET /subjects` signed in as the service's
+    /// registry user, so a registry that refuses it makes the service unready too.
+    pub fn depends_on_registry(&self, registry: &crate::registry::Registry, required: bool) {
+        self.add(Dependency {
+            name: "schema registry".into(),
+            url: format!("{}/subjects", registry.url()),
+            registry: Some(registry.clone()),
+            required,
+        });
+    }
+
+    fn add(&self, dependency: Dependency) {
         if let Ok(mut deps) = self.dependencies.lock() {
-            deps.push(Dependency {
-                name: name.into(),
-                url: url.into(),
-                required,
-            });
+            deps.push(dependency);
         }
     }
 
@@ -70,17 +88,23 @@ impl Health {
             .map(|d| d.clone())
             .unwrap_or_default();
         for dep in deps {
-            let up =
-                matches!(self.client.get(&dep.url).send().await, Ok(r) if r.status().is_success());
-            if !up {
-                ready &= !dep.required;
-                lines.push(format!(
-                    "{}: {} does not answer{}",
-                    dep.name,
-                    dep.url,
-                    if dep.required { "" } else { " (degraded)" }
-                ));
-            }
+            let request = self.client.get(&dep.url);
+            let request = match &dep.registry {
+                Some(registry) => registry.sign(request),
+                None => request,
+            };
+            let fault = match request.send().await {
+                Ok(r) if r.status().is_success() => continue,
+                Ok(r) => format!("answers {}", r.status()),
+                Err(_) => "does not answer".to_string(),
+            };
+            ready &= !dep.required;
+            lines.push(format!(
+                "{}: {} {fault}{}",
+                dep.name,
+                dep.url,
+                if dep.required { "" } else { " (degraded)" }
+            ));
         }
         let body = if lines.is_empty() {
             "ready\n".to_string()
@@ -151,4 +175,60 @@ pub async fn serve_routes(
         }
     });
     Ok((bound, task))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::registry::Registry;
+    use crate::secret::Secret;
+
+    /// A registry stand-in that answers `/subjects` only to `reader:pw`.
+    async fn registry() -> String {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("in a test");
+        let addr = listener.local_addr().expect("in a test");
+        let app = Router::new().route(
+            "/subjects",
+            get(|headers: axum::http::HeaderMap| async move {
+                use base64::Engine as _;
+                let want = format!(
+                    "Basic {}",
+                    base64::engine::general_purpose::STANDARD.encode("reader:pw")
+                );
+                if headers
+                    .get(header::AUTHORIZATION)
+                    .and_then(|v| v.to_str().ok())
+                    == Some(want.as_str())
+                {
+                    (StatusCode::OK, "[]")
+                } else {
+                    (StatusCode::UNAUTHORIZED, "{}")
+                }
+            }),
+        );
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        format!("http://{addr}")
+    }
+
+    #[tokio::test]
+    async fn readiness_asks_the_registry_as_the_services_user() {
+        let url = registry().await;
+        let ready_as = |password: &str| {
+            let metrics = Metrics::new("test");
+            metrics.set_ready(true);
+            let health = Health::new(metrics);
+            health.depends_on_registry(
+                &Registry::new(&url).with_basic_auth("reader", Secret::new(password)),
+                true,
+            );
+            async move { health.readiness().await }
+        };
+        assert_eq!(ready_as("pw").await, (true, "ready\n".to_string()));
+        let (ready, body) = ready_as("wrong").await;
+        assert!(!ready);
+        assert_eq!(
+            body,
+            format!("not ready: schema registry: {url}/subjects answers 401 Unauthorized\n")
+        );
+    }
 }

@@ -7,6 +7,8 @@ use std::time::Duration;
 use serde::Deserialize;
 use serde_json::json;
 
+use crate::secret::Secret;
+
 pub const REGISTRY_URL_ENV: &str = "VERDICT_SCHEMA_REGISTRY_URL";
 pub const DEFAULT_REGISTRY_URL: &str = "http://127.0.0.1:8081";
 const CONTENT_TYPE: &str = "application/vnd.schemaregistry.v1+json";
@@ -21,6 +23,94 @@ pub fn default_registry_url() -> String {
         .unwrap_or_else(|| DEFAULT_REGISTRY_URL.to_string())
 }
 
+/// Where a schema registry answers and how to sign in to it: HTTP basic auth, what
+/// Confluent's clients take as `basic.auth.user.info`. `Debug` never shows the password.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Registry {
+    url: String,
+    basic_auth: Option<(String, Secret)>,
+}
+
+impl Registry {
+    pub fn new(url: impl Into<String>) -> Self {
+        Self {
+            url: url.into().trim_end_matches('/').to_string(),
+            basic_auth: None,
+        }
+    }
+
+    /// Signs every request in as `user`.
+    pub fn with_basic_auth(mut self, user: impl Into<String>, password: Secret) -> Self {
+        self.basic_auth = Some((user.into(), password));
+        self
+    }
+
+    /// Signs in with Confluent's `basic.auth.user.info` (`user:password`).
+    pub fn with_user_info(self, user_info: &str) -> Result<Self, RegistryError> {
+        match user_info.split_once(':') {
+            Some((user, password)) if !user.is_empty() => {
+                Ok(self.with_basic_auth(user, Secret::new(password)))
+            }
+            _ => Err(RegistryError::Settings(
+                "basic.auth.user.info must be user:password".into(),
+            )),
+        }
+    }
+
+    /// The base URL, without a trailing slash.
+    pub fn url(&self) -> &str {
+        &self.url
+    }
+
+    /// The user and password requests are signed in with, if any.
+    pub fn basic_auth(&self) -> Option<(&str, &str)> {
+        self.basic_auth
+            .as_ref()
+            .map(|(user, password)| (user.as_str(), password.expose()))
+    }
+
+    /// `request` signed in as this registry's user.
+    pub fn sign(&self, request: reqwest::RequestBuilder) -> reqwest::RequestBuilder {
+        match self.basic_auth() {
+            Some((user, password)) => request.basic_auth(user, Some(password)),
+            None => request,
+        }
+    }
+}
+
+impl std::fmt::Debug for Registry {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Registry")
+            .field("url", &self.url)
+            .field("user", &self.basic_auth.as_ref().map(|(user, _)| user))
+            .finish()
+    }
+}
+
+impl From<&str> for Registry {
+    fn from(url: &str) -> Self {
+        Self::new(url)
+    }
+}
+
+impl From<String> for Registry {
+    fn from(url: String) -> Self {
+        Self::new(url)
+    }
+}
+
+impl From<&String> for Registry {
+    fn from(url: &String) -> Self {
+        Self::new(url.as_str())
+    }
+}
+
+impl From<&Registry> for Registry {
+    fn from(registry: &Registry) -> Self {
+        registry.clone()
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum RegistryError {
     #[error("schema registry at {url} is unreachable: {message}")]
@@ -33,6 +123,8 @@ pub enum RegistryError {
     },
     #[error("schema registry sent an unexpected answer: {0}")]
     Protocol(String),
+    #[error("schema registry client settings: {0}")]
+    Settings(String),
 }
 
 #[derive(Deserialize)]
@@ -43,22 +135,24 @@ struct ApiErrorBody {
 
 #[derive(Clone, Debug)]
 pub struct RegistryClient {
-    base: String,
+    registry: Registry,
     http: reqwest::Client,
 }
 
 impl RegistryClient {
-    pub fn new(base: impl Into<String>) -> Result<Self, RegistryError> {
-        let base = base.into().trim_end_matches('/').to_string();
+    pub fn new(registry: impl Into<Registry>) -> Result<Self, RegistryError> {
         let http = reqwest::Client::builder()
             .timeout(DEFAULT_TIMEOUT)
             .build()
             .map_err(|e| RegistryError::Protocol(e.to_string()))?;
-        Ok(Self { base, http })
+        Ok(Self {
+            registry: registry.into(),
+            http,
+        })
     }
 
     pub fn url(&self) -> &str {
-        &self.base
+        self.registry.url()
     }
 
     async fn call(
@@ -67,10 +161,10 @@ impl RegistryClient {
         path: &str,
         body: Option<serde_json::Value>,
     ) -> Result<serde_json::Value, RegistryError> {
-        let url = format!("{}{}", self.base, path);
+        let url = format!("{}{}", self.registry.url(), path);
         let mut req = self
-            .http
-            .request(method, &url)
+            .registry
+            .sign(self.http.request(method, &url))
             .header("Accept", CONTENT_TYPE);
         if let Some(body) = body {
             req = req
@@ -78,7 +172,7 @@ impl RegistryClient {
                 .body(body.to_string());
         }
         let resp = req.send().await.map_err(|e| RegistryError::Unreachable {
-            url: self.base.clone(),
+            url: self.registry.url().to_string(),
             message: e.to_string(),
         })?;
         let status = resp.status();
@@ -181,6 +275,20 @@ fn encode(segment: &str) -> String {
 
 #[cfg(test)]
 mod tests {
+    use super::*;
+
+    #[test]
+    fn user_info_signs_in_and_is_never_shown() {
+        let r = Registry::new("http://127.0.0.1:8081/")
+            .with_user_info("reader:pa:ss")
+            .expect("in a test");
+        assert_eq!(r.url(), "http://127.0.0.1:8081");
+        assert_eq!(r.basic_auth(), Some(("reader", "pa:ss")));
+        assert!(!format!("{r:?}").contains("pa:ss"), "{r:?}");
+        assert!(Registry::new("http://x").with_user_info("nocolon").is_err());
+        assert!(Registry::new("http://x").with_user_info(":pw").is_err());
+    }
+
     #[test]
     fn subjects_are_path_encoded() {
         assert_eq!(super::encode("transactions-value"), "transactions-value");

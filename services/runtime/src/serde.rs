@@ -23,14 +23,19 @@ use schema_registry_converter::schema_registry_common::{
 use serde_json::Value as Json;
 
 use crate::error::ProcessError;
-use crate::registry::DEFAULT_TIMEOUT;
+use crate::registry::{DEFAULT_TIMEOUT, Registry};
 
-/// The converter's settings for `url`, every call bounded by `timeout`. `SrSettings::new` sets
+/// The converter's settings for `registry` (signed in as its user), every call bounded by
+/// `timeout`. `SrSettings::new` sets
 /// none: a registry that accepts a connection and never answers held a record, and with it
 /// its partition's commits, for good (tests/faults.rs). Building the HTTP client fails only
 /// where `reqwest::Client::new`, which `SrSettings::new` calls, panics (no TLS backend).
-fn converter_settings(url: &str, timeout: Duration) -> SrSettings {
-    SrSettings::new_builder(url.to_string())
+fn converter_settings(registry: &Registry, timeout: Duration) -> SrSettings {
+    let mut builder = SrSettings::new_builder(registry.url().to_string());
+    if let Some((user, password)) = registry.basic_auth() {
+        builder.set_basic_authorization(user, Some(password));
+    }
+    builder
         .set_timeout(timeout)
         .build()
         .expect("an HTTP client for the schema registry (a TLS backend is available)")
@@ -55,15 +60,16 @@ pub struct AvroSerde {
 
 impl AvroSerde {
     /// Registry calls bounded by [`DEFAULT_TIMEOUT`].
-    pub fn new(registry_url: &str) -> Self {
-        Self::with_timeout(registry_url, DEFAULT_TIMEOUT)
+    pub fn new(registry: impl Into<Registry>) -> Self {
+        Self::with_timeout(registry, DEFAULT_TIMEOUT)
     }
 
     /// Registry calls bounded by `timeout` (a service's `registry.timeout_ms`).
-    pub fn with_timeout(registry_url: &str, timeout: Duration) -> Self {
+    pub fn with_timeout(registry: impl Into<Registry>, timeout: Duration) -> Self {
+        let registry = registry.into();
         Self {
-            encoder: AvroEncoder::new(converter_settings(registry_url, timeout)),
-            decoder: AvroDecoder::new(converter_settings(registry_url, timeout)),
+            encoder: AvroEncoder::new(converter_settings(&registry, timeout)),
+            decoder: AvroDecoder::new(converter_settings(&registry, timeout)),
             resolved: DashMap::new(),
         }
     }
@@ -185,6 +191,13 @@ fn classify(e: &SRCError, what: &str, otherwise: fn(String) -> ProcessError) -> 
     }
 }
 
+/// Whether `e` is the registry refusing this client: its credentials (401) or its role (403).
+/// A record meeting it is retried (an operator may fix them), but a service meeting it at
+/// start-up stops.
+pub fn is_refused(e: &ProcessError) -> bool {
+    matches!(e, ProcessError::Registry(text) if text.contains("status 401") || text.contains("status 403"))
+}
+
 /// How long a schema id the registry said it does not know is answered from memory before
 /// the registry is asked again (bounds the lookups a flood of such records makes).
 const UNKNOWN_ID_TTL: Duration = Duration::from_secs(5);
@@ -207,9 +220,9 @@ pub struct Writer {
 
 impl Codec {
     /// A codec whose registry calls each give up after `timeout` (a retryable error).
-    pub fn new(registry_url: &str, timeout: Duration) -> Self {
+    pub fn new(registry: impl Into<Registry>, timeout: Duration) -> Self {
         Self {
-            registry: converter_settings(registry_url, timeout),
+            registry: converter_settings(&registry.into(), timeout),
             readers: DashMap::new(),
             unknown: DashMap::new(),
         }
@@ -363,7 +376,18 @@ mod tests {
             let classified = classify(&e, "schema id 9", ProcessError::Decode);
             assert!(classified.retryable(), "{status}: {classified:?}");
             assert_eq!(classified.class(), "Registry");
+            assert_eq!(
+                is_refused(&classified),
+                status.starts_with("401"),
+                "{status}"
+            );
         }
+        let forbidden = SRCError::new(
+            "HTTP request to schema registry failed with status 403 Forbidden",
+            None,
+            false,
+        );
+        assert!(is_refused(&classify(&forbidden, "x", ProcessError::Decode)));
         let refused = SRCError::new("http call to schema registry failed", None, true);
         assert_eq!(
             classify(&refused, "x", ProcessError::Decode).class(),

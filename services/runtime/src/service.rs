@@ -15,7 +15,8 @@ use crate::engine::{self, EngineSettings, Processor, Route};
 use crate::http::Health;
 use crate::kafka::KafkaSettings;
 use crate::metrics::Metrics;
-use crate::registry::default_registry_url;
+use crate::registry::{Registry, default_registry_url};
+use crate::secret::Secret;
 use crate::settings::{SettingsError, Validate};
 use crate::topology::Topology;
 
@@ -39,6 +40,15 @@ pub struct RegistrySection {
     pub url: String,
     /// How long one registry call may take before the record it serves is retried.
     pub timeout_ms: u64,
+    /// The user to sign in as (HTTP basic auth), with one of the three password keys.
+    pub username: Option<String>,
+    /// The password written here; prefer `password_file` or `password_env`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub password: Option<Secret>,
+    /// A file holding the password (surrounding whitespace is ignored).
+    pub password_file: Option<PathBuf>,
+    /// An environment variable holding the password.
+    pub password_env: Option<String>,
 }
 
 impl Default for RegistrySection {
@@ -49,7 +59,78 @@ impl Default for RegistrySection {
                 .as_millis()
                 .try_into()
                 .unwrap_or(u64::MAX),
+            username: None,
+            password: None,
+            password_file: None,
+            password_env: None,
         }
+    }
+}
+
+impl RegistrySection {
+    /// The registry of a deployment, signed in as its user.
+    pub fn for_deployment(d: &Deployment) -> Self {
+        let (username, password_file) = d.registry_user.clone().unzip();
+        Self {
+            url: d.registry_url.clone(),
+            username,
+            password_file,
+            ..Self::default()
+        }
+    }
+
+    fn password(&self) -> Result<String, (&'static str, String)> {
+        crate::secret::password(
+            self.password.as_ref(),
+            self.password_file.as_deref(),
+            self.password_env.as_deref(),
+            "registry.username",
+        )
+    }
+
+    fn validate(&self) -> Result<(), SettingsError> {
+        let key = |key: &str, message: String| SettingsError::Key {
+            key: format!("registry.{key}"),
+            message,
+        };
+        if !self.url.starts_with("http://") && !self.url.starts_with("https://") {
+            return Err(key("url", "must be an http(s) URL".into()));
+        }
+        if !(100..=300_000).contains(&self.timeout_ms) {
+            return Err(key("timeout_ms", "must be between 100 and 300000".into()));
+        }
+        match &self.username {
+            Some(user) if user.trim().is_empty() || user.contains(':') => Err(key(
+                "username",
+                "must be a user name without ':' (basic auth)".into(),
+            )),
+            Some(_) => self.password().map(drop).map_err(|(k, m)| key(k, m)),
+            None => match [
+                ("password", self.password.is_some()),
+                ("password_file", self.password_file.is_some()),
+                ("password_env", self.password_env.is_some()),
+            ]
+            .into_iter()
+            .find(|(_, set)| *set)
+            {
+                Some((k, _)) => Err(key(k, "is used only with registry.username".into())),
+                None => Ok(()),
+            },
+        }
+    }
+
+    /// The registry these settings name, signed in as their user. The password was checked
+    /// at start-up; one unreadable since then is logged, and the registry refuses the user.
+    pub fn endpoint(&self) -> Registry {
+        let registry = Registry::new(&self.url);
+        let Some(user) = &self.username else {
+            return registry;
+        };
+        let password = self.password().unwrap_or_else(|(key, message)| {
+            tracing::error!(key = %format!("registry.{key}"), "{message}");
+            String::new()
+        });
+        registry.with_basic_auth(user, Secret::new(password))
     }
 }
 
@@ -96,18 +177,7 @@ impl<T: Validate> Validate for ServiceSettings<T> {
     fn validate(&self) -> Result<(), SettingsError> {
         self.kafka.validate()?;
         self.engine.validate()?;
-        if !self.registry.url.starts_with("http://") && !self.registry.url.starts_with("https://") {
-            return Err(SettingsError::Key {
-                key: "registry.url".into(),
-                message: "must be an http(s) URL".into(),
-            });
-        }
-        if !(100..=300_000).contains(&self.registry.timeout_ms) {
-            return Err(SettingsError::Key {
-                key: "registry.timeout_ms".into(),
-                message: "must be between 100 and 300000".into(),
-            });
-        }
+        self.registry.validate()?;
         // A reconnect wait that outlasts the session evicts the member after a few connection
         // resets, and its partitions are read again (the reset chaos run showed it).
         if let Some(v) = self.kafka.properties.get("reconnect.backoff.max.ms")
@@ -313,11 +383,8 @@ where
         Ok(h) => h,
         Err(e) => return fail(name, &e),
     };
-    host.health.depends_on(
-        "schema registry",
-        &format!("{}/subjects", settings.registry.url.trim_end_matches('/')),
-        true,
-    );
+    host.health
+        .depends_on_registry(&settings.registry.endpoint(), true);
     let processor = match build(ServiceContext {
         settings: &settings,
         metrics: host.metrics.clone(),
@@ -385,6 +452,9 @@ pub async fn shutdown_signal() {
 pub struct Deployment {
     pub kafka: KafkaSettings,
     pub registry_url: String,
+    /// Who the service signs in to the registry as (a user and its password file), if the
+    /// registry asks.
+    pub registry_user: Option<(String, PathBuf)>,
     pub topology: PathBuf,
     /// The repository root (for `models/`).
     pub root: PathBuf,
@@ -424,10 +494,7 @@ impl<T: Default> ServiceSettings<T> {
     pub fn for_deployment(d: &Deployment) -> Self {
         Self {
             kafka: d.kafka.clone(),
-            registry: RegistrySection {
-                url: d.registry_url.clone(),
-                ..RegistrySection::default()
-            },
+            registry: RegistrySection::for_deployment(d),
             http: HttpSection {
                 listen: d.http_listen,
             },
@@ -459,6 +526,7 @@ mod tests {
         Deployment {
             kafka: KafkaSettings::with_bootstrap("127.0.0.1:9092"),
             registry_url: "http://127.0.0.1:8081".into(),
+            registry_user: None,
             topology: "topology/topology.toml".into(),
             root: ".".into(),
             http_listen: SocketAddr::from(([127, 0, 0, 1], 0)),

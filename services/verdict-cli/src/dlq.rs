@@ -16,6 +16,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
+use verdict_runtime::registry::Registry;
 
 use serde::Serialize;
 use verdict_runtime::groups::GroupReader;
@@ -259,7 +260,7 @@ pub async fn list(
 /// value decoded through the registry when it is Confluent-framed Avro.
 pub async fn show(
     kafka: &KafkaSettings,
-    registry_url: &str,
+    registry: impl Into<Registry>,
     topic: &str,
     partition: i32,
     offset: i64,
@@ -296,7 +297,7 @@ pub async fn show(
             "{topic} has no record at partition {partition} offset {offset}"
         )));
     };
-    let serde = verdict_runtime::serde::AvroSerde::new(registry_url);
+    let serde = verdict_runtime::serde::AvroSerde::new(registry);
     let value = crate::records::describe_value(&serde, r.value.as_deref()).await;
     let shown = serde_json::json!({
         "topic": topic,

@@ -125,12 +125,41 @@ fn answers_tcp(bootstrap: &str) -> bool {
 
 /// What every Kafka client of a command is given besides its bootstrap servers: the Kafka
 /// tools' `--command-config` file and kcat's `-X key=value` (which win over the file).
+/// Confluent's schema registry client keys in them sign in to the registry.
 #[derive(Clone, Debug, Default)]
 pub struct ClientOptions {
     /// The file, kept to hand to Kafka's own tools (`verdict kafka …`).
     pub command_config: Option<std::path::PathBuf>,
     pub security: verdict_runtime::kafka::Security,
     pub properties: std::collections::BTreeMap<String, String>,
+    /// `basic.auth.user.info` (`user:password`) for the schema registry.
+    pub registry_user_info: Option<verdict_runtime::secret::Secret>,
+}
+
+/// The schema registry client's keys, as Confluent's serializers take them (with or without
+/// the `schema.registry.` prefix): not Kafka client properties.
+const REGISTRY_USER_INFO: &str = "basic.auth.user.info";
+const REGISTRY_CREDENTIALS_SOURCE: &str = "basic.auth.credentials.source";
+
+/// Takes the registry's credentials out of client properties: `basic.auth.user.info` when
+/// the credentials source is `USER_INFO` (Confluent's default once user info is given).
+fn take_registry_user_info(
+    props: &mut std::collections::BTreeMap<String, String>,
+) -> Result<Option<verdict_runtime::secret::Secret>, CliError> {
+    let mut take = |key: &str| {
+        props
+            .remove(&format!("schema.registry.{key}"))
+            .or_else(|| props.remove(key))
+    };
+    let user_info = take(REGISTRY_USER_INFO);
+    match take(REGISTRY_CREDENTIALS_SOURCE) {
+        Some(source) if !source.trim().eq_ignore_ascii_case("USER_INFO") => {
+            Err(CliError::Usage(format!(
+                "client properties (--command-config, -X): {REGISTRY_CREDENTIALS_SOURCE}={source} is not supported; use USER_INFO with {REGISTRY_USER_INFO}=user:password"
+            )))
+        }
+        _ => Ok(user_info.map(verdict_runtime::secret::Secret::new)),
+    }
 }
 
 impl ClientOptions {
@@ -147,6 +176,7 @@ impl ClientOptions {
             None => Default::default(),
         };
         props.extend(overrides.iter().cloned());
+        let registry_user_info = take_registry_user_info(&mut props)?;
         let (security, properties) = verdict_runtime::kafka::Security::from_java_properties(&props)
             .map_err(|e| {
                 CliError::Usage(format!("client properties (--command-config, -X): {e}"))
@@ -155,7 +185,9 @@ impl ClientOptions {
             command_config: command_config.map(std::path::Path::to_path_buf),
             security,
             properties,
+            registry_user_info,
         };
+        options.registry(verdict_runtime::registry::DEFAULT_REGISTRY_URL)?;
         use verdict_runtime::settings::Validate;
         options
             .settings(verdict_runtime::kafka::DEFAULT_BOOTSTRAP)
@@ -164,6 +196,17 @@ impl ClientOptions {
                 CliError::Usage(format!("client properties (--command-config, -X): {e}"))
             })?;
         Ok(options)
+    }
+
+    /// The schema registry at `url`, signed in with these options' user info.
+    pub fn registry(&self, url: &str) -> Result<verdict_runtime::registry::Registry, CliError> {
+        let registry = verdict_runtime::registry::Registry::new(url);
+        match &self.registry_user_info {
+            Some(info) => registry.with_user_info(info.expose()).map_err(|e| {
+                CliError::Usage(format!("client properties (--command-config, -X): {e}"))
+            }),
+            None => Ok(registry),
+        }
     }
 
     /// Settings for the cluster at `bootstrap` with these options.
@@ -188,14 +231,31 @@ pub async fn reach_kafka(
     Ok(kafka)
 }
 
-/// Checks the schema registry at `url` answers (its subject list), naming it when it does not.
-pub async fn reach_registry(url: &str) -> Result<(), CliError> {
-    let client = verdict_runtime::registry::RegistryClient::new(url)?;
+/// Checks the schema registry answers (its subject list, signed in), naming it when it does
+/// not and saying when it refused the credentials.
+pub async fn reach_registry(
+    registry: &verdict_runtime::registry::Registry,
+) -> Result<(), CliError> {
+    use verdict_runtime::registry::RegistryError;
+    let url = registry.url();
+    let client = verdict_runtime::registry::RegistryClient::new(registry)?;
     client.subjects().await.map_err(|e| {
         tracing::debug!(error = %e, "registry");
-        CliError::Failed(format!(
-            "cannot reach the schema registry at {url}: is it running? (`verdict stack status`)"
-        ))
+        CliError::Failed(match e {
+            RegistryError::Api { status: 401, .. } => format!(
+                "the schema registry at {url} refused {}: give its user in the client properties (--command-config FILE or -X basic.auth.user.info=user:password)",
+                match registry.basic_auth() {
+                    Some((user, _)) => format!("the credentials of {user}"),
+                    None => "a client without credentials".into(),
+                }
+            ),
+            RegistryError::Api { status: 403, message, .. } => {
+                format!("the schema registry at {url} refused this: {message}")
+            }
+            _ => format!(
+                "cannot reach the schema registry at {url}: is it running? (`verdict stack status`)"
+            ),
+        })
     })?;
     Ok(())
 }

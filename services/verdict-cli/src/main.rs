@@ -18,7 +18,7 @@ use verdict_cli::stack::StackOpts;
 use verdict_cli::table::Output;
 use verdict_cli::{CliError, ClientOptions, topology_cmd};
 use verdict_runtime::kafka::{KafkaSettings, default_bootstrap};
-use verdict_runtime::registry::RegistryClient;
+use verdict_runtime::registry::{Registry, RegistryClient};
 use verdict_runtime::telemetry;
 
 #[derive(Parser)]
@@ -77,8 +77,13 @@ impl Endpoints {
     async fn reach(&self, client: &ClientOptions) -> Result<KafkaSettings, CliError> {
         let kafka =
             verdict_cli::reach_kafka(client.settings(self.bootstrap_servers.clone())).await?;
-        verdict_cli::reach_registry(&self.registry_url).await?;
+        verdict_cli::reach_registry(&self.registry(client)?).await?;
         Ok(kafka)
+    }
+
+    /// The registry, signed in as the client properties' `basic.auth.user.info`.
+    fn registry(&self, client: &ClientOptions) -> Result<Registry, CliError> {
+        client.registry(&self.registry_url)
     }
 }
 
@@ -615,7 +620,7 @@ async fn run(command: Command, client: &ClientOptions) -> Result<(), CliError> {
                 },
         } => {
             let kafka = endpoints.reach(client).await?;
-            let registry = RegistryClient::new(endpoints.registry_url)?;
+            let registry = RegistryClient::new(endpoints.registry(client)?)?;
             let report =
                 topology_cmd::apply(&file.file, file.schemas.as_deref(), &kafka, &registry).await?;
             report.print();
@@ -730,7 +735,7 @@ async fn run(command: Command, client: &ClientOptions) -> Result<(), CliError> {
                 None => Box::new(std::io::stdin().lock()),
             };
             let report =
-                produce_consume::produce(&kafka, &endpoints.registry_url, &topic, input, &opts)
+                produce_consume::produce(&kafka, endpoints.registry(client)?, &topic, input, &opts)
                     .await?;
             eprintln!(
                 "produced {} record(s) to {topic}, skipped {}",
@@ -756,8 +761,8 @@ async fn run(command: Command, client: &ClientOptions) -> Result<(), CliError> {
                 count,
                 partition,
             };
-            let n =
-                produce_consume::consume(&kafka, &endpoints.registry_url, &topic, &opts).await?;
+            let n = produce_consume::consume(&kafka, endpoints.registry(client)?, &topic, &opts)
+                .await?;
             eprintln!("consumed {n} record(s) from {topic}");
             Ok(())
         }
@@ -767,7 +772,8 @@ async fn run(command: Command, client: &ClientOptions) -> Result<(), CliError> {
             output,
         } => {
             let kafka =
-                verdict_cli::reach_kafka(client.settings(endpoints.bootstrap_servers)).await?;
+                verdict_cli::reach_kafka(client.settings(endpoints.bootstrap_servers.clone()))
+                    .await?;
             match action {
                 DlqAction::List { topic, select } => {
                     dlq::list(&kafka, &topic, &select.selection()?, output).await
@@ -777,8 +783,9 @@ async fn run(command: Command, client: &ClientOptions) -> Result<(), CliError> {
                     partition,
                     offset,
                 } => {
-                    verdict_cli::reach_registry(&endpoints.registry_url).await?;
-                    dlq::show(&kafka, &endpoints.registry_url, &topic, partition, offset).await
+                    let registry = endpoints.registry(client)?;
+                    verdict_cli::reach_registry(&registry).await?;
+                    dlq::show(&kafka, registry, &topic, partition, offset).await
                 }
                 DlqAction::Redrive {
                     topic,
@@ -860,7 +867,7 @@ async fn run(command: Command, client: &ClientOptions) -> Result<(), CliError> {
                 topology,
                 range,
                 overrides,
-                registry_url: endpoints.registry_url,
+                registry: endpoints.registry(client)?,
                 model_server_url,
                 timeout: Duration::from_secs(timeout),
                 keep_topics,
@@ -904,7 +911,8 @@ async fn demo(
     documents: usize,
 ) -> Result<(), CliError> {
     let kafka = endpoints.reach(client).await?;
-    let producer = AvroProducer::new(&kafka, &endpoints.registry_url)?;
+    let registry = endpoints.registry(client)?;
+    let producer = AvroProducer::new(&kafka, &registry)?;
     // Decisions are read from where their topics end now: a used stack's history is not
     // read again.
     let decisions_from = match decisions_topic {
@@ -925,7 +933,7 @@ async fn demo(
     let positions: Vec<(i32, i64)> = sent.iter().map(|d| (d.partition, d.offset)).collect();
     let got = read_back(
         &kafka,
-        &endpoints.registry_url,
+        &registry,
         topic,
         &positions,
         Duration::from_secs(30),
@@ -961,7 +969,7 @@ async fn demo(
     };
     show_decisions(
         &kafka,
-        &endpoints.registry_url,
+        &registry,
         decisions_topic,
         &decisions_from,
         &sent,
@@ -999,7 +1007,7 @@ async fn demo(
     println!("produced {documents} documents to document-uploads");
     show_decisions(
         &kafka,
-        &endpoints.registry_url,
+        &registry,
         DOCUMENT_DECISIONS,
         &documents_from,
         &sent_docs,
@@ -1038,7 +1046,7 @@ const SAMPLE_DOCUMENTS: [&str; 4] = [
 /// prints it.
 async fn show_decisions(
     kafka: &KafkaSettings,
-    registry_url: &str,
+    registry: &Registry,
     topic: &str,
     from: &std::collections::BTreeMap<i32, i64>,
     sent: &[verdict_cli::records::Delivered],
@@ -1049,34 +1057,27 @@ async fn show_decisions(
         .filter_map(|d| d.value["event_id"].as_str().map(String::from))
         .collect();
     let mut shown = HashSet::new();
-    records::read_from(
-        kafka,
-        registry_url,
-        topic,
-        from,
-        Duration::from_secs(60),
-        |d| {
-            let Some(v) = d.value.as_ref() else {
-                return false;
-            };
-            let Some(id) = v["event_id"].as_str().filter(|id| ids.contains(*id)) else {
-                return false;
-            };
-            if !shown.insert(id.to_string()) {
-                return false;
-            }
-            let occurred = sent
-                .iter()
-                .find(|s| s.value["event_id"] == v["event_id"])
-                .and_then(|s| s.value["occurred_at"].as_i64());
-            let took = match (occurred, v["decided_at"].as_i64()) {
-                (Some(o), Some(d)) => format!("{:>5} ms", d - o),
-                _ => String::new(),
-            };
-            println!("decision {id} {took} {}", describe(v));
-            shown.len() == ids.len()
-        },
-    )
+    records::read_from(kafka, registry, topic, from, Duration::from_secs(60), |d| {
+        let Some(v) = d.value.as_ref() else {
+            return false;
+        };
+        let Some(id) = v["event_id"].as_str().filter(|id| ids.contains(*id)) else {
+            return false;
+        };
+        if !shown.insert(id.to_string()) {
+            return false;
+        }
+        let occurred = sent
+            .iter()
+            .find(|s| s.value["event_id"] == v["event_id"])
+            .and_then(|s| s.value["occurred_at"].as_i64());
+        let took = match (occurred, v["decided_at"].as_i64()) {
+            (Some(o), Some(d)) => format!("{:>5} ms", d - o),
+            _ => String::new(),
+        };
+        println!("decision {id} {took} {}", describe(v));
+        shown.len() == ids.len()
+    })
     .await?;
     if shown.len() == ids.len() {
         println!(

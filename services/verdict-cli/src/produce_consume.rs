@@ -5,6 +5,7 @@ use std::collections::BTreeMap;
 use std::io::BufRead;
 use std::str::FromStr;
 use std::time::Duration;
+use verdict_runtime::registry::Registry;
 
 use serde_json::{Value as Json, json};
 use verdict_runtime::avro::{check_fields, untyped};
@@ -85,13 +86,15 @@ pub fn parse_key_value(s: &str) -> Result<(String, String), String> {
 /// produces them. With `keep_going`, bad lines are reported and skipped instead.
 pub async fn produce(
     kafka: &KafkaSettings,
-    registry_url: &str,
+    registry: impl Into<Registry>,
     topic: &str,
     input: impl BufRead,
     opts: &ProduceOpts,
 ) -> Result<ProduceReport, CliError> {
     crate::partitions_of(kafka, topic).await?;
-    let serde = AvroSerde::new(registry_url);
+    let registry = registry.into();
+    let registry_url = registry.url().to_string();
+    let serde = AvroSerde::new(registry);
     let schema = match opts.value_format {
         ValueFormat::Avro => Some(serde.latest_schema(topic).await.map_err(|e| {
             tracing::debug!(error = %e, "latest schema");
@@ -334,7 +337,7 @@ pub fn start_offset(
 /// the offsets it printed (the group must have no active members); without, commits nothing.
 pub async fn consume(
     kafka: &KafkaSettings,
-    registry_url: &str,
+    registry: impl Into<Registry>,
     topic: &str,
     opts: &ConsumeOpts,
 ) -> Result<usize, CliError> {
@@ -399,7 +402,7 @@ pub async fn consume(
         })
         .collect();
     let follow = end_time.is_none() && !opts.exit_at_end;
-    let serde = AvroSerde::new(registry_url);
+    let serde = AvroSerde::new(registry);
     let mut scanner = Scanner::new(kafka, topic, &ranges)?;
     let mut printed = 0usize;
     let mut next: BTreeMap<i32, i64> = BTreeMap::new();

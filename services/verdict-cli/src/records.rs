@@ -3,6 +3,7 @@
 
 use std::collections::{BTreeMap, HashSet};
 use std::time::Duration;
+use verdict_runtime::registry::Registry;
 
 use rand::Rng;
 use rdkafka::consumer::Consumer;
@@ -32,10 +33,10 @@ pub struct AvroProducer {
 }
 
 impl AvroProducer {
-    pub fn new(kafka: &KafkaSettings, registry_url: &str) -> Result<Self, CliError> {
+    pub fn new(kafka: &KafkaSettings, registry: impl Into<Registry>) -> Result<Self, CliError> {
         Ok(Self {
             producer: kafka.producer()?,
-            serde: AvroSerde::new(registry_url),
+            serde: AvroSerde::new(registry),
         })
     }
 
@@ -71,7 +72,7 @@ impl AvroProducer {
 /// range between them in each partition is read, however much the topic holds.
 pub async fn read_back(
     kafka: &KafkaSettings,
-    registry_url: &str,
+    registry: impl Into<Registry>,
     topic: &str,
     wanted: &[(i32, i64)],
     timeout: Duration,
@@ -83,7 +84,7 @@ pub async fn read_back(
     }
     let wanted: HashSet<(i32, i64)> = wanted.iter().copied().collect();
     let mut scanner = Scanner::new(kafka, topic, &ranges)?;
-    let serde = AvroSerde::new(registry_url);
+    let serde = AvroSerde::new(registry);
     let mut out = Vec::with_capacity(wanted.len());
     while let Some(r) = scanner.next(timeout).await? {
         if !wanted.contains(&(r.partition, r.offset)) {
@@ -128,7 +129,7 @@ pub async fn ends(kafka: &KafkaSettings, topic: &str) -> Result<BTreeMap<i32, i6
 /// it had.
 pub async fn read_from(
     kafka: &KafkaSettings,
-    registry_url: &str,
+    registry: impl Into<Registry>,
     topic: &str,
     from: &BTreeMap<i32, i64>,
     timeout: Duration,
@@ -136,7 +137,7 @@ pub async fn read_from(
 ) -> Result<bool, CliError> {
     let ranges = from.iter().map(|(p, o)| (*p, (*o, i64::MAX))).collect();
     let mut scanner = Scanner::new(kafka, topic, &ranges)?;
-    let serde = AvroSerde::new(registry_url);
+    let serde = AvroSerde::new(registry);
     let deadline = tokio::time::Instant::now() + timeout;
     loop {
         let left = deadline.saturating_duration_since(tokio::time::Instant::now());
@@ -257,7 +258,7 @@ pub struct Record {
 /// Reads `topic` from the beginning (every partition) until `done(records)` or `timeout`.
 pub async fn read_topic(
     kafka: &KafkaSettings,
-    registry_url: &str,
+    registry: impl Into<Registry>,
     topic: &str,
     timeout: Duration,
     done: impl Fn(&[Record]) -> bool,
@@ -280,7 +281,7 @@ pub async fn read_topic(
     if consumer.assign(&tpl).is_err() {
         return Vec::new();
     }
-    let serde = AvroSerde::new(registry_url);
+    let serde = AvroSerde::new(registry);
     let deadline = tokio::time::Instant::now() + timeout;
     let mut out = Vec::new();
     while !done(&out) {

@@ -189,13 +189,30 @@ impl Secrets {
     }
 
     /// A Java client properties file for `user` (the format of the Kafka tools'
-    /// `--command-config`, which `verdict` reads too).
+    /// `--command-config`, which `verdict` reads too), with the schema registry's
+    /// `basic.auth.user.info` as Confluent's serializers take it (the same user and password).
     pub fn java_properties(&self, user: &str) -> Result<String, CliError> {
+        let password = self.password(user)?;
         Ok(format!(
-            "security.protocol=SASL_SSL\nsasl.mechanism=SCRAM-SHA-512\nsasl.jaas.config=org.apache.kafka.common.security.scram.ScramLoginModule required username=\"{user}\" password=\"{}\";\nssl.truststore.type=PEM\nssl.truststore.location={}\n",
-            self.password(user)?,
+            "security.protocol=SASL_SSL\nsasl.mechanism=SCRAM-SHA-512\nsasl.jaas.config=org.apache.kafka.common.security.scram.ScramLoginModule required username=\"{user}\" password=\"{password}\";\nssl.truststore.type=PEM\nssl.truststore.location={}\nbasic.auth.credentials.source=USER_INFO\nbasic.auth.user.info={user}:{password}\n",
             self.ca_file().display()
         ))
+    }
+
+    /// The schema registry's `[auth]` for the stack: the admin with the admin role, every
+    /// other user with the write role (a service registers the schemas of records it writes
+    /// under record names on first use), each with its password file.
+    pub fn registry_auth(&self) -> String {
+        std::iter::once((ADMIN, "admin"))
+            .chain(self.users.iter().map(|u| (u.as_str(), "write")))
+            .map(|(user, role)| {
+                format!(
+                    "[[auth.users]]\nname = \"{user}\"\nrole = \"{role}\"\npassword_file = {}\n",
+                    toml::Value::String(self.password_file(user).display().to_string())
+                )
+            })
+            .collect::<Vec<_>>()
+            .join("\n")
     }
 
     /// `[kafka.security]` for `user`: SCRAM-SHA-512 over TLS, the password from its file.

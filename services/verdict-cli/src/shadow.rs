@@ -17,7 +17,7 @@ use serde::Serialize;
 use serde_json::Value as Json;
 use verdict_runtime::groups::GroupReader;
 use verdict_runtime::kafka::KafkaSettings;
-use verdict_runtime::registry::RegistryClient;
+use verdict_runtime::registry::{Registry, RegistryClient};
 use verdict_runtime::serde::AvroSerde;
 use verdict_runtime::service::Deployment;
 
@@ -42,7 +42,7 @@ pub struct ShadowOpts {
     /// `section.key=value` overrides of the service's settings (TOML values; bare words
     /// are strings), e.g. `service.model_file=models/fraud/model-v2.json`.
     pub overrides: Vec<(String, String)>,
-    pub registry_url: String,
+    pub registry: Registry,
     pub model_server_url: String,
     /// Give up when the shadow service has not finished after this long.
     pub timeout: Duration,
@@ -447,7 +447,7 @@ pub async fn run(kafka: &KafkaSettings, opts: &ShadowOpts) -> Result<ShadowRepor
             return Err(e);
         }
     };
-    let registry = RegistryClient::new(opts.registry_url.clone())?;
+    let registry = RegistryClient::new(&opts.registry)?;
     let applied = crate::topology_cmd::apply(&shadow_file, None, kafka, &registry).await;
     let result = async {
         let report = applied?;
@@ -460,7 +460,7 @@ pub async fn run(kafka: &KafkaSettings, opts: &ShadowOpts) -> Result<ShadowRepor
         );
         run_service(kafka, opts, spec, &settings, &shadow_group, &shadow_input).await?;
         let reader = GroupReader::new(kafka)?;
-        let serde = AvroSerde::new(&opts.registry_url);
+        let serde = AvroSerde::new(&opts.registry);
         let new = read_decoded(kafka, &reader, &serde, &shadow_decisions).await?;
         let old = read_decoded(kafka, &reader, &serde, &decisions).await?;
         let mut report = compare(&new, &old, opts.top);
@@ -672,7 +672,8 @@ impl ServiceSettings {
             .map_err(|e| CliError::Failed(format!("no free port: {e}")))?;
         let deployment = Deployment {
             kafka: kafka.clone(),
-            registry_url: opts.registry_url.clone(),
+            registry_url: opts.registry.url().to_string(),
+            registry_user: None,
             topology: std::path::absolute(topology).map_err(|e| CliError::Failed(e.to_string()))?,
             root,
             http_listen: port,

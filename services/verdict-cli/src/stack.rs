@@ -437,6 +437,18 @@ impl StackOpts {
         Ok(kafka)
     }
 
+    /// The stack's registry: signed in as `user` when the stack is secured.
+    fn registry_as(&self, user: &str) -> Result<verdict_runtime::registry::Registry, CliError> {
+        let registry = verdict_runtime::registry::Registry::new(self.registry_url());
+        Ok(match self.secrets()? {
+            Some(secrets) => registry.with_basic_auth(
+                user,
+                verdict_runtime::secret::Secret::new(secrets.password(user)?),
+            ),
+            None => registry,
+        })
+    }
+
     /// Adds `acls` with the admin's settings (a secured stack only).
     fn apply_acls(
         &self,
@@ -553,6 +565,12 @@ impl StackOpts {
             )
             .env("VERDICT__KAFKA__BOOTSTRAP_SERVERS", self.bootstrap());
             if let Some(secrets) = &secrets {
+                // Its users, in a file: `[auth]` holds a list, which the environment cannot.
+                let config = self.data_dir.join("schema-registry.toml");
+                fs::write(&config, secrets.registry_auth()).map_err(|e| {
+                    CliError::Failed(format!("cannot write {}: {e}", config.display()))
+                })?;
+                cmd.arg("--config").arg(&config);
                 let s = secrets.security(REGISTRY.name);
                 let file = |p: &Option<PathBuf>| p.as_ref().map(|p| p.display().to_string());
                 cmd.env("VERDICT__KAFKA__SECURITY__PROTOCOL", s.protocol.as_str())
@@ -591,7 +609,7 @@ impl StackOpts {
         })?;
         println!("schema-registry: answers at {}", self.registry_url());
 
-        let registry = verdict_runtime::registry::RegistryClient::new(self.registry_url())?;
+        let registry = verdict_runtime::registry::RegistryClient::new(self.registry_as(ADMIN)?)?;
         let report = crate::topology_cmd::apply(&self.topology, None, &kafka, &registry).await?;
         println!(
             "topology: {} created, {} unchanged, {} drift, {} schemas",
@@ -679,9 +697,13 @@ impl StackOpts {
             .map(|i| self.service_url(i))
             .unwrap_or_default();
         let listen = self.service_url(index);
+        let user = SERVICES.get(index).map_or(ADMIN, |d| d.name);
         Ok(Deployment {
-            kafka: self.kafka_as(SERVICES.get(index).map_or(ADMIN, |d| d.name))?,
+            kafka: self.kafka_as(user)?,
             registry_url: self.registry_url(),
+            registry_user: self
+                .secrets()?
+                .map(|s| (user.to_string(), s.password_file(user))),
             topology: std::path::absolute(&self.topology)
                 .map_err(|e| CliError::Failed(e.to_string()))?,
             root: root.to_path_buf(),

@@ -39,8 +39,9 @@ impl App {
             .wait_until_reachable(Duration::from_secs(2))
             .await
             .is_ok();
+        let subjects = self.http.get(format!("{}/subjects", self.registry.url()));
         let registry = matches!(
-            self.http.get(format!("{}/subjects", self.registry_url)).send().await,
+            self.registry.sign(subjects).send().await,
             Ok(r) if r.status().is_success()
         );
         let p = Probe {

@@ -71,7 +71,7 @@ pub struct App {
     >,
     pub settings: Gateway,
     pub kafka: KafkaSettings,
-    pub registry_url: String,
+    pub registry: verdict_runtime::registry::Registry,
     pub producer: FutureProducer,
     /// What each topic takes, so a record is refused before it is sent.
     pub record_limits: verdict_runtime::record_limit::RecordLimits,

@@ -86,7 +86,10 @@ pub async fn run<P: Processor>(
     let poller = spawn_poller(consumer.clone(), stop.clone())?;
     let worker = Arc::new(Worker {
         processor,
-        codec: Codec::new(&registry.url, Duration::from_millis(registry.timeout_ms)),
+        codec: Codec::new(
+            registry.endpoint(),
+            Duration::from_millis(registry.timeout_ms),
+        ),
         output: match settings.guarantee {
             Guarantee::AtLeastOnce => Output::new(kafka)?,
             Guarantee::ExactlyOnce => {
@@ -107,8 +110,19 @@ pub async fn run<P: Processor>(
     let outputs = worker.processor.outputs();
     let warmed = futures::future::join_all(outputs.iter().map(|t| t.warm(&worker.codec))).await;
     for (topic, result) in outputs.iter().zip(warmed) {
-        if let Err(e) = result {
-            tracing::warn!(topic = topic.name(), error = %e, "output schema not fetched yet; it is at the first record written there");
+        match result {
+            // Every record written there would be retried and dead-lettered until an operator
+            // changes the credentials or the role: stop now, saying so.
+            Err(e) if crate::serde::is_refused(&e) => {
+                return Err(EngineError::Fatal(format!(
+                    "the schema registry refused this service the schema of output topic {} (registry.username and its role): {e}",
+                    topic.name()
+                )));
+            }
+            Err(e) => {
+                tracing::warn!(topic = topic.name(), error = %e, "output schema not fetched yet; it is at the first record written there");
+            }
+            Ok(()) => {}
         }
     }
     let stores = route.stores.opened();
