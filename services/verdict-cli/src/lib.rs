@@ -146,10 +146,10 @@ const REGISTRY_CREDENTIALS_SOURCE: &str = "basic.auth.credentials.source";
 fn take_registry_user_info(
     props: &mut std::collections::BTreeMap<String, String>,
 ) -> Result<Option<verdict_runtime::secret::Secret>, CliError> {
+    // Both spellings leave the Kafka properties; the prefixed one wins.
     let mut take = |key: &str| {
-        props
-            .remove(&format!("schema.registry.{key}"))
-            .or_else(|| props.remove(key))
+        let prefixed = props.remove(&format!("schema.registry.{key}"));
+        prefixed.or(props.remove(key))
     };
     let user_info = take(REGISTRY_USER_INFO);
     match take(REGISTRY_CREDENTIALS_SOURCE) {
@@ -258,4 +258,38 @@ pub async fn reach_registry(
         })
     })?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn props(pairs: &[(&str, &str)]) -> std::collections::BTreeMap<String, String> {
+        pairs
+            .iter()
+            .map(|(k, v)| ((*k).to_string(), (*v).to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn registry_keys_leave_the_kafka_properties() {
+        let mut p = props(&[
+            ("schema.registry.basic.auth.user.info", "admin:a:b"),
+            ("basic.auth.user.info", "other:x"),
+            ("basic.auth.credentials.source", "USER_INFO"),
+            ("linger.ms", "5"),
+        ]);
+        let info = take_registry_user_info(&mut p).expect("user info");
+        assert_eq!(info.as_ref().map(|s| s.expose()), Some("admin:a:b"));
+        assert_eq!(p, props(&[("linger.ms", "5")]));
+        let mut url = props(&[("basic.auth.credentials.source", "URL")]);
+        assert!(take_registry_user_info(&mut url).is_err());
+        let options = ClientOptions {
+            registry_user_info: info,
+            ..ClientOptions::default()
+        };
+        let registry = options.registry("http://127.0.0.1:8081").expect("registry");
+        assert_eq!(registry.basic_auth(), Some(("admin", "a:b")));
+        assert!(!format!("{options:?}").contains("a:b"), "{options:?}");
+    }
 }
