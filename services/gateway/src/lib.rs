@@ -119,16 +119,18 @@ pub fn build(settings: &GatewaySettings) -> Result<(Arc<api::App>, Vec<jobs::Fol
     let topology = Topology::load(&settings.topology.file, None).map_err(|e| e.to_string())?;
     let (transactions, documents, followed) = plan(&topology, &settings.gateway.resolutions_topic)?;
     let g = &settings.gateway;
+    // Signed in once: the password is read here, not for each client.
+    let registry = settings.registry.endpoint();
     let app = api::App {
         usage: prometheus_client::metrics::family::Family::default(),
         settings: g.clone(),
         kafka: settings.kafka.clone(),
-        registry: settings.registry.endpoint(),
+        registry: registry.clone(),
         producer: settings.kafka.producer().map_err(|e| e.to_string())?,
         record_limits: verdict_runtime::record_limit::RecordLimits::new(&settings.kafka)
             .map_err(|e| e.to_string())?,
         serde: verdict_runtime::serde::AvroSerde::with_timeout(
-            settings.registry.endpoint(),
+            registry,
             std::time::Duration::from_millis(settings.registry.timeout_ms),
         ),
         store: jobs::JobStore::new(

@@ -57,8 +57,7 @@ async fn main() -> ExitCode {
             usage,
         );
     });
-    host.health
-        .depends_on_registry(&settings.registry.endpoint(), true);
+    host.health.depends_on_registry(&app.registry, true);
     let lookback = i64::try_from(settings.gateway.job_ttl_ms).unwrap_or(i64::MAX);
     let watched = [&app.transactions, &app.documents]
         .iter()
