@@ -165,6 +165,7 @@ fn a_hanging_registry_holds_no_partition_and_loses_nothing() {
             &Deployment {
                 registry_url: registry.http_url(),
                 registry_user: None,
+                registry_ca_file: None,
                 ..deployment(&stack, &topology, None)
             },
             |s| {

@@ -684,23 +684,30 @@ fn bad_settings_fail_at_start_up_naming_the_key() {
 }
 
 /// Issue 19: a fraud-detector signs in to a schema registry behind basic auth
-/// (`registry.username` and `registry.password_file`) and decides as before. It needs the
-/// write role (it registers the `review` topic's record schema on first use): as a `read`
-/// user, or with a wrong password, it stops at start-up saying the registry refused it,
-/// instead of retrying and dead-lettering every record that needs the schema.
+/// (`registry.username` and `registry.password_file`) over HTTPS (`registry.ca_file`) and
+/// decides as before. It needs the write role (it registers the `review` topic's record
+/// schema on first use): as a `read` user, or with a wrong password, it stops at start-up
+/// saying the registry refused it, and without the registry's CA saying the certificate is
+/// not trusted, instead of retrying and dead-lettering every record that needs the schema.
 #[test]
-fn the_fraud_detector_signs_in_to_an_authenticated_registry() {
+fn the_fraud_detector_signs_in_to_an_authenticated_registry_over_tls() {
+    const REFUSED: &str = "the schema registry refused this service";
+    const REFUSED_AS_READER: &[&str] = &[REFUSED, "it needs the write role"];
+    const REFUSED_PASSWORD: &[&str] = &[REFUSED, "401 Unauthorized"];
+    const UNTRUSTED: &[&str] =
+        &["presented a certificate this service does not trust (registry.ca_file)"];
     run(150, async {
         const WRONG: &str = "not-the-writers-password-7f3a";
         let stack = Stack::start().await;
         let topology = apply_topology(&stack, None).await;
-        let registry = stack.authenticated_registry().await;
         let dir = tempfile::tempdir().expect("tempdir");
+        let (registry, ca) = stack.tls_registry(&dir.path().join("tls")).await;
         let signed_in = verdict_runtime::service::Deployment {
             registry_url: registry.url(),
+            registry_ca_file: Some(ca),
             ..deployment(&stack, &topology, None)
         };
-        let as_user = |name: &str, password: &str| {
+        let spawn = |name: &str, password: &str, trust: bool| {
             let file = dir.path().join(format!("{name}.password"));
             std::fs::write(&file, format!("{password}\n")).expect("password file");
             let name = name.to_string();
@@ -708,8 +715,12 @@ fn the_fraud_detector_signs_in_to_an_authenticated_registry() {
                 quick(s);
                 s.registry.username = Some(name);
                 s.registry.password_file = Some(file);
+                if !trust {
+                    s.registry.ca_file = None;
+                }
             })
         };
+        let as_user = |name: &str, password: &str| spawn(name, password, true);
         let password = |name: &str| {
             harness::REGISTRY_USERS
                 .iter()
@@ -718,11 +729,12 @@ fn the_fraud_detector_signs_in_to_an_authenticated_registry() {
                 .expect("a registry user")
         };
 
-        for (user, pw, said) in [
-            ("reader", password("reader"), "it needs the write role"),
-            ("writer", WRONG, "401 Unauthorized"),
+        for (user, pw, trust, said) in [
+            ("reader", password("reader"), true, REFUSED_AS_READER),
+            ("writer", WRONG, true, REFUSED_PASSWORD),
+            ("writer", password("writer"), false, UNTRUSTED),
         ] {
-            let mut refused = as_user(user, pw);
+            let mut refused = spawn(user, pw, trust);
             let status = refused.wait_exit(Duration::from_secs(60)).await;
             assert!(
                 status.is_some_and(|s| !s.success()),
@@ -730,10 +742,7 @@ fn the_fraud_detector_signs_in_to_an_authenticated_registry() {
                 refused.log()
             );
             let log = refused.log();
-            assert!(
-                log.contains("the schema registry refused this service") && log.contains(said),
-                "{user}: {log}"
-            );
+            assert!(said.iter().all(|s| log.contains(s)), "{user}: {log}");
             assert!(!log.contains(WRONG), "the password is never logged");
         }
 

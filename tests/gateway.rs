@@ -437,6 +437,97 @@ fn keys_are_checked_with_specific_errors_and_rotate() {
     });
 }
 
+/// Issue 19: with `[http.tls]` the API speaks HTTPS only, here with the registry behind TLS
+/// and basic auth too (`registry.ca_file`, `registry.username`): a client that trusts the CA
+/// submits and reads its job by address or by name; one that does not is refused the
+/// handshake, and a plain-HTTP client gets no answer. A certificate file that is not one
+/// stops the gateway at start-up naming the key.
+#[test]
+fn the_api_speaks_https_with_a_certificate() {
+    use verdict_runtime::tls::ServerTls;
+    run(120, async {
+        let stack = Stack::start().await;
+        let topology = apply_topology(&stack, None).await;
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (registry, ca) = stack.tls_registry(&dir.path().join("tls")).await;
+        let secrets = verdict_cli::secure::Secrets::ensure(&dir.path().join("tls"), &[])
+            .expect("the same certificates");
+        let tls = ServerTls {
+            cert_file: Some(secrets.server_certificate()),
+            key_file: Some(secrets.server_key()),
+        };
+        let on_tls = |s: &mut gateway::config::GatewaySettings, tls: ServerTls| {
+            s.http.tls = tls;
+            s.registry.url = registry.url();
+            s.registry.ca_file = Some(ca.clone());
+            s.registry.username = Some("writer".into());
+            s.registry.password = Some(verdict_runtime::secret::Secret::new("writer-secret"));
+        };
+        let mut gw = spawn_gateway(&stack, &topology, |s| on_tls(s, tls.clone()));
+        gw.wait_ready(Duration::from_secs(30)).await;
+        let p = gw.http_port;
+
+        let pem = std::fs::read(&ca).expect("CA");
+        let trusting = reqwest::Client::builder()
+            .add_root_certificate(reqwest::Certificate::from_pem(&pem).expect("PEM"))
+            .build()
+            .expect("client");
+        let submitted = trusting
+            .post(format!("https://127.0.0.1:{p}/v1/transactions"))
+            .bearer_auth(KEY_A)
+            .header("content-type", "application/json")
+            .body(transaction())
+            .send()
+            .await
+            .expect("HTTPS to the gateway");
+        assert_eq!(submitted.status(), 202, "{:?}", submitted.text().await);
+        let job: Value = submitted.json().await.expect("job");
+        let id = job["job_id"].as_str().expect("job id");
+        let read = trusting
+            .get(format!("https://localhost:{p}/v1/jobs/{id}"))
+            .bearer_auth(KEY_A)
+            .send()
+            .await
+            .expect("HTTPS by name");
+        assert_eq!(read.status(), 200);
+
+        let untrusted = reqwest::Client::new()
+            .get(format!("https://127.0.0.1:{p}/v1/health"))
+            .send()
+            .await
+            .expect_err("a certificate from an unknown CA");
+        let said = verdict_runtime::registry::with_causes(&untrusted);
+        assert!(said.contains("certificate"), "{said}");
+        let plain = reqwest::Client::new()
+            .get(format!("http://127.0.0.1:{p}/v1/health"))
+            .timeout(Duration::from_secs(5))
+            .send()
+            .await;
+        assert!(plain.is_err(), "plain HTTP is not served: {plain:?}");
+        drop(gw);
+
+        let not_pem = dir.path().join("not-a-certificate.pem");
+        std::fs::write(&not_pem, "hello").expect("write");
+        let mut bad = spawn_gateway(&stack, &topology, |s| {
+            on_tls(
+                s,
+                ServerTls {
+                    cert_file: Some(not_pem.clone()),
+                    ..tls.clone()
+                },
+            );
+        });
+        let status = bad.wait_exit(Duration::from_secs(30)).await;
+        assert!(status.is_some_and(|s| !s.success()), "{}", bad.log());
+        assert!(
+            bad.log().contains("http.tls.cert_file") && bad.log().contains("not-a-certificate.pem"),
+            "{}",
+            bad.log()
+        );
+        registry.stop().await;
+    });
+}
+
 /// A tenant past its limit gets 429 with Retry-After and the limit headers; another tenant
 /// is unaffected; the warning header comes at 80 %.
 #[test]

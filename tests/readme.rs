@@ -342,6 +342,7 @@ fn deployment(stack: &Stack) -> Deployment {
         kafka: stack.broker.kafka(),
         registry_url: stack.registry_url(),
         registry_user: None,
+        registry_ca_file: None,
         ..local_deployment(None)
     }
 }

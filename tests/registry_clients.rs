@@ -137,14 +137,16 @@ fn confluent_python_client_round_trip() {
     });
 }
 
-/// Issue 19: Confluent's Python client signs in with `basic.auth.user.info` (as the admin:
-/// the script sets compatibility levels); without credentials it is refused (401), as the
-/// read-only user it reads but may not register (403).
+/// Issue 19: Confluent's Python client, trusting the registry's CA (`ssl.ca.location`) over
+/// HTTPS, signs in with `basic.auth.user.info` (as the admin: the script sets compatibility
+/// levels); without credentials it is refused (401), as the read-only user it reads but may
+/// not register (403).
 #[test]
-fn confluent_python_client_signs_in_to_an_authenticated_registry() {
+fn confluent_python_client_signs_in_to_an_authenticated_registry_over_tls() {
     run(120, async {
         let stack = Stack::start().await;
-        let registry = stack.authenticated_registry().await;
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (registry, ca) = stack.tls_registry(&dir.path().join("tls")).await;
         let user_info = |name: &str| {
             harness::REGISTRY_USERS
                 .iter()
@@ -157,6 +159,7 @@ fn confluent_python_client_signs_in_to_an_authenticated_registry() {
             &[
                 ("BASIC_AUTH_USER_INFO", user_info("admin")),
                 ("READ_ONLY_USER_INFO", user_info("reader")),
+                ("SCHEMA_REGISTRY_CA", ca.display().to_string()),
             ],
         )
         .await;
@@ -171,14 +174,7 @@ fn confluent_python_client_signs_in_to_an_authenticated_registry() {
 
 /// Runs tests/python/sr_client_roundtrip.py against `url` with `env`; its stdout.
 async fn python_round_trip(url: String, env: &[(&str, String)]) -> String {
-    let python = std::env::var("VERDICT_PYTHON")
-        .map(std::path::PathBuf::from)
-        .unwrap_or_else(|_| repo_root().join(".venv/bin/python"));
-    assert!(
-        python.is_file(),
-        "{} missing: run scripts/install.sh (creates .venv with confluent-kafka)",
-        python.display()
-    );
+    let python = harness::python();
     let env: Vec<(String, String)> = env
         .iter()
         .map(|(k, v)| ((*k).to_string(), v.clone()))

@@ -758,3 +758,84 @@ fn basic_auth_signs_users_in_and_holds_them_to_their_roles() {
         registry.stop().await;
     });
 }
+
+/// `[http.tls]`: the registry speaks HTTPS. A client that trusts its CA (`registry.ca_file`,
+/// `schema.registry.ssl.ca.location`) signs in, registers, and round-trips a record through
+/// the converter; one that does not trust it is told so; a plain-HTTP client is not served.
+#[test]
+fn tls_serves_clients_that_trust_its_ca_and_no_one_else() {
+    use verdict_runtime::registry::{Registry, RegistryClient, RegistryError};
+    use verdict_runtime::serde::{AvroSerde, ValueSchema};
+    run(90, async {
+        let stack = Stack::start().await;
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (registry, ca) = stack.tls_registry(&dir.path().join("tls")).await;
+        let url = registry.url();
+        assert!(url.starts_with("https://127.0.0.1:"), "{url}");
+        let admin = |r: Registry| r.with_user_info("admin:admin:secret").expect("user info");
+
+        let trusted = admin(Registry::new(&url).with_ca_file(&ca).expect("CA file"));
+        let client = RegistryClient::new(&trusted).expect("client");
+        let topic = harness::unique("tls");
+        let id = client
+            .register(&format!("{topic}-value"), &record(A))
+            .await
+            .expect("register over TLS");
+        assert!(
+            client
+                .subjects()
+                .await
+                .expect("subjects")
+                .contains(&format!("{topic}-value"))
+        );
+        let serde = AvroSerde::new(&trusted);
+        let bytes = serde
+            .encode(
+                &topic,
+                &ValueSchema::TopicLatest,
+                apache_avro::types::Value::Record(vec![(
+                    "a".into(),
+                    apache_avro::types::Value::String("over TLS".into()),
+                )]),
+            )
+            .await
+            .expect("encode over TLS");
+        assert_eq!(verdict_runtime::serde::schema_id(&bytes), Some(id));
+        assert_eq!(
+            AvroSerde::new(&trusted)
+                .decode(Some(&bytes))
+                .await
+                .expect("decode over TLS"),
+            json!({"a": "over TLS"})
+        );
+
+        // Without the CA: the certificate is not trusted, and the error says so.
+        let untrusted = RegistryClient::new(admin(Registry::new(&url)))
+            .expect("client")
+            .subjects()
+            .await
+            .expect_err("a certificate from an unknown CA");
+        assert!(untrusted.is_untrusted_certificate(), "{untrusted}");
+        assert!(untrusted.to_string().contains("certificate"), "{untrusted}");
+
+        // Plain HTTP to the TLS port: no answer, and not mistaken for a certificate problem.
+        let plain = RegistryClient::new(admin(Registry::new(url.replacen("https", "http", 1))))
+            .expect("client")
+            .subjects()
+            .await
+            .expect_err("plain HTTP to the TLS port");
+        assert!(
+            matches!(plain, RegistryError::Unreachable { .. }) && !plain.is_untrusted_certificate(),
+            "{plain}"
+        );
+
+        // A CA file that is not one is refused when the client is made, naming the file.
+        let not_ca = dir.path().join("not-a-ca.pem");
+        std::fs::write(&not_ca, "hello").expect("write");
+        let refused = Registry::new(&url)
+            .with_ca_file(&not_ca)
+            .expect_err("not a CA file");
+        assert!(refused.to_string().contains("not-a-ca.pem"), "{refused}");
+        registry.stop().await;
+    });
+}

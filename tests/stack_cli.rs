@@ -433,11 +433,18 @@ fn stack_up_secure_runs_every_service_as_its_own_principal() {
     let guard = StackGuard { dir: dir.path() };
     let endpoints = [
         format!("--bootstrap-servers=127.0.0.1:{bp}"),
-        format!("--registry-url=http://127.0.0.1:{rp}"),
+        format!("--registry-url=https://127.0.0.1:{rp}"),
     ];
     let endpoints: Vec<&str> = endpoints.iter().map(String::as_str).collect();
 
     let up = verdict(dir.path(), &["stack", "up", "--secure"], &ports);
+    assert!(
+        text(&up).contains(&format!(
+            "schema-registry: answers at https://127.0.0.1:{rp}"
+        )),
+        "the registry serves HTTPS: {}",
+        text(&up)
+    );
     assert!(up.status.success(), "{}", text(&up));
     assert!(
         text(&up).contains("security: SASL_SSL (SCRAM-SHA-512)"),
@@ -476,6 +483,69 @@ fn stack_up_secure_runs_every_service_as_its_own_principal() {
         "{}",
         text(&groups)
     );
+    // A user's own consumer: Confluent's Python client reads those decisions over SASL_SSL,
+    // the registry over HTTPS with basic auth.
+    let secret = |user: &str| {
+        std::fs::read_to_string(dir.path().join(format!("secure/{user}.password")))
+            .expect("password")
+            .trim()
+            .to_string()
+    };
+    let ca = dir.path().join("secure/ca.pem");
+    let read = run_command(
+        Command::new(harness::python())
+            .arg(repo_root().join("tests/python/read_decisions.py"))
+            .env("BOOTSTRAP_SERVERS", format!("127.0.0.1:{bp}"))
+            .env("TOPIC", "fraud-decisions")
+            .env("WANT", "3")
+            .env("SASL_USERNAME", "admin")
+            .env("SASL_PASSWORD", secret("admin"))
+            .env("CA_LOCATION", &ca)
+            .env("SCHEMA_REGISTRY_URL", format!("https://127.0.0.1:{rp}"))
+            .env("BASIC_AUTH_USER_INFO", format!("admin:{}", secret("admin"))),
+        Duration::from_secs(90),
+    );
+    assert!(read.status.success(), "{}", text(&read));
+    let decisions: Vec<serde_json::Value> = String::from_utf8_lossy(&read.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("a JSON line"))
+        .collect();
+    assert!(
+        decisions.len() >= 3
+            && decisions
+                .iter()
+                .all(|d| d["event_id"].as_str().is_some_and(|id| id.len() == 36)
+                    && d["outcome"].is_string()),
+        "{}",
+        text(&read)
+    );
+    // `verdict shadow` runs its shadow service with the CLI's registry user and CA.
+    let report = dir.path().join("shadow.json");
+    let shadow = verdict(
+        dir.path(),
+        &[
+            &admin_flag,
+            "shadow",
+            "--service",
+            "fraud-detector",
+            "--name",
+            "secured",
+            "--from-offset",
+            "0",
+            "--json",
+            &report.display().to_string(),
+        ],
+        &endpoints,
+    );
+    assert!(shadow.status.success(), "{}", text(&shadow));
+    let report: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&report).expect("shadow report"))
+            .expect("report JSON");
+    assert!(
+        report["events"].as_u64().is_some_and(|n| n >= 3)
+            && report["shadow_decided"] == report["events"],
+        "{report}"
+    );
     // The registry asks who: with the admin's Kafka settings but not its registry user, the
     // CLI says the registry refused it.
     let kafka_only = dir.path().join("kafka-only.properties");
@@ -489,6 +559,36 @@ fn stack_up_secure_runs_every_service_as_its_own_principal() {
             .join("\n"),
     )
     .expect("kafka-only properties");
+    // Without the registry's CA the CLI says its certificate is not trusted.
+    let no_ca = dir.path().join("no-registry-ca.properties");
+    std::fs::write(
+        &no_ca,
+        properties
+            .lines()
+            .filter(|l| !l.starts_with("schema.registry.ssl."))
+            .collect::<Vec<_>>()
+            .join("\n"),
+    )
+    .expect("properties without the registry CA");
+    let untrusting = verdict(
+        dir.path(),
+        &[
+            &format!("--command-config={}", no_ca.display()),
+            "demo",
+            "--count",
+            "1",
+            "--documents",
+            "0",
+        ],
+        &endpoints,
+    );
+    assert!(!untrusting.status.success(), "{}", text(&untrusting));
+    assert!(
+        text(&untrusting).contains("presented a certificate this client does not trust")
+            && text(&untrusting).contains("schema.registry.ssl.ca.location"),
+        "{}",
+        text(&untrusting)
+    );
     let anonymous = verdict(
         dir.path(),
         &[

@@ -10,7 +10,7 @@ pub mod toxiproxy;
 use std::collections::BTreeMap;
 use std::future::Future;
 use std::net::TcpListener;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output};
 use std::time::Duration;
 
@@ -633,8 +633,28 @@ impl Stack {
     /// A second registry on this stack's `_schemas`, behind basic auth for
     /// [`REGISTRY_USERS`] (the stack's own registry stays open for the topology's schemas).
     pub async fn authenticated_registry(&self) -> RunningRegistry {
+        self.start_authenticated(verdict_runtime::tls::ServerTls::default())
+            .await
+    }
+
+    /// [`Self::authenticated_registry`] over HTTPS, its certificate (for `127.0.0.1` and
+    /// `localhost`) made in `dir` by `verdict stack up --secure`'s code; with its CA file.
+    pub async fn tls_registry(&self, dir: &Path) -> (RunningRegistry, PathBuf) {
+        let secrets =
+            verdict_cli::secure::Secrets::ensure(dir, &[]).expect("a CA and a certificate");
+        let registry = self
+            .start_authenticated(verdict_runtime::tls::ServerTls {
+                cert_file: Some(secrets.server_certificate()),
+                key_file: Some(secrets.server_key()),
+            })
+            .await;
+        (registry, secrets.ca_file())
+    }
+
+    async fn start_authenticated(&self, tls: verdict_runtime::tls::ServerTls) -> RunningRegistry {
         use verdict_schema_registry::auth::UserSettings;
         let mut s = self.registry_settings();
+        s.http.tls = tls;
         s.auth.users = REGISTRY_USERS
             .iter()
             .map(|(name, role, password)| UserSettings {
@@ -1197,6 +1217,7 @@ pub fn deployment(
         kafka: stack.broker.kafka(),
         registry_url: stack.registry_url(),
         registry_user: None,
+        registry_ca_file: None,
         topology: topology.to_path_buf(),
         ..local_deployment(model_server_port)
     }
@@ -1208,6 +1229,7 @@ pub fn local_deployment(model_server_port: Option<u16>) -> Deployment {
         kafka: KafkaSettings::with_bootstrap("127.0.0.1:9"),
         registry_url: "http://127.0.0.1:9".into(),
         registry_user: None,
+        registry_ca_file: None,
         topology: repo_root().join("topology/topology.toml"),
         root: repo_root(),
         http_listen: std::net::SocketAddr::from(([127, 0, 0, 1], 0)),
@@ -1540,6 +1562,19 @@ impl Drop for RegistryProxy {
     fn drop(&mut self) {
         self.task.abort();
     }
+}
+
+/// The Python with Confluent's client (`VERDICT_PYTHON`, else the repository's `.venv`).
+pub fn python() -> PathBuf {
+    let python = std::env::var("VERDICT_PYTHON")
+        .map(PathBuf::from)
+        .unwrap_or_else(|_| repo_root().join(".venv/bin/python"));
+    assert!(
+        python.is_file(),
+        "{} missing: run scripts/install.sh (creates .venv with confluent-kafka)",
+        python.display()
+    );
+    python
 }
 
 /// Loads `url` in Debian's headless Chromium after letting its scripts run; returns the DOM

@@ -16,6 +16,8 @@ A registry behind basic auth: BASIC_AUTH_USER_INFO=user:password signs every cli
 (an admin: the script changes compatibility levels); READ_ONLY_USER_INFO, if set, names a
 user with the read role, and the script also checks that a client without credentials is
 refused (401) and the read-only user may read but not register (403).
+A registry over HTTPS whose CA the system does not trust: SCHEMA_REGISTRY_CA=ca.pem
+(the client's ssl.ca.location).
 Prints one line per check; exits 1 with a message on the first failure.
 """
 
@@ -64,6 +66,8 @@ def client(url, user_info=None):
     user_info = user_info if user_info is not None else os.environ.get("BASIC_AUTH_USER_INFO")
     if user_info:
         conf["basic.auth.user.info"] = user_info
+    if os.environ.get("SCHEMA_REGISTRY_CA"):
+        conf["ssl.ca.location"] = os.environ["SCHEMA_REGISTRY_CA"]
     return SchemaRegistryClient(conf)
 
 

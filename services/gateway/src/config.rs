@@ -7,6 +7,7 @@ use serde::{Deserialize, Serialize};
 use verdict_runtime::kafka::KafkaSettings;
 use verdict_runtime::service::{RegistrySection, TelemetrySection, TopologySection};
 use verdict_runtime::settings::{SettingsError, Validate};
+use verdict_runtime::tls::ServerTls;
 
 use crate::auth::Scope;
 
@@ -29,6 +30,8 @@ pub struct Http {
     /// `/metrics` (every tenant and key id, by volume), `/healthz`, `/readyz` (it names the
     /// dependencies' addresses): for the operators' network, never the API clients'.
     pub admin_listen: SocketAddr,
+    /// `[http.tls]`: with a certificate and key the API (`listen`) speaks HTTPS only.
+    pub tls: ServerTls,
 }
 
 impl Default for Http {
@@ -36,6 +39,7 @@ impl Default for Http {
         Self {
             listen: SocketAddr::from(([127, 0, 0, 1], 8088)),
             admin_listen: SocketAddr::from(([127, 0, 0, 1], 9471)),
+            tls: ServerTls::default(),
         }
     }
 }
@@ -180,6 +184,8 @@ impl Default for Gateway {
 impl Validate for GatewaySettings {
     fn validate(&self) -> Result<(), SettingsError> {
         self.kafka.validate()?;
+        self.registry.validate()?;
+        self.http.tls.load("http.tls")?;
         let bad = |key: String, message: String| Err(SettingsError::Key { key, message });
         if self.http.admin_listen == self.http.listen && self.http.listen.port() != 0 {
             return bad(

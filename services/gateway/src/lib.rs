@@ -121,6 +121,9 @@ pub fn build(settings: &GatewaySettings) -> Result<(Arc<api::App>, Vec<jobs::Fol
     let g = &settings.gateway;
     // Signed in once: the password is read here, not for each client.
     let registry = settings.registry.endpoint();
+    let registry_http = registry
+        .client(std::time::Duration::from_secs(2))
+        .map_err(|e| e.to_string())?;
     let app = api::App {
         usage: prometheus_client::metrics::family::Family::default(),
         settings: g.clone(),
@@ -138,10 +141,7 @@ pub fn build(settings: &GatewaySettings) -> Result<(Arc<api::App>, Vec<jobs::Fol
             i64::try_from(g.job_ttl_ms).unwrap_or(i64::MAX),
         ),
         limiter: limits::Limiter::default(),
-        http: reqwest::Client::builder()
-            .timeout(std::time::Duration::from_secs(2))
-            .build()
-            .map_err(|e| e.to_string())?,
+        http: registry_http,
         webhook_http: g.webhooks.client()?,
         pipelines: Arc::default(),
         probe: tokio::sync::Mutex::new(None),

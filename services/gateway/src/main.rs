@@ -38,10 +38,19 @@ async fn main() -> ExitCode {
             return ExitCode::from(1);
         }
     };
+    // Checked at start-up (settings validation): only an unreadable file since then fails.
+    let tls = match settings.http.tls.load("http.tls") {
+        Ok(tls) => tls,
+        Err(e) => {
+            eprintln!("{NAME}: {e}");
+            return ExitCode::from(1);
+        }
+    };
     if let Err(e) = host
         .serve_api(
             "http.listen",
             settings.http.listen,
+            tls,
             gateway::api::router(app.clone()),
         )
         .await

@@ -13,6 +13,10 @@ use axum::routing::get;
 use tokio::net::TcpListener;
 
 use crate::metrics::Metrics;
+use crate::tls::Acceptor;
+
+/// How long `/readyz` waits for a dependency.
+const PROBE_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// Something a service needs to be of use, checked on every `/readyz` with a GET.
 #[derive(Clone, Debug)]
@@ -21,6 +25,8 @@ struct Dependency {
     url: String,
     /// Who the GET signs in as (a schema registry behind basic auth).
     registry: Option<crate::registry::Registry>,
+    /// The client asking: one that trusts the dependency's CA.
+    client: reqwest::Client,
     /// Unready without it; otherwise it only shows as `degraded`.
     required: bool,
 }
@@ -38,7 +44,7 @@ impl Health {
             metrics,
             dependencies: Mutex::new(Vec::new()),
             client: reqwest::Client::builder()
-                .timeout(Duration::from_secs(1))
+                .timeout(PROBE_TIMEOUT)
                 .build()
                 .unwrap_or_default(),
         })
@@ -51,6 +57,7 @@ impl Health {
             name: name.into(),
             url: url.into(),
             registry: None,
+            client: self.client.clone(),
             required,
         });
     }
@@ -62,6 +69,9 @@ impl Health {
             name: "schema registry".into(),
             url: format!("{}/subjects", registry.url()),
             registry: Some(registry.clone()),
+            client: registry
+                .client(PROBE_TIMEOUT)
+                .unwrap_or_else(|_| self.client.clone()),
             required,
         });
     }
@@ -88,7 +98,7 @@ impl Health {
             .map(|d| d.clone())
             .unwrap_or_default();
         for dep in deps {
-            let request = self.client.get(&dep.url);
+            let request = dep.client.get(&dep.url);
             let request = match &dep.registry {
                 Some(registry) => registry.sign(request),
                 None => request,
@@ -154,27 +164,57 @@ pub async fn serve(
                 (status, body).into_response()
             }),
         );
-    serve_routes(addr, app, shutdown).await
+    serve_routes(addr, app, None, shutdown).await
 }
 
-/// Serves `routes` alone on `addr` until `shutdown` resolves (requests in flight then
-/// finish): an API kept apart from the health and metrics routes.
+/// Serves `routes` alone on `addr` (over TLS with `tls`) until `shutdown` resolves
+/// (requests in flight then finish): an API kept apart from the health and metrics routes.
 pub async fn serve_routes(
     addr: SocketAddr,
     routes: Router,
+    tls: Option<Acceptor>,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<(SocketAddr, tokio::task::JoinHandle<()>)> {
     let listener = TcpListener::bind(addr).await?;
     let bound = listener.local_addr()?;
     let task = tokio::spawn(async move {
-        if let Err(e) = axum::serve(listener, routes)
-            .with_graceful_shutdown(shutdown)
-            .await
-        {
+        if let Err(e) = serve_on(listener, routes, tls, shutdown).await {
             tracing::error!(error = %e, %bound, "HTTP server stopped");
         }
     });
     Ok((bound, task))
+}
+
+/// How long a server over TLS waits for connections to close once told to stop.
+const TLS_DRAIN: Duration = Duration::from_secs(10);
+
+/// Serves `routes` on a bound `listener`, over TLS with `tls` (HTTP/2 or HTTP/1.1, as the
+/// client offers) and plain HTTP without, until `shutdown` resolves; requests in flight
+/// then finish.
+pub async fn serve_on(
+    listener: TcpListener,
+    routes: Router,
+    tls: Option<Acceptor>,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    let Some(tls) = tls else {
+        return axum::serve(listener, routes)
+            .with_graceful_shutdown(shutdown)
+            .await;
+    };
+    let handle = axum_server::Handle::new();
+    let stopping = handle.clone();
+    let stop = tokio::spawn(async move {
+        shutdown.await;
+        stopping.graceful_shutdown(Some(TLS_DRAIN));
+    });
+    let served = axum_server::Server::<SocketAddr>::from_listener(listener)
+        .acceptor(axum_server::tls_rustls::RustlsAcceptor::new(tls.config()))
+        .handle(handle)
+        .serve(routes.into_make_service())
+        .await;
+    stop.abort();
+    served
 }
 
 #[cfg(test)]

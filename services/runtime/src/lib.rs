@@ -29,6 +29,7 @@ pub mod serde;
 pub mod service;
 pub mod settings;
 pub mod telemetry;
+pub mod tls;
 pub mod topology;
 
 /// Milliseconds since the Unix epoch (0 if the clock is before it).

@@ -2,6 +2,7 @@
 //! CLI needs (register, compatibility check). Record serialisation goes through
 //! `schema_registry_converter`, which keeps its own cache.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use serde::Deserialize;
@@ -24,11 +25,15 @@ pub fn default_registry_url() -> String {
 }
 
 /// Where a schema registry answers and how to sign in to it: HTTP basic auth, what
-/// Confluent's clients take as `basic.auth.user.info`. `Debug` never shows the password.
+/// Confluent's clients take as `basic.auth.user.info`, and for `https` the CA its
+/// certificate is checked against when not the system's (`ssl.ca.location`). `Debug` never
+/// shows the password.
 #[derive(Clone, PartialEq, Eq)]
 pub struct Registry {
     url: String,
     basic_auth: Option<(String, Secret)>,
+    /// PEM certificates trusted besides the system's.
+    ca_pem: Option<Arc<[u8]>>,
 }
 
 impl Registry {
@@ -36,7 +41,56 @@ impl Registry {
         Self {
             url: url.into().trim_end_matches('/').to_string(),
             basic_auth: None,
+            ca_pem: None,
         }
+    }
+
+    /// Trusts the CA certificates in the PEM file `path` (besides the system's).
+    pub fn with_ca_file(self, path: &std::path::Path) -> Result<Self, RegistryError> {
+        let pem = std::fs::read(path).map_err(|e| {
+            RegistryError::Settings(format!("cannot read the CA file {}: {e}", path.display()))
+        })?;
+        match reqwest::Certificate::from_pem_bundle(&pem) {
+            Ok(certs) if !certs.is_empty() => Ok(Self {
+                ca_pem: Some(pem.into()),
+                ..self
+            }),
+            Ok(_) => Err(RegistryError::Settings(format!(
+                "the CA file {} holds no PEM certificate",
+                path.display()
+            ))),
+            Err(e) => Err(RegistryError::Settings(format!(
+                "the CA file {}: {e}",
+                path.display()
+            ))),
+        }
+    }
+
+    /// The CA certificates (PEM) trusted besides the system's, if any.
+    pub fn ca_pem(&self) -> Option<&[u8]> {
+        self.ca_pem.as_deref()
+    }
+
+    /// An HTTP client builder for this registry: its CA trusted. Every client that talks to
+    /// the registry starts here.
+    pub fn client_builder(&self) -> reqwest::ClientBuilder {
+        let builder = reqwest::Client::builder();
+        let certs = self
+            .ca_pem
+            .as_deref()
+            .and_then(|pem| reqwest::Certificate::from_pem_bundle(pem).ok())
+            .unwrap_or_default();
+        certs
+            .into_iter()
+            .fold(builder, reqwest::ClientBuilder::add_root_certificate)
+    }
+
+    /// An HTTP client for this registry whose every call is bounded by `timeout`.
+    pub fn client(&self, timeout: Duration) -> Result<reqwest::Client, RegistryError> {
+        self.client_builder()
+            .timeout(timeout)
+            .build()
+            .map_err(|e| RegistryError::Settings(format!("an HTTP client: {e}")))
     }
 
     /// Signs every request in as `user`.
@@ -83,6 +137,7 @@ impl std::fmt::Debug for Registry {
         f.debug_struct("Registry")
             .field("url", &self.url)
             .field("user", &self.basic_auth.as_ref().map(|(user, _)| user))
+            .field("ca", &self.ca_pem.is_some())
             .finish()
     }
 }
@@ -127,6 +182,28 @@ pub enum RegistryError {
     Settings(String),
 }
 
+/// `e` and its causes, outermost first: what a TLS failure says is in a cause
+/// ("certificate verify failed").
+pub fn with_causes(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        let more = c.to_string();
+        if !text.contains(&more) {
+            text = format!("{text}: {more}");
+        }
+        cause = c.source();
+    }
+    text
+}
+
+impl RegistryError {
+    /// The registry's certificate was not trusted (an unknown or expired CA, another host).
+    pub fn is_untrusted_certificate(&self) -> bool {
+        matches!(self, Self::Unreachable { message, .. } if message.contains("certificate"))
+    }
+}
+
 #[derive(Deserialize)]
 struct ApiErrorBody {
     error_code: i64,
@@ -141,14 +218,9 @@ pub struct RegistryClient {
 
 impl RegistryClient {
     pub fn new(registry: impl Into<Registry>) -> Result<Self, RegistryError> {
-        let http = reqwest::Client::builder()
-            .timeout(DEFAULT_TIMEOUT)
-            .build()
-            .map_err(|e| RegistryError::Protocol(e.to_string()))?;
-        Ok(Self {
-            registry: registry.into(),
-            http,
-        })
+        let registry = registry.into();
+        let http = registry.client(DEFAULT_TIMEOUT)?;
+        Ok(Self { registry, http })
     }
 
     pub fn url(&self) -> &str {
@@ -173,7 +245,7 @@ impl RegistryClient {
         }
         let resp = req.send().await.map_err(|e| RegistryError::Unreachable {
             url: self.registry.url().to_string(),
-            message: e.to_string(),
+            message: with_causes(&e),
         })?;
         let status = resp.status();
         let text = resp

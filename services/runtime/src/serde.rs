@@ -25,11 +25,11 @@ use serde_json::Value as Json;
 use crate::error::ProcessError;
 use crate::registry::{DEFAULT_TIMEOUT, Registry};
 
-/// The converter's settings for `registry` (signed in as its user), every call bounded by
-/// `timeout`. `SrSettings::new` sets
-/// none: a registry that accepts a connection and never answers held a record, and with it
-/// its partition's commits, for good (tests/faults.rs). Building the HTTP client fails only
-/// where `reqwest::Client::new`, which `SrSettings::new` calls, panics (no TLS backend).
+/// The converter's settings for `registry` (signed in as its user, its CA trusted), every
+/// call bounded by `timeout`. `SrSettings::new` sets none: a registry that accepts a
+/// connection and never answers held a record, and with it its partition's commits, for good
+/// (tests/faults.rs). Building the HTTP client fails only where `reqwest::Client::new`
+/// panics (no TLS backend).
 fn converter_settings(registry: &Registry, timeout: Duration) -> SrSettings {
     let mut builder = SrSettings::new_builder(registry.url().to_string());
     if let Some((user, password)) = registry.basic_auth() {
@@ -37,7 +37,7 @@ fn converter_settings(registry: &Registry, timeout: Duration) -> SrSettings {
     }
     builder
         .set_timeout(timeout)
-        .build()
+        .build_with(registry.client_builder())
         .expect("an HTTP client for the schema registry (a TLS backend is available)")
 }
 

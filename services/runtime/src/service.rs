@@ -49,6 +49,8 @@ pub struct RegistrySection {
     pub password_file: Option<PathBuf>,
     /// An environment variable holding the password.
     pub password_env: Option<String>,
+    /// PEM CA certificates to trust for an `https` URL, besides the system's.
+    pub ca_file: Option<PathBuf>,
 }
 
 impl Default for RegistrySection {
@@ -63,6 +65,7 @@ impl Default for RegistrySection {
             password: None,
             password_file: None,
             password_env: None,
+            ca_file: None,
         }
     }
 }
@@ -75,6 +78,7 @@ impl RegistrySection {
             url: d.registry_url.clone(),
             username,
             password_file,
+            ca_file: d.registry_ca_file.clone(),
             ..Self::default()
         }
     }
@@ -88,7 +92,8 @@ impl RegistrySection {
         )
     }
 
-    fn validate(&self) -> Result<(), SettingsError> {
+    /// Checks the keys, the password source and the CA file, naming the key at fault.
+    pub fn validate(&self) -> Result<(), SettingsError> {
         let key = |key: &str, message: String| SettingsError::Key {
             key: format!("registry.{key}"),
             message,
@@ -98,6 +103,11 @@ impl RegistrySection {
         }
         if !(100..=300_000).contains(&self.timeout_ms) {
             return Err(key("timeout_ms", "must be between 100 and 300000".into()));
+        }
+        if let Some(ca) = &self.ca_file {
+            Registry::new(&self.url)
+                .with_ca_file(ca)
+                .map_err(|e| key("ca_file", e.to_string()))?;
         }
         match &self.username {
             Some(user) if user.trim().is_empty() || user.contains(':') => Err(key(
@@ -119,10 +129,18 @@ impl RegistrySection {
         }
     }
 
-    /// The registry these settings name, signed in as their user. The password was checked
-    /// at start-up; one unreadable since then is logged, and the registry refuses the user.
+    /// The registry these settings name, signed in as their user, trusting their CA. The
+    /// password and CA file were checked at start-up; one unreadable since then is logged
+    /// (and the registry refuses the user, or its certificate is not trusted).
     pub fn endpoint(&self) -> Registry {
         let registry = Registry::new(&self.url);
+        let registry = match &self.ca_file {
+            Some(ca) => registry.clone().with_ca_file(ca).unwrap_or_else(|e| {
+                tracing::error!(key = "registry.ca_file", "{e}");
+                registry
+            }),
+            None => registry,
+        };
         let Some(user) = &self.username else {
             return registry;
         };
@@ -295,19 +313,25 @@ impl Host {
         })
     }
 
-    /// Serves `routes` alone on `listen` (`key` names the setting in errors), stopped with the
-    /// rest: an API whose port shows nothing of `/metrics` and `/readyz`.
+    /// Serves `routes` alone on `listen` (`key` names the setting in errors), over TLS with
+    /// `tls`, stopped with the rest: an API whose port shows nothing of `/metrics` and `/readyz`.
     pub async fn serve_api(
         &mut self,
         key: &str,
         listen: SocketAddr,
+        tls: Option<crate::tls::Acceptor>,
         routes: axum::Router,
     ) -> Result<SocketAddr, String> {
-        let (addr, http) =
-            crate::http::serve_routes(listen, routes, self.stop_http.clone().cancelled_owned())
-                .await
-                .map_err(|e| format!("{key} {listen}: {e}"))?;
-        tracing::info!(%addr, "API at http://{addr}");
+        let scheme = if tls.is_some() { "https" } else { "http" };
+        let (addr, http) = crate::http::serve_routes(
+            listen,
+            routes,
+            tls,
+            self.stop_http.clone().cancelled_owned(),
+        )
+        .await
+        .map_err(|e| format!("{key} {listen}: {e}"))?;
+        tracing::info!(%addr, "API at {scheme}://{addr}");
         self.http.push(http);
         Ok(addr)
     }
@@ -455,6 +479,8 @@ pub struct Deployment {
     /// Who the service signs in to the registry as (a user and its password file), if the
     /// registry asks.
     pub registry_user: Option<(String, PathBuf)>,
+    /// The CA the registry's certificate is checked against (an `https` registry).
+    pub registry_ca_file: Option<PathBuf>,
     pub topology: PathBuf,
     /// The repository root (for `models/`).
     pub root: PathBuf,
@@ -527,6 +553,7 @@ mod tests {
             kafka: KafkaSettings::with_bootstrap("127.0.0.1:9092"),
             registry_url: "http://127.0.0.1:8081".into(),
             registry_user: None,
+            registry_ca_file: None,
             topology: "topology/topology.toml".into(),
             root: ".".into(),
             http_listen: SocketAddr::from(([127, 0, 0, 1], 0)),

@@ -5,6 +5,7 @@ use std::net::SocketAddr;
 use serde::{Deserialize, Serialize};
 use verdict_runtime::kafka::KafkaSettings;
 use verdict_runtime::settings::{SettingsError, Validate};
+use verdict_runtime::tls::ServerTls;
 
 use crate::auth::{AuthSettings, Users};
 
@@ -22,12 +23,15 @@ pub struct RegistrySettings {
 pub struct HttpSettings {
     /// Address the REST API listens on.
     pub listen: SocketAddr,
+    /// `[http.tls]`: with a certificate and key the API speaks HTTPS only.
+    pub tls: ServerTls,
 }
 
 impl Default for HttpSettings {
     fn default() -> Self {
         Self {
             listen: SocketAddr::from(([127, 0, 0, 1], 8081)),
+            tls: ServerTls::default(),
         }
     }
 }
@@ -58,6 +62,7 @@ impl Validate for RegistrySettings {
     fn validate(&self) -> Result<(), SettingsError> {
         self.kafka.validate()?;
         Users::new(&self.auth)?;
+        self.http.tls.load("http.tls")?;
         if self.store.topic.trim().is_empty() {
             return Err(SettingsError::Key {
                 key: "store.topic".into(),

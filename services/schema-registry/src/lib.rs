@@ -15,6 +15,7 @@ use std::sync::Arc;
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
+use verdict_runtime::tls::Acceptor;
 
 pub use auth::Users;
 pub use config::RegistrySettings;
@@ -40,22 +41,22 @@ pub async fn bind(addr: SocketAddr) -> Result<TcpListener, StartError> {
         .map_err(|source| StartError::Bind { addr, source })
 }
 
-/// Serves the API on `listener`, to `users` (anyone when there are none), until `shutdown`
-/// resolves.
+/// Serves the API on `listener` (over TLS with `tls`), to `users` (anyone when there are
+/// none), until `shutdown` resolves.
 pub async fn serve(
     listener: TcpListener,
+    tls: Option<Acceptor>,
     log: Arc<SchemaLog>,
     users: Arc<Users>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    axum::serve(listener, api::router(log, users))
-        .with_graceful_shutdown(shutdown)
-        .await
+    verdict_runtime::http::serve_on(listener, api::router(log, users), tls, shutdown).await
 }
 
 /// A registry running in this process (used by tests and embedders).
 pub struct RunningRegistry {
     addr: SocketAddr,
+    tls: bool,
     stop: Option<oneshot::Sender<()>>,
     task: JoinHandle<std::io::Result<()>>,
 }
@@ -70,13 +71,15 @@ impl RunningRegistry {
             source,
         })?;
         let users = Arc::new(Users::new(&settings.auth)?);
+        let tls = settings.http.tls.load("http.tls")?;
         let log = Arc::new(SchemaLog::open(&settings.kafka, &settings.store).await?);
         let (tx, rx) = oneshot::channel::<()>();
-        let task = tokio::spawn(serve(listener, log, users, async {
+        let task = tokio::spawn(serve(listener, tls, log, users, async {
             let _ = rx.await;
         }));
         Ok(Self {
             addr,
+            tls: settings.http.tls.enabled(),
             stop: Some(tx),
             task,
         })
@@ -86,8 +89,10 @@ impl RunningRegistry {
         self.addr
     }
 
+    /// Its base URL: `https://` when it serves TLS.
     pub fn url(&self) -> String {
-        format!("http://{}", self.addr)
+        let scheme = if self.tls { "https" } else { "http" };
+        format!("{scheme}://{}", self.addr)
     }
 
     /// Stops serving and waits for the server task to end.

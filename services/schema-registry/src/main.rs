@@ -29,6 +29,10 @@ async fn main() -> ExitCode {
         Ok(users) => Arc::new(users),
         Err(e) => return fail(&e),
     };
+    let tls = match settings.http.tls.load("http.tls") {
+        Ok(tls) => tls,
+        Err(e) => return fail(&e),
+    };
     let listener = match bind(settings.http.listen).await {
         Ok(l) => l,
         Err(e) => return fail(&e),
@@ -39,6 +43,7 @@ async fn main() -> ExitCode {
     };
     tracing::info!(
         listen = %settings.http.listen,
+        tls = tls.is_some(),
         topic = %settings.store.topic,
         users = users.len(),
         "schema registry ready{}",
@@ -46,6 +51,7 @@ async fn main() -> ExitCode {
     );
     match serve(
         listener,
+        tls,
         log,
         users,
         verdict_runtime::service::shutdown_signal(),

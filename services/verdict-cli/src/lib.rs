@@ -134,12 +134,17 @@ pub struct ClientOptions {
     pub properties: std::collections::BTreeMap<String, String>,
     /// `basic.auth.user.info` (`user:password`) for the schema registry.
     pub registry_user_info: Option<verdict_runtime::secret::Secret>,
+    /// `schema.registry.ssl.ca.location`: the CA an `https` registry's certificate is
+    /// checked against, besides the system's.
+    pub registry_ca: Option<std::path::PathBuf>,
 }
 
 /// The schema registry client's keys, as Confluent's serializers take them (with or without
 /// the `schema.registry.` prefix): not Kafka client properties.
 const REGISTRY_USER_INFO: &str = "basic.auth.user.info";
 const REGISTRY_CREDENTIALS_SOURCE: &str = "basic.auth.credentials.source";
+/// Only with the prefix: unprefixed, `ssl.ca.location` is the Kafka client's own.
+const REGISTRY_CA_LOCATION: &str = "schema.registry.ssl.ca.location";
 
 /// Takes the registry's credentials out of client properties: `basic.auth.user.info` when
 /// the credentials source is `USER_INFO` (Confluent's default once user info is given).
@@ -177,6 +182,9 @@ impl ClientOptions {
         };
         props.extend(overrides.iter().cloned());
         let registry_user_info = take_registry_user_info(&mut props)?;
+        let registry_ca = props
+            .remove(REGISTRY_CA_LOCATION)
+            .map(std::path::PathBuf::from);
         let (security, properties) = verdict_runtime::kafka::Security::from_java_properties(&props)
             .map_err(|e| {
                 CliError::Usage(format!("client properties (--command-config, -X): {e}"))
@@ -186,6 +194,7 @@ impl ClientOptions {
             security,
             properties,
             registry_user_info,
+            registry_ca,
         };
         options.registry(verdict_runtime::registry::DEFAULT_REGISTRY_URL)?;
         use verdict_runtime::settings::Validate;
@@ -198,13 +207,18 @@ impl ClientOptions {
         Ok(options)
     }
 
-    /// The schema registry at `url`, signed in with these options' user info.
+    /// The schema registry at `url`, signed in with these options' user info, trusting
+    /// their CA.
     pub fn registry(&self, url: &str) -> Result<verdict_runtime::registry::Registry, CliError> {
-        let registry = verdict_runtime::registry::Registry::new(url);
+        let usage = |e: verdict_runtime::registry::RegistryError| {
+            CliError::Usage(format!("client properties (--command-config, -X): {e}"))
+        };
+        let mut registry = verdict_runtime::registry::Registry::new(url);
+        if let Some(ca) = &self.registry_ca {
+            registry = registry.with_ca_file(ca).map_err(usage)?;
+        }
         match &self.registry_user_info {
-            Some(info) => registry.with_user_info(info.expose()).map_err(|e| {
-                CliError::Usage(format!("client properties (--command-config, -X): {e}"))
-            }),
+            Some(info) => registry.with_user_info(info.expose()).map_err(usage),
             None => Ok(registry),
         }
     }
@@ -252,6 +266,9 @@ pub async fn reach_registry(
             RegistryError::Api { status: 403, message, .. } => {
                 format!("the schema registry at {url} refused this: {message}")
             }
+            e if e.is_untrusted_certificate() => format!(
+                "the schema registry at {url} presented a certificate this client does not trust: give its CA in the client properties (-X {REGISTRY_CA_LOCATION}=FILE): {e}"
+            ),
             _ => format!(
                 "cannot reach the schema registry at {url}: is it running? (`verdict stack status`)"
             ),

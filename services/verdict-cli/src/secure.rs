@@ -167,6 +167,17 @@ impl Secrets {
         self.dir.join("ca.pem")
     }
 
+    /// The certificate the brokers and the schema registry present (for `localhost` and
+    /// `127.0.0.1`, signed by the CA).
+    pub fn server_certificate(&self) -> PathBuf {
+        self.dir.join("broker.crt")
+    }
+
+    /// Its private key (PKCS#8).
+    pub fn server_key(&self) -> PathBuf {
+        self.dir.join("broker.key")
+    }
+
     /// The brokers' PEM keystore (key and certificate chain).
     pub fn keystore(&self) -> PathBuf {
         self.dir.join("broker-keystore.pem")
@@ -190,12 +201,13 @@ impl Secrets {
 
     /// A Java client properties file for `user` (the format of the Kafka tools'
     /// `--command-config`, which `verdict` reads too), with the schema registry's
-    /// `basic.auth.user.info` as Confluent's serializers take it (the same user and password).
+    /// `basic.auth.user.info` as Confluent's serializers take it (the same user and password)
+    /// and its CA as `schema.registry.ssl.ca.location`.
     pub fn java_properties(&self, user: &str) -> Result<String, CliError> {
         let password = self.password(user)?;
         Ok(format!(
-            "security.protocol=SASL_SSL\nsasl.mechanism=SCRAM-SHA-512\nsasl.jaas.config=org.apache.kafka.common.security.scram.ScramLoginModule required username=\"{user}\" password=\"{password}\";\nssl.truststore.type=PEM\nssl.truststore.location={}\nbasic.auth.credentials.source=USER_INFO\nbasic.auth.user.info={user}:{password}\n",
-            self.ca_file().display()
+            "security.protocol=SASL_SSL\nsasl.mechanism=SCRAM-SHA-512\nsasl.jaas.config=org.apache.kafka.common.security.scram.ScramLoginModule required username=\"{user}\" password=\"{password}\";\nssl.truststore.type=PEM\nssl.truststore.location={ca}\nbasic.auth.credentials.source=USER_INFO\nbasic.auth.user.info={user}:{password}\nschema.registry.ssl.ca.location={ca}\n",
+            ca = self.ca_file().display()
         ))
     }
 

@@ -670,10 +670,38 @@ impl ServiceSettings {
         let port = std::net::TcpListener::bind("127.0.0.1:0")
             .and_then(|l| l.local_addr())
             .map_err(|e| CliError::Failed(format!("no free port: {e}")))?;
+        let work = tempfile_dir()?;
+        // The registry's user and CA as the CLI was given them, in files only this user reads.
+        let private = |name: &str, bytes: &[u8]| {
+            use std::os::unix::fs::OpenOptionsExt as _;
+            let path = work.join(name);
+            std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o600)
+                .open(&path)
+                .and_then(|mut f| std::io::Write::write_all(&mut f, bytes))
+                .map(|()| path)
+                .map_err(|e| {
+                    CliError::Failed(format!("cannot write {name} in {}: {e}", work.display()))
+                })
+        };
+        let registry_user = match opts.registry.basic_auth() {
+            Some((user, password)) => Some((
+                user.to_string(),
+                private("registry.password", password.as_bytes())?,
+            )),
+            None => None,
+        };
+        let registry_ca_file = match opts.registry.ca_pem() {
+            Some(pem) => Some(private("registry-ca.pem", pem)?),
+            None => None,
+        };
         let deployment = Deployment {
             kafka: kafka.clone(),
             registry_url: opts.registry.url().to_string(),
-            registry_user: None,
+            registry_user,
+            registry_ca_file,
             topology: std::path::absolute(topology).map_err(|e| CliError::Failed(e.to_string()))?,
             root,
             http_listen: port,
@@ -690,7 +718,6 @@ impl ServiceSettings {
         for (k, v) in &opts.overrides {
             set_override(&mut doc, k, v)?;
         }
-        let work = tempfile_dir()?;
         let settings = Self {
             config: work.join(format!("{}.toml", spec.name)),
             log: work.join(format!("{}.log", spec.name)),

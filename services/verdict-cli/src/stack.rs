@@ -82,9 +82,17 @@ pub fn sibling_binary(name: &str) -> Result<PathBuf, CliError> {
     }
 }
 
-/// Waits until `GET {url}/` answers 200, the process behind `pid` dies, or `timeout`.
-pub async fn wait_for_http(url: &str, pid: Option<u32>, timeout: Duration) -> Result<(), String> {
-    wait_for_path(url, "/", pid, timeout).await
+/// Waits until the registry's `GET /` answers 200 (its CA trusted), the process behind `pid`
+/// dies, or `timeout`.
+async fn wait_for_registry(
+    registry: &verdict_runtime::registry::Registry,
+    pid: Option<u32>,
+    timeout: Duration,
+) -> Result<(), String> {
+    let client = registry
+        .client(Duration::from_secs(2))
+        .map_err(|e| e.to_string())?;
+    wait_for_path(&client, registry.url(), "/", pid, timeout).await
 }
 
 /// Waits until the broker answers a metadata request; fails at once when the process behind
@@ -110,15 +118,12 @@ pub async fn wait_for_broker(
 
 /// Waits until `GET {url}{path}` answers 200, the process behind `pid` dies, or `timeout`.
 async fn wait_for_path(
+    client: &reqwest::Client,
     url: &str,
     path: &str,
     pid: Option<u32>,
     timeout: Duration,
 ) -> Result<(), String> {
-    let client = reqwest::Client::builder()
-        .timeout(Duration::from_secs(2))
-        .build()
-        .map_err(|e| e.to_string())?;
     let start = Instant::now();
     loop {
         if let Ok(resp) = client.get(format!("{url}{path}")).send().await
@@ -156,7 +161,11 @@ async fn wait_for_ready(
     pid: impl Into<Option<u32>>,
     timeout: Duration,
 ) -> Result<(), String> {
-    wait_for_path(url, "/readyz", pid.into(), timeout).await
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_secs(2))
+        .build()
+        .map_err(|e| e.to_string())?;
+    wait_for_path(&client, url, "/readyz", pid.into(), timeout).await
 }
 
 /// Whether a process with this pid exists (and is not a zombie).
@@ -437,11 +446,11 @@ impl StackOpts {
         Ok(kafka)
     }
 
-    /// The stack's registry: signed in as `user` when the stack is secured.
+    /// The stack's registry: signed in as `user`, its CA trusted, when the stack is secured.
     fn registry_as(&self, user: &str) -> Result<verdict_runtime::registry::Registry, CliError> {
         let registry = verdict_runtime::registry::Registry::new(self.registry_url());
         Ok(match self.secrets()? {
-            Some(secrets) => registry.with_basic_auth(
+            Some(secrets) => registry.with_ca_file(&secrets.ca_file())?.with_basic_auth(
                 user,
                 verdict_runtime::secret::Secret::new(secrets.password(user)?),
             ),
@@ -489,9 +498,16 @@ impl StackOpts {
         })
     }
 
+    /// The external registry, else the stack's: over TLS when the stack is secured.
     pub fn registry_url(&self) -> String {
-        Self::external_registry()
-            .unwrap_or_else(|| format!("http://127.0.0.1:{}", self.registry_port))
+        Self::external_registry().unwrap_or_else(|| {
+            let scheme = if self.secure || self.secrets_dir().is_dir() {
+                "https"
+            } else {
+                "http"
+            };
+            format!("{scheme}://127.0.0.1:{}", self.registry_port)
+        })
     }
 
     fn tail_log(&self, c: &Component) -> String {
@@ -573,6 +589,12 @@ impl StackOpts {
                 cmd.arg("--config").arg(&config);
                 let s = secrets.security(REGISTRY.name);
                 let file = |p: &Option<PathBuf>| p.as_ref().map(|p| p.display().to_string());
+                // HTTPS with the brokers' certificate (for localhost and 127.0.0.1).
+                cmd.env(
+                    "VERDICT__HTTP__TLS__CERT_FILE",
+                    secrets.server_certificate(),
+                )
+                .env("VERDICT__HTTP__TLS__KEY_FILE", secrets.server_key());
                 cmd.env("VERDICT__KAFKA__SECURITY__PROTOCOL", s.protocol.as_str())
                     .env("VERDICT__KAFKA__SECURITY__SASL_MECHANISM", "SCRAM-SHA-512")
                     .env("VERDICT__KAFKA__SECURITY__USERNAME", REGISTRY.name)
@@ -593,8 +615,8 @@ impl StackOpts {
                 self.registry_url()
             );
         }
-        wait_for_http(
-            &self.registry_url(),
+        wait_for_registry(
+            &self.registry_as(ADMIN)?,
             self.running_pid(&REGISTRY),
             Duration::from_secs(60),
         )
@@ -704,6 +726,7 @@ impl StackOpts {
             registry_user: self
                 .secrets()?
                 .map(|s| (user.to_string(), s.password_file(user))),
+            registry_ca_file: self.secrets()?.map(|s| s.ca_file()),
             topology: std::path::absolute(&self.topology)
                 .map_err(|e| CliError::Failed(e.to_string()))?,
             root: root.to_path_buf(),
@@ -893,7 +916,7 @@ impl StackOpts {
                 healthy &= report(c.name, &node.bootstrap(), "answering", ok, owner);
             }
         }
-        let reg_ok = wait_for_http(&self.registry_url(), None, Duration::from_secs(2))
+        let reg_ok = wait_for_registry(&self.registry_as(ADMIN)?, None, Duration::from_secs(2))
             .await
             .is_ok();
         let registry = match Self::external_registry() {

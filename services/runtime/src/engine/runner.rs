@@ -34,6 +34,7 @@ use crate::guard::DeadLetterGuard;
 use crate::headers::HeaderMap;
 use crate::kafka::KafkaSettings;
 use crate::metrics::{ErrorLabel, Metrics, OutcomeLabel, PartitionLabel, StoreLabel, TopicLabel};
+use crate::registry::Registry;
 use crate::serde::Codec;
 use crate::service::RegistrySection;
 use crate::{FastMap, now_ms};
@@ -58,6 +59,21 @@ struct Done {
 }
 
 type CommitResult = (Vec<(Tp, u64, i64)>, Result<(), String>);
+
+/// A registry whose certificate this service does not trust never will be until an operator
+/// gives `registry.ca_file`: stop at start-up saying so, rather than retry and dead-letter
+/// every record. Any other failure to reach it is left to the records' retries.
+async fn registry_certificate_trusted(registry: &Registry) -> Result<(), EngineError> {
+    let client = crate::registry::RegistryClient::new(registry)
+        .map_err(|e| EngineError::Fatal(e.to_string()))?;
+    match client.subjects().await {
+        Err(e) if e.is_untrusted_certificate() => Err(EngineError::Fatal(format!(
+            "the schema registry at {} presented a certificate this service does not trust (registry.ca_file): {e}",
+            registry.url()
+        ))),
+        _ => Ok(()),
+    }
+}
 
 /// Runs the engine until `shutdown` resolves or a record can neither be processed nor routed.
 pub async fn run<P: Processor>(
@@ -84,12 +100,10 @@ pub async fn run<P: Processor>(
     );
     let stop = Arc::new(AtomicBool::new(false));
     let poller = spawn_poller(consumer.clone(), stop.clone())?;
+    let endpoint = registry.endpoint();
     let worker = Arc::new(Worker {
         processor,
-        codec: Codec::new(
-            registry.endpoint(),
-            Duration::from_millis(registry.timeout_ms),
-        ),
+        codec: Codec::new(&endpoint, Duration::from_millis(registry.timeout_ms)),
         output: match settings.guarantee {
             Guarantee::AtLeastOnce => Output::new(kafka)?,
             Guarantee::ExactlyOnce => {
@@ -108,7 +122,11 @@ pub async fn run<P: Processor>(
     });
     // All at once: a registry that is down at start delays it by one registry timeout.
     let outputs = worker.processor.outputs();
-    let warmed = futures::future::join_all(outputs.iter().map(|t| t.warm(&worker.codec))).await;
+    let (warmed, trusted) = tokio::join!(
+        futures::future::join_all(outputs.iter().map(|t| t.warm(&worker.codec))),
+        registry_certificate_trusted(&endpoint),
+    );
+    trusted?;
     for (topic, result) in outputs.iter().zip(warmed) {
         match result {
             // Every record written there would be retried and dead-lettered until an operator
