@@ -731,6 +731,14 @@ async fn read_sse(
             .and_then(|v| v.to_str().ok()),
         Some("text/event-stream")
     );
+    // Behind a proxy the stream is passed on as it comes, not buffered or cached.
+    for (name, value) in [("x-accel-buffering", "no"), ("cache-control", "no-cache")] {
+        assert_eq!(
+            resp.headers().get(name).and_then(|v| v.to_str().ok()),
+            Some(value),
+            "{name}"
+        );
+    }
     let mut text = String::new();
     let deadline = tokio::time::Instant::now() + timeout;
     loop {

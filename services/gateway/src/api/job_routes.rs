@@ -159,7 +159,15 @@ pub async fn job_events(
             ))
         })
         .flatten();
-    Ok(Sse::new(stream)
-        .keep_alive(KeepAlive::new().interval(heartbeat).text("heartbeat"))
+    // A proxy in front (nginx honours `X-Accel-Buffering`) passes each event on at once;
+    // axum's `Sse` already says `Cache-Control: no-cache`.
+    let unbuffered = [(
+        axum::http::HeaderName::from_static("x-accel-buffering"),
+        "no",
+    )];
+    Ok((
+        unbuffered,
+        Sse::new(stream).keep_alive(KeepAlive::new().interval(heartbeat).text("heartbeat")),
+    )
         .into_response())
 }
