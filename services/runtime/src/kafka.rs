@@ -222,11 +222,13 @@ impl KafkaSettings {
         Ok(self.client_config().create()?)
     }
 
-    /// A consumer without a group, for metadata and watermark queries.
+    /// A consumer without a group, for metadata and watermark queries. No `group.id`: with
+    /// one, librdkafka looks up that group's coordinator as soon as the client exists, which
+    /// a secured cluster refuses a principal without DESCRIBE on the group (an error logged
+    /// every second, for a group nothing uses).
     pub fn metadata_consumer(&self) -> Result<BaseConsumer, KafkaError> {
         let mut cfg = self.client_config();
-        cfg.set("group.id", "verdict-metadata")
-            .set("enable.auto.commit", "false");
+        cfg.set("enable.auto.commit", "false");
         Ok(cfg.create()?)
     }
 
@@ -234,8 +236,7 @@ impl KafkaSettings {
     /// answer.
     fn diagnosed_consumer(&self) -> Result<(BaseConsumer<Diagnosis>, Diagnosis), KafkaError> {
         let mut cfg = self.client_config();
-        cfg.set("group.id", "verdict-metadata")
-            .set("enable.auto.commit", "false");
+        cfg.set("enable.auto.commit", "false");
         let diagnosis = Diagnosis::default();
         Ok((cfg.create_with_context(diagnosis.clone())?, diagnosis))
     }
