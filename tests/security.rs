@@ -311,3 +311,99 @@ fn a_wrong_password_an_unknown_ca_and_a_plaintext_client_are_told_what_is_wrong(
         );
     });
 }
+
+/// The gateway on the secured cluster as `User:gateway`, with exactly the ACLs its crate
+/// derives from the topology (`verdict topology acls --service gateway`): a submission is
+/// produced, decided by the fraud-detector (as `User:fraud-detector`) and read back into the
+/// job store, and `/v1/health` reads the pipeline's group, all without a refusal.
+#[test]
+fn the_gateway_serves_on_sasl_ssl_with_only_the_acls_derived_for_it() {
+    use gateway::auth::{Scope, key_hash};
+    use gateway::config::{ApiKey, Tier};
+    const KEY: &str = "secured-gateway-key";
+    run(300, async {
+        let stack = Stack::start_own_secure(&["fraud-detector", "gateway"]).await;
+        let topology = apply_topology(&stack, None).await;
+        let secrets = stack.broker.secrets().clone();
+        grant_acls(&stack, &topology, "fraud-detector");
+        let resolutions = topology.topic("review-resolutions");
+        let parsed =
+            verdict_runtime::topology::Topology::load(&topology, None).expect("the topology");
+        let acls = gateway::acls(&parsed, &resolutions, "User:gateway").expect("its ACLs");
+        for args in verdict_runtime::acls::tool_commands(&acls) {
+            let mut call = vec!["kafka", "acls"];
+            call.extend(args.iter().map(String::as_str));
+            let out = verdict(&stack, &call);
+            assert!(
+                out.status.success(),
+                "{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+
+        let mut fraud = ServiceProcess::spawn::<Fraud>(&deployment(&stack, &topology, None), |s| {
+            quick(s);
+            s.kafka.security = secrets.security("fraud-detector");
+        });
+        fraud.wait_ready(Duration::from_secs(60)).await;
+        let mut gw =
+            ServiceProcess::spawn::<gateway::Spec>(&deployment(&stack, &topology, None), |s| {
+                s.kafka.security = secrets.security("gateway");
+                s.gateway.resolutions_topic = resolutions.clone();
+                s.gateway.adaptive.poll_interval_ms = 500;
+                s.gateway.keys = vec![ApiKey {
+                    id: "a".into(),
+                    sha256: key_hash(KEY),
+                    tenant: "acme".into(),
+                    scopes: vec![Scope::TransactionsWrite, Scope::JobsRead],
+                    revoked: false,
+                    tier: Tier::Interactive,
+                }];
+            });
+        gw.wait_ready(Duration::from_secs(60)).await;
+
+        let http = reqwest::Client::new();
+        let base = format!("http://127.0.0.1:{}", gw.http_port);
+        let (_, mut tx) = sample_transaction(&mut rand::rng(), "ignored");
+        let tx = tx.as_object_mut().expect("object");
+        tx.remove("event_id");
+        tx.remove("tenant_id");
+        let decided = http
+            .post(format!("{base}/v1/transactions?wait=20s"))
+            .bearer_auth(KEY)
+            .json(&tx)
+            .send()
+            .await
+            .expect("submit");
+        let status = decided.status();
+        let job: serde_json::Value = decided.json().await.expect("job");
+        assert_eq!(status, 200, "decided within the wait: {job}\n{}", gw.log());
+        assert!(job["decision"]["outcome"].is_string(), "{job}");
+
+        // The pipeline's lag comes from its group, which the gateway may describe.
+        let mut health = serde_json::Value::Null;
+        for _ in 0..40 {
+            health = http
+                .get(format!("{base}/v1/health"))
+                .bearer_auth(KEY)
+                .send()
+                .await
+                .expect("health")
+                .json()
+                .await
+                .expect("JSON");
+            if health["services"]["pipelines"]["fraud-detector"]["members"].as_u64() == Some(1) {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+        assert_eq!(health["services"]["kafka"]["status"], "ok", "{health}");
+        assert_eq!(
+            health["services"]["pipelines"]["fraud-detector"]["members"], 1,
+            "{health}"
+        );
+        for (name, log) in [("gateway", gw.log()), ("fraud-detector", fraud.log())] {
+            assert!(!log.contains("AuthorizationFailed"), "{name}: {log}");
+        }
+    });
+}

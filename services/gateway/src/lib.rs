@@ -17,6 +17,7 @@ pub mod webhooks;
 use std::sync::Arc;
 
 use config::GatewaySettings;
+use verdict_runtime::acls::Acl;
 use verdict_runtime::topology::Topology;
 
 /// How the stack, the tests and the loadtest run the gateway.
@@ -37,6 +38,80 @@ impl verdict_runtime::service::ServiceSpec for Spec {
         s.http.admin_listen = d.admin_listen;
         s
     }
+
+    /// With the default `gateway.resolutions_topic`; none for a topology it cannot serve.
+    fn acls(topology: &Topology, principal: &str) -> Vec<Acl> {
+        acls(
+            topology,
+            &config::Gateway::default().resolutions_topic,
+            principal,
+        )
+        .unwrap_or_default()
+    }
+}
+
+/// The gateway's ACLs, running as `principal`: WRITE on what it produces (submissions to the
+/// pipelines' inputs, review resolutions, their audit records) and DESCRIBE_CONFIGS there (a
+/// record is checked against `max.message.bytes`); READ on every topic its job store follows,
+/// read by its readers' throwaway groups; DESCRIBE on the pipelines' groups (their lag drives
+/// the adaptive limits and `/v1/health`). Sorted, without duplicates.
+pub fn acls(
+    topology: &Topology,
+    resolutions_topic: &str,
+    principal: &str,
+) -> Result<Vec<Acl>, String> {
+    use verdict_runtime::acls::{Operation, ResourceType, allow, reader_groups};
+    let (transactions, documents, followed) = plan(topology, resolutions_topic)?;
+    let resolutions = resolutions_topic.to_string();
+    let mut acls = vec![reader_groups(principal)];
+    let written = [&transactions, &documents]
+        .into_iter()
+        .flat_map(|r| {
+            [
+                (&r.topic, "submissions"),
+                (&r.audit, "audit records of reviews"),
+            ]
+        })
+        .chain(std::iter::once((&resolutions, "review resolutions")));
+    for (topic, why) in written {
+        acls.push(allow(
+            principal,
+            ResourceType::Topic,
+            topic,
+            Operation::Write,
+            why,
+        ));
+        acls.push(allow(
+            principal,
+            ResourceType::Topic,
+            topic,
+            Operation::DescribeConfigs,
+            "its max.message.bytes bounds a record",
+        ));
+    }
+    for f in &followed {
+        acls.push(allow(
+            principal,
+            ResourceType::Topic,
+            &f.topic,
+            Operation::Read,
+            "how jobs end (the job store)",
+        ));
+    }
+    for r in [&transactions, &documents] {
+        acls.push(allow(
+            principal,
+            ResourceType::Group,
+            &r.group,
+            Operation::Describe,
+            "the pipeline's lag (adaptive limits, /v1/health)",
+        ));
+    }
+    acls.sort();
+    acls.dedup_by(|a, b| {
+        (a.resource_type, &a.resource, a.operation) == (b.resource_type, &b.resource, b.operation)
+    });
+    Ok(acls)
 }
 
 /// The routes and the topics the job store follows, from the topology: submissions go to the

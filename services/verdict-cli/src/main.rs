@@ -498,7 +498,8 @@ enum TopologyAction {
     Acls {
         #[command(flatten)]
         file: TopologyFile,
-        /// Only this service (repeatable; default: every service).
+        /// Only this service (repeatable; default: every topology service). `lag-monitor` and
+        /// `gateway`, which run beside the topology, only when named.
         #[arg(long)]
         service: Vec<String>,
         /// The principal a service runs as, `service=User:name` (repeatable; default

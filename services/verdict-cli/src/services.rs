@@ -62,6 +62,13 @@ pub const SERVICES: &[Declared] = &[
     Declared::of::<lag_monitor::Spec>(),
 ];
 
+/// Services that run beside the topology's rather than in it, whose crates derive their ACLs
+/// from it: `verdict topology acls --service <name>` prints them.
+pub const BESIDE_TOPOLOGY: &[Declared] = &[
+    Declared::of::<lag_monitor::Spec>(),
+    Declared::of::<gateway::Spec>(),
+];
+
 /// The declared service called `name`.
 pub fn declared(name: &str) -> Option<&'static Declared> {
     SERVICES.iter().find(|s| s.name == name)

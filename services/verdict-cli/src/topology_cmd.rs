@@ -13,6 +13,7 @@ use verdict_runtime::registry::RegistryClient;
 use verdict_runtime::topology::Topology;
 
 use crate::CliError;
+use crate::services::BESIDE_TOPOLOGY;
 
 /// What `apply` did.
 #[derive(Debug, Default, PartialEq)]
@@ -24,22 +25,29 @@ pub struct ApplyReport {
     pub schemas: Vec<(String, u32)>,
 }
 
-/// The least-privilege ACLs of the `services` named (all when none is), each running as
-/// `User:<service>` unless `principals` maps it to another principal.
+/// The least-privilege ACLs of the `services` named (every topology service when none is;
+/// the lag monitor and the gateway only when named), each running as `User:<service>` unless
+/// `principals` maps it to another principal.
 pub fn acls(
     topology: &Topology,
     services: &[String],
     principals: &[(String, String)],
     exactly_once: bool,
 ) -> Result<Vec<Acl>, CliError> {
+    let beside = |name: &str| BESIDE_TOPOLOGY.iter().find(|d| d.name == name);
     for name in services.iter().chain(principals.iter().map(|(s, _)| s)) {
-        if topology.service(name).is_none() {
+        if topology.service(name).is_none() && beside(name).is_none() {
             return Err(CliError::Usage(format!(
-                "no service `{name}` in the topology; it has {}",
+                "no service `{name}` in the topology; it has {}, and beside it {}",
                 topology
                     .services
                     .keys()
                     .cloned()
+                    .collect::<Vec<_>>()
+                    .join(", "),
+                BESIDE_TOPOLOGY
+                    .iter()
+                    .map(|d| d.name)
                     .collect::<Vec<_>>()
                     .join(", ")
             )));
@@ -51,12 +59,16 @@ pub fn acls(
             .find(|(s, _)| s == name)
             .map_or_else(|| format!("User:{name}"), |(_, p)| p.clone())
     };
-    Ok(topology
+    let in_topology = topology
         .services
         .values()
         .filter(|s| services.is_empty() || services.contains(&s.name))
-        .flat_map(|s| service_acls(s, &principal(&s.name), exactly_once))
-        .collect())
+        .flat_map(|s| service_acls(s, &principal(&s.name), exactly_once));
+    let beside_it = services
+        .iter()
+        .filter_map(|name| beside(name))
+        .flat_map(|d| (d.acls)(topology, &principal(d.name)));
+    Ok(in_topology.chain(beside_it).collect())
 }
 
 /// Adds `acls` with Kafka's own `kafka-acls` (one run per command of [`tool_commands`]);
@@ -263,4 +275,70 @@ pub fn namespace(doc: &mut toml::Table, ns: &str) -> Vec<String> {
         }
     }
     names
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use verdict_runtime::acls::{Operation, ResourceType};
+
+    fn topology() -> Topology {
+        let file =
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../topology/topology.toml");
+        Topology::load(&file, None).expect("the repository's topology")
+    }
+
+    #[test]
+    fn the_gateway_and_the_lag_monitor_get_theirs_only_when_named() {
+        let t = topology();
+        let all = acls(&t, &[], &[], false).expect("every topology service");
+        assert!(all.iter().all(|a| a.principal != "User:gateway"));
+        let gw = acls(
+            &t,
+            &["gateway".into()],
+            &[("gateway".into(), "User:front".into())],
+            false,
+        )
+        .expect("the gateway's");
+        let has = |rt, name: &str, op| {
+            gw.iter().any(|a| {
+                a.principal == "User:front"
+                    && a.resource_type == rt
+                    && a.resource == name
+                    && a.operation == op
+            })
+        };
+        assert!(has(ResourceType::Topic, "transactions", Operation::Write));
+        assert!(has(
+            ResourceType::Topic,
+            "review-resolutions",
+            Operation::Write
+        ));
+        assert!(has(ResourceType::Topic, "fraud-decisions", Operation::Read));
+        assert!(!has(
+            ResourceType::Topic,
+            "fraud-decisions",
+            Operation::Write
+        ));
+        assert!(has(
+            ResourceType::Group,
+            "verdict-fraud-detector",
+            Operation::Describe
+        ));
+        assert!(!has(
+            ResourceType::Group,
+            "verdict-fraud-detector",
+            Operation::Read
+        ));
+        let monitor = acls(&t, &["lag-monitor".into()], &[], false).expect("the monitor's");
+        assert!(
+            monitor
+                .iter()
+                .any(|a| a.resource == "*" && a.operation == Operation::Describe)
+        );
+        match acls(&t, &["nobody".into()], &[], false) {
+            Err(CliError::Usage(m)) => assert!(m.contains("gateway"), "{m}"),
+            other => panic!("expected a usage error, got {other:?}"),
+        }
+    }
 }
