@@ -528,6 +528,71 @@ fn the_api_speaks_https_with_a_certificate() {
     });
 }
 
+/// Issue 20: `verdict keys new` mints a key and prints the `[[gateway.keys]]` lines that
+/// admit it (its hash, never the key); a gateway given those lines admits the key with the
+/// scopes it was minted with and no others.
+#[test]
+fn a_key_minted_by_the_cli_is_admitted_with_its_scopes() {
+    run(120, async {
+        let stack = Stack::start().await;
+        let topology = apply_topology(&stack, None).await;
+        let out = harness::run_command(
+            std::process::Command::new(harness::bin("verdict")).args([
+                "keys",
+                "new",
+                "--tenant",
+                "acme",
+                "--scopes",
+                "transactions:write,jobs:read",
+                "--id",
+                "minted",
+            ]),
+            Duration::from_secs(30),
+        );
+        let said = String::from_utf8_lossy(&out.stdout).into_owned();
+        assert!(
+            out.status.success(),
+            "{said}{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let key = said
+            .lines()
+            .map(str::trim)
+            .find(|l| l.starts_with("vk_"))
+            .expect("the key")
+            .to_string();
+        let lines = said
+            .split_once("[[gateway.keys]]")
+            .and_then(|(_, rest)| rest.split_once("Then:"))
+            .map(|(table, _)| format!("[[gateway.keys]]{table}"))
+            .expect("the settings lines");
+        assert!(!lines.contains(&key), "{lines}");
+        let minted: gateway::config::GatewaySettings =
+            toml::from_str(&lines).expect("the gateway's settings");
+        let mut gw = spawn_gateway(&stack, &topology, |s| {
+            s.gateway.keys = minted.gateway.keys;
+        });
+        gw.wait_ready(Duration::from_secs(30)).await;
+        let p = gw.http_port;
+        let r = post_tx(p, &key, transaction()).await;
+        assert_eq!(r.status, 202, "{}", r.body);
+        let job = r.body["job_id"].as_str().expect("job id").to_string();
+        let r = call(p, "GET", &format!("/v1/jobs/{job}"), Some(&key), &[], None).await;
+        assert_eq!(r.status, 200, "{}", r.body);
+        let review = format!("/v1/reviews/{job}");
+        let r = call(p, "POST", &review, Some(&key), &[], Some("{}".into())).await;
+        assert_error_shape(&r, 403, "forbidden_scope");
+        assert_eq!(
+            gw.metric_where(
+                "verdict_gateway_requests_total",
+                "key=\"minted\",tenant=\"acme\",status=\"2xx\""
+            )
+            .await,
+            2.0
+        );
+    });
+}
+
 /// A tenant past its limit gets 429 with Retry-After and the limit headers; another tenant
 /// is unaffected; the warning header comes at 80 %.
 #[test]

@@ -18,6 +18,13 @@ pub enum Scope {
 }
 
 impl Scope {
+    pub const ALL: [Scope; 4] = [
+        Scope::TransactionsWrite,
+        Scope::DocumentsWrite,
+        Scope::JobsRead,
+        Scope::ReviewsWrite,
+    ];
+
     pub fn as_str(self) -> &'static str {
         match self {
             Scope::TransactionsWrite => "transactions:write",

@@ -3,6 +3,7 @@
 pub mod broker;
 pub mod dlq;
 pub mod groups_cmd;
+pub mod keys;
 pub mod produce_consume;
 pub mod records;
 pub mod secure;

@@ -144,6 +144,11 @@ enum Command {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
+    /// The gateway's API keys.
+    Keys {
+        #[command(subcommand)]
+        action: KeysAction,
+    },
     /// A throwaway broker for a test run: stops and removes itself when PID exits.
     #[command(hide = true)]
     TestBroker {
@@ -525,6 +530,27 @@ enum TopologyAction {
     },
 }
 
+#[derive(Subcommand)]
+enum KeysAction {
+    /// Mint a key: prints it once, and the `[[gateway.keys]]` lines (its SHA-256, never the
+    /// key) to add to the gateway's settings.
+    New {
+        /// The tenant its requests are for.
+        #[arg(long)]
+        tenant: String,
+        /// What it may do, comma-separated: transactions:write, documents:write, jobs:read,
+        /// reviews:write.
+        #[arg(long, value_delimiter = ',', value_parser = verdict_cli::keys::parse_scope, required = true)]
+        scopes: Vec<gateway::auth::Scope>,
+        /// Its name in logs and metrics (default: the tenant and the start of its hash).
+        #[arg(long)]
+        id: Option<String>,
+        /// `batch` keys are slowed while the pipeline they feed lags; `interactive` are not.
+        #[arg(long, default_value = "interactive", value_parser = verdict_cli::keys::parse_tier)]
+        tier: gateway::config::Tier,
+    },
+}
+
 #[tokio::main]
 async fn main() -> ExitCode {
     telemetry::init_cli_logging();
@@ -589,6 +615,30 @@ async fn run(command: Command, client: &ClientOptions) -> Result<(), CliError> {
             }
             let err = dist.tool(&tool, &args)?.exec();
             Err(CliError::Failed(format!("cannot run Java: {err}")))
+        }
+        Command::Keys {
+            action:
+                KeysAction::New {
+                    tenant,
+                    scopes,
+                    id,
+                    tier,
+                },
+        } => {
+            let minted = verdict_cli::keys::mint(&tenant, scopes, id, tier)?;
+            println!(
+                "API key of tenant {tenant} (id {}); shown this once, keep it secret:\n\n  {}\n",
+                minted.entry.id, minted.key
+            );
+            println!(
+                "Add to the gateway's settings (they hold its SHA-256, never the key):\n\n{}",
+                minted.settings()?
+            );
+            println!(
+                "Then: curl -s http://127.0.0.1:8088/v1/health -H \"Authorization: Bearer {}\"",
+                minted.key
+            );
+            Ok(())
         }
         Command::TestBroker {
             dir,
