@@ -546,67 +546,45 @@ fn stack_up_secure_runs_every_service_as_its_own_principal() {
             && report["shadow_decided"] == report["events"],
         "{report}"
     );
-    // The registry asks who: with the admin's Kafka settings but not its registry user, the
-    // CLI says the registry refused it.
-    let kafka_only = dir.path().join("kafka-only.properties");
+    // The admin's settings without some of the registry's keys: the demo is refused, and
+    // the CLI says which is missing.
     let properties = std::fs::read_to_string(&admin).expect("admin.properties");
-    std::fs::write(
-        &kafka_only,
-        properties
+    let demo_without = |prefix: &str, says: &[&str]| {
+        let file = dir.path().join(format!("without-{prefix}properties"));
+        let kept: Vec<&str> = properties
             .lines()
-            .filter(|l| !l.starts_with("basic.auth."))
-            .collect::<Vec<_>>()
-            .join("\n"),
-    )
-    .expect("kafka-only properties");
-    // Without the registry's CA the CLI says its certificate is not trusted.
-    let no_ca = dir.path().join("no-registry-ca.properties");
-    std::fs::write(
-        &no_ca,
-        properties
-            .lines()
-            .filter(|l| !l.starts_with("schema.registry.ssl."))
-            .collect::<Vec<_>>()
-            .join("\n"),
-    )
-    .expect("properties without the registry CA");
-    let untrusting = verdict(
-        dir.path(),
+            .filter(|l| !l.starts_with(prefix))
+            .collect();
+        std::fs::write(&file, kept.join("\n")).expect("properties");
+        let refused = verdict(
+            dir.path(),
+            &[
+                &format!("--command-config={}", file.display()),
+                "demo",
+                "--count",
+                "1",
+                "--documents",
+                "0",
+            ],
+            &endpoints,
+        );
+        assert!(!refused.status.success(), "{}", text(&refused));
+        assert!(
+            says.iter().all(|s| text(&refused).contains(s)),
+            "without {prefix}: {}",
+            text(&refused)
+        );
+    };
+    // Not the registry's CA: its certificate is not trusted.
+    demo_without(
+        "schema.registry.ssl.",
         &[
-            &format!("--command-config={}", no_ca.display()),
-            "demo",
-            "--count",
-            "1",
-            "--documents",
-            "0",
+            "presented a certificate this client does not trust",
+            "schema.registry.ssl.ca.location",
         ],
-        &endpoints,
     );
-    assert!(!untrusting.status.success(), "{}", text(&untrusting));
-    assert!(
-        text(&untrusting).contains("presented a certificate this client does not trust")
-            && text(&untrusting).contains("schema.registry.ssl.ca.location"),
-        "{}",
-        text(&untrusting)
-    );
-    let anonymous = verdict(
-        dir.path(),
-        &[
-            &format!("--command-config={}", kafka_only.display()),
-            "demo",
-            "--count",
-            "1",
-            "--documents",
-            "0",
-        ],
-        &endpoints,
-    );
-    assert!(!anonymous.status.success(), "{}", text(&anonymous));
-    assert!(
-        text(&anonymous).contains("refused a client without credentials"),
-        "{}",
-        text(&anonymous)
-    );
+    // Not its user: the registry asks who.
+    demo_without("basic.auth.", &["refused a client without credentials"]);
     // Without the settings the CLI says what is missing.
     let plain = verdict(dir.path(), &["groups", "list"], &endpoints[..1]);
     assert_eq!(plain.status.code(), Some(1), "{}", text(&plain));
