@@ -839,3 +839,80 @@ fn tls_serves_clients_that_trust_its_ca_and_no_one_else() {
         registry.stop().await;
     });
 }
+
+/// Issue 20: `/metrics` and `/readyz` beside the API, open even when the API asks for a
+/// user: requests by method, route template and status class (no subject in any label) with
+/// their durations, and what the store holds; ready while the store can catch up with its
+/// topic, 503 once the broker is gone.
+#[test]
+fn metrics_and_readiness_are_served_beside_the_api() {
+    use verdict_runtime::registry::{Registry, RegistryClient};
+    run(120, async {
+        let mut stack = Stack::start_own().await;
+        let registry = stack.authenticated_registry().await;
+        let url = registry.url();
+        let admin = Registry::new(&url)
+            .with_user_info("admin:admin:secret")
+            .expect("user info");
+        let client = RegistryClient::new(&admin).expect("client");
+        client
+            .register("metered-value", &record(A))
+            .await
+            .expect("register");
+        client.subjects().await.expect("subjects");
+        let anonymous = reqwest::Client::new();
+        let refused = anonymous
+            .get(format!("{url}/subjects"))
+            .send()
+            .await
+            .expect("request");
+        assert_eq!(refused.status(), 401);
+
+        let ready = anonymous
+            .get(format!("{url}/readyz"))
+            .send()
+            .await
+            .expect("readyz");
+        assert_eq!(ready.status(), 200);
+        assert_eq!(ready.text().await.expect("body"), "ready\n");
+        let scraped = anonymous
+            .get(format!("{url}/metrics"))
+            .send()
+            .await
+            .expect("metrics");
+        assert_eq!(scraped.status(), 200);
+        assert!(
+            scraped
+                .headers()
+                .get("content-type")
+                .and_then(|v| v.to_str().ok())
+                .is_some_and(|t| t.starts_with("application/openmetrics-text"))
+        );
+        let text = scraped.text().await.expect("body");
+        for line in [
+            r#"verdict_registry_requests_total{method="POST",route="/subjects/{subject}/versions",status="2xx"} 1"#,
+            r#"verdict_registry_requests_total{method="GET",route="/subjects",status="2xx"} 1"#,
+            r#"verdict_registry_requests_total{method="GET",route="/subjects",status="4xx"} 1"#,
+            r#"verdict_registry_request_duration_seconds_count{method="POST",route="/subjects/{subject}/versions"} 1"#,
+            "verdict_registry_schemas 1",
+            "verdict_registry_subjects 1",
+        ] {
+            assert!(text.lines().any(|l| l == line), "{line} in\n{text}");
+        }
+        assert!(!text.contains("metered"), "no subject in a label:\n{text}");
+
+        // The broker gone: the store cannot catch up, and the registry says it is not ready.
+        stack.broker.kill9();
+        let not_ready = anonymous
+            .get(format!("{url}/readyz"))
+            .timeout(std::time::Duration::from_secs(15))
+            .send()
+            .await
+            .expect("readyz");
+        assert_eq!(not_ready.status(), 503);
+        let said = not_ready.text().await.expect("body");
+        assert!(said.starts_with("not ready: the store"), "{said}");
+        assert!(!said.contains("127.0.0.1"), "no address: {said}");
+        drop(registry);
+    });
+}

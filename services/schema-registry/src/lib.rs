@@ -7,6 +7,7 @@ pub mod compat;
 pub mod config;
 pub mod error;
 pub mod log;
+pub mod metrics;
 pub mod store;
 
 use std::net::SocketAddr;
@@ -50,7 +51,24 @@ pub async fn serve(
     users: Arc<Users>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    verdict_runtime::http::serve_on(listener, api::router(log, users), tls, shutdown).await
+    verdict_runtime::http::serve_on(listener, app(log, users), tls, shutdown).await
+}
+
+/// The API (behind `users`' basic auth when there are any) with `/metrics` and `/readyz`
+/// beside it (open, as `GET /` is), every request counted and timed by its route.
+pub fn app(log: Arc<SchemaLog>, users: Arc<Users>) -> axum::Router {
+    use axum::routing::get;
+    let measured = Arc::new(metrics::RegistryMetrics::default());
+    let probes = axum::Router::new()
+        .route("/metrics", get(metrics::metrics))
+        .route("/readyz", get(metrics::readyz))
+        .with_state((log.clone(), measured.clone()));
+    api::router(log, users)
+        .merge(probes)
+        .layer(axum::middleware::from_fn_with_state(
+            measured,
+            metrics::record,
+        ))
 }
 
 /// A registry running in this process (used by tests and embedders).

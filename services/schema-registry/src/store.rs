@@ -443,6 +443,11 @@ impl Store {
         self.subjects.get(name)
     }
 
+    /// How many schemas (distinct ids) it holds.
+    pub fn schema_count(&self) -> usize {
+        self.schemas.len()
+    }
+
     pub fn subjects(&self) -> impl Iterator<Item = (&String, &SubjectEntry)> {
         self.subjects.iter()
     }
