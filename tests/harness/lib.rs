@@ -5,6 +5,7 @@
 //! runs that CI (short) and the loadtest (long) share.
 
 pub mod chaos;
+pub mod jaeger;
 pub mod toxiproxy;
 
 use std::collections::BTreeMap;

@@ -22,6 +22,7 @@ use verdict_runtime::inference::{InferenceError, ModelId};
 use verdict_runtime::metrics::{Metrics, StageTiming, StageTimings};
 use verdict_runtime::now_ms;
 use verdict_runtime::serde::ValueSchema;
+use verdict_runtime::telemetry;
 
 use crate::config::DocumentSettings;
 use crate::pii::{Redacted, redact};
@@ -293,6 +294,7 @@ impl Processor for DocumentAnalyzer {
         let started = Instant::now();
         let mut t = StageTimings::new(&self.metrics);
         let document = std::mem::take(&mut input.value);
+        telemetry::record_event_id(&document.event_id);
         let (mut doc, tokens) = t.stage("validate", || validate(document, &self.settings))?;
         let Redacted {
             text: redacted,
@@ -303,15 +305,17 @@ impl Processor for DocumentAnalyzer {
         // for its embedding.
         drop(std::mem::take(&mut doc.text));
 
-        let embed_start = Instant::now();
-        let embedded = match self.embed(&doc.tenant_id, &redacted).await {
-            Ok(e) => match self.classifiers().await {
-                Ok(c) => Ok((e, c)),
-                Err(err) => Err(err),
-            },
-            Err(err) => Err(err),
-        };
-        t.record("embed", embed_start.elapsed());
+        let embedded = t
+            .stage_async("embed", async {
+                match self.embed(&doc.tenant_id, &redacted).await {
+                    Ok(e) => match self.classifiers().await {
+                        Ok(c) => Ok((e, c)),
+                        Err(err) => Err(err),
+                    },
+                    Err(err) => Err(err),
+                }
+            })
+            .await;
 
         let mut reasons = Vec::new();
         if tokens > self.settings.model_context_tokens {

@@ -17,6 +17,7 @@ use verdict_runtime::metrics::{Metrics, StageTiming, StageTimings};
 use verdict_runtime::models::{LogisticModel, ModelInput, Scored};
 use verdict_runtime::now_ms;
 use verdict_runtime::serde::ValueSchema;
+use verdict_runtime::telemetry;
 
 use crate::config::{FailMode, FraudSettings};
 use crate::remote::RemoteScorer;
@@ -395,6 +396,7 @@ impl Processor for FraudDetector {
     ) -> Result<Vec<Outgoing<Self::Output>>, ProcessError> {
         let started = Instant::now();
         let mut t = StageTimings::new(&self.metrics);
+        telemetry::record_event_id(&input.value.event_id);
         let tx = t.stage("validate", || validate(&mut input))?;
         let features = t.stage("features", || features(&tx));
         let hits = t.stage("rules", || self.rules(&tx, input.state))?;
@@ -404,12 +406,10 @@ impl Processor for FraudDetector {
         if let Some((remote, served)) = &self.remote {
             // The served model's probability; the in-process one still explains it.
             let row = self.model.raw_row(&features.to_input());
-            let started = Instant::now();
-            let answer = remote
-                .score(row)
+            let answer = t
+                .stage_async("remote_score", remote.score(row))
                 .await
                 .map_err(|e| ProcessError::inference("remote_score", &e))?;
-            t.record("remote_score", started.elapsed());
             scored.probability = answer.probability;
             degraded = answer.degraded;
             if !degraded {

@@ -19,6 +19,7 @@ pub mod headers;
 pub mod http;
 pub mod inference;
 pub mod kafka;
+pub mod kafka_stats;
 pub mod metrics;
 pub mod models;
 pub mod producer;

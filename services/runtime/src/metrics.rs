@@ -76,6 +76,8 @@ pub struct Metrics {
     pub state_restore_seconds: Family<StoreLabel, Counter<f64, AtomicU64>>,
     pub state_restore_remaining: Family<StorePartitionLabel, Gauge>,
     pub state_keys: Family<StoreLabel, Gauge>,
+    /// librdkafka's statistics of the engine's clients.
+    pub kafka: crate::kafka_stats::KafkaStats,
     ready: AtomicBool,
     pub last_commit_ms: AtomicI64,
 }
@@ -108,6 +110,7 @@ impl Metrics {
             state_restore_seconds: Family::default(),
             state_restore_remaining: Family::default(),
             state_keys: Family::default(),
+            kafka: crate::kafka_stats::KafkaStats::default(),
             ready: AtomicBool::new(false),
             last_commit_ms: AtomicI64::new(0),
         };
@@ -192,6 +195,7 @@ impl Metrics {
                 "Keys a state store holds in memory, by store",
                 m.state_keys.clone(),
             );
+            m.kafka.register(&mut r);
         }
         Arc::new(m)
     }
@@ -262,24 +266,28 @@ impl<'a> StageTimings<'a> {
 
     /// Runs a synchronous stage, timed from the end of the one before.
     pub fn stage<T>(&mut self, name: &'static str, f: impl FnOnce() -> T) -> T {
-        let out = if tracing::Span::current().is_disabled() {
-            f()
-        } else {
-            tracing::info_span!("stage", stage = name).in_scope(f)
-        };
-        let now = std::time::Instant::now();
-        self.push(name, now.duration_since(self.last));
-        self.last = now;
+        let out = crate::telemetry::stage_span(name).in_scope(f);
+        self.done(name);
         out
     }
 
-    /// Records a stage timed elsewhere (async stages); the next stage is timed from now.
-    pub fn record(&mut self, name: &'static str, elapsed: Duration) {
-        self.push(name, elapsed);
-        self.last = std::time::Instant::now();
+    /// Runs an asynchronous stage (a model call), timed from the end of the one before.
+    pub async fn stage_async<T>(
+        &mut self,
+        name: &'static str,
+        stage: impl std::future::Future<Output = T>,
+    ) -> T {
+        use tracing::Instrument as _;
+        let out = stage.instrument(crate::telemetry::stage_span(name)).await;
+        self.done(name);
+        out
     }
 
-    fn push(&mut self, name: &'static str, elapsed: Duration) {
+    /// Ends stage `name` now; the next one is timed from here.
+    fn done(&mut self, name: &'static str) {
+        let now = std::time::Instant::now();
+        let elapsed = now.duration_since(self.last);
+        self.last = now;
         self.metrics.observe_stage(name, elapsed);
         self.stages.push(StageTiming {
             stage: name,

@@ -189,6 +189,8 @@ impl Default for TopologySection {
 pub struct TelemetrySection {
     /// OTLP/HTTP traces endpoint (e.g. http://127.0.0.1:4318/v1/traces); empty = no export.
     pub otlp_endpoint: String,
+    /// `text` for people, `json` (one object per line) for log shippers.
+    pub log_format: crate::telemetry::LogFormat,
 }
 
 impl<T: Validate> Validate for ServiceSettings<T> {
@@ -289,7 +291,11 @@ impl Host {
         telemetry: &TelemetrySection,
         routes: axum::Router,
     ) -> Result<Self, String> {
-        let guard = crate::telemetry::init_tracing(name, Some(telemetry.otlp_endpoint.as_str()))?;
+        let guard = crate::telemetry::init_tracing(
+            name,
+            Some(telemetry.otlp_endpoint.as_str()),
+            telemetry.log_format,
+        )?;
         let metrics = Metrics::new(name);
         let health = Health::new(metrics.clone());
         let stop_http = tokio_util::sync::CancellationToken::new();

@@ -50,6 +50,19 @@ pub fn init_cli_logging() {
         .try_init();
 }
 
+/// How a service writes its log lines (`telemetry.log_format`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Deserialize, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// One line per event for people: time, level, the spans it is in with their fields.
+    #[default]
+    Text,
+    /// One JSON object per line for log shippers: `timestamp`, `level`, `target`, the
+    /// event's fields (`message` among them) at the top level, and the span it happened in as
+    /// `span` (a record's `trace_id`, `event_id`, topic, partition and offset).
+    Json,
+}
+
 /// Keeps the tracer provider alive; flushes spans on drop.
 pub struct TelemetryGuard {
     provider: Option<SdkTracerProvider>,
@@ -63,10 +76,14 @@ impl Drop for TelemetryGuard {
     }
 }
 
-/// Logging plus OpenTelemetry tracing for a service. Spans get trace ids (so
+/// Logging (in `format`) plus OpenTelemetry tracing for a service. Spans get trace ids (so
 /// `traceparent` propagates) whether or not they are exported; with
 /// `otlp_endpoint` set they are batched to that OTLP/HTTP endpoint.
-pub fn init_tracing(service: &str, otlp_endpoint: Option<&str>) -> Result<TelemetryGuard, String> {
+pub fn init_tracing(
+    service: &str,
+    otlp_endpoint: Option<&str>,
+    format: LogFormat,
+) -> Result<TelemetryGuard, String> {
     let mut builder = SdkTracerProvider::builder().with_resource(
         Resource::builder()
             .with_service_name(service.to_string())
@@ -84,9 +101,27 @@ pub fn init_tracing(service: &str, otlp_endpoint: Option<&str>) -> Result<Teleme
     }
     let provider = builder.build();
     let layer = tracing_opentelemetry::layer().with_tracer(provider.tracer(service.to_string()));
+    let (text, json) = match format {
+        LogFormat::Text => (
+            Some(tracing_subscriber::fmt::layer().with_writer(std::io::stderr)),
+            None,
+        ),
+        LogFormat::Json => (
+            None,
+            Some(
+                tracing_subscriber::fmt::layer()
+                    .json()
+                    .flatten_event(true)
+                    .with_current_span(true)
+                    .with_span_list(false)
+                    .with_writer(std::io::stderr),
+            ),
+        ),
+    };
     let installed = tracing_subscriber::registry()
         .with(filter())
-        .with(tracing_subscriber::fmt::layer().with_writer(std::io::stderr))
+        .with(text)
+        .with(json)
         .with(layer)
         .try_init()
         .is_ok();
@@ -118,7 +153,86 @@ pub fn continue_trace(span: &tracing::Span, headers: &HeaderMap) {
     }
 }
 
+/// Puts `span`'s trace id on it as `trace_id` (declared by the span), so log lines in it name
+/// the trace to look up.
+pub fn record_trace_id(span: &tracing::Span) {
+    use opentelemetry::trace::TraceContextExt as _;
+    let id = span.context().span().span_context().trace_id();
+    if id != opentelemetry::trace::TraceId::INVALID {
+        span.record("trace_id", tracing::field::display(id));
+    }
+}
+
 /// Writes `span`'s trace context into `headers` as `traceparent`.
 pub fn inject_trace(span: &tracing::Span, headers: &mut HeaderMap) {
     TraceContextPropagator::new().inject_context(&span.context(), headers);
+}
+
+/// A span for one stage of the work the current span traces, named by the stage (`otel.name`),
+/// or none when nothing is traced: a stage's span alone would start a trace nobody follows.
+pub fn stage_span(stage: &'static str) -> tracing::Span {
+    if tracing::Span::current().is_disabled() {
+        return tracing::Span::none();
+    }
+    tracing::info_span!("stage", otel.name = stage, stage)
+}
+
+/// Puts the id of the event being worked on (`event_id`) on the current record or request
+/// span, so its trace is found by the event (Jaeger's tag search: `event_id=…`).
+pub fn record_event_id(event_id: &str) {
+    tracing::Span::current().record("event_id", event_id);
+}
+
+/// Marks the current span failed (`otel.status_code = ERROR`) with `why`.
+pub fn record_failure(why: &dyn std::fmt::Display) {
+    let span = tracing::Span::current();
+    span.record("otel.status_code", "ERROR");
+    span.record("otel.status_description", tracing::field::display(why));
+}
+
+/// Middleware: a server span per HTTP request, named by its method and route template,
+/// continuing the caller's W3C `traceparent`; what a handler sends on (a record's
+/// `traceparent`) is its child. Requests get one only when spans are exported or the caller
+/// sends a trace, as records do.
+pub async fn trace_requests(
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    use tracing::Instrument as _;
+    let continued = request.headers().contains_key(crate::headers::TRACEPARENT);
+    if !exporting() && !continued {
+        return next.run(request).await;
+    }
+    let route = request
+        .extensions()
+        .get::<axum::extract::MatchedPath>()
+        .map_or("unmatched", |p| p.as_str())
+        .to_string();
+    let method = request.method().clone();
+    let span = tracing::info_span!(
+        "request",
+        otel.name = %format_args!("{method} {route}"),
+        otel.kind = "server",
+        otel.status_code = tracing::field::Empty,
+        otel.status_description = tracing::field::Empty,
+        http.request.method = %method,
+        http.route = %route,
+        http.response.status_code = tracing::field::Empty,
+        event_id = tracing::field::Empty,
+        trace_id = tracing::field::Empty,
+    );
+    if continued {
+        let cx = TraceContextPropagator::new()
+            .extract(&opentelemetry_http::HeaderExtractor(request.headers()));
+        let _ = span.set_parent(cx);
+    }
+    record_trace_id(&span);
+    let response = next.run(request).instrument(span.clone()).await;
+    let status = response.status();
+    // As an integer attribute (tracing-opentelemetry writes unsigned values as text).
+    span.record("http.response.status_code", i64::from(status.as_u16()));
+    if status.is_server_error() {
+        span.record("otel.status_code", "ERROR");
+    }
+    response
 }

@@ -127,6 +127,12 @@ enum Command {
         /// Health/metrics port of the first service (fraud-detector); others follow.
         #[arg(long, default_value_t = 9464, global = true)]
         services_port: u16,
+        /// Jaeger's OTLP/HTTP port (`up --tracing`): services send their spans there.
+        #[arg(long, default_value_t = 4318, global = true)]
+        jaeger_port: u16,
+        /// Jaeger's UI and query API (`up --tracing`); its gRPC query port is the one below.
+        #[arg(long, default_value_t = 16686, global = true)]
+        jaeger_ui_port: u16,
         /// The topology `up` applies before starting the services.
         #[arg(long, default_value = "topology/topology.toml", global = true)]
         topology: PathBuf,
@@ -473,6 +479,10 @@ enum StackAction {
         /// gives it, `admin` for the CLI. A data dir made so stays so.
         #[arg(long)]
         secure: bool,
+        /// Also start Jaeger (when installed: `scripts/install.sh --tests`) on loopback and
+        /// have every service export its spans there; prints the UI's address.
+        #[arg(long)]
+        tracing: bool,
     },
     /// Stop what `up` started (by pid).
     Down,
@@ -579,8 +589,14 @@ async fn run(command: Command, client: &ClientOptions) -> Result<(), CliError> {
             brokers,
             registry_port,
             services_port,
+            jaeger_port,
+            jaeger_ui_port,
             topology,
         } => {
+            let (secure, tracing) = match action {
+                StackAction::Up { secure, tracing } => (secure, tracing),
+                _ => (false, false),
+            };
             let stack = StackOpts {
                 data_dir,
                 broker_port,
@@ -588,8 +604,11 @@ async fn run(command: Command, client: &ClientOptions) -> Result<(), CliError> {
                 brokers,
                 registry_port,
                 services_port,
+                jaeger_port,
+                jaeger_ui_port,
                 topology,
-                secure: matches!(action, StackAction::Up { secure: true }),
+                secure,
+                tracing,
             };
             match action {
                 StackAction::Up { .. } => stack.up().await,

@@ -42,6 +42,12 @@ pub struct StackOpts {
     pub topology: PathBuf,
     /// TLS, SASL/SCRAM and ACLs (`up --secure`); a data dir made so stays so.
     pub secure: bool,
+    /// Jaeger's OTLP/HTTP port, where the services send spans while it runs.
+    pub jaeger_port: u16,
+    /// Jaeger's UI and query API (its gRPC query API on the port below).
+    pub jaeger_ui_port: u16,
+    /// `up --tracing`: start Jaeger too.
+    pub tracing: bool,
 }
 
 /// Starts `cmd` with stdout and stderr appended to `log`. A `detached` process gets
@@ -301,6 +307,12 @@ fn component(d: &Declared) -> Component {
 const REGISTRY: Component = Component {
     name: "schema-registry",
     program: REGISTRY_BIN,
+};
+
+/// Jaeger, run by `scripts/jaeger.sh` (which execs the binary, so its pid is Jaeger's).
+const JAEGER: Component = Component {
+    name: "jaeger",
+    program: "jaeger",
 };
 
 impl StackOpts {
@@ -640,7 +652,89 @@ impl StackOpts {
             report.drift.len(),
             report.schemas.len()
         );
+        if self.tracing {
+            self.start_jaeger().await?;
+        }
         self.start_services().await
+    }
+
+    fn jaeger_ui(&self) -> String {
+        format!("http://127.0.0.1:{}", self.jaeger_ui_port)
+    }
+
+    /// Where the services send spans: Jaeger's OTLP endpoint while this data dir's Jaeger runs.
+    fn otlp_endpoint(&self) -> Option<String> {
+        self.running_pid(&JAEGER)
+            .map(|_| format!("http://127.0.0.1:{}/v1/traces", self.jaeger_port))
+    }
+
+    /// Starts Jaeger on loopback (in-memory storage: traces last as long as it runs) and waits
+    /// for its query API. Not installed: says how to install it, and the stack runs untraced.
+    async fn start_jaeger(&self) -> Result<(), CliError> {
+        if let Some(pid) = self.running_pid(&JAEGER) {
+            println!(
+                "jaeger: already running (pid {pid}), UI at {}",
+                self.jaeger_ui()
+            );
+            return Ok(());
+        }
+        let mut cmd = Command::new("bash");
+        cmd.arg(self.root()?.join("scripts/jaeger.sh"))
+            .arg(self.jaeger_port.to_string())
+            .arg(self.jaeger_ui_port.to_string())
+            .arg(self.data_dir.join("jaeger"));
+        let mut child = spawn_logged(cmd, &self.log_file(&JAEGER), true)?;
+        let client = reqwest::Client::builder()
+            .timeout(Duration::from_secs(2))
+            .build()
+            .map_err(|e| CliError::Failed(e.to_string()))?;
+        let answered = wait_for_path(
+            &client,
+            &self.jaeger_ui(),
+            "/api/services",
+            Some(child.id()),
+            Duration::from_secs(60),
+        )
+        .await;
+        match (answered, child.try_wait()) {
+            (Ok(()), _) => {
+                self.write_pid(&JAEGER, child.id())?;
+                println!(
+                    "jaeger: started (pid {}), UI at {}; the services send spans to http://127.0.0.1:{}/v1/traces",
+                    child.id(),
+                    self.jaeger_ui(),
+                    self.jaeger_port
+                );
+                Ok(())
+            }
+            (Err(_), Ok(Some(status))) if status.code() == Some(2) => {
+                println!(
+                    "jaeger: not installed (`bash scripts/install.sh --tests` builds it): the stack runs without traces"
+                );
+                Ok(())
+            }
+            (Err(e), _) => {
+                let _ = child.kill();
+                Err(CliError::Failed(format!(
+                    "jaeger did not start: {e}\n--- {}:\n{}",
+                    self.log_file(&JAEGER).display(),
+                    self.tail_log(&JAEGER)
+                )))
+            }
+        }
+    }
+
+    /// The repository the topology is in (`<root>/topology/topology.toml`): its scripts and
+    /// models.
+    fn root(&self) -> Result<PathBuf, CliError> {
+        std::path::absolute(
+            self.topology
+                .parent()
+                .and_then(Path::parent)
+                .filter(|p| !p.as_os_str().is_empty())
+                .unwrap_or(Path::new(".")),
+        )
+        .map_err(|e| CliError::Failed(e.to_string()))
     }
 
     /// Starts the nodes that are not running and waits until each answers on its own port.
@@ -741,15 +835,9 @@ impl StackOpts {
     }
 
     async fn start_services(&self) -> Result<(), CliError> {
-        let root = std::path::absolute(
-            self.topology
-                .parent()
-                .and_then(Path::parent)
-                .filter(|p| !p.as_os_str().is_empty())
-                .unwrap_or(Path::new(".")),
-        )
-        .map_err(|e| CliError::Failed(e.to_string()))?;
+        let root = self.root()?;
         let minilm = PathBuf::from(minilm_dir(&root)?);
+        let otlp = self.otlp_endpoint();
         for (i, declared) in SERVICES.iter().enumerate() {
             let c = component(declared);
             let url = self.service_url(i);
@@ -761,6 +849,9 @@ impl StackOpts {
                 declared.write_config(&self.deployment(i, &root, &minilm)?, &self.data_dir)?;
             let mut cmd = Command::new(sibling_binary(c.program)?);
             cmd.arg("--config").arg(&config);
+            if let Some(endpoint) = &otlp {
+                cmd.env("VERDICT__TELEMETRY__OTLP_ENDPOINT", endpoint);
+            }
             let child = spawn_logged(cmd, &self.log_file(&c), true)?;
             self.write_pid(&c, child.id())?;
             println!(
@@ -791,8 +882,15 @@ impl StackOpts {
     /// Stops what this data directory started: services, registry, then the brokers
     /// (together, see [`stop_pids`]).
     pub fn down(&self) -> Result<(), CliError> {
+        // Jaeger is named only when this data dir started one.
+        let traced = self.pid_file(&JAEGER).is_file();
         let services: Vec<Component> = SERVICES.iter().rev().map(component).collect();
-        for c in services.iter().chain([&REGISTRY]) {
+        let beside = if traced {
+            vec![&JAEGER, &REGISTRY]
+        } else {
+            vec![&REGISTRY]
+        };
+        for c in services.iter().chain(beside) {
             self.stop(&[c]);
         }
         // Nodes beyond the first are named only when this data dir has them.
@@ -810,6 +908,9 @@ impl StackOpts {
             .collect();
         if Self::external_registry().is_none() {
             ports.push((REGISTRY.name, self.registry_port));
+        }
+        if traced {
+            ports.push((JAEGER.name, self.jaeger_ui_port));
         }
         if Self::external_bootstrap().is_none() {
             for (i, c) in nodes.iter().enumerate() {
@@ -944,6 +1045,21 @@ impl StackOpts {
                 None => Owner::Nobody,
             };
             healthy &= report(c.name, &url, "ready", ready, owner);
+        }
+        if self.pid_file(&JAEGER).is_file() {
+            let client = reqwest::Client::builder()
+                .timeout(Duration::from_secs(2))
+                .build()
+                .map_err(|e| CliError::Failed(e.to_string()))?;
+            let ui = self.jaeger_ui();
+            let answering =
+                wait_for_path(&client, &ui, "/api/services", None, Duration::from_secs(2))
+                    .await
+                    .is_ok();
+            let owner = self.owner(&JAEGER, self.jaeger_ui_port, |pid| {
+                format!("pid {pid}, log {}", self.log_file(&JAEGER).display())
+            });
+            healthy &= report(JAEGER.name, &ui, "answering", answering, owner);
         }
         if healthy {
             Ok(())

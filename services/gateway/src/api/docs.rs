@@ -7,6 +7,7 @@ use axum::response::{IntoResponse, Response};
 /// `GET /v1/openapi.json`: this API's OpenAPI 3.1 document.
 #[utoipa::path(
     get,
+    tag = "documentation",
     path = "/v1/openapi.json",
     security(()),
     responses((status = 200, description = "The OpenAPI 3.1 document", body = serde_json::Value))

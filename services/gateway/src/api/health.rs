@@ -56,10 +56,11 @@ impl App {
 
 /// `GET /v1/health`: the gateway, Kafka, the registry and each pipeline (lag in messages and
 /// seconds, members, age of the last decision) as `ok`, `degraded` or `down`. Without a valid
-/// key (any scope) only the overall status; Kafka and the registry are asked at most once per
-/// [`PROBE_EVERY`] however many ask.
+/// key (any scope) only the overall status; Kafka and the registry are asked at most once
+/// every 2 seconds however many ask.
 #[utoipa::path(
     get,
+    tag = "health",
     path = "/v1/health",
     security((), ("api_key" = [])),
     responses(

@@ -50,6 +50,7 @@ impl Drop for StreamPermit {
 
 #[utoipa::path(
     get,
+    tag = "jobs",
     path = "/v1/jobs/{id}",
     params(("id" = String, Path, description = "The job id (the event_id)")),
     responses(
@@ -74,6 +75,7 @@ pub async fn get_job(
 /// while nothing happens. `Last-Event-ID` resumes after that event.
 #[utoipa::path(
     get,
+    tag = "jobs",
     path = "/v1/jobs/{id}/events",
     params(
         ("id" = String, Path, description = "The job id"),

@@ -135,6 +135,9 @@ pub fn router(app: Arc<App>) -> Router {
         .route("/v1/docs", get(docs::docs_page))
         .route("/v1/docs/rapidoc-min.js", get(docs::rapidoc_js))
         .fallback(|| async { ApiError::NotFound { what: "endpoint" } })
+        .layer(axum::middleware::from_fn(
+            verdict_runtime::telemetry::trace_requests,
+        ))
         .with_state(app)
 }
 

@@ -31,6 +31,7 @@ pub struct ReviewQuery {
 /// decision.
 #[utoipa::path(
     get,
+    tag = "reviews",
     path = "/v1/reviews",
     params(("status" = Option<String>, Query, description = "open (default) or resolved")),
     responses(
@@ -76,6 +77,7 @@ pub fn review_outcomes(kind: &str) -> &'static [&'static str] {
 /// record and an audit record; the job becomes `complete` with `reviewed_by`.
 #[utoipa::path(
     post,
+    tag = "reviews",
     path = "/v1/reviews/{id}",
     params(("id" = String, Path, description = "The job id (event_id) in review")),
     request_body = crate::openapi::ResolutionBody,

@@ -13,9 +13,11 @@ use axum::response::Response;
 use dashmap::DashMap;
 use serde::Deserialize;
 use serde_json::{Value as Json, json};
+use tracing::Instrument as _;
 use verdict_runtime::avro::{check_fields, untyped};
 use verdict_runtime::headers::HeaderMap;
 use verdict_runtime::serde::ValueSchema;
+use verdict_runtime::telemetry;
 
 use super::extract::Query;
 use super::{App, Route, job_response};
@@ -79,6 +81,7 @@ impl Drop for Claim {
 
 #[utoipa::path(
     post,
+    tag = "submissions",
     path = "/v1/transactions",
     request_body = crate::openapi::TransactionBody,
     params(
@@ -104,6 +107,7 @@ pub async fn submit_transaction(
 
 #[utoipa::path(
     post,
+    tag = "submissions",
     path = "/v1/documents",
     request_body = crate::openapi::DocumentBody,
     params(
@@ -213,6 +217,7 @@ async fn submit(
         }
     };
     obj.insert("event_id".into(), json!(job_id));
+    telemetry::record_event_id(&job_id);
     obj.insert("tenant_id".into(), json!(caller.tenant));
     obj.entry("occurred_at")
         .or_insert_with(|| json!(verdict_runtime::now_ms()));
@@ -257,13 +262,16 @@ async fn submit(
     let value = app
         .serde
         .encode(&route.topic, &ValueSchema::TopicLatest, untyped(&event))
+        .instrument(telemetry::stage_span("encode"))
         .await
         .map_err(|e| {
             tracing::warn!(error = %e, "encoding a submission");
             ApiError::Upstream
         })?;
+    // The record continues the request's trace from its `produce` span.
+    let produce = telemetry::stage_span("produce");
     let mut h = HeaderMap::default();
-    verdict_runtime::telemetry::inject_trace(&tracing::Span::current(), &mut h);
+    telemetry::inject_trace(&produce, &mut h);
     app.fits(&route.topic, key.len() + value.len() + h.byte_len())
         .await?;
     verdict_runtime::producer::send(
@@ -273,6 +281,7 @@ async fn submit(
         Some(&value),
         h.to_kafka(),
     )
+    .instrument(produce)
     .await
     .map_err(|e| {
         tracing::warn!(error = %e, "producing a submission");

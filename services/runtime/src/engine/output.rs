@@ -18,6 +18,7 @@ use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, T
 use rdkafka::types::RDKafkaErrorCode;
 
 use crate::kafka::{KafkaError as ClientError, KafkaSettings};
+use crate::metrics::Metrics;
 
 /// A record the producer refused or the broker did not acknowledge.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -75,9 +76,18 @@ impl Future for AllAcked {
     }
 }
 
-pub(crate) struct Delivery;
+/// The producer's context: acknowledgements to their records, statistics to the metrics.
+pub(crate) struct Delivery {
+    metrics: Arc<Metrics>,
+}
 
-impl ClientContext for Delivery {}
+impl ClientContext for Delivery {
+    fn stats(&self, statistics: rdkafka::Statistics) {
+        self.metrics
+            .kafka
+            .observe(crate::kafka_stats::Client::Producer, &statistics);
+    }
+}
 
 impl ProducerContext for Delivery {
     type DeliveryOpaque = Arc<Acks>;
@@ -129,9 +139,15 @@ impl Pending {
 }
 
 impl Output {
-    pub(crate) fn new(kafka: &KafkaSettings) -> Result<Self, ClientError> {
+    pub(crate) fn new(kafka: &KafkaSettings, metrics: Arc<Metrics>) -> Result<Self, ClientError> {
+        let mut cfg = kafka.producer_config();
+        cfg.set(
+            "statistics.interval.ms",
+            crate::kafka_stats::STATISTICS_INTERVAL_MS,
+        );
+        kafka.apply_properties(&mut cfg);
         Ok(Self {
-            producer: kafka.producer_config().create_with_context(Delivery)?,
+            producer: cfg.create_with_context(Delivery { metrics })?,
             unacked_bytes: Arc::new(AtomicUsize::new(0)),
         })
     }
@@ -142,15 +158,20 @@ impl Output {
         kafka: &KafkaSettings,
         id: &str,
         timeout: Duration,
+        metrics: Arc<Metrics>,
     ) -> Result<Self, ClientError> {
         let mut cfg = kafka.producer_config();
         let timeout_ms = timeout.as_millis().to_string();
         // librdkafka wants a delivery to time out no later than its transaction.
         cfg.set("transactional.id", id)
             .set("transaction.timeout.ms", &timeout_ms)
-            .set("delivery.timeout.ms", &timeout_ms);
+            .set("delivery.timeout.ms", &timeout_ms)
+            .set(
+                "statistics.interval.ms",
+                crate::kafka_stats::STATISTICS_INTERVAL_MS,
+            );
         kafka.apply_properties(&mut cfg);
-        let producer: ThreadedProducer<Delivery> = cfg.create_with_context(Delivery)?;
+        let producer: ThreadedProducer<Delivery> = cfg.create_with_context(Delivery { metrics })?;
         producer.init_transactions(Duration::from_secs(30))?;
         producer.begin_transaction()?;
         Ok(Self {

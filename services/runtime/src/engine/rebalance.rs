@@ -7,7 +7,7 @@
 //! records polled before it first, so the loop sees records and rebalances in the order
 //! librdkafka delivered them.
 
-use std::sync::{Mutex, PoisonError};
+use std::sync::{Arc, Mutex, PoisonError};
 
 use rdkafka::client::ClientContext;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance};
@@ -15,6 +15,7 @@ use rdkafka::{Offset, TopicPartitionList};
 use tokio::sync::{mpsc, oneshot};
 
 use super::state::Tp;
+use crate::metrics::Metrics;
 
 /// What the polling thread tells the loop.
 pub(crate) enum Event {
@@ -38,6 +39,8 @@ pub(crate) struct EngineContext {
     pub(crate) events: mpsc::Sender<Event>,
     /// Records polled and not yet sent, with their bytes.
     batch: Mutex<(Vec<rdkafka::message::OwnedMessage>, usize)>,
+    /// Where librdkafka's statistics go.
+    metrics: Arc<Metrics>,
 }
 
 /// A batch is sent when it holds this many records or bytes (or the poll comes up empty).
@@ -45,9 +48,10 @@ const BATCH_RECORDS: usize = 512;
 const BATCH_BYTES: usize = 1 << 20;
 
 impl EngineContext {
-    pub(crate) fn new(events: mpsc::Sender<Event>) -> Self {
+    pub(crate) fn new(events: mpsc::Sender<Event>, metrics: Arc<Metrics>) -> Self {
         Self {
             events,
+            metrics,
             batch: Mutex::new((Vec::new(), 0)),
         }
     }
@@ -73,7 +77,13 @@ impl EngineContext {
     }
 }
 
-impl ClientContext for EngineContext {}
+impl ClientContext for EngineContext {
+    fn stats(&self, statistics: rdkafka::Statistics) {
+        self.metrics
+            .kafka
+            .observe(crate::kafka_stats::Client::Consumer, &statistics);
+    }
+}
 
 fn tps_of(tpl: &TopicPartitionList) -> Vec<Tp> {
     tpl.elements()

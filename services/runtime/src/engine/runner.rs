@@ -88,7 +88,7 @@ pub async fn run<P: Processor>(
     // Few: batches in this channel are already fetched, so they escape pausing until the
     // state parks them (a batch is at most 512 records or 1 MiB).
     let (tx, mut events) = mpsc::channel(4);
-    let consumer = Arc::new(consumer(kafka, &route, settings, tx)?);
+    let consumer = Arc::new(consumer(kafka, &route, settings, tx, metrics.clone())?);
     consumer.subscribe(&route.subscriptions())?;
     tracing::info!(
         service = %route.service,
@@ -105,15 +105,17 @@ pub async fn run<P: Processor>(
         processor,
         codec: Codec::new(&endpoint, Duration::from_millis(registry.timeout_ms)),
         output: match settings.guarantee {
-            Guarantee::AtLeastOnce => Output::new(kafka)?,
+            Guarantee::AtLeastOnce => Output::new(kafka, metrics.clone())?,
             Guarantee::ExactlyOnce => {
                 let id = transactional_id(&route.group, &settings.group_instance_id);
                 tracing::info!(transactional_id = %id, "exactly-once: transactional producer");
                 let timeout = Duration::from_millis(settings.transaction_timeout_ms);
-                let kafka = kafka.clone();
-                tokio::task::spawn_blocking(move || Output::transactional(&kafka, &id, timeout))
-                    .await
-                    .map_err(|e| EngineError::Fatal(e.to_string()))??
+                let (kafka, metrics) = (kafka.clone(), metrics.clone());
+                tokio::task::spawn_blocking(move || {
+                    Output::transactional(&kafka, &id, timeout, metrics)
+                })
+                .await
+                .map_err(|e| EngineError::Fatal(e.to_string()))??
             }
         },
         route: route.clone(),
@@ -355,6 +357,7 @@ fn consumer(
     route: &Route,
     settings: &EngineSettings,
     events: mpsc::Sender<Event>,
+    metrics: Arc<Metrics>,
 ) -> Result<Consumer_, EngineError> {
     let mut config = kafka.consumer_config(&route.group);
     config
@@ -375,7 +378,11 @@ fn consumer(
         // An idle fetch waits at most this long; under load fetches return with data at once.
         .set("fetch.wait.max.ms", "100")
         // librdkafka's default (1 s) stalls a partition after a full fetch queue.
-        .set("fetch.queue.backoff.ms", "10");
+        .set("fetch.queue.backoff.ms", "10")
+        .set(
+            "statistics.interval.ms",
+            crate::kafka_stats::STATISTICS_INTERVAL_MS,
+        );
     match settings.group_protocol {
         GroupProtocol::Classic => {
             config
@@ -399,7 +406,7 @@ fn consumer(
         config.set("group.instance.id", &settings.group_instance_id);
     }
     kafka.apply_properties(&mut config);
-    Ok(config.create_with_context(EngineContext::new(events))?)
+    Ok(config.create_with_context(EngineContext::new(events, metrics))?)
 }
 
 /// The thread that polls the consumer: records, gathered into batches, and the rebalance
@@ -904,7 +911,13 @@ impl<P: Processor> Loop<P> {
         self.outcomes[i].inc();
         match outcome {
             Outcome::Fatal(reason) => {
-                tracing::error!(%reason, offset = done.offset, "record can be neither processed nor routed");
+                tracing::error!(
+                    %reason,
+                    topic = &*done.tp.0,
+                    partition = done.tp.1,
+                    offset = done.offset,
+                    "record can be neither processed nor routed"
+                );
                 self.fatal.get_or_insert(reason);
                 return;
             }

@@ -57,13 +57,21 @@ impl<P: Processor> Worker<P> {
         let span = if telemetry::exporting() || headers.get(headers::TRACEPARENT).is_some() {
             let span = tracing::info_span!(
                 "record",
+                otel.name = %format_args!("process {}", msg.topic()),
+                otel.kind = "consumer",
+                otel.status_code = tracing::field::Empty,
+                otel.status_description = tracing::field::Empty,
                 service = %self.route.service,
                 topic = msg.topic(),
                 partition = msg.partition(),
                 offset = msg.offset(),
-                attempt
+                // Signed: tracing-opentelemetry writes unsigned values as text.
+                attempt = i64::from(attempt),
+                event_id = tracing::field::Empty,
+                trace_id = tracing::field::Empty,
             );
             telemetry::continue_trace(&span, &headers);
+            telemetry::record_trace_id(&span);
             span
         } else {
             tracing::Span::none()
@@ -84,6 +92,7 @@ impl<P: Processor> Worker<P> {
                 Ok(()) => Outcome::Processed,
                 // Boxed: failures are rare, and every record's task would carry its space.
                 Err(e) => {
+                    telemetry::record_failure(&e);
                     let memo = state.memo();
                     let changes = state.take_writes();
                     drop(state);
@@ -101,7 +110,11 @@ impl<P: Processor> Worker<P> {
         attempt: u32,
         state: &RecordState<'_>,
     ) -> Result<(), ProcessError> {
-        let value = self.codec.decode(msg.payload()).await?;
+        let value = self
+            .codec
+            .decode(msg.payload())
+            .instrument(telemetry::stage_span("decode"))
+            .await?;
         let key = msg.key().map(String::from_utf8_lossy);
         let incoming = Incoming {
             topic: msg.topic(),
@@ -119,7 +132,9 @@ impl<P: Processor> Worker<P> {
             // Replayed to build a shadow run's state: its changes, no decision.
             return self.write(Vec::new(), state.take_writes()).await;
         }
-        self.write(outputs, state.take_writes()).await
+        self.write(outputs, state.take_writes())
+            .instrument(telemetry::stage_span("produce"))
+            .await
     }
 
     /// Encodes every output, sends them all with the record's state changes, and waits until
@@ -177,6 +192,12 @@ impl<P: Processor> Worker<P> {
         for (name, value) in memo {
             headers.set(&name, value);
         }
+        // The copy continues this attempt's trace: its retry (or a redrive of the dead
+        // letter) is a child of the attempt that failed.
+        let attempt_span = tracing::Span::current();
+        if !attempt_span.is_disabled() {
+            telemetry::inject_trace(&attempt_span, &mut headers);
+        }
         let now = now_ms();
         let routing = routing::route(
             &error,
@@ -193,13 +214,31 @@ impl<P: Processor> Worker<P> {
         };
         let headers =
             routing::failure_headers(headers, &origin, &error, &self.route.service, &routing, now);
+        // The record's coordinates on the line itself: an untraced record has no span to
+        // carry them.
         let outcome = match &routing {
             Routing::Retry { topic, .. } => {
-                tracing::info!(error = %error, retry_topic = %topic, "retrying later");
+                tracing::info!(
+                    error = %error,
+                    retry_topic = %topic,
+                    topic = msg.topic(),
+                    partition = msg.partition(),
+                    offset = msg.offset(),
+                    attempt,
+                    "retrying later"
+                );
                 Outcome::Retried
             }
             Routing::DeadLetter { topic, .. } => {
-                tracing::warn!(error = %error, dlq = %topic, "dead-lettering record");
+                tracing::warn!(
+                    error = %error,
+                    dlq = %topic,
+                    topic = msg.topic(),
+                    partition = msg.partition(),
+                    offset = msg.offset(),
+                    attempt,
+                    "dead-lettering record"
+                );
                 Outcome::DeadLettered(error.class())
             }
         };
@@ -232,7 +271,13 @@ impl<P: Processor> Worker<P> {
         class: &'static str,
     ) -> Outcome {
         let topic = &self.route.dead_letter_topic;
-        tracing::warn!(dlq = %topic, "dead-lettering a stub of a record too large to copy");
+        tracing::warn!(
+            dlq = %topic,
+            topic = msg.topic(),
+            partition = msg.partition(),
+            offset = msg.offset(),
+            "dead-lettering a stub of a record too large to copy"
+        );
         let send = Outbound {
             topic,
             partition: None,

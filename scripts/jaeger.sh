@@ -1,0 +1,63 @@
+#!/usr/bin/env bash
+# Runs Jaeger (all-in-one, in-memory storage) on loopback only, in the foreground (exec'd, so the
+# caller's pid is Jaeger's). scripts/install.sh --tests builds and places it.
+#   scripts/jaeger.sh OTLP_PORT UI_PORT [DIR]
+# OTLP_PORT takes OTLP over HTTP (services send to http://127.0.0.1:OTLP_PORT/v1/traces),
+# UI_PORT serves the UI and the query API (GET /api/services, /api/traces?service=…), and
+# UI_PORT-1 the query API's gRPC (as Jaeger's own 16686 and 16685). Nothing else listens: no
+# collector metrics, no other receivers. The configuration is written to DIR (a new temporary
+# directory when not given).
+set -euo pipefail
+root=$(cd "$(dirname "$0")/.." && pwd)
+usage="usage: scripts/jaeger.sh OTLP_PORT UI_PORT [DIR]"
+port=${1:?$usage}
+ui=${2:?$usage}
+dir=${3:-$(mktemp -d)}
+version=$(sed -n 's/^JAEGER_VERSION=//p' "$root/scripts/install.sh")
+bin=${VERDICT_JAEGER_DIR:-$HOME/.local/share/verdict/jaeger-$version}/bin/jaeger
+[ -x "$bin" ] || { echo "jaeger.sh: $bin is missing: run scripts/install.sh --tests" >&2; exit 2; }
+mkdir -p "$dir"
+cat > "$dir/jaeger.yaml" <<YAML
+service:
+  extensions: [jaeger_storage, jaeger_query]
+  pipelines:
+    traces:
+      receivers: [otlp]
+      processors: [batch]
+      exporters: [jaeger_storage_exporter]
+  telemetry:
+    metrics:
+      level: none
+    traces:
+      level: none
+    logs:
+      level: warn
+extensions:
+  jaeger_storage:
+    backends:
+      memstore:
+        memory:
+          max_traces: 100000
+  jaeger_query:
+    storage:
+      traces: memstore
+    http:
+      endpoint: 127.0.0.1:$ui
+    grpc:
+      endpoint: 127.0.0.1:$((ui - 1))
+receivers:
+  otlp:
+    protocols:
+      http:
+        endpoint: 127.0.0.1:$port
+processors:
+  batch:
+    timeout: 200ms
+exporters:
+  jaeger_storage_exporter:
+    trace_storage: memstore
+YAML
+# Jaeger traces its own query service through the OpenTelemetry SDK, to localhost:4317 unless
+# told otherwise: it samples none of its own.
+export OTEL_TRACES_SAMPLER=always_off
+exec "$bin" --config "$dir/jaeger.yaml"
