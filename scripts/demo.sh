@@ -11,7 +11,7 @@ began=$SECONDS
 bash scripts/install.sh
 echo; echo "==> build (release): the CLI, the schema registry and the services"
 cargo build --release --locked -p verdict-cli -p verdict-schema-registry \
-  -p fraud-detector -p model-server -p document-analyzer -p lag-monitor
+  -p fraud-detector -p model-server -p document-analyzer -p lag-monitor -p gateway
 verdict=target/release/verdict
 
 echo; echo "==> stack up: Apache Kafka, schema registry, topology, services"
@@ -24,4 +24,4 @@ echo "scripts/demo.sh: done in $((SECONDS - began)) s."
 echo "The stack keeps running: '$verdict stack status' shows it, '$verdict stack down' stops it;"
 echo "'$verdict kafka consumer-groups --describe --all-groups' shows the groups with Kafka's own tool,"
 echo "'$verdict groups describe verdict-fraud-detector' verdict's view with lag in seconds;"
-echo "the lag dashboard is at http://127.0.0.1:9467/ (stack status lists every port)."
+echo "'stack up' above printed every address (gateway, its docs, lag dashboard, metrics) and, once, the gateway's development key."

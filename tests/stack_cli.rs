@@ -59,6 +59,7 @@ fn stack_ports(broker: u16, controller: u16, registry: u16) -> Vec<String> {
                 u16::try_from(verdict_cli::services::SERVICES.len()).expect("a few services"),
             ),
         ),
+        ("--gateway-port", free_port()),
         ("--jaeger-port", free_port()),
         // The UI's port, after the gRPC query port below it.
         ("--jaeger-ui-port", free_port_block(2) + 1),
@@ -92,7 +93,12 @@ fn stack_up_apply_demo_status_down() {
         "{}",
         text(&up)
     );
-    for service in ["fraud-detector", "model-server", "document-analyzer"] {
+    for service in [
+        "fraud-detector",
+        "model-server",
+        "document-analyzer",
+        "gateway",
+    ] {
         assert!(
             text(&up).contains(&format!("{service}: ready")),
             "{}",
@@ -105,6 +111,7 @@ fn stack_up_apply_demo_status_down() {
         "fraud-detector.pid",
         "model-server.pid",
         "document-analyzer.pid",
+        "gateway.pid",
         "jaeger.pid",
     ]
     .iter()
@@ -129,7 +136,55 @@ fn stack_up_apply_demo_status_down() {
         text(&up)
     );
 
+    // The gateway answers the development key printed once, as the printed request does.
+    let gateway = format!("http://127.0.0.1:{}", flag(&ports, "--gateway-port"));
+    assert!(
+        text(&up).contains(&format!(
+            "gateway: API at {gateway}/v1, its docs at {gateway}/v1/docs"
+        )),
+        "{}",
+        text(&up)
+    );
+    let key = text(&up)
+        .lines()
+        .skip_while(|l| !l.starts_with("gateway: development key"))
+        .nth(1)
+        .map(|l| l.trim().to_string())
+        .unwrap_or_else(|| panic!("a development key in:\n{}", text(&up)));
+    assert!(key.starts_with("vk_"), "{key}");
+    let keys = std::fs::read_to_string(dir.path().join("gateway-keys.toml")).expect("keys file");
+    assert!(!keys.contains(&key), "only the key's hash is kept: {keys}");
+    let curl = text(&up)
+        .lines()
+        .skip_while(|l| !l.contains("curl -s -X POST"))
+        .take(2)
+        .map(|l| l.trim().trim_end_matches('\\').to_string())
+        .collect::<Vec<_>>()
+        .join(" ");
+    let answer = run_command(
+        Command::new("bash").args(["-c", &curl]),
+        Duration::from_secs(30),
+    );
+    let job: serde_json::Value =
+        serde_json::from_slice(&answer.stdout).unwrap_or_else(|_| panic!("{curl}: {answer:?}"));
+    assert!(job["decision"]["outcome"].is_string(), "{curl}: {job}");
+    assert!(
+        text(&up).contains("  lag dashboard      http://127.0.0.1:"),
+        "{}",
+        text(&up)
+    );
+    assert!(
+        text(&up).contains(&format!("  traces (Jaeger)    {jaeger_ui}")),
+        "{}",
+        text(&up)
+    );
+
     let again = verdict(dir.path(), &["stack", "up"], &ports);
+    assert!(
+        text(&again).contains("gateway: already running"),
+        "{}",
+        text(&again)
+    );
     assert!(text(&again).contains("already running"), "{}", text(&again));
 
     let status = verdict(dir.path(), &["stack", "status"], &ports);

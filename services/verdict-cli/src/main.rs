@@ -127,6 +127,9 @@ enum Command {
         /// Health/metrics port of the first service (fraud-detector); others follow.
         #[arg(long, default_value_t = 9464, global = true)]
         services_port: u16,
+        /// The gateway's API; its health and metrics are on its services port.
+        #[arg(long, default_value_t = 8088, global = true)]
+        gateway_port: u16,
         /// Jaeger's OTLP/HTTP port (`up --tracing`): services send their spans there.
         #[arg(long, default_value_t = 4318, global = true)]
         jaeger_port: u16,
@@ -589,6 +592,7 @@ async fn run(command: Command, client: &ClientOptions) -> Result<(), CliError> {
             brokers,
             registry_port,
             services_port,
+            gateway_port,
             jaeger_port,
             jaeger_ui_port,
             topology,
@@ -604,6 +608,7 @@ async fn run(command: Command, client: &ClientOptions) -> Result<(), CliError> {
                 brokers,
                 registry_port,
                 services_port,
+                gateway_port,
                 jaeger_port,
                 jaeger_ui_port,
                 topology,

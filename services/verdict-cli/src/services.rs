@@ -60,6 +60,7 @@ pub const SERVICES: &[Declared] = &[
     Declared::of::<model_server::Spec>(),
     Declared::of::<document_analyzer::Spec>(),
     Declared::of::<lag_monitor::Spec>(),
+    Declared::of::<gateway::Spec>(),
 ];
 
 /// Services that run beside the topology's rather than in it, whose crates derive their ACLs

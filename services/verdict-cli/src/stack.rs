@@ -42,6 +42,8 @@ pub struct StackOpts {
     pub topology: PathBuf,
     /// TLS, SASL/SCRAM and ACLs (`up --secure`); a data dir made so stays so.
     pub secure: bool,
+    /// The gateway's API (its health and metrics are on its services port).
+    pub gateway_port: u16,
     /// Jaeger's OTLP/HTTP port, where the services send spans while it runs.
     pub jaeger_port: u16,
     /// Jaeger's UI and query API (its gRPC query API on the port below).
@@ -308,6 +310,11 @@ const REGISTRY: Component = Component {
     name: "schema-registry",
     program: REGISTRY_BIN,
 };
+
+/// The declared service whose API has a port of its own and a development key.
+const GATEWAY: &str = "gateway";
+/// The development key's tenant.
+const DEV_TENANT: &str = "tenant-dev";
 
 /// Jaeger, run by `scripts/jaeger.sh` (which execs the binary, so its pid is Jaeger's).
 const JAEGER: Component = Component {
@@ -655,7 +662,36 @@ impl StackOpts {
         if self.tracing {
             self.start_jaeger().await?;
         }
-        self.start_services().await
+        self.start_services().await?;
+        self.print_addresses();
+        Ok(())
+    }
+
+    /// Every address an operator opens, in one place.
+    fn print_addresses(&self) {
+        let at = |name: &str| {
+            SERVICES
+                .iter()
+                .position(|d| d.name == name)
+                .map(|i| self.service_url(i))
+        };
+        println!("\nopen:");
+        let api = self.gateway_url();
+        println!("  gateway API        {api}/v1 (docs {api}/v1/docs)");
+        if let Some(url) = at("lag-monitor") {
+            println!("  lag dashboard      {url}/");
+        }
+        if self.running_pid(&JAEGER).is_some() {
+            println!("  traces (Jaeger)    {}", self.jaeger_ui());
+        }
+        println!("  schema registry    {}", self.registry_url());
+        for (i, d) in SERVICES.iter().enumerate() {
+            println!(
+                "  metrics            {}/metrics ({})",
+                self.service_url(i),
+                d.name
+            );
+        }
     }
 
     fn jaeger_ui(&self) -> String {
@@ -812,7 +848,20 @@ impl StackOpts {
             .position(|s| s.name == "model-server")
             .map(|i| self.service_url(i))
             .unwrap_or_default();
-        let listen = self.service_url(index);
+        let health = self.service_url(index);
+        let health: std::net::SocketAddr = health
+            .trim_start_matches("http://")
+            .parse()
+            .map_err(|e| CliError::Failed(format!("{health}: {e}")))?;
+        // The gateway's API has a port of its own; its health and metrics take the service's.
+        let (listen, admin_listen) = if SERVICES.get(index).map(|d| d.name) == Some(GATEWAY) {
+            (
+                std::net::SocketAddr::from(([127, 0, 0, 1], self.gateway_port)),
+                health,
+            )
+        } else {
+            (health, std::net::SocketAddr::from(([127, 0, 0, 1], 0)))
+        };
         let user = SERVICES.get(index).map_or(ADMIN, |d| d.name);
         Ok(Deployment {
             kafka: self.kafka_as(user)?,
@@ -824,11 +873,8 @@ impl StackOpts {
             topology: std::path::absolute(&self.topology)
                 .map_err(|e| CliError::Failed(e.to_string()))?,
             root: root.to_path_buf(),
-            http_listen: listen
-                .trim_start_matches("http://")
-                .parse()
-                .map_err(|e| CliError::Failed(format!("{listen}: {e}")))?,
-            admin_listen: std::net::SocketAddr::from(([127, 0, 0, 1], 0)),
+            http_listen: listen,
+            admin_listen,
             model_server_url: model_server,
             minilm_dir: minilm_dir.to_path_buf(),
         })
@@ -845,8 +891,12 @@ impl StackOpts {
                 println!("{}: already running (pid {pid}), health at {url}", c.name);
                 continue;
             }
-            let config =
-                declared.write_config(&self.deployment(i, &root, &minilm)?, &self.data_dir)?;
+            let deployment = self.deployment(i, &root, &minilm)?;
+            let (config, dev_key) = if declared.name == GATEWAY {
+                self.write_gateway_config(&deployment)?
+            } else {
+                (declared.write_config(&deployment, &self.data_dir)?, None)
+            };
             let mut cmd = Command::new(sibling_binary(c.program)?);
             cmd.arg("--config").arg(&config);
             if let Some(endpoint) = &otlp {
@@ -871,8 +921,83 @@ impl StackOpts {
                     ))
                 })?;
             println!("{}: ready", c.name);
+            if declared.name == GATEWAY {
+                self.print_gateway(dev_key.as_deref());
+            }
         }
         Ok(())
+    }
+
+    fn gateway_url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.gateway_port)
+    }
+
+    /// The gateway's settings for the stack, admitting its development key: minted (and
+    /// returned, to be shown once) the first time, kept after as its SHA-256 only in
+    /// `<data-dir>/gateway-keys.toml` (`verdict keys new` mints more).
+    fn write_gateway_config(
+        &self,
+        deployment: &Deployment,
+    ) -> Result<(PathBuf, Option<String>), CliError> {
+        #[derive(serde::Deserialize)]
+        struct Keys {
+            keys: Vec<gateway::config::ApiKey>,
+        }
+        #[derive(serde::Deserialize)]
+        struct KeysFile {
+            gateway: Keys,
+        }
+        let keys_file = self.data_dir.join("gateway-keys.toml");
+        let failed =
+            |e: &dyn std::fmt::Display| CliError::Failed(format!("{}: {e}", keys_file.display()));
+        let (keys, shown) = match fs::read_to_string(&keys_file) {
+            Ok(text) => {
+                let file: KeysFile = toml::from_str(&text).map_err(|e| failed(&e))?;
+                (file.gateway.keys, None)
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                let minted = crate::keys::mint(
+                    DEV_TENANT,
+                    gateway::auth::Scope::ALL.to_vec(),
+                    Some("dev".into()),
+                    gateway::config::Tier::Interactive,
+                )?;
+                fs::write(&keys_file, minted.settings()?).map_err(|e| failed(&e))?;
+                (vec![minted.entry], Some(minted.key))
+            }
+            Err(e) => return Err(failed(&e)),
+        };
+        let mut settings =
+            <gateway::Spec as verdict_runtime::service::ServiceSpec>::settings(deployment);
+        settings.gateway.keys = keys;
+        let path = self.data_dir.join(format!("{GATEWAY}.toml"));
+        let text = toml::to_string(&settings)
+            .map_err(|e| CliError::Failed(format!("settings of {GATEWAY}: {e}")))?;
+        fs::write(&path, text)
+            .map_err(|e| CliError::Failed(format!("cannot write {}: {e}", path.display())))?;
+        Ok((path, shown))
+    }
+
+    /// Where the gateway answers, and its development key with a request to paste when it was
+    /// minted now (it is never shown again).
+    fn print_gateway(&self, dev_key: Option<&str>) {
+        let api = self.gateway_url();
+        println!("gateway: API at {api}/v1, its docs at {api}/v1/docs");
+        match dev_key {
+            Some(key) => {
+                println!(
+                    "gateway: development key of tenant {DEV_TENANT} (every scope), shown once; only its SHA-256 is kept, in {}:",
+                    self.data_dir.join("gateway-keys.toml").display()
+                );
+                println!("  {key}");
+                println!(
+                    "  curl -s -X POST '{api}/v1/transactions?wait=5s' -H 'Authorization: Bearer {key}' \\\n    -d '{{\"account_id\":\"acct-1\",\"amount\":129.5,\"currency\":\"EUR\",\"merchant_id\":\"m-7\",\"merchant_category\":\"5411\",\"country\":\"DE\",\"channel\":\"ONLINE\"}}'"
+                );
+            }
+            None => println!(
+                "gateway: admits the development key shown when this data dir was first started (`verdict keys new` mints another)"
+            ),
+        }
     }
 
     fn write_pid(&self, c: &Component, pid: u32) -> Result<(), CliError> {
