@@ -10,6 +10,11 @@ use harness::{
 };
 use serde_json::{Value, json};
 use verdict_cli::records::AvroProducer;
+use verdict_runtime::inference::pricing::{Price, PriceTable};
+
+/// The embedding model's price in [`analyzer`]'s settings (US dollars).
+const PER_CALL: f64 = 0.001;
+const PER_1K_INPUT_TOKENS: f64 = 0.5;
 
 /// The model server on `port` (a free one if `None`), for the document pipeline.
 fn model_server(port: Option<u16>) -> ServiceProcess {
@@ -28,6 +33,14 @@ fn analyzer(stack: &Stack, topology: &Topology, model_port: u16) -> ServiceProce
             quick(s);
             s.service.provider.timeout_ms = 2000;
             s.service.provider.open_ms = 1000;
+            s.pricing = PriceTable::new([(
+                "all-minilm-l6-v2".to_string(),
+                Price {
+                    per_call: PER_CALL,
+                    per_1k_input_tokens: PER_1K_INPUT_TOKENS,
+                    ..Price::default()
+                },
+            )]);
         },
     )
 }
@@ -176,6 +189,71 @@ fn documents_are_redacted_classified_and_decided() {
             false,
             "another tenant's first sending of the text is not a cache hit"
         );
+
+        // What each decision cost, by the price table: a call and its tokens, nothing for a
+        // cached embedding; the same on the audit record, and summed per tenant in /metrics.
+        let cost = |d: &Value| {
+            d["cost_usd"]
+                .as_f64()
+                .unwrap_or_else(|| panic!("a cost: {d}"))
+        };
+        let priced = |d: &Value| {
+            let tokens = d["token_usage"].as_f64().expect("tokens");
+            PER_CALL + tokens / 1000.0 * PER_1K_INPUT_TOKENS
+        };
+        let theirs = third[0].value.clone().expect("v");
+        for d in got.iter().filter_map(|r| r.value.as_ref()).chain([&theirs]) {
+            assert!((cost(d) - priced(d)).abs() < 1e-9, "{d}");
+        }
+        assert_eq!(cost(second[0].value.as_ref().expect("v")), 0.0);
+        let spent_by_docs: f64 = got.iter().filter_map(|r| r.value.as_ref()).map(cost).sum();
+        let model = r#"model="all-minilm-l6-v2""#;
+        for (tenant, spent, calls) in [
+            ("tenant-docs", spent_by_docs, 4.0),
+            ("tenant-other", cost(&theirs), 1.0),
+        ] {
+            let labels = format!(r#"tenant="{tenant}",{model}"#);
+            let metered = analyzer
+                .metric_where("verdict_inference_cost_total", &labels)
+                .await;
+            assert!(
+                (metered - spent).abs() < 1e-9,
+                "{tenant}: {metered} metered, {spent} on its decisions"
+            );
+            assert_eq!(
+                analyzer
+                    .metric_where("verdict_inference_calls_total", &labels)
+                    .await,
+                calls,
+                "{tenant}"
+            );
+        }
+        assert!(
+            analyzer
+                .metric_where(
+                    "verdict_model_calls_total",
+                    &format!(r#"{model},outcome="ok""#)
+                )
+                .await
+                >= 1.0
+        );
+        let audits = read_topic(
+            &stack.broker.kafka(),
+            &stack.registry_url(),
+            &topology.topic("audit"),
+            Duration::from_secs(30),
+            |rs| rs.len() >= 6,
+        )
+        .await;
+        for d in got.iter().filter_map(|r| r.value.as_ref()) {
+            let audit = audits
+                .iter()
+                .filter_map(|r| r.value.as_ref())
+                .find(|a| a["event_id"] == d["event_id"])
+                .unwrap_or_else(|| panic!("the audit of {d}"));
+            assert_eq!(audit["cost_usd"], d["cost_usd"], "{audit}");
+            assert_eq!(audit["token_usage"], d["token_usage"], "{audit}");
+        }
 
         // No output topic carries the personal data.
         for topic in ["document-decisions", "audit", "review"] {

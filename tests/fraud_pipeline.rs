@@ -14,6 +14,7 @@ use rdkafka::producer::{FutureProducer, FutureRecord};
 use serde_json::Value;
 use verdict_cli::records::{AvroProducer, sample_transaction};
 use verdict_runtime::headers;
+use verdict_runtime::inference::pricing::{Price, PriceTable};
 
 type Fraud = fraud_detector::Spec;
 type FraudSettings = <Fraud as verdict_runtime::service::ServiceSpec>::Settings;
@@ -86,7 +87,17 @@ fn every_event_gets_a_decision_and_an_audit_in_key_order() {
     run(180, async {
         let stack = Stack::start().await;
         let topology = apply_topology(&stack, None).await;
-        let mut svc = fraud(&stack, &topology, |_| {});
+        // The in-process model priced by the call: every decision costs exactly that.
+        const PER_CALL: f64 = 0.0001;
+        let mut svc = fraud(&stack, &topology, |s| {
+            s.pricing = PriceTable::new([(
+                "german-credit-logreg".to_string(),
+                Price {
+                    per_call: PER_CALL,
+                    ..Price::default()
+                },
+            )]);
+        });
         svc.wait_ready(Duration::from_secs(30)).await;
 
         let sent = produce(&stack, &topology, 300, 12).await;
@@ -168,7 +179,15 @@ fn every_event_gets_a_decision_and_an_audit_in_key_order() {
                 Some(64),
                 "hash, not raw data"
             );
+            assert_eq!(v["cost_usd"].as_f64(), Some(PER_CALL), "{v}");
         }
+        let metered = svc
+            .metric_where(
+                "verdict_inference_cost_total",
+                r#"tenant="tenant-it",model="german-credit-logreg""#,
+            )
+            .await;
+        assert!((metered - 300.0 * PER_CALL).abs() < 1e-9, "{metered}");
         assert_eq!(svc.metric("verdict_records_in_total").await, 300.0);
         assert_eq!(svc.metric("verdict_dead_letters_total").await, 0.0);
         assert_eq!(

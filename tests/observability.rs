@@ -15,6 +15,7 @@ use harness::{
 };
 use serde_json::{Value, json};
 use verdict_cli::records::sample_transaction;
+use verdict_runtime::inference::pricing::{Price, PriceTable};
 use verdict_runtime::service::Deployment;
 use verdict_runtime::telemetry::LogFormat;
 
@@ -281,7 +282,10 @@ fn every_metric_the_readme_and_the_dashboard_name_is_exported() {
     run(180, async {
         let stack = Stack::start().await;
         let topology = apply_topology(&stack, None).await;
-        let d = deployment(&stack, &topology, None);
+        let mut models =
+            ServiceProcess::spawn::<model_server::Spec>(&local_deployment(None), |_| {});
+        models.wait_ready(Duration::from_secs(60)).await;
+        let d = deployment(&stack, &topology, Some(models.http_port));
         let mut fraud = ServiceProcess::spawn::<fraud_detector::Spec>(&d, |s| {
             quick(s);
             // librdkafka's statistics every second rather than every 15.
@@ -289,11 +293,24 @@ fn every_metric_the_readme_and_the_dashboard_name_is_exported() {
                 .properties
                 .insert("statistics.interval.ms".into(), "1000".into());
         });
+        // The model calls and their cost are the document-analyzer's (a priced model).
+        let mut docs = ServiceProcess::spawn::<document_analyzer::Spec>(&d, |s| {
+            quick(s);
+            s.pricing = PriceTable::new([(
+                "all-minilm-l6-v2".to_string(),
+                Price {
+                    per_1k_input_tokens: 0.02,
+                    ..Price::default()
+                },
+            )]);
+        });
         let mut gw = gateway(&d, &topology, "");
-        for svc in [&mut gw, &mut fraud] {
+        for svc in [&mut gw, &mut fraud, &mut docs] {
             svc.wait_ready(Duration::from_secs(60)).await;
         }
         submit_and_wait(gw.http_port, "/v1/transactions", transaction()).await;
+        let doc = json!({"document_id": "metered-1", "text": "Invoice 2041: 3 licences, due in 30 days."});
+        submit_and_wait(gw.http_port, "/v1/documents", doc).await;
         let mut late = transaction();
         late["occurred_at"] = json!(verdict_runtime::now_ms() + 3_600_000);
         assert_eq!(submit(gw.http_port, "/v1/transactions", &late).await.0, 202);
@@ -326,6 +343,7 @@ fn every_metric_the_readme_and_the_dashboard_name_is_exported() {
         };
         let exposition = [
             read(format!("http://127.0.0.1:{}/metrics", fraud.admin_port)).await,
+            read(format!("http://127.0.0.1:{}/metrics", docs.admin_port)).await,
             read(format!("http://127.0.0.1:{}/metrics", gw.admin_port)).await,
             read(format!("{}/metrics", stack.registry_url())).await,
         ]
@@ -353,6 +371,8 @@ fn every_metric_the_readme_and_the_dashboard_name_is_exported() {
             "verdict_kafka_broker_rtt_seconds",
             "verdict_kafka_client_queue_messages",
             "verdict_kafka_consumer_fetch_lag_records",
+            "verdict_model_calls_total",
+            "verdict_inference_cost_total",
         ] {
             assert!(
                 exposition
@@ -361,7 +381,7 @@ fn every_metric_the_readme_and_the_dashboard_name_is_exported() {
                 "{name} has samples:\n{exposition}"
             );
         }
-        for svc in [&mut gw, &mut fraud] {
+        for svc in [&mut gw, &mut fraud, &mut docs, &mut models] {
             svc.stop_cleanly();
         }
     });

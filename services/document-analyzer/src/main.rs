@@ -31,7 +31,10 @@ async fn main() -> ExitCode {
         let url = ctx.settings.service.embeddings_url.trim_end_matches('/');
         ctx.health
             .depends_on("model server", &format!("{url}/readyz"), false);
-        DocumentAnalyzer::new(ctx.settings.service.clone(), ctx.metrics, topics)
+        Ok(
+            DocumentAnalyzer::new(ctx.settings.service.clone(), ctx.metrics, topics)?
+                .priced(ctx.settings.pricing.clone()),
+        )
     })
     .await
 }

@@ -16,6 +16,7 @@ use verdict_runtime::inference::cache::{Coalescer, ResponseCache, cache_key};
 use verdict_runtime::inference::chain::Chain;
 use verdict_runtime::inference::head::LinearHead;
 use verdict_runtime::inference::openai::OpenAiEmbeddings;
+use verdict_runtime::inference::pricing::{PriceTable, Usage};
 use verdict_runtime::inference::resilience::Guarded;
 use verdict_runtime::inference::zero_shot::{ZeroShot, default_classifiers};
 use verdict_runtime::inference::{InferenceError, ModelId};
@@ -182,6 +183,7 @@ pub struct DocumentAnalyzer {
     /// Sentiment: a head trained offline, evaluated in-process on the embedding.
     sentiment: LinearHead,
     topics: DecisionTopics,
+    pricing: PriceTable,
 }
 
 impl DocumentAnalyzer {
@@ -206,10 +208,9 @@ impl DocumentAnalyzer {
                 sentiment.embedding_model, settings.embeddings_model
             ));
         }
-        let chain = Arc::new(Chain::new(vec![Guarded::new(
-            Box::new(client),
-            settings.provider.clone(),
-        )]));
+        let chain = Arc::new(Chain::new(vec![
+            Guarded::new(Box::new(client), settings.provider.clone()).observed(metrics.clone()),
+        ]));
         let batcher = Arc::new(MicroBatcher::new(
             32,
             Duration::from_millis(5),
@@ -232,7 +233,13 @@ impl DocumentAnalyzer {
             classifiers: OnceCell::new(),
             sentiment,
             topics,
+            pricing: PriceTable::default(),
         })
+    }
+
+    /// Costs the embedding calls by `pricing` (`[pricing]`).
+    pub fn priced(self, pricing: PriceTable) -> Self {
+        Self { pricing, ..self }
     }
 
     /// The embedding of `text` for `tenant` (cached and coalesced per tenant: a hit, or a
@@ -295,7 +302,7 @@ impl Processor for DocumentAnalyzer {
         let mut t = StageTimings::new(&self.metrics);
         let document = std::mem::take(&mut input.value);
         telemetry::record_event_id(&document.event_id);
-        let (mut doc, tokens) = t.stage("validate", || validate(document, &self.settings))?;
+        let (mut doc, tokens) = t.try_stage("validate", || validate(document, &self.settings))?;
         let Redacted {
             text: redacted,
             kinds: pii,
@@ -306,7 +313,7 @@ impl Processor for DocumentAnalyzer {
         drop(std::mem::take(&mut doc.text));
 
         let embedded = t
-            .stage_async("embed", async {
+            .try_stage_async("embed", async {
                 match self.embed(&doc.tenant_id, &redacted).await {
                     Ok(e) => match self.classifiers().await {
                         Ok(c) => Ok((e, c)),
@@ -317,6 +324,17 @@ impl Processor for DocumentAnalyzer {
             })
             .await;
 
+        let embedded_tokens = tokens.min(self.settings.model_context_tokens);
+        // A cached embedding is no call: it costs nothing.
+        let cost = embedded.as_ref().ok().and_then(|((_, cached), _)| {
+            let usage = if *cached {
+                Usage::default()
+            } else {
+                Usage::call().tokens(embedded_tokens as u64, 0)
+            };
+            self.pricing
+                .charge(&self.metrics, &doc.tenant_id, &self.model.name, usage)
+        });
         let mut reasons = Vec::new();
         if tokens > self.settings.model_context_tokens {
             reasons.push(format!(
@@ -398,6 +416,7 @@ impl Processor for DocumentAnalyzer {
             .outcome(route)
             .model(&model.name, &model.version)
             .latency_since(started)
+            .usage(i64::try_from(embedded_tokens).ok(), cost)
             .detail("category", &category)
             .detail("pii_kinds", pii.join(","))
             .detail("degraded", degraded)
@@ -423,8 +442,8 @@ impl Processor for DocumentAnalyzer {
             stage_timings: t.stages,
             degraded,
             cached,
-            token_usage: i64::try_from(tokens.min(self.settings.model_context_tokens)).ok(),
-            cost_usd: None,
+            token_usage: i64::try_from(embedded_tokens).ok(),
+            cost_usd: cost,
             sentiment: sentiment.as_ref().map(|s| s.label.clone()),
             sentiment_confidence: sentiment.as_ref().map(|s| f64::from(s.confidence)),
         };

@@ -25,7 +25,8 @@ async fn main() -> ExitCode {
     service::run(SERVICE, settings, |ctx| {
         let model = LogisticModel::load(&ctx.settings.service.model_file).map_err(|e| e.to_string())?;
         tracing::info!(model = %model.name, version = %model.version, sha256 = %model.sha256, "model loaded");
-        FraudDetector::new(model, ctx.settings.service.clone(), ctx.metrics, ctx.route)
+        Ok(FraudDetector::new(model, ctx.settings.service.clone(), ctx.metrics, ctx.route)?
+            .priced(ctx.settings.pricing.clone()))
     })
     .await
 }

@@ -13,6 +13,7 @@ use verdict_runtime::engine::{
     DecisionTopics, Incoming, Outgoing, Processor, RecordState, Route, Store,
 };
 use verdict_runtime::error::ProcessError;
+use verdict_runtime::inference::pricing::{self, PriceTable, Usage};
 use verdict_runtime::metrics::{Metrics, StageTiming, StageTimings};
 use verdict_runtime::models::{LogisticModel, ModelInput, Scored};
 use verdict_runtime::now_ms;
@@ -106,6 +107,7 @@ pub struct FraudDetector {
     velocity: Velocity,
     settings: FraudSettings,
     metrics: Arc<Metrics>,
+    pricing: PriceTable,
     topics: DecisionTopics,
 }
 
@@ -248,6 +250,11 @@ impl Features<'_> {
 }
 
 impl FraudDetector {
+    /// Costs the detector's model calls by `pricing` (`[pricing]`).
+    pub fn priced(self, pricing: PriceTable) -> Self {
+        Self { pricing, ..self }
+    }
+
     /// The detector of `route`'s outputs and `velocity` store.
     pub fn new(
         model: LogisticModel,
@@ -259,7 +266,7 @@ impl FraudDetector {
         let store: Store<AccountWindow> = route.store(crate::rules::STORE)?;
         let remote = match &settings.remote_model {
             Some(r) => {
-                let scorer = RemoteScorer::new(r, &model)
+                let scorer = RemoteScorer::new(r, &model, metrics.clone())
                     .map_err(|e| format!("service.remote_model: {e}"))?;
                 let info = Arc::new(ModelInfo {
                     name: scorer.model.name.clone(),
@@ -289,6 +296,7 @@ impl FraudDetector {
             model,
             settings,
             metrics,
+            pricing: PriceTable::default(),
         })
     }
 
@@ -397,23 +405,33 @@ impl Processor for FraudDetector {
         let started = Instant::now();
         let mut t = StageTimings::new(&self.metrics);
         telemetry::record_event_id(&input.value.event_id);
-        let tx = t.stage("validate", || validate(&mut input))?;
+        let tx = t.try_stage("validate", || validate(&mut input))?;
         let features = t.stage("features", || features(&tx));
-        let hits = t.stage("rules", || self.rules(&tx, input.state))?;
-        let mut scored = t.stage("score", || self.score(input.attempt, &tx, &features))?;
+        let hits = t.try_stage("rules", || self.rules(&tx, input.state))?;
+        let mut scored = t.try_stage("score", || self.score(input.attempt, &tx, &features))?;
+        let local_cost = self.pricing.charge(
+            &self.metrics,
+            &tx.tenant_id,
+            &self.model.name,
+            Usage::call().cpu(t.last_stage()),
+        );
+        let mut served_cost = None;
         let mut model = &self.model_info;
         let mut degraded = false;
         if let Some((remote, served)) = &self.remote {
             // The served model's probability; the in-process one still explains it.
             let row = self.model.raw_row(&features.to_input());
             let answer = t
-                .stage_async("remote_score", remote.score(row))
+                .try_stage_async("remote_score", remote.score(row))
                 .await
                 .map_err(|e| ProcessError::inference("remote_score", &e))?;
             scored.probability = answer.probability;
             degraded = answer.degraded;
             if !degraded {
                 model = served;
+                served_cost =
+                    self.pricing
+                        .charge(&self.metrics, &tx.tenant_id, &served.name, Usage::call());
             }
         }
         let mut decision = t.stage("decide", || self.decide(&tx, &scored, &hits));
@@ -428,6 +446,7 @@ impl Processor for FraudDetector {
             .outcome(decision.outcome.as_str())
             .model(&model.name, &model.version)
             .latency_since(started)
+            .usage(None, pricing::total([local_cost, served_cost]))
             .detail("score", format!("{:.6}", scored.probability))
             .detail("model_sha256", &self.model.sha256)
             .detail(

@@ -10,6 +10,7 @@ use verdict_runtime::inference::chain::Chain;
 use verdict_runtime::inference::kserve::KServeClient;
 use verdict_runtime::inference::resilience::{Guarded, ProviderSettings};
 use verdict_runtime::inference::{FnProvider, InferenceError, ModelId};
+use verdict_runtime::metrics::Metrics;
 use verdict_runtime::models::LogisticModel;
 
 use crate::config::RemoteModel;
@@ -32,7 +33,11 @@ const MAX_BATCH: usize = 32;
 const MAX_WAIT: Duration = Duration::from_millis(2);
 
 impl RemoteScorer {
-    pub fn new(settings: &RemoteModel, local: &LogisticModel) -> Result<Self, InferenceError> {
+    pub fn new(
+        settings: &RemoteModel,
+        local: &LogisticModel,
+        metrics: Arc<Metrics>,
+    ) -> Result<Self, InferenceError> {
         let client = KServeClient::new(
             &settings.url,
             &settings.name,
@@ -49,8 +54,8 @@ impl RemoteScorer {
             },
         );
         let chain = Arc::new(Chain::new(vec![
-            Guarded::new(Box::new(client), settings.provider.clone()),
-            Guarded::new(Box::new(fallback), ProviderSettings::default()),
+            Guarded::new(Box::new(client), settings.provider.clone()).observed(metrics.clone()),
+            Guarded::new(Box::new(fallback), ProviderSettings::default()).observed(metrics),
         ]));
         let batcher = MicroBatcher::new(
             MAX_BATCH,

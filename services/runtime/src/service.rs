@@ -30,6 +30,8 @@ pub struct ServiceSettings<T> {
     pub topology: TopologySection,
     pub engine: EngineSettings,
     pub telemetry: TelemetrySection,
+    /// Prices of the models the service calls, by model name (`[pricing."<model>"]`).
+    pub pricing: crate::inference::pricing::PriceTable,
     /// The service's own settings.
     pub service: T,
 }
@@ -184,13 +186,25 @@ impl Default for TopologySection {
     }
 }
 
-#[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq)]
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct TelemetrySection {
     /// OTLP/HTTP traces endpoint (e.g. http://127.0.0.1:4318/v1/traces); empty = no export.
     pub otlp_endpoint: String,
     /// `text` for people, `json` (one object per line) for log shippers.
     pub log_format: crate::telemetry::LogFormat,
+    /// Tenants named in metric labels; later ones are counted under `_other`.
+    pub tenant_labels: usize,
+}
+
+impl Default for TelemetrySection {
+    fn default() -> Self {
+        Self {
+            otlp_endpoint: String::new(),
+            log_format: crate::telemetry::LogFormat::default(),
+            tenant_labels: crate::metrics::DEFAULT_TENANT_LABELS,
+        }
+    }
 }
 
 impl<T: Validate> Validate for ServiceSettings<T> {
@@ -198,6 +212,7 @@ impl<T: Validate> Validate for ServiceSettings<T> {
         self.kafka.validate()?;
         self.engine.validate()?;
         self.registry.validate()?;
+        self.pricing.validate()?;
         // A reconnect wait that outlasts the session evicts the member after a few connection
         // resets, and its partitions are read again (the reset chaos run showed it).
         if let Some(v) = self.kafka.properties.get("reconnect.backoff.max.ms")
@@ -297,6 +312,7 @@ impl Host {
             telemetry.log_format,
         )?;
         let metrics = Metrics::new(name);
+        metrics.limit_tenant_labels(telemetry.tenant_labels);
         let health = Health::new(metrics.clone());
         let stop_http = tokio_util::sync::CancellationToken::new();
         let (addr, http) = crate::http::serve(
@@ -536,6 +552,7 @@ impl<T: Default> ServiceSettings<T> {
             },
             engine: EngineSettings::default(),
             telemetry: TelemetrySection::default(),
+            pricing: Default::default(),
             service: T::default(),
         }
     }

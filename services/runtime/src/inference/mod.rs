@@ -10,6 +10,7 @@ pub mod chain;
 pub mod head;
 pub mod kserve;
 pub mod openai;
+pub mod pricing;
 pub mod resilience;
 pub mod zero_shot;
 
@@ -87,6 +88,21 @@ impl InferenceError {
             | InferenceError::Protocol(_) => true,
             InferenceError::Http { status, .. } => *status == 429 || *status >= 500,
             InferenceError::CircuitOpen(_) | InferenceError::Rejected(_) => false,
+        }
+    }
+
+    /// A bounded name for metrics: `timeout`, `http_429`, `http_4xx`, `http_5xx`,
+    /// `unreachable`, `circuit_open`, `protocol` or `rejected`.
+    pub fn class(&self) -> &'static str {
+        match self {
+            InferenceError::Timeout(_) => "timeout",
+            InferenceError::Http { status: 429, .. } => "http_429",
+            InferenceError::Http { status, .. } if *status >= 500 => "http_5xx",
+            InferenceError::Http { .. } => "http_4xx",
+            InferenceError::Unreachable(_) => "unreachable",
+            InferenceError::CircuitOpen(_) => "circuit_open",
+            InferenceError::Protocol(_) => "protocol",
+            InferenceError::Rejected(_) => "rejected",
         }
     }
 

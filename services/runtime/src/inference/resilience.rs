@@ -2,7 +2,7 @@
 //! jitter (at least `Retry-After`), a circuit breaker (closed → open → half-open
 //! with one probe), a concurrency limit and a token-bucket rate limit.
 
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
@@ -10,6 +10,7 @@ use tokio::sync::Semaphore;
 use tokio::time::Instant;
 
 use super::{BoxFuture, InferenceError, ModelId, Provider};
+use crate::metrics::Metrics;
 
 #[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
@@ -196,6 +197,8 @@ pub struct Guarded<I, O> {
     pub breaker: CircuitBreaker,
     slots: Semaphore,
     bucket: Option<TokenBucket>,
+    /// Where each call is counted and timed (`verdict_model_calls_total`, …).
+    metrics: Option<Arc<Metrics>>,
 }
 
 impl<I: Sync, O: Send> Guarded<I, O> {
@@ -210,6 +213,15 @@ impl<I: Sync, O: Send> Guarded<I, O> {
                 .then(|| TokenBucket::new(settings.rate_per_sec, settings.burst)),
             inner,
             settings,
+            metrics: None,
+        }
+    }
+
+    /// Counts and times every call (each retry too) in `metrics`, by model and outcome.
+    pub fn observed(self, metrics: Arc<Metrics>) -> Self {
+        Self {
+            metrics: Some(metrics),
+            ..self
         }
     }
 
@@ -233,10 +245,16 @@ impl<I: Sync, O: Send> Guarded<I, O> {
                 if let Some(bucket) = &self.bucket {
                     bucket.acquire(batch.len()).await;
                 }
-                match tokio::time::timeout(timeout, self.inner.infer(batch)).await {
+                let started = Instant::now();
+                let result = match tokio::time::timeout(timeout, self.inner.infer(batch)).await {
                     Ok(r) => r,
                     Err(_) => Err(InferenceError::Timeout(timeout)),
+                };
+                if let Some(m) = &self.metrics {
+                    let outcome = result.as_ref().map_or_else(InferenceError::class, |_| "ok");
+                    m.observe_model_call(&self.model().name, outcome, started.elapsed());
                 }
+                result
             };
             let error = match result {
                 Ok(out) if out.len() == batch.len() => {
@@ -366,9 +384,18 @@ mod tests {
                 retry_after: None,
             },
         );
-        let g = Guarded::new(p, settings());
+        let metrics = Metrics::new("test");
+        let g = Guarded::new(p, settings()).observed(metrics.clone());
         assert_eq!(g.call(&[1, 2]).await, Ok(vec![2, 4]));
         assert_eq!(calls.load(Ordering::SeqCst), 3);
+        let text = metrics.encode();
+        for line in [
+            r#"verdict_model_calls_total{service="test",model="m",outcome="http_5xx"} 2"#,
+            r#"verdict_model_calls_total{service="test",model="m",outcome="ok"} 1"#,
+            r#"verdict_model_call_duration_seconds_count{service="test",model="m"} 3"#,
+        ] {
+            assert!(text.lines().any(|l| l == line), "{line} not in\n{text}");
+        }
     }
 
     #[tokio::test(start_paused = true)]
