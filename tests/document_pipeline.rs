@@ -10,6 +10,7 @@ use harness::{
 };
 use serde_json::{Value, json};
 use verdict_cli::records::AvroProducer;
+use verdict_runtime::inference::balance::EndpointSettings;
 use verdict_runtime::inference::pricing::{Price, PriceTable};
 
 /// The embedding model's price in [`analyzer`]'s settings (US dollars).
@@ -27,6 +28,19 @@ fn model_server(port: Option<u16>) -> ServiceProcess {
 
 /// The document-analyzer on this test's stack, using the model server on `model_port`.
 fn analyzer(stack: &Stack, topology: &Topology, model_port: u16) -> ServiceProcess {
+    analyzer_with(stack, topology, model_port, |_| {})
+}
+
+type AnalyzerSettings =
+    <document_analyzer::Spec as verdict_runtime::service::ServiceSpec>::Settings;
+
+/// [`analyzer`], then `tweak`.
+fn analyzer_with(
+    stack: &Stack,
+    topology: &Topology,
+    model_port: u16,
+    tweak: impl FnOnce(&mut AnalyzerSettings),
+) -> ServiceProcess {
     ServiceProcess::spawn::<document_analyzer::Spec>(
         &deployment(stack, topology, Some(model_port)),
         |s| {
@@ -41,6 +55,7 @@ fn analyzer(stack: &Stack, topology: &Topology, model_port: u16) -> ServiceProce
                     ..Price::default()
                 },
             )]);
+            tweak(s);
         },
     )
 }
@@ -282,6 +297,80 @@ fn documents_are_redacted_classified_and_decided() {
         )
         .await;
         assert!(dlq.is_empty());
+    });
+}
+
+/// Issue 21 item 3: two model servers serve the embeddings, one rate-limited as a hosted API
+/// is (one request per 5 s, then 429 with `Retry-After`). The analyzer balances its calls over
+/// both: the limited one's 429s move the calls to the other at once, and every document is
+/// decided by the model, none degraded to rules (the chain never fell back).
+#[test]
+fn a_rate_limited_replica_moves_calls_to_the_other() {
+    run(300, async {
+        let stack = Stack::start().await;
+        let topology = apply_topology(&stack, None).await;
+        let d = local_deployment(None);
+        let mut limited = ServiceProcess::spawn::<model_server::Spec>(&d, |s| {
+            s.http.requests_per_second = 0.2;
+            s.http.burst = 1.0;
+        });
+        let mut open = model_server(None);
+        for ms in [&mut limited, &mut open] {
+            ms.wait_ready(Duration::from_secs(120)).await;
+        }
+        let replica = format!("http://127.0.0.1:{}", open.http_port);
+        let mut analyzer = analyzer_with(&stack, &topology, limited.http_port, |s| {
+            s.service.embeddings_replicas = vec![EndpointSettings {
+                url: replica.clone(),
+                ..EndpointSettings::default()
+            }];
+            s.service.provider.failure_threshold = 3;
+        });
+        analyzer.wait_ready(Duration::from_secs(30)).await;
+
+        // One at a time, so each is a call of its own (no micro-batch gathers them).
+        let mut decided = Vec::new();
+        for i in 0..12 {
+            let text =
+                format!("Invoice {i}: please pay the amount due of {i}00 EUR within 30 days.");
+            let ids = send(
+                &stack,
+                &topology,
+                &[document(&format!("doc-lb-{i}"), &text)],
+            )
+            .await;
+            decided.extend(decisions(&stack, &topology, &ids).await);
+        }
+        assert_eq!(decided.len(), 12, "{}", analyzer.log());
+        for d in decided.iter().filter_map(|r| r.value.as_ref()) {
+            assert_eq!(d["degraded"], false, "decided by the model, not rules: {d}");
+            assert_eq!(d["model"]["name"], "all-minilm-l6-v2", "{d}");
+        }
+        let limited_url = format!(r#"endpoint="http://127.0.0.1:{}""#, limited.http_port);
+        let calls = |endpoint: String, outcome: &'static str| {
+            let analyzer = &analyzer;
+            async move {
+                analyzer
+                    .metric_where(
+                        "verdict_model_calls_total",
+                        &format!(r#"{endpoint},outcome="{outcome}""#),
+                    )
+                    .await
+            }
+        };
+        let refused = calls(limited_url.clone(), "http_429").await;
+        let answered = calls(format!(r#"endpoint="{replica}""#), "ok").await;
+        assert!(
+            refused >= 1.0,
+            "the limited server refused calls: {refused}"
+        );
+        assert!(
+            answered >= 12.0,
+            "the other answered the documents' calls: {answered}"
+        );
+        for svc in [&mut analyzer, &mut limited, &mut open] {
+            svc.stop_cleanly();
+        }
     });
 }
 

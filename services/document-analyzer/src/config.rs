@@ -3,6 +3,7 @@
 use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
+use verdict_runtime::inference::balance::EndpointSettings;
 use verdict_runtime::inference::resilience::ProviderSettings;
 use verdict_runtime::settings::{Secret, SettingsError, Validate};
 
@@ -14,6 +15,10 @@ pub struct DocumentSettings {
     pub embeddings_model: String,
     /// Bearer token for the embeddings API; never logged.
     pub api_key: Secret,
+    /// More endpoints serving the same model (replicas, regions, or the same URL with another
+    /// API key): with any, calls are balanced across them and `embeddings_url` by least
+    /// outstanding requests, each endpoint behind its own breaker and limits.
+    pub embeddings_replicas: Vec<EndpointSettings>,
     pub provider: ProviderSettings,
     /// Embedding requests (batches of up to 32 documents) in flight at once: more documents
     /// wait and join the next batch, which is how the model server works best.
@@ -41,6 +46,7 @@ impl Default for DocumentSettings {
             embeddings_url: "http://127.0.0.1:8090".into(),
             embeddings_model: "all-minilm-l6-v2".into(),
             api_key: Secret::default(),
+            embeddings_replicas: Vec::new(),
             provider: ProviderSettings {
                 timeout_ms: 5_000,
                 max_retries: 1,
@@ -72,10 +78,15 @@ impl Validate for DocumentSettings {
         if self.embed_batches_in_flight == 0 {
             return bad("embed_batches_in_flight", "must be at least 1");
         }
-        if !self.embeddings_url.starts_with("http://")
-            && !self.embeddings_url.starts_with("https://")
-        {
+        let http = |url: &str| url.starts_with("http://") || url.starts_with("https://");
+        if !http(&self.embeddings_url) {
             return bad("embeddings_url", "must be an http(s) URL");
+        }
+        if let Some(i) = self.embeddings_replicas.iter().position(|r| !http(&r.url)) {
+            return bad(
+                &format!("embeddings_replicas[{i}].url"),
+                "must be an http(s) URL",
+            );
         }
         if self.max_bytes == 0 || self.max_tokens == 0 {
             return bad("max_bytes", "max_bytes and max_tokens must be positive");

@@ -11,15 +11,15 @@ use tokio::sync::OnceCell;
 use verdict_runtime::audit::{Audit, DecisionOutput};
 use verdict_runtime::engine::{DecisionTopics, Incoming, Outgoing, Processor};
 use verdict_runtime::error::ProcessError;
+use verdict_runtime::inference::balance;
 use verdict_runtime::inference::batcher::MicroBatcher;
 use verdict_runtime::inference::cache::{Coalescer, ResponseCache, cache_key};
 use verdict_runtime::inference::chain::Chain;
 use verdict_runtime::inference::head::LinearHead;
 use verdict_runtime::inference::openai::OpenAiEmbeddings;
 use verdict_runtime::inference::pricing::{PriceTable, Usage};
-use verdict_runtime::inference::resilience::Guarded;
 use verdict_runtime::inference::zero_shot::{ZeroShot, default_classifiers};
-use verdict_runtime::inference::{InferenceError, ModelId};
+use verdict_runtime::inference::{InferenceError, ModelId, Provider};
 use verdict_runtime::metrics::{Metrics, StageTiming, StageTimings};
 use verdict_runtime::now_ms;
 use verdict_runtime::serde::ValueSchema;
@@ -199,7 +199,7 @@ impl DocumentAnalyzer {
             settings.api_key.clone(),
         )
         .map_err(|e| e.to_string())?;
-        let model = verdict_runtime::inference::Provider::model(&client).clone();
+        let model = client.model().clone();
         let sentiment = LinearHead::load(&settings.sentiment_head)
             .map_err(|e| format!("service.sentiment_head: {e}"))?;
         if sentiment.embedding_model != settings.embeddings_model {
@@ -208,9 +208,20 @@ impl DocumentAnalyzer {
                 sentiment.embedding_model, settings.embeddings_model
             ));
         }
-        let chain = Arc::new(Chain::new(vec![
-            Guarded::new(Box::new(client), settings.provider.clone()).observed(metrics.clone()),
-        ]));
+        let mut endpoints: Vec<Box<dyn Provider<String, Vec<f32>>>> = vec![Box::new(client)];
+        for (i, replica) in settings.embeddings_replicas.iter().enumerate() {
+            let client = OpenAiEmbeddings::new(
+                &replica.url,
+                &settings.embeddings_model,
+                "1.0.0",
+                replica.api_key.clone(),
+            )
+            .map_err(|e| format!("service.embeddings_replicas[{i}]: {e}"))?;
+            endpoints.push(Box::new(client));
+        }
+        let embeddings = balance::guarded(endpoints, &settings.provider, metrics.clone())
+            .ok_or("service.embeddings_url: no endpoint")?;
+        let chain = Arc::new(Chain::new(vec![embeddings]));
         let batcher = Arc::new(MicroBatcher::new(
             32,
             Duration::from_millis(5),

@@ -55,6 +55,10 @@ pub struct RemoteModel {
     /// Timeout, retries, circuit breaker and concurrency of the calls.
     #[serde(default)]
     pub provider: ProviderSettings,
+    /// More base URLs serving the same model: with any, calls are balanced across them and
+    /// `url` by least outstanding requests, each behind its own breaker and limits.
+    #[serde(default)]
+    pub replicas: Vec<String>,
 }
 
 impl RemoteModel {
@@ -66,6 +70,7 @@ impl RemoteModel {
             name: default_remote_name(),
             output: default_remote_output(),
             provider,
+            replicas: Vec::new(),
         }
     }
 }
@@ -133,10 +138,17 @@ impl Validate for FraudSettings {
         if !(self.amount_limit.is_finite() && self.amount_limit > 0.0) {
             return bad("amount_limit", "must be a positive number".into());
         }
-        if let Some(remote) = &self.remote_model
-            && !(remote.url.starts_with("http://") || remote.url.starts_with("https://"))
-        {
-            return bad("remote_model.url", "must be an http(s) URL".into());
+        if let Some(remote) = &self.remote_model {
+            let http = |url: &str| url.starts_with("http://") || url.starts_with("https://");
+            if !http(&remote.url) {
+                return bad("remote_model.url", "must be an http(s) URL".into());
+            }
+            if let Some(i) = remote.replicas.iter().position(|u| !http(u)) {
+                return bad(
+                    &format!("remote_model.replicas[{i}]"),
+                    "must be an http(s) URL".into(),
+                );
+            }
         }
         if self.velocity_max == 0 || self.velocity_window_ms == 0 {
             return bad(

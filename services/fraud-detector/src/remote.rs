@@ -5,11 +5,12 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use verdict_runtime::inference::balance;
 use verdict_runtime::inference::batcher::MicroBatcher;
 use verdict_runtime::inference::chain::Chain;
 use verdict_runtime::inference::kserve::KServeClient;
 use verdict_runtime::inference::resilience::{Guarded, ProviderSettings};
-use verdict_runtime::inference::{FnProvider, InferenceError, ModelId};
+use verdict_runtime::inference::{FnProvider, InferenceError, ModelId, Provider};
 use verdict_runtime::metrics::Metrics;
 use verdict_runtime::models::LogisticModel;
 
@@ -38,13 +39,18 @@ impl RemoteScorer {
         local: &LogisticModel,
         metrics: Arc<Metrics>,
     ) -> Result<Self, InferenceError> {
-        let client = KServeClient::new(
-            &settings.url,
-            &settings.name,
-            &local.version,
-            &settings.output,
-        )?;
-        let model = verdict_runtime::inference::Provider::model(&client).clone();
+        let mut endpoints: Vec<Box<dyn Provider<Vec<f64>, Vec<f64>>>> = Vec::new();
+        for url in std::iter::once(&settings.url).chain(&settings.replicas) {
+            endpoints.push(Box::new(KServeClient::new(
+                url,
+                &settings.name,
+                &local.version,
+                &settings.output,
+            )?));
+        }
+        let served = balance::guarded(endpoints, &settings.provider, metrics.clone())
+            .ok_or_else(|| InferenceError::Unreachable("no endpoint".into()))?;
+        let model = served.model().clone();
         let fallback_model = local.clone();
         let fallback = FnProvider::new(
             ModelId::new("in-process", &local.name, &local.version),
@@ -54,7 +60,7 @@ impl RemoteScorer {
             },
         );
         let chain = Arc::new(Chain::new(vec![
-            Guarded::new(Box::new(client), settings.provider.clone()).observed(metrics.clone()),
+            served,
             Guarded::new(Box::new(fallback), ProviderSettings::default()).observed(metrics),
         ]));
         let batcher = MicroBatcher::new(

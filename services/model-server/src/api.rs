@@ -14,6 +14,7 @@ use serde_json::{Value, json};
 use verdict_runtime::inference::InferenceError;
 use verdict_runtime::inference::batcher::MicroBatcher;
 use verdict_runtime::inference::head::LinearHead;
+use verdict_runtime::inference::resilience::TokenBucket;
 use verdict_runtime::models::LogisticModel;
 
 use crate::classifier::{Classified, ZeroShot};
@@ -28,6 +29,8 @@ pub struct App {
     pub fraud: LogisticModel,
     /// Injected latency of every fraud inference (`fraud.delay_ms`).
     pub fraud_delay: std::time::Duration,
+    /// The inference routes' rate limit (`http.requests_per_second`).
+    pub limit: Option<TokenBucket>,
 }
 
 type AppState = State<Arc<App>>;
@@ -82,16 +85,47 @@ impl TextClassifier<'_> {
 }
 
 pub fn router(app: Arc<App>) -> Router {
+    let inference = Router::new()
+        .route("/v2/models/{name}/infer", post(infer))
+        .route("/v1/embeddings", post(openai_embeddings))
+        .route_layer(axum::middleware::from_fn_with_state(
+            app.clone(),
+            rate_limit,
+        ));
     Router::new()
         .route("/v2", get(|| async { Json(json!({"name": "verdict-model-server", "version": env!("CARGO_PKG_VERSION"), "extensions": []})) }))
         .route("/v2/health/live", get(|| async { StatusCode::OK }))
         .route("/v2/health/ready", get(|| async { StatusCode::OK }))
         .route("/v2/models/{name}", get(metadata))
         .route("/v2/models/{name}/ready", get(model_ready))
-        .route("/v2/models/{name}/infer", post(infer))
         .route("/v1/models", get(openai_models))
-        .route("/v1/embeddings", post(openai_embeddings))
+        .merge(inference)
         .with_state(app)
+}
+
+/// Past `http.requests_per_second`: 429 with `Retry-After` (whole seconds, at least 1), as a
+/// hosted API answers.
+async fn rate_limit(
+    State(app): AppState,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    match app.limit.as_ref().map(|l| l.try_take(1.0)) {
+        Some(Err(wait)) => {
+            let mut response = openai_error(
+                StatusCode::TOO_MANY_REQUESTS,
+                "rate_limit_exceeded",
+                "too many requests: slow down",
+            );
+            let seconds = wait.as_secs_f64().ceil().max(1.0);
+            response.headers_mut().insert(
+                axum::http::header::RETRY_AFTER,
+                axum::http::HeaderValue::from(seconds as u64),
+            );
+            response
+        }
+        _ => next.run(request).await,
+    }
 }
 
 /// KServe-style error: `{"error": "..."}`.

@@ -26,6 +26,11 @@ pub struct ModelServerSettings {
 #[serde(deny_unknown_fields, default)]
 pub struct Http {
     pub listen: SocketAddr,
+    /// Inference requests admitted per second, like a hosted API's rate limit: past it the
+    /// server answers 429 with `Retry-After`. 0 = no limit.
+    pub requests_per_second: f64,
+    /// Requests admitted at once above the rate (at least 1).
+    pub burst: f64,
 }
 
 #[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
@@ -72,6 +77,8 @@ impl Default for Http {
     fn default() -> Self {
         Self {
             listen: SocketAddr::from(([127, 0, 0, 1], 8090)),
+            requests_per_second: 0.0,
+            burst: 1.0,
         }
     }
 }
@@ -120,6 +127,15 @@ impl Validate for ModelServerSettings {
                     self.embeddings.model_dir
                 ),
             );
+        }
+        if !self.http.requests_per_second.is_finite() || self.http.requests_per_second < 0.0 {
+            return bad(
+                "http.requests_per_second",
+                "must be 0 (no limit) or more".into(),
+            );
+        }
+        if !self.http.burst.is_finite() || self.http.burst < 1.0 {
+            return bad("http.burst", "must be at least 1".into());
         }
         if !(1..=512).contains(&self.embeddings.max_length) {
             return bad("embeddings.max_length", "must be between 1 and 512".into());

@@ -103,5 +103,11 @@ pub fn load(settings: &ModelServerSettings) -> Result<Arc<App>, String> {
         fraud_name: settings.fraud.name.clone(),
         fraud,
         fraud_delay: std::time::Duration::from_millis(settings.fraud.delay_ms),
+        limit: (settings.http.requests_per_second > 0.0).then(|| {
+            verdict_runtime::inference::resilience::TokenBucket::new(
+                settings.http.requests_per_second,
+                settings.http.burst,
+            )
+        }),
     }))
 }

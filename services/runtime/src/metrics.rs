@@ -31,6 +31,7 @@ pub struct StageLabel {
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ModelOutcomeLabel {
     pub model: String,
+    pub endpoint: String,
     /// `ok`, or the error's class (`timeout`, `http_429`, `circuit_open`, …).
     pub outcome: &'static str,
 }
@@ -38,6 +39,8 @@ pub struct ModelOutcomeLabel {
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ModelLabel {
     pub model: String,
+    /// A server's base URL (from settings, so bounded), or `in-process`.
+    pub endpoint: String,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -201,12 +204,12 @@ impl Metrics {
             );
             r.register(
                 "model_calls",
-                "Calls of a model (each retry is a call), by model and outcome (ok or the error's class)",
+                "Calls of a model (each retry is a call), by model, endpoint and outcome (ok or the error's class)",
                 m.model_calls.clone(),
             );
             r.register(
                 "model_call_duration_seconds",
-                "Time of one call of a model, answered or not, by model",
+                "Time of one call of a model, answered or not, by model and endpoint",
                 m.model_call_seconds.clone(),
             );
             r.register(
@@ -296,17 +299,26 @@ impl Metrics {
             .inc();
     }
 
-    /// One call of `model`: how it ended (`ok` or an error class) and how long it took.
-    pub fn observe_model_call(&self, model: &str, outcome: &'static str, elapsed: Duration) {
+    /// One call of `model` at `endpoint`: how it ended (`ok` or an error class) and how long
+    /// it took.
+    pub fn observe_model_call(
+        &self,
+        model: &str,
+        endpoint: &str,
+        outcome: &'static str,
+        elapsed: Duration,
+    ) {
         self.model_calls
             .get_or_create(&ModelOutcomeLabel {
                 model: model.to_string(),
+                endpoint: endpoint.to_string(),
                 outcome,
             })
             .inc();
         self.model_call_seconds
             .get_or_create(&ModelLabel {
                 model: model.to_string(),
+                endpoint: endpoint.to_string(),
             })
             .observe(elapsed.as_secs_f64());
     }

@@ -119,6 +119,9 @@ impl Provider<Vec<f64>, Vec<f64>> for KServeClient {
     fn model(&self) -> &ModelId {
         &self.model
     }
+    fn endpoint(&self) -> &str {
+        &self.base
+    }
     fn infer<'a>(
         &'a self,
         batch: &'a [Vec<f64>],

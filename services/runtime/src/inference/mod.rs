@@ -4,6 +4,7 @@
 //! jitter, honouring `Retry-After`), circuit breaker, concurrency limit and token
 //! bucket; micro-batching, a response cache and coalescing of identical calls.
 
+pub mod balance;
 pub mod batcher;
 pub mod cache;
 pub mod chain;
@@ -117,6 +118,10 @@ impl InferenceError {
 /// Runs a model on a batch of inputs; one output per input, in order.
 pub trait Provider<I, O>: Send + Sync {
     fn model(&self) -> &ModelId;
+    /// Where it runs, as metrics label it: a server's base URL, or `in-process`.
+    fn endpoint(&self) -> &str {
+        "in-process"
+    }
     fn infer<'a>(&'a self, batch: &'a [I]) -> BoxFuture<'a, Result<Vec<O>, InferenceError>>;
 }
 

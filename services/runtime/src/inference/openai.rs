@@ -82,6 +82,9 @@ impl Provider<String, Vec<f32>> for OpenAiEmbeddings {
     fn model(&self) -> &ModelId {
         &self.model
     }
+    fn endpoint(&self) -> &str {
+        &self.base
+    }
     fn infer<'a>(
         &'a self,
         batch: &'a [String],
@@ -253,6 +256,9 @@ fn snippet(s: &str) -> String {
 impl Provider<String, ChatAnswer> for OpenAiChat {
     fn model(&self) -> &ModelId {
         &self.model
+    }
+    fn endpoint(&self) -> &str {
+        &self.base
     }
     fn infer<'a>(
         &'a self,

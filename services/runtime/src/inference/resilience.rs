@@ -104,6 +104,16 @@ impl CircuitBreaker {
         self.lock().state
     }
 
+    /// Would [`allow`](Self::allow) let a call through now (without taking the probe)?
+    pub fn could_allow(&self) -> bool {
+        let c = self.lock();
+        match c.state {
+            CircuitState::Closed => true,
+            CircuitState::Open => Instant::now() >= c.open_until,
+            CircuitState::HalfOpen => !c.probe_in_flight,
+        }
+    }
+
     /// May a call go through? An open circuit turns half-open after `open_for`
     /// and lets exactly one probe through.
     pub fn allow(&self) -> bool {
@@ -165,8 +175,8 @@ impl TokenBucket {
         }
     }
 
-    /// How long to wait before `n` tokens are available (and takes them).
-    fn reserve(&self, n: f64) -> Duration {
+    /// The bucket, refilled until now.
+    fn refilled(&self) -> std::sync::MutexGuard<'_, (f64, Instant)> {
         let mut s = self
             .state
             .lock()
@@ -174,6 +184,24 @@ impl TokenBucket {
         let now = Instant::now();
         s.0 = (s.0 + now.duration_since(s.1).as_secs_f64() * self.rate).min(self.burst);
         s.1 = now;
+        s
+    }
+
+    /// Takes `n` tokens if there are as many now; otherwise takes none and says how long
+    /// until there would be (what a server answers a client over its limit with).
+    pub fn try_take(&self, n: f64) -> Result<(), Duration> {
+        let mut s = self.refilled();
+        if s.0 >= n {
+            s.0 -= n;
+            Ok(())
+        } else {
+            Err(Duration::from_secs_f64((n - s.0) / self.rate))
+        }
+    }
+
+    /// How long to wait before `n` tokens are available (and takes them).
+    fn reserve(&self, n: f64) -> Duration {
+        let mut s = self.refilled();
         s.0 -= n;
         if s.0 >= 0.0 {
             Duration::ZERO
@@ -252,7 +280,12 @@ impl<I: Sync, O: Send> Guarded<I, O> {
                 };
                 if let Some(m) = &self.metrics {
                     let outcome = result.as_ref().map_or_else(InferenceError::class, |_| "ok");
-                    m.observe_model_call(&self.model().name, outcome, started.elapsed());
+                    m.observe_model_call(
+                        &self.model().name,
+                        self.inner.endpoint(),
+                        outcome,
+                        started.elapsed(),
+                    );
                 }
                 result
             };
@@ -300,6 +333,9 @@ impl<I: Sync, O: Send> Guarded<I, O> {
 impl<I: Sync + Send, O: Send> Provider<I, O> for Guarded<I, O> {
     fn model(&self) -> &ModelId {
         self.inner.model()
+    }
+    fn endpoint(&self) -> &str {
+        self.inner.endpoint()
     }
     fn infer<'a>(&'a self, batch: &'a [I]) -> BoxFuture<'a, Result<Vec<O>, InferenceError>> {
         Box::pin(self.call(batch))
@@ -390,9 +426,9 @@ mod tests {
         assert_eq!(calls.load(Ordering::SeqCst), 3);
         let text = metrics.encode();
         for line in [
-            r#"verdict_model_calls_total{service="test",model="m",outcome="http_5xx"} 2"#,
-            r#"verdict_model_calls_total{service="test",model="m",outcome="ok"} 1"#,
-            r#"verdict_model_call_duration_seconds_count{service="test",model="m"} 3"#,
+            r#"verdict_model_calls_total{service="test",model="m",endpoint="in-process",outcome="http_5xx"} 2"#,
+            r#"verdict_model_calls_total{service="test",model="m",endpoint="in-process",outcome="ok"} 1"#,
+            r#"verdict_model_call_duration_seconds_count{service="test",model="m",endpoint="in-process"} 3"#,
         ] {
             assert!(text.lines().any(|l| l == line), "{line} not in\n{text}");
         }
