@@ -665,6 +665,76 @@ fn trace_context_travels_from_input_to_outputs() {
     });
 }
 
+/// Issue 21 item 4: with `service.onnx_model` the fraud model exported to ONNX scores each
+/// transaction in-process (tract), and the decisions name it (provider `onnx`) with the score
+/// the hand-written evaluator gives the same transaction.
+#[test]
+fn the_onnx_model_scores_in_process_as_the_evaluator_does() {
+    run(180, async {
+        let stack = Stack::start().await;
+        let topology = apply_topology(&stack, None).await;
+        let mut svc = fraud(&stack, &topology, |s| {
+            s.service.onnx_model = Some(fraud_detector::config::OnnxModelSettings {
+                file: repo_root().join("models/fraud/model.onnx"),
+                output: "probabilities".into(),
+            });
+        });
+        svc.wait_ready(Duration::from_secs(30)).await;
+        let evaluator = verdict_runtime::models::LogisticModel::load(
+            &repo_root().join("models/fraud/model.json"),
+        )
+        .expect("model");
+        let producer =
+            AvroProducer::new(&stack.broker.kafka(), stack.registry_url()).expect("producer");
+        let transactions = topology.topic("transactions");
+        let mut rng = rand::rng();
+        let mut expected = HashMap::new();
+        for _ in 0..50 {
+            let (account, value) = sample_transaction(&mut rng, "tenant-onnx");
+            producer
+                .send(&transactions, &account, &value)
+                .await
+                .expect("produce");
+            // The evaluator on the features the service reads from the same event.
+            let tx: fraud_detector::pipeline::Transaction =
+                serde_json::from_value(value.clone()).expect("a transaction");
+            let input = fraud_detector::pipeline::features(&tx).to_input();
+            let p = evaluator.score(&input).probability;
+            expected.insert(value["event_id"].as_str().expect("id").to_string(), p);
+        }
+        let want: HashSet<String> = expected.keys().cloned().collect();
+        let decisions = decisions_for(&stack, &topology, &want, Duration::from_secs(60)).await;
+        assert_eq!(event_ids(&decisions), want, "{}", svc.log());
+        for d in &decisions {
+            let v = d.value.as_ref().expect("decoded");
+            assert_eq!(v["model"]["provider"], "onnx", "{v}");
+            assert_eq!(v["model"]["name"], "german-credit-logreg");
+            assert_eq!(v["model"]["version"], "1.0.0");
+            let score = v["score"].as_f64().expect("score");
+            let p = expected[v["event_id"].as_str().expect("id")];
+            assert!((score - p).abs() < 1e-6, "onnx {score}, evaluator {p}");
+            let stages: Vec<&str> = v["stage_timings"]
+                .as_array()
+                .expect("timings")
+                .iter()
+                .filter_map(|s| s["stage"].as_str())
+                .collect();
+            assert_eq!(
+                stages,
+                [
+                    "validate",
+                    "features",
+                    "rules",
+                    "score",
+                    "onnx_score",
+                    "decide"
+                ]
+            );
+        }
+        svc.stop_cleanly();
+    });
+}
+
 #[test]
 fn bad_settings_fail_at_start_up_naming_the_key() {
     let cases = [
@@ -684,6 +754,13 @@ fn bad_settings_fail_at_start_up_naming_the_key() {
         (
             ("VERDICT__SERVICE__MODEL_FILE", "/nonexistent/model.json"),
             "service.model_file",
+        ),
+        (
+            (
+                "VERDICT__SERVICE__ONNX_MODEL__FILE",
+                "/nonexistent/model.onnx",
+            ),
+            "service.onnx_model.file",
         ),
     ];
     for ((key, value), named) in cases {

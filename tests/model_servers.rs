@@ -497,3 +497,29 @@ fn the_fraud_detector_scores_through_mlserver_and_falls_back() {
         svc.stop_cleanly();
     });
 }
+
+/// Issue 21 item 4: models/fraud/model.onnx is what models/fraud/export_onnx.py (the onnx
+/// package's checker included) writes from model.json today, byte for byte; a change to the
+/// model that forgot the ONNX file fails here.
+#[test]
+fn the_committed_onnx_model_is_the_export_of_model_json() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let out = dir.path().join("model.onnx");
+    let run = harness::run_command(
+        Command::new(repo_root().join(".venv/bin/python"))
+            .arg(repo_root().join("models/fraud/export_onnx.py"))
+            .arg(&out),
+        Duration::from_secs(60),
+    );
+    assert!(
+        run.status.success(),
+        "{}",
+        String::from_utf8_lossy(&run.stderr)
+    );
+    let exported = std::fs::read(&out).expect("exported");
+    let committed = std::fs::read(repo_root().join("models/fraud/model.onnx")).expect("committed");
+    assert!(
+        exported == committed,
+        "models/fraud/model.onnx differs from a fresh export: run .venv/bin/python models/fraud/export_onnx.py models/fraud/model.onnx"
+    );
+}

@@ -13,6 +13,7 @@ mod gateway;
 mod history;
 mod kafka_perf;
 mod memory;
+mod onnx;
 mod peers;
 mod profile;
 mod replay;
@@ -70,6 +71,9 @@ enum Bench {
     /// The fraud pipeline on a plaintext broker against a secured one (SASL_SSL, ACLs): drain
     /// and latency in one run.
     Security(security::SecurityArgs),
+    /// The fraud model as ONNX (tract) against the hand-written evaluator: the model alone,
+    /// then the fraud-detector's drain with each.
+    Onnx(onnx::OnnxArgs),
 }
 
 pub(crate) fn bar(len: u64, what: &str) -> ProgressBar {
@@ -330,5 +334,6 @@ async fn main() {
         Bench::History(args) => history::run(args).await,
         Bench::State(args) => state::run(args).await,
         Bench::Security(args) => security::run(args).await,
+        Bench::Onnx(args) => onnx::run(args).await,
     }
 }

@@ -38,6 +38,26 @@ pub struct FraudSettings {
     /// model-server, MLServer, KServe) instead of in-process; the in-process model answers,
     /// marked `degraded`, when the server does not.
     pub remote_model: Option<RemoteModel>,
+    /// Score with an ONNX model in-process (tract) instead of `model_file`'s evaluator, which
+    /// still reads the features and explains the score. The model's input is the raw row of
+    /// models/fraud/features.py (9 columns, NaN = missing); the last column of `output` is the
+    /// probability of a bad risk.
+    pub onnx_model: Option<OnnxModelSettings>,
+}
+
+/// An ONNX scoring model (`[service.onnx_model]`).
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct OnnxModelSettings {
+    /// The model file, e.g. `models/fraud/model.onnx` (models/fraud/export_onnx.py).
+    pub file: PathBuf,
+    /// The output with a row per input; its last column is the probability of a bad risk.
+    #[serde(default = "default_onnx_output")]
+    pub output: String,
+}
+
+fn default_onnx_output() -> String {
+    "probabilities".into()
 }
 
 /// A scoring model behind KServe v2 (`[service.remote_model]`).
@@ -106,6 +126,7 @@ impl Default for FraudSettings {
             fail_tenant: String::new(),
             fail_mode: FailMode::Transient,
             remote_model: None,
+            onnx_model: None,
         }
     }
 }
@@ -147,6 +168,20 @@ impl Validate for FraudSettings {
                 return bad(
                     &format!("remote_model.replicas[{i}]"),
                     "must be an http(s) URL".into(),
+                );
+            }
+        }
+        if let Some(onnx) = &self.onnx_model {
+            if self.remote_model.is_some() {
+                return bad(
+                    "onnx_model",
+                    "score with either remote_model or onnx_model, not both".into(),
+                );
+            }
+            if !onnx.file.is_file() {
+                return bad(
+                    "onnx_model.file",
+                    format!("{} does not exist", onnx.file.display()),
                 );
             }
         }

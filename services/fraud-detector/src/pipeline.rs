@@ -13,7 +13,9 @@ use verdict_runtime::engine::{
     DecisionTopics, Incoming, Outgoing, Processor, RecordState, Route, Store,
 };
 use verdict_runtime::error::ProcessError;
-use verdict_runtime::inference::pricing::{self, PriceTable, Usage};
+use verdict_runtime::inference::onnx::OnnxModel;
+use verdict_runtime::inference::pricing::{PriceTable, Usage};
+use verdict_runtime::inference::{InferenceError, Provider as _};
 use verdict_runtime::metrics::{Metrics, StageTiming, StageTimings};
 use verdict_runtime::models::{LogisticModel, ModelInput, Scored};
 use verdict_runtime::now_ms;
@@ -104,6 +106,8 @@ pub struct FraudDetector {
     model_info: Arc<ModelInfo>,
     /// The served model, when scores come from it (`service.remote_model`).
     remote: Option<(RemoteScorer, Arc<ModelInfo>)>,
+    /// The ONNX model, when scores come from it in-process (`service.onnx_model`).
+    onnx: Option<(OnnxModel, Arc<ModelInfo>)>,
     velocity: Velocity,
     settings: FraudSettings,
     metrics: Arc<Metrics>,
@@ -249,6 +253,37 @@ impl Features<'_> {
     }
 }
 
+/// The probability of a bad risk from an ONNX model: its output row's last column.
+fn p_bad(onnx: &OnnxModel, row: Vec<f64>) -> Result<f64, InferenceError> {
+    onnx.score_rows(&[row])?
+        .first()
+        .and_then(|out| out.last().copied())
+        .filter(|p| (0.0..=1.0).contains(p))
+        .ok_or_else(|| {
+            InferenceError::Protocol("the output's last column is not a probability".into())
+        })
+}
+
+/// The ONNX model at `file`, checked once on the training medians: it takes the evaluator's
+/// raw row and answers a probability.
+fn load_onnx(
+    file: &std::path::Path,
+    output: &str,
+    model: &LogisticModel,
+) -> Result<OnnxModel, String> {
+    let onnx = OnnxModel::load(file, output).map_err(|e| e.to_string())?;
+    let probe = model.raw_row(&ModelInput::default());
+    if onnx.width() != probe.len() {
+        return Err(format!(
+            "the model takes rows of {} values; the fraud features are {} (models/fraud/features.py)",
+            onnx.width(),
+            probe.len()
+        ));
+    }
+    p_bad(&onnx, probe).map_err(|e| format!("scoring a row of medians: {e}"))?;
+    Ok(onnx)
+}
+
 impl FraudDetector {
     /// Costs the detector's model calls by `pricing` (`[pricing]`).
     pub fn priced(self, pricing: PriceTable) -> Self {
@@ -278,8 +313,24 @@ impl FraudDetector {
             }
             None => None,
         };
+        let onnx = match &settings.onnx_model {
+            Some(o) => {
+                let onnx = load_onnx(&o.file, &o.output, &model)
+                    .map_err(|e| format!("service.onnx_model.file: {e}"))?;
+                let id = onnx.model().clone();
+                let info = Arc::new(ModelInfo {
+                    name: id.name,
+                    version: id.version,
+                    provider: "onnx",
+                    prompt_version: None,
+                });
+                Some((onnx, info))
+            }
+            None => None,
+        };
         Ok(Self {
             remote,
+            onnx,
             topics,
             velocity: Velocity::new(
                 store,
@@ -409,15 +460,21 @@ impl Processor for FraudDetector {
         let features = t.stage("features", || features(&tx));
         let hits = t.try_stage("rules", || self.rules(&tx, input.state))?;
         let mut scored = t.try_stage("score", || self.score(input.attempt, &tx, &features))?;
-        let local_cost = self.pricing.charge(
-            &self.metrics,
-            &tx.tenant_id,
-            &self.model.name,
-            Usage::call().cpu(t.last_stage()),
-        );
-        let mut served_cost = None;
+        // The model that decided is the one charged: the evaluator, the ONNX model or the
+        // served one (the evaluator only explains the other two).
+        let mut usage = Usage::call().cpu(t.last_stage());
         let mut model = &self.model_info;
+        let mut model_sha256 = &self.model.sha256;
         let mut degraded = false;
+        if let Some((onnx, info)) = &self.onnx {
+            let row = self.model.raw_row(&features.to_input());
+            scored.probability = t
+                .try_stage("onnx_score", || p_bad(onnx, row))
+                .map_err(|e| ProcessError::inference("onnx_score", &e))?;
+            usage = Usage::call().cpu(t.last_stage());
+            model = info;
+            model_sha256 = &onnx.sha256;
+        }
         if let Some((remote, served)) = &self.remote {
             // The served model's probability; the in-process one still explains it.
             let row = self.model.raw_row(&features.to_input());
@@ -429,11 +486,12 @@ impl Processor for FraudDetector {
             degraded = answer.degraded;
             if !degraded {
                 model = served;
-                served_cost =
-                    self.pricing
-                        .charge(&self.metrics, &tx.tenant_id, &served.name, Usage::call());
+                usage = Usage::call();
             }
         }
+        let cost = self
+            .pricing
+            .charge(&self.metrics, &tx.tenant_id, &model.name, usage);
         let mut decision = t.stage("decide", || self.decide(&tx, &scored, &hits));
         if degraded {
             decision.reasons.push(
@@ -446,9 +504,9 @@ impl Processor for FraudDetector {
             .outcome(decision.outcome.as_str())
             .model(&model.name, &model.version)
             .latency_since(started)
-            .usage(None, pricing::total([local_cost, served_cost]))
+            .usage(None, cost)
             .detail("score", format!("{:.6}", scored.probability))
-            .detail("model_sha256", &self.model.sha256)
+            .detail("model_sha256", model_sha256)
             .detail(
                 "source",
                 format!("{}/{}@{}", input.topic, input.partition, input.offset),

@@ -10,6 +10,7 @@ pub mod cache;
 pub mod chain;
 pub mod head;
 pub mod kserve;
+pub mod onnx;
 pub mod openai;
 pub mod pricing;
 pub mod resilience;

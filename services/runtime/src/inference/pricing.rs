@@ -120,14 +120,6 @@ impl PriceTable {
     }
 }
 
-/// The cost of several calls: unknown only when every one is.
-pub fn total(costs: impl IntoIterator<Item = Option<f64>>) -> Option<f64> {
-    costs
-        .into_iter()
-        .flatten()
-        .fold(None, |sum, c| Some(sum.unwrap_or(0.0) + c))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -160,8 +152,6 @@ mod tests {
         let usage = Usage::call().tokens(500, 0);
         assert_eq!(table.cost("minilm", &usage), Some(0.01));
         assert_eq!(table.cost("rules", &usage), None);
-        assert_eq!(total([None, Some(0.5), Some(0.25)]), Some(0.75));
-        assert_eq!(total([None, None]), None);
     }
 
     #[test]
