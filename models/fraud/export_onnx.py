@@ -32,12 +32,7 @@ def const(name, values, dtype=np.float64):
 
 
 def build(model):
-    numeric = model["numeric"]
-    if [f["field"] for f in numeric] != F.NUMERIC_FIELDS:
-        raise ValueError(f"model.json numeric fields {[f['field'] for f in numeric]} != {F.NUMERIC_FIELDS}")
-    (cat,) = model["categorical"]
-    if cat["field"] != "credit_history" or list(cat["categories"]) != F.CREDIT_HISTORY_CODES:
-        raise ValueError("model.json categorical block does not match features.CREDIT_HISTORY_CODES")
+    numeric, cat = F.model_blocks(model)
     n_cat = len(F.CREDIT_HISTORY_CODES)
     fill = [f["median"] for f in numeric] + [0.0] * n_cat
     log1p = [f["transform"] == "log1p" for f in numeric] + [False] * n_cat

@@ -33,12 +33,7 @@ import features as F  # noqa: E402
 
 
 def build(model):
-    numeric = model["numeric"]
-    if [f["field"] for f in numeric] != F.NUMERIC_FIELDS:
-        raise ValueError(f"model.json numeric fields {[f['field'] for f in numeric]} != {F.NUMERIC_FIELDS}")
-    (cat,) = model["categorical"]
-    if cat["field"] != "credit_history" or list(cat["categories"]) != F.CREDIT_HISTORY_CODES:
-        raise ValueError("model.json categorical block does not match features.CREDIT_HISTORY_CODES")
+    numeric, cat = F.model_blocks(model)
     kw = {
         "median": [f["median"] for f in numeric],
         "mean": [f["mean"] for f in numeric],

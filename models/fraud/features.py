@@ -60,6 +60,17 @@ N_COLUMNS = len(COLUMNS)
 _TRANSFORMS = {"log1p": np.log1p, "identity": lambda v: v}
 
 
+def model_blocks(model):
+    """model.json's numeric and categorical blocks, checked against this layout (ValueError if not)."""
+    numeric = model["numeric"]
+    if [f["field"] for f in numeric] != NUMERIC_FIELDS:
+        raise ValueError(f"model.json numeric fields {[f['field'] for f in numeric]} != {NUMERIC_FIELDS}")
+    (cat,) = model["categorical"]
+    if cat["field"] != "credit_history" or list(cat["categories"]) != CREDIT_HISTORY_CODES:
+        raise ValueError("model.json categorical block does not match features.CREDIT_HISTORY_CODES")
+    return numeric, cat
+
+
 def raw_row(amount, customer_age_years, credit_history, employment_years, existing_credits):
     """One raw matrix row (list of 9 floats) from TransactionEvent-style values (None = missing)."""
 
