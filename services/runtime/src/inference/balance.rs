@@ -197,8 +197,12 @@ impl<I: Sync + Send, O: Send> Balanced<I, O> {
                 Ok(out) => return Ok(out),
                 Err(e) => e,
             };
-            // Input the model refuses is refused by every endpoint.
-            if !error.retryable() && !matches!(error, InferenceError::CircuitOpen(_)) {
+            // Input the model refuses is refused by every endpoint; an endpoint that fails
+            // (or whose breaker just opened) is left for another.
+            let elsewhere = error.retryable()
+                || error.is_provider_failure()
+                || matches!(error, InferenceError::CircuitOpen(_));
+            if !elsewhere {
                 return Err(error);
             }
             let rest = backoff(
