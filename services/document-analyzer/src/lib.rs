@@ -20,6 +20,7 @@ impl ServiceSpec for Spec {
         let mut s = Self::Settings::for_deployment(d);
         s.service.embeddings_url = d.model_server_url.clone();
         s.service.sentiment_head = d.root.join("models/sentiment/head.json");
+        s.service.category_examples = d.root.join("models/categories/examples.jsonl");
         s
     }
 }

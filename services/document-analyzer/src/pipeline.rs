@@ -18,14 +18,16 @@ use verdict_runtime::inference::chain::Chain;
 use verdict_runtime::inference::head::LinearHead;
 use verdict_runtime::inference::openai::OpenAiEmbeddings;
 use verdict_runtime::inference::pricing::{PriceTable, Usage};
-use verdict_runtime::inference::zero_shot::{ZeroShot, default_classifiers};
+use verdict_runtime::inference::zero_shot::{
+    ClassifierSettings, Examples, ZeroShot, default_classifiers,
+};
 use verdict_runtime::inference::{InferenceError, ModelId, Provider};
 use verdict_runtime::metrics::{Metrics, StageTiming, StageTimings};
 use verdict_runtime::now_ms;
 use verdict_runtime::serde::ValueSchema;
 use verdict_runtime::telemetry;
 
-use crate::config::DocumentSettings;
+use crate::config::{CategorySource, DocumentSettings};
 use crate::pii::{Redacted, redact};
 
 pub const SERVICE: &str = "document-analyzer";
@@ -180,6 +182,9 @@ pub struct DocumentAnalyzer {
     coalescer: Coalescer<Vec<f32>>,
     /// Category and urgency classifiers; anchors embedded on first use.
     classifiers: OnceCell<(ZeroShot, ZeroShot)>,
+    /// The labelled examples the categories are learnt from (`service.categories =
+    /// "examples"`); `None`: zero-shot label descriptions.
+    examples: Option<Examples>,
     /// Sentiment: a head trained offline, evaluated in-process on the embedding.
     sentiment: LinearHead,
     topics: DecisionTopics,
@@ -208,6 +213,13 @@ impl DocumentAnalyzer {
                 sentiment.embedding_model, settings.embeddings_model
             ));
         }
+        let examples = match settings.categories {
+            CategorySource::Examples => Some(
+                Examples::load(&settings.category_examples)
+                    .map_err(|e| format!("service.category_examples: {e}"))?,
+            ),
+            CategorySource::Descriptions => None,
+        };
         let mut endpoints: Vec<Box<dyn Provider<String, Vec<f32>>>> = vec![Box::new(client)];
         for (i, replica) in settings.embeddings_replicas.iter().enumerate() {
             let client = OpenAiEmbeddings::new(
@@ -242,6 +254,7 @@ impl DocumentAnalyzer {
             batcher,
             coalescer: Coalescer::default(),
             classifiers: OnceCell::new(),
+            examples,
             sentiment,
             topics,
             pricing: PriceTable::default(),
@@ -272,28 +285,58 @@ impl DocumentAnalyzer {
         Ok((v, false))
     }
 
+    /// The category and urgency classifiers, their anchors embedded on first use: category
+    /// prototypes from the labelled examples (`service.categories = "examples"`) or
+    /// zero-shot label descriptions; urgency always from descriptions.
     async fn classifiers(&self) -> Result<&(ZeroShot, ZeroShot), InferenceError> {
         self.classifiers
             .get_or_try_init(|| async {
-                let defaults = default_classifiers();
-                let mut built = Vec::new();
-                for c in defaults.iter().take(2) {
-                    let mut anchors = Vec::new();
-                    for (_, description) in &c.labels {
-                        // Label descriptions are no tenant's: one shared scope.
-                        anchors.push(self.embed("", description).await?.0);
+                let [category, urgency] = default_classifiers();
+                let category = match &self.examples {
+                    Some(examples) => {
+                        let embedded = self.embed_shared(examples.texts()).await?;
+                        ZeroShot::from_examples(
+                            &category.name,
+                            category.temperature,
+                            examples,
+                            &embedded,
+                        )
                     }
-                    built.push(ZeroShot::from_anchors(c, anchors));
-                }
-                let urgency = built
-                    .pop()
-                    .ok_or_else(|| InferenceError::Protocol("no urgency classifier".into()))?;
-                let category = built
-                    .pop()
-                    .ok_or_else(|| InferenceError::Protocol("no category classifier".into()))?;
-                Ok((category, urgency))
+                    None => self.described(&category).await?,
+                };
+                Ok((category, self.described(&urgency).await?))
             })
             .await
+    }
+
+    /// What the categories are learnt from, for the audit record: the examples file and its
+    /// checksum, or the zero-shot descriptions.
+    fn categories_from(&self) -> String {
+        match &self.examples {
+            Some(e) => format!(
+                "examples {} (sha256 {})",
+                self.settings.category_examples.display(),
+                e.sha256
+            ),
+            None => "descriptions".into(),
+        }
+    }
+
+    /// A zero-shot classifier over the embeddings of its label descriptions.
+    async fn described(&self, settings: &ClassifierSettings) -> Result<ZeroShot, InferenceError> {
+        let descriptions = settings.labels.iter().map(|(_, d)| d.as_str());
+        let anchors = self.embed_shared(descriptions).await?;
+        Ok(ZeroShot::from_anchors(settings, anchors))
+    }
+
+    /// Embeddings of texts that are no tenant's (anchors): one shared scope, requested at
+    /// once so that the micro-batcher sends them in full batches.
+    async fn embed_shared(
+        &self,
+        texts: impl Iterator<Item = &str>,
+    ) -> Result<Vec<Vec<f32>>, InferenceError> {
+        let calls = texts.map(|t| async move { self.embed("", t).await.map(|(v, _)| v) });
+        futures::future::try_join_all(calls).await
     }
 }
 
@@ -429,6 +472,7 @@ impl Processor for DocumentAnalyzer {
             .latency_since(started)
             .usage(i64::try_from(embedded_tokens).ok(), cost)
             .detail("category", &category)
+            .detail("categories_from", self.categories_from())
             .detail("pii_kinds", pii.join(","))
             .detail("degraded", degraded)
             .detail("cached", cached);

@@ -66,7 +66,7 @@ impl Default for ModelServerSettings {
             http: Http::default(),
             embeddings: Embeddings::default(),
             fraud: Fraud::default(),
-            classifiers: default_classifiers(),
+            classifiers: default_classifiers().into(),
             heads: BTreeMap::new(),
             telemetry: verdict_runtime::service::TelemetrySection::default(),
         }

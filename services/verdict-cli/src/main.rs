@@ -1066,7 +1066,12 @@ async fn demo(
 
     // Documents through the document-analyzer.
     let mut sent_docs = Vec::with_capacity(documents);
-    for (i, text) in SAMPLE_DOCUMENTS.iter().cycle().take(documents).enumerate() {
+    for (i, text) in records::SAMPLE_DOCUMENTS
+        .iter()
+        .cycle()
+        .take(documents)
+        .enumerate()
+    {
         let doc = serde_json::json!({
             "event_id": uuid::Uuid::new_v4().to_string(), "tenant_id": "tenant-demo",
             "occurred_at": verdict_runtime::now_ms(), "document_id": format!("demo-doc-{i}"),
@@ -1109,13 +1114,6 @@ async fn demo(
 }
 
 const DOCUMENT_DECISIONS: &str = "document-decisions";
-
-const SAMPLE_DOCUMENTS: [&str; 4] = [
-    "Invoice 2024-17: please pay the amount due of 1,250.00 EUR to IBAN DE89 3704 0044 0532 0130 00 within 30 days.",
-    "This is unacceptable! My order never arrived and I want a refund. Reach me at jane.doe@example.com or +49 30 1234567.",
-    "Hello, the login page shows an error since this morning and I cannot access my account. Can you help?",
-    "Curriculum vitae: ten years of experience as a data engineer, education in mathematics, skills in Rust and SQL.",
-];
 
 /// Waits for the pipeline's decision on each sent event (reading `topic` from `from`) and
 /// prints it.

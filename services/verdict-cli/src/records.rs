@@ -232,6 +232,14 @@ pub fn sample_transaction(rng: &mut impl Rng, tenant: &str) -> (String, Json) {
     (event.account_id, value)
 }
 
+/// The documents `verdict demo` sends (a shadow test replays them too).
+pub const SAMPLE_DOCUMENTS: [&str; 4] = [
+    "Invoice 2024-17: please pay the amount due of 1,250.00 EUR to IBAN DE89 3704 0044 0532 0130 00 within 30 days.",
+    "This is unacceptable! My order never arrived and I want a refund. Reach me at jane.doe@example.com or +49 30 1234567.",
+    "Hello, the login page shows an error since this morning and I cannot access my account. Can you help?",
+    "Curriculum vitae: ten years of experience as a data engineer, education in mathematics, skills in Rust and SQL.",
+];
+
 /// A plain-text document upload of `tenant` (schemas/document_uploaded_event.avsc), stamped
 /// now, for the tests and the load generator; its key is `document_id`.
 pub fn sample_document(tenant: &str, document_id: &str, text: &str) -> Json {

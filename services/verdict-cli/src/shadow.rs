@@ -110,13 +110,23 @@ pub struct Change {
     pub new_reasons: Vec<String>,
 }
 
-/// The outcome of a decision: `outcome` (fraud) or `route` (documents).
+/// The outcome of a decision: `outcome` (fraud), or `route` and `category` (documents: a
+/// document filed under another category is decided differently, even on the same route).
 fn outcome(v: &Json) -> String {
-    v.get("outcome")
-        .or_else(|| v.get("route"))
-        .and_then(Json::as_str)
-        .unwrap_or("?")
-        .to_string()
+    let field = |k: &str| v.get(k).and_then(Json::as_str);
+    match (field("outcome"), field("route"), field("category")) {
+        (Some(o), _, _) => o.to_string(),
+        (None, Some(r), Some(c)) => format!("{r} {c}"),
+        (None, Some(r), None) => r.to_string(),
+        (None, None, _) => "?".to_string(),
+    }
+}
+
+/// A decision's score: the fraud score, or a document's category confidence.
+fn score(v: &Json) -> Option<f64> {
+    v["score"]
+        .as_f64()
+        .or_else(|| v["category_confidence"].as_f64())
 }
 
 fn reasons(v: &Json) -> Vec<String> {
@@ -132,8 +142,9 @@ fn reasons(v: &Json) -> Vec<String> {
 }
 
 /// The reason a rule that depends on earlier events of the same account gives
-/// (fraud-detector's velocity rule).
+/// (fraud-detector's velocity rule), and the service it is of.
 const HISTORY_RULE: &str = "transactions of this account within";
+const HISTORY_SERVICE: &str = "fraud-detector";
 
 fn history_rule_fired(reasons: &[String]) -> bool {
     reasons.iter().any(|r| r.contains(HISTORY_RULE))
@@ -170,7 +181,7 @@ pub fn compare(shadow: &[Json], production: &[Json], top: usize) -> ShadowReport
         *r.production_models.entry(model(old)).or_default() += 1;
         let (o, n) = (outcome(old), outcome(new));
         *r.transitions.entry(format!("{o} -> {n}")).or_default() += 1;
-        let (os, ns) = (old["score"].as_f64(), new["score"].as_f64());
+        let (os, ns) = (score(old), score(new));
         if let (Some(a), Some(b)) = (os, ns) {
             shifts.push(b - a);
         }
@@ -321,17 +332,24 @@ impl ShadowReport {
             "The shadow service started with empty state (`--warmup PT0S`), unlike production"
                 .to_string()
         };
+        let history = if self.service == HISTORY_SERVICE {
+            format!(
+                "- {} of the {} changes turn on the velocity rule firing on one side only: the \
+                 change under test's if it touches that rule, else a sign the warm-up was \
+                 shorter than the rule's window; {} do not.\n",
+                self.history_dependent_changes,
+                self.changed,
+                self.changed - self.history_dependent_changes,
+            )
+        } else {
+            String::new()
+        };
         format!(
             "\n## How far to trust this\n\n\
              - {seeded}.\n\
-             - {} of the {} changes turn on the velocity rule firing on one side only: the \
-             change under test's if it touches that rule, else a sign the warm-up was shorter \
-             than the rule's window; {} do not.\n\
+             {history}\
              - Production decided with {}{}.\n\
              - {} shadow decisions have no production decision to compare with.\n",
-            self.history_dependent_changes,
-            self.changed,
-            self.changed - self.history_dependent_changes,
             if models.is_empty() {
                 "no compared decision".to_string()
             } else {
@@ -830,6 +848,27 @@ mod tests {
     }
 
     #[test]
+    fn a_document_filed_under_another_category_is_a_change_on_the_same_route() {
+        let doc = |category: &str, confidence: f64| {
+            json!({"event_id": "d", "route": "REVIEW", "category": category,
+                   "category_confidence": confidence, "reasons": [],
+                   "model": {"name": "all-minilm-l6-v2", "version": "1.0.0"}})
+        };
+        let mut r = compare(&[doc("complaint", 0.95)], &[doc("invoice", 0.52)], 10);
+        r.service = "document-analyzer".into();
+        assert!(!r.markdown().contains("velocity"), "no velocity rule here");
+        assert_eq!(r.changed, 1);
+        assert_eq!(r.transitions["REVIEW invoice -> REVIEW complaint"], 1);
+        assert_eq!(r.top_changes[0].old_score, Some(0.52));
+        assert!(
+            r.markdown()
+                .contains("| d | REVIEW invoice (0.520) | REVIEW complaint (0.950) |"),
+            "{}",
+            r.markdown()
+        );
+    }
+
+    #[test]
     fn the_diff_counts_transitions_and_ranks_the_biggest_changes() {
         let prod = vec![
             decision("a", "APPROVE", 0.1, "1"),
@@ -877,7 +916,8 @@ mod tests {
             decision("b", "REVIEW", 0.5, "1"),
             decision("c", "APPROVE", 0.3, "1"),
         ];
-        let r = compare(&shadow, &prod, 10);
+        let mut r = compare(&shadow, &prod, 10);
+        r.service = HISTORY_SERVICE.into();
         assert_eq!((r.changed, r.history_dependent_changes), (2, 1));
         assert_eq!(r.production_models.len(), 2);
         let md = r.markdown();
