@@ -11,7 +11,9 @@ use harness::{
 };
 use serde_json::{Value, json};
 use verdict_cli::records::AvroProducer;
+use verdict_runtime::headers;
 use verdict_runtime::inference::balance::EndpointSettings;
+use verdict_runtime::inference::budget::{BudgetSettings, Cap, OnHard};
 use verdict_runtime::inference::pricing::{Price, PriceTable};
 use verdict_runtime::inference::zero_shot::{Examples, ZeroShot, default_classifiers};
 
@@ -627,6 +629,178 @@ fn a_shadow_run_shows_what_categories_learnt_from_examples_change() {
                 .is_some_and(|o| o.ends_with(" complaint")),
             "{md}"
         );
+        ms.stop_cleanly();
+    });
+}
+
+/// Issue 21, item 2: a tenant crosses its spend caps mid-stream. Each document's embedding
+/// costs about $0.0115 ([`analyzer`]'s price, ~21 tokens); the tenant's caps are $0.02 (soft)
+/// and $0.03 (hard) a day. Documents are sent one at a time: the first two are embedded within the
+/// caps, the third past the soft limit (a note on its audit record and the metric), and from
+/// the fourth on the tenant's documents are decided by the keyword rules, `degraded: budget`,
+/// with no model call. The spend is persisted: after a restart the tenant is still past its
+/// cap. Another tenant is not touched, and a tenant set to refuse is dead-lettered instead.
+#[test]
+fn a_tenant_crossing_its_spend_cap_mid_stream_falls_back_and_stays_capped_across_restart() {
+    run(300, async {
+        let stack = Stack::start().await;
+        let topology = apply_topology(&stack, None).await;
+        let mut ms = model_server(None);
+        ms.wait_ready(Duration::from_secs(120)).await;
+        let budgets = BudgetSettings {
+            tenants: [
+                (
+                    "tenant-docs".to_string(),
+                    Cap {
+                        soft_usd: Some(0.02),
+                        hard_usd: Some(0.03),
+                        on_hard: OnHard::Fallback,
+                    },
+                ),
+                (
+                    "tenant-refused".to_string(),
+                    Cap {
+                        hard_usd: Some(0.0),
+                        on_hard: OnHard::Refuse,
+                        ..Cap::default()
+                    },
+                ),
+            ]
+            .into(),
+            ..BudgetSettings::default()
+        };
+        let start = |budgets: BudgetSettings| {
+            analyzer_with(&stack, &topology, ms.http_port, move |s| {
+                s.service.budgets = budgets;
+            })
+        };
+        let mut analyzer = start(budgets.clone());
+        analyzer.wait_ready(Duration::from_secs(30)).await;
+        let texts = [
+            "Invoice 311: 4 hours of window cleaning at 35 EUR, total 140 EUR, due in 14 days.",
+            "The parcel arrived damaged and nobody answers my emails. I want my money back now.",
+            "How do I change the password of my account? The settings page shows an error.",
+            "Curriculum vitae: nurse with eight years of experience in paediatrics and first aid.",
+            "This lease agreement between the landlord and the tenant starts on 1 March.",
+        ];
+        let audits_of = |ids: HashSet<String>| {
+            let (kafka, url, topic) = (
+                stack.broker.kafka(),
+                stack.registry_url(),
+                topology.topic("audit"),
+            );
+            async move {
+                read_topic(&kafka, &url, &topic, Duration::from_secs(30), |rs| {
+                    ids.iter().all(|id| {
+                        rs.iter()
+                            .any(|r| r.value.as_ref().is_some_and(|v| v["event_id"] == *id))
+                    })
+                })
+                .await
+            }
+        };
+        let mut decided = Vec::new();
+        for (i, text) in texts.iter().enumerate() {
+            let want = send(&stack, &topology, &[document(&format!("capped-{i}"), text)]).await;
+            let got = decisions(&stack, &topology, &want).await;
+            let d = got[0].value.clone().expect("decision");
+            let audits = audits_of(want).await;
+            let audit = audits
+                .iter()
+                .filter_map(|r| r.value.clone())
+                .find(|a| a["event_id"] == d["event_id"])
+                .expect("audit");
+            decided.push((d, audit));
+        }
+        for (i, (d, audit)) in decided.iter().enumerate() {
+            let budget = audit["details"]["budget"].as_str().unwrap_or("");
+            let reasons = d["reasons"].to_string();
+            match i {
+                0 | 1 => {
+                    assert_eq!(d["degraded"], false, "{i}: {d}");
+                    assert!(d["cost_usd"].as_f64().unwrap_or(0.0) > 0.01, "{i}: {d}");
+                    assert_eq!(budget, "within", "{i}: {audit}");
+                }
+                2 => {
+                    assert_eq!(d["degraded"], false, "{i}: {d}");
+                    assert!(budget.contains("past its soft limit $0.0200"), "{audit}");
+                }
+                _ => {
+                    assert_eq!(d["degraded"], true, "{i}: {d}");
+                    assert!(reasons.contains("degraded: budget"), "{i}: {d}");
+                    assert!(d["cost_usd"].is_null(), "no model call, no cost: {d}");
+                    assert!(budget.contains("past its hard limit $0.0300"), "{audit}");
+                }
+            }
+        }
+        assert!(
+            analyzer
+                .metric_where(
+                    "verdict_budget_exceeded_total",
+                    r#"tenant="tenant-docs",limit="hard""#
+                )
+                .await
+                >= 2.0
+        );
+        assert!(
+            analyzer
+                .metric_where(
+                    "verdict_budget_exceeded_total",
+                    r#"tenant="tenant-docs",limit="soft""#
+                )
+                .await
+                >= 1.0
+        );
+
+        // Restarted, the spend is read back from the changelog: still past the cap.
+        analyzer.stop_cleanly();
+        let mut analyzer = start(budgets);
+        analyzer.wait_ready(Duration::from_secs(30)).await;
+        let want = send(
+            &stack,
+            &topology,
+            &[document("capped-after-restart", texts[0])],
+        )
+        .await;
+        let d = decisions(&stack, &topology, &want).await[0]
+            .value
+            .clone()
+            .expect("decision");
+        assert_eq!(d["degraded"], true, "still capped after a restart: {d}");
+        assert!(d["reasons"].to_string().contains("degraded: budget"), "{d}");
+
+        // Other tenants: one without a cap is embedded; one set to refuse is dead-lettered.
+        let mut free = document("free", texts[1]);
+        free["tenant_id"] = json!("tenant-free");
+        let mut refused = document("refused", texts[2]);
+        refused["tenant_id"] = json!("tenant-refused");
+        let want = send(&stack, &topology, &[free]).await;
+        let d = decisions(&stack, &topology, &want).await[0]
+            .value
+            .clone()
+            .expect("decision");
+        assert_eq!(d["degraded"], false, "{d}");
+        send(&stack, &topology, &[refused]).await;
+        let dlq = read_topic(
+            &stack.broker.kafka(),
+            &stack.registry_url(),
+            &topology.topic("document-uploads.dlq"),
+            Duration::from_secs(30),
+            |rs| !rs.is_empty(),
+        )
+        .await;
+        assert_eq!(dlq.len(), 1, "{}", analyzer.log());
+        assert_eq!(dlq[0].headers.get(headers::ERROR_CLASS), Some("Refused"));
+        assert_eq!(dlq[0].headers.get(headers::ERROR_RETRYABLE), Some("false"));
+        assert!(
+            dlq[0]
+                .headers
+                .get(headers::ERROR_MESSAGE)
+                .is_some_and(|m| m.contains("past its hard limit $0.0000")),
+            "{:?}",
+            dlq[0].headers
+        );
+        analyzer.stop_cleanly();
         ms.stop_cleanly();
     });
 }

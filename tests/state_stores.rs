@@ -484,3 +484,101 @@ fn exactly_once_holds_while_partitions_move() {
         );
     });
 }
+
+/// Issue 21, item 2: a tenant's spend spans every input partition, and another instance may
+/// hold some of them. The spend ledger follows the whole `spend` changelog: a change written
+/// to a partition this instance does not hold (as the instance holding it writes it) counts in
+/// the tenant's spend here, a newer change of that partition replaces it, and a tombstone
+/// clears it.
+#[test]
+fn the_spend_ledger_sums_partitions_other_instances_hold_from_the_changelog() {
+    use rdkafka::producer::{FutureProducer, FutureRecord};
+    use verdict_runtime::engine::{RecordState, Stores};
+    use verdict_runtime::inference::budget::{BudgetSettings, Cap, Ledger, STORE, Spent, Window};
+
+    run(120, async {
+        let stack = Stack::start().await;
+        let topology = apply_topology(&stack, None).await;
+        let changelog = topology.topic("verdict-document-analyzer-spend-changelog");
+        let stores = Stores::declared([(STORE.to_string(), changelog.clone())].into());
+        let store = stores
+            .open::<Spent>("document-analyzer", STORE)
+            .expect("store");
+        store.open_empty(0);
+        let settings = BudgetSettings {
+            default: Some(Cap {
+                hard_usd: Some(1.0),
+                ..Cap::default()
+            }),
+            ..BudgetSettings::default()
+        };
+        let metrics = verdict_runtime::metrics::Metrics::new("test");
+        let ledger = Ledger::new(settings, store, metrics);
+        ledger.follow(&stack.broker.kafka()).expect("follows");
+
+        let now = verdict_runtime::now_ms();
+        let (start, end) = Window::Day.bounds(now);
+        ledger
+            .charge(&RecordState::detached(0, 0, Some(now)), "acme", now, 0.25)
+            .expect("charged here");
+        let producer: FutureProducer = stack
+            .broker
+            .kafka()
+            .producer_config()
+            .create()
+            .expect("producer");
+        let write = |partition: i32, usd: Option<f64>| {
+            let value = usd.map(|usd| {
+                serde_json::to_vec(&Spent {
+                    window_start_ms: start,
+                    window_end_ms: end,
+                    usd,
+                })
+                .expect("json")
+            });
+            let (producer, topic) = (producer.clone(), changelog.clone());
+            async move {
+                let mut record = FutureRecord::<[u8], Vec<u8>>::to(&topic)
+                    .partition(partition)
+                    .key(b"acme".as_slice());
+                if let Some(v) = &value {
+                    record = record.payload(v);
+                }
+                producer
+                    .send(record, Duration::from_secs(10))
+                    .await
+                    .expect("written");
+            }
+        };
+        let until = |want: f64| {
+            let ledger = &ledger;
+            async move {
+                let began = std::time::Instant::now();
+                loop {
+                    let spent = ledger.spent("acme", now);
+                    if (spent - want).abs() < 1e-9 {
+                        return;
+                    }
+                    assert!(
+                        began.elapsed() < Duration::from_secs(20),
+                        "spent {spent}, want {want}"
+                    );
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            }
+        };
+        write(1, Some(0.5)).await;
+        until(0.75).await;
+        write(1, Some(0.875)).await;
+        until(1.125).await;
+        assert!(
+            matches!(
+                ledger.standing("acme", now),
+                verdict_runtime::inference::budget::Standing::Hard { .. }
+            ),
+            "past the cap over both partitions, though $0.25 of it is here"
+        );
+        write(1, None).await;
+        until(0.25).await;
+    });
+}

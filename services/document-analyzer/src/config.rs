@@ -4,6 +4,7 @@ use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 use verdict_runtime::inference::balance::EndpointSettings;
+use verdict_runtime::inference::budget::BudgetSettings;
 use verdict_runtime::inference::resilience::ProviderSettings;
 use verdict_runtime::inference::zero_shot::Examples;
 use verdict_runtime::settings::{Secret, SettingsError, Validate};
@@ -45,6 +46,8 @@ pub struct DocumentSettings {
     /// Labelled examples, one JSON object per line: `{"label": "complaint", "text": "…"}`.
     /// Its labels are the categories; a few dozen texts per label are enough.
     pub category_examples: PathBuf,
+    /// Spend caps per tenant over a window, on the embedding calls' cost (`[pricing]`).
+    pub budgets: BudgetSettings,
 }
 
 #[derive(Clone, Copy, Debug, Deserialize, Serialize, PartialEq, Eq)]
@@ -79,6 +82,7 @@ impl Default for DocumentSettings {
             review_negative_above: 0.8,
             categories: CategorySource::Examples,
             category_examples: PathBuf::from("models/categories/examples.jsonl"),
+            budgets: BudgetSettings::default(),
         }
     }
 }
@@ -117,6 +121,9 @@ impl Validate for DocumentSettings {
             && let Err(e) = Examples::load(&self.category_examples)
         {
             return bad("category_examples", &e.to_string());
+        }
+        if let Err((key, message)) = self.budgets.check() {
+            return bad(&format!("budgets.{key}"), &message);
         }
         if !self.sentiment_head.is_file() {
             return bad(

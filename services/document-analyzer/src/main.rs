@@ -2,7 +2,8 @@
 //!
 //! document-uploads (+ retry topics)
 //!   → validate (size, token budget) → redact (e-mail, phone, card, IBAN)
-//!   → embed (model-server, OpenAI API; cached, coalesced, micro-batched, circuit-broken)
+//!   → embed (model-server, OpenAI API; cached, coalesced, micro-batched, circuit-broken;
+//!     skipped for a tenant past its hard spend cap, or the record refused)
 //!   → classify (zero-shot category and urgency; keyword rules when degraded) → decide
 //!   → document-decisions, audit, review
 //!   failures → document-uploads.retry.N / document-uploads.dlq
@@ -11,6 +12,7 @@ use std::process::ExitCode;
 
 use document_analyzer::pipeline::{DocumentAnalyzer, SERVICE};
 use verdict_runtime::engine::DecisionTopics;
+use verdict_runtime::inference::budget::Ledger;
 use verdict_runtime::service::{self, ServiceSpec};
 
 #[global_allocator]
@@ -31,9 +33,16 @@ async fn main() -> ExitCode {
         let url = ctx.settings.service.embeddings_url.trim_end_matches('/');
         ctx.health
             .depends_on("model server", &format!("{url}/readyz"), false);
+        let ledger = Ledger::open(
+            &ctx.settings.service.budgets,
+            ctx.route,
+            &ctx.settings.kafka,
+            ctx.metrics.clone(),
+        )?;
         Ok(
             DocumentAnalyzer::new(ctx.settings.service.clone(), ctx.metrics, topics)?
-                .priced(ctx.settings.pricing.clone()),
+                .priced(ctx.settings.pricing.clone())
+                .budgeted(ledger),
         )
     })
     .await

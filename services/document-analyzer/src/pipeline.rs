@@ -13,6 +13,7 @@ use verdict_runtime::engine::{DecisionTopics, Incoming, Outgoing, Processor};
 use verdict_runtime::error::ProcessError;
 use verdict_runtime::inference::balance;
 use verdict_runtime::inference::batcher::MicroBatcher;
+use verdict_runtime::inference::budget::{Ledger, OnHard, Standing};
 use verdict_runtime::inference::cache::{Coalescer, ResponseCache, cache_key};
 use verdict_runtime::inference::chain::Chain;
 use verdict_runtime::inference::head::LinearHead;
@@ -189,6 +190,8 @@ pub struct DocumentAnalyzer {
     sentiment: LinearHead,
     topics: DecisionTopics,
     pricing: PriceTable,
+    /// Tenants' spend against their caps (`service.budgets`); `None`: no caps.
+    ledger: Option<Ledger>,
 }
 
 impl DocumentAnalyzer {
@@ -258,12 +261,18 @@ impl DocumentAnalyzer {
             sentiment,
             topics,
             pricing: PriceTable::default(),
+            ledger: None,
         })
     }
 
     /// Costs the embedding calls by `pricing` (`[pricing]`).
     pub fn priced(self, pricing: PriceTable) -> Self {
         Self { pricing, ..self }
+    }
+
+    /// Holds tenants to their spend caps (`service.budgets`) kept in `ledger`.
+    pub fn budgeted(self, ledger: Option<Ledger>) -> Self {
+        Self { ledger, ..self }
     }
 
     /// The embedding of `text` for `tenant` (cached and coalesced per tenant: a hit, or a
@@ -366,29 +375,59 @@ impl Processor for DocumentAnalyzer {
         // for its embedding.
         drop(std::mem::take(&mut doc.text));
 
-        let embedded = t
-            .try_stage_async("embed", async {
-                match self.embed(&doc.tenant_id, &redacted).await {
-                    Ok(e) => match self.classifiers().await {
-                        Ok(c) => Ok((e, c)),
+        // The tenant's spend so far in the window of the record's time: past its hard cap the
+        // record is refused (dead-lettered) or decided without a model call.
+        let at = input.timestamp_ms.unwrap_or_else(now_ms);
+        let (standing, budget_note) = match &self.ledger {
+            Some(l) => {
+                let standing = l.standing(&doc.tenant_id, at);
+                let note = standing.note(&l.window(at));
+                (standing, note)
+            }
+            None => (Standing::Within, None),
+        };
+        let over_budget = match standing {
+            Standing::Hard {
+                on_hard: OnHard::Refuse,
+                ..
+            } => return Err(ProcessError::Refused(budget_note.unwrap_or_default())),
+            Standing::Hard { .. } => true,
+            Standing::Within | Standing::Soft { .. } => false,
+        };
+        let embedded = if over_budget {
+            None
+        } else {
+            Some(
+                t.try_stage_async("embed", async {
+                    match self.embed(&doc.tenant_id, &redacted).await {
+                        Ok(e) => match self.classifiers().await {
+                            Ok(c) => Ok((e, c)),
+                            Err(err) => Err(err),
+                        },
                         Err(err) => Err(err),
-                    },
-                    Err(err) => Err(err),
-                }
-            })
-            .await;
+                    }
+                })
+                .await,
+            )
+        };
 
         let embedded_tokens = tokens.min(self.settings.model_context_tokens);
         // A cached embedding is no call: it costs nothing.
-        let cost = embedded.as_ref().ok().and_then(|((_, cached), _)| {
-            let usage = if *cached {
-                Usage::default()
-            } else {
-                Usage::call().tokens(embedded_tokens as u64, 0)
-            };
-            self.pricing
-                .charge(&self.metrics, &doc.tenant_id, &self.model.name, usage)
-        });
+        let cost = embedded
+            .as_ref()
+            .and_then(|e| e.as_ref().ok())
+            .and_then(|((_, cached), _)| {
+                let usage = if *cached {
+                    Usage::default()
+                } else {
+                    Usage::call().tokens(embedded_tokens as u64, 0)
+                };
+                self.pricing
+                    .charge(&self.metrics, &doc.tenant_id, &self.model.name, usage)
+            });
+        if let (Some(ledger), Some(cost)) = (&self.ledger, cost) {
+            ledger.charge(input.state, &doc.tenant_id, at, cost)?;
+        }
         let mut reasons = Vec::new();
         if tokens > self.settings.model_context_tokens {
             reasons.push(format!(
@@ -398,7 +437,7 @@ impl Processor for DocumentAnalyzer {
         }
         let (category, confidence, urgency, sentiment, degraded, cached, model) =
             t.stage("classify", || match &embedded {
-                Ok(((vector, cached), (category, urgency))) => {
+                Some(Ok(((vector, cached), (category, urgency)))) => {
                     let c = category.classify(vector);
                     let u = urgency.classify(vector);
                     (
@@ -411,10 +450,16 @@ impl Processor for DocumentAnalyzer {
                         self.model.clone(),
                     )
                 }
-                Err(err) => {
-                    reasons.push(format!(
-                        "degraded: embedding model unavailable ({err}); keyword rules classified"
-                    ));
+                Some(Err(_)) | None => {
+                    reasons.push(match &embedded {
+                        Some(Err(err)) => format!(
+                            "degraded: embedding model unavailable ({err}); keyword rules classified"
+                        ),
+                        _ => format!(
+                            "degraded: budget ({}); keyword rules classified",
+                            budget_note.as_deref().unwrap_or("past the hard limit")
+                        ),
+                    });
                     let (c, conf, u) = rules_classify(&redacted);
                     (
                         c,
@@ -476,6 +521,10 @@ impl Processor for DocumentAnalyzer {
             .detail("pii_kinds", pii.join(","))
             .detail("degraded", degraded)
             .detail("cached", cached);
+        let audit = match (&self.ledger, budget_note) {
+            (Some(_), note) => audit.detail("budget", note.as_deref().unwrap_or("within")),
+            (None, _) => audit,
+        };
         let decision = DocumentDecision {
             event_id: doc.event_id,
             tenant_id: doc.tenant_id,

@@ -36,6 +36,10 @@ pub enum ProcessError {
     /// Outputs could not be written (broker refused or timed out).
     #[error("cannot write outputs: {0}")]
     Output(String),
+    /// The service declines the record by policy (a tenant past its hard spend cap set to
+    /// refuse): dead-lettered with the reason, to be redriven when the policy allows.
+    #[error("refused: {0}")]
+    Refused(String),
 }
 
 impl ProcessError {
@@ -73,7 +77,8 @@ impl ProcessError {
             ProcessError::Decode(_)
             | ProcessError::UnknownSchema(_)
             | ProcessError::Invalid { .. }
-            | ProcessError::Panic(_) => false,
+            | ProcessError::Panic(_)
+            | ProcessError::Refused(_) => false,
             ProcessError::Registry(_)
             | ProcessError::Transient { .. }
             | ProcessError::Output(_) => true,
@@ -89,7 +94,7 @@ impl ProcessError {
     }
 
     /// Every name [`Self::class`] gives.
-    pub const CLASSES: [&'static str; 7] = [
+    pub const CLASSES: [&'static str; 8] = [
         "Decode",
         "UnknownSchema",
         "Invalid",
@@ -97,6 +102,7 @@ impl ProcessError {
         "Registry",
         "Transient",
         "Output",
+        "Refused",
     ];
 
     /// A stable class name for headers and metrics labels.
@@ -109,6 +115,7 @@ impl ProcessError {
             ProcessError::Registry(_) => "Registry",
             ProcessError::Transient { .. } => "Transient",
             ProcessError::Output(_) => "Output",
+            ProcessError::Refused(_) => "Refused",
         }
     }
 }
@@ -127,6 +134,7 @@ mod tests {
             ProcessError::Registry(String::new()),
             ProcessError::transient("a", "b"),
             ProcessError::Output(String::new()),
+            ProcessError::Refused(String::new()),
         ] {
             assert!(ProcessError::CLASSES.contains(&e.class()), "{}", e.class());
         }

@@ -50,6 +50,13 @@ pub struct TenantModelLabel {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct TenantLimitLabel {
+    pub tenant: String,
+    /// `soft` or `hard`.
+    pub limit: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct TenantTokensLabel {
     pub tenant: String,
     pub model: String,
@@ -107,6 +114,7 @@ pub struct Metrics {
     pub inference_calls: Family<TenantModelLabel, Counter>,
     pub inference_tokens: Family<TenantTokensLabel, Counter>,
     pub inference_cost: Family<TenantModelLabel, Counter<f64, AtomicU64>>,
+    pub budget_exceeded: Family<TenantLimitLabel, Counter>,
     /// Tenants given their own label so far, and how many may be.
     tenants: Mutex<HashSet<String>>,
     tenant_labels: AtomicUsize,
@@ -150,6 +158,7 @@ impl Metrics {
             inference_calls: Family::default(),
             inference_tokens: Family::default(),
             inference_cost: Family::default(),
+            budget_exceeded: Family::default(),
             tenants: Mutex::new(HashSet::new()),
             tenant_labels: AtomicUsize::new(DEFAULT_TENANT_LABELS),
             record_seconds: stage_histogram(),
@@ -226,6 +235,11 @@ impl Metrics {
                 "inference_cost",
                 "Estimated cost of model calls in US dollars from the [pricing] table, by tenant and model",
                 m.inference_cost.clone(),
+            );
+            r.register(
+                "budget_exceeded",
+                "Records of a tenant past its soft or hard spend limit ([service.budgets])",
+                m.budget_exceeded.clone(),
             );
             r.register(
                 "record_duration_seconds",

@@ -381,7 +381,7 @@ enum DlqAction {
 #[derive(clap::Args)]
 struct SelectionArgs {
     /// Only this error class (repeatable, any case): Decode, UnknownSchema, Invalid, Panic,
-    /// Registry, Transient, Output.
+    /// Registry, Transient, Output, Refused.
     #[arg(long)]
     class: Vec<String>,
     #[arg(long)]

@@ -303,6 +303,23 @@ impl<V: StoreValue> Store<V> {
         part.map.get(key).map(|v| v.clone())
     }
 
+    /// The values under `key` in every partition held here, by partition.
+    pub fn local(&self, key: &[u8]) -> Vec<(i32, V)>
+    where
+        V: Clone,
+    {
+        self.0
+            .partitions
+            .iter()
+            .filter_map(|p| p.map.get(key).map(|v| (*p.key(), v.clone())))
+            .collect()
+    }
+
+    /// The store's changelog topic.
+    pub fn changelog_topic(&self) -> &str {
+        &self.0.changelog
+    }
+
     /// Makes `partition` local and empty (tests and tools; the engine restores it).
     pub fn open_empty(&self, partition: i32) {
         self.0.partitions.insert(partition, Arc::new(Part::new()));

@@ -6,6 +6,7 @@
 
 pub mod balance;
 pub mod batcher;
+pub mod budget;
 pub mod cache;
 pub mod chain;
 pub mod head;
