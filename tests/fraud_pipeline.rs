@@ -735,6 +735,73 @@ fn the_onnx_model_scores_in_process_as_the_evaluator_does() {
     });
 }
 
+/// Issue 21, item 2, in the fraud-detector: the ONNX model scores a tenant's transactions until
+/// the tenant's spend reaches its hard cap ($0.03 a day at $0.01 a scoring); from then on the
+/// in-process evaluator, the cheaper model, scores them and the decision says `degraded:
+/// budget`. Transactions are sent one at a time, so the switch comes at the fourth.
+#[test]
+fn a_tenant_past_its_spend_cap_is_scored_by_the_cheaper_model() {
+    use verdict_runtime::inference::budget::{BudgetSettings, Cap};
+    run(180, async {
+        let stack = Stack::start().await;
+        let topology = apply_topology(&stack, None).await;
+        let mut svc = fraud(&stack, &topology, |s| {
+            s.service.onnx_model = Some(fraud_detector::config::OnnxModelSettings {
+                file: repo_root().join("models/fraud/model.onnx"),
+                output: "probabilities".into(),
+            });
+            s.pricing = PriceTable::new([(
+                "german-credit-logreg".to_string(),
+                Price {
+                    per_call: 0.01,
+                    ..Price::default()
+                },
+            )]);
+            s.service.budgets = BudgetSettings {
+                default: Some(Cap {
+                    hard_usd: Some(0.03),
+                    ..Cap::default()
+                }),
+                ..BudgetSettings::default()
+            };
+        });
+        svc.wait_ready(Duration::from_secs(30)).await;
+        let producer =
+            AvroProducer::new(&stack.broker.kafka(), stack.registry_url()).expect("producer");
+        let transactions = topology.topic("transactions");
+        let mut rng = rand::rng();
+        let mut providers = Vec::new();
+        for i in 0..5 {
+            let (account, value) = sample_transaction(&mut rng, "tenant-capped");
+            producer
+                .send(&transactions, &account, &value)
+                .await
+                .expect("produce");
+            let id = value["event_id"].as_str().expect("id").to_string();
+            let want: HashSet<String> = [id.clone()].into();
+            let decided = decisions_for(&stack, &topology, &want, Duration::from_secs(30)).await;
+            let v = decided
+                .iter()
+                .filter_map(|d| d.value.clone())
+                .find(|v| v["event_id"] == id.as_str())
+                .expect("its decision");
+            let budget = v["reasons"].to_string().contains("degraded: budget");
+            assert_eq!(v["degraded"], budget, "{i}: {v}");
+            providers.push((
+                v["model"]["provider"].as_str().unwrap_or("?").to_string(),
+                budget,
+            ));
+        }
+        let want: Vec<(String, bool)> = [("onnx", false); 3]
+            .into_iter()
+            .chain([("in-process", true); 2])
+            .map(|(p, b)| (p.to_string(), b))
+            .collect();
+        assert_eq!(providers, want, "{}", svc.log());
+        svc.stop_cleanly();
+    });
+}
+
 #[test]
 fn bad_settings_fail_at_start_up_naming_the_key() {
     let cases = [

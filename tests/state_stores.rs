@@ -492,7 +492,7 @@ fn exactly_once_holds_while_partitions_move() {
 /// clears it.
 #[test]
 fn the_spend_ledger_sums_partitions_other_instances_hold_from_the_changelog() {
-    use rdkafka::producer::{FutureProducer, FutureRecord};
+    use rdkafka::producer::FutureRecord;
     use verdict_runtime::engine::{RecordState, Stores};
     use verdict_runtime::inference::budget::{BudgetSettings, Cap, Ledger, STORE, Spent, Window};
 
@@ -521,12 +521,7 @@ fn the_spend_ledger_sums_partitions_other_instances_hold_from_the_changelog() {
         ledger
             .charge(&RecordState::detached(0, 0, Some(now)), "acme", now, 0.25)
             .expect("charged here");
-        let producer: FutureProducer = stack
-            .broker
-            .kafka()
-            .producer_config()
-            .create()
-            .expect("producer");
+        let producer = stack.broker.kafka().producer().expect("producer");
         let write = |partition: i32, usd: Option<f64>| {
             let value = usd.map(|usd| {
                 serde_json::to_vec(&Spent {

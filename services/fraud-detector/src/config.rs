@@ -1,6 +1,7 @@
 //! The fraud-detector's own settings (`[service]` section, `VERDICT__SERVICE__…`).
 
 use std::path::PathBuf;
+use verdict_runtime::inference::budget::BudgetSettings;
 
 use serde::{Deserialize, Serialize};
 use verdict_runtime::inference::resilience::ProviderSettings;
@@ -43,6 +44,10 @@ pub struct FraudSettings {
     /// models/fraud/features.py (9 columns, NaN = missing); the last column of `output` is the
     /// probability of a bad risk.
     pub onnx_model: Option<OnnxModelSettings>,
+    /// Spend caps per tenant over a window, on the deciding model's cost (`[pricing]`): past
+    /// the hard cap the in-process evaluator decides instead of the ONNX or served model
+    /// (`fallback`), or the record is refused.
+    pub budgets: BudgetSettings,
 }
 
 /// An ONNX scoring model (`[service.onnx_model]`).
@@ -127,6 +132,7 @@ impl Default for FraudSettings {
             fail_mode: FailMode::Transient,
             remote_model: None,
             onnx_model: None,
+            budgets: BudgetSettings::default(),
         }
     }
 }
@@ -139,6 +145,9 @@ impl Validate for FraudSettings {
                 message,
             })
         };
+        if let Err((key, message)) = self.budgets.check() {
+            return bad(&format!("budgets.{key}"), message);
+        }
         if !self.model_file.is_file() {
             return bad(
                 "model_file",

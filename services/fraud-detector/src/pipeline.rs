@@ -13,6 +13,7 @@ use verdict_runtime::engine::{
     DecisionTopics, Incoming, Outgoing, Processor, RecordState, Route, Store,
 };
 use verdict_runtime::error::ProcessError;
+use verdict_runtime::inference::budget::{Ledger, OnHard, Standing};
 use verdict_runtime::inference::onnx::OnnxModel;
 use verdict_runtime::inference::pricing::{PriceTable, Usage};
 use verdict_runtime::inference::{InferenceError, Provider as _};
@@ -112,6 +113,8 @@ pub struct FraudDetector {
     settings: FraudSettings,
     metrics: Arc<Metrics>,
     pricing: PriceTable,
+    /// Tenants' spend against their caps (`service.budgets`); `None`: no caps.
+    ledger: Option<Ledger>,
     topics: DecisionTopics,
 }
 
@@ -290,6 +293,11 @@ impl FraudDetector {
         Self { pricing, ..self }
     }
 
+    /// Holds tenants to their spend caps (`service.budgets`) kept in `ledger`.
+    pub fn budgeted(self, ledger: Option<Ledger>) -> Self {
+        Self { ledger, ..self }
+    }
+
     /// The detector of `route`'s outputs and `velocity` store.
     pub fn new(
         model: LogisticModel,
@@ -348,6 +356,7 @@ impl FraudDetector {
             settings,
             metrics,
             pricing: PriceTable::default(),
+            ledger: None,
         })
     }
 
@@ -466,7 +475,26 @@ impl Processor for FraudDetector {
         let mut model = &self.model_info;
         let mut model_sha256 = &self.model.sha256;
         let mut degraded = false;
-        if let Some((onnx, info)) = &self.onnx {
+        // Past its hard spend cap a tenant is refused, or scored by the in-process evaluator
+        // only: no ONNX run, no served-model call.
+        let at = input.timestamp_ms.unwrap_or_else(now_ms);
+        let (standing, budget_note) = match &self.ledger {
+            Some(l) => {
+                let standing = l.standing(&tx.tenant_id, at);
+                let note = standing.note(&l.window(at));
+                (standing, note)
+            }
+            None => (Standing::Within, None),
+        };
+        let over_budget = match standing {
+            Standing::Hard {
+                on_hard: OnHard::Refuse,
+                ..
+            } => return Err(ProcessError::Refused(budget_note.unwrap_or_default())),
+            Standing::Hard { .. } => true,
+            Standing::Within | Standing::Soft { .. } => false,
+        };
+        if let Some((onnx, info)) = self.onnx.as_ref().filter(|_| !over_budget) {
             let row = self.model.raw_row(&features.to_input());
             scored.probability = t
                 .try_stage("onnx_score", || p_bad(onnx, row))
@@ -475,7 +503,7 @@ impl Processor for FraudDetector {
             model = info;
             model_sha256 = &onnx.sha256;
         }
-        if let Some((remote, served)) = &self.remote {
+        if let Some((remote, served)) = self.remote.as_ref().filter(|_| !over_budget) {
             // The served model's probability; the in-process one still explains it.
             let row = self.model.raw_row(&features.to_input());
             let answer = t
@@ -492,11 +520,22 @@ impl Processor for FraudDetector {
         let cost = self
             .pricing
             .charge(&self.metrics, &tx.tenant_id, &model.name, usage);
+        if let (Some(ledger), Some(cost)) = (&self.ledger, cost) {
+            ledger.charge(input.state, &tx.tenant_id, at, cost)?;
+        }
         let mut decision = t.stage("decide", || self.decide(&tx, &scored, &hits));
         if degraded {
             decision.reasons.push(
                 "degraded: the served model did not answer; the in-process model scored".into(),
             );
+        }
+        let cheaper = self.onnx.is_some() || self.remote.is_some();
+        if over_budget && cheaper {
+            degraded = true;
+            decision.reasons.push(format!(
+                "degraded: budget ({}); the in-process model scored",
+                budget_note.as_deref().unwrap_or("past the hard limit")
+            ));
         }
 
         let review = decision.outcome == Outcome::Review || decision.low_confidence;
@@ -512,6 +551,10 @@ impl Processor for FraudDetector {
                 format!("{}/{}@{}", input.topic, input.partition, input.offset),
             )
             .detail("attempt", input.attempt);
+        let audit = match (&self.ledger, budget_note) {
+            (Some(_), note) => audit.detail("budget", note.as_deref().unwrap_or("within")),
+            (None, _) => audit,
+        };
         let key = tx.account_id.clone();
         let decision = FraudDecision {
             event_id: tx.event_id,
