@@ -15,6 +15,7 @@ use harness::{
 };
 use serde_json::{Value, json};
 use verdict_cli::records::sample_transaction;
+use verdict_runtime::inference::budget::Cap;
 use verdict_runtime::inference::pricing::{Price, PriceTable};
 use verdict_runtime::service::Deployment;
 use verdict_runtime::telemetry::LogFormat;
@@ -293,9 +294,14 @@ fn every_metric_the_readme_and_the_dashboard_name_is_exported() {
                 .properties
                 .insert("statistics.interval.ms".into(), "1000".into());
         });
-        // The model calls and their cost are the document-analyzer's (a priced model).
+        // The model calls and their cost are the document-analyzer's (a priced model); every
+        // tenant is past a soft spend limit of $0, which only counts and notes it.
         let mut docs = ServiceProcess::spawn::<document_analyzer::Spec>(&d, |s| {
             quick(s);
+            s.service.budgets.default = Some(Cap {
+                soft_usd: Some(0.0),
+                ..Cap::default()
+            });
             s.pricing = PriceTable::new([(
                 "all-minilm-l6-v2".to_string(),
                 Price {

@@ -13,7 +13,7 @@ use verdict_runtime::engine::{DecisionTopics, Incoming, Outgoing, Processor};
 use verdict_runtime::error::ProcessError;
 use verdict_runtime::inference::balance;
 use verdict_runtime::inference::batcher::MicroBatcher;
-use verdict_runtime::inference::budget::{Ledger, OnHard, Standing};
+use verdict_runtime::inference::budget::{self, Ledger};
 use verdict_runtime::inference::cache::{Coalescer, ResponseCache, cache_key};
 use verdict_runtime::inference::chain::Chain;
 use verdict_runtime::inference::head::LinearHead;
@@ -378,23 +378,8 @@ impl Processor for DocumentAnalyzer {
         // The tenant's spend so far in the window of the record's time: past its hard cap the
         // record is refused (dead-lettered) or decided without a model call.
         let at = input.timestamp_ms.unwrap_or_else(now_ms);
-        let (standing, budget_note) = match &self.ledger {
-            Some(l) => {
-                let standing = l.standing(&doc.tenant_id, at);
-                let note = standing.note(&l.window(at));
-                (standing, note)
-            }
-            None => (Standing::Within, None),
-        };
-        let over_budget = match standing {
-            Standing::Hard {
-                on_hard: OnHard::Refuse,
-                ..
-            } => return Err(ProcessError::Refused(budget_note.unwrap_or_default())),
-            Standing::Hard { .. } => true,
-            Standing::Within | Standing::Soft { .. } => false,
-        };
-        let embedded = if over_budget {
+        let budget = budget::admit(self.ledger.as_ref(), &doc.tenant_id, at)?;
+        let embedded = if budget.over_budget {
             None
         } else {
             Some(
@@ -457,7 +442,7 @@ impl Processor for DocumentAnalyzer {
                         ),
                         _ => format!(
                             "degraded: budget ({}); keyword rules classified",
-                            budget_note.as_deref().unwrap_or("past the hard limit")
+                            budget.note.as_deref().unwrap_or("past the hard limit")
                         ),
                     });
                     let (c, conf, u) = rules_classify(&redacted);
@@ -521,9 +506,9 @@ impl Processor for DocumentAnalyzer {
             .detail("pii_kinds", pii.join(","))
             .detail("degraded", degraded)
             .detail("cached", cached);
-        let audit = match (&self.ledger, budget_note) {
-            (Some(_), note) => audit.detail("budget", note.as_deref().unwrap_or("within")),
-            (None, _) => audit,
+        let audit = match budget.detail() {
+            Some(d) => audit.detail("budget", d),
+            None => audit,
         };
         let decision = DocumentDecision {
             event_id: doc.event_id,

@@ -13,7 +13,7 @@ use verdict_runtime::engine::{
     DecisionTopics, Incoming, Outgoing, Processor, RecordState, Route, Store,
 };
 use verdict_runtime::error::ProcessError;
-use verdict_runtime::inference::budget::{Ledger, OnHard, Standing};
+use verdict_runtime::inference::budget::{self, Ledger};
 use verdict_runtime::inference::onnx::OnnxModel;
 use verdict_runtime::inference::pricing::{PriceTable, Usage};
 use verdict_runtime::inference::{InferenceError, Provider as _};
@@ -478,22 +478,8 @@ impl Processor for FraudDetector {
         // Past its hard spend cap a tenant is refused, or scored by the in-process evaluator
         // only: no ONNX run, no served-model call.
         let at = input.timestamp_ms.unwrap_or_else(now_ms);
-        let (standing, budget_note) = match &self.ledger {
-            Some(l) => {
-                let standing = l.standing(&tx.tenant_id, at);
-                let note = standing.note(&l.window(at));
-                (standing, note)
-            }
-            None => (Standing::Within, None),
-        };
-        let over_budget = match standing {
-            Standing::Hard {
-                on_hard: OnHard::Refuse,
-                ..
-            } => return Err(ProcessError::Refused(budget_note.unwrap_or_default())),
-            Standing::Hard { .. } => true,
-            Standing::Within | Standing::Soft { .. } => false,
-        };
+        let budget = budget::admit(self.ledger.as_ref(), &tx.tenant_id, at)?;
+        let over_budget = budget.over_budget;
         if let Some((onnx, info)) = self.onnx.as_ref().filter(|_| !over_budget) {
             let row = self.model.raw_row(&features.to_input());
             scored.probability = t
@@ -534,7 +520,7 @@ impl Processor for FraudDetector {
             degraded = true;
             decision.reasons.push(format!(
                 "degraded: budget ({}); the in-process model scored",
-                budget_note.as_deref().unwrap_or("past the hard limit")
+                budget.note.as_deref().unwrap_or("past the hard limit")
             ));
         }
 
@@ -551,9 +537,9 @@ impl Processor for FraudDetector {
                 format!("{}/{}@{}", input.topic, input.partition, input.offset),
             )
             .detail("attempt", input.attempt);
-        let audit = match (&self.ledger, budget_note) {
-            (Some(_), note) => audit.detail("budget", note.as_deref().unwrap_or("within")),
-            (None, _) => audit,
+        let audit = match budget.detail() {
+            Some(d) => audit.detail("budget", d),
+            None => audit,
         };
         let key = tx.account_id.clone();
         let decision = FraudDecision {

@@ -212,6 +212,51 @@ impl Spent {
     }
 }
 
+/// What a record may do under its tenant's caps ([`admit`]).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Admitted {
+    /// Past the hard cap: take the fallback, no model call.
+    pub over_budget: bool,
+    /// Past a limit: what to say in reasons and on the audit record.
+    pub note: Option<String>,
+    /// Caps are kept at all (the audit record then says `within` too).
+    kept: bool,
+}
+
+impl Admitted {
+    /// The audit record's `budget` detail: the note, `within`, or nothing without caps.
+    pub fn detail(&self) -> Option<&str> {
+        self.kept.then(|| self.note.as_deref().unwrap_or("within"))
+    }
+}
+
+/// Checks a record of `tenant` at `at_ms` against its caps before any model call: refused
+/// (`Err`, dead-lettered) past a hard cap set to refuse, else admitted, over budget or not.
+pub fn admit(ledger: Option<&Ledger>, tenant: &str, at_ms: i64) -> Result<Admitted, ProcessError> {
+    let Some(ledger) = ledger else {
+        return Ok(Admitted {
+            over_budget: false,
+            note: None,
+            kept: false,
+        });
+    };
+    let standing = ledger.standing(tenant, at_ms);
+    let note = standing.note(&ledger.window(at_ms));
+    let over_budget = match standing {
+        Standing::Hard {
+            on_hard: OnHard::Refuse,
+            ..
+        } => return Err(ProcessError::Refused(note.unwrap_or_default())),
+        Standing::Hard { .. } => true,
+        Standing::Within | Standing::Soft { .. } => false,
+    };
+    Ok(Admitted {
+        over_budget,
+        note,
+        kept: true,
+    })
+}
+
 /// Tenants' spend over every input partition, and their caps.
 pub struct Ledger {
     settings: BudgetSettings,
