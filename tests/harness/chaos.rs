@@ -939,6 +939,16 @@ pub async fn broker_fault(
         report
             .notes
             .push(format!("{} commits failed", report.commit_failures));
+        // More than one assignment means the member rejoined: what it had not committed was
+        // read again (at least once), which explains a duplicate.
+        let log = p.log();
+        let assignments = log
+            .lines()
+            .filter(|l| l.contains("engine::rebalance") && l.contains(" assigned"))
+            .count();
+        report
+            .notes
+            .push(format!("{assignments} partition assignments"));
     }
     report
 }
