@@ -338,16 +338,32 @@ impl DocumentAnalyzer {
         Ok(ZeroShot::from_anchors(settings, anchors))
     }
 
-    /// Embeddings of texts that are no tenant's (anchors): one shared scope, requested at
-    /// once so that the micro-batcher sends them in full batches.
+    /// Embeddings of texts that are no tenant's (anchors): one shared scope, a few texts per
+    /// call, one call after another. A call's timeout covers its wait at the model server,
+    /// and the 120 category examples sent at once queued there behind each other (four
+    /// batches of 32 took 3 s on 2 cores, past the 2 s default): every document degraded.
     async fn embed_shared(
         &self,
         texts: impl Iterator<Item = &str>,
     ) -> Result<Vec<Vec<f32>>, InferenceError> {
-        let calls = texts.map(|t| async move { self.embed("", t).await.map(|(v, _)| v) });
-        futures::future::try_join_all(calls).await
+        let texts: Vec<&str> = texts.collect();
+        let mut embedded = Vec::with_capacity(texts.len());
+        for chunk in texts.chunks(ANCHORS_PER_CALL) {
+            let calls = chunk
+                .iter()
+                .map(|t| async move { self.embed("", t).await.map(|(v, _)| v) });
+            embedded.extend(futures::future::try_join_all(calls).await?);
+        }
+        Ok(embedded)
     }
 }
+
+/// Anchor texts per embedding call (see `embed_shared`).
+const ANCHORS_PER_CALL: usize = 8;
+
+/// Tries to embed the classifiers' anchors before the first record; what was embedded stays
+/// cached, so each try resumes where the last stopped.
+const WARM_TRIES: u32 = 3;
 
 impl Processor for DocumentAnalyzer {
     type Input = Document;
@@ -355,6 +371,27 @@ impl Processor for DocumentAnalyzer {
 
     fn outputs(&self) -> Vec<verdict_runtime::engine::OutputTopic> {
         self.topics.all()
+    }
+
+    /// The classifiers' anchors, embedded before the first document so that it does not wait
+    /// for them. A model server that is not there yet leaves them to the first document that
+    /// finds it (decided by rules until then).
+    async fn warm(&self) {
+        for attempt in 1..=WARM_TRIES {
+            match self.classifiers().await {
+                Ok(_) => {
+                    tracing::info!(categories = %self.categories_from(), "classifiers ready");
+                    return;
+                }
+                Err(error) if attempt < WARM_TRIES => {
+                    tracing::info!(attempt, %error, "classifiers not ready yet; trying again");
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                }
+                Err(error) => {
+                    tracing::warn!(%error, "classifiers not ready: the first documents that reach the model embed them");
+                }
+            }
+        }
     }
 
     async fn process(

@@ -172,6 +172,13 @@ pub trait Processor: Send + Sync + 'static {
     fn outputs(&self) -> Vec<OutputTopic> {
         Vec::new()
     }
+
+    /// What the processor prepares once, before the engine hands it the first record (with
+    /// the outputs' schemas), so that its first records do not pay for it. A failure is the
+    /// processor's to log and to try again later: the engine starts either way.
+    fn warm(&self) -> impl Future<Output = ()> + Send {
+        async {}
+    }
 }
 
 /// Where a service reads and writes, from the topology.

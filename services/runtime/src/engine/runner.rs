@@ -124,9 +124,10 @@ pub async fn run<P: Processor>(
     });
     // All at once: a registry that is down at start delays it by one registry timeout.
     let outputs = worker.processor.outputs();
-    let (warmed, trusted) = tokio::join!(
+    let (warmed, trusted, ()) = tokio::join!(
         futures::future::join_all(outputs.iter().map(|t| t.warm(&worker.codec))),
         registry_certificate_trusted(&endpoint),
+        worker.processor.warm(),
     );
     trusted?;
     for (topic, result) in outputs.iter().zip(warmed) {
