@@ -230,6 +230,35 @@ else
   took
 fi
 
+# --- Jaeger's web UI: jaeger-ui's built assets, which the binary above lacks (Jaeger's release
+# binaries embed them; `go install` builds the placeholder page). v1.74.0 is the jaeger-ui that
+# Jaeger v1.75.0 pins. Its release publishes them as assets.tar.gz, on GitHub only: no package
+# registry carries jaeger-ui, so where GitHub is out of reach (as on the machines this project is
+# tested on) this step says so and Jaeger serves its query API without the UI. scripts/jaeger.sh
+# serves them from here, or from VERDICT_JAEGER_UI.
+JAEGER_UI_VERSION=1.74.0
+jaeger_ui_dir=$share/jaeger-ui-$JAEGER_UI_VERSION
+if [ -f "$jaeger_ui_dir/index.html" ]; then
+  echo "jaeger-ui: present ($jaeger_ui_dir)"
+else
+  step "jaeger-ui: v$JAEGER_UI_VERSION assets from GitHub's release"
+  work=$(mktemp -d)
+  if curl --silent --show-error --fail --location --connect-timeout 10 --max-time 300 \
+      --output "$work/assets.tar.gz" \
+      "https://github.com/jaegertracing/jaeger-ui/releases/download/v$JAEGER_UI_VERSION/assets.tar.gz" \
+    && tar -xzf "$work/assets.tar.gz" -C "$work" packages/jaeger-ui/build \
+    && [ -f "$work/packages/jaeger-ui/build/index.html" ]; then
+    mkdir -p "$share"
+    rm -rf "$jaeger_ui_dir"
+    mv "$work/packages/jaeger-ui/build" "$jaeger_ui_dir"
+    took
+  else
+    echo "    not installed (why is above). Traces are read from Jaeger's query API;"
+    echo "    VERDICT_JAEGER_UI=<jaeger-ui's build/ directory> serves a UI you have."
+  fi
+  rm -rf "$work"
+fi
+
 # --- cargo-nextest (the test runner) --------------------------------------------------------
 if cargo nextest --version >/dev/null 2>&1; then
   echo "cargo-nextest: present"

@@ -247,6 +247,71 @@ fn a_submission_is_traced_from_the_request_through_kafka_to_its_decision() {
     });
 }
 
+/// Jaeger's web UI is jaeger-ui's built assets, which the `go install`ed binary lacks.
+/// scripts/jaeger.sh serves the ones it is given, with Jaeger's own settings written into their
+/// index.html, and the UI's routes (a trace's page) lead to it; a directory without them stops
+/// it at start naming the variable; with none, Jaeger's placeholder page says so, in the words
+/// `verdict stack up` looks for.
+#[test]
+fn jaeger_serves_the_web_ui_it_is_given_and_says_when_it_has_none() {
+    run(120, async {
+        // A stand-in for jaeger-ui's build/: an index.html with the line Jaeger fills in, and a
+        // static file.
+        let assets = tempfile::tempdir().expect("tempdir");
+        let index =
+            "<title>ui under test</title><script>JAEGER_VERSION = DEFAULT_VERSION;</script>";
+        let script = "console.log('ui under test');";
+        std::fs::write(assets.path().join("index.html"), index).expect("index.html");
+        std::fs::create_dir(assets.path().join("static")).expect("static/");
+        std::fs::write(assets.path().join("static/app.js"), script).expect("app.js");
+        let path = assets.path().display().to_string();
+        let jaeger = Jaeger::start_with(&[("VERDICT_JAEGER_UI", &path)]).await;
+        let (status, page) = jaeger.page("/").await;
+        assert_eq!(status, 200, "{page}");
+        assert!(page.contains("<title>ui under test</title>"), "{page}");
+        assert!(
+            page.contains("JAEGER_VERSION = {") && !page.contains("DEFAULT_VERSION"),
+            "Jaeger's version written in: {page}"
+        );
+        assert_eq!(jaeger.page("/static/app.js").await, (200, script.into()));
+        let (status, page) = jaeger.page("/trace/4bf92f3577b34da6a3ce929d0e0e4736").await;
+        assert_eq!(status, 200, "{page}");
+        assert!(page.contains("<title>ui under test</title>"), "{page}");
+        assert!(
+            jaeger
+                .log()
+                .contains(&format!("jaeger.sh: web UI from {path}")),
+            "{}",
+            jaeger.log()
+        );
+        drop(jaeger);
+
+        let empty = tempfile::tempdir().expect("tempdir");
+        let dir = tempfile::tempdir().expect("tempdir");
+        let refused = std::process::Command::new("bash")
+            .arg(harness::repo_root().join("scripts/jaeger.sh"))
+            .args(["1", "3"])
+            .arg(dir.path())
+            .env("VERDICT_JAEGER_UI", empty.path())
+            .output()
+            .expect("run scripts/jaeger.sh");
+        let stderr = String::from_utf8_lossy(&refused.stderr);
+        assert_eq!(refused.status.code(), Some(3), "{stderr}");
+        assert!(
+            stderr.contains("VERDICT_JAEGER_UI=") && stderr.contains("no index.html"),
+            "{stderr}"
+        );
+
+        let jaeger = Jaeger::start_with(&[("VERDICT_JAEGER_UI", "none")]).await;
+        let (status, page) = jaeger.page("/").await;
+        assert_eq!(status, 200, "{page}");
+        assert!(
+            page.contains(verdict_cli::stack::JAEGER_WITHOUT_UI),
+            "the placeholder `verdict stack up` recognises: {page}"
+        );
+    });
+}
+
 /// The metric names in `text` (`verdict_…`, not part of a longer word such as a topic name).
 fn metric_names(text: &str) -> BTreeSet<String> {
     let mut names = BTreeSet::new();

@@ -19,11 +19,17 @@ impl Drop for StackGuard<'_> {
 }
 
 fn verdict(dir: &Path, args: &[&str], extra: &[&str]) -> Output {
+    verdict_with(dir, args, extra, &[])
+}
+
+/// [`verdict`] with these variables set.
+fn verdict_with(dir: &Path, args: &[&str], extra: &[&str], env: &[(&str, &Path)]) -> Output {
     let mut cmd = Command::new(bin("verdict"));
     cmd.current_dir(repo_root())
         .env_remove("KAFKA_BOOTSTRAP_SERVERS")
         .env_remove("VERDICT_SCHEMA_REGISTRY_URL")
         .env("VERDICT_DATA_DIR", dir)
+        .envs(env.iter().copied())
         .args(args)
         .args(extra);
     run_command(&mut cmd, Duration::from_secs(90))
@@ -79,12 +85,21 @@ fn stack_up_apply_demo_status_down() {
     let bootstrap = format!("127.0.0.1:{bp}");
     let registry = format!("http://127.0.0.1:{rp}");
 
-    let up = verdict(dir.path(), &["stack", "up", "--tracing"], &ports);
+    // Jaeger's web UI: a stand-in for jaeger-ui's build/ (tests/observability.rs has what Jaeger
+    // does with it, and the placeholder it serves without one).
+    let ui = tempfile::tempdir().expect("tempdir");
+    std::fs::write(ui.path().join("index.html"), "<title>ui under test</title>").expect("index");
+    let up = verdict_with(
+        dir.path(),
+        &["stack", "up", "--tracing"],
+        &ports,
+        &[("VERDICT_JAEGER_UI", ui.path())],
+    );
     assert!(up.status.success(), "{}", text(&up));
     let jaeger_ui = format!("http://127.0.0.1:{}", flag(&ports, "--jaeger-ui-port"));
     assert!(text(&up).contains("jaeger: started (pid "), "{}", text(&up));
     assert!(
-        text(&up).contains(&format!("UI at {jaeger_ui}")),
+        text(&up).contains(&format!("), UI at {jaeger_ui};")),
         "{}",
         text(&up)
     );
@@ -174,7 +189,7 @@ fn stack_up_apply_demo_status_down() {
         text(&up)
     );
     assert!(
-        text(&up).contains(&format!("  traces (Jaeger)    {jaeger_ui}")),
+        text(&up).contains(&format!("  traces (Jaeger)    {jaeger_ui}\n")),
         "{}",
         text(&up)
     );

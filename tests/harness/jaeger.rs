@@ -18,8 +18,16 @@ pub struct Jaeger {
 
 impl Jaeger {
     pub async fn start() -> Self {
+        Self::start_with(&[]).await
+    }
+
+    /// With these variables set for `scripts/jaeger.sh` (`VERDICT_JAEGER_UI`, …).
+    pub async fn start_with(env: &[(&str, &str)]) -> Self {
         let port = free_port_block(3);
         let mut server = ScriptServer::new("jaeger");
+        for (key, value) in env {
+            server.env(key, value);
+        }
         let dir = server.dir.path().display().to_string();
         let query = format!("http://127.0.0.1:{}", port + 2);
         server
@@ -48,6 +56,18 @@ impl Jaeger {
 
     pub fn log(&self) -> String {
         self.server.log()
+    }
+
+    /// `GET path` of the UI's server: the status and the body.
+    pub async fn page(&self, path: &str) -> (u16, String) {
+        let reply = self
+            .http
+            .get(format!("{}{path}", self.ui()))
+            .send()
+            .await
+            .expect("Jaeger answers");
+        let status = reply.status().as_u16();
+        (status, reply.text().await.expect("a body"))
     }
 
     /// The trace that has a span of `service` tagged `event_id`, once `complete` holds for it

@@ -1255,6 +1255,7 @@ pub struct ScriptServer {
     child: Option<Child>,
     pub dir: tempfile::TempDir,
     name: String,
+    env: Vec<(String, String)>,
 }
 
 impl ScriptServer {
@@ -1263,14 +1264,22 @@ impl ScriptServer {
             child: None,
             dir: tempfile::tempdir().expect("tempdir"),
             name: name.into(),
+            env: Vec::new(),
         }
+    }
+
+    /// Sets a variable in the script's environment (before `spawn`).
+    pub fn env(&mut self, key: &str, value: &str) -> &mut Self {
+        self.env.push((key.into(), value.into()));
+        self
     }
 
     /// Starts `scripts/{name}.sh args…` and waits until `health` answers 2xx.
     pub async fn spawn(&mut self, args: &[String], health: &str, timeout: Duration) {
         let mut cmd = Command::new("bash");
         cmd.arg(repo_root().join(format!("scripts/{}.sh", self.name)))
-            .args(args);
+            .args(args)
+            .envs(self.env.iter().map(|(k, v)| (k, v)));
         let child = spawn_logged(cmd, &self.log_path(), false)
             .unwrap_or_else(|e| panic!("start {}: {e}", self.name));
         self.child = Some(child);

@@ -316,6 +316,10 @@ const GATEWAY: &str = "gateway";
 /// The development key's tenant.
 const DEV_TENANT: &str = "tenant-dev";
 
+/// What Jaeger's placeholder page says when the binary has no UI assets (a `go install`ed
+/// build given none).
+pub const JAEGER_WITHOUT_UI: &str = "not compiled with the UI assets";
+
 /// Jaeger, run by `scripts/jaeger.sh` (which execs the binary, so its pid is Jaeger's).
 const JAEGER: Component = Component {
     name: "jaeger",
@@ -663,12 +667,17 @@ impl StackOpts {
             self.start_jaeger().await?;
         }
         self.start_services().await?;
-        self.print_addresses();
+        let traces = match self.running_pid(&JAEGER) {
+            Some(_) => Some(self.jaeger_serves_ui().await),
+            None => None,
+        };
+        self.print_addresses(traces);
         Ok(())
     }
 
-    /// Every address an operator opens, in one place.
-    fn print_addresses(&self) {
+    /// Every address an operator opens, in one place. `traces`: whether Jaeger runs, and if so
+    /// whether it has its web UI.
+    fn print_addresses(&self, traces: Option<bool>) {
         let at = |name: &str| {
             SERVICES
                 .iter()
@@ -681,8 +690,13 @@ impl StackOpts {
         if let Some(url) = at("lag-monitor") {
             println!("  lag dashboard      {url}/");
         }
-        if self.running_pid(&JAEGER).is_some() {
-            println!("  traces (Jaeger)    {}", self.jaeger_ui());
+        match traces {
+            Some(true) => println!("  traces (Jaeger)    {}", self.jaeger_ui()),
+            Some(false) => println!(
+                "  traces (Jaeger)    {}/api/traces?service=gateway (query API; no web UI installed)",
+                self.jaeger_ui()
+            ),
+            None => {}
         }
         println!("  schema registry    {}", self.registry_url());
         for (i, d) in SERVICES.iter().enumerate() {
@@ -698,6 +712,24 @@ impl StackOpts {
         format!("http://127.0.0.1:{}", self.jaeger_ui_port)
     }
 
+    /// Whether Jaeger serves jaeger-ui at its root: without the UI's assets (see
+    /// scripts/jaeger.sh) it serves a placeholder page that says so ([`JAEGER_WITHOUT_UI`]).
+    async fn jaeger_serves_ui(&self) -> bool {
+        let page = async {
+            reqwest::Client::builder()
+                .timeout(Duration::from_secs(2))
+                .build()?
+                .get(self.jaeger_ui())
+                .send()
+                .await?
+                .error_for_status()?
+                .text()
+                .await
+        };
+        page.await
+            .is_ok_and(|html| !html.contains(JAEGER_WITHOUT_UI))
+    }
+
     /// Where the services send spans: Jaeger's OTLP endpoint while this data dir's Jaeger runs.
     fn otlp_endpoint(&self) -> Option<String> {
         self.running_pid(&JAEGER)
@@ -709,7 +741,7 @@ impl StackOpts {
     async fn start_jaeger(&self) -> Result<(), CliError> {
         if let Some(pid) = self.running_pid(&JAEGER) {
             println!(
-                "jaeger: already running (pid {pid}), UI at {}",
+                "jaeger: already running (pid {pid}) at {}",
                 self.jaeger_ui()
             );
             return Ok(());
@@ -735,8 +767,13 @@ impl StackOpts {
         match (answered, child.try_wait()) {
             (Ok(()), _) => {
                 self.write_pid(&JAEGER, child.id())?;
+                let ui = if self.jaeger_serves_ui().await {
+                    "UI"
+                } else {
+                    "query API (no web UI: see `bash scripts/install.sh --tests`)"
+                };
                 println!(
-                    "jaeger: started (pid {}), UI at {}; the services send spans to http://127.0.0.1:{}/v1/traces",
+                    "jaeger: started (pid {}), {ui} at {}; the services send spans to http://127.0.0.1:{}/v1/traces",
                     child.id(),
                     self.jaeger_ui(),
                     self.jaeger_port
