@@ -19,7 +19,8 @@ ui=${2:?$usage}
 dir=${3:-$(mktemp -d)}
 version=$(sed -n 's/^JAEGER_VERSION=//p' "$root/scripts/install.sh")
 ui_version=$(sed -n 's/^JAEGER_UI_VERSION=//p' "$root/scripts/install.sh")
-bin=${VERDICT_JAEGER_DIR:-$HOME/.local/share/verdict/jaeger-$version}/bin/jaeger
+share=$HOME/.local/share/verdict
+bin=${VERDICT_JAEGER_DIR:-$share/jaeger-$version}/bin/jaeger
 [ -x "$bin" ] || { echo "jaeger.sh: $bin is missing: run scripts/install.sh --tests" >&2; exit 2; }
 if [ "${VERDICT_JAEGER_UI:-}" = none ]; then
   assets=""
@@ -30,7 +31,7 @@ elif [ -n "${VERDICT_JAEGER_UI:-}" ]; then
     exit 3
   }
 else
-  assets=$HOME/.local/share/verdict/jaeger-ui-$ui_version
+  assets=$share/jaeger-ui-$ui_version
 fi
 if [ -n "$assets" ] && [ -f "$assets/index.html" ]; then
   echo "jaeger.sh: web UI from $assets" >&2

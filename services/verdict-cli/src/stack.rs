@@ -320,6 +320,25 @@ const DEV_TENANT: &str = "tenant-dev";
 /// build given none).
 pub const JAEGER_WITHOUT_UI: &str = "not compiled with the UI assets";
 
+/// What Jaeger serves at its address.
+#[derive(Debug, Clone, Copy)]
+enum JaegerPage {
+    /// jaeger-ui.
+    Ui,
+    /// Its placeholder page: traces are read from the query API.
+    QueryApiOnly,
+}
+
+impl JaegerPage {
+    /// How `stack up` names what is at Jaeger's address.
+    fn what(self) -> &'static str {
+        match self {
+            Self::Ui => "UI",
+            Self::QueryApiOnly => "query API (no web UI: see `bash scripts/install.sh --tests`)",
+        }
+    }
+}
+
 /// Jaeger, run by `scripts/jaeger.sh` (which execs the binary, so its pid is Jaeger's).
 const JAEGER: Component = Component {
     name: "jaeger",
@@ -663,21 +682,20 @@ impl StackOpts {
             report.drift.len(),
             report.schemas.len()
         );
-        if self.tracing {
-            self.start_jaeger().await?;
-        }
-        self.start_services().await?;
-        let traces = match self.running_pid(&JAEGER) {
-            Some(_) => Some(self.jaeger_serves_ui().await),
-            None => None,
+        let traces = if self.tracing {
+            self.start_jaeger().await?
+        } else if self.running_pid(&JAEGER).is_some() {
+            Some(self.jaeger_page().await)
+        } else {
+            None
         };
+        self.start_services().await?;
         self.print_addresses(traces);
         Ok(())
     }
 
-    /// Every address an operator opens, in one place. `traces`: whether Jaeger runs, and if so
-    /// whether it has its web UI.
-    fn print_addresses(&self, traces: Option<bool>) {
+    /// Every address an operator opens, in one place; `traces` is what Jaeger serves, if it runs.
+    fn print_addresses(&self, traces: Option<JaegerPage>) {
         let at = |name: &str| {
             SERVICES
                 .iter()
@@ -691,8 +709,8 @@ impl StackOpts {
             println!("  lag dashboard      {url}/");
         }
         match traces {
-            Some(true) => println!("  traces (Jaeger)    {}", self.jaeger_ui()),
-            Some(false) => println!(
+            Some(JaegerPage::Ui) => println!("  traces (Jaeger)    {}", self.jaeger_ui()),
+            Some(JaegerPage::QueryApiOnly) => println!(
                 "  traces (Jaeger)    {}/api/traces?service=gateway (query API; no web UI installed)",
                 self.jaeger_ui()
             ),
@@ -712,9 +730,9 @@ impl StackOpts {
         format!("http://127.0.0.1:{}", self.jaeger_ui_port)
     }
 
-    /// Whether Jaeger serves jaeger-ui at its root: without the UI's assets (see
-    /// scripts/jaeger.sh) it serves a placeholder page that says so ([`JAEGER_WITHOUT_UI`]).
-    async fn jaeger_serves_ui(&self) -> bool {
+    /// What Jaeger serves at its root: jaeger-ui, or without the UI's assets (see
+    /// scripts/jaeger.sh) a placeholder page that says so ([`JAEGER_WITHOUT_UI`]).
+    async fn jaeger_page(&self) -> JaegerPage {
         let page = async {
             reqwest::Client::builder()
                 .timeout(Duration::from_secs(2))
@@ -726,8 +744,10 @@ impl StackOpts {
                 .text()
                 .await
         };
-        page.await
-            .is_ok_and(|html| !html.contains(JAEGER_WITHOUT_UI))
+        match page.await {
+            Ok(html) if !html.contains(JAEGER_WITHOUT_UI) => JaegerPage::Ui,
+            _ => JaegerPage::QueryApiOnly,
+        }
     }
 
     /// Where the services send spans: Jaeger's OTLP endpoint while this data dir's Jaeger runs.
@@ -737,14 +757,17 @@ impl StackOpts {
     }
 
     /// Starts Jaeger on loopback (in-memory storage: traces last as long as it runs) and waits
-    /// for its query API. Not installed: says how to install it, and the stack runs untraced.
-    async fn start_jaeger(&self) -> Result<(), CliError> {
+    /// for its query API; what it serves. Not installed: says how to install it, and the stack
+    /// runs untraced.
+    async fn start_jaeger(&self) -> Result<Option<JaegerPage>, CliError> {
         if let Some(pid) = self.running_pid(&JAEGER) {
+            let page = self.jaeger_page().await;
             println!(
-                "jaeger: already running (pid {pid}) at {}",
+                "jaeger: already running (pid {pid}), {} at {}",
+                page.what(),
                 self.jaeger_ui()
             );
-            return Ok(());
+            return Ok(Some(page));
         }
         let mut cmd = Command::new("bash");
         cmd.arg(self.root()?.join("scripts/jaeger.sh"))
@@ -767,24 +790,21 @@ impl StackOpts {
         match (answered, child.try_wait()) {
             (Ok(()), _) => {
                 self.write_pid(&JAEGER, child.id())?;
-                let ui = if self.jaeger_serves_ui().await {
-                    "UI"
-                } else {
-                    "query API (no web UI: see `bash scripts/install.sh --tests`)"
-                };
+                let page = self.jaeger_page().await;
                 println!(
-                    "jaeger: started (pid {}), {ui} at {}; the services send spans to http://127.0.0.1:{}/v1/traces",
+                    "jaeger: started (pid {}), {} at {}; the services send spans to http://127.0.0.1:{}/v1/traces",
                     child.id(),
+                    page.what(),
                     self.jaeger_ui(),
                     self.jaeger_port
                 );
-                Ok(())
+                Ok(Some(page))
             }
             (Err(_), Ok(Some(status))) if status.code() == Some(2) => {
                 println!(
                     "jaeger: not installed (`bash scripts/install.sh --tests` builds it): the stack runs without traces"
                 );
-                Ok(())
+                Ok(None)
             }
             (Err(e), _) => {
                 let _ = child.kill();
