@@ -10,6 +10,14 @@ began=$SECONDS
 
 bash scripts/install.sh --tests
 echo; echo "==> build"
+# One build, then tests: incremental state would only fill the disk (about 2 GB of 9 from
+# scratch), so it is off unless the caller sets CARGO_INCREMENTAL.
+export CARGO_INCREMENTAL="${CARGO_INCREMENTAL:-0}"
+free_gb=$(( $(df -Pk . | awk 'NR == 2 { print $4 }') / 1024 / 1024 ))
+if [ ! -d "${CARGO_TARGET_DIR:-target}/debug" ] && [ "$free_gb" -lt 10 ]; then
+  echo "scripts/test.sh: only $free_gb GB free here; a build from scratch needs about 8 GB" \
+    "(target/ and tests/fuzz/target/) and stops with 'No space left on device' without it" >&2
+fi
 cargo build --workspace --bins --tests --locked
 echo; echo "==> lint"
 cargo fmt --all --check
