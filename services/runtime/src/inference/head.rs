@@ -82,9 +82,8 @@ mod tests {
     use super::*;
 
     fn head(json: &str) -> Result<LinearHead, HeadError> {
-        let dir = std::env::temp_dir().join(format!("verdict-head-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).expect("temp dir");
-        let path = dir.join(format!(
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = dir.path().join(format!(
             "{}.json",
             crate::models::sha256_hex(json.as_bytes())
         ));
