@@ -39,6 +39,13 @@ apt_install() {
     || fail "apt-get could not install ${missing[*]}"
   took
 }
+# Go builds keep their module downloads and build cache in the throwaway directory they build in,
+# removed with it: those caches (about 3 GB for Toxiproxy and Jaeger) are no use once the binary
+# is kept, and a disk filled by them stops the Rust build. -modcacherw lets rm remove them.
+go_caches_in() {
+  local flags; flags=$(go env GOFLAGS)
+  export GOMODCACHE="$1/gomod" GOCACHE="$1/gocache" GOFLAGS="-modcacherw${flags:+ $flags}"
+}
 java_major() { java -version 2>&1 | sed -n 's/.*version "\([0-9]*\).*/\1/p' | head -n 1; }
 
 # --- Debian packages ------------------------------------------------------------------------
@@ -196,7 +203,10 @@ else
   command -v go >/dev/null || apt_install golang-go
   step "toxiproxy: go install github.com/Shopify/toxiproxy/v2/cmd/server@v$TOXIPROXY_VERSION (~1 minute)"
   work=$(mktemp -d)
-  GOBIN="$work" go install "github.com/Shopify/toxiproxy/v2/cmd/server@v$TOXIPROXY_VERSION"
+  (
+    go_caches_in "$work"
+    GOBIN="$work" go install "github.com/Shopify/toxiproxy/v2/cmd/server@v$TOXIPROXY_VERSION"
+  ) || fail "building Toxiproxy v$TOXIPROXY_VERSION failed"
   mkdir -p "$toxiproxy_dir/bin"
   install -m 0755 "$work/server" "$toxiproxy_dir/bin/toxiproxy-server"
   rm -rf "$work"
@@ -220,6 +230,7 @@ else
   work=$(mktemp -d)
   (
     cd "$work"
+    go_caches_in "$work"
     go mod init verdict.local/jaeger-build >/dev/null 2>&1
     go get -tool "github.com/jaegertracing/jaeger/cmd/jaeger@v$JAEGER_VERSION"
     GOBIN="$work/bin" go install tool
