@@ -163,16 +163,21 @@ fn minilm_dir(root: &Path) -> Result<String, CliError> {
     Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
 }
 
+/// The client `stack` asks its loopback servers with: 2 s per request.
+fn probe_client() -> Result<reqwest::Client, CliError> {
+    reqwest::Client::builder()
+        .timeout(Duration::from_secs(2))
+        .build()
+        .map_err(|e| CliError::Failed(e.to_string()))
+}
+
 /// Waits until `GET {url}/readyz` answers 200 (see [`wait_for_path`]).
 async fn wait_for_ready(
     url: &str,
     pid: impl Into<Option<u32>>,
     timeout: Duration,
 ) -> Result<(), String> {
-    let client = reqwest::Client::builder()
-        .timeout(Duration::from_secs(2))
-        .build()
-        .map_err(|e| e.to_string())?;
+    let client = probe_client().map_err(|e| e.to_string())?;
     wait_for_path(&client, url, "/readyz", pid.into(), timeout).await
 }
 
@@ -685,7 +690,7 @@ impl StackOpts {
         let traces = if self.tracing {
             self.start_jaeger().await?
         } else if self.running_pid(&JAEGER).is_some() {
-            Some(self.jaeger_page().await)
+            Some(self.jaeger_page(&probe_client()?).await)
         } else {
             None
         };
@@ -732,11 +737,9 @@ impl StackOpts {
 
     /// What Jaeger serves at its root: jaeger-ui, or without the UI's assets (see
     /// scripts/jaeger.sh) a placeholder page that says so ([`JAEGER_WITHOUT_UI`]).
-    async fn jaeger_page(&self) -> JaegerPage {
+    async fn jaeger_page(&self, client: &reqwest::Client) -> JaegerPage {
         let page = async {
-            reqwest::Client::builder()
-                .timeout(Duration::from_secs(2))
-                .build()?
+            client
                 .get(self.jaeger_ui())
                 .send()
                 .await?
@@ -760,8 +763,9 @@ impl StackOpts {
     /// for its query API; what it serves. Not installed: says how to install it, and the stack
     /// runs untraced.
     async fn start_jaeger(&self) -> Result<Option<JaegerPage>, CliError> {
+        let client = probe_client()?;
         if let Some(pid) = self.running_pid(&JAEGER) {
-            let page = self.jaeger_page().await;
+            let page = self.jaeger_page(&client).await;
             println!(
                 "jaeger: already running (pid {pid}), {} at {}",
                 page.what(),
@@ -775,10 +779,6 @@ impl StackOpts {
             .arg(self.jaeger_ui_port.to_string())
             .arg(self.data_dir.join("jaeger"));
         let mut child = spawn_logged(cmd, &self.log_file(&JAEGER), true)?;
-        let client = reqwest::Client::builder()
-            .timeout(Duration::from_secs(2))
-            .build()
-            .map_err(|e| CliError::Failed(e.to_string()))?;
         let answered = wait_for_path(
             &client,
             &self.jaeger_ui(),
@@ -790,7 +790,7 @@ impl StackOpts {
         match (answered, child.try_wait()) {
             (Ok(()), _) => {
                 self.write_pid(&JAEGER, child.id())?;
-                let page = self.jaeger_page().await;
+                let page = self.jaeger_page(&client).await;
                 println!(
                     "jaeger: started (pid {}), {} at {}; the services send spans to http://127.0.0.1:{}/v1/traces",
                     child.id(),
@@ -1229,10 +1229,7 @@ impl StackOpts {
             healthy &= report(c.name, &url, "ready", ready, owner);
         }
         if self.pid_file(&JAEGER).is_file() {
-            let client = reqwest::Client::builder()
-                .timeout(Duration::from_secs(2))
-                .build()
-                .map_err(|e| CliError::Failed(e.to_string()))?;
+            let client = probe_client()?;
             let ui = self.jaeger_ui();
             let answering =
                 wait_for_path(&client, &ui, "/api/services", None, Duration::from_secs(2))
